@@ -1,0 +1,137 @@
+//! Network hooks: packets and bytes per direction (globally and per (netns, interface)), TCP
+//! retransmits and connection state changes, dropped packets.
+//!
+//! Raw tracepoint arguments (include/trace/events/{net,tcp,sock,skb}.h, 6.1/6.12/6.18):
+//! net_dev_xmit(skb, rc, dev, skb_len); netif_receive_skb(skb); tcp_retransmit_skb(sk, skb, ...);
+//! inet_sock_set_state(sk, oldstate, newstate); kfree_skb(skb, location, reason, ...).
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+use sentinel_common::{IFNAME_LEN, IfaceKey, IfaceStats, counter, tcp_state};
+
+use crate::maps::{
+    DEV_IFINDEX_OFF, DEV_NAME_OFF, DEV_ND_NET_OFF, HAS_NETNS, IFACES, NET_NS_INUM_OFF,
+    SKB_DEV_OFF, SKB_LEN_OFF, atomic_add, count, field, global,
+};
+
+/// Adds one packet of `len` bytes to the device's (netns, ifindex) entry, creating it on first
+/// use; when the map is full the packet goes to the overflow counters instead, so the global
+/// counters always equal the sum over interfaces plus overflow.
+#[inline(always)]
+fn account_iface(dev: *const u8, len: u64, rx: bool) {
+    let ifindex: u32 = unsafe { field(dev, global(&DEV_IFINDEX_OFF)) };
+    let mut netns = 0u32;
+    if global(&HAS_NETNS) != 0 {
+        let net: *const u8 = unsafe { field(dev, global(&DEV_ND_NET_OFF)) };
+        if !net.is_null() {
+            netns = unsafe { field(net, global(&NET_NS_INUM_OFF)) };
+        }
+    }
+    let key = IfaceKey { netns, ifindex };
+    let stats = match IFACES.get_ptr_mut(&key) {
+        Some(stats) => stats,
+        None => {
+            // Slow path, once per (interface, CPU): copy the device name for userspace.
+            let mut fresh = IfaceStats {
+                rx_packets: 0,
+                rx_bytes: 0,
+                tx_packets: 0,
+                tx_bytes: 0,
+                name: [0; IFNAME_LEN],
+            };
+            fresh.name = unsafe { field(dev, global(&DEV_NAME_OFF)) };
+            // NOEXIST: if an interrupting program created it meanwhile, keep that one.
+            let _ = IFACES.insert(&key, &fresh, BPF_NOEXIST as u64);
+            match IFACES.get_ptr_mut(&key) {
+                Some(stats) => stats,
+                None => {
+                    if rx {
+                        count(counter::IFACE_OVERFLOW_RX_PACKETS, 1);
+                        count(counter::IFACE_OVERFLOW_RX_BYTES, len);
+                    } else {
+                        count(counter::IFACE_OVERFLOW_TX_PACKETS, 1);
+                        count(counter::IFACE_OVERFLOW_TX_BYTES, len);
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    unsafe {
+        if rx {
+            atomic_add(&raw mut (*stats).rx_packets, 1);
+            atomic_add(&raw mut (*stats).rx_bytes, len);
+        } else {
+            atomic_add(&raw mut (*stats).tx_packets, 1);
+            atomic_add(&raw mut (*stats).tx_bytes, len);
+        }
+    }
+}
+
+#[btf_tracepoint(function = "net_dev_xmit")]
+pub fn snt_net_dev_xmit(ctx: BtfTracePointContext) -> i32 {
+    // Only successful transmissions, as the device's own tx counters do. The skb may already
+    // be freed by the driver here: use the tracepoint's own dev and skb_len arguments.
+    let rc: i32 = ctx.arg(1);
+    if rc != 0 {
+        return 0;
+    }
+    let dev: *const u8 = ctx.arg(2);
+    let len: u32 = ctx.arg(3);
+    count(counter::NET_TX_PACKETS, 1);
+    count(counter::NET_TX_BYTES, len as u64);
+    if !dev.is_null() {
+        account_iface(dev, len as u64, false);
+    } else {
+        count(counter::IFACE_OVERFLOW_TX_PACKETS, 1);
+        count(counter::IFACE_OVERFLOW_TX_BYTES, len as u64);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "netif_receive_skb")]
+pub fn snt_netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let len: u32 = unsafe { field(skb, global(&SKB_LEN_OFF)) };
+    let dev: *const u8 = unsafe { field(skb, global(&SKB_DEV_OFF)) };
+    count(counter::NET_RX_PACKETS, 1);
+    count(counter::NET_RX_BYTES, len as u64);
+    if !dev.is_null() {
+        account_iface(dev, len as u64, true);
+    } else {
+        count(counter::IFACE_OVERFLOW_RX_PACKETS, 1);
+        count(counter::IFACE_OVERFLOW_RX_BYTES, len as u64);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn snt_tcp_retransmit_skb(_ctx: BtfTracePointContext) -> i32 {
+    count(counter::TCP_RETRANSMITS, 1);
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn snt_inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    if new == tcp_state::ESTABLISHED {
+        count(counter::TCP_CONN_OPENED, 1);
+    } else if new == tcp_state::CLOSE {
+        // Closing before ever being established is a failed (refused, reset, timed-out)
+        // connection attempt.
+        if old == tcp_state::SYN_SENT || old == tcp_state::SYN_RECV {
+            count(counter::TCP_CONN_FAILED, 1);
+        } else {
+            count(counter::TCP_CONN_CLOSED, 1);
+        }
+    }
+    0
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn snt_kfree_skb(_ctx: BtfTracePointContext) -> i32 {
+    count(counter::SKB_DROPS, 1);
+    0
+}

@@ -1,0 +1,3 @@
+//! Sentinel userspace: collector, detection, healing and exporters.
+
+pub mod model;

@@ -1,0 +1,77 @@
+//! The hand-off types between stages. `Interval` is the spine: one drained period of kernel
+//! counters, per-interface deltas, run-queue latency and system gauges. Every later stage
+//! (exporters, detection, healing) reads it; none reaches back into the collector.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One drained interval, exactly as printed by `sentinel run --output json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Interval {
+    /// End of the interval, RFC 3339 (UTC).
+    pub ts: String,
+    /// Measured length of the interval (monotonic clock), milliseconds.
+    pub interval_ms: f64,
+    /// Sequence number, 0 for the first interval of a run.
+    pub seq: u64,
+    /// Per-interval deltas by counter name; `null` when the signal is disabled (its hook could
+    /// not attach), never a misleading 0.
+    pub counters: BTreeMap<String, Option<u64>>,
+    pub runqueue_latency_us: LatencySummary,
+    pub interfaces: Vec<IfaceDelta>,
+    pub system: SystemGauges,
+    pub collector: CollectorHealth,
+    /// Cumulative kernel totals, only on the final interval of a run (after every program was
+    /// detached): the sum of all intervals' deltas equals these exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_totals: Option<BTreeMap<String, u64>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencySummary {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct IfaceDelta {
+    /// Network namespace inode (as `readlink /proc/PID/ns/net` shows it).
+    pub netns: u32,
+    pub ifindex: u32,
+    pub name: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SystemGauges {
+    pub cpu_percent: f64,
+    pub mem_used_percent: f64,
+    pub disk_used_percent: f64,
+    pub load1: f64,
+    /// Context switches over the interval by the kernel's own count (`ctxt` in /proc/stat),
+    /// read in the same drain as the BPF counters.
+    pub context_switches: u64,
+}
+
+/// Sentinel's own health for the interval.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CollectorHealth {
+    /// Signals whose hook did not attach, by program name.
+    pub disabled: Vec<String>,
+    /// Events that found a bounded kernel map full (counted, never silently lost).
+    pub iface_overflow_packets: u64,
+    pub runq_start_overflow: u64,
+    /// Interface entries currently held in the kernel map, and its capacity.
+    pub iface_entries: u64,
+    pub iface_capacity: u64,
+    /// A cumulative counter went backwards (counters reset): deltas were taken from zero.
+    pub reset: bool,
+    /// Time the drain itself took, microseconds.
+    pub drain_us: u64,
+}

@@ -218,6 +218,9 @@ mod tests {
     fn names_cover_every_counter() {
         assert_eq!(counter::NAMES.len(), counter::COUNT);
         assert_eq!(counter::NAMES[counter::SKB_DROPS], "skb_drops");
-        assert_eq!(counter::NAMES[counter::RUNQ_START_OVERFLOW], "runq_start_overflow");
+        assert_eq!(
+            counter::NAMES[counter::RUNQ_START_OVERFLOW],
+            "runq_start_overflow"
+        );
     }
 }

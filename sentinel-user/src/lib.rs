@@ -1,3 +1,6 @@
 //! Sentinel userspace: collector, detection, healing and exporters.
 
+pub mod collect;
+pub mod daemon;
+pub mod export;
 pub mod model;

@@ -30,10 +30,22 @@ fn iface_sum(intervals: &[Interval], netns: u32, name: &str) -> (u64, u64) {
 
 /// Global packets == packets over all interfaces + packets that found the map full.
 fn assert_conservation(intervals: &[Interval]) {
-    let global = sum_counter(intervals, "net_rx_packets") + sum_counter(intervals, "net_tx_packets");
-    let per_iface: u64 = intervals.iter().flat_map(|iv| &iv.interfaces).map(|i| i.rx_packets + i.tx_packets).sum();
-    let overflow: u64 = intervals.iter().map(|iv| iv.collector.iface_overflow_packets).sum();
-    assert_eq!(global, per_iface + overflow, "global {global} != interfaces {per_iface} + overflow {overflow}");
+    let global =
+        sum_counter(intervals, "net_rx_packets") + sum_counter(intervals, "net_tx_packets");
+    let per_iface: u64 = intervals
+        .iter()
+        .flat_map(|iv| &iv.interfaces)
+        .map(|i| i.rx_packets + i.tx_packets)
+        .sum();
+    let overflow: u64 = intervals
+        .iter()
+        .map(|iv| iv.collector.iface_overflow_packets)
+        .sum();
+    assert_eq!(
+        global,
+        per_iface + overflow,
+        "global {global} != interfaces {per_iface} + overflow {overflow}"
+    );
 }
 
 #[test]
@@ -57,9 +69,15 @@ fn exact_udp_packet_count_in_a_network_namespace() {
     assert!(done.status.success(), "sentinel failed: {}", done.stderr);
     let (rx, tx) = iface_sum(&done.intervals, ns.inode(), "lo");
     let (proc_rx, proc_tx) = (after.0 - before.0, after.1 - before.1);
-    eprintln!("netns lo: sentinel rx {rx} tx {tx}; /proc/net/dev rx {proc_rx} tx {proc_tx}; sent {N}");
+    eprintln!(
+        "netns lo: sentinel rx {rx} tx {tx}; /proc/net/dev rx {proc_rx} tx {proc_tx}; sent {N}"
+    );
     assert_eq!((rx, tx), (N, N), "sentinel's per-(netns, lo) packets");
-    assert_eq!((rx, tx), (proc_rx, proc_tx), "sentinel vs the namespace's /proc/net/dev");
+    assert_eq!(
+        (rx, tx),
+        (proc_rx, proc_tx),
+        "sentinel vs the namespace's /proc/net/dev"
+    );
     assert_conservation(&done.intervals);
 }
 
@@ -78,11 +96,22 @@ fn full_interface_map_counts_overflow_and_keeps_totals_exact() {
     run.next_interval(FIRST);
     let done = run.stop();
     assert!(done.status.success(), "sentinel failed: {}", done.stderr);
-    let overflow: u64 = done.intervals.iter().map(|iv| iv.collector.iface_overflow_packets).sum();
+    let overflow: u64 = done
+        .intervals
+        .iter()
+        .map(|iv| iv.collector.iface_overflow_packets)
+        .sum();
     eprintln!("capacity 2, 4 namespaces x {N} packets each way: overflow {overflow}");
-    assert!(overflow >= 2 * N, "at least two namespaces' packets overflowed, got {overflow}");
+    assert!(
+        overflow >= 2 * N,
+        "at least two namespaces' packets overflowed, got {overflow}"
+    );
     assert_conservation(&done.intervals);
-    assert!(done.intervals.iter().all(|iv| iv.collector.iface_entries <= 2));
+    assert!(
+        done.intervals
+            .iter()
+            .all(|iv| iv.collector.iface_entries <= 2)
+    );
     assert!(
         done.stderr.contains("per-interface map full"),
         "the kernel side logs the overflow through tracing: {}",
@@ -128,11 +157,25 @@ fn sched_switch_agrees_with_proc_stat_ctxt() {
     assert!(done.status.success(), "sentinel failed: {}", done.stderr);
     // Same windows: each interval reads the BPF counters and /proc/stat in the same drain.
     let bpf = sum_counter(&done.intervals, "sched_switch");
-    let kernel: u64 = done.intervals.iter().map(|iv| iv.system.context_switches).sum();
+    let kernel: u64 = done
+        .intervals
+        .iter()
+        .map(|iv| iv.system.context_switches)
+        .sum();
     let diff = (bpf as f64 - kernel as f64).abs() / kernel as f64;
-    eprintln!("sched_switch {bpf} vs /proc/stat ctxt {kernel}: {:.4}% apart", diff * 100.0);
-    assert!(bpf >= 1_000_000, "the burst made at least a million switches ({bpf})");
-    assert!(diff < 0.005, "sched_switch {bpf} vs ctxt {kernel}: {:.3}% apart", diff * 100.0);
+    eprintln!(
+        "sched_switch {bpf} vs /proc/stat ctxt {kernel}: {:.4}% apart",
+        diff * 100.0
+    );
+    assert!(
+        bpf >= 1_000_000,
+        "the burst made at least a million switches ({bpf})"
+    );
+    assert!(
+        diff < 0.005,
+        "sched_switch {bpf} vs ctxt {kernel}: {:.3}% apart",
+        diff * 100.0
+    );
 }
 
 #[test]
@@ -163,8 +206,15 @@ fn drain_is_exact_at_10ms_under_heavy_load() {
     assert!(done.status.success(), "sentinel failed: {}", done.stderr);
     let intervals = &done.intervals;
     let last = intervals.last().expect("intervals");
-    let totals = last.final_totals.as_ref().expect("the last interval carries the final totals");
-    assert!(intervals.len() > 200, "10 ms intervals over 4 s: got {}", intervals.len());
+    let totals = last
+        .final_totals
+        .as_ref()
+        .expect("the last interval carries the final totals");
+    assert!(
+        intervals.len() > 200,
+        "10 ms intervals over 4 s: got {}",
+        intervals.len()
+    );
     for (i, iv) in intervals.iter().enumerate() {
         assert_eq!(iv.seq, i as u64, "no interval missing or repeated");
         assert!(iv.interval_ms > 0.0);
@@ -173,7 +223,10 @@ fn drain_is_exact_at_10ms_under_heavy_load() {
     for (name, total) in totals {
         if let Some(Some(_)) = last.counters.get(name) {
             let summed = sum_counter(intervals, name);
-            assert_eq!(summed, *total, "{name}: sum of deltas vs final cumulative count");
+            assert_eq!(
+                summed, *total,
+                "{name}: sum of deltas vs final cumulative count"
+            );
         }
     }
     eprintln!(
@@ -183,7 +236,11 @@ fn drain_is_exact_at_10ms_under_heavy_load() {
         totals["net_rx_packets"],
         totals["process_fork"]
     );
-    assert!(totals["sched_switch"] > 100_000 && totals["net_rx_packets"] > 100_000 && totals["process_fork"] > 100);
+    assert!(
+        totals["sched_switch"] > 100_000
+            && totals["net_rx_packets"] > 100_000
+            && totals["process_fork"] > 100
+    );
     assert_conservation(intervals);
 }
 
@@ -192,18 +249,40 @@ fn missing_tracepoint_disables_one_signal_only() {
     if !require_root("missing_tracepoint_disables_one_signal_only") {
         return;
     }
-    let mut run = SentinelRun::start(&["--interval", "200ms", "--simulate-missing-hook", "tcp_retransmit_skb"]);
+    let mut run = SentinelRun::start(&[
+        "--interval",
+        "200ms",
+        "--simulate-missing-hook",
+        "tcp_retransmit_skb",
+    ]);
     run.next_interval(FIRST);
     run.next_interval(FIRST);
     let done = run.stop();
-    assert!(done.status.success(), "a missing hook is not fatal: {}", done.stderr);
+    assert!(
+        done.status.success(),
+        "a missing hook is not fatal: {}",
+        done.stderr
+    );
     for iv in &done.intervals {
-        assert_eq!(iv.counters["tcp_retransmits"], None, "disabled signal is null, not 0");
+        assert_eq!(
+            iv.counters["tcp_retransmits"], None,
+            "disabled signal is null, not 0"
+        );
         assert!(iv.counters["sched_switch"].is_some());
-        assert_eq!(iv.collector.disabled, vec!["snt_tcp_retransmit_skb".to_string()]);
+        assert_eq!(
+            iv.collector.disabled,
+            vec!["snt_tcp_retransmit_skb".to_string()]
+        );
     }
-    assert!(sum_counter(&done.intervals, "sched_switch") > 0, "the other signals keep counting");
-    let warnings: Vec<&str> = done.stderr.lines().filter(|l| l.contains("tcp_retransmit_skb")).collect();
+    assert!(
+        sum_counter(&done.intervals, "sched_switch") > 0,
+        "the other signals keep counting"
+    );
+    let warnings: Vec<&str> = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("tcp_retransmit_skb"))
+        .collect();
     assert_eq!(warnings.len(), 1, "exactly one warning line: {warnings:?}");
     assert!(warnings[0].contains("does not exist"), "{}", warnings[0]);
 }
@@ -219,14 +298,29 @@ fn sigterm_detaches_every_program() {
     assert!(ours.len() >= 12, "programs loaded while running: {ours:?}");
     let done = run.stop();
     assert!(done.status.success(), "{}", done.stderr);
-    assert!(done.exit_time < Duration::from_secs(2), "exit took {:?}", done.exit_time);
-    assert!(done.intervals.last().unwrap().final_totals.is_some(), "final interval flushed");
+    assert!(
+        done.exit_time < Duration::from_secs(2),
+        "exit took {:?}",
+        done.exit_time
+    );
+    assert!(
+        done.intervals.last().unwrap().final_totals.is_some(),
+        "final interval flushed"
+    );
     let deadline = Instant::now() + Duration::from_secs(1);
     while !loaded_sentinel_programs().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(loaded_sentinel_programs(), vec![], "programs left in the kernel after exit");
-    eprintln!("{} programs loaded while running, 0 after SIGTERM (exit in {:?})", ours.len(), done.exit_time);
+    assert_eq!(
+        loaded_sentinel_programs(),
+        vec![],
+        "programs left in the kernel after exit"
+    );
+    eprintln!(
+        "{} programs loaded while running, 0 after SIGTERM (exit in {:?})",
+        ours.len(),
+        done.exit_time
+    );
 }
 
 #[test]
@@ -240,7 +334,11 @@ fn bad_flags_and_missing_privileges_give_one_clear_line() {
         let out = Command::new(BIN).args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?} one line: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?} one line: {stderr}"
+        );
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"));
     }
@@ -248,13 +346,28 @@ fn bad_flags_and_missing_privileges_give_one_clear_line() {
         return;
     }
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", BIN, "run", "--duration", "1s"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            BIN,
+            "run",
+            "--duration",
+            "1s",
+        ])
         .output()
         .expect("setpriv (util-linux)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(errors[0].contains("CAP_BPF") && errors[0].contains("root"), "{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        errors[0].contains("CAP_BPF") && errors[0].contains("root"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
 }

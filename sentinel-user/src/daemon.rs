@@ -142,19 +142,17 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let mut collector = Collector::load(&opts.load)?;
-    // SAFETY: the logger owns its ring buffer's fd and keeps it open as long as the AsyncFd
-    // holds the logger, which deregisters before dropping it.
-    let mut kernel_log = match collector
-        .take_logger()
-        .map(|l| unsafe { tokio::io::unix::AsyncFd::register(l) })
-    {
-        Some(Ok(fd)) => Some(fd),
-        Some(Err(e)) => {
-            warn!("cannot poll kernel-side log messages: {e}");
-            None
+    let mut kernel_log = collector.take_logger().and_then(|logger| {
+        // SAFETY: the logger owns its ring buffer's fd and keeps it open as long as the
+        // AsyncFd holds the logger, which deregisters before dropping it.
+        match unsafe { tokio::io::unix::AsyncFd::register(logger) } {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!("cannot poll kernel-side log messages: {e}");
+                None
+            }
         }
-        None => None,
-    };
+    });
     let loaded_at = Instant::now();
     let mut host = HostSampler::default();
     host.prime();
@@ -197,7 +195,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             break_on_closed_output(e)?;
             break "output closed";
         }
-        if p.seq % IFACE_GC_EVERY == 0 {
+        if p.seq.is_multiple_of(IFACE_GC_EVERY) {
             p.retire_gone_interfaces();
         }
     };

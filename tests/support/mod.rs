@@ -13,7 +13,11 @@ pub fn require_root(test: &str) -> bool {
     if root && btf {
         return true;
     }
-    let why = if !root { "not running as root" } else { "no kernel BTF at /sys/kernel/btf/vmlinux" };
+    let why = if !root {
+        "not running as root"
+    } else {
+        "no kernel BTF at /sys/kernel/btf/vmlinux"
+    };
     if in_ci() {
         panic!("{test}: {why}, and CI=true: privileged tests must run in CI");
     }

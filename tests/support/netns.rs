@@ -1,18 +1,21 @@
 //! Network namespaces made by a test, removed on drop (also when the test fails).
 
-use std::{
-    fs::File,
-    os::unix::fs::MetadataExt,
-    process::Command,
-};
+use std::{fs::File, os::unix::fs::MetadataExt, process::Command};
 
 pub struct Netns {
     pub name: String,
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Netns {
@@ -48,17 +51,25 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
 /// (rx_packets, tx_packets) of `iface` in the calling thread's namespace, from /proc/net/dev.
 pub fn proc_net_dev(iface: &str) -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/thread-self/net/dev").expect("read /proc/thread-self/net/dev");
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev")
+        .expect("read /proc/thread-self/net/dev");
     for line in text.lines().skip(2) {
-        let Some((name, rest)) = line.split_once(':') else { continue };
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
         if name.trim() == iface {
-            let f: Vec<u64> = rest.split_ascii_whitespace().map(|v| v.parse().unwrap()).collect();
+            let f: Vec<u64> = rest
+                .split_ascii_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
             return (f[1], f[9]);
         }
     }

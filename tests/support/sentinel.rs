@@ -44,8 +44,9 @@ impl SentinelRun {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let iv: Interval = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("sentinel printed a line that is not an Interval ({e}): {line}"));
+                let iv: Interval = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("sentinel printed a line that is not an Interval ({e}): {line}")
+                });
                 if tx.send(iv).is_err() {
                     break;
                 }
@@ -56,7 +57,12 @@ impl SentinelRun {
             let _ = stderr.read_to_string(&mut s);
             s
         });
-        Self { child: Some(child), lines, intervals: Vec::new(), stderr: Some(stderr) }
+        Self {
+            child: Some(child),
+            lines,
+            intervals: Vec::new(),
+            stderr: Some(stderr),
+        }
     }
 
     /// Waits for the next interval (the programs are attached once the first one arrives).
@@ -68,7 +74,10 @@ impl SentinelRun {
             }
             Err(_) => {
                 let finished = self.stop();
-                panic!("no interval within {timeout:?}; sentinel exited {:?}; stderr:\n{}", finished.status, finished.stderr);
+                panic!(
+                    "no interval within {timeout:?}; sentinel exited {:?}; stderr:\n{}",
+                    finished.status, finished.stderr
+                );
             }
         }
     }
@@ -81,7 +90,10 @@ impl SentinelRun {
     pub fn stop(&mut self) -> Finished {
         let mut child = self.child.take().expect("running");
         let sent = Instant::now();
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
@@ -93,10 +105,19 @@ impl SentinelRun {
             std::thread::sleep(Duration::from_millis(5));
         };
         let exit_time = sent.elapsed();
-        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
         let mut intervals = std::mem::take(&mut self.intervals);
         intervals.extend(self.lines.iter());
-        Finished { status, intervals, stderr, exit_time }
+        Finished {
+            status,
+            intervals,
+            stderr,
+            exit_time,
+        }
     }
 }
 
@@ -111,5 +132,8 @@ impl Drop for SentinelRun {
 
 /// Sum of one counter over intervals (a disabled counter sums as 0).
 pub fn sum_counter(intervals: &[Interval], name: &str) -> u64 {
-    intervals.iter().map(|iv| iv.counters.get(name).copied().flatten().unwrap_or(0)).sum()
+    intervals
+        .iter()
+        .map(|iv| iv.counters.get(name).copied().flatten().unwrap_or(0))
+        .sum()
 }

@@ -23,7 +23,10 @@ pub struct Options {
 const TARGET: &str = "bpfel-unknown-none";
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 pub fn cargo() -> String {
@@ -44,7 +47,11 @@ pub fn run(opts: &Options) -> Result<()> {
         cmd.arg("--release");
     }
     status(&mut cmd, "building the eBPF object")?;
-    let built = root.join("sentinel-ebpf/target").join(TARGET).join(profile).join("sentinel");
+    let built = root
+        .join("sentinel-ebpf/target")
+        .join(TARGET)
+        .join(profile)
+        .join("sentinel");
     let dest_dir = root.join("target/sentinel-ebpf");
     fs::create_dir_all(&dest_dir)?;
     let dest = dest_dir.join("sentinel.bpf.o");
@@ -53,7 +60,11 @@ pub fn run(opts: &Options) -> Result<()> {
     if fs::read(&dest).ok().as_deref() != Some(bytes.as_slice()) {
         fs::write(&dest, &bytes)?;
     }
-    step(&format!("eBPF object ready: {} ({} bytes); sentinel-user embeds it on its next build", dest.display(), bytes.len()));
+    step(&format!(
+        "eBPF object ready: {} ({} bytes); sentinel-user embeds it on its next build",
+        dest.display(),
+        bytes.len()
+    ));
     Ok(())
 }
 
@@ -65,7 +76,15 @@ fn step(message: &str) {
 fn nightly_cargo() -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", "nightly", "cargo"]);
-    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO"] {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO",
+    ] {
         cmd.env_remove(var);
     }
     cmd
@@ -89,19 +108,25 @@ fn nightly_rustc(args: &[&str]) -> Result<String> {
 
 fn ensure_rust_src() -> Result<()> {
     let sysroot = PathBuf::from(nightly_rustc(&["--print", "sysroot"])?);
-    if sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists() {
+    if sysroot
+        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+        .exists()
+    {
         return Ok(());
     }
     step("installing the nightly's rust-src component (needed for -Z build-std=core)");
     let mut cmd = Command::new("rustup");
-    cmd.args(["component", "add", "rust-src", "--toolchain", "nightly"]).env_remove("RUSTUP_TOOLCHAIN");
+    cmd.args(["component", "add", "rust-src", "--toolchain", "nightly"])
+        .env_remove("RUSTUP_TOOLCHAIN");
     status(&mut cmd, "rustup component add rust-src")
 }
 
 fn cargo_home() -> PathBuf {
     env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
 }
 
 fn path_with(dir: &Path) -> std::ffi::OsString {
@@ -111,7 +136,10 @@ fn path_with(dir: &Path) -> std::ffi::OsString {
 }
 
 fn linker_works(path: &Path) -> bool {
-    Command::new(path).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(path)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Finds a working bpf-linker, or builds one against the nightly's own LLVM: the nightly
@@ -140,8 +168,15 @@ fn ensure_bpf_linker() -> Result<PathBuf> {
         .flatten()
         .map(|e| e.file_name())
         .find(|n| n.to_string_lossy().starts_with("libLLVM.so."))
-        .ok_or_else(|| anyhow!("no libLLVM.so.* in {}/lib: the nightly does not ship its LLVM", sysroot.display()))?;
-    let prefix = cargo_home().join("sentinel-llvm").join(lib.to_string_lossy().trim_start_matches("libLLVM.so."));
+        .ok_or_else(|| {
+            anyhow!(
+                "no libLLVM.so.* in {}/lib: the nightly does not ship its LLVM",
+                sysroot.display()
+            )
+        })?;
+    let prefix = cargo_home()
+        .join("sentinel-llvm")
+        .join(lib.to_string_lossy().trim_start_matches("libLLVM.so."));
     fs::create_dir_all(prefix.join("lib"))?;
     for name in [OsStr::new("libLLVM.so"), lib.as_os_str()] {
         let link = prefix.join("lib").join(name);
@@ -154,18 +189,29 @@ fn ensure_bpf_linker() -> Result<PathBuf> {
         prefix.display()
     ));
     let mut cmd = Command::new(cargo());
-    cmd.args(["install", "bpf-linker", "--no-default-features", "--features", &format!("llvm-{major}")])
-        .env("LLVM_PREFIX", &prefix)
-        .env_remove("CARGO_TARGET_DIR");
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--no-default-features",
+        "--features",
+        &format!("llvm-{major}"),
+    ])
+    .env("LLVM_PREFIX", &prefix)
+    .env_remove("CARGO_TARGET_DIR");
     status(&mut cmd, "cargo install bpf-linker")?;
     if !linker_works(&installed) {
-        bail!("bpf-linker was installed at {} but does not run", installed.display());
+        bail!(
+            "bpf-linker was installed at {} but does not run",
+            installed.display()
+        );
     }
     Ok(installed)
 }
 
 pub fn status(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }

@@ -48,7 +48,9 @@ fn test(opts: &TestOptions) -> anyhow::Result<()> {
     // One test thread per binary: the privileged tests measure the host's kernel counters and
     // must not disturb each other.
     let mut cmd = std::process::Command::new(build_ebpf::cargo());
-    cmd.current_dir(&root).args(["test", "--workspace", "--release"]).args(&opts.cargo_args);
+    cmd.current_dir(&root)
+        .args(["test", "--workspace", "--release"])
+        .args(&opts.cargo_args);
     if !opts.cargo_args.iter().any(|a| a == "--") {
         cmd.args(["--", "--test-threads=1"]);
     }

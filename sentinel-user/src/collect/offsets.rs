@@ -77,7 +77,7 @@ pub fn member_offset(btf: &Btf, root: &str, path: &[&str]) -> Result<u32> {
         bits += off;
         ty = member_ty;
     }
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         bail!(
             "BTF: {root}.{} is a bitfield, which the programs cannot read",
             path.join(".")

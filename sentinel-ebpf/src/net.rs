@@ -9,11 +9,11 @@ use aya_ebpf::{
     EbpfContext, bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
-use sentinel_common::{IFNAME_LEN, IfaceKey, IfaceStats, counter, tcp_state};
+use sentinel_common::{IFNAME_LEN, IfaceKey, IfaceStats, NetnsTcp, counter, tcp_state};
 
 use crate::maps::{
     COUNTERS, DEV_IFINDEX_OFF, DEV_NAME_OFF, DEV_ND_NET_OFF, HAS_NETNS, IFACES, NET_NS_INUM_OFF,
-    SKB_DEV_OFF, SKB_LEN_OFF, atomic_add, count, field, global,
+    NETNS_TCP, SKB_DEV_OFF, SKB_LEN_OFF, SOCK_NET_OFF, atomic_add, count, field, global,
 };
 
 /// Adds one packet of `len` bytes to the device's (netns, ifindex) entry, creating it on first
@@ -133,9 +133,66 @@ pub fn snt_netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Netns of a socket (0 when there is no socket, e.g. a reset sent for no socket).
+#[inline(always)]
+fn sock_netns(sk: *const u8) -> u32 {
+    if sk.is_null() || global(&HAS_NETNS) == 0 {
+        return 0;
+    }
+    let net: *const u8 = unsafe { field(sk, global(&SOCK_NET_OFF)) };
+    if net.is_null() {
+        return 0;
+    }
+    unsafe { field(net, global(&NET_NS_INUM_OFF)) }
+}
+
+#[inline(always)]
+fn netns_tcp(netns: u32) -> Option<*mut NetnsTcp> {
+    if let Some(stats) = NETNS_TCP.get_ptr_mut(&netns) {
+        return Some(stats);
+    }
+    let _ = NETNS_TCP.insert(
+        &netns,
+        &NetnsTcp {
+            retransmits: 0,
+            resets: 0,
+        },
+        BPF_NOEXIST as u64,
+    );
+    let stats = NETNS_TCP.get_ptr_mut(&netns);
+    if stats.is_none() {
+        count(counter::NETNS_TCP_OVERFLOW, 1);
+    }
+    stats
+}
+
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
-pub fn snt_tcp_retransmit_skb(_ctx: BtfTracePointContext) -> i32 {
+pub fn snt_tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     count(counter::TCP_RETRANSMITS, 1);
+    let sk: *const u8 = ctx.arg(0);
+    if let Some(stats) = netns_tcp(sock_netns(sk)) {
+        atomic_add(unsafe { &raw mut (*stats).retransmits }, 1);
+    }
+    0
+}
+
+#[inline(always)]
+fn reset(sk: *const u8) {
+    count(counter::TCP_RESETS, 1);
+    if let Some(stats) = netns_tcp(sock_netns(sk)) {
+        atomic_add(unsafe { &raw mut (*stats).resets }, 1);
+    }
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn snt_tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    reset(ctx.arg(0));
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn snt_tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    reset(ctx.arg(0));
     0
 }
 

@@ -63,7 +63,9 @@ pub fn counter_delta(prev: u64, cur: u64, reset: &mut bool) -> u64 {
         delta
     } else {
         *reset = true;
-        cur
+        // The new absolute value is what was counted since the reset; one beyond 2^63 cannot
+        // come from a fresh counter and is dropped rather than reported as a spike.
+        if cur <= 1 << 63 { cur } else { 0 }
     }
 }
 

@@ -211,7 +211,11 @@ pub struct NetnsTcp {
 #[inline(always)]
 pub fn container_hist_bucket(ns: u64) -> usize {
     let b = log2_floor(ns | 1) as usize;
-    if b < CONTAINER_HIST_BUCKETS { b } else { CONTAINER_HIST_BUCKETS - 1 }
+    if b < CONTAINER_HIST_BUCKETS {
+        b
+    } else {
+        CONTAINER_HIST_BUCKETS - 1
+    }
 }
 
 /// Names of the read-only globals the loader sets before loading (struct member offsets
@@ -298,7 +302,10 @@ mod tests {
         assert_eq!(container_hist_bucket(1024), 10);
         assert_eq!(container_hist_bucket(2047), 10);
         assert_eq!(container_hist_bucket(u64::MAX), CONTAINER_HIST_BUCKETS - 1);
-        assert_eq!(core::mem::size_of::<ContainerStats>(), 8 * (CONTAINER_SCALARS + CONTAINER_HIST_BUCKETS));
+        assert_eq!(
+            core::mem::size_of::<ContainerStats>(),
+            8 * (CONTAINER_SCALARS + CONTAINER_HIST_BUCKETS)
+        );
     }
 
     #[test]

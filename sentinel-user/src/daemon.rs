@@ -22,12 +22,31 @@ use crate::{
         loader::{Collector, LoadOptions},
         netns,
     },
+    containers::{self, Attribution},
     export::{OutputFormat, write_interval},
     model::{CollectorHealth, Interval},
 };
 
-/// Number of public counters (the JSON `counters` object); the rest are collector health.
-pub const PUBLIC_COUNTERS: usize = counter::SKB_DROPS + 1;
+/// The public counters (the JSON `counters` object); the rest are collector health.
+pub const PUBLIC_COUNTERS: [usize; 17] = [
+    counter::SCHED_SWITCH,
+    counter::SCHED_WAKEUP,
+    counter::SCHED_WAKEUP_NEW,
+    counter::PROCESS_FORK,
+    counter::PROCESS_EXEC,
+    counter::PROCESS_EXIT,
+    counter::OOM_KILLS,
+    counter::NET_TX_PACKETS,
+    counter::NET_TX_BYTES,
+    counter::NET_RX_PACKETS,
+    counter::NET_RX_BYTES,
+    counter::TCP_RETRANSMITS,
+    counter::TCP_CONN_OPENED,
+    counter::TCP_CONN_CLOSED,
+    counter::TCP_CONN_FAILED,
+    counter::TCP_RESETS,
+    counter::SKB_DROPS,
+];
 /// Retire the entries of gone interfaces every this many intervals.
 const IFACE_GC_EVERY: u64 = 10;
 
@@ -37,6 +56,8 @@ pub struct RunOptions {
     pub duration: Option<Duration>,
     pub output: OutputFormat,
     pub load: LoadOptions,
+    /// Name containers through the Docker Engine API (ids come from cgroup paths regardless).
+    pub docker: bool,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -55,6 +76,7 @@ struct Pipeline {
     snapshot: RawSnapshot,
     seq: u64,
     last: Instant,
+    attribution: Attribution,
 }
 
 impl Pipeline {
@@ -79,12 +101,20 @@ impl Pipeline {
         drain_us: u64,
         final_interval: bool,
     ) -> Interval {
-        let counters = (0..PUBLIC_COUNTERS)
-            .map(|i| {
+        let counters = PUBLIC_COUNTERS
+            .iter()
+            .map(|&i| {
                 let value = (!self.collector.is_disabled(i)).then_some(delta.counters[i]);
                 (counter::NAMES[i].to_string(), value)
             })
             .collect();
+        let containers = self.attribution.containers(
+            &delta.containers,
+            &delta.ifaces,
+            &delta.netns_tcp,
+            measured.as_nanos() as u64,
+            &mut self.summarizer,
+        );
         let final_totals = final_interval.then(|| {
             (0..counter::COUNT)
                 .map(|i| (counter::NAMES[i].to_string(), self.drain.cumulative()[i]))
@@ -100,6 +130,8 @@ impl Pipeline {
             runqueue_latency_us: self.summarizer.summarize(&delta.hist),
             interfaces: delta.ifaces,
             system,
+            containers,
+            docker: self.attribution.docker_state().to_string(),
             collector: CollectorHealth {
                 disabled: self.collector.disabled_programs(),
                 iface_overflow_packets: delta.counters[counter::IFACE_OVERFLOW_RX_PACKETS]
@@ -107,6 +139,9 @@ impl Pipeline {
                 runq_start_overflow: delta.counters[counter::RUNQ_START_OVERFLOW],
                 iface_entries: self.drain.iface_entries() as u64,
                 iface_capacity: u64::from(self.collector.iface_capacity),
+                container_overflow: delta.counters[counter::CONTAINER_OVERFLOW],
+                container_entries: self.drain.containers.len() as u64,
+                container_capacity: u64::from(self.collector.container_capacity),
                 reset: delta.reset,
                 drain_us,
             },
@@ -132,6 +167,27 @@ impl Pipeline {
         for key in gone {
             match self.collector.remove_iface(&key) {
                 Ok(()) => self.drain.forget_iface(&key),
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+        let gone_tcp: Vec<u32> = self
+            .drain
+            .netns_tcp
+            .idle(1)
+            .filter(|n| *n != 0 && !live.contains(n))
+            .collect();
+        for netns in gone_tcp {
+            match self.collector.remove_netns_tcp(&netns) {
+                Ok(()) => self.drain.netns_tcp.forget(&netns),
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+        for key in self.attribution.gone(self.drain.containers.idle(1)) {
+            match self.collector.remove_container(&key) {
+                Ok(()) => {
+                    self.drain.forget_container(&key);
+                    self.attribution.forget(&key);
+                }
                 Err(e) => warn!("{e:#}"),
             }
         }
@@ -164,6 +220,14 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         snapshot: RawSnapshot::default(),
         seq: 0,
         last: loaded_at,
+        attribution: Attribution::new(
+            opts.load.key_mode,
+            if opts.docker {
+                containers::docker::spawn_watcher()
+            } else {
+                containers::docker::disabled_view()
+            },
+        ),
     };
     let start = tokio::time::Instant::from_std(loaded_at);
     let mut ticker = tokio::time::interval_at(start + opts.interval, opts.interval);

@@ -4,7 +4,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use sentinel::{
-    collect::loader::LoadOptions,
+    collect::loader::{KeyMode, LoadOptions},
     daemon::{self, RunOptions},
     export::OutputFormat,
 };
@@ -48,6 +48,16 @@ struct RunArgs {
     /// Capacity of the per-(network namespace, interface) kernel map.
     #[arg(long, default_value_t = sentinel_common::IFACE_MAP_CAPACITY, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     iface_capacity: u32,
+    /// Capacity of the per-container kernel map.
+    #[arg(long, default_value_t = sentinel_common::CONTAINER_MAP_CAPACITY, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    container_capacity: u32,
+    /// How the kernel identifies a task's container: cgroup v2 id, or mount namespace inode
+    /// (cgroup v1 hosts). `auto` picks by the host's cgroup layout.
+    #[arg(long, value_enum, default_value_t = KeyMode::Auto)]
+    container_key: KeyMode,
+    /// Do not contact the Docker Engine API (containers are then named by cgroup path / id).
+    #[arg(long)]
+    no_docker: bool,
     /// Testing aid: treat this tracepoint as missing from the kernel (repeatable).
     #[arg(long, hide = true)]
     simulate_missing_hook: Vec<String>,
@@ -109,8 +119,11 @@ fn main() -> ExitCode {
             interval: args.interval,
             duration: args.duration,
             output: args.output,
+            docker: !args.no_docker,
             load: LoadOptions {
                 iface_capacity: args.iface_capacity,
+                container_capacity: args.container_capacity,
+                key_mode: args.container_key,
                 simulate_missing: args.simulate_missing_hook,
                 ..LoadOptions::default()
             },

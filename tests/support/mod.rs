@@ -2,6 +2,7 @@
 //! instead of skipping, a running `sentinel` process, network namespaces that clean up.
 #![allow(dead_code)] // each test binary uses a different part of the support code
 
+pub mod docker;
 pub mod netns;
 pub mod sentinel;
 
@@ -27,4 +28,23 @@ pub fn require_root(test: &str) -> bool {
 
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Root and the tools are required: fail under `CI=true`, skip loudly elsewhere.
+/// Returns false when the caller should return early (skip).
+pub fn require(what: &str, ok: bool, why: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if in_ci() {
+        panic!("CI=true and {what} is unavailable: {why}");
+    }
+    eprintln!(
+        "\n*** SKIPPED: {what} unavailable: {why} (set CI=true to make this a failure) ***\n"
+    );
+    false
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }

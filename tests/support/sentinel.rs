@@ -29,10 +29,15 @@ pub struct Finished {
 
 impl SentinelRun {
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .arg("run")
             .args(["--output", "json"])
             .args(args)
+            .envs(env.iter().copied())
             .env("SENTINEL_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -13,7 +13,10 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePoint,
 };
-use sentinel_common::{Counters, IfaceKey, IfaceStats, LatencyHist, counter, global};
+use sentinel_common::{
+    ContainerKey, ContainerStats, Counters, IfaceKey, IfaceStats, LatencyHist, NetnsTcp, OnCpu,
+    counter, global,
+};
 use tracing::{info, warn};
 
 use super::{drain::RawSnapshot, offsets::Offsets};
@@ -112,7 +115,70 @@ pub const HOOKS: &[Hook] = &[
         tracepoint: "kfree_skb",
         counters: &[counter::SKB_DROPS],
     },
+    Hook {
+        program: "snt_tcp_send_reset",
+        category: "tcp",
+        tracepoint: "tcp_send_reset",
+        counters: &[counter::TCP_RESETS],
+    },
+    Hook {
+        program: "snt_tcp_receive_reset",
+        category: "tcp",
+        tracepoint: "tcp_receive_reset",
+        counters: &[counter::TCP_RESETS],
+    },
 ];
+
+/// How the kernel side keys containers; see sentinel-ebpf/src/container.rs.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyMode {
+    /// cgroup v2 id on a pure cgroup v2 host, mount namespace inode otherwise.
+    #[default]
+    Auto,
+    Cgroup,
+    Mntns,
+}
+
+impl KeyMode {
+    pub fn resolve(self) -> KeyMode {
+        match self {
+            KeyMode::Auto if cgroup2_only() => KeyMode::Cgroup,
+            KeyMode::Auto => KeyMode::Mntns,
+            other => other,
+        }
+    }
+
+    fn as_global(self) -> u32 {
+        match self.resolve() {
+            KeyMode::Cgroup => sentinel_common::KEY_MODE_CGROUP,
+            _ => sentinel_common::KEY_MODE_MNTNS,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self.resolve() {
+            KeyMode::Cgroup => "cgroup v2 id",
+            _ => "mount namespace inode (cgroup v1 or hybrid host)",
+        }
+    }
+}
+
+/// True when /sys/fs/cgroup itself is a cgroup2 mount (no v1 controllers in use).
+pub fn cgroup2_only() -> bool {
+    nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}
 
 /// Prefix of every program sentinel loads (kernel program names are cut at 15 characters).
 pub const PROGRAM_PREFIX: &str = "snt_";
@@ -121,6 +187,8 @@ pub const PROGRAM_PREFIX: &str = "snt_";
 pub struct LoadOptions {
     pub btf_path: PathBuf,
     pub iface_capacity: u32,
+    pub container_capacity: u32,
+    pub key_mode: KeyMode,
     /// Test hook: attach these tracepoints under a name that does not exist, to show that a
     /// missing tracepoint degrades one signal and not the daemon.
     pub simulate_missing: Vec<String>,
@@ -131,6 +199,8 @@ impl Default for LoadOptions {
         Self {
             btf_path: PathBuf::from(super::offsets::VMLINUX_BTF),
             iface_capacity: sentinel_common::IFACE_MAP_CAPACITY,
+            container_capacity: sentinel_common::CONTAINER_MAP_CAPACITY,
+            key_mode: KeyMode::Auto,
             simulate_missing: Vec::new(),
         }
     }
@@ -150,6 +220,11 @@ pub struct Collector {
     counters: PerCpuArray<MapData, Counters>,
     hist: PerCpuArray<MapData, LatencyHist>,
     ifaces: PerCpuHashMap<MapData, IfaceKey, IfaceStats>,
+    containers: PerCpuHashMap<MapData, ContainerKey, ContainerStats>,
+    netns_tcp: PerCpuHashMap<MapData, u32, NetnsTcp>,
+    oncpu: PerCpuArray<MapData, OnCpu>,
+    pub container_capacity: u32,
+    pub key_mode: KeyMode,
     pub disabled: Vec<DisabledHook>,
     pub iface_capacity: u32,
     pub offsets: Offsets,
@@ -174,6 +249,8 @@ impl Collector {
         let btf = Btf::parse_file(&opts.btf_path, aya::Endianness::default())
             .with_context(|| format!("cannot parse kernel BTF at {}", opts.btf_path.display()))?;
         let tracefs = super::tracefs::ensure_mounted();
+        let key_mode = opts.key_mode.resolve();
+        info!(mode = key_mode.describe(), "container key");
 
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TASK_PID, &offsets.task_pid, true)
@@ -185,7 +262,19 @@ impl Collector {
             .override_global(global::DEV_ND_NET, &offsets.dev_nd_net, true)
             .override_global(global::NET_NS_INUM, &offsets.net_ns_inum, true)
             .override_global(global::HAS_NETNS, &u32::from(offsets.has_netns), true)
+            .override_global(global::TASK_TGID, &offsets.task_tgid, true)
+            .override_global(global::TASK_EXIT_CODE, &offsets.task_exit_code, true)
+            .override_global(global::TASK_CGROUPS, &offsets.task_cgroups, true)
+            .override_global(global::CSS_SET_DFL_CGRP, &offsets.css_set_dfl_cgrp, true)
+            .override_global(global::CGROUP_KN, &offsets.cgroup_kn, true)
+            .override_global(global::KERNFS_NODE_ID, &offsets.kernfs_node_id, true)
+            .override_global(global::TASK_NSPROXY, &offsets.task_nsproxy, true)
+            .override_global(global::NSPROXY_MNT_NS, &offsets.nsproxy_mnt_ns, true)
+            .override_global(global::MNT_NS_INUM, &offsets.mnt_ns_inum, true)
+            .override_global(global::SOCK_NET, &offsets.sock_net, true)
+            .override_global(global::KEY_MODE, &key_mode.as_global(), true)
             .map_max_entries("IFACES", opts.iface_capacity)
+            .map_max_entries("CONTAINERS", opts.container_capacity)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 permission_hint(anyhow!(e).context("cannot create sentinel's BPF maps"))
@@ -259,11 +348,19 @@ impl Collector {
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
         let hist = PerCpuArray::try_from(take(&mut ebpf, "RUNQ_HIST")?)?;
         let ifaces = PerCpuHashMap::try_from(take(&mut ebpf, "IFACES")?)?;
+        let containers = PerCpuHashMap::try_from(take(&mut ebpf, "CONTAINERS")?)?;
+        let netns_tcp = PerCpuHashMap::try_from(take(&mut ebpf, "NETNS_TCP")?)?;
+        let oncpu = PerCpuArray::try_from(take(&mut ebpf, "ONCPU")?)?;
         Ok(Self {
             ebpf: Some(ebpf),
             counters,
             hist,
             ifaces,
+            containers,
+            netns_tcp,
+            oncpu,
+            container_capacity: opts.container_capacity,
+            key_mode,
             disabled,
             iface_capacity: opts.iface_capacity,
             offsets,
@@ -302,6 +399,21 @@ impl Collector {
     /// all CPUs' slots at once; an increment racing with the copy lands in this read or the
     /// next one, never in both and never in neither.
     pub fn snapshot(&self, out: &mut RawSnapshot) -> Result<()> {
+        // The running slices are read first, with the clock read before them, so a slice
+        // seen as running was still running at `oncpu_now_ns` and the kernel's CONTAINERS
+        // read that follows holds every slice that had ended (see `RunningSlices`). Once
+        // detached, nothing runs any more: no running slice is read.
+        out.oncpu.clear();
+        if self.ebpf.is_some() {
+            out.oncpu_now_ns = monotonic_ns();
+            out.oncpu.extend(
+                self.oncpu
+                    .get(&0, 0)
+                    .context("reading ONCPU")?
+                    .iter()
+                    .copied(),
+            );
+        }
         out.counters.clear();
         out.counters.extend(
             self.counters
@@ -327,7 +439,28 @@ impl Collector {
                 Err(e) => return Err(e).context("reading IFACES"),
             }
         }
+        read_keyed(&self.containers, &mut out.containers, "CONTAINERS", |s| {
+            bytemuck::cast(*s)
+        })?;
+        read_keyed(&self.netns_tcp, &mut out.netns_tcp, "NETNS_TCP", |s| {
+            [s.retransmits, s.resets]
+        })?;
         Ok(())
+    }
+
+    /// Removes a gone container's entry (after it was drained and stayed idle).
+    pub fn remove_container(&mut self, key: &ContainerKey) -> Result<()> {
+        match self.containers.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing a gone container from CONTAINERS"),
+        }
+    }
+
+    pub fn remove_netns_tcp(&mut self, key: &u32) -> Result<()> {
+        match self.netns_tcp.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing a gone namespace from NETNS_TCP"),
+        }
     }
 
     /// Removes an interface entry whose namespace or device is gone (after it was drained).
@@ -337,6 +470,23 @@ impl Collector {
             Err(e) => Err(e).context("removing a gone interface from IFACES"),
         }
     }
+}
+
+fn read_keyed<K: aya::Pod, V: aya::Pod, const N: usize>(
+    map: &PerCpuHashMap<MapData, K, V>,
+    out: &mut Vec<(K, Vec<[u64; N]>)>,
+    name: &str,
+    convert: impl Fn(&V) -> [u64; N],
+) -> Result<()> {
+    out.clear();
+    for item in map.iter() {
+        match item {
+            Ok((key, values)) => out.push((key, values.iter().map(&convert).collect())),
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+        }
+    }
+    Ok(())
 }
 
 fn attach(ebpf: &mut Ebpf, hook: &Hook, target: &str, btf: &Btf) -> Result<()> {
@@ -351,6 +501,14 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, target: &str, btf: &Btf) -> Result<()> {
         .attach()
         .with_context(|| format!("attaching {}", hook.program))?;
     Ok(())
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+/// Zero (no running slice is credited) in the impossible case that it cannot be read.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

@@ -23,6 +23,19 @@ pub struct Offsets {
     /// `net.ns.inum`.
     pub net_ns_inum: u32,
     pub has_netns: bool,
+    pub task_tgid: u32,
+    pub task_exit_code: u32,
+    /// `task->cgroups->dfl_cgrp->kn->id` chain.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// `task->nsproxy->mnt_ns->ns.inum` chain.
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    pub mnt_ns_inum: u32,
+    /// `sock.__sk_common.skc_net.net`.
+    pub sock_net: u32,
 }
 
 impl Offsets {
@@ -58,6 +71,20 @@ impl Offsets {
             dev_nd_net,
             net_ns_inum,
             has_netns,
+            task_tgid: member_offset(btf, "task_struct", &["tgid"])?,
+            task_exit_code: member_offset(btf, "task_struct", &["exit_code"])?,
+            task_cgroups: member_offset(btf, "task_struct", &["cgroups"])?,
+            css_set_dfl_cgrp: member_offset(btf, "css_set", &["dfl_cgrp"])?,
+            cgroup_kn: member_offset(btf, "cgroup", &["kn"])?,
+            kernfs_node_id: member_offset(btf, "kernfs_node", &["id"])?,
+            task_nsproxy: member_offset(btf, "task_struct", &["nsproxy"])?,
+            nsproxy_mnt_ns: member_offset(btf, "nsproxy", &["mnt_ns"])?,
+            mnt_ns_inum: member_offset(btf, "mnt_namespace", &["ns", "inum"])?,
+            sock_net: if has_netns {
+                member_offset(btf, "sock", &["__sk_common", "skc_net", "net"])?
+            } else {
+                0
+            },
         })
     }
 }

@@ -698,3 +698,93 @@ async fn hanging_action_is_cut_off_and_permit_returned() {
         .clone();
     assert_eq!(t["exit_code"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn died_trigger_respects_operator_stop_and_restart_policy() {
+    if !sd::ensure() {
+        return;
+    }
+    let label = unique("sentinel.test.died");
+    let mut cfg = base_cfg(&label);
+    cfg.rules = vec![RuleConfig {
+        name: "died".into(),
+        trigger: Trigger::Died { oom_only: false },
+        action: ActionConfig::Start,
+        ..RuleConfig::autoheal()
+    }];
+    let d = drive(cfg, Duration::from_millis(300));
+    let events = sd::StartEvents::record();
+    let opt_in = format!("{label}=true");
+    let crash = &["sh", "-c", "sleep 1; exit 3"];
+    // Dies by itself with exit 3, no restart policy: sentinel starts it (D-row "died").
+    let crasher = Container::run(
+        &unique("heal-died-crash"),
+        &["--label", &opt_in],
+        IMAGE,
+        crash,
+    );
+    // Docker's own policy brings it back: left to Docker (D6).
+    let policy = Container::run(
+        &unique("heal-died-policy"),
+        &["--label", &opt_in, "--restart", "on-failure:1000"],
+        IMAGE,
+        crash,
+    );
+    // Stopped by an operator (PID 1 ignores SIGTERM, so exit 137 after `stop -t 1`) (D5).
+    let stopped = Container::run(
+        &unique("heal-died-stopped"),
+        &["--label", &opt_in],
+        IMAGE,
+        &["sh", "-c", "sleep 100000"],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sd::docker_ok(&["stop", "-t", "1", &stopped.id]);
+    d.wait(
+        "crasher started by sentinel",
+        Duration::from_secs(20),
+        |d| count(&d.audit(), &crasher.id, "taken", None) >= 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, a) = d.finish().await;
+    let taken = lines_for(&a, &crasher.id)
+        .into_iter()
+        .find(|v| v["decision"] == "taken")
+        .unwrap()
+        .clone();
+    println!("crasher: {taken}");
+    assert_eq!(taken["action"], "start");
+    assert!(
+        events.starts(&crasher.id) >= 2,
+        "Docker saw sentinel's start"
+    );
+    assert_eq!(
+        count(&a, &policy.id, "intent", None),
+        0,
+        "{:?}",
+        lines_for(&a, &policy.id)
+    );
+    assert!(
+        count(
+            &a,
+            &policy.id,
+            "skipped",
+            Some("docker_restart_policy_active")
+        ) >= 1,
+        "{:?}",
+        lines_for(&a, &policy.id)
+    );
+    assert_eq!(count(&a, &stopped.id, "intent", None), 0);
+    assert_eq!(
+        count(&a, &stopped.id, "skipped", Some("stopped_by_operator")),
+        1,
+        "{:?}",
+        lines_for(&a, &stopped.id)
+    );
+    assert_eq!(
+        events.starts(&stopped.id),
+        1,
+        "operator-stopped container never started again"
+    );
+    assert_eq!(stopped.inspect("{{.State.Running}}"), "false");
+}

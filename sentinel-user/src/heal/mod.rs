@@ -571,6 +571,7 @@ impl HealEngine {
                 s.status.contains("unhealthy")
                     || s.state == "exited"
                     || s.state == "dead"
+                    || s.state == "restarting"
                     || self.containers.contains_key(&s.id)
                     || self.streaks.anomaly.keys().any(|(c, _)| c == &s.id)
                     || (!streak_rules.is_empty()

@@ -58,9 +58,10 @@ pub fn fires(
         Trigger::Unhealthy => (info.health == "unhealthy" && (info.running || stopped_by_operator))
             .then(|| "health_status: unhealthy".to_string()),
         Trigger::Died { oom_only } => {
-            let dead = !info.running
-                && !info.restarting
-                && matches!(info.status.as_str(), "exited" | "dead");
+            // A container Docker is restarting died too: it fires, and the gate then leaves it
+            // to Docker (`docker_restart_policy_active`), which is what the audit should say.
+            let dead = info.restarting
+                || (!info.running && matches!(info.status.as_str(), "exited" | "dead"));
             let bad = if *oom_only {
                 info.oom_killed
             } else {

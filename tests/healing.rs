@@ -77,8 +77,12 @@ struct Driven {
 }
 
 fn drive(cfg: HealConfig, interval: Duration) -> Driven {
+    drive_audit(cfg, interval, None)
+}
+
+fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> Driven {
     let dir = tempfile::tempdir().unwrap();
-    let audit = dir.path().join("audit.jsonl");
+    let audit = audit.unwrap_or_else(|| dir.path().join("audit.jsonl"));
     let mut engine = HealEngine::new(cfg, &audit).expect("valid config");
     let (stop, mut stop_rx) = watch::channel(false);
     let (snap_tx, snap) = watch::channel(None);
@@ -787,4 +791,56 @@ async fn died_trigger_respects_operator_stop_and_restart_policy() {
         "operator-stopped container never started again"
     );
     assert_eq!(stopped.inspect("{{.State.Running}}"), "false");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_and_unwritable_audit_never_act() {
+    if !sd::ensure() {
+        return;
+    }
+    let label = unique("sentinel.test.dry");
+    let opt_in = format!("{label}=true");
+    let mut extra = vec!["--label", opt_in.as_str()];
+    extra.extend_from_slice(HEALTH);
+    let events = sd::StartEvents::record();
+    let c = Container::run(&unique("heal-dry"), &extra, IMAGE, SICK_CMD);
+    c.wait_health("unhealthy", Duration::from_secs(15)).unwrap();
+    // 1. --dry-run: decided and audited, not done.
+    let mut cfg = base_cfg(&label);
+    cfg.dry_run = true;
+    let d = drive(cfg, Duration::from_millis(300));
+    d.wait("dry_run line", Duration::from_secs(10), |d| {
+        count(&d.audit(), &c.id, "skipped", Some("dry_run")) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, a) = d.finish().await;
+    let dry = lines_for(&a, &c.id)
+        .into_iter()
+        .find(|v| v["reason"] == "dry_run")
+        .unwrap()
+        .clone();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(count(&a, &c.id, "intent", None), 0);
+    // 2. Audit log that cannot be written (/dev/full: every write fails): fail safe.
+    let d = drive_audit(
+        base_cfg(&label),
+        Duration::from_millis(300),
+        Some(PathBuf::from("/dev/full")),
+    );
+    d.wait("audit errors counted", Duration::from_secs(10), |d| {
+        d.snapshot()
+            .is_some_and(|s| s.counters.audit_write_errors > 0 && s.counters.not_recorded > 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (e, _) = d.finish().await;
+    let s = e.snapshot();
+    println!(
+        "unwritable audit: {} write errors, {} actions not taken",
+        s.counters.audit_write_errors, s.counters.not_recorded
+    );
+    assert_eq!(s.counters.actions_taken, 0);
+    assert_eq!(events.starts(&c.id), 1, "never restarted");
+    assert_eq!(c.inspect("{{.RestartCount}}"), "0");
 }

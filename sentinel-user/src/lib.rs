@@ -5,3 +5,5 @@ pub mod containers;
 pub mod daemon;
 pub mod export;
 pub mod model;
+
+pub mod heal;

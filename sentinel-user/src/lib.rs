@@ -1,3 +1,5 @@
 //! Sentinel userspace: collector, detection, healing and exporters.
 
+pub mod detect;
 pub mod model;
+pub mod replay;

@@ -46,9 +46,11 @@ pub struct DetectConfig {
     pub refractory: u32,
     /// During the refractory span, a score this much above the last alarm's re-arms.
     pub rearm_margin: f64,
-    /// Values per shingle fed to the learned detector.
+    /// The learned detector works on means of this many rows.
+    pub downsample: u32,
+    /// Values (block means) per shingle fed to the learned detector.
     pub shingle: u32,
-    /// Rows of history kept for training the learned detector (ring buffer).
+    /// Block means of history kept for training the learned detector (ring buffer).
     pub train_window: u32,
     /// Retrain the learned model every this many rows.
     pub retrain_every: u32,
@@ -84,8 +86,9 @@ impl Default for DetectConfig {
             arm_level: 0.5,
             refractory: 200,
             rearm_margin: 0.25,
+            downsample: 4,
             shingle: 8,
-            train_window: 512,
+            train_window: 256,
             retrain_every: 256,
             trees: 32,
             tree_sample: 64,
@@ -128,6 +131,7 @@ impl DetectConfig {
         check_f("arm_level", self.arm_level, 0.0, 1.0)?;
         check_u("refractory", self.refractory, 0, 1_000_000)?;
         check_f("rearm_margin", self.rearm_margin, 0.0, 1.0)?;
+        check_u("downsample", self.downsample, 1, 10_000)?;
         check_u("shingle", self.shingle, 1, 64)?;
         check_u("train_window", self.train_window, 16, 65_536)?;
         check_u("retrain_every", self.retrain_every, 1, 10_000_000)?;

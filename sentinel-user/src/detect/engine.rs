@@ -358,3 +358,260 @@ impl DetectionEngine {
         self.series.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noisy(i: u64) -> f64 {
+        // Deterministic pseudo-noise around a slow wave.
+        let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+        100.0 + 10.0 * (i as f64 * 0.02).sin() + (h % 1000) as f64 / 100.0
+    }
+
+    fn interval(i: u64, cpu: f64) -> Interval {
+        let mut iv = Interval {
+            ts: format!("t{i}"),
+            seq: i,
+            ..Interval::default()
+        };
+        iv.counters
+            .insert("sched_switch".into(), Some(1000 + i % 5));
+        iv.counters.insert("disabled_probe".into(), None);
+        iv.system.cpu_percent = cpu;
+        iv
+    }
+
+    fn inline_engine(cfg: DetectConfig) -> DetectionEngine {
+        DetectionEngine::with_trainer(cfg, Trainer::Inline)
+    }
+
+    #[test]
+    fn warm_up_never_raises_even_on_wild_input() {
+        let cfg = DetectConfig {
+            raise_after: 1,
+            ..DetectConfig::default()
+        };
+        let mut e = inline_engine(cfg.clone());
+        for i in 0..u64::from(cfg.warmup) {
+            // Alternating extremes would alarm immediately on a ready detector.
+            let cpu = if i % 2 == 0 { 0.0 } else { 1e9 };
+            assert!(e.observe_interval(&interval(i, cpu)).is_empty(), "row {i}");
+            assert!(
+                e.series_states()
+                    .all(|(_, s, score)| s == SeriesState::WarmingUp && score == 0.0)
+            );
+        }
+        // And a series detector never raises or scores before it is ready.
+        let p = Params::new(&cfg);
+        let mut d = SeriesDetector::new(&p);
+        for i in 0..u64::from(cfg.warmup) {
+            let s = d.update(
+                &p,
+                &Trainer::Inline,
+                "x",
+                if i % 3 == 0 { -1e12 } else { 5.0 },
+            );
+            assert_eq!(
+                (s.score, s.level, s.event, s.state),
+                (0.0, 0.0, None, SeriesState::WarmingUp)
+            );
+        }
+    }
+
+    #[test]
+    fn learned_fallback_is_visible() {
+        // A constant series cannot train an isolation forest: the learned detector is
+        // unavailable and the series reports `fallback`, scored by the statistical detector.
+        let p = Params::new(&DetectConfig::default());
+        let mut d = SeriesDetector::new(&p);
+        let mut last = None;
+        for _ in 0..3000 {
+            last = Some(d.update(&p, &Trainer::Inline, "flat", 42.0));
+        }
+        assert_eq!(last.unwrap().state, SeriesState::Fallback);
+        assert_eq!(d.state().as_str(), "fallback");
+        let l = d.learned.as_ref().unwrap();
+        assert!(matches!(l.status(&p.forest), LearnedStatus::Unavailable(_)));
+
+        // A varying series gets a model and becomes ready; the statistical-only detector is
+        // ready without one.
+        let mut d = SeriesDetector::new(&p);
+        for i in 0..3000 {
+            last = Some(d.update(&p, &Trainer::Inline, "wave", noisy(i)));
+        }
+        assert_eq!(last.unwrap().state, SeriesState::Ready);
+        let ps = Params::new(&DetectConfig {
+            detector: DetectorKind::Statistical,
+            ..DetectConfig::default()
+        });
+        let mut d = SeriesDetector::new(&ps);
+        for i in 0..300 {
+            last = Some(d.update(&ps, &Trainer::Inline, "wave", noisy(i)));
+        }
+        assert_eq!(last.unwrap().state, SeriesState::Ready);
+    }
+
+    #[test]
+    fn background_trainer_swaps_a_model_in() {
+        let p = Params::new(&DetectConfig::default());
+        let trainer = Trainer::background().unwrap();
+        let mut d = SeriesDetector::new(&p);
+        let mut i = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while d.state() != SeriesState::Ready {
+            d.update(&p, &trainer, "wave", noisy(i));
+            i += 1;
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no model after {i} rows"
+            );
+        }
+    }
+
+    #[test]
+    fn score_is_finite_and_in_unit_range_for_hostile_input() {
+        for kind in [
+            DetectorKind::Statistical,
+            DetectorKind::Learned,
+            DetectorKind::Combined,
+        ] {
+            let p = Params::new(&DetectConfig {
+                detector: kind,
+                ..DetectConfig::default()
+            });
+            let mut d = SeriesDetector::new(&p);
+            let hostile = [
+                f64::NAN,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                f64::MAX,
+                -f64::MAX,
+                1e300,
+                0.0,
+                -0.0,
+                f64::MIN_POSITIVE,
+            ];
+            for i in 0..5000u64 {
+                let x = if i % 7 == 0 {
+                    hostile[(i / 7) as usize % hostile.len()]
+                } else {
+                    noisy(i)
+                };
+                let s = d.update(&p, &Trainer::Inline, "h", x);
+                for v in [s.score, s.level] {
+                    assert!(
+                        v.is_finite() && (0.0..=1.0).contains(&v),
+                        "{kind:?} row {i}: {v}"
+                    );
+                }
+                assert!(s.baseline.is_finite());
+            }
+        }
+    }
+
+    #[test]
+    fn memory_per_series_is_constant() {
+        // The per-series state is a fixed-size struct plus boxed buffers sized at creation;
+        // nothing in it grows with the number of rows.
+        assert!(
+            std::mem::size_of::<SeriesDetector>() <= 256,
+            "{}",
+            std::mem::size_of::<SeriesDetector>()
+        );
+        assert!(std::mem::size_of::<StatDetector>() <= 160);
+        let p = Params::new(&DetectConfig::default());
+        let mut d = SeriesDetector::new(&p);
+        let ring = |d: &SeriesDetector| d.learned.as_ref().map(|l| l.ring_capacity());
+        let before = ring(&d);
+        for i in 0..50_000 {
+            d.update(&p, &Trainer::Inline, "m", noisy(i));
+        }
+        assert_eq!(ring(&d), before);
+        let f = d.learned.as_ref().unwrap().model_nodes();
+        // Trees are bounded by the sample size: at most 2 * sample - 1 nodes each.
+        assert!(
+            f > 0 && f <= p.forest.trees * (2 * p.forest.sample - 1),
+            "{f}"
+        );
+    }
+
+    #[test]
+    fn engine_bounds_series_and_counts_overflow() {
+        let mut e = inline_engine(DetectConfig {
+            max_series: 2,
+            ..DetectConfig::default()
+        });
+        for i in 0..10 {
+            e.observe_interval(&interval(i, 5.0));
+        }
+        assert_eq!(e.tracked_series(), 2);
+        // 5 series per interval (one counter is null and skipped): 3 overflow each time.
+        assert_eq!(e.overflow(), 30);
+    }
+
+    #[test]
+    fn engine_raises_and_clears_events_with_hysteresis() {
+        let cfg = DetectConfig {
+            raise_after: 2,
+            clear_after: 3,
+            detector: DetectorKind::Statistical,
+            ..DetectConfig::default()
+        };
+        let mut e = inline_engine(cfg);
+        let mut events = Vec::new();
+        for i in 0..3000u64 {
+            let cpu = if (2000..2100).contains(&i) {
+                400.0
+            } else {
+                noisy(i)
+            };
+            events.extend(e.observe_interval(&interval(i, cpu)));
+        }
+        let cpu: Vec<_> = events
+            .iter()
+            .filter(|ev| ev.series == "system.cpu_percent")
+            .collect();
+        assert!(cpu.len() >= 2, "{events:?}");
+        assert_eq!(cpu[0].kind, EventKind::Raised);
+        // Raised on the second anomalous interval (k = 2).
+        assert_eq!(cpu[0].ts, "t2001");
+        assert!(cpu[0].score >= 0.5 && cpu[0].value == 400.0 && cpu[0].baseline < 150.0);
+        assert_eq!(cpu[1].kind, EventKind::Cleared);
+        let names: Vec<_> = e.series_states().map(|(n, _, _)| n.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "runqueue_latency_us.p99",
+                "sched_switch",
+                "system.cpu_percent",
+                "system.load1",
+                "system.mem_used_percent"
+            ]
+        );
+    }
+
+    #[test]
+    fn replay_is_deterministic() {
+        let mut input = String::from("timestamp,value\n");
+        for i in 0..4000u64 {
+            let v = if i == 3000 { 500.0 } else { noisy(i) };
+            input.push_str(&format!("{i},{v}\n"));
+        }
+        let run = || {
+            let mut out = Vec::new();
+            crate::replay::replay(
+                &DetectConfig::default(),
+                input.as_bytes(),
+                std::path::Path::new("x.csv"),
+                None,
+                &mut out,
+            )
+            .unwrap();
+            out
+        };
+        let a = run();
+        assert_eq!(a, run());
+        assert_eq!(String::from_utf8(a).unwrap().lines().count(), 4001);
+    }
+}

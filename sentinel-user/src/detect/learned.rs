@@ -23,6 +23,7 @@ pub const MAX_SHINGLE: usize = 64;
 #[derive(Clone, Copy, Debug)]
 pub struct ForestParams {
     pub shingle: usize,
+    pub downsample: u32,
     pub train_window: usize,
     pub retrain_every: u32,
     pub trees: usize,
@@ -35,6 +36,7 @@ impl ForestParams {
     pub fn new(c: &DetectConfig) -> Self {
         Self {
             shingle: (c.shingle as usize).min(MAX_SHINGLE),
+            downsample: c.downsample,
             train_window: c.train_window as usize,
             retrain_every: c.retrain_every,
             trees: c.trees as usize,
@@ -45,7 +47,7 @@ impl ForestParams {
                 a_long: 1.0 / f64::from(c.long_window),
                 spread_floor: c.spread_floor,
                 // The forest needs its own learning period after the first model arrives.
-                learn: c.warmup.min(c.retrain_every.max(16)),
+                learn: (c.warmup / c.downsample.max(1)).max(16),
             },
         }
     }
@@ -337,6 +339,11 @@ pub enum LearnedStatus {
 /// and a calibrator. Memory is fixed at construction (`train_window` values).
 #[derive(Debug)]
 pub struct LearnedDetector {
+    /// Sum and count of the block being downsampled.
+    block_sum: f64,
+    block_len: u32,
+    /// Last calibrated score, held between block ends.
+    last: f64,
     ring: Box<[f64]>,
     pos: usize,
     filled: usize,
@@ -350,6 +357,9 @@ pub struct LearnedDetector {
 impl LearnedDetector {
     pub fn new(p: &ForestParams) -> Self {
         Self {
+            block_sum: 0.0,
+            block_len: 0,
+            last: 0.0,
             ring: vec![0.0; p.train_window].into_boxed_slice(),
             pos: 0,
             filled: 0,
@@ -359,6 +369,16 @@ impl LearnedDetector {
             slot: Arc::new(ModelSlot::default()),
             cal: Likelihood::default(),
         }
+    }
+
+    /// Values the training ring holds (fixed at creation).
+    pub fn ring_capacity(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Nodes of the current model (0 without one).
+    pub fn model_nodes(&self) -> usize {
+        self.slot.model.load().as_ref().map_or(0, |m| m.nodes.len())
     }
 
     pub fn status(&self, p: &ForestParams) -> LearnedStatus {
@@ -373,11 +393,21 @@ impl LearnedDetector {
     /// Feeds one value (already clamped and finite); returns the calibrated score in [0, 1]
     /// (0 while there is no model).
     pub fn update(&mut self, p: &ForestParams, trainer: &Trainer, x: f64) -> f64 {
+        self.since_train = self.since_train.saturating_add(1);
+        // Work on block means: a coarser scale sees longer patterns with the same shingle and
+        // averages out single-row noise.
+        self.block_sum += x;
+        self.block_len += 1;
+        if self.block_len < p.downsample {
+            return self.last;
+        }
+        let x = self.block_sum / f64::from(self.block_len);
+        self.block_sum = 0.0;
+        self.block_len = 0;
         let n = self.ring.len();
         self.ring[self.pos] = x;
         self.pos = (self.pos + 1) % n;
         self.filled = (self.filled + 1).min(n);
-        self.since_train = self.since_train.saturating_add(1);
 
         let due = self.filled == n && self.since_train >= p.retrain_every
             || self.trains == 0 && self.filled == n;
@@ -411,6 +441,7 @@ impl LearnedDetector {
         let iso = model.score(&point[..s]);
         self.scored = self.scored.saturating_add(1);
         // -log2(1 - s) spreads the upper end of the isolation score.
-        self.cal.update(&p.calib, -(1.0 - iso).max(1e-9).log2())
+        self.last = self.cal.update(&p.calib, -(1.0 - iso).max(1e-9).log2());
+        self.last
     }
 }

@@ -3,7 +3,8 @@
 pub mod collect;
 pub mod containers;
 pub mod daemon;
+pub mod detect;
 pub mod export;
-pub mod model;
-
 pub mod heal;
+pub mod model;
+pub mod replay;

@@ -33,6 +33,9 @@ enum LogFormat {
 enum Command {
     /// Load the eBPF programs and print one interval of kernel and system metrics per line.
     Run(RunArgs),
+    /// Stream a recorded series (CSV `timestamp,value` or `sentinel run --output json` lines)
+    /// through the detection engine and write `timestamp,value,anomaly_score`.
+    Replay(sentinel::replay::ReplayArgs),
 }
 
 #[derive(clap::Args)]
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
                 ..LoadOptions::default()
             },
         }),
+        Command::Replay(args) => sentinel::replay::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask <command>`.
 
 mod build_ebpf;
+mod nab;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,8 @@ enum Command {
     BuildEbpf(build_ebpf::Options),
     /// Build the eBPF object, then run the whole test suite (what CI runs).
     Test(TestOptions),
+    /// Replay the NAB corpus through every detector and score it.
+    Nab(nab::NabArgs),
 }
 
 #[derive(clap::Args)]
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::BuildEbpf(opts) => build_ebpf::run(&opts),
         Command::Test(opts) => test(&opts),
+        Command::Nab(args) => nab::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

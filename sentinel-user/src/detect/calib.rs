@@ -1,0 +1,106 @@
+//! Per-series calibration of a raw score (the "likelihood" stage): a short mean of the raw
+//! score is compared with the long-run mean and spread of that short mean, and the Gaussian
+//! tail probability is log-mapped to [0, 1]. This makes scores of a flat gauge and a bursty
+//! counter comparable, so that one threshold serves all series.
+
+/// Natural log of the upper Gaussian tail `Q(z) = P(Z > z)`, accurate to ~1e-7 relative and
+/// finite for every finite `z` (no underflow: the exponent is kept in log space).
+pub fn ln_upper_tail(z: f64) -> f64 {
+    // erfc(x) ~ t * exp(-x^2 + poly(t)), Numerical Recipes' erfcc (|rel err| < 1.2e-7).
+    let x = z.abs() * std::f64::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * x);
+    let poly = -1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let ln_erfc = t.ln() - x * x + poly;
+    if z >= 0.0 {
+        ln_erfc - std::f64::consts::LN_2
+    } else {
+        // Q(z) = 1 - erfc(x)/2 for negative z.
+        (1.0 - 0.5 * ln_erfc.exp()).ln()
+    }
+}
+
+/// Tail probability of 1e-10 maps to 1.0, 1e-5 to 0.5 (the scale NAB's HTM detector uses).
+const LN_TAIL_FULL: f64 = -23.025_850_929_940_457;
+
+/// Maps a z value to a score in [0, 1].
+pub fn tail_score(z: f64) -> f64 {
+    if !z.is_finite() {
+        return if z > 0.0 { 1.0 } else { 0.0 };
+    }
+    (ln_upper_tail(z) / LN_TAIL_FULL).clamp(0.0, 1.0)
+}
+
+/// Parameters shared by every calibrator of an engine (kept out of the per-series state).
+#[derive(Clone, Copy, Debug)]
+pub struct CalibParams {
+    pub a_short: f64,
+    pub a_long: f64,
+    pub spread_floor: f64,
+    /// Samples before scores are emitted.
+    pub learn: u32,
+}
+
+/// Constant-size incremental calibrator (no stored history).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Likelihood {
+    short: f64,
+    mean: f64,
+    var: f64,
+    n: u32,
+}
+
+impl Likelihood {
+    /// Feeds one raw score (>= 0; non-finite values are treated as 0) and returns the
+    /// calibrated score in [0, 1]. The current sample is judged against the history before it.
+    pub fn update(&mut self, p: &CalibParams, raw: f64) -> f64 {
+        let raw = if raw.is_finite() {
+            raw.clamp(0.0, 1e6)
+        } else {
+            0.0
+        };
+        if self.n == 0 {
+            self.short = raw;
+            self.mean = raw;
+        } else {
+            self.short += p.a_short * (raw - self.short);
+        }
+        let sd = self.var.sqrt().max(p.spread_floor);
+        let score = if self.n >= p.learn {
+            tail_score((self.short - self.mean) / sd)
+        } else {
+            0.0
+        };
+        // Early on the long-run estimates are plain averages, later exponentially weighted.
+        let a = (1.0 / f64::from(self.n + 1)).max(p.a_long);
+        let d = self.short - self.mean;
+        self.mean += a * d;
+        self.var = (1.0 - a) * (self.var + a * d * d);
+        self.n = self.n.saturating_add(1);
+        score
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_matches_known_values_and_never_underflows() {
+        // Q(0) = 0.5, Q(1.959964) = 0.025, Q(4.264891) = 1e-5.
+        assert!((ln_upper_tail(0.0).exp() - 0.5).abs() < 1e-6);
+        assert!((ln_upper_tail(1.959_964).exp() - 0.025).abs() < 1e-6);
+        assert!((ln_upper_tail(4.264_891).exp() / 1e-5 - 1.0).abs() < 1e-4);
+        assert!((ln_upper_tail(-1.959_964).exp() - 0.975).abs() < 1e-6);
+        assert!(ln_upper_tail(100.0).is_finite());
+        assert!((tail_score(4.264_891) - 0.5).abs() < 1e-4);
+        assert_eq!(tail_score(f64::INFINITY), 1.0);
+        assert_eq!(tail_score(f64::NAN), 0.0);
+    }
+}

@@ -1,0 +1,188 @@
+//! Detector settings: the `[detect]` table of the TOML config.
+//!
+//! Defaults were chosen by replaying the NAB files in `shared/datasets/nab` (see DETECTION.md);
+//! counts are in rows for replay and in intervals for the daemon (one row per interval).
+
+use serde::{Deserialize, Serialize};
+
+/// Which detector produces the score of a series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorKind {
+    /// Robust statistical detector only.
+    Statistical,
+    /// Learned detector only (while it has no model the statistical one stands in, visibly).
+    Learned,
+    /// Both, fused into one score.
+    #[default]
+    Combined,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Master switch.
+    pub enabled: bool,
+    /// Detector(s) producing the score.
+    pub detector: DetectorKind,
+    /// Rows seen before a series is `ready`; until then it never raises an event.
+    pub warmup: u32,
+    /// Smoothing of the fast baseline, as an equivalent window in rows.
+    pub fast_window: u32,
+    /// Horizon of the slow baseline and of the noise scale, in rows.
+    pub slow_window: u32,
+    /// Rows averaged before a raw score is compared with its own history (likelihood stage).
+    pub short_window: u32,
+    /// Horizon of the raw-score history (mean and spread) in the likelihood stage, in rows.
+    pub long_window: u32,
+    /// Floor on the spread of raw scores, so that a series that has been quiet cannot alarm on
+    /// a blip.
+    pub spread_floor: f64,
+    /// Relative floor on the noise scale, as a fraction of the series' typical level.
+    pub scale_floor: f64,
+    /// Score at which a row arms an alarm (the onset row keeps its score; see `refractory`).
+    pub arm_level: f64,
+    /// Rows after an alarm during which the onset score is not repeated.
+    pub refractory: u32,
+    /// During the refractory span, a score this much above the last alarm's re-arms.
+    pub rearm_margin: f64,
+    /// The learned detector works on means of this many rows.
+    pub downsample: u32,
+    /// Values (block means) per shingle fed to the learned detector.
+    pub shingle: u32,
+    /// Block means of history kept for training the learned detector (ring buffer).
+    pub train_window: u32,
+    /// Retrain the learned model every this many rows.
+    pub retrain_every: u32,
+    /// Trees in the isolation forest.
+    pub trees: u32,
+    /// Shingles sampled per tree.
+    pub tree_sample: u32,
+    /// Seed of the learned detector (fixed so that replay is reproducible).
+    pub seed: u64,
+    /// Anomaly events: a series counts as anomalous on an interval when its (unshaped) score is
+    /// at least this.
+    pub event_threshold: f64,
+    /// Anomalous intervals in a row before an event is raised (k).
+    pub raise_after: u32,
+    /// Normal intervals in a row before a raised event is cleared (m).
+    pub clear_after: u32,
+    /// Maximum number of series with detector state; further series are counted, not tracked.
+    pub max_series: u32,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            detector: DetectorKind::Combined,
+            warmup: 150,
+            fast_window: 5,
+            slow_window: 300,
+            short_window: 10,
+            long_window: 2000,
+            spread_floor: 0.1,
+            scale_floor: 0.01,
+            arm_level: 0.5,
+            refractory: 200,
+            rearm_margin: 0.25,
+            downsample: 4,
+            shingle: 8,
+            train_window: 256,
+            retrain_every: 256,
+            trees: 32,
+            tree_sample: 64,
+            seed: 0x5e47_1e1a,
+            event_threshold: 0.5,
+            raise_after: 2,
+            clear_after: 10,
+            max_series: 4096,
+        }
+    }
+}
+
+fn check_u(key: &str, v: u32, lo: u32, hi: u32) -> Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("detect.{key} = {v} is out of range [{lo}, {hi}]"))
+    }
+}
+
+fn check_f(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
+    // `contains` is false for NaN, which is what we want.
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("detect.{key} = {v} is out of range [{lo}, {hi}]"))
+    }
+}
+
+impl DetectConfig {
+    /// Rejects out-of-range values, naming the key and the allowed range.
+    pub fn validate(&self) -> Result<(), String> {
+        check_u("warmup", self.warmup, 1, 1_000_000)?;
+        check_u("fast_window", self.fast_window, 1, 10_000)?;
+        check_u("slow_window", self.slow_window, 2, 1_000_000)?;
+        check_u("short_window", self.short_window, 1, 10_000)?;
+        check_u("long_window", self.long_window, 10, 10_000_000)?;
+        check_f("spread_floor", self.spread_floor, 0.0, 10.0)?;
+        check_f("scale_floor", self.scale_floor, 0.0, 1.0)?;
+        check_f("arm_level", self.arm_level, 0.0, 1.0)?;
+        check_u("refractory", self.refractory, 0, 1_000_000)?;
+        check_f("rearm_margin", self.rearm_margin, 0.0, 1.0)?;
+        check_u("downsample", self.downsample, 1, 10_000)?;
+        check_u("shingle", self.shingle, 1, 64)?;
+        check_u("train_window", self.train_window, 16, 65_536)?;
+        check_u("retrain_every", self.retrain_every, 1, 10_000_000)?;
+        check_u("trees", self.trees, 1, 1024)?;
+        check_u("tree_sample", self.tree_sample, 4, 4096)?;
+        check_f("event_threshold", self.event_threshold, 0.0, 1.0)?;
+        check_u("raise_after", self.raise_after, 1, 100_000)?;
+        check_u("clear_after", self.clear_after, 1, 100_000)?;
+        check_u("max_series", self.max_series, 1, 10_000_000)?;
+        if self.shingle >= self.train_window {
+            return Err(format!(
+                "detect.shingle = {} must be smaller than detect.train_window = {}",
+                self.shingle, self.train_window
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        DetectConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn validate_names_key_and_range() {
+        let c = DetectConfig {
+            arm_level: 1.5,
+            ..DetectConfig::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("detect.arm_level") && e.contains("[0, 1]"),
+            "{e}"
+        );
+        let c = DetectConfig {
+            spread_floor: f64::NAN,
+            ..DetectConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("spread_floor"));
+    }
+
+    #[test]
+    fn unknown_keys_rejected_and_missing_keys_defaulted() {
+        let c: DetectConfig = serde_json::from_str(r#"{"warmup": 7}"#).unwrap();
+        assert_eq!(c.warmup, 7);
+        assert_eq!(c.refractory, DetectConfig::default().refractory);
+        assert!(serde_json::from_str::<DetectConfig>(r#"{"warmpu": 7}"#).is_err());
+    }
+}

@@ -1,0 +1,446 @@
+//! Learned detector: an isolation forest over shingles (the last `shingle` values), trained on
+//! a bounded ring of recent values and retrained every `retrain_every` rows.
+//!
+//! Training is off the hot path: the per-series detector only `load`s the current model from an
+//! [`ArcSwapOption`]; a [`Trainer`] builds a new one either inline (replay: at fixed row counts,
+//! so the output does not depend on thread timing) or on a background thread (daemon) and swaps
+//! it in atomically. An isolation forest is invariant to per-feature affine scaling, so raw
+//! values are used as features directly.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+
+use super::calib::{CalibParams, Likelihood};
+use super::config::DetectConfig;
+
+/// Largest supported shingle (config `shingle` is validated against it).
+pub const MAX_SHINGLE: usize = 64;
+
+/// Engine-wide parameters of the learned detector.
+#[derive(Clone, Copy, Debug)]
+pub struct ForestParams {
+    pub shingle: usize,
+    pub downsample: u32,
+    pub train_window: usize,
+    pub retrain_every: u32,
+    pub trees: usize,
+    pub sample: usize,
+    pub seed: u64,
+    pub calib: CalibParams,
+}
+
+impl ForestParams {
+    pub fn new(c: &DetectConfig) -> Self {
+        Self {
+            shingle: (c.shingle as usize).min(MAX_SHINGLE),
+            downsample: c.downsample,
+            train_window: c.train_window as usize,
+            retrain_every: c.retrain_every,
+            trees: c.trees as usize,
+            sample: c.tree_sample as usize,
+            seed: c.seed,
+            calib: CalibParams {
+                a_short: 2.0 / (f64::from(c.short_window) + 1.0),
+                a_long: 1.0 / f64::from(c.long_window),
+                spread_floor: c.spread_floor,
+                // The forest needs its own learning period after the first model arrives.
+                learn: (c.warmup / c.downsample.max(1)).max(16),
+            },
+        }
+    }
+}
+
+/// SplitMix64: tiny, fast, and fully determined by its seed.
+#[derive(Clone, Copy, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Average path length of an unsuccessful search in a binary search tree of `n` points.
+fn c_factor(n: usize) -> f64 {
+    if n <= 1 {
+        0.0
+    } else {
+        let n = n as f64;
+        2.0 * ((n - 1.0).ln() + 0.577_215_664_9) - 2.0 * (n - 1.0) / n
+    }
+}
+
+const LEAF: u16 = u16::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    /// Feature index, or `LEAF`.
+    feat: u16,
+    split: f64,
+    /// Internal: index of the left child (right child follows the left subtree end).
+    /// Leaf: adjusted depth contribution `c(size)`.
+    left: u32,
+    right: u32,
+    leaf_c: f64,
+}
+
+/// An immutable trained model.
+#[derive(Debug)]
+pub struct Forest {
+    nodes: Vec<Node>,
+    roots: Vec<u32>,
+    norm: f64,
+    shingle: usize,
+}
+
+impl Forest {
+    /// Trains on `values` (oldest first); every window of `p.shingle` consecutive values is one
+    /// point. Fails on data that cannot be split (e.g. a constant series).
+    pub fn train(values: &[f64], p: &ForestParams, seed: u64) -> Result<Forest, String> {
+        let s = p.shingle;
+        if values.len() < s + 1 {
+            return Err(format!("only {} values to train on", values.len()));
+        }
+        let first = values[0];
+        if values.iter().all(|&v| v == first) {
+            return Err("training window is constant".into());
+        }
+        let points = values.len() - s + 1;
+        let sample = p.sample.min(points);
+        let limit = (sample as f64).log2().ceil() as u32;
+        let mut rng = Rng(seed);
+        let mut nodes = Vec::with_capacity(p.trees * (2 * sample));
+        let mut roots = Vec::with_capacity(p.trees);
+        let mut idx: Vec<u32> = Vec::with_capacity(sample);
+        for _ in 0..p.trees {
+            idx.clear();
+            idx.extend((0..sample).map(|_| rng.below(points) as u32));
+            roots.push(nodes.len() as u32);
+            build(&mut nodes, values, s, &mut idx[..], 0, limit, &mut rng);
+        }
+        Ok(Forest {
+            nodes,
+            roots,
+            norm: c_factor(sample),
+            shingle: s,
+        })
+    }
+
+    /// Isolation score in (0, 1): ~0.5 and below is ordinary, towards 1 is isolated quickly.
+    pub fn score(&self, point: &[f64]) -> f64 {
+        debug_assert_eq!(point.len(), self.shingle);
+        let mut total = 0.0;
+        for &r in &self.roots {
+            let mut i = r as usize;
+            let mut depth = 0.0;
+            loop {
+                let n = &self.nodes[i];
+                if n.feat == LEAF {
+                    total += depth + n.leaf_c;
+                    break;
+                }
+                i = if point[n.feat as usize] < n.split {
+                    n.left as usize
+                } else {
+                    n.right as usize
+                };
+                depth += 1.0;
+            }
+        }
+        let mean = total / self.roots.len() as f64;
+        if self.norm > 0.0 {
+            (-mean / self.norm).exp2()
+        } else {
+            0.5
+        }
+    }
+}
+
+fn build(
+    nodes: &mut Vec<Node>,
+    values: &[f64],
+    s: usize,
+    idx: &mut [u32],
+    depth: u32,
+    limit: u32,
+    rng: &mut Rng,
+) -> u32 {
+    let me = nodes.len() as u32;
+    let leaf = |size: usize| Node {
+        feat: LEAF,
+        split: 0.0,
+        left: 0,
+        right: 0,
+        leaf_c: c_factor(size),
+    };
+    if idx.len() <= 1 || depth >= limit {
+        nodes.push(leaf(idx.len()));
+        return me;
+    }
+    // Try a few random features for one with spread; a point set identical in every tried
+    // feature becomes a leaf.
+    let mut chosen = None;
+    for _ in 0..s {
+        let f = rng.below(s);
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for &j in idx.iter() {
+            let v = values[j as usize + f];
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        if hi > lo {
+            chosen = Some((f, lo + rng.unit() * (hi - lo), lo));
+            break;
+        }
+    }
+    let Some((f, mut split, lo)) = chosen else {
+        nodes.push(leaf(idx.len()));
+        return me;
+    };
+    if split <= lo {
+        // unit() can return exactly 0; keep at least one point on each side.
+        split = f64::from_bits(lo.to_bits() + 1);
+    }
+    // Partition in place: points below the split first.
+    let mut k = 0;
+    for i in 0..idx.len() {
+        if values[idx[i] as usize + f] < split {
+            idx.swap(i, k);
+            k += 1;
+        }
+    }
+    nodes.push(Node {
+        feat: f as u16,
+        split,
+        left: 0,
+        right: 0,
+        leaf_c: 0.0,
+    });
+    let (a, b) = idx.split_at_mut(k);
+    let l = build(nodes, values, s, a, depth + 1, limit, rng);
+    let r = build(nodes, values, s, b, depth + 1, limit, rng);
+    nodes[me as usize].left = l;
+    nodes[me as usize].right = r;
+    me
+}
+
+/// Where a series' current model lives; shared with the trainer.
+#[derive(Debug, Default)]
+pub struct ModelSlot {
+    model: ArcSwapOption<Forest>,
+    /// A training job for this slot is queued or running (no pile-up).
+    busy: AtomicBool,
+    /// Last training failure, if the latest attempt failed.
+    failure: Mutex<Option<String>>,
+}
+
+impl ModelSlot {
+    fn finish(&self, result: Result<Forest, String>) {
+        match result {
+            Ok(f) => {
+                self.model.store(Some(Arc::new(f)));
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            Err(e) => {
+                // Keep serving the previous model if there is one; the failure stays visible.
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+            }
+        }
+        self.busy.store(false, Ordering::Release);
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// One training request (the values are a copy of the series' ring, oldest first).
+pub struct Job {
+    slot: Arc<ModelSlot>,
+    values: Vec<f64>,
+    params: ForestParams,
+    seed: u64,
+}
+
+/// Builds models: inline (deterministic, for replay and tests) or on a background thread.
+#[derive(Debug)]
+pub enum Trainer {
+    Inline,
+    Background(Mutex<Sender<Job>>),
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("values", &self.values.len())
+            .finish()
+    }
+}
+
+impl Trainer {
+    /// Starts a background training thread; it ends when the trainer is dropped.
+    pub fn background() -> std::io::Result<Trainer> {
+        let (tx, rx): (Sender<Job>, Receiver<Job>) = channel();
+        std::thread::Builder::new()
+            .name("detect-train".into())
+            .spawn(move || {
+                for job in rx {
+                    let r = Forest::train(&job.values, &job.params, job.seed);
+                    job.slot.finish(r);
+                }
+            })?;
+        Ok(Trainer::Background(Mutex::new(tx)))
+    }
+
+    fn submit(&self, job: Job) {
+        match self {
+            Trainer::Inline => {
+                let r = Forest::train(&job.values, &job.params, job.seed);
+                job.slot.finish(r);
+            }
+            Trainer::Background(tx) => {
+                let slot = job.slot.clone();
+                let sent = tx.lock().map(|tx| tx.send(job).is_ok()).unwrap_or(false);
+                if !sent {
+                    slot.finish(Err("training thread is gone".into()));
+                }
+            }
+        }
+    }
+}
+
+/// Life-cycle of the learned detector of one series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LearnedStatus {
+    /// Collecting data or calibrating its first model.
+    WarmingUp,
+    Ready,
+    /// No usable model (training failed or the detector is disabled).
+    Unavailable(String),
+}
+
+/// Per-series state of the learned detector: a bounded ring of recent values, the model slot
+/// and a calibrator. Memory is fixed at construction (`train_window` values).
+#[derive(Debug)]
+pub struct LearnedDetector {
+    /// Sum and count of the block being downsampled.
+    block_sum: f64,
+    block_len: u32,
+    /// Last calibrated score, held between block ends.
+    last: f64,
+    ring: Box<[f64]>,
+    pos: usize,
+    filled: usize,
+    since_train: u32,
+    trains: u64,
+    scored: u32,
+    slot: Arc<ModelSlot>,
+    cal: Likelihood,
+}
+
+impl LearnedDetector {
+    pub fn new(p: &ForestParams) -> Self {
+        Self {
+            block_sum: 0.0,
+            block_len: 0,
+            last: 0.0,
+            ring: vec![0.0; p.train_window].into_boxed_slice(),
+            pos: 0,
+            filled: 0,
+            since_train: 0,
+            trains: 0,
+            scored: 0,
+            slot: Arc::new(ModelSlot::default()),
+            cal: Likelihood::default(),
+        }
+    }
+
+    /// Values the training ring holds (fixed at creation).
+    pub fn ring_capacity(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Nodes of the current model (0 without one).
+    pub fn model_nodes(&self) -> usize {
+        self.slot.model.load().as_ref().map_or(0, |m| m.nodes.len())
+    }
+
+    pub fn status(&self, p: &ForestParams) -> LearnedStatus {
+        let has_model = self.slot.model.load().is_some();
+        match self.slot.failure() {
+            Some(e) if !has_model => LearnedStatus::Unavailable(e),
+            _ if has_model && self.scored > p.calib.learn => LearnedStatus::Ready,
+            _ => LearnedStatus::WarmingUp,
+        }
+    }
+
+    /// Feeds one value (already clamped and finite); returns the calibrated score in [0, 1]
+    /// (0 while there is no model).
+    pub fn update(&mut self, p: &ForestParams, trainer: &Trainer, x: f64) -> f64 {
+        self.since_train = self.since_train.saturating_add(1);
+        // Work on block means: a coarser scale sees longer patterns with the same shingle and
+        // averages out single-row noise.
+        self.block_sum += x;
+        self.block_len += 1;
+        if self.block_len < p.downsample {
+            return self.last;
+        }
+        let x = self.block_sum / f64::from(self.block_len);
+        self.block_sum = 0.0;
+        self.block_len = 0;
+        let n = self.ring.len();
+        self.ring[self.pos] = x;
+        self.pos = (self.pos + 1) % n;
+        self.filled = (self.filled + 1).min(n);
+
+        let due = self.filled == n && (self.trains == 0 || self.since_train >= p.retrain_every);
+        if due && !self.slot.busy.swap(true, Ordering::AcqRel) {
+            let mut values = Vec::with_capacity(n);
+            values.extend_from_slice(&self.ring[self.pos..]);
+            values.extend_from_slice(&self.ring[..self.pos]);
+            self.since_train = 0;
+            let seed = p.seed ^ self.trains.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.trains += 1;
+            trainer.submit(Job {
+                slot: self.slot.clone(),
+                values,
+                params: *p,
+                seed,
+            });
+        }
+
+        let guard = self.slot.model.load();
+        let Some(model) = guard.as_ref() else {
+            return 0.0;
+        };
+        let s = p.shingle;
+        if self.filled < s {
+            return 0.0;
+        }
+        let mut point = [0.0f64; MAX_SHINGLE];
+        for (k, v) in point[..s].iter_mut().enumerate() {
+            *v = self.ring[(self.pos + n - s + k) % n];
+        }
+        let iso = model.score(&point[..s]);
+        self.scored = self.scored.saturating_add(1);
+        // -log2(1 - s) spreads the upper end of the isolation score.
+        self.last = self.cal.update(&p.calib, -(1.0 - iso).max(1e-9).log2());
+        self.last
+    }
+}

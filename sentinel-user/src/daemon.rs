@@ -3,8 +3,12 @@
 
 use std::{
     io::{self, Write},
+    sync::Arc,
     time::{Duration, Instant},
 };
+
+use serde::Serialize;
+use tokio::sync::watch;
 
 use anyhow::{Context, Result};
 use sentinel_common::counter;
@@ -23,8 +27,10 @@ use crate::{
         netns,
     },
     containers::{self, Attribution},
+    detect::SeriesState,
     export::{OutputFormat, write_interval},
-    model::{CollectorHealth, Interval},
+    heal::HealSnapshot,
+    model::{CollectorHealth, DetectionSummary, Interval},
 };
 
 /// The public counters (the JSON `counters` object); the rest are collector health.
@@ -47,6 +53,27 @@ pub const PUBLIC_COUNTERS: [usize; 17] = [
     counter::TCP_RESETS,
     counter::SKB_DROPS,
 ];
+/// What the daemon publishes after every interval, for the metrics endpoint, the status
+/// socket and `sentinel top`. Readers take the latest (`tokio::sync::watch`): a slow reader
+/// never holds up the drain and never makes the daemon buffer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Published {
+    pub interval: Interval,
+    /// Every series the detection engine tracks: name, life-cycle state, last score.
+    pub series: Vec<SeriesStatus>,
+    /// Healing engine state (breakers, counters, recent decisions); `None` when disabled.
+    pub heal: Option<HealSnapshot>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SeriesStatus {
+    pub name: String,
+    pub state: SeriesState,
+    pub score: f64,
+}
+
+pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
+
 /// Retire the entries of gone interfaces every this many intervals.
 const IFACE_GC_EVERY: u64 = 10;
 
@@ -132,6 +159,10 @@ impl Pipeline {
             system,
             containers,
             docker: self.attribution.docker_state().to_string(),
+            anomalies: Vec::new(),
+            detection: DetectionSummary::default(),
+            healing: None,
+            actions: Vec::new(),
             collector: CollectorHealth {
                 disabled: self.collector.disabled_programs(),
                 iface_overflow_packets: delta.counters[counter::IFACE_OVERFLOW_RX_PACKETS]
@@ -152,6 +183,14 @@ impl Pipeline {
     /// Removes interface entries whose namespace (or, in the host namespace, device) is gone.
     /// Only entries idle for a whole interval are candidates: their counts were all drained,
     /// so removing them loses nothing.
+    fn published(&self, iv: &Interval) -> Published {
+        Published {
+            interval: iv.clone(),
+            series: Vec::new(),
+            heal: None,
+        }
+    }
+
     fn retire_gone_interfaces(&mut self) {
         let live = netns::live_namespaces();
         let host = netns::own_namespace();
@@ -235,6 +274,8 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deadline = opts.duration.map(|d| start + d);
     let mut out = io::stdout().lock();
+    let (publish, _) = watch::channel::<Option<Arc<Published>>>(None);
+    // Exporters (metrics endpoint, status socket) subscribe here: `publish.subscribe()`.
     info!(interval = ?opts.interval, "sentinel running");
 
     let reason = loop {
@@ -255,6 +296,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             break reason;
         }
         let iv = p.drain_interval(false)?;
+        publish.send_replace(Some(Arc::new(p.published(&iv))));
         if let Err(e) = emit(&mut out, opts.output, &iv) {
             break_on_closed_output(e)?;
             break "output closed";

@@ -30,6 +30,19 @@ pub struct Interval {
     #[serde(default)]
     pub docker: String,
     pub collector: CollectorHealth,
+    /// Anomaly events raised or cleared in this interval (detection engine).
+    #[serde(default)]
+    pub anomalies: Vec<AnomalyRecord>,
+    /// Detector life cycle over all series: how many are warming up, ready, in fallback.
+    #[serde(default)]
+    pub detection: DetectionSummary,
+    /// Healing engine state: Docker connectivity (`up` / `monitor_only`), breakers, counters.
+    /// Absent when healing is disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healing: Option<serde_json::Value>,
+    /// Healing decisions (audit records) made since the previous interval.
+    #[serde(default)]
+    pub actions: Vec<serde_json::Value>,
     /// Cumulative kernel totals, only on the final interval of a run (after every program was
     /// detached): the sum of all intervals' deltas equals these exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +109,38 @@ pub struct SystemGauges {
     /// Context switches over the interval by the kernel's own count (`ctxt` in /proc/stat),
     /// read in the same drain as the BPF counters.
     pub context_switches: u64,
+}
+
+/// One anomaly event as the interval output carries it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AnomalyRecord {
+    /// `raised` or `cleared`.
+    pub kind: String,
+    /// Series name: a host series (`sched_switch`, `system.cpu_percent`, ...) or a container
+    /// series (`container.<name>.<signal>`).
+    pub series: String,
+    /// Container id when the series is a container's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    pub value: f64,
+    pub baseline: f64,
+    pub score: f64,
+    /// `warning` or `critical`.
+    pub severity: String,
+}
+
+/// Detector life cycle counts, and events open at the end of the interval.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DetectionSummary {
+    pub enabled: bool,
+    pub series: u64,
+    pub warming_up: u64,
+    pub ready: u64,
+    pub fallback: u64,
+    /// Observations of series that found the series table full.
+    pub series_overflow: u64,
+    /// Series with an open (raised, not yet cleared) anomaly.
+    pub open: Vec<String>,
 }
 
 /// Sentinel's own health for the interval.

@@ -20,12 +20,14 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    analysis::Analysis,
     collect::{
         drain::{Drain, DrainDelta, LatencySummarizer, RawSnapshot},
         host::HostSampler,
         loader::{Collector, LoadOptions},
         netns,
     },
+    config::Config,
     containers::{self, Attribution},
     detect::SeriesState,
     export::{OutputFormat, write_interval},
@@ -74,6 +76,8 @@ pub struct SeriesStatus {
 
 pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
 
+/// Period of the healing engine's own work between intervals.
+const HEAL_TICK: Duration = Duration::from_millis(250);
 /// Retire the entries of gone interfaces every this many intervals.
 const IFACE_GC_EVERY: u64 = 10;
 
@@ -85,6 +89,8 @@ pub struct RunOptions {
     pub load: LoadOptions,
     /// Name containers through the Docker Engine API (ids come from cgroup paths regardless).
     pub docker: bool,
+    /// The whole validated configuration (detection, healing, metrics, status sections).
+    pub config: Config,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -104,6 +110,7 @@ struct Pipeline {
     seq: u64,
     last: Instant,
     attribution: Attribution,
+    analysis: Analysis,
 }
 
 impl Pipeline {
@@ -186,8 +193,8 @@ impl Pipeline {
     fn published(&self, iv: &Interval) -> Published {
         Published {
             interval: iv.clone(),
-            series: Vec::new(),
-            heal: None,
+            series: self.analysis.series(),
+            heal: self.analysis.heal_snapshot(),
         }
     }
 
@@ -248,6 +255,10 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             }
         }
     });
+    let heal = opts
+        .docker
+        .then_some((&opts.config.heal, opts.config.daemon.audit_log.as_path()));
+    let analysis = Analysis::new(&opts.config.detect, heal)?;
     let loaded_at = Instant::now();
     let mut host = HostSampler::default();
     host.prime();
@@ -267,12 +278,17 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
                 containers::docker::disabled_view()
             },
         ),
+        analysis,
     };
     let start = tokio::time::Instant::from_std(loaded_at);
     let mut ticker = tokio::time::interval_at(start + opts.interval, opts.interval);
     // After a stall (e.g. SIGSTOP) the next interval simply covers the whole gap.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deadline = opts.duration.map(|d| start + d);
+    // Healing reacts to Docker events and moves breakers on time between intervals too.
+    let mut heal_tick = tokio::time::interval(HEAL_TICK);
+    heal_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let healing = p.analysis.healing();
     let mut out = io::stdout().lock();
     let (publish, _) = watch::channel::<Option<Arc<Published>>>(None);
     // Exporters (metrics endpoint, status socket) subscribe here: `publish.subscribe()`.
@@ -284,6 +300,10 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             _ = sigterm.recv() => Some("SIGTERM"),
             _ = sigint.recv() => Some("SIGINT"),
             _ = sleep_until(deadline.unwrap_or(start)), if deadline.is_some() => Some("duration elapsed"),
+            _ = heal_tick.tick(), if healing => {
+                p.analysis.tick().await;
+                continue;
+            }
             ready = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
                 if let Ok(mut guard) = ready {
                     guard.get_inner_mut().flush();
@@ -295,7 +315,8 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         if let Some(reason) = stop {
             break reason;
         }
-        let iv = p.drain_interval(false)?;
+        let mut iv = p.drain_interval(false)?;
+        p.analysis.on_interval(&mut iv).await;
         publish.send_replace(Some(Arc::new(p.published(&iv))));
         if let Err(e) = emit(&mut out, opts.output, &iv) {
             break_on_closed_output(e)?;
@@ -306,6 +327,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         }
     };
     info!("stopping ({reason}): detaching programs");
+    p.analysis.shutdown().await;
     p.collector.detach();
     // Let program runs that started before the detach finish before the final read.
     tokio::time::sleep(Duration::from_millis(20)).await;

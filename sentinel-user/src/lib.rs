@@ -1,6 +1,8 @@
 //! Sentinel userspace: collector, detection, healing and exporters.
 
+pub mod analysis;
 pub mod collect;
+pub mod config;
 pub mod containers;
 pub mod daemon;
 pub mod detect;

@@ -12,6 +12,8 @@ use sentinel::model::Interval;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sentinel");
 
+static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 pub struct SentinelRun {
     child: Option<Child>,
     lines: Receiver<Interval>,
@@ -33,9 +35,18 @@ impl SentinelRun {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .args(["--output", "json"])
+        // Tests never write the host's audit log.
+        let audit = std::env::temp_dir().join(format!(
+            "sentinel-test-audit-{}-{}.jsonl",
+            std::process::id(),
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").args(["--output", "json"]);
+        if !args.contains(&"--audit-log") {
+            cmd.arg("--audit-log").arg(&audit);
+        }
+        let mut child = cmd
             .args(args)
             .envs(env.iter().copied())
             .env("SENTINEL_LOG", "info")

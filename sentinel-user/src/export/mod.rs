@@ -15,6 +15,8 @@ use crate::model::Interval;
 pub enum OutputFormat {
     Text,
     Json,
+    /// Nothing on stdout (as a service: metrics, status socket and logs only).
+    None,
 }
 
 pub fn write_interval(
@@ -23,6 +25,7 @@ pub fn write_interval(
     interval: &Interval,
 ) -> Result<()> {
     match format {
+        OutputFormat::None => return Ok(()),
         OutputFormat::Json => {
             serde_json::to_writer(&mut *out, interval)?;
             out.write_all(b"\n")?;

@@ -2,7 +2,6 @@
 //! the shutdown signals; plain structs (Collector, Drain, HostSampler) do the work.
 
 use std::{
-    io::{self, Write},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -30,7 +29,7 @@ use crate::{
     config::Config,
     containers::{self, Attribution},
     detect::SeriesState,
-    export::{OutputFormat, write_interval},
+    export::{OutputFormat, output::Output},
     heal::HealSnapshot,
     model::{CollectorHealth, DetectionSummary, Interval},
 };
@@ -182,14 +181,13 @@ impl Pipeline {
                 container_capacity: u64::from(self.collector.container_capacity),
                 reset: delta.reset,
                 drain_us,
+                // Filled in by the run loop, which owns the output.
+                output_dropped: 0,
             },
             final_totals,
         }
     }
 
-    /// Removes interface entries whose namespace (or, in the host namespace, device) is gone.
-    /// Only entries idle for a whole interval are candidates: their counts were all drained,
-    /// so removing them loses nothing.
     fn published(&self, iv: &Interval) -> Published {
         Published {
             interval: iv.clone(),
@@ -198,6 +196,9 @@ impl Pipeline {
         }
     }
 
+    /// Removes interface entries whose namespace (or, in the host namespace, device) is gone.
+    /// Only entries idle for a whole interval are candidates: their counts were all drained,
+    /// so removing them loses nothing.
     fn retire_gone_interfaces(&mut self) {
         let live = netns::live_namespaces();
         let host = netns::own_namespace();
@@ -289,7 +290,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     let mut heal_tick = tokio::time::interval(HEAL_TICK);
     heal_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let healing = p.analysis.healing();
-    let mut out = io::stdout().lock();
+    let mut out = Output::stdout(opts.output)?;
     let (publish, _) = watch::channel::<Option<Arc<Published>>>(None);
     // Exporters (metrics endpoint, status socket) subscribe here: `publish.subscribe()`.
     info!(interval = ?opts.interval, "sentinel running");
@@ -317,9 +318,9 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         }
         let mut iv = p.drain_interval(false)?;
         p.analysis.on_interval(&mut iv).await;
+        iv.collector.output_dropped = out.dropped();
         publish.send_replace(Some(Arc::new(p.published(&iv))));
-        if let Err(e) = emit(&mut out, opts.output, &iv) {
-            break_on_closed_output(e)?;
+        if !out.offer(&iv)? {
             break "output closed";
         }
         if p.seq.is_multiple_of(IFACE_GC_EVERY) {
@@ -331,21 +332,10 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     p.collector.detach();
     // Let program runs that started before the detach finish before the final read.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let iv = p.drain_interval(true)?;
-    if let Err(e) = emit(&mut out, opts.output, &iv) {
-        break_on_closed_output(e)?;
-    }
-    Ok(())
+    let mut iv = p.drain_interval(true)?;
+    iv.collector.output_dropped = out.dropped();
+    out.finish(&iv, FINAL_OUTPUT_WAIT)
 }
 
-fn emit(out: &mut impl Write, format: OutputFormat, iv: &Interval) -> Result<()> {
-    write_interval(out, format, iv)
-}
-
-/// A closed stdout (e.g. `sentinel run | head`) ends the run cleanly; other errors are fatal.
-fn break_on_closed_output(e: anyhow::Error) -> Result<()> {
-    match e.downcast_ref::<io::Error>() {
-        Some(io) if io.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        _ => Err(e.context("cannot write output")),
-    }
-}
+/// How long the final interval may wait for a slow stdout reader at exit.
+const FINAL_OUTPUT_WAIT: Duration = Duration::from_secs(2);

@@ -1,5 +1,6 @@
 //! Output of intervals: JSON lines and one readable text line per interval.
 
+pub mod output;
 pub mod text;
 
 use std::io::Write;

@@ -517,6 +517,43 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(10_000))]
+        /// FAULT-MATRIX C6: every valid config survives serialize -> parse unchanged.
+        #[test]
+        fn valid_configs_round_trip(
+            ms in 10u64..3_600_000,
+            output in 0usize..3,
+            docker: bool,
+            iface in 1u32..=1_000_000,
+            containers in 1u32..=1_000_000,
+            key in 0usize..3,
+            metrics: bool,
+            port in 1u16..,
+            top in 1u32..=10_000,
+            dry_run: bool,
+            label in "[a-z][a-z0-9._-]{0,30}",
+            audit in "/[a-z0-9_/]{1,40}",
+        ) {
+            let mut cfg = Config::default();
+            cfg.daemon.interval = format!("{ms}ms");
+            cfg.daemon.output = [OutputFormat::Text, OutputFormat::Json, OutputFormat::None][output];
+            cfg.daemon.docker = docker;
+            cfg.daemon.audit_log = PathBuf::from(audit);
+            cfg.collector.iface_capacity = iface;
+            cfg.collector.container_capacity = containers;
+            cfg.collector.container_key = [KeyMode::Auto, KeyMode::Cgroup, KeyMode::Mntns][key];
+            cfg.metrics.enabled = metrics;
+            cfg.metrics.addr = format!("127.0.0.1:{port}");
+            cfg.metrics.top_containers = top;
+            cfg.heal.dry_run = dry_run;
+            cfg.heal.label = label;
+            proptest::prop_assert!(cfg.validate().is_empty(), "{:?}", cfg.validate());
+            let text = toml::to_string(&cfg).unwrap();
+            proptest::prop_assert_eq!(parse(&text, "t.toml").unwrap(), cfg);
+        }
+    }
+
     #[test]
     fn round_trip_of_the_defaults() {
         let cfg = Config::default();

@@ -38,6 +38,13 @@ pub struct DetectConfig {
     /// Floor on the spread of raw scores, so that a series that has been quiet cannot alarm on
     /// a blip.
     pub spread_floor: f64,
+    /// Strength (as a Gaussian z) of a value 5% beyond the running range; more beyond scores
+    /// higher.
+    pub range_z: f64,
+    /// Exceedance threshold of the statistical channels, in ln(1 + deviations/scale).
+    pub pot_threshold: f64,
+    /// Prior exceedance rate per row (assumed until the series shows its own).
+    pub prior_rate: f64,
     /// Relative floor on the noise scale, as a fraction of the series' typical level.
     pub scale_floor: f64,
     /// Score at which a row arms an alarm (the onset row keeps its score; see `refractory`).
@@ -46,6 +53,14 @@ pub struct DetectConfig {
     pub refractory: u32,
     /// During the refractory span, a score this much above the last alarm's re-arms.
     pub rearm_margin: f64,
+    /// Enables the pattern-novelty channel of the statistical detector.
+    pub novelty: bool,
+    /// Rows per block of the pattern-novelty channel.
+    pub novelty_block: u32,
+    /// Quantisation levels of the pattern-novelty channel (a power of two).
+    pub novelty_levels: u32,
+    /// Blocks per context of the pattern-novelty channel.
+    pub novelty_context: u32,
     /// The learned detector works on means of this many rows.
     pub downsample: u32,
     /// Values (block means) per shingle fed to the learned detector.
@@ -83,9 +98,16 @@ impl Default for DetectConfig {
             long_window: 2000,
             spread_floor: 0.1,
             scale_floor: 0.01,
+            range_z: 3.0,
+            pot_threshold: 1.5,
+            prior_rate: 0.01,
             arm_level: 0.5,
             refractory: 200,
             rearm_margin: 0.25,
+            novelty: true,
+            novelty_block: 4,
+            novelty_levels: 8,
+            novelty_context: 6,
             downsample: 4,
             shingle: 8,
             train_window: 256,
@@ -128,9 +150,21 @@ impl DetectConfig {
         check_u("long_window", self.long_window, 10, 10_000_000)?;
         check_f("spread_floor", self.spread_floor, 0.0, 10.0)?;
         check_f("scale_floor", self.scale_floor, 0.0, 1.0)?;
+        check_f("range_z", self.range_z, 0.0, 40.0)?;
+        check_f("pot_threshold", self.pot_threshold, 0.0, 100.0)?;
+        check_f("prior_rate", self.prior_rate, 1e-9, 1.0)?;
         check_f("arm_level", self.arm_level, 0.0, 1.0)?;
         check_u("refractory", self.refractory, 0, 1_000_000)?;
         check_f("rearm_margin", self.rearm_margin, 0.0, 1.0)?;
+        check_u("novelty_block", self.novelty_block, 1, 10_000)?;
+        check_u("novelty_levels", self.novelty_levels, 2, 256)?;
+        if !self.novelty_levels.is_power_of_two() {
+            return Err(format!(
+                "detect.novelty_levels = {} must be a power of two in [2, 256]",
+                self.novelty_levels
+            ));
+        }
+        check_u("novelty_context", self.novelty_context, 1, 16)?;
         check_u("downsample", self.downsample, 1, 10_000)?;
         check_u("shingle", self.shingle, 1, 64)?;
         check_u("train_window", self.train_window, 16, 65_536)?;

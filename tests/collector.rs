@@ -1,1 +1,373 @@
+//! Privileged integration tests of the collector spine: exact network accounting in a network
+//! namespace, scheduler accounting against the kernel's own counter, drain exactness under
+//! stress, a missing tracepoint, clean detach. Run as root (`cargo xtask test`).
 
+mod support;
+
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use sentinel::{collect::loader::loaded_sentinel_programs, model::Interval};
+use support::{
+    netns::{Netns, proc_net_dev, udp_burst},
+    require_root,
+    sentinel::{BIN, SentinelRun, sum_counter},
+};
+
+const FIRST: Duration = Duration::from_secs(30);
+
+fn iface_sum(intervals: &[Interval], netns: u32, name: &str) -> (u64, u64) {
+    intervals
+        .iter()
+        .flat_map(|iv| &iv.interfaces)
+        .filter(|i| i.netns == netns && i.name == name)
+        .fold((0, 0), |(rx, tx), i| (rx + i.rx_packets, tx + i.tx_packets))
+}
+
+/// Global packets == packets over all interfaces + packets that found the map full.
+fn assert_conservation(intervals: &[Interval]) {
+    let global =
+        sum_counter(intervals, "net_rx_packets") + sum_counter(intervals, "net_tx_packets");
+    let per_iface: u64 = intervals
+        .iter()
+        .flat_map(|iv| &iv.interfaces)
+        .map(|i| i.rx_packets + i.tx_packets)
+        .sum();
+    let overflow: u64 = intervals
+        .iter()
+        .map(|iv| iv.collector.iface_overflow_packets)
+        .sum();
+    assert_eq!(
+        global,
+        per_iface + overflow,
+        "global {global} != interfaces {per_iface} + overflow {overflow}"
+    );
+}
+
+#[test]
+fn exact_udp_packet_count_in_a_network_namespace() {
+    if !require_root("exact_udp_packet_count_in_a_network_namespace") {
+        return;
+    }
+    const N: u64 = 1_000_000;
+    let ns = Netns::new("udp");
+    let mut run = SentinelRun::start(&["--interval", "200ms"]);
+    run.next_interval(FIRST);
+    // Sender in process context, receiver in softirq: both on the CPUs of this netns's
+    // loopback, so same-CPU interruption of one program by another happens constantly.
+    let (before, after) = ns.run(|| {
+        let before = proc_net_dev("lo");
+        udp_burst(N, 16);
+        (before, proc_net_dev("lo"))
+    });
+    run.next_interval(FIRST);
+    let done = run.stop();
+    assert!(done.status.success(), "sentinel failed: {}", done.stderr);
+    let (rx, tx) = iface_sum(&done.intervals, ns.inode(), "lo");
+    let (proc_rx, proc_tx) = (after.0 - before.0, after.1 - before.1);
+    eprintln!(
+        "netns lo: sentinel rx {rx} tx {tx}; /proc/net/dev rx {proc_rx} tx {proc_tx}; sent {N}"
+    );
+    assert_eq!((rx, tx), (N, N), "sentinel's per-(netns, lo) packets");
+    assert_eq!(
+        (rx, tx),
+        (proc_rx, proc_tx),
+        "sentinel vs the namespace's /proc/net/dev"
+    );
+    assert_conservation(&done.intervals);
+}
+
+#[test]
+fn full_interface_map_counts_overflow_and_keeps_totals_exact() {
+    if !require_root("full_interface_map_counts_overflow_and_keeps_totals_exact") {
+        return;
+    }
+    const N: u64 = 10_000;
+    let namespaces: Vec<Netns> = (0..4).map(|i| Netns::new(&format!("ovf{i}"))).collect();
+    let mut run = SentinelRun::start(&["--interval", "200ms", "--iface-capacity", "2"]);
+    run.next_interval(FIRST);
+    for ns in &namespaces {
+        ns.run(|| udp_burst(N, 16));
+    }
+    run.next_interval(FIRST);
+    let done = run.stop();
+    assert!(done.status.success(), "sentinel failed: {}", done.stderr);
+    let overflow: u64 = done
+        .intervals
+        .iter()
+        .map(|iv| iv.collector.iface_overflow_packets)
+        .sum();
+    eprintln!("capacity 2, 4 namespaces x {N} packets each way: overflow {overflow}");
+    assert!(
+        overflow >= 2 * N,
+        "at least two namespaces' packets overflowed, got {overflow}"
+    );
+    assert_conservation(&done.intervals);
+    assert!(
+        done.intervals
+            .iter()
+            .all(|iv| iv.collector.iface_entries <= 2)
+    );
+    assert!(
+        done.stderr.contains("per-interface map full"),
+        "the kernel side logs the overflow through tracing: {}",
+        done.stderr
+    );
+}
+
+/// Pipe ping-pong between two threads pinned to one CPU: every message is a context switch.
+fn ping_pong(round_trips: u64) {
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let pin = || {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(0).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+    };
+    let peer = std::thread::spawn(move || {
+        pin();
+        let mut byte = [0u8];
+        for _ in 0..round_trips {
+            b.read_exact(&mut byte).unwrap();
+            b.write_all(&byte).unwrap();
+        }
+    });
+    pin();
+    let mut byte = [1u8];
+    for _ in 0..round_trips {
+        a.write_all(&byte).unwrap();
+        a.read_exact(&mut byte).unwrap();
+    }
+    peer.join().unwrap();
+}
+
+#[test]
+fn sched_switch_agrees_with_proc_stat_ctxt() {
+    if !require_root("sched_switch_agrees_with_proc_stat_ctxt") {
+        return;
+    }
+    let mut run = SentinelRun::start(&["--interval", "100ms"]);
+    run.next_interval(FIRST);
+    ping_pong(600_000);
+    run.next_interval(FIRST);
+    let done = run.stop();
+    assert!(done.status.success(), "sentinel failed: {}", done.stderr);
+    // Same windows: each interval reads the BPF counters and /proc/stat in the same drain.
+    let bpf = sum_counter(&done.intervals, "sched_switch");
+    let kernel: u64 = done
+        .intervals
+        .iter()
+        .map(|iv| iv.system.context_switches)
+        .sum();
+    let diff = (bpf as f64 - kernel as f64).abs() / kernel as f64;
+    eprintln!(
+        "sched_switch {bpf} vs /proc/stat ctxt {kernel}: {:.4}% apart",
+        diff * 100.0
+    );
+    assert!(
+        bpf >= 1_000_000,
+        "the burst made at least a million switches ({bpf})"
+    );
+    assert!(
+        diff < 0.005,
+        "sched_switch {bpf} vs ctxt {kernel}: {:.3}% apart",
+        diff * 100.0
+    );
+}
+
+#[test]
+fn drain_is_exact_at_10ms_under_heavy_load() {
+    if !require_root("drain_is_exact_at_10ms_under_heavy_load") {
+        return;
+    }
+    let ns = Netns::new("load");
+    let mut run = SentinelRun::start(&["--interval", "10ms"]);
+    run.next_interval(FIRST);
+    let until = Instant::now() + Duration::from_secs(4);
+    let switches = std::thread::spawn(move || {
+        while Instant::now() < until {
+            ping_pong(20_000);
+        }
+    });
+    let forks = std::thread::spawn(move || {
+        while Instant::now() < until {
+            let _ = Command::new("/bin/true").status();
+        }
+    });
+    while Instant::now() < until {
+        ns.run(|| udp_burst(20_000, 64));
+    }
+    switches.join().unwrap();
+    forks.join().unwrap();
+    let done = run.stop();
+    assert!(done.status.success(), "sentinel failed: {}", done.stderr);
+    let intervals = &done.intervals;
+    let last = intervals.last().expect("intervals");
+    let totals = last
+        .final_totals
+        .as_ref()
+        .expect("the last interval carries the final totals");
+    assert!(
+        intervals.len() > 200,
+        "10 ms intervals over 4 s: got {}",
+        intervals.len()
+    );
+    for (i, iv) in intervals.iter().enumerate() {
+        assert_eq!(iv.seq, i as u64, "no interval missing or repeated");
+        assert!(iv.interval_ms > 0.0);
+        assert!(!iv.collector.reset);
+    }
+    for (name, total) in totals {
+        if let Some(Some(_)) = last.counters.get(name) {
+            let summed = sum_counter(intervals, name);
+            assert_eq!(
+                summed, *total,
+                "{name}: sum of deltas vs final cumulative count"
+            );
+        }
+    }
+    eprintln!(
+        "{} intervals; sched_switch {} net_rx_packets {} process_fork {}: sums equal final totals",
+        intervals.len(),
+        totals["sched_switch"],
+        totals["net_rx_packets"],
+        totals["process_fork"]
+    );
+    assert!(
+        totals["sched_switch"] > 100_000
+            && totals["net_rx_packets"] > 100_000
+            && totals["process_fork"] > 100
+    );
+    assert_conservation(intervals);
+}
+
+#[test]
+fn missing_tracepoint_disables_one_signal_only() {
+    if !require_root("missing_tracepoint_disables_one_signal_only") {
+        return;
+    }
+    let mut run = SentinelRun::start(&[
+        "--interval",
+        "200ms",
+        "--simulate-missing-hook",
+        "tcp_retransmit_skb",
+    ]);
+    run.next_interval(FIRST);
+    run.next_interval(FIRST);
+    let done = run.stop();
+    assert!(
+        done.status.success(),
+        "a missing hook is not fatal: {}",
+        done.stderr
+    );
+    for iv in &done.intervals {
+        assert_eq!(
+            iv.counters["tcp_retransmits"], None,
+            "disabled signal is null, not 0"
+        );
+        assert!(iv.counters["sched_switch"].is_some());
+        assert_eq!(
+            iv.collector.disabled,
+            vec!["snt_tcp_retransmit_skb".to_string()]
+        );
+    }
+    assert!(
+        sum_counter(&done.intervals, "sched_switch") > 0,
+        "the other signals keep counting"
+    );
+    let warnings: Vec<&str> = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("tcp_retransmit_skb"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "exactly one warning line: {warnings:?}");
+    assert!(warnings[0].contains("does not exist"), "{}", warnings[0]);
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    if !require_root("sigterm_detaches_every_program") {
+        return;
+    }
+    let mut run = SentinelRun::start(&["--interval", "100ms"]);
+    run.next_interval(FIRST);
+    let ours = loaded_sentinel_programs();
+    assert!(ours.len() >= 12, "programs loaded while running: {ours:?}");
+    let done = run.stop();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        done.exit_time < Duration::from_secs(2),
+        "exit took {:?}",
+        done.exit_time
+    );
+    assert!(
+        done.intervals.last().unwrap().final_totals.is_some(),
+        "final interval flushed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !loaded_sentinel_programs().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        loaded_sentinel_programs(),
+        vec![],
+        "programs left in the kernel after exit"
+    );
+    eprintln!(
+        "{} programs loaded while running, 0 after SIGTERM (exit in {:?})",
+        ours.len(),
+        done.exit_time
+    );
+}
+
+#[test]
+fn bad_flags_and_missing_privileges_give_one_clear_line() {
+    for (args, expect) in [
+        (vec!["run", "--interval", "0s"], "outside the allowed range"),
+        (vec!["run", "--interval", "fast"], "invalid value"),
+        (vec!["run", "--output", "xml"], "invalid value"),
+        (vec!["run", "--no-such-flag"], "unexpected argument"),
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?} one line: {stderr}"
+        );
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"));
+    }
+    if !require_root("bad_flags_and_missing_privileges_give_one_clear_line (unprivileged part)") {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            BIN,
+            "run",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("CAP_BPF") && errors[0].contains("root"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}

@@ -33,7 +33,13 @@ pub mod counter {
     /// Wakeups whose timestamp could not be stored because the run-queue start map was full:
     /// their latency is missing from the histogram (never guessed).
     pub const RUNQ_START_OVERFLOW: usize = 20;
-    pub const COUNT: usize = 21;
+    /// TCP resets sent or received (tcp_send_reset, tcp_receive_reset).
+    pub const TCP_RESETS: usize = 21;
+    /// Events that found the per-container map full (still in the global counters).
+    pub const CONTAINER_OVERFLOW: usize = 22;
+    /// TCP events that found the per-netns TCP map full.
+    pub const NETNS_TCP_OVERFLOW: usize = 23;
+    pub const COUNT: usize = 24;
 
     /// Names in index order; the first 16 are the public JSON counter names.
     pub const NAMES: [&str; COUNT] = [
@@ -58,6 +64,9 @@ pub mod counter {
         "iface_overflow_rx_packets",
         "iface_overflow_rx_bytes",
         "runq_start_overflow",
+        "tcp_resets",
+        "container_overflow",
+        "netns_tcp_overflow",
     ];
 }
 
@@ -152,6 +161,63 @@ pub fn log2_floor(mut v: u64) -> u32 {
     r | (v >> 1) as u32
 }
 
+/// Key of the per-container maps: a cgroup v2 id (`KEY_MODE_CGROUP`) or a mount namespace
+/// inode (`KEY_MODE_MNTNS`), chosen by the loader from the host's cgroup layout.
+pub type ContainerKey = u64;
+pub const KEY_MODE_CGROUP: u32 = 0;
+pub const KEY_MODE_MNTNS: u32 = 1;
+/// Key recorded for the idle task, whose CPU time belongs to no one.
+pub const IDLE_KEY: ContainerKey = u64::MAX;
+
+pub const CONTAINER_MAP_CAPACITY: u32 = 1024;
+pub const NETNS_TCP_CAPACITY: u32 = 1024;
+/// Per-container run-queue histogram: plain log2 buckets of nanoseconds (2x resolution, a
+/// quarter of the global histogram's size per entry); the last bucket holds everything above.
+pub const CONTAINER_HIST_BUCKETS: usize = 32;
+
+/// Value of the per-CPU `CONTAINERS` hash. Field order is the drain's order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct ContainerStats {
+    pub cpu_ns: u64,
+    pub switches: u64,
+    pub forks: u64,
+    pub execs: u64,
+    pub exits: u64,
+    pub abnormal_exits: u64,
+    pub oom_kills: u64,
+    pub runq_hist: [u64; CONTAINER_HIST_BUCKETS],
+}
+
+/// Number of u64 fields of `ContainerStats` before `runq_hist`.
+pub const CONTAINER_SCALARS: usize = 7;
+
+/// Per-CPU record of the task currently on the CPU: when it got there and its container.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct OnCpu {
+    pub since_ns: u64,
+    pub key: ContainerKey,
+}
+
+/// Value of the per-CPU `NETNS_TCP` hash, keyed by network namespace inode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct NetnsTcp {
+    pub retransmits: u64,
+    pub resets: u64,
+}
+
+#[inline(always)]
+pub fn container_hist_bucket(ns: u64) -> usize {
+    let b = log2_floor(ns | 1) as usize;
+    if b < CONTAINER_HIST_BUCKETS {
+        b
+    } else {
+        CONTAINER_HIST_BUCKETS - 1
+    }
+}
+
 /// Names of the read-only globals the loader sets before loading (struct member offsets
 /// resolved from the running kernel's BTF). Each is a `u32` in the object's `.rodata`.
 pub mod global {
@@ -166,6 +232,18 @@ pub mod global {
     /// 1 when the kernel has network namespaces (`net_device.nd_net` exists); 0 means all
     /// interfaces are reported in namespace 0.
     pub const HAS_NETNS: &str = "HAS_NETNS";
+    pub const TASK_TGID: &str = "TASK_TGID_OFF";
+    pub const TASK_EXIT_CODE: &str = "TASK_EXIT_CODE_OFF";
+    pub const KEY_MODE: &str = "KEY_MODE";
+    pub const TASK_CGROUPS: &str = "TASK_CGROUPS_OFF";
+    pub const CSS_SET_DFL_CGRP: &str = "CSS_SET_DFL_CGRP_OFF";
+    pub const CGROUP_KN: &str = "CGROUP_KN_OFF";
+    pub const KERNFS_NODE_ID: &str = "KN_ID_OFF";
+    pub const TASK_NSPROXY: &str = "TASK_NSPROXY_OFF";
+    pub const NSPROXY_MNT_NS: &str = "NSPROXY_MNT_NS_OFF";
+    pub const MNT_NS_INUM: &str = "MNT_NS_INUM_OFF";
+    /// `sock.__sk_common.skc_net.net`.
+    pub const SOCK_NET: &str = "SOCK_NET_OFF";
 }
 
 /// TCP states as in include/net/tcp_states.h (stable ABI, exported to userspace).
@@ -183,6 +261,9 @@ mod user_pod {
     unsafe impl aya::Pod for IfaceKey {}
     unsafe impl aya::Pod for IfaceStats {}
     unsafe impl aya::Pod for LatencyHist {}
+    unsafe impl aya::Pod for ContainerStats {}
+    unsafe impl aya::Pod for NetnsTcp {}
+    unsafe impl aya::Pod for OnCpu {}
 }
 
 #[cfg(test)]
@@ -215,9 +296,25 @@ mod tests {
     }
 
     #[test]
+    fn container_buckets_are_log2_and_capped() {
+        assert_eq!(container_hist_bucket(0), 0);
+        assert_eq!(container_hist_bucket(1), 0);
+        assert_eq!(container_hist_bucket(1024), 10);
+        assert_eq!(container_hist_bucket(2047), 10);
+        assert_eq!(container_hist_bucket(u64::MAX), CONTAINER_HIST_BUCKETS - 1);
+        assert_eq!(
+            core::mem::size_of::<ContainerStats>(),
+            8 * (CONTAINER_SCALARS + CONTAINER_HIST_BUCKETS)
+        );
+    }
+
+    #[test]
     fn names_cover_every_counter() {
         assert_eq!(counter::NAMES.len(), counter::COUNT);
         assert_eq!(counter::NAMES[counter::SKB_DROPS], "skb_drops");
-        assert_eq!(counter::NAMES[counter::RUNQ_START_OVERFLOW], "runq_start_overflow");
+        assert_eq!(
+            counter::NAMES[counter::RUNQ_START_OVERFLOW],
+            "runq_start_overflow"
+        );
     }
 }

@@ -5,6 +5,7 @@
 #![allow(internal_features)]
 #![no_main]
 
+mod container;
 mod maps;
 mod net;
 mod sched;

@@ -12,7 +12,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
 use sentinel_common::{
-    Counters, IFACE_MAP_CAPACITY, IfaceKey, IfaceStats, LatencyHist, RUNQ_START_CAPACITY,
+    CONTAINER_MAP_CAPACITY, ContainerKey, ContainerStats, Counters, IFACE_MAP_CAPACITY, IfaceKey,
+    IfaceStats, LatencyHist, NETNS_TCP_CAPACITY, NetnsTcp, OnCpu, RUNQ_START_CAPACITY,
 };
 
 #[map]
@@ -31,6 +32,25 @@ pub static IFACES: PerCpuHashMap<IfaceKey, IfaceStats> =
 /// CPUs: a task is often woken on one CPU and switched in on another.
 #[map]
 pub static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(RUNQ_START_CAPACITY, 0);
+
+/// Per-container values (not an LRU, for the same reason as IFACES; full -> CONTAINER_OVERFLOW).
+#[map]
+pub static CONTAINERS: PerCpuHashMap<ContainerKey, ContainerStats> =
+    PerCpuHashMap::with_max_entries(CONTAINER_MAP_CAPACITY, 0);
+
+/// Always-zero value to create CONTAINERS entries from: a 312-byte value would not fit the
+/// program's stack next to everything else.
+#[map]
+pub static ZERO_CONTAINER: PerCpuArray<ContainerStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// The task currently on each CPU: since when, and its container.
+#[map]
+pub static ONCPU: PerCpuArray<OnCpu> = PerCpuArray::with_max_entries(1, 0);
+
+/// TCP retransmits and resets per network namespace (joined with containers in userspace).
+#[map]
+pub static NETNS_TCP: PerCpuHashMap<u32, NetnsTcp> =
+    PerCpuHashMap::with_max_entries(NETNS_TCP_CAPACITY, 0);
 
 // Struct member offsets, resolved from the running kernel's BTF by the loader and frozen in
 // `.rodata` before the programs load, so the verifier checks every access made with them.
@@ -53,6 +73,28 @@ pub static DEV_ND_NET_OFF: u32 = 0;
 pub static NET_NS_INUM_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 pub static HAS_NETNS: u32 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_TGID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_EXIT_CODE_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static KEY_MODE: u32 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_CGROUPS_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static CSS_SET_DFL_CGRP_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static CGROUP_KN_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static KN_ID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_NSPROXY_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static NSPROXY_MNT_NS_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static MNT_NS_INUM_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static SOCK_NET_OFF: u32 = 0;
 
 #[inline(always)]
 pub fn global(value: &'static u32) -> usize {

@@ -6,20 +6,21 @@
 //! inet_sock_set_state(sk, oldstate, newstate); kfree_skb(skb, location, reason, ...).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext,
+    EbpfContext, bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use sentinel_common::{IFNAME_LEN, IfaceKey, IfaceStats, counter, tcp_state};
+use aya_log_ebpf::warn;
+use sentinel_common::{IFNAME_LEN, IfaceKey, IfaceStats, NetnsTcp, counter, tcp_state};
 
 use crate::maps::{
-    DEV_IFINDEX_OFF, DEV_NAME_OFF, DEV_ND_NET_OFF, HAS_NETNS, IFACES, NET_NS_INUM_OFF,
-    SKB_DEV_OFF, SKB_LEN_OFF, atomic_add, count, field, global,
+    COUNTERS, DEV_IFINDEX_OFF, DEV_NAME_OFF, DEV_ND_NET_OFF, HAS_NETNS, IFACES, NET_NS_INUM_OFF,
+    NETNS_TCP, SKB_DEV_OFF, SKB_LEN_OFF, SOCK_NET_OFF, atomic_add, count, field, global,
 };
 
 /// Adds one packet of `len` bytes to the device's (netns, ifindex) entry, creating it on first
 /// use; when the map is full the packet goes to the overflow counters instead, so the global
 /// counters always equal the sum over interfaces plus overflow.
 #[inline(always)]
-fn account_iface(dev: *const u8, len: u64, rx: bool) {
+fn account_iface<C: EbpfContext>(ctx: &C, dev: *const u8, len: u64, rx: bool) {
     let ifindex: u32 = unsafe { field(dev, global(&DEV_IFINDEX_OFF)) };
     let mut netns = 0u32;
     if global(&HAS_NETNS) != 0 {
@@ -46,12 +47,18 @@ fn account_iface(dev: *const u8, len: u64, rx: bool) {
             match IFACES.get_ptr_mut(&key) {
                 Some(stats) => stats,
                 None => {
-                    if rx {
-                        count(counter::IFACE_OVERFLOW_RX_PACKETS, 1);
-                        count(counter::IFACE_OVERFLOW_RX_BYTES, len);
-                    } else {
-                        count(counter::IFACE_OVERFLOW_TX_PACKETS, 1);
-                        count(counter::IFACE_OVERFLOW_TX_BYTES, len);
+                    overflow(rx, len);
+                    // Logged at the 1st, 2nd, 4th, 8th ... overflow on this CPU, so a full
+                    // map is visible in the logs without flooding them.
+                    let n = overflowed_on_this_cpu();
+                    if n & n.wrapping_sub(1) == 0 {
+                        warn!(
+                            ctx,
+                            "per-interface map full: netns {} ifindex {} counted as overflow ({} on this CPU)",
+                            netns,
+                            ifindex,
+                            n
+                        );
                     }
                     return;
                 }
@@ -69,6 +76,28 @@ fn account_iface(dev: *const u8, len: u64, rx: bool) {
     }
 }
 
+#[inline(always)]
+fn overflow(rx: bool, len: u64) {
+    if rx {
+        count(counter::IFACE_OVERFLOW_RX_PACKETS, 1);
+        count(counter::IFACE_OVERFLOW_RX_BYTES, len);
+    } else {
+        count(counter::IFACE_OVERFLOW_TX_PACKETS, 1);
+        count(counter::IFACE_OVERFLOW_TX_BYTES, len);
+    }
+}
+
+#[inline(always)]
+fn overflowed_on_this_cpu() -> u64 {
+    match COUNTERS.get(0) {
+        Some(c) => {
+            c.values[counter::IFACE_OVERFLOW_RX_PACKETS]
+                + c.values[counter::IFACE_OVERFLOW_TX_PACKETS]
+        }
+        None => 0,
+    }
+}
+
 #[btf_tracepoint(function = "net_dev_xmit")]
 pub fn snt_net_dev_xmit(ctx: BtfTracePointContext) -> i32 {
     // Only successful transmissions, as the device's own tx counters do. The skb may already
@@ -81,11 +110,10 @@ pub fn snt_net_dev_xmit(ctx: BtfTracePointContext) -> i32 {
     let len: u32 = ctx.arg(3);
     count(counter::NET_TX_PACKETS, 1);
     count(counter::NET_TX_BYTES, len as u64);
-    if !dev.is_null() {
-        account_iface(dev, len as u64, false);
+    if dev.is_null() {
+        overflow(false, len as u64);
     } else {
-        count(counter::IFACE_OVERFLOW_TX_PACKETS, 1);
-        count(counter::IFACE_OVERFLOW_TX_BYTES, len as u64);
+        account_iface(&ctx, dev, len as u64, false);
     }
     0
 }
@@ -97,18 +125,74 @@ pub fn snt_netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
     let dev: *const u8 = unsafe { field(skb, global(&SKB_DEV_OFF)) };
     count(counter::NET_RX_PACKETS, 1);
     count(counter::NET_RX_BYTES, len as u64);
-    if !dev.is_null() {
-        account_iface(dev, len as u64, true);
+    if dev.is_null() {
+        overflow(true, len as u64);
     } else {
-        count(counter::IFACE_OVERFLOW_RX_PACKETS, 1);
-        count(counter::IFACE_OVERFLOW_RX_BYTES, len as u64);
+        account_iface(&ctx, dev, len as u64, true);
     }
     0
 }
 
+/// Netns of a socket (0 when there is no socket, e.g. a reset sent for no socket).
+#[inline(always)]
+fn sock_netns(sk: *const u8) -> u32 {
+    if sk.is_null() || global(&HAS_NETNS) == 0 {
+        return 0;
+    }
+    let net: *const u8 = unsafe { field(sk, global(&SOCK_NET_OFF)) };
+    if net.is_null() {
+        return 0;
+    }
+    unsafe { field(net, global(&NET_NS_INUM_OFF)) }
+}
+
+#[inline(always)]
+fn netns_tcp(netns: u32) -> Option<*mut NetnsTcp> {
+    if let Some(stats) = NETNS_TCP.get_ptr_mut(&netns) {
+        return Some(stats);
+    }
+    let _ = NETNS_TCP.insert(
+        &netns,
+        &NetnsTcp {
+            retransmits: 0,
+            resets: 0,
+        },
+        BPF_NOEXIST as u64,
+    );
+    let stats = NETNS_TCP.get_ptr_mut(&netns);
+    if stats.is_none() {
+        count(counter::NETNS_TCP_OVERFLOW, 1);
+    }
+    stats
+}
+
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
-pub fn snt_tcp_retransmit_skb(_ctx: BtfTracePointContext) -> i32 {
+pub fn snt_tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     count(counter::TCP_RETRANSMITS, 1);
+    let sk: *const u8 = ctx.arg(0);
+    if let Some(stats) = netns_tcp(sock_netns(sk)) {
+        atomic_add(unsafe { &raw mut (*stats).retransmits }, 1);
+    }
+    0
+}
+
+#[inline(always)]
+fn reset(sk: *const u8) {
+    count(counter::TCP_RESETS, 1);
+    if let Some(stats) = netns_tcp(sock_netns(sk)) {
+        atomic_add(unsafe { &raw mut (*stats).resets }, 1);
+    }
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn snt_tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    reset(ctx.arg(0));
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn snt_tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    reset(ctx.arg(0));
     0
 }
 

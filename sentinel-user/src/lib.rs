@@ -1,5 +1,10 @@
 //! Sentinel userspace: collector, detection, healing and exporters.
 
+pub mod collect;
+pub mod containers;
+pub mod daemon;
 pub mod detect;
+pub mod export;
+pub mod heal;
 pub mod model;
 pub mod replay;

@@ -1,22 +1,62 @@
-use clap::{Parser, Subcommand};
+//! Developer tasks: `cargo xtask <command>`.
 
+mod build_ebpf;
 mod nab;
 
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
 #[derive(Parser)]
-#[command(name = "xtask")]
+#[command(name = "xtask", about = "Sentinel developer tasks")]
 struct Cli {
     #[command(subcommand)]
-    command: Cmd,
+    command: Command,
 }
 
 #[derive(Subcommand)]
-enum Cmd {
+enum Command {
+    /// Build the eBPF object (installs the nightly's rust-src and bpf-linker on first use).
+    BuildEbpf(build_ebpf::Options),
+    /// Build the eBPF object, then run the whole test suite (what CI runs).
+    Test(TestOptions),
     /// Replay the NAB corpus through every detector and score it.
     Nab(nab::NabArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Cmd::Nab(args) => nab::run(args),
+#[derive(clap::Args)]
+struct TestOptions {
+    /// Extra arguments for `cargo test`, after `--`.
+    #[arg(last = true)]
+    cargo_args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::BuildEbpf(opts) => build_ebpf::run(&opts),
+        Command::Test(opts) => test(&opts),
+        Command::Nab(args) => nab::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn test(opts: &TestOptions) -> anyhow::Result<()> {
+    build_ebpf::run(&build_ebpf::Options { release: true })?;
+    let root = build_ebpf::workspace_root();
+    // One test thread per binary: the privileged tests measure the host's kernel counters and
+    // must not disturb each other.
+    let mut cmd = std::process::Command::new(build_ebpf::cargo());
+    cmd.current_dir(&root)
+        .args(["test", "--workspace", "--release"])
+        .args(&opts.cargo_args);
+    if !opts.cargo_args.iter().any(|a| a == "--") {
+        cmd.args(["--", "--test-threads=1"]);
+    }
+    build_ebpf::status(&mut cmd, "cargo test")
 }

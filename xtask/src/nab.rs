@@ -16,7 +16,11 @@ pub struct NabArgs {
     #[arg(long)]
     pub scorer: Option<PathBuf>,
     /// Detectors to evaluate.
-    #[arg(long, value_delimiter = ',', default_value = "statistical,learned,combined")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "statistical,learned,combined"
+    )]
     pub detectors: Vec<String>,
     /// `[detect]` overrides passed to every replay (KEY=VALUE, repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -62,16 +66,23 @@ fn csv_files(data: &Path) -> Result<Vec<PathBuf>> {
 pub fn run(args: NabArgs) -> Result<()> {
     let root = repo_root();
     let data = root.join(&args.data);
-    let scorer = args.scorer.clone().map_or_else(
-        || data.join("../../tools/nab_score.py"),
-        |s| root.join(s),
-    );
+    let scorer = args
+        .scorer
+        .clone()
+        .map_or_else(|| data.join("../../tools/nab_score.py"), |s| root.join(s));
     let out = root.join(&args.out);
     let labels = data.join("combined_windows.json");
 
     let status = Command::new(env!("CARGO"))
         .current_dir(&root)
-        .args(["build", "--release", "-p", "sentinel-user", "--bin", "sentinel"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sentinel-user",
+            "--bin",
+            "sentinel",
+        ])
         .status()
         .context("running cargo build")?;
     if !status.success() {
@@ -117,7 +128,10 @@ pub fn run(args: NabArgs) -> Result<()> {
             .output()
             .context("running nab_score.py")?;
         if !o.status.success() {
-            bail!("nab_score.py failed: {}", String::from_utf8_lossy(&o.stderr));
+            bail!(
+                "nab_score.py failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
         let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
         std::fs::write(dir.join("score.json"), &o.stdout)?;

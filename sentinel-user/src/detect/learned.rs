@@ -75,7 +75,7 @@ impl Rng {
         z ^ (z >> 31)
     }
     fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() >> 32) * n as u64 >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
     fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -424,8 +424,7 @@ impl LearnedDetector {
         self.pos = (self.pos + 1) % n;
         self.filled = (self.filled + 1).min(n);
 
-        let due = self.filled == n && self.since_train >= p.retrain_every
-            || self.trains == 0 && self.filled == n;
+        let due = self.filled == n && (self.trains == 0 || self.since_train >= p.retrain_every);
         if due && !self.slot.busy.swap(true, Ordering::AcqRel) {
             let mut values = Vec::with_capacity(n);
             values.extend_from_slice(&self.ring[self.pos..]);

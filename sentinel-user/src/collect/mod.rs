@@ -1,0 +1,8 @@
+//! The collector: load and attach the eBPF programs, drain their maps into `Interval`s.
+
+pub mod drain;
+pub mod host;
+pub mod loader;
+pub mod netns;
+pub mod offsets;
+pub mod tracefs;

@@ -1,0 +1,54 @@
+//! Which network namespaces and host interfaces still exist, so the drain can retire the
+//! per-interface entries of gone ones (once they have been drained and stayed idle).
+
+use std::{collections::HashSet, fs, os::unix::fs::MetadataExt};
+
+/// Inodes of every network namespace held by a process or by a bind mount in the usual places
+/// (`ip netns`, Docker). A namespace held only by some other file descriptor or mount is not
+/// seen: its entry is retired only after an idle interval, and recreated by its next packet.
+pub fn live_namespaces() -> HashSet<u32> {
+    let mut live = HashSet::new();
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for entry in procs.flatten() {
+            let name = entry.file_name();
+            if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+                continue;
+            }
+            if let Ok(meta) = fs::metadata(entry.path().join("ns/net")) {
+                live.insert(meta.ino() as u32);
+            }
+        }
+    }
+    for dir in ["/run/netns", "/var/run/docker/netns", "/run/docker/netns"] {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if let Ok(meta) = fs::metadata(entry.path()) {
+                    live.insert(meta.ino() as u32);
+                }
+            }
+        }
+    }
+    live
+}
+
+/// This process's own network namespace (the host's, for the daemon).
+pub fn own_namespace() -> Option<u32> {
+    fs::metadata("/proc/self/ns/net")
+        .ok()
+        .map(|m| m.ino() as u32)
+}
+
+/// Interface indexes present in this process's namespace.
+pub fn own_ifindexes() -> HashSet<u32> {
+    let mut set = HashSet::new();
+    if let Ok(entries) = fs::read_dir("/sys/class/net") {
+        for entry in entries.flatten() {
+            if let Ok(text) = fs::read_to_string(entry.path().join("ifindex"))
+                && let Ok(idx) = text.trim().parse()
+            {
+                set.insert(idx);
+            }
+        }
+    }
+    set
+}

@@ -1,0 +1,180 @@
+//! Per-container signals: the kernel accounts events to a container key; this module says
+//! which container (or cgroup) a key is, and joins each container with its network namespace's
+//! traffic and TCP events.
+
+pub mod docker;
+pub mod procfs;
+
+use std::collections::HashMap;
+
+use sentinel_common::{CONTAINER_SCALARS, ContainerKey};
+
+use crate::{
+    collect::{
+        drain::{CONTAINER_FIELDS, LatencySummarizer},
+        loader::KeyMode,
+    },
+    model::{ContainerDelta, IfaceDelta},
+};
+use docker::SharedView;
+use procfs::Identity;
+
+/// Key -> identity cache. Bounded: entries exist only for keys in the kernel map (the caller
+/// forgets keys it retires), and identities are looked up only for keys seen in a drain.
+pub struct Attribution {
+    mode: KeyMode,
+    identities: HashMap<ContainerKey, Identity>,
+    pub docker: SharedView,
+}
+
+impl Attribution {
+    pub fn new(mode: KeyMode, docker: SharedView) -> Self {
+        Self {
+            mode: mode.resolve(),
+            identities: HashMap::new(),
+            docker,
+        }
+    }
+
+    pub fn docker_state(&self) -> &'static str {
+        self.docker
+            .read()
+            .map(|v| v.state.as_str())
+            .unwrap_or("unknown")
+    }
+
+    /// Builds the interval's container list from the kernel deltas.
+    pub fn containers(
+        &mut self,
+        deltas: &[(ContainerKey, [u64; CONTAINER_FIELDS])],
+        ifaces: &[IfaceDelta],
+        netns_tcp: &[(u32, [u64; 2])],
+        interval_ns: u64,
+        summarizer: &mut LatencySummarizer,
+    ) -> Vec<ContainerDelta> {
+        let mut out = self.containers_for(deltas, ifaces, netns_tcp, interval_ns, summarizer);
+        self.add_network_only(&mut out, ifaces, netns_tcp, summarizer);
+        out.sort_by(|a, b| b.cpu_ns.cmp(&a.cpu_ns).then(a.key.cmp(&b.key)));
+        out
+    }
+
+    fn containers_for(
+        &mut self,
+        deltas: &[(ContainerKey, [u64; CONTAINER_FIELDS])],
+        ifaces: &[IfaceDelta],
+        netns_tcp: &[(u32, [u64; 2])],
+        interval_ns: u64,
+        summarizer: &mut LatencySummarizer,
+    ) -> Vec<ContainerDelta> {
+        let unknown: Vec<ContainerKey> = deltas
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| *k != 0 && !self.identities.contains_key(k))
+            .collect();
+        if !unknown.is_empty() {
+            self.identities.extend(procfs::resolve(self.mode, &unknown));
+        }
+        let view = self.docker.read().ok();
+        let out: Vec<ContainerDelta> = deltas
+            .iter()
+            .map(|(key, d)| {
+                let identity = self.identities.get(key);
+                let id = identity
+                    .and_then(|i| i.docker_id.clone())
+                    .unwrap_or_default();
+                let meta = view.as_ref().and_then(|v| v.containers.get(&id));
+                let name = match (meta, identity) {
+                    (Some(m), _) => m.name.clone(),
+                    (None, Some(_)) if !id.is_empty() => id[..12].to_string(),
+                    (None, Some(i)) => i.cgroup.clone(),
+                    (None, None) if *key == 0 => "unresolved".to_string(),
+                    (None, None) => format!("gone-{key}"),
+                };
+                let mut c = ContainerDelta {
+                    id,
+                    name,
+                    image: meta.map(|m| m.image.clone()).unwrap_or_default(),
+                    key: *key,
+                    cpu_ns: d[0],
+                    cpu_percent: if interval_ns > 0 {
+                        100.0 * d[0] as f64 / interval_ns as f64
+                    } else {
+                        0.0
+                    },
+                    ctx_switches: d[1],
+                    runqueue_latency_us: summarizer.summarize_log2(&d[CONTAINER_SCALARS..]),
+                    forks: d[2],
+                    execs: d[3],
+                    exits: d[4],
+                    abnormal_exits: d[5],
+                    oom_kills: d[6],
+                    ..Default::default()
+                };
+                if let Some(netns) = identity.and_then(|i| i.netns) {
+                    for i in ifaces.iter().filter(|i| i.netns == netns) {
+                        c.rx_packets += i.rx_packets;
+                        c.rx_bytes += i.rx_bytes;
+                        c.tx_packets += i.tx_packets;
+                        c.tx_bytes += i.tx_bytes;
+                    }
+                    if let Some((_, tcp)) = netns_tcp.iter().find(|(n, _)| *n == netns) {
+                        c.tcp_retransmits = tcp[0];
+                        c.tcp_resets = tcp[1];
+                    }
+                }
+                c
+            })
+            .collect();
+        out
+    }
+
+    /// A container can have traffic in an interval without any scheduler event of its own (a
+    /// sleeping server's loopback, traffic injected from outside): add those too.
+    fn add_network_only(
+        &mut self,
+        out: &mut Vec<ContainerDelta>,
+        ifaces: &[IfaceDelta],
+        netns_tcp: &[(u32, [u64; 2])],
+        summarizer: &mut LatencySummarizer,
+    ) {
+        let covered: std::collections::HashSet<u32> = out
+            .iter()
+            .filter_map(|c| self.identities.get(&c.key).and_then(|i| i.netns))
+            .collect();
+        let mut missing: Vec<u32> = ifaces
+            .iter()
+            .map(|i| i.netns)
+            .chain(netns_tcp.iter().map(|(n, _)| *n))
+            .filter(|n| *n != 0 && !covered.contains(n))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return;
+        }
+        for (_, (key, identity)) in procfs::resolve_by_netns(self.mode, &missing) {
+            if out.iter().any(|c| c.key == key) {
+                continue;
+            }
+            self.identities.insert(key, identity);
+            let zero = [0u64; CONTAINER_FIELDS];
+            let mut extra = self.containers_for(&[(key, zero)], ifaces, netns_tcp, 0, summarizer);
+            out.append(&mut extra);
+        }
+    }
+
+    /// Keys whose container is gone (no live process has them): their kernel entries may be
+    /// removed once idle.
+    pub fn gone(&self, idle: impl Iterator<Item = ContainerKey>) -> Vec<ContainerKey> {
+        let idle: Vec<ContainerKey> = idle.collect();
+        if idle.is_empty() {
+            return idle;
+        }
+        let live = procfs::live_keys(self.mode);
+        idle.into_iter().filter(|k| !live.contains(k)).collect()
+    }
+
+    pub fn forget(&mut self, key: &ContainerKey) {
+        self.identities.remove(key);
+    }
+}

@@ -1,0 +1,239 @@
+//! Who is behind a kernel container key, from procfs alone: a process with that key, its
+//! cgroup path (which names the Docker container on both cgroup v1 and v2) and its network
+//! namespace. Works without Docker, so hosts without it still get per-cgroup accounting.
+
+use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::Path};
+
+use sentinel_common::ContainerKey;
+
+use crate::collect::loader::KeyMode;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Docker container id from the cgroup path, if any.
+    pub docker_id: Option<String>,
+    /// cgroup path (v2 path, or the v1 `name=systemd`/`cpu` path), or `host`.
+    pub cgroup: String,
+    /// Network namespace inode of a process with this key.
+    pub netns: Option<u32>,
+}
+
+/// The container key of a process, computed the way the kernel side computes it.
+pub fn key_of_pid(mode: KeyMode, pid: u32) -> Option<ContainerKey> {
+    match mode.resolve() {
+        KeyMode::Cgroup => {
+            let path = cgroup_path(
+                &fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?,
+                true,
+            )?;
+            // The cgroup id is the inode of the cgroup's directory in the v2 hierarchy.
+            fs::metadata(Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')))
+                .ok()
+                .map(|m| m.ino())
+        }
+        _ => fs::metadata(format!("/proc/{pid}/ns/mnt"))
+            .ok()
+            .map(|m| m.ino()),
+    }
+}
+
+/// Scans /proc once and resolves every key in `wanted` that some process still has.
+pub fn resolve(mode: KeyMode, wanted: &[ContainerKey]) -> HashMap<ContainerKey, Identity> {
+    let mut found = HashMap::new();
+    if wanted.is_empty() {
+        return found;
+    }
+    // Sentinel runs in the host's namespaces: its own key is the host's.
+    let host_key = key_of_pid(mode, std::process::id());
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some(key) = key_of_pid(mode, pid) else {
+            continue;
+        };
+        if found.contains_key(&key) || !wanted.contains(&key) {
+            continue;
+        }
+        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let cgroup = if Some(key) == host_key {
+            "host".to_string()
+        } else {
+            cgroup_path(&cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
+        };
+        let netns = fs::metadata(format!("/proc/{pid}/ns/net"))
+            .ok()
+            .map(|m| m.ino() as u32);
+        found.insert(
+            key,
+            Identity {
+                docker_id: docker_id(&cgroups),
+                cgroup,
+                netns,
+            },
+        );
+        if found.len() == wanted.len() {
+            break;
+        }
+    }
+    found
+}
+
+/// Scans /proc once and finds, for each network namespace in `wanted`, a process in it: its
+/// container key and identity. For traffic of containers that had no scheduler activity.
+pub fn resolve_by_netns(mode: KeyMode, wanted: &[u32]) -> HashMap<u32, (ContainerKey, Identity)> {
+    let mut found = HashMap::new();
+    if wanted.is_empty() {
+        return found;
+    }
+    let host_key = key_of_pid(mode, std::process::id());
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Some(netns) = fs::metadata(format!("/proc/{pid}/ns/net"))
+            .ok()
+            .map(|m| m.ino() as u32)
+        else {
+            continue;
+        };
+        if found.contains_key(&netns) || !wanted.contains(&netns) {
+            continue;
+        }
+        let Some(key) = key_of_pid(mode, pid) else {
+            continue;
+        };
+        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let cgroup = if Some(key) == host_key {
+            "host".to_string()
+        } else {
+            cgroup_path(&cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
+        };
+        found.insert(
+            netns,
+            (
+                key,
+                Identity {
+                    docker_id: docker_id(&cgroups),
+                    cgroup,
+                    netns: Some(netns),
+                },
+            ),
+        );
+        if found.len() == wanted.len() {
+            break;
+        }
+    }
+    found
+}
+
+/// Keys some live process has right now (for retiring gone containers' kernel entries).
+pub fn live_keys(mode: KeyMode) -> std::collections::HashSet<ContainerKey> {
+    let mut live = std::collections::HashSet::new();
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for entry in procs.flatten() {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+                && let Some(key) = key_of_pid(mode, pid)
+            {
+                live.insert(key);
+            }
+        }
+    }
+    live
+}
+
+/// The v2 path (`0::/...`) when `v2`, else the v1 path of `name=systemd` or `cpu`.
+pub fn cgroup_path(text: &str, v2: bool) -> Option<String> {
+    let mut fallback = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if v2 && controllers.is_empty() {
+            return Some(path.to_string());
+        }
+        if !v2 && (controllers == "name=systemd" || controllers.split(',').any(|c| c == "cpu")) {
+            if controllers == "name=systemd" && path != "/" {
+                return Some(path.to_string());
+            }
+            fallback.get_or_insert_with(|| path.to_string());
+        }
+    }
+    fallback
+}
+
+/// A 64-hex Docker container id in a cgroup file: `/docker/<id>` (cgroupfs) or
+/// `docker-<id>.scope` (systemd driver).
+pub fn docker_id(cgroups: &str) -> Option<String> {
+    for line in cgroups.lines() {
+        for segment in line.rsplit('/') {
+            let candidate = segment
+                .strip_prefix("docker-")
+                .map(|s| s.trim_end_matches(".scope"))
+                .unwrap_or(segment);
+            if candidate.len() == 64
+                && candidate.bytes().all(|b| b.is_ascii_hexdigit())
+                && line.contains("docker")
+            {
+                return Some(candidate.to_string());
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f3d755988785b343fbda30f0d03263e3f3d755988785b343fbda30f0d03263e";
+
+    #[test]
+    fn finds_docker_ids_in_v1_and_v2_paths() {
+        let v1 = format!("9:name=systemd:/docker/{ID}\n4:memory:/docker/{ID}\n0::/\n");
+        assert_eq!(docker_id(&v1).as_deref(), Some(ID));
+        let v2 = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(docker_id(&v2).as_deref(), Some(ID));
+        assert_eq!(docker_id("0::/system.slice/ssh.service\n"), None);
+        assert_eq!(
+            docker_id(&format!("4:memory:/process_api/{}\n", &ID[..32])),
+            None
+        );
+    }
+
+    #[test]
+    fn picks_the_cgroup_path_for_the_mode() {
+        let text = "9:name=systemd:/system.slice/cron.service\n1:cpu:/\n0::/unified/x\n";
+        assert_eq!(cgroup_path(text, true).as_deref(), Some("/unified/x"));
+        assert_eq!(
+            cgroup_path(text, false).as_deref(),
+            Some("/system.slice/cron.service")
+        );
+        assert_eq!(cgroup_path("1:cpu:/a\n", false).as_deref(), Some("/a"));
+    }
+
+    #[test]
+    fn resolves_this_process() {
+        let mode = KeyMode::Mntns;
+        let me = key_of_pid(mode, std::process::id()).expect("own key");
+        let ids = resolve(mode, &[me]);
+        assert!(ids[&me].netns.is_some());
+        assert!(live_keys(mode).contains(&me));
+    }
+}

@@ -1,0 +1,329 @@
+//! `sentinel run`: the drain loop. One `select!` over the interval tick, the run's deadline and
+//! the shutdown signals; plain structs (Collector, Drain, HostSampler) do the work.
+
+use std::{
+    io::{self, Write},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use anyhow::{Context, Result};
+use sentinel_common::counter;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, sleep_until},
+};
+use tracing::{info, warn};
+
+use crate::{
+    collect::{
+        drain::{Drain, DrainDelta, LatencySummarizer, RawSnapshot},
+        host::HostSampler,
+        loader::{Collector, LoadOptions},
+        netns,
+    },
+    containers::{self, Attribution},
+    detect::SeriesState,
+    export::{OutputFormat, write_interval},
+    heal::HealSnapshot,
+    model::{CollectorHealth, DetectionSummary, Interval},
+};
+
+/// The public counters (the JSON `counters` object); the rest are collector health.
+pub const PUBLIC_COUNTERS: [usize; 17] = [
+    counter::SCHED_SWITCH,
+    counter::SCHED_WAKEUP,
+    counter::SCHED_WAKEUP_NEW,
+    counter::PROCESS_FORK,
+    counter::PROCESS_EXEC,
+    counter::PROCESS_EXIT,
+    counter::OOM_KILLS,
+    counter::NET_TX_PACKETS,
+    counter::NET_TX_BYTES,
+    counter::NET_RX_PACKETS,
+    counter::NET_RX_BYTES,
+    counter::TCP_RETRANSMITS,
+    counter::TCP_CONN_OPENED,
+    counter::TCP_CONN_CLOSED,
+    counter::TCP_CONN_FAILED,
+    counter::TCP_RESETS,
+    counter::SKB_DROPS,
+];
+/// What the daemon publishes after every interval, for the metrics endpoint, the status
+/// socket and `sentinel top`. Readers take the latest (`tokio::sync::watch`): a slow reader
+/// never holds up the drain and never makes the daemon buffer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Published {
+    pub interval: Interval,
+    /// Every series the detection engine tracks: name, life-cycle state, last score.
+    pub series: Vec<SeriesStatus>,
+    /// Healing engine state (breakers, counters, recent decisions); `None` when disabled.
+    pub heal: Option<HealSnapshot>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SeriesStatus {
+    pub name: String,
+    pub state: SeriesState,
+    pub score: f64,
+}
+
+pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
+
+/// Retire the entries of gone interfaces every this many intervals.
+const IFACE_GC_EVERY: u64 = 10;
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub output: OutputFormat,
+    pub load: LoadOptions,
+    /// Name containers through the Docker Engine API (ids come from cgroup paths regardless).
+    pub docker: bool,
+}
+
+pub fn run(opts: RunOptions) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_loop(opts))
+}
+
+struct Pipeline {
+    collector: Collector,
+    drain: Drain,
+    host: HostSampler,
+    summarizer: LatencySummarizer,
+    snapshot: RawSnapshot,
+    seq: u64,
+    last: Instant,
+    attribution: Attribution,
+}
+
+impl Pipeline {
+    fn drain_interval(&mut self, final_interval: bool) -> Result<Interval> {
+        let started = Instant::now();
+        self.collector.snapshot(&mut self.snapshot)?;
+        let system = self.host.sample();
+        let delta = self.drain.apply(&self.snapshot);
+        let drain_us = started.elapsed().as_micros() as u64;
+        let measured = started.duration_since(self.last);
+        self.last = started;
+        let iv = self.build(delta, measured, system, drain_us, final_interval);
+        self.seq += 1;
+        Ok(iv)
+    }
+
+    fn build(
+        &mut self,
+        delta: DrainDelta,
+        measured: Duration,
+        system: crate::model::SystemGauges,
+        drain_us: u64,
+        final_interval: bool,
+    ) -> Interval {
+        let counters = PUBLIC_COUNTERS
+            .iter()
+            .map(|&i| {
+                let value = (!self.collector.is_disabled(i)).then_some(delta.counters[i]);
+                (counter::NAMES[i].to_string(), value)
+            })
+            .collect();
+        let containers = self.attribution.containers(
+            &delta.containers,
+            &delta.ifaces,
+            &delta.netns_tcp,
+            measured.as_nanos() as u64,
+            &mut self.summarizer,
+        );
+        let final_totals = final_interval.then(|| {
+            (0..counter::COUNT)
+                .map(|i| (counter::NAMES[i].to_string(), self.drain.cumulative()[i]))
+                .collect()
+        });
+        Interval {
+            ts: OffsetDateTime::now_utc()
+                .format(&Rfc3339)
+                .unwrap_or_default(),
+            interval_ms: measured.as_secs_f64() * 1000.0,
+            seq: self.seq,
+            counters,
+            runqueue_latency_us: self.summarizer.summarize(&delta.hist),
+            interfaces: delta.ifaces,
+            system,
+            containers,
+            docker: self.attribution.docker_state().to_string(),
+            anomalies: Vec::new(),
+            detection: DetectionSummary::default(),
+            healing: None,
+            actions: Vec::new(),
+            collector: CollectorHealth {
+                disabled: self.collector.disabled_programs(),
+                iface_overflow_packets: delta.counters[counter::IFACE_OVERFLOW_RX_PACKETS]
+                    + delta.counters[counter::IFACE_OVERFLOW_TX_PACKETS],
+                runq_start_overflow: delta.counters[counter::RUNQ_START_OVERFLOW],
+                iface_entries: self.drain.iface_entries() as u64,
+                iface_capacity: u64::from(self.collector.iface_capacity),
+                container_overflow: delta.counters[counter::CONTAINER_OVERFLOW],
+                container_entries: self.drain.containers.len() as u64,
+                container_capacity: u64::from(self.collector.container_capacity),
+                reset: delta.reset,
+                drain_us,
+            },
+            final_totals,
+        }
+    }
+
+    /// Removes interface entries whose namespace (or, in the host namespace, device) is gone.
+    /// Only entries idle for a whole interval are candidates: their counts were all drained,
+    /// so removing them loses nothing.
+    fn published(&self, iv: &Interval) -> Published {
+        Published {
+            interval: iv.clone(),
+            series: Vec::new(),
+            heal: None,
+        }
+    }
+
+    fn retire_gone_interfaces(&mut self) {
+        let live = netns::live_namespaces();
+        let host = netns::own_namespace();
+        let host_ifs = netns::own_ifindexes();
+        let gone: Vec<_> = self
+            .drain
+            .idle_ifaces(1)
+            .filter(|k| {
+                !live.contains(&k.netns)
+                    || (Some(k.netns) == host && !host_ifs.contains(&k.ifindex))
+            })
+            .collect();
+        for key in gone {
+            match self.collector.remove_iface(&key) {
+                Ok(()) => self.drain.forget_iface(&key),
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+        let gone_tcp: Vec<u32> = self
+            .drain
+            .netns_tcp
+            .idle(1)
+            .filter(|n| *n != 0 && !live.contains(n))
+            .collect();
+        for netns in gone_tcp {
+            match self.collector.remove_netns_tcp(&netns) {
+                Ok(()) => self.drain.netns_tcp.forget(&netns),
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+        for key in self.attribution.gone(self.drain.containers.idle(1)) {
+            match self.collector.remove_container(&key) {
+                Ok(()) => {
+                    self.drain.forget_container(&key);
+                    self.attribution.forget(&key);
+                }
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+    }
+}
+
+async fn run_loop(opts: RunOptions) -> Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut collector = Collector::load(&opts.load)?;
+    let mut kernel_log = collector.take_logger().and_then(|logger| {
+        // SAFETY: the logger owns its ring buffer's fd and keeps it open as long as the
+        // AsyncFd holds the logger, which deregisters before dropping it.
+        match unsafe { tokio::io::unix::AsyncFd::register(logger) } {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                warn!("cannot poll kernel-side log messages: {e}");
+                None
+            }
+        }
+    });
+    let loaded_at = Instant::now();
+    let mut host = HostSampler::default();
+    host.prime();
+    let mut p = Pipeline {
+        collector,
+        drain: Drain::new(),
+        host,
+        summarizer: LatencySummarizer::default(),
+        snapshot: RawSnapshot::default(),
+        seq: 0,
+        last: loaded_at,
+        attribution: Attribution::new(
+            opts.load.key_mode,
+            if opts.docker {
+                containers::docker::spawn_watcher()
+            } else {
+                containers::docker::disabled_view()
+            },
+        ),
+    };
+    let start = tokio::time::Instant::from_std(loaded_at);
+    let mut ticker = tokio::time::interval_at(start + opts.interval, opts.interval);
+    // After a stall (e.g. SIGSTOP) the next interval simply covers the whole gap.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let deadline = opts.duration.map(|d| start + d);
+    let mut out = io::stdout().lock();
+    let (publish, _) = watch::channel::<Option<Arc<Published>>>(None);
+    // Exporters (metrics endpoint, status socket) subscribe here: `publish.subscribe()`.
+    info!(interval = ?opts.interval, "sentinel running");
+
+    let reason = loop {
+        let stop = tokio::select! {
+            _ = ticker.tick() => None,
+            _ = sigterm.recv() => Some("SIGTERM"),
+            _ = sigint.recv() => Some("SIGINT"),
+            _ = sleep_until(deadline.unwrap_or(start)), if deadline.is_some() => Some("duration elapsed"),
+            ready = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
+                if let Ok(mut guard) = ready {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                continue;
+            }
+        };
+        if let Some(reason) = stop {
+            break reason;
+        }
+        let iv = p.drain_interval(false)?;
+        publish.send_replace(Some(Arc::new(p.published(&iv))));
+        if let Err(e) = emit(&mut out, opts.output, &iv) {
+            break_on_closed_output(e)?;
+            break "output closed";
+        }
+        if p.seq.is_multiple_of(IFACE_GC_EVERY) {
+            p.retire_gone_interfaces();
+        }
+    };
+    info!("stopping ({reason}): detaching programs");
+    p.collector.detach();
+    // Let program runs that started before the detach finish before the final read.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let iv = p.drain_interval(true)?;
+    if let Err(e) = emit(&mut out, opts.output, &iv) {
+        break_on_closed_output(e)?;
+    }
+    Ok(())
+}
+
+fn emit(out: &mut impl Write, format: OutputFormat, iv: &Interval) -> Result<()> {
+    write_interval(out, format, iv)
+}
+
+/// A closed stdout (e.g. `sentinel run | head`) ends the run cleanly; other errors are fatal.
+fn break_on_closed_output(e: anyhow::Error) -> Result<()> {
+    match e.downcast_ref::<io::Error>() {
+        Some(io) if io.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        _ => Err(e.context("cannot write output")),
+    }
+}

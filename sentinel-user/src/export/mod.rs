@@ -1,0 +1,37 @@
+//! Output of intervals: JSON lines and one readable text line per interval.
+
+pub mod text;
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use crate::model::Interval;
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+pub fn write_interval(
+    out: &mut impl Write,
+    format: OutputFormat,
+    interval: &Interval,
+) -> Result<()> {
+    match format {
+        OutputFormat::Json => {
+            serde_json::to_writer(&mut *out, interval)?;
+            out.write_all(b"\n")?;
+        }
+        OutputFormat::Text => {
+            out.write_all(text::line(interval).as_bytes())?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

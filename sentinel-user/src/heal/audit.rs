@@ -1,0 +1,287 @@
+//! Append-only JSON-lines audit log of every healing decision.
+//!
+//! Each line is one `AuditRecord` serialised by serde_json, so quotes, newlines and ANSI escapes
+//! in workload-controlled strings (names, labels, Docker messages) are escaped and can never break
+//! a line. Long values are cut to a bound first, so a 1 MiB label cannot bloat the log.
+//!
+//! Fail-safe: the engine writes the `intent` line before it acts; if that write fails, it does
+//! not act (an action that cannot be audited is not taken) and `write_errors` counts it.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// Longest name or id kept in a record, bytes.
+pub const MAX_NAME: usize = 256;
+/// Longest free-text field (Docker error message, reason detail), bytes.
+pub const MAX_TEXT: usize = 2048;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    /// RFC 3339 UTC wall-clock time of the decision.
+    pub ts: String,
+    pub container_id: String,
+    pub container_name: String,
+    /// `intent` (about to act), `taken` (acted, success), `failed` (acted, failed),
+    /// `skipped` (not acted, see `reason`), `not_recorded` (dropped before acting, no breaker
+    /// effect), `cancelled` (shutdown), `breaker` (state change), `docker` (connectivity),
+    /// `alert` (storm guard).
+    pub decision: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// State of the container's breaker after this decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_breaker: Option<String>,
+    /// For `breaker` lines: previous state and the OPEN wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+impl AuditRecord {
+    pub fn new(id: &str, name: &str, decision: &str, reason: &str) -> Self {
+        Self {
+            ts: now_rfc3339(),
+            container_id: truncate(id, MAX_NAME),
+            container_name: truncate(name, MAX_NAME),
+            decision: decision.to_string(),
+            reason: truncate(reason, MAX_TEXT),
+            ..Self::default()
+        }
+    }
+}
+
+impl AuditRecord {
+    /// Every free-text field cut to its bound; applied on every write, so a caller that fills a
+    /// field directly cannot bloat the log.
+    fn bounded(mut self) -> Self {
+        for f in [&mut self.container_id, &mut self.container_name] {
+            if f.len() > MAX_NAME {
+                *f = truncate(f, MAX_NAME);
+            }
+        }
+        if self.reason.len() > MAX_TEXT {
+            self.reason = truncate(&self.reason, MAX_TEXT);
+        }
+        for f in [
+            &mut self.rule,
+            &mut self.outcome,
+            &mut self.error,
+            &mut self.action,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if f.len() > MAX_TEXT {
+                *f = truncate(f, MAX_TEXT);
+            }
+        }
+        self
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Cut `s` to at most `max` bytes on a char boundary, saying how much was dropped.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...[{} bytes truncated]", &s[..end], s.len() - end)
+}
+
+/// Safe for a log line: bounded and with control characters (newlines, ESC) escaped.
+pub fn for_log(s: &str) -> String {
+    truncate(s, MAX_NAME).escape_debug().to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("audit log {path}: {source}")]
+pub struct AuditError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+pub struct AuditLog {
+    path: PathBuf,
+    file: Option<File>,
+    recent: VecDeque<AuditRecord>,
+    recent_cap: usize,
+    write_errors: u64,
+    lines: u64,
+}
+
+impl AuditLog {
+    /// Opens (creating, mode 0600) for append. A failure to open is not fatal here: every later
+    /// write fails and the engine stays fail-safe (decides, never acts).
+    pub fn open(path: &Path, recent_cap: usize) -> Self {
+        let file = open_append(path).ok();
+        Self {
+            path: path.to_path_buf(),
+            file,
+            recent: VecDeque::new(),
+            recent_cap,
+            write_errors: 0,
+            lines: 0,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append one line. The whole line goes out in one `write_all` on an O_APPEND file, so
+    /// concurrent readers never see half a record from us.
+    pub fn write(&mut self, rec: AuditRecord) -> Result<(), AuditError> {
+        let rec = rec.bounded();
+        let mut line = serde_json::to_string(&rec).expect("AuditRecord always serialises");
+        line.push('\n');
+        let res = match self.file.as_mut() {
+            Some(f) => f.write_all(line.as_bytes()),
+            None => match open_append(&self.path) {
+                // Retry the open each time: the directory may have appeared since.
+                Ok(mut f) => {
+                    let r = f.write_all(line.as_bytes());
+                    self.file = Some(f);
+                    r
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if self.recent_cap > 0 && rec.decision != "intent" {
+            if self.recent.len() == self.recent_cap {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(rec);
+        }
+        match res {
+            Ok(()) => {
+                self.lines += 1;
+                Ok(())
+            }
+            Err(source) => {
+                self.write_errors += 1;
+                // Drop the handle so the next write reopens (e.g. after log rotation).
+                self.file = None;
+                Err(AuditError {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    pub fn recent(&self) -> impl Iterator<Item = &AuditRecord> {
+        self.recent.iter()
+    }
+
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors
+    }
+
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_values_stay_one_parseable_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path, 4);
+        let huge = "x".repeat(1 << 20);
+        let evil = "a\"b\nc\u{1b}[31mred\u{1b}[0m\r\u{0}tгue";
+        let mut r = AuditRecord::new(evil, &huge, "skipped", evil);
+        r.error = Some(huge.clone());
+        log.write(r).unwrap();
+        log.write(AuditRecord::new("id2", "n", "skipped", "not_labelled"))
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            text.len() < 10_000,
+            "huge value not truncated: {}",
+            text.len()
+        );
+        assert!(!text.contains('\u{1b}'), "raw ESC in the log");
+        let back: AuditRecord = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(back.container_id, evil);
+        assert!(back.container_name.ends_with("bytes truncated]"));
+        for l in lines {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for k in ["ts", "container_id", "container_name", "decision", "reason"] {
+                assert!(v.get(k).is_some(), "missing {k}");
+            }
+        }
+        assert!(!for_log(evil).contains('\n'));
+        assert_eq!(log.recent().count(), 2);
+    }
+
+    #[test]
+    fn write_failure_is_reported_and_counted() {
+        // /dev/full accepts the open and fails every write with ENOSPC.
+        let mut log = AuditLog::open(Path::new("/dev/full"), 4);
+        assert!(
+            log.write(AuditRecord::new("a", "b", "intent", "x"))
+                .is_err()
+        );
+        assert_eq!(log.write_errors(), 1);
+        let mut missing = AuditLog::open(Path::new("/nonexistent-dir/audit.jsonl"), 4);
+        assert!(
+            missing
+                .write(AuditRecord::new("a", "b", "intent", "x"))
+                .is_err()
+        );
+        assert_eq!(missing.write_errors(), 1);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        let s = "ж".repeat(10);
+        let t = truncate(&s, 5);
+        assert!(t.starts_with("жж"));
+        assert!(t.contains("truncated"));
+    }
+}

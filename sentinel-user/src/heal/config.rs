@@ -1,0 +1,735 @@
+//! `[heal]` configuration: data with defaults in one place, validated with errors that name the
+//! key and its allowed range.
+//!
+//! Every duration is a number of seconds (`*_secs`, fractions allowed) so tests can shrink the
+//! timings to sub-second values without a second code path.
+//!
+//! `HealConfig::default()` is the autoheal-parity configuration: exactly one rule, restart
+//! containers labelled `sentinel.heal=true` that Docker reports `unhealthy`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole healing configuration (`[heal]` in the TOML file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealConfig {
+    /// Master switch; when false the engine never talks to Docker and never acts.
+    pub enabled: bool,
+    /// Opt-in label name. Only the exact value `true`, set on the container, opts in.
+    pub label: String,
+    /// Accept the opt-in label when it only comes from the image (`LABEL` in a Dockerfile).
+    /// Off by default: consent must come from whoever ran the container (FAULT-MATRIX L2).
+    pub allow_image_label: bool,
+    /// Decide and audit everything, act on nothing.
+    pub dry_run: bool,
+    /// Docker endpoint (`unix:///path` or `tcp://host:port`). Unset: `DOCKER_HOST`, then
+    /// `unix:///var/run/docker.sock`.
+    pub docker_host: Option<String>,
+    /// Time-out of every Docker API call that is not an action (inspect, list, ping), seconds.
+    pub api_timeout_secs: f64,
+    /// Reconnect back-off while Docker is unreachable: first wait and cap, seconds.
+    pub reconnect_initial_secs: f64,
+    pub reconnect_max_secs: f64,
+    /// Actions running at the same time (tokio Semaphore size).
+    pub max_concurrent_actions: usize,
+    /// How long a due action may wait for a concurrency permit before it is dropped
+    /// (`not_recorded: permit_wait_timeout`, never a breaker failure).
+    pub permit_wait_secs: f64,
+    /// Hard time-out on every action (restart, stop, exec, ...), seconds.
+    pub action_timeout_secs: f64,
+    /// After an action, the container is not judged again for this long (post-action grace,
+    /// FAULT-MATRIX D15).
+    pub grace_secs: f64,
+    /// After an action completes, the container must stay free of triggers for this long for the
+    /// action to count as a success for its breaker; a new trigger inside it is a failure.
+    pub verify_secs: f64,
+    /// CrashLoopBackOff-like per-container back-off between actions.
+    pub backoff: BackoffConfig,
+    /// Per-container circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Host-wide circuit breaker (failures of all containers together).
+    pub global_breaker: BreakerConfig,
+    /// Host-wide cap on actions in a sliding window.
+    pub global_cap: RateCapConfig,
+    /// Correlated-anomaly guard: if more than this fraction of labelled containers trip in the
+    /// same evaluation (and at least `storm_min_containers`), act on none of them (D8).
+    pub storm_fraction: f64,
+    pub storm_min_containers: usize,
+    /// How many recent decisions `snapshot()` carries.
+    pub recent_actions: usize,
+    /// The rules. Empty list = no healing at all (but Docker is still watched).
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    /// Wait after the first action before the next one may run, seconds.
+    pub initial_secs: f64,
+    /// Growth factor per further action.
+    pub multiplier: f64,
+    /// Cap of the wait, seconds.
+    pub max_secs: f64,
+    /// A container with no action for this long starts again from `initial_secs`.
+    pub reset_after_secs: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Failures within `window_secs` that open the breaker.
+    pub failure_threshold: u32,
+    pub window_secs: f64,
+    /// First OPEN wait, seconds; doubles on every re-open from HALF_OPEN, capped at
+    /// `open_max_secs` (so it is never OPEN forever).
+    pub open_secs: f64,
+    pub open_max_secs: f64,
+    /// Trial actions allowed in HALF_OPEN.
+    pub half_open_trials: u32,
+    /// Successful trials that close the breaker.
+    pub close_after_successes: u32,
+    /// A HALF_OPEN trial that reports no outcome within this goes back to OPEN (D11).
+    pub half_open_max_wait_secs: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateCapConfig {
+    pub max_actions: u32,
+    pub window_secs: f64,
+}
+
+/// One rule: which containers, what starts it, what to do, and its own limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    #[serde(default)]
+    pub selector: Selector,
+    pub trigger: Trigger,
+    pub action: ActionConfig,
+    /// Minimum time between two actions of this rule on one container, seconds (0 = none; the
+    /// back-off still applies).
+    #[serde(default)]
+    pub cooldown_secs: f64,
+    /// At most `max_actions` actions of this rule per container in `limit_window_secs`
+    /// (0 = unlimited).
+    #[serde(default)]
+    pub max_actions: u32,
+    #[serde(default = "default_limit_window")]
+    pub limit_window_secs: f64,
+}
+
+fn default_limit_window() -> f64 {
+    600.0
+}
+
+/// Container selector. Empty = every opted-in container. All given labels must match exactly;
+/// `names` (without the leading `/`) is an allow-list when not empty.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Selector {
+    pub labels: BTreeMap<String, String>,
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Trigger {
+    /// Docker health status `unhealthy` (docker-autoheal parity).
+    Unhealthy,
+    /// An anomaly on `signal` for this container, sustained for `intervals` intervals.
+    Anomaly {
+        signal: String,
+        #[serde(default = "one")]
+        intervals: u32,
+    },
+    /// The container died (non-zero exit or OOM-killed) and its restart policy will not bring it
+    /// back.
+    Died {
+        #[serde(default)]
+        oom_only: bool,
+    },
+    /// HTTP GET of `url` failing (no answer, non-2xx/3xx) or slower than `max_latency_ms`, for
+    /// `intervals` consecutive intervals. Loopback or container addresses only.
+    HttpProbe {
+        url: String,
+        #[serde(default = "default_probe_timeout")]
+        timeout_ms: u64,
+        #[serde(default)]
+        max_latency_ms: Option<u64>,
+        #[serde(default = "one")]
+        intervals: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_probe_timeout() -> u64 {
+    2000
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionConfig {
+    Restart {
+        #[serde(default = "default_stop_timeout")]
+        stop_timeout_secs: u32,
+    },
+    Stop {
+        #[serde(default = "default_stop_timeout")]
+        stop_timeout_secs: u32,
+    },
+    Start,
+    Kill {
+        #[serde(default = "default_signal")]
+        signal: String,
+    },
+    /// Run `cmd` (argv, no shell) inside the container; its exit code is audited. Commands come
+    /// only from this root-owned file, never from labels.
+    Exec {
+        cmd: Vec<String>,
+    },
+}
+
+fn default_stop_timeout() -> u32 {
+    10
+}
+fn default_signal() -> String {
+    "SIGKILL".into()
+}
+
+impl ActionConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ActionConfig::Restart { .. } => "restart",
+            ActionConfig::Stop { .. } => "stop",
+            ActionConfig::Start => "start",
+            ActionConfig::Kill { .. } => "kill",
+            ActionConfig::Exec { .. } => "exec",
+        }
+    }
+}
+
+impl Default for HealConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            label: "sentinel.heal".into(),
+            allow_image_label: false,
+            dry_run: false,
+            docker_host: None,
+            api_timeout_secs: 10.0,
+            reconnect_initial_secs: 1.0,
+            reconnect_max_secs: 30.0,
+            max_concurrent_actions: 2,
+            permit_wait_secs: 30.0,
+            action_timeout_secs: 60.0,
+            grace_secs: 10.0,
+            verify_secs: 60.0,
+            backoff: BackoffConfig::default(),
+            breaker: BreakerConfig::default(),
+            global_breaker: BreakerConfig::global_default(),
+            global_cap: RateCapConfig::default(),
+            storm_fraction: 0.5,
+            storm_min_containers: 4,
+            recent_actions: 20,
+            rules: vec![RuleConfig::autoheal()],
+        }
+    }
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        // FAULT-MATRIX D7: 10, 20, 40 s ... for a flapper; <= 7 restarts in 10 minutes.
+        Self {
+            initial_secs: 10.0,
+            multiplier: 2.0,
+            max_secs: 300.0,
+            reset_after_secs: 600.0,
+        }
+    }
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 3,
+            window_secs: 600.0,
+            open_secs: 60.0,
+            open_max_secs: 1800.0,
+            half_open_trials: 1,
+            close_after_successes: 1,
+            half_open_max_wait_secs: 300.0,
+        }
+    }
+}
+
+impl BreakerConfig {
+    pub fn global_default() -> Self {
+        Self {
+            failure_threshold: 10,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for RateCapConfig {
+    fn default() -> Self {
+        // FAULT-MATRIX D8: <= 10 actions host-wide in any 10 minutes.
+        Self {
+            max_actions: 10,
+            window_secs: 600.0,
+        }
+    }
+}
+
+impl RuleConfig {
+    /// The one rule that is on with no config file: restart opted-in unhealthy containers.
+    pub fn autoheal() -> Self {
+        Self {
+            name: "autoheal".into(),
+            selector: Selector::default(),
+            trigger: Trigger::Unhealthy,
+            action: ActionConfig::Restart {
+                stop_timeout_secs: default_stop_timeout(),
+            },
+            cooldown_secs: 0.0,
+            max_actions: 0,
+            limit_window_secs: default_limit_window(),
+        }
+    }
+}
+
+/// One configuration error: the key (dotted path) and what is allowed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("heal.{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+/// Seconds as a `Duration`; callers only pass validated, finite, non-negative values.
+pub fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v.clamp(0.0, 1e9))
+}
+
+struct Checker(Vec<ConfigError>);
+
+impl Checker {
+    fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+    fn range(&mut self, key: &str, v: f64, lo: f64, hi: f64) {
+        if !(v.is_finite() && v >= lo && v <= hi) {
+            self.err(
+                key,
+                format!("{v} is outside the allowed range {lo}..={hi} (seconds)"),
+            );
+        }
+    }
+    fn urange(&mut self, key: &str, v: u64, lo: u64, hi: u64) {
+        if v < lo || v > hi {
+            self.err(key, format!("{v} is outside the allowed range {lo}..={hi}"));
+        }
+    }
+}
+
+const DAY: f64 = 86_400.0;
+
+impl HealConfig {
+    /// All problems at once, each naming its key and the allowed range.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut c = Checker(Vec::new());
+        if self.label.is_empty()
+            || self.label.len() > 256
+            || self.label.chars().any(char::is_control)
+        {
+            c.err("label", "must be 1..=256 printable characters");
+        }
+        if let Some(h) = &self.docker_host
+            && !(h.starts_with("unix://") || h.starts_with("tcp://") || h.starts_with("http://"))
+        {
+            c.err("docker_host", "must start with unix://, tcp:// or http://");
+        }
+        c.range("api_timeout_secs", self.api_timeout_secs, 0.1, 600.0);
+        c.range(
+            "reconnect_initial_secs",
+            self.reconnect_initial_secs,
+            0.01,
+            600.0,
+        );
+        c.range("reconnect_max_secs", self.reconnect_max_secs, 0.01, 3600.0);
+        if self.reconnect_max_secs < self.reconnect_initial_secs {
+            c.err("reconnect_max_secs", "must be >= reconnect_initial_secs");
+        }
+        c.urange(
+            "max_concurrent_actions",
+            self.max_concurrent_actions as u64,
+            1,
+            64,
+        );
+        c.range("permit_wait_secs", self.permit_wait_secs, 0.0, 3600.0);
+        c.range("action_timeout_secs", self.action_timeout_secs, 0.1, 3600.0);
+        c.range("grace_secs", self.grace_secs, 0.0, DAY);
+        c.range("verify_secs", self.verify_secs, 0.0, DAY);
+        let b = &self.backoff;
+        c.range("backoff.initial_secs", b.initial_secs, 0.0, DAY);
+        c.range("backoff.max_secs", b.max_secs, 0.0, DAY);
+        if !(b.multiplier.is_finite() && (1.0..=10.0).contains(&b.multiplier)) {
+            c.err(
+                "backoff.multiplier",
+                format!("{} is outside 1.0..=10.0", b.multiplier),
+            );
+        }
+        if b.max_secs < b.initial_secs {
+            c.err("backoff.max_secs", "must be >= backoff.initial_secs");
+        }
+        c.range(
+            "backoff.reset_after_secs",
+            b.reset_after_secs,
+            0.0,
+            7.0 * DAY,
+        );
+        for (name, br) in [
+            ("breaker", &self.breaker),
+            ("global_breaker", &self.global_breaker),
+        ] {
+            c.urange(
+                &format!("{name}.failure_threshold"),
+                br.failure_threshold.into(),
+                1,
+                1000,
+            );
+            c.range(
+                &format!("{name}.window_secs"),
+                br.window_secs,
+                0.01,
+                7.0 * DAY,
+            );
+            c.range(&format!("{name}.open_secs"), br.open_secs, 0.01, DAY);
+            c.range(
+                &format!("{name}.open_max_secs"),
+                br.open_max_secs,
+                0.01,
+                DAY,
+            );
+            if br.open_max_secs < br.open_secs {
+                c.err(format!("{name}.open_max_secs"), "must be >= open_secs");
+            }
+            c.urange(
+                &format!("{name}.half_open_trials"),
+                br.half_open_trials.into(),
+                1,
+                100,
+            );
+            c.urange(
+                &format!("{name}.close_after_successes"),
+                br.close_after_successes.into(),
+                1,
+                br.half_open_trials.max(1).into(),
+            );
+            c.range(
+                &format!("{name}.half_open_max_wait_secs"),
+                br.half_open_max_wait_secs,
+                0.01,
+                DAY,
+            );
+        }
+        c.urange(
+            "global_cap.max_actions",
+            self.global_cap.max_actions.into(),
+            1,
+            100_000,
+        );
+        c.range(
+            "global_cap.window_secs",
+            self.global_cap.window_secs,
+            0.01,
+            7.0 * DAY,
+        );
+        if !(self.storm_fraction.is_finite()
+            && self.storm_fraction > 0.0
+            && self.storm_fraction <= 1.0)
+        {
+            c.err(
+                "storm_fraction",
+                format!("{} is outside (0.0, 1.0]", self.storm_fraction),
+            );
+        }
+        c.urange("recent_actions", self.recent_actions as u64, 0, 10_000);
+        let mut names = std::collections::BTreeSet::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let k = format!("rules[{i}]");
+            if r.name.is_empty() || !names.insert(r.name.clone()) {
+                c.err(format!("{k}.name"), "must be non-empty and unique");
+            }
+            c.range(&format!("{k}.cooldown_secs"), r.cooldown_secs, 0.0, DAY);
+            c.range(
+                &format!("{k}.limit_window_secs"),
+                r.limit_window_secs,
+                0.01,
+                7.0 * DAY,
+            );
+            match &r.trigger {
+                Trigger::Unhealthy | Trigger::Died { .. } => {}
+                Trigger::Anomaly { signal, intervals } => {
+                    if signal.is_empty() {
+                        c.err(format!("{k}.trigger.signal"), "must not be empty");
+                    }
+                    c.urange(
+                        &format!("{k}.trigger.intervals"),
+                        (*intervals).into(),
+                        1,
+                        1000,
+                    );
+                }
+                Trigger::HttpProbe {
+                    url,
+                    timeout_ms,
+                    max_latency_ms,
+                    intervals,
+                } => {
+                    if let Err(m) = parse_probe_url(url) {
+                        c.err(format!("{k}.trigger.url"), m);
+                    }
+                    c.urange(&format!("{k}.trigger.timeout_ms"), *timeout_ms, 1, 60_000);
+                    if let Some(l) = max_latency_ms {
+                        c.urange(&format!("{k}.trigger.max_latency_ms"), *l, 1, *timeout_ms);
+                    }
+                    c.urange(
+                        &format!("{k}.trigger.intervals"),
+                        (*intervals).into(),
+                        1,
+                        1000,
+                    );
+                }
+            }
+            match &r.action {
+                ActionConfig::Restart { stop_timeout_secs }
+                | ActionConfig::Stop { stop_timeout_secs } => c.urange(
+                    &format!("{k}.action.stop_timeout_secs"),
+                    (*stop_timeout_secs).into(),
+                    0,
+                    3600,
+                ),
+                ActionConfig::Start => {}
+                ActionConfig::Kill { signal } => {
+                    if !valid_signal(signal) {
+                        c.err(
+                            format!("{k}.action.signal"),
+                            "must be a signal name like SIGTERM/SIGKILL/SIGHUP or a number 1..=64",
+                        );
+                    }
+                }
+                ActionConfig::Exec { cmd } => {
+                    if cmd.is_empty() || cmd[0].is_empty() {
+                        c.err(format!("{k}.action.cmd"), "must be a non-empty argv list");
+                    }
+                }
+            }
+        }
+        if c.0.is_empty() { Ok(()) } else { Err(c.0) }
+    }
+
+    pub fn grace(&self) -> Duration {
+        secs(self.grace_secs)
+    }
+    pub fn verify(&self) -> Duration {
+        secs(self.verify_secs)
+    }
+    pub fn action_timeout(&self) -> Duration {
+        secs(self.action_timeout_secs)
+    }
+    pub fn permit_wait(&self) -> Duration {
+        secs(self.permit_wait_secs)
+    }
+    pub fn api_timeout(&self) -> Duration {
+        secs(self.api_timeout_secs)
+    }
+}
+
+fn valid_signal(s: &str) -> bool {
+    if let Ok(n) = s.parse::<u32>() {
+        return (1..=64).contains(&n);
+    }
+    let s = s.strip_prefix("SIG").unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 10
+        && s.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+')
+}
+
+/// A probe target: `http://HOST:PORT/path` where HOST is a literal IP that is loopback or in a
+/// private/container range. Names are refused: resolving them would let DNS steer the probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub addr: std::net::SocketAddr,
+    pub host_header: String,
+    pub path: String,
+}
+
+pub fn parse_probe_url(url: &str) -> Result<ProbeTarget, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| "must start with http:// (https is not supported for probes)".to_string())?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if path.chars().any(|c| c.is_control() || c == ' ') {
+        return Err("path must not contain spaces or control characters".into());
+    }
+    let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+        let (h, p) = h.split_once(']').ok_or("unterminated [ipv6] address")?;
+        (h, p.strip_prefix(':').unwrap_or(""))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, p),
+            None => (hostport, ""),
+        }
+    };
+    let ip: IpAddr = host.parse().map_err(|_| {
+        format!("host {host:?} must be a literal IP address (loopback or container address)")
+    })?;
+    let port: u16 = if port.is_empty() {
+        80
+    } else {
+        port.parse()
+            .map_err(|_| format!("port {port:?} is not 1..=65535"))?
+    };
+    if !probe_ip_allowed(ip) {
+        return Err(format!(
+            "{ip} is not allowed: only loopback (127.0.0.0/8, ::1) or container addresses (10/8, 172.16/12, 192.168/16, fc00::/7)"
+        ));
+    }
+    Ok(ProbeTarget {
+        addr: std::net::SocketAddr::new(ip, port),
+        host_header: hostport.to_string(),
+        path: path.to_string(),
+    })
+}
+
+fn probe_ip_allowed(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_is_the_single_autoheal_rule() {
+        let c = HealConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.rules.len(), 1);
+        assert_eq!(c.rules[0].trigger, Trigger::Unhealthy);
+        assert_eq!(c.rules[0].action.kind(), "restart");
+        assert_eq!(c.label, "sentinel.heal");
+        assert!(!c.allow_image_label);
+    }
+
+    #[test]
+    fn empty_toml_equals_default_and_round_trips() {
+        let c: HealConfig = toml::from_str("").unwrap();
+        assert_eq!(c, HealConfig::default());
+        let s = toml::to_string(&c).unwrap();
+        let back: HealConfig = toml::from_str(&s).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn full_rules_parse() {
+        let src = r#"
+            dry_run = true
+            [breaker]
+            failure_threshold = 2
+            [[rules]]
+            name = "web-probe"
+            selector = { labels = { app = "web" }, names = ["web1"] }
+            trigger = { kind = "http_probe", url = "http://127.0.0.1:8080/health", max_latency_ms = 500, intervals = 3 }
+            action = { kind = "exec", cmd = ["/bin/sh", "-c", "kill -HUP 1"] }
+            cooldown_secs = 30
+            [[rules]]
+            name = "oom"
+            trigger = { kind = "died", oom_only = true }
+            action = { kind = "start" }
+            [[rules]]
+            name = "cpu"
+            trigger = { kind = "anomaly", signal = "cpu", intervals = 2 }
+            action = { kind = "kill", signal = "SIGTERM" }
+        "#;
+        let c: HealConfig = toml::from_str(src).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.rules.len(), 3);
+        assert_eq!(c.breaker.failure_threshold, 2);
+        assert_eq!(c.breaker.open_secs, BreakerConfig::default().open_secs);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<HealConfig>("lable = \"x\"").is_err());
+        assert!(toml::from_str::<HealConfig>("[breaker]\nthreshold = 1").is_err());
+    }
+
+    #[test]
+    fn validation_names_key_and_range() {
+        let mut c = HealConfig {
+            max_concurrent_actions: 0,
+            ..HealConfig::default()
+        };
+        c.breaker.open_secs = -1.0;
+        c.rules.push(RuleConfig {
+            name: "p".into(),
+            trigger: Trigger::HttpProbe {
+                url: "http://8.8.8.8/".into(),
+                timeout_ms: 100,
+                max_latency_ms: None,
+                intervals: 1,
+            },
+            ..RuleConfig::autoheal()
+        });
+        let errs = c.validate().unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("heal.max_concurrent_actions:") && t.contains("1..=64")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("heal.breaker.open_secs:")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("heal.rules[1].trigger.url:") && t.contains("8.8.8.8")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn probe_urls() {
+        assert!(parse_probe_url("http://127.0.0.1:8080/h").is_ok());
+        assert!(parse_probe_url("http://[::1]:80/").is_ok());
+        assert!(parse_probe_url("http://172.17.0.2/").is_ok());
+        assert!(parse_probe_url("http://example.com/").is_err());
+        assert!(parse_probe_url("http://1.1.1.1/").is_err());
+        assert!(parse_probe_url("https://127.0.0.1/").is_err());
+        assert!(parse_probe_url("http://127.0.0.1/a b").is_err());
+        let t = parse_probe_url("http://127.0.0.1:81").unwrap();
+        assert_eq!(t.path, "/");
+        assert_eq!(t.addr.port(), 81);
+    }
+}

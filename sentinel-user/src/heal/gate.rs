@@ -1,0 +1,634 @@
+//! The one place every action passes through. `Gate::decide` returns `Allow(Grant)` or
+//! `Skip(reason)`; nothing reaches Docker without a `Grant`, and every `Skip` has a reason that
+//! goes into the audit log. Plain struct, injected clock, no tokio.
+//!
+//! Order of the checks (first match wins, so the audit names the most fundamental reason):
+//! docker_unreachable, not_labelled / label_from_image, stopped_by_operator,
+//! docker_restart_policy_active, action_in_flight, grace_period, cooldown, rule_limit, backoff,
+//! rate_cap, breaker_open, global_breaker_open, dry_run.
+//! Breakers come last because asking a HALF_OPEN breaker takes a trial slot; a later refusal
+//! would have to give it back.
+//!
+//! What counts for a breaker: an action whose API call failed for the container (gone, 409,
+//! 500) is a failure at once; an action whose API call succeeded is judged later: a new trigger
+//! after the grace period and before `verify` ends is a failure (the action did not heal), no
+//! trigger until then is a success. Docker hung or unreachable counts for the global breaker
+//! only (D3); API denial, permit-wait time-out and shutdown cancel count for neither (D10, D11,
+//! D13).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::backoff::{Backoff, RateCap};
+use super::breaker::{Breaker, BreakerState, Outcome, Transition, Trial};
+use super::config::{HealConfig, secs};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    NotLabelled,
+    LabelFromImage,
+    StoppedByOperator,
+    DockerRestartPolicyActive,
+    DockerUnreachable,
+    ActionInFlight,
+    GracePeriod,
+    Cooldown,
+    RuleLimit,
+    Backoff,
+    RateCap,
+    BreakerOpen,
+    GlobalBreakerOpen,
+    DryRun,
+    StormGuard,
+    AuditUnavailable,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::NotLabelled => "not_labelled",
+            SkipReason::LabelFromImage => "label_from_image",
+            SkipReason::StoppedByOperator => "stopped_by_operator",
+            SkipReason::DockerRestartPolicyActive => "docker_restart_policy_active",
+            SkipReason::DockerUnreachable => "docker_unreachable",
+            SkipReason::ActionInFlight => "action_in_flight",
+            SkipReason::GracePeriod => "grace_period",
+            SkipReason::Cooldown => "cooldown",
+            SkipReason::RuleLimit => "rule_limit",
+            SkipReason::Backoff => "backoff",
+            SkipReason::RateCap => "rate_cap",
+            SkipReason::BreakerOpen => "breaker_open",
+            SkipReason::GlobalBreakerOpen => "global_breaker_open",
+            SkipReason::DryRun => "dry_run",
+            SkipReason::StormGuard => "storm_guard",
+            SkipReason::AuditUnavailable => "audit_unavailable",
+        }
+    }
+}
+
+/// Where the opt-in label comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consent {
+    /// `label=true` set on the container (or from the image with `allow_image_label`).
+    Labelled,
+    NotLabelled,
+    /// `label=true` only because the image carries it.
+    LabelFromImage,
+}
+
+/// What Docker said about the container, reduced to what the gate needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub consent: Consent,
+    pub stopped_by_operator: bool,
+    pub restart_policy_active: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    pub container_id: &'a str,
+    pub rule: usize,
+    pub cooldown: Duration,
+    /// (max actions, window) of the rule for this container; max 0 = unlimited.
+    pub rule_limit: (u32, Duration),
+    pub facts: Facts,
+    pub docker_up: bool,
+    pub dry_run: bool,
+}
+
+/// Proof that the gate allowed an action; must go back through `finish` exactly once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    container: Trial,
+    global: Trial,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Allow(Grant),
+    Skip(SkipReason),
+}
+
+/// How an allowed action ended, as the breakers see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// Docker did it; success or failure is judged by the verify window.
+    Done,
+    /// Failed because of the container (gone, conflict, server error, non-zero exec exit).
+    ContainerFailure,
+    /// Docker hung or vanished: global breaker only.
+    DockerFailure,
+    /// Denied by the API, permit-wait time-out, cancelled at shutdown: nothing counted.
+    Neutral,
+}
+
+/// A breaker state change with the breaker it happened to (`None` = global).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScopedTransition {
+    pub container_id: Option<String>,
+    pub transition: Transition,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    grant: Grant,
+    judge_from: Instant,
+    success_at: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct ContainerGate {
+    breaker: Breaker,
+    backoff: Backoff,
+    in_flight: bool,
+    last_end: Option<Instant>,
+    rule_last: HashMap<usize, Instant>,
+    rule_caps: HashMap<usize, RateCap>,
+    pending: Option<Pending>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BreakerView {
+    pub state: BreakerState,
+    pub failures_in_window: usize,
+    pub wait_secs: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_remaining_secs: Option<f64>,
+}
+
+impl BreakerView {
+    fn of(b: &Breaker, now: Instant) -> Self {
+        Self {
+            state: b.state(),
+            failures_in_window: b.failures(),
+            wait_secs: b.wait().as_secs_f64(),
+            open_remaining_secs: b.open_remaining(now).map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+pub struct Gate {
+    cfg: HealConfig,
+    containers: HashMap<String, ContainerGate>,
+    global_breaker: Breaker,
+    global_cap: RateCap,
+}
+
+impl Gate {
+    pub fn new(cfg: &HealConfig) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            containers: HashMap::new(),
+            global_breaker: Breaker::new(&cfg.global_breaker),
+            global_cap: RateCap::new(&cfg.global_cap),
+        }
+    }
+
+    fn entry(&mut self, id: &str) -> &mut ContainerGate {
+        let cfg = &self.cfg;
+        self.containers
+            .entry(id.to_string())
+            .or_insert_with(|| ContainerGate {
+                breaker: Breaker::new(&cfg.breaker),
+                backoff: Backoff::new(&cfg.backoff),
+                in_flight: false,
+                last_end: None,
+                rule_last: HashMap::new(),
+                rule_caps: HashMap::new(),
+                pending: None,
+            })
+    }
+
+    /// Decide, and on Allow (or dry_run) book the action against cooldown, back-off and caps.
+    pub fn decide(&mut self, now: Instant, req: &Request<'_>) -> Decision {
+        use SkipReason::*;
+        if !req.docker_up {
+            return Decision::Skip(DockerUnreachable);
+        }
+        match req.facts.consent {
+            Consent::Labelled => {}
+            Consent::NotLabelled => return Decision::Skip(NotLabelled),
+            Consent::LabelFromImage => return Decision::Skip(LabelFromImage),
+        }
+        if req.facts.stopped_by_operator {
+            return Decision::Skip(StoppedByOperator);
+        }
+        if req.facts.restart_policy_active {
+            return Decision::Skip(DockerRestartPolicyActive);
+        }
+        let grace = secs(self.cfg.grace_secs);
+        let c = self.entry(req.container_id);
+        if c.in_flight {
+            return Decision::Skip(ActionInFlight);
+        }
+        if let Some(end) = c.last_end
+            && now < end + grace
+        {
+            return Decision::Skip(GracePeriod);
+        }
+        if let Some(&last) = c.rule_last.get(&req.rule)
+            && now < last + req.cooldown
+        {
+            return Decision::Skip(Cooldown);
+        }
+        let (max, window) = req.rule_limit;
+        if max > 0 {
+            let cap = c
+                .rule_caps
+                .entry(req.rule)
+                .or_insert_with(|| super::backoff::RateCap::with(max, window));
+            if !cap.allows(now) {
+                return Decision::Skip(RuleLimit);
+            }
+        }
+        if c.backoff.check(now).is_err() {
+            return Decision::Skip(Backoff);
+        }
+        if !self.global_cap.allows(now) {
+            return Decision::Skip(RateCap);
+        }
+        let c = self
+            .containers
+            .get_mut(req.container_id)
+            .expect("entry created above");
+        let container_trial = match c.breaker.try_begin(now) {
+            Ok(t) => t,
+            Err(_) => return Decision::Skip(BreakerOpen),
+        };
+        let global_trial = match self.global_breaker.try_begin(now) {
+            Ok(t) => t,
+            Err(_) => {
+                c.breaker.record(now, container_trial, Outcome::Neutral);
+                return Decision::Skip(GlobalBreakerOpen);
+            }
+        };
+        // Book the action: a dry run books it too, so its audit shows the cadence a real run
+        // would have, but it never touches the breakers.
+        c.backoff.record_action(now);
+        c.rule_last.insert(req.rule, now);
+        if let Some(cap) = c.rule_caps.get_mut(&req.rule) {
+            cap.record(now);
+        }
+        self.global_cap.record(now);
+        if req.dry_run {
+            c.breaker.record(now, container_trial, Outcome::Neutral);
+            self.global_breaker
+                .record(now, global_trial, Outcome::Neutral);
+            c.last_end = Some(now);
+            return Decision::Skip(DryRun);
+        }
+        c.in_flight = true;
+        Decision::Allow(Grant {
+            container: container_trial,
+            global: global_trial,
+        })
+    }
+
+    /// The allowed action ended (or was dropped before it ran).
+    pub fn finish(
+        &mut self,
+        now: Instant,
+        id: &str,
+        grant: Grant,
+        how: Finished,
+    ) -> Vec<ScopedTransition> {
+        let verify = secs(self.cfg.verify_secs);
+        let grace = secs(self.cfg.grace_secs);
+        let mut out = Vec::new();
+        let Some(c) = self.containers.get_mut(id) else {
+            // State already dropped (container destroyed): still settle the global trial.
+            let g = match how {
+                Finished::ContainerFailure | Finished::DockerFailure => Outcome::Failure,
+                _ => Outcome::Neutral,
+            };
+            push(
+                &mut out,
+                None,
+                self.global_breaker.record(now, grant.global, g),
+            );
+            return out;
+        };
+        c.in_flight = false;
+        let (co, go) = match how {
+            Finished::Done => {
+                c.last_end = Some(now);
+                c.pending = Some(Pending {
+                    grant,
+                    judge_from: now + grace,
+                    success_at: now + grace.max(verify),
+                });
+                return out;
+            }
+            Finished::ContainerFailure => {
+                c.last_end = Some(now);
+                (Outcome::Failure, Outcome::Failure)
+            }
+            Finished::DockerFailure => (Outcome::Neutral, Outcome::Failure),
+            Finished::Neutral => (Outcome::Neutral, Outcome::Neutral),
+        };
+        push(
+            &mut out,
+            Some(id),
+            c.breaker.record(now, grant.container, co),
+        );
+        push(
+            &mut out,
+            None,
+            self.global_breaker.record(now, grant.global, go),
+        );
+        out
+    }
+
+    /// A trigger fired for the container: if an action on it is being verified and the grace is
+    /// over, that action did not heal it.
+    pub fn on_trigger(&mut self, now: Instant, id: &str) -> Vec<ScopedTransition> {
+        let mut out = Vec::new();
+        if let Some(c) = self.containers.get_mut(id)
+            && let Some(p) = &c.pending
+            && now >= p.judge_from
+        {
+            let grant = p.grant;
+            c.pending = None;
+            push(
+                &mut out,
+                Some(id),
+                c.breaker.record(now, grant.container, Outcome::Failure),
+            );
+            push(
+                &mut out,
+                None,
+                self.global_breaker
+                    .record(now, grant.global, Outcome::Failure),
+            );
+        }
+        out
+    }
+
+    /// Time-driven work: verify windows that ended quietly are successes; breakers move
+    /// OPEN -> HALF_OPEN on time.
+    pub fn tick(&mut self, now: Instant) -> Vec<ScopedTransition> {
+        let mut out = Vec::new();
+        let mut ids: Vec<&String> = self.containers.keys().collect();
+        ids.sort();
+        let ids: Vec<String> = ids.into_iter().cloned().collect();
+        for id in ids {
+            let c = self.containers.get_mut(&id).expect("listed");
+            if let Some(p) = &c.pending
+                && now >= p.success_at
+            {
+                let grant = p.grant;
+                c.pending = None;
+                push(
+                    &mut out,
+                    Some(&id),
+                    c.breaker.record(now, grant.container, Outcome::Success),
+                );
+                push(
+                    &mut out,
+                    None,
+                    self.global_breaker
+                        .record(now, grant.global, Outcome::Success),
+                );
+            }
+            push(&mut out, Some(&id), c.breaker.tick(now));
+        }
+        push(&mut out, None, self.global_breaker.tick(now));
+        out
+    }
+
+    /// Drop everything known about a container (it was destroyed). A pending verify settles as
+    /// neutral for the global breaker.
+    pub fn forget(&mut self, now: Instant, id: &str) {
+        if let Some(c) = self.containers.remove(id)
+            && let Some(p) = c.pending
+        {
+            self.global_breaker
+                .record(now, p.grant.global, Outcome::Neutral);
+        }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.containers.len()
+    }
+
+    pub fn in_flight(&self, id: &str) -> bool {
+        self.containers.get(id).is_some_and(|c| c.in_flight)
+    }
+
+    pub fn breaker_state(&self, id: &str) -> Option<BreakerState> {
+        self.containers.get(id).map(|c| c.breaker.state())
+    }
+
+    pub fn global_state(&self) -> BreakerState {
+        self.global_breaker.state()
+    }
+
+    pub fn view(&self, now: Instant) -> (BreakerView, Vec<(String, BreakerView)>) {
+        let mut v: Vec<(String, BreakerView)> = self
+            .containers
+            .iter()
+            .map(|(id, c)| (id.clone(), BreakerView::of(&c.breaker, now)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        (BreakerView::of(&self.global_breaker, now), v)
+    }
+
+    pub fn actions_in_global_window(&mut self, now: Instant) -> usize {
+        self.global_cap.count(now)
+    }
+}
+
+fn push(out: &mut Vec<ScopedTransition>, id: Option<&str>, t: Option<Transition>) {
+    if let Some(transition) = t {
+        out.push(ScopedTransition {
+            container_id: id.map(str::to_string),
+            transition,
+        });
+    }
+}
+
+/// Correlated-anomaly guard (D8): too many opted-in containers due at once looks like a host
+/// problem, where restarting everything makes it worse.
+pub fn storm(cfg: &HealConfig, due: usize, labelled: usize) -> bool {
+    due >= cfg.storm_min_containers.max(1) && (due as f64) > cfg.storm_fraction * labelled as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn facts() -> Facts {
+        Facts {
+            consent: Consent::Labelled,
+            stopped_by_operator: false,
+            restart_policy_active: false,
+        }
+    }
+
+    fn req(id: &str, cooldown: Duration) -> Request<'_> {
+        Request {
+            container_id: id,
+            rule: 0,
+            cooldown,
+            rule_limit: (0, Duration::from_secs(600)),
+            facts: facts(),
+            docker_up: true,
+            dry_run: false,
+        }
+    }
+
+    fn test_cfg() -> HealConfig {
+        let mut c = HealConfig {
+            grace_secs: 1.0,
+            verify_secs: 5.0,
+            ..HealConfig::default()
+        };
+        c.backoff.initial_secs = 2.0;
+        c.backoff.max_secs = 30.0;
+        c.breaker.failure_threshold = 2;
+        c.breaker.open_secs = 10.0;
+        c.global_cap.max_actions = 5;
+        c.global_cap.window_secs = 60.0;
+        c
+    }
+
+    #[test]
+    fn reasons_in_order() {
+        let mut g = Gate::new(&test_cfg());
+        let now = Instant::now();
+        let mut r = req("a", Duration::ZERO);
+        r.docker_up = false;
+        r.facts.consent = Consent::NotLabelled;
+        assert_eq!(
+            g.decide(now, &r),
+            Decision::Skip(SkipReason::DockerUnreachable)
+        );
+        r.docker_up = true;
+        assert_eq!(g.decide(now, &r), Decision::Skip(SkipReason::NotLabelled));
+        r.facts.consent = Consent::LabelFromImage;
+        assert_eq!(
+            g.decide(now, &r),
+            Decision::Skip(SkipReason::LabelFromImage)
+        );
+        r.facts.consent = Consent::Labelled;
+        r.facts.stopped_by_operator = true;
+        assert_eq!(
+            g.decide(now, &r),
+            Decision::Skip(SkipReason::StoppedByOperator)
+        );
+        r.facts.stopped_by_operator = false;
+        r.facts.restart_policy_active = true;
+        assert_eq!(
+            g.decide(now, &r),
+            Decision::Skip(SkipReason::DockerRestartPolicyActive)
+        );
+        r.facts.restart_policy_active = false;
+        r.dry_run = true;
+        assert_eq!(g.decide(now, &r), Decision::Skip(SkipReason::DryRun));
+        assert_eq!(g.decide(now, &r), Decision::Skip(SkipReason::GracePeriod));
+        assert_eq!(g.breaker_state("a"), Some(BreakerState::Closed));
+    }
+
+    #[test]
+    fn flapper_opens_breaker_then_one_trial() {
+        let cfg = test_cfg();
+        let mut g = Gate::new(&cfg);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut log = Vec::new();
+        let mut acted = 0;
+        // The container re-triggers every 500 ms forever.
+        for _ in 0..200 {
+            now += Duration::from_millis(500);
+            for t in g.tick(now) {
+                log.push(t.transition.to);
+            }
+            for t in g.on_trigger(now, "a") {
+                log.push(t.transition.to);
+            }
+            if let Decision::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
+                acted += 1;
+                g.finish(now, "a", grant, Finished::Done);
+            }
+        }
+        assert!(log.len() >= 3, "{log:?}");
+        assert_eq!(
+            &log[..3],
+            &[
+                BreakerState::Open,
+                BreakerState::HalfOpen,
+                BreakerState::Open
+            ]
+        );
+        // 2 to open it, then one trial per HALF_OPEN episode.
+        let half_opens = log.iter().filter(|s| **s == BreakerState::HalfOpen).count();
+        assert_eq!(acted, 2 + half_opens, "{log:?}");
+    }
+
+    proptest! {
+        /// Random schedules of triggers, outcomes and time over a few containers: no action is
+        /// ever allowed inside a rule's cooldown, and the global cap holds in every window.
+        #[test]
+        fn cooldown_and_global_cap_hold(
+            steps in proptest::collection::vec((0u8..4, 0u64..8_000, 0u8..4), 1..300),
+            cooldown_s in 0u64..20,
+        ) {
+            let cfg = test_cfg();
+            let mut g = Gate::new(&cfg);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let ids = ["a", "b", "c", "d"];
+            let cooldown = Duration::from_secs(cooldown_s);
+            let mut last: HashMap<&str, Instant> = HashMap::new();
+            let mut taken: Vec<Instant> = Vec::new();
+            for (who, dt, how) in steps {
+                now += Duration::from_millis(dt);
+                g.tick(now);
+                let id = ids[who as usize];
+                g.on_trigger(now, id);
+                if let Decision::Allow(grant) = g.decide(now, &req(id, cooldown)) {
+                    if let Some(&l) = last.get(id) {
+                        prop_assert!(now >= l + cooldown, "acted inside cooldown");
+                    }
+                    last.insert(id, now);
+                    taken.push(now);
+                    let how = [Finished::Done, Finished::ContainerFailure, Finished::DockerFailure, Finished::Neutral][how as usize];
+                    g.finish(now, id, grant, how);
+                }
+            }
+            let window = Duration::from_secs_f64(cfg.global_cap.window_secs);
+            for (i, &t) in taken.iter().enumerate() {
+                let n = taken[i..].iter().take_while(|&&u| u - t < window).count();
+                prop_assert!(n as u32 <= cfg.global_cap.max_actions);
+            }
+        }
+
+        /// Permit-wait time-outs and cancels (Finished::Neutral) never change any breaker.
+        #[test]
+        fn neutral_finish_never_changes_breakers(pre in proptest::collection::vec((0u64..20_000, any::<bool>()), 0..30)) {
+            let mut cfg = test_cfg();
+            cfg.backoff.initial_secs = 0.0;
+            cfg.grace_secs = 0.0;
+            let mut g = Gate::new(&cfg);
+            let mut now = Instant::now();
+            for (dt, fail) in pre {
+                now += Duration::from_millis(dt);
+                g.tick(now);
+                if let Decision::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
+                    g.finish(now, "a", grant, if fail { Finished::ContainerFailure } else { Finished::Neutral });
+                }
+            }
+            g.tick(now);
+            let before = (g.breaker_state("a").unwrap_or(BreakerState::Closed), g.global_state(), g.view(now).1.first().map_or(0, |v| v.1.failures_in_window));
+            if let Decision::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
+                g.finish(now, "a", grant, Finished::Neutral);
+            }
+            let after = (g.breaker_state("a").unwrap_or(BreakerState::Closed), g.global_state(), g.view(now).1.first().map_or(0, |v| v.1.failures_in_window));
+            prop_assert_eq!(before, after);
+        }
+    }
+}

@@ -1,0 +1,979 @@
+//! Healing engine: anomaly / Docker-health / death / HTTP-probe triggers -> rules -> one safety
+//! gate -> bounded, timed Docker actions -> append-only audit log.
+//!
+//! # API for the daemon
+//!
+//! ```ignore
+//! let cfg: HealConfig = config.heal;            // `[heal]` + `[[heal.rules]]`, validated
+//! let mut heal = HealEngine::new(cfg, Path::new("/var/log/sentinel/heal-audit.jsonl"))?;
+//! loop {
+//!     tokio::select! {
+//!         _ = tick.tick() => heal.tick().await,                       // every ~250 ms
+//!         iv = intervals.recv() => {                                  // every drained interval
+//!             heal.on_interval(Instant::now(), &container_anomalies).await;
+//!             interval.healing = serde_json::to_value(heal.snapshot())?;   // `healing` / `actions`
+//!         }
+//!         _ = shutdown.recv() => { heal.shutdown().await; break }
+//!     }
+//! }
+//! ```
+//!
+//! * `HealEngine::new` validates the config, opens the audit log and spawns the Docker watcher
+//!   task (connect + negotiate the API version, stream container events, ping; reconnect with
+//!   capped exponential back-off). Must be called inside a tokio runtime.
+//! * `tick()` is cheap: it applies watcher messages (Docker up/down, events), collects finished
+//!   actions, moves breakers on the monotonic clock (OPEN -> HALF_OPEN on time, D12) and reacts
+//!   to health/death events at once.
+//! * `on_interval(now, anomalies)` advances the k-interval triggers (anomalies, HTTP probes),
+//!   re-reads the full container list (so events missed while Docker was away are recovered) and
+//!   evaluates every rule.
+//! * `snapshot()` is the `healing` object of the JSON interval: Docker state (`up` /
+//!   `monitor_only`), breakers per container and global, counters, last N audit records.
+//! * `shutdown()` cancels in-flight actions (audited `cancelled_shutdown`, not breaker failures).
+//!
+//! Every action passes through `gate::Gate::decide` (the only place that says yes) and is
+//! written to the audit log *before* it runs; an action that cannot be audited is not taken.
+//! State machines (`breaker`, `backoff`, `gate`) are plain structs over an injected `Instant`;
+//! the async code here only moves values between them, Docker and the audit log.
+
+pub mod audit;
+pub mod backoff;
+pub mod breaker;
+pub mod config;
+pub mod docker;
+pub mod executor;
+pub mod gate;
+pub mod rules;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use audit::{AuditLog, AuditRecord, for_log};
+use breaker::BreakerState;
+use config::{ConfigError, HealConfig, Trigger, parse_probe_url, secs};
+use docker::{ContainerInfo, DockerClient, HealError, WatchCounters, WatchMsg};
+use executor::{ExecOutcome, Executor};
+use gate::{
+    BreakerView, Consent, Decision, Facts, Finished, Gate, Grant, Request, ScopedTransition,
+    SkipReason,
+};
+use rules::Streaks;
+
+pub use config::HealConfig as Config;
+
+/// Hand-off from detection: an anomaly attributed to one container in this interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerAnomaly {
+    /// Full or short Docker container id (as resolved from the cgroup).
+    pub container_id: String,
+    /// Signal name the rule's `trigger.signal` matches (e.g. `cpu`, `runq_latency`, `tcp_retrans`).
+    pub signal: String,
+    #[serde(default)]
+    pub score: f64,
+}
+
+/// Docker connectivity as the interval output shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DockerState {
+    /// Not yet connected since start (first attempt in progress).
+    Connecting,
+    Up,
+    /// Docker unreachable: nothing is acted on, due actions are audited as skipped.
+    MonitorOnly,
+    /// `heal.enabled = false`.
+    Disabled,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HealCounters {
+    pub actions_taken: u64,
+    pub actions_failed: u64,
+    pub skipped: u64,
+    pub not_recorded: u64,
+    pub audit_write_errors: u64,
+    pub dropped_events: u64,
+    pub docker_reconnects: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerBreaker {
+    pub container_id: String,
+    pub container_name: String,
+    #[serde(flatten)]
+    pub view: BreakerView,
+}
+
+/// What `snapshot()` returns: the `healing` object of the JSON interval.
+#[derive(Clone, Debug, Serialize)]
+pub struct HealSnapshot {
+    pub docker: DockerState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    pub dry_run: bool,
+    pub global_breaker: BreakerView,
+    pub breakers: Vec<ContainerBreaker>,
+    pub actions_in_global_window: usize,
+    pub in_flight: usize,
+    pub permits_available: usize,
+    pub permits_total: usize,
+    pub counters: HealCounters,
+    /// Last N decisions (the `actions` list of the interval).
+    pub recent: Vec<AuditRecord>,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    name: String,
+    stopped_by_operator: bool,
+    /// Events before this instant are echoes of sentinel's own action.
+    own_until: Option<Instant>,
+    /// Destroyed while an action was in flight: forget after the action is reaped.
+    gone: bool,
+}
+
+struct InFlight {
+    id: String,
+    name: String,
+    rule: usize,
+    grant: Grant,
+    started: Instant,
+}
+
+/// Echoes of sentinel's own action (kill/stop/die/start events) arrive a little after the API
+/// call returns; they must not be read as an operator's stop.
+const OWN_EVENT_WINDOW: Duration = Duration::from_secs(3);
+/// A `die` is judged this long after the event, so that the `stop` event a `docker stop` sends
+/// right after its `die` is seen first (otherwise an operator stop would look like a crash).
+const DIE_SETTLE: Duration = Duration::from_millis(1500);
+
+pub struct HealEngine {
+    cfg: HealConfig,
+    gate: Gate,
+    audit: AuditLog,
+    exec: Executor,
+    watch_rx: Option<mpsc::Receiver<WatchMsg>>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+    watch_counters: Arc<WatchCounters>,
+    client: Option<DockerClient>,
+    docker: DockerState,
+    docker_reason: Option<String>,
+    tasks: JoinSet<ExecOutcome>,
+    inflight: HashMap<tokio::task::Id, InFlight>,
+    containers: HashMap<String, Tracked>,
+    streaks: Streaks,
+    last_skip: HashMap<(String, usize), SkipReason>,
+    dirty: BTreeSet<String>,
+    settle: Vec<(Instant, String)>,
+    resync: bool,
+    warned_denied: HashSet<String>,
+    counters: HealCounters,
+    window_count: usize,
+}
+
+impl HealEngine {
+    /// Validate, open the audit log, start the Docker watcher. Inside a tokio runtime.
+    pub fn new(cfg: HealConfig, audit_path: &Path) -> Result<Self, Vec<ConfigError>> {
+        cfg.validate()?;
+        let watch_counters = Arc::new(WatchCounters::default());
+        let (watch_rx, watcher, docker) = if cfg.enabled {
+            let (rx, h) = docker::spawn_watcher(cfg.clone(), watch_counters.clone());
+            (Some(rx), Some(h), DockerState::Connecting)
+        } else {
+            (None, None, DockerState::Disabled)
+        };
+        Ok(Self {
+            gate: Gate::new(&cfg),
+            audit: AuditLog::open(audit_path, cfg.recent_actions),
+            exec: Executor::new(
+                cfg.max_concurrent_actions,
+                cfg.permit_wait(),
+                cfg.action_timeout(),
+            ),
+            watch_rx,
+            watcher,
+            watch_counters,
+            client: None,
+            docker,
+            docker_reason: None,
+            tasks: JoinSet::new(),
+            inflight: HashMap::new(),
+            containers: HashMap::new(),
+            streaks: Streaks::default(),
+            last_skip: HashMap::new(),
+            dirty: BTreeSet::new(),
+            settle: Vec::new(),
+            resync: false,
+            warned_denied: HashSet::new(),
+            counters: HealCounters::default(),
+            window_count: 0,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &HealConfig {
+        &self.cfg
+    }
+
+    pub fn docker_state(&self) -> DockerState {
+        self.docker
+    }
+
+    /// Containers the gate currently keeps state for (bounded by live containers, D4).
+    pub fn tracked_containers(&self) -> usize {
+        self.gate.tracked()
+    }
+
+    /// Frequent, cheap work; see the module docs.
+    pub async fn tick(&mut self) {
+        let now = Instant::now();
+        self.drain_watcher(now);
+        self.reap(now);
+        let tr = self.gate.tick(now);
+        self.audit_transitions(&tr);
+        let mut due = Vec::new();
+        self.settle.retain(|(t, id)| {
+            if *t <= now {
+                due.push(id.clone());
+                false
+            } else {
+                true
+            }
+        });
+        self.dirty.extend(due);
+        if self.docker == DockerState::Up {
+            if self.resync {
+                self.resync = false;
+                self.full_pass(now).await;
+            } else if !self.dirty.is_empty() {
+                let ids: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
+                self.evaluate(now, ids, None).await;
+            }
+        }
+        self.window_count = self.gate.actions_in_global_window(now);
+    }
+
+    /// Once per drained interval: advance k-interval triggers, re-read all containers, evaluate.
+    pub async fn on_interval(&mut self, now: Instant, anomalies: &[ContainerAnomaly]) {
+        if self.docker == DockerState::Disabled {
+            return;
+        }
+        self.tick().await;
+        self.advance_anomalies(anomalies);
+        self.run_probes().await;
+        if self.docker == DockerState::Up {
+            self.full_pass(now).await;
+        } else {
+            self.audit_unreachable_due();
+        }
+        self.window_count = self.gate.actions_in_global_window(now);
+    }
+
+    /// Cancel in-flight actions (audited `cancelled_shutdown`, no breaker effect) and stop the
+    /// watcher.
+    pub async fn shutdown(&mut self) {
+        let now = Instant::now();
+        self.tasks.abort_all();
+        while let Some(res) = self.tasks.join_next_with_id().await {
+            self.settle_task(now, res);
+        }
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        self.watch_rx = None;
+    }
+
+    pub fn snapshot(&self) -> HealSnapshot {
+        let now = Instant::now();
+        let (global, per) = self.gate.view(now);
+        let mut c = self.counters.clone();
+        c.audit_write_errors = self.audit.write_errors();
+        c.dropped_events = self.watch_counters.dropped_events.load(Ordering::Relaxed);
+        c.docker_reconnects = self.watch_counters.reconnects.load(Ordering::Relaxed);
+        HealSnapshot {
+            docker: self.docker,
+            docker_reason: self.docker_reason.clone(),
+            api_version: self.client.as_ref().map(|c| c.api_version.clone()),
+            dry_run: self.cfg.dry_run,
+            global_breaker: global,
+            breakers: per
+                .into_iter()
+                .map(|(id, view)| ContainerBreaker {
+                    container_name: self
+                        .containers
+                        .get(&id)
+                        .map(|t| t.name.clone())
+                        .unwrap_or_default(),
+                    container_id: id,
+                    view,
+                })
+                .collect(),
+            actions_in_global_window: self.window_count,
+            in_flight: self.inflight.len(),
+            permits_available: self.exec.available(),
+            permits_total: self.exec.size(),
+            counters: c,
+            recent: self.audit.recent().cloned().collect(),
+        }
+    }
+
+    // ---- watcher messages -------------------------------------------------------------------
+
+    fn drain_watcher(&mut self, now: Instant) {
+        let mut msgs = Vec::new();
+        if let Some(rx) = self.watch_rx.as_mut() {
+            while let Ok(m) = rx.try_recv() {
+                msgs.push(m);
+            }
+        }
+        for m in msgs {
+            match m {
+                WatchMsg::Connected(client) => {
+                    let was = self.docker;
+                    tracing::info!(
+                        endpoint = %client.endpoint,
+                        api_version = %client.api_version,
+                        "Docker reachable: healing active"
+                    );
+                    let mut r = AuditRecord::new("", "", "docker", "reachable");
+                    r.outcome = Some(format!("api {}", client.api_version));
+                    if was == DockerState::MonitorOnly {
+                        r.error = self.docker_reason.clone();
+                    }
+                    self.write_audit(r);
+                    self.client = Some(client);
+                    self.docker = DockerState::Up;
+                    self.docker_reason = None;
+                    // Events may have been missed while away: re-read everything (D2).
+                    self.resync = true;
+                }
+                WatchMsg::Disconnected(reason) => {
+                    self.client = None;
+                    if self.docker != DockerState::MonitorOnly {
+                        // Logged once per transition, not per attempt or interval (D1).
+                        tracing::warn!(
+                            reason = %for_log(&reason),
+                            "Docker unreachable: healing is monitor-only until it returns"
+                        );
+                        let mut r = AuditRecord::new("", "", "docker", "unreachable");
+                        r.error = Some(audit::truncate(&reason, audit::MAX_TEXT));
+                        self.write_audit(r);
+                    }
+                    self.docker = DockerState::MonitorOnly;
+                    self.docker_reason = Some(audit::truncate(&reason, audit::MAX_TEXT));
+                }
+                WatchMsg::Event(ev) => self.on_event(now, ev),
+            }
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, ev: docker::ContainerEvent) {
+        let a = ev.action.as_str();
+        if a.starts_with("exec_") {
+            // Health checks and exec actions: noise here.
+            return;
+        }
+        let own = self.gate.in_flight(&ev.id)
+            || self
+                .containers
+                .get(&ev.id)
+                .and_then(|t| t.own_until)
+                .is_some_and(|u| ev.at <= u);
+        match a {
+            "destroy" => {
+                if self.gate.in_flight(&ev.id) {
+                    self.containers.entry(ev.id.clone()).or_default().gone = true;
+                } else {
+                    self.forget(now, &ev.id);
+                }
+            }
+            "stop" | "kill" if !own => {
+                self.containers
+                    .entry(ev.id.clone())
+                    .or_default()
+                    .stopped_by_operator = true;
+            }
+            "start" | "restart" if !own => {
+                if let Some(t) = self.containers.get_mut(&ev.id) {
+                    t.stopped_by_operator = false;
+                }
+            }
+            "die" | "oom" => self.settle.push((now + DIE_SETTLE, ev.id)),
+            _ if a.starts_with("health_status") => {
+                self.dirty.insert(ev.id);
+            }
+            _ => {}
+        }
+    }
+
+    fn forget(&mut self, now: Instant, id: &str) {
+        self.gate.forget(now, id);
+        self.containers.remove(id);
+        self.last_skip.retain(|(c, _), _| c != id);
+        self.streaks.anomaly.retain(|(c, _), _| c != id);
+        self.dirty.remove(id);
+    }
+
+    // ---- triggers ---------------------------------------------------------------------------
+
+    fn advance_anomalies(&mut self, anomalies: &[ContainerAnomaly]) {
+        for (idx, rule) in self.cfg.rules.iter().enumerate() {
+            let Trigger::Anomaly { signal, .. } = &rule.trigger else {
+                continue;
+            };
+            let hit: HashSet<String> = anomalies
+                .iter()
+                .filter(|a| &a.signal == signal)
+                .map(|a| self.resolve_id(&a.container_id))
+                .collect();
+            self.streaks
+                .anomaly
+                .retain(|(c, r), _| *r != idx || hit.contains(c));
+            for c in hit {
+                *self.streaks.anomaly.entry((c, idx)).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// Map a short id to a known full id (cgroup paths carry the full one, humans the short).
+    fn resolve_id(&self, id: &str) -> String {
+        if id.len() < 64
+            && let Some(full) = self.containers.keys().find(|k| k.starts_with(id))
+        {
+            return full.clone();
+        }
+        id.to_string()
+    }
+
+    async fn run_probes(&mut self) {
+        for (idx, rule) in self.cfg.rules.iter().enumerate() {
+            let Trigger::HttpProbe {
+                url,
+                timeout_ms,
+                max_latency_ms,
+                ..
+            } = &rule.trigger
+            else {
+                continue;
+            };
+            let Ok(target) = parse_probe_url(url) else {
+                continue; // refused at validation; unreachable in practice
+            };
+            let res = rules::http_probe(&target, Duration::from_millis(*timeout_ms)).await;
+            let failure = match res {
+                Err(e) => Some(e),
+                Ok(lat) => max_latency_ms
+                    .filter(|max| lat > Duration::from_millis(*max))
+                    .map(|max| format!("latency {} ms > {max} ms", lat.as_millis())),
+            };
+            match failure {
+                Some(why) => {
+                    let e = self.streaks.probe.entry(idx).or_default();
+                    e.0 += 1;
+                    e.1 = why;
+                }
+                None => {
+                    self.streaks.probe.remove(&idx);
+                }
+            }
+        }
+    }
+
+    /// Docker is away: every (container, rule) whose k-interval trigger fires is due but
+    /// skipped, audited once per state change.
+    fn audit_unreachable_due(&mut self) {
+        let mut due: Vec<(String, usize, String)> = Vec::new();
+        for (idx, rule) in self.cfg.rules.iter().enumerate() {
+            match &rule.trigger {
+                Trigger::Anomaly { intervals, signal } => {
+                    for ((c, r), n) in &self.streaks.anomaly {
+                        if *r == idx && *n >= *intervals {
+                            due.push((
+                                c.clone(),
+                                idx,
+                                format!("anomaly: {signal} for {n} intervals"),
+                            ));
+                        }
+                    }
+                }
+                Trigger::HttpProbe { intervals, .. } => {
+                    if let Some((n, why)) = self.streaks.probe.get(&idx)
+                        && *n >= *intervals
+                    {
+                        let names = rule.selector.names.join(",");
+                        due.push((names, idx, format!("http_probe: {why}")));
+                    }
+                }
+                _ => {}
+            }
+        }
+        due.sort();
+        for (id, idx, trigger) in due {
+            let name = self
+                .containers
+                .get(&id)
+                .map(|t| t.name.clone())
+                .unwrap_or_default();
+            self.skip(&id, &name, idx, SkipReason::DockerUnreachable, &trigger);
+        }
+    }
+
+    // ---- evaluation -------------------------------------------------------------------------
+
+    async fn full_pass(&mut self, now: Instant) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let list = match client.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "container list failed");
+                return;
+            }
+        };
+        let label = self.cfg.label.clone();
+        let labelled = list
+            .iter()
+            .filter(|s| s.labels.get(&label).map(String::as_str) == Some("true"))
+            .count();
+        let live: HashSet<&str> = list.iter().map(|s| s.id.as_str()).collect();
+        // Containers that vanished without a `destroy` event we saw (Docker was away).
+        let vanished: Vec<String> = self
+            .containers
+            .keys()
+            .filter(|id| !live.contains(id.as_str()) && !self.gate.in_flight(id))
+            .cloned()
+            .collect();
+        for id in vanished {
+            self.forget(now, &id);
+        }
+        let streak_rules: Vec<usize> = self
+            .cfg
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r.trigger, Trigger::HttpProbe { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        // Inspect only what can fire or has state: saves two API calls per quiet container.
+        let ids: Vec<String> = list
+            .iter()
+            .filter(|s| {
+                s.status.contains("unhealthy")
+                    || s.state == "exited"
+                    || s.state == "dead"
+                    || s.state == "restarting"
+                    || self.containers.contains_key(&s.id)
+                    || self.streaks.anomaly.keys().any(|(c, _)| c == &s.id)
+                    || (!streak_rules.is_empty()
+                        && self.streaks.probe.keys().any(|k| streak_rules.contains(k)))
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        self.dirty.clear();
+        self.evaluate(now, ids, Some(labelled)).await;
+    }
+
+    /// Inspect `ids`, find fired rules, apply the storm guard (full passes only), ask the gate,
+    /// start allowed actions.
+    async fn evaluate(&mut self, now: Instant, ids: Vec<String>, labelled: Option<usize>) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        struct Cand {
+            info: ContainerInfo,
+            rule: usize,
+            trigger: String,
+            facts: Facts,
+        }
+        let mut cands: Vec<Cand> = Vec::new();
+        let mut quiet: Vec<(String, usize)> = Vec::new();
+        for id in ids {
+            let info = match client.inspect(&id).await {
+                Ok(i) => i,
+                Err(HealError::ContainerGone { .. }) => {
+                    if !self.gate.in_flight(&id) {
+                        self.forget(now, &id);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    // Docker hung or gone: stop here instead of paying one time-out per
+                    // container; the watcher's ping decides about monitor-only (D3).
+                    tracing::debug!(error = %e, "inspect failed; evaluation cut short");
+                    break;
+                }
+            };
+            let t = self.containers.entry(info.id.clone()).or_default();
+            t.name = info.name.clone();
+            if info.running {
+                t.stopped_by_operator = false;
+            } else if rules::looks_stopped_on_purpose(&info) && !self.gate.in_flight(&info.id) {
+                // Stopped before we could see its events: a 143/137 exit is what
+                // `docker stop`/`docker kill` leaves; leave it alone.
+                t.stopped_by_operator = true;
+            }
+            let stopped = t.stopped_by_operator;
+            let consent = rules::consent(&self.cfg, &info);
+            let mut fired_any = false;
+            for (idx, rule) in self.cfg.rules.iter().enumerate() {
+                if !rules::selects(&rule.selector, &info) {
+                    continue;
+                }
+                match rules::fires(idx, rule, &info, &self.streaks, stopped) {
+                    None => quiet.push((info.id.clone(), idx)),
+                    Some(trigger) => {
+                        fired_any = true;
+                        let restart_policy_active = match rule.trigger {
+                            Trigger::Died { .. } => info.policy_will_restart(),
+                            _ => info.restarting,
+                        };
+                        cands.push(Cand {
+                            info: info.clone(),
+                            rule: idx,
+                            trigger,
+                            facts: Facts {
+                                consent,
+                                stopped_by_operator: stopped,
+                                restart_policy_active,
+                            },
+                        });
+                    }
+                }
+            }
+            if fired_any && consent == Consent::Labelled {
+                // The container is sick again: if an action on it is being verified, it failed.
+                let tr = self.gate.on_trigger(now, &info.id);
+                self.audit_transitions(&tr);
+            }
+        }
+        // A rule that no longer fires: the next skip for it is news again.
+        for k in quiet {
+            self.last_skip.remove(&k);
+        }
+        if let Some(labelled) = labelled {
+            let due: HashSet<&str> = cands
+                .iter()
+                .filter(|c| c.facts.consent == Consent::Labelled)
+                .map(|c| c.info.id.as_str())
+                .collect();
+            if gate::storm(&self.cfg, due.len(), labelled) {
+                let mut r = AuditRecord::new("", "", "alert", "storm_guard");
+                r.error = Some(format!(
+                    "{} of {} opted-in containers tripped in one interval; acting on none",
+                    due.len(),
+                    labelled
+                ));
+                tracing::error!("{}", r.error.as_deref().unwrap_or_default());
+                self.write_audit(r);
+                for c in &cands {
+                    self.skip(
+                        &c.info.id,
+                        &c.info.name,
+                        c.rule,
+                        SkipReason::StormGuard,
+                        &c.trigger,
+                    );
+                }
+                return;
+            }
+        }
+        let mut acted: HashSet<String> = HashSet::new();
+        for c in cands {
+            if acted.contains(&c.info.id) {
+                continue; // one action per container per evaluation
+            }
+            let rule = &self.cfg.rules[c.rule];
+            let req = Request {
+                container_id: &c.info.id,
+                rule: c.rule,
+                cooldown: secs(rule.cooldown_secs),
+                rule_limit: (rule.max_actions, secs(rule.limit_window_secs)),
+                facts: c.facts,
+                docker_up: self.docker == DockerState::Up,
+                dry_run: self.cfg.dry_run,
+            };
+            match self.gate.decide(now, &req) {
+                Decision::Skip(reason) => {
+                    self.skip(&c.info.id, &c.info.name, c.rule, reason, &c.trigger);
+                }
+                Decision::Allow(grant) => {
+                    acted.insert(c.info.id.clone());
+                    self.start_action(now, &client, &c.info, c.rule, grant, &c.trigger);
+                }
+            }
+        }
+    }
+
+    fn start_action(
+        &mut self,
+        now: Instant,
+        client: &DockerClient,
+        info: &ContainerInfo,
+        rule: usize,
+        grant: Grant,
+        trigger: &str,
+    ) {
+        let r = self.cfg.rules[rule].clone();
+        let mut rec = AuditRecord::new(&info.id, &info.name, "intent", trigger);
+        rec.rule = Some(r.name.clone());
+        rec.action = Some(r.action.kind().to_string());
+        rec.breaker = self
+            .gate
+            .breaker_state(&info.id)
+            .map(|s| s.as_str().to_string());
+        if !self.write_audit(rec) {
+            // Fail safe: an action that cannot be audited is not taken.
+            self.gate.finish(now, &info.id, grant, Finished::Neutral);
+            self.counters.not_recorded += 1;
+            tracing::error!(
+                container = %for_log(&info.name),
+                "audit log not writable: action not taken"
+            );
+            return;
+        }
+        self.last_skip.remove(&(info.id.clone(), rule));
+        let fut = self.exec.run(client.clone(), info.id.clone(), r.action);
+        let handle = self.tasks.spawn(fut);
+        self.inflight.insert(
+            handle.id(),
+            InFlight {
+                id: info.id.clone(),
+                name: info.name.clone(),
+                rule,
+                grant,
+                started: now,
+            },
+        );
+    }
+
+    fn reap(&mut self, now: Instant) {
+        while let Some(res) = self.tasks.try_join_next_with_id() {
+            self.settle_task(now, res);
+        }
+    }
+
+    fn settle_task(
+        &mut self,
+        now: Instant,
+        res: Result<(tokio::task::Id, ExecOutcome), tokio::task::JoinError>,
+    ) {
+        let (task_id, outcome) = match res {
+            Ok((id, o)) => (id, Some(o)),
+            Err(e) => (
+                e.id(),
+                if e.is_cancelled() {
+                    None
+                } else {
+                    Some(ExecOutcome::Failed {
+                        duration: Duration::ZERO,
+                        error: HealError::Api {
+                            status: 0,
+                            message: "action task panicked".into(),
+                        },
+                    })
+                },
+            ),
+        };
+        let Some(f) = self.inflight.remove(&task_id) else {
+            return;
+        };
+        let rule = &self.cfg.rules[f.rule];
+        let action = rule.action.kind();
+        let mut rec = AuditRecord::new(&f.id, &f.name, "taken", "");
+        rec.rule = Some(rule.name.clone());
+        rec.action = Some(action.to_string());
+        let how = match outcome {
+            None => {
+                rec.decision = "cancelled".into();
+                rec.reason = "cancelled_shutdown".into();
+                rec.duration_ms = Some(now.saturating_duration_since(f.started).as_millis() as u64);
+                Finished::Neutral
+            }
+            Some(ExecOutcome::PermitWaitTimeout { waited }) => {
+                rec.decision = "not_recorded".into();
+                rec.reason = "permit_wait_timeout".into();
+                rec.duration_ms = Some(waited.as_millis() as u64);
+                self.counters.not_recorded += 1;
+                Finished::Neutral
+            }
+            Some(ExecOutcome::Done {
+                duration,
+                exit_code,
+            }) => {
+                rec.duration_ms = Some(duration.as_millis() as u64);
+                rec.exit_code = exit_code;
+                if exit_code.is_some_and(|c| c != 0) {
+                    rec.decision = "failed".into();
+                    rec.reason = "exec_exit_nonzero".into();
+                    rec.outcome = Some("failure".into());
+                    self.counters.actions_failed += 1;
+                    Finished::ContainerFailure
+                } else {
+                    rec.reason = "done".into();
+                    rec.outcome = Some("success".into());
+                    self.counters.actions_taken += 1;
+                    Finished::Done
+                }
+            }
+            Some(ExecOutcome::Failed { duration, error }) => {
+                rec.decision = "failed".into();
+                rec.reason = error.kind().into();
+                rec.outcome = Some("failure".into());
+                rec.duration_ms = Some(duration.as_millis() as u64);
+                rec.error = Some(audit::truncate(&error.to_string(), audit::MAX_TEXT));
+                self.counters.actions_failed += 1;
+                match &error {
+                    HealError::DeniedByApi { method, path, .. } => {
+                        // One warning per endpoint, never a container failure (D13).
+                        let key = format!("{method} {}", path.split('/').nth(3).unwrap_or(""));
+                        if self.warned_denied.insert(key) {
+                            tracing::warn!(error = %for_log(&error.to_string()), "Docker API denied an action");
+                        }
+                        Finished::Neutral
+                    }
+                    HealError::DockerUnreachable { .. } | HealError::Timeout(_) => {
+                        Finished::DockerFailure
+                    }
+                    _ => Finished::ContainerFailure,
+                }
+            }
+            Some(ExecOutcome::TimedOut {
+                duration,
+                docker_alive,
+            }) => {
+                rec.decision = "failed".into();
+                rec.reason = "timeout".into();
+                rec.outcome = Some("timeout".into());
+                rec.duration_ms = Some(duration.as_millis() as u64);
+                rec.error = Some(format!(
+                    "cut off after {:.1} s (action_timeout_secs {})",
+                    duration.as_secs_f64(),
+                    self.cfg.action_timeout_secs
+                ));
+                self.counters.actions_failed += 1;
+                if docker_alive {
+                    Finished::ContainerFailure
+                } else {
+                    Finished::DockerFailure
+                }
+            }
+        };
+        let tr = self.gate.finish(now, &f.id, f.grant, how);
+        if let Some(t) = self.containers.get_mut(&f.id) {
+            t.own_until = Some(Instant::now() + OWN_EVENT_WINDOW);
+        }
+        rec.breaker = self
+            .gate
+            .breaker_state(&f.id)
+            .map(|s| s.as_str().to_string());
+        rec.global_breaker = Some(self.gate.global_state().as_str().to_string());
+        let failures = self
+            .gate
+            .view(now)
+            .1
+            .into_iter()
+            .find(|(id, _)| id == &f.id)
+            .map(|(_, v)| v.failures_in_window);
+        if let (Some(n), true) = (failures, rec.decision == "failed") {
+            rec.error = Some(format!(
+                "{} (breaker failures in window: {n})",
+                rec.error.unwrap_or_default()
+            ));
+        }
+        self.write_audit(rec);
+        self.audit_transitions(&tr);
+        if self.containers.get(&f.id).is_some_and(|t| t.gone) {
+            self.forget(now, &f.id);
+        }
+    }
+
+    fn skip(&mut self, id: &str, name: &str, rule: usize, reason: SkipReason, trigger: &str) {
+        // Once per state change, not once per interval (L1).
+        if self.last_skip.get(&(id.to_string(), rule)) == Some(&reason) {
+            return;
+        }
+        self.last_skip.insert((id.to_string(), rule), reason);
+        self.counters.skipped += 1;
+        let r = &self.cfg.rules[rule];
+        let mut rec = AuditRecord::new(id, name, "skipped", reason.as_str());
+        rec.rule = Some(r.name.clone());
+        rec.action = Some(r.action.kind().to_string());
+        rec.outcome = Some(audit::truncate(trigger, audit::MAX_TEXT));
+        rec.breaker = self.gate.breaker_state(id).map(|s| s.as_str().to_string());
+        rec.dry_run = reason == SkipReason::DryRun;
+        self.write_audit(rec);
+    }
+
+    fn audit_transitions(&mut self, tr: &[ScopedTransition]) {
+        for t in tr {
+            let id = t.container_id.clone().unwrap_or_default();
+            let name = if id.is_empty() {
+                "(global)".to_string()
+            } else {
+                self.containers
+                    .get(&id)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default()
+            };
+            let mut r = AuditRecord::new(&id, &name, "breaker", t.transition.reason);
+            r.breaker = Some(t.transition.to.as_str().to_string());
+            r.from = Some(t.transition.from.as_str().to_string());
+            r.wait_secs = t.transition.wait_secs;
+            if t.transition.to == BreakerState::Open {
+                tracing::warn!(
+                    container = %for_log(&name),
+                    wait_secs = t.transition.wait_secs.unwrap_or_default(),
+                    "breaker OPEN: no healing actions until it half-opens"
+                );
+            }
+            self.write_audit(r);
+        }
+    }
+
+    /// True when the line was written.
+    fn write_audit(&mut self, r: AuditRecord) -> bool {
+        match self.audit.write(r) {
+            Ok(()) => true,
+            Err(e) => {
+                // Counted in the snapshot; logged at most once per 100 failures.
+                if self.audit.write_errors() % 100 == 1 {
+                    tracing::error!(error = %e, "audit write failed; actions are suspended");
+                }
+                false
+            }
+        }
+    }
+}
+
+impl Drop for HealEngine {
+    fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+    }
+}
+
+/// Breaker states by container name, for the text exporter.
+pub fn breaker_summary(s: &HealSnapshot) -> BTreeMap<String, BreakerState> {
+    s.breakers
+        .iter()
+        .map(|b| {
+            let key = if b.container_name.is_empty() {
+                b.container_id.clone()
+            } else {
+                b.container_name.clone()
+            };
+            (key, b.view.state)
+        })
+        .collect()
+}

@@ -1,0 +1,303 @@
+//! Privileged integration tests of per-container kernel signals against a real Docker engine
+//! (started by the test support if needed; test image built locally; `--network none`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use sentinel::model::{ContainerDelta, Interval};
+use support::{
+    docker::{self, Container, IMAGE, PrivateDockerd},
+    sentinel::SentinelRun,
+};
+
+const FIRST: Duration = Duration::from_secs(30);
+
+fn of<'a>(iv: &'a Interval, id: &str) -> Option<&'a ContainerDelta> {
+    iv.containers.iter().find(|c| c.id == id)
+}
+
+fn sum(intervals: &[Interval], id: &str, f: impl Fn(&ContainerDelta) -> u64) -> u64 {
+    intervals.iter().filter_map(|iv| of(iv, id)).map(f).sum()
+}
+
+/// CPU time the container's own cgroup accounted, in ns (cgroup v1 cpuacct or v2 cpu.stat).
+fn cgroup_cpu_ns(id: &str) -> u64 {
+    for path in [
+        format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage"),
+        format!("/sys/fs/cgroup/cpu,cpuacct/docker/{id}/cpuacct.usage"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return text.trim().parse().expect("cpuacct.usage");
+        }
+    }
+    let stat = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat"
+    ))
+    .expect("container cgroup cpu accounting (v1 cpuacct or v2 cpu.stat)");
+    let usec: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .expect("usage_usec")
+        .parse()
+        .unwrap();
+    usec * 1000
+}
+
+#[test]
+fn cpu_time_goes_to_the_spinning_container() {
+    if !docker::ensure() {
+        return;
+    }
+    let spinner = Container::run(
+        "snt-cpu-spin",
+        &[],
+        IMAGE,
+        &["sh", "-c", "while :; do :; done"],
+    );
+    let idle = Container::run("snt-cpu-idle", &[], IMAGE, &["sleep", "1000"]);
+    let mut run = SentinelRun::start(&["--interval", "200ms"]);
+    run.next_interval(FIRST);
+    run.next_interval(FIRST);
+    let (cg0, t0) = (cgroup_cpu_ns(&spinner.id), Instant::now());
+    let window: Vec<Interval> = (0..15).map(|_| run.next_interval(FIRST)).collect();
+    let (cg1, t1) = (cgroup_cpu_ns(&spinner.id), Instant::now());
+    let done = run.stop();
+    assert!(done.status.success(), "{}", done.stderr);
+    let spin_ns = sum(&window, &spinner.id, |c| c.cpu_ns);
+    let idle_ns = sum(&window, &idle.id, |c| c.cpu_ns);
+    let share = spin_ns as f64 / (spin_ns + idle_ns) as f64;
+    let window_ms: f64 = window.iter().map(|iv| iv.interval_ms).sum();
+    let sentinel_pct = 100.0 * spin_ns as f64 / (window_ms * 1e6);
+    let cgroup_pct = 100.0 * (cg1 - cg0) as f64 / (t1 - t0).as_nanos() as f64;
+    let mean_reported: f64 = window
+        .iter()
+        .filter_map(|iv| of(iv, &spinner.id))
+        .map(|c| c.cpu_percent)
+        .sum::<f64>()
+        / window.len() as f64;
+    eprintln!(
+        "spinner {spin_ns} ns vs idle {idle_ns} ns over {window_ms:.0} ms: share {:.4}; cpu {sentinel_pct:.1}% \
+         (mean reported cpu_percent {mean_reported:.1}%) vs cgroup {cgroup_pct:.1}%",
+        share
+    );
+    assert!(
+        share >= 0.90,
+        "spinner's share of the two containers' CPU: {share}"
+    );
+    assert!(
+        (mean_reported - cgroup_pct).abs() / cgroup_pct <= 0.10,
+        "{mean_reported}% vs cgroup {cgroup_pct}%"
+    );
+    let names: Vec<&str> = window
+        .iter()
+        .filter_map(|iv| of(iv, &spinner.id))
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(
+        names.iter().all(|n| *n == "snt-cpu-spin"),
+        "named through the Docker API: {names:?}"
+    );
+    assert!(
+        window
+            .iter()
+            .filter_map(|iv| of(iv, &spinner.id))
+            .all(|c| c.image == IMAGE)
+    );
+}
+
+#[test]
+fn udp_inside_a_container_counts_for_that_container() {
+    if !docker::ensure() {
+        return;
+    }
+    const N: u64 = 5000;
+    let c = Container::run("snt-net", &[], IMAGE, &["sleep", "1000"]);
+    let pid: i32 = c.inspect("{{.State.Pid}}").parse().expect("container pid");
+    let mut run = SentinelRun::start(&["--interval", "200ms"]);
+    run.next_interval(FIRST);
+    // The sender enters the container's network namespace (its loopback; `--network none`).
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        support::netns::udp_burst(N, 32);
+    })
+    .join()
+    .unwrap();
+    run.next_interval(FIRST);
+    run.next_interval(FIRST);
+    let done = run.stop();
+    assert!(done.status.success(), "{}", done.stderr);
+    let rx = sum(&done.intervals, &c.id, |c| c.rx_packets);
+    let tx = sum(&done.intervals, &c.id, |c| c.tx_packets);
+    eprintln!("container loopback: rx {rx} tx {tx} packets for {N} datagrams");
+    assert_eq!((rx, tx), (N, N));
+}
+
+#[test]
+fn forks_abnormal_exits_and_oom_kills_are_attributed() {
+    if !docker::ensure() {
+        return;
+    }
+    const K: usize = 40;
+    let c = Container::run("snt-proc", &[], IMAGE, &["sleep", "1000"]);
+    let hog = {
+        let mut run = SentinelRun::start(&["--interval", "200ms"]);
+        run.next_interval(FIRST);
+        // K subshells (each a fork and a clean exit), one subshell exiting 3, then a clean exit
+        // of the shell itself.
+        let script = format!("{} (exit 3); true", "( : ); ".repeat(K));
+        let out = docker::docker(&["exec", &c.id, "sh", "-c", &script]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hog = Container::run(
+            "snt-oom",
+            &["--memory", "32m", "--memory-swap", "32m"],
+            IMAGE,
+            &["sh", "-c", "x=aaaaaaaaaaaaaaaa; while :; do x=$x$x; done"],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while hog.inspect("{{.State.Running}}") == "true" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            hog.inspect("{{.State.OOMKilled}}"),
+            "true",
+            "the hog was OOM-killed by its limit"
+        );
+        run.next_interval(FIRST);
+        run.next_interval(FIRST);
+        let done = run.stop();
+        assert!(done.status.success(), "{}", done.stderr);
+        (hog, done)
+    };
+    let (hog, done) = hog;
+    let forks = sum(&done.intervals, &c.id, |c| c.forks);
+    let exits = sum(&done.intervals, &c.id, |c| c.exits);
+    let abnormal = sum(&done.intervals, &c.id, |c| c.abnormal_exits);
+    let ooms = sum(&done.intervals, &hog.id, |c| c.oom_kills);
+    let overhead = forks as i64 - (K as i64 + 1);
+    eprintln!(
+        "forks {forks} for {K}+1 subshells (overhead {overhead}: runc exec), exits {exits}, abnormal {abnormal}; oom kills of the hog {ooms}"
+    );
+    assert!(
+        (0..=4).contains(&overhead),
+        "forks {forks}, expected {} plus a small runc overhead",
+        K + 1
+    );
+    assert_eq!(abnormal, 1, "exactly the subshell that exited 3");
+    assert!(
+        exits > K as u64,
+        "every subshell and the parent shell exited: {exits}"
+    );
+    assert!(ooms >= 1, "OOM kill attributed to the hog container");
+    assert_eq!(
+        sum(&done.intervals, &c.id, |c| c.oom_kills),
+        0,
+        "not to the other one"
+    );
+}
+
+#[test]
+fn new_container_is_attributed_from_its_first_interval() {
+    if !docker::ensure() {
+        return;
+    }
+    let mut run = SentinelRun::start(&["--interval", "200ms"]);
+    run.next_interval(FIRST);
+    let c = Container::run("snt-new", &[], IMAGE, &["sh", "-c", "while :; do :; done"]);
+    for _ in 0..8 {
+        run.next_interval(FIRST);
+    }
+    let done = run.stop();
+    let seen: Vec<&ContainerDelta> = done
+        .intervals
+        .iter()
+        .filter_map(|iv| of(iv, &c.id))
+        .collect();
+    assert!(
+        seen.len() >= 5,
+        "the container shows up in its intervals: {}",
+        seen.len()
+    );
+    // No interval of its key went by without its id, i.e. it was attributed from the first one.
+    let key = seen[0].key;
+    let anonymous = done
+        .intervals
+        .iter()
+        .flat_map(|iv| &iv.containers)
+        .filter(|x| x.key == key && x.id != c.id)
+        .count();
+    assert_eq!(
+        anonymous, 0,
+        "intervals where the container's key was not attributed to it"
+    );
+    assert_eq!(seen.last().unwrap().name, "snt-new");
+    eprintln!(
+        "attributed in {} intervals from its first; first name shown {:?}",
+        seen.len(),
+        seen[0].name
+    );
+}
+
+#[test]
+fn docker_stopped_mid_run_keeps_collecting_and_recovers_names() {
+    if !docker::ensure() {
+        return;
+    }
+    let mut engine = PrivateDockerd::start().expect("private dockerd");
+    let host = engine.host();
+    docker::build_image(Some(&host)).expect("image in the private engine");
+    let mut run = SentinelRun::start_with_env(&["--interval", "200ms"], &[("DOCKER_HOST", &host)]);
+    let wait_state = |run: &mut SentinelRun, state: &str| {
+        for _ in 0..100 {
+            if run.next_interval(FIRST).docker == state {
+                return;
+            }
+        }
+        panic!("docker state never became {state}");
+    };
+    wait_state(&mut run, "up");
+    engine.stop();
+    wait_state(&mut run, "unreachable");
+    let during: Vec<Interval> = (0..5).map(|_| run.next_interval(FIRST)).collect();
+    assert!(
+        during
+            .iter()
+            .all(|iv| iv.counters["sched_switch"].unwrap_or(0) > 0),
+        "kernel metrics keep flowing"
+    );
+    engine.restart().expect("dockerd back");
+    wait_state(&mut run, "up");
+    let c = Container::run_at(
+        Some(&host),
+        "snt-after",
+        &[],
+        IMAGE,
+        &["sh", "-c", "while :; do :; done"],
+    );
+    let mut named = false;
+    for _ in 0..25 {
+        let iv = run.next_interval(FIRST);
+        if of(&iv, &c.id).is_some_and(|x| x.name == "snt-after") {
+            named = true;
+            break;
+        }
+    }
+    let done = run.stop();
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(named, "a container started after Docker returned is named");
+    let transitions = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("Docker unreachable"))
+        .count();
+    assert_eq!(
+        transitions, 1,
+        "unreachable logged once per transition:\n{}",
+        done.stderr
+    );
+}

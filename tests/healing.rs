@@ -1,0 +1,846 @@
+//! Healing against a real Docker engine (FAULT-MATRIX D1, D2, D4, D7, D9, L1-L3).
+//!
+//! Needs root and docker.io + busybox-static (installed by `.ci/run` in CI). The set-up starts
+//! `dockerd --bridge=none --iptables=false` if it is not running and builds the busybox image
+//! locally. Under `CI=true` a missing prerequisite fails the test; elsewhere it skips loudly.
+//!
+//! Each test drives its own `HealEngine` with its own opt-in label name, so tests sharing the
+//! engine cannot act on each other's containers. Timings are seconds, not minutes.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sentinel::heal::config::{ActionConfig, HealConfig, RuleConfig, Trigger};
+use sentinel::heal::{ContainerAnomaly, DockerState, HealEngine, HealSnapshot};
+use serde_json::Value;
+use support::docker::{self as sd, Container, IMAGE};
+use tokio::sync::watch;
+
+/// Health check that turns unhealthy within ~1 s of `/tmp/ok` disappearing.
+const HEALTH: &[&str] = &[
+    "--health-cmd",
+    "test -f /tmp/ok",
+    "--health-interval",
+    "1s",
+    "--health-timeout",
+    "1s",
+    "--health-retries",
+    "1",
+];
+/// PID 1 that exits on SIGTERM at once (a restart takes no stop time-out) and is healthy.
+const HEALTHY_CMD: &[&str] = &[
+    "sh",
+    "-c",
+    "trap 'exit 0' TERM; touch /tmp/ok; sleep 100000 & wait",
+];
+/// Same, but never healthy: a flapper once restarted.
+const SICK_CMD: &[&str] = &["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"];
+
+fn base_cfg(label: &str) -> HealConfig {
+    let mut c = HealConfig {
+        label: label.to_string(),
+        api_timeout_secs: 5.0,
+        reconnect_initial_secs: 0.2,
+        reconnect_max_secs: 1.0,
+        grace_secs: 1.5,
+        verify_secs: 4.0,
+        action_timeout_secs: 20.0,
+        permit_wait_secs: 5.0,
+        ..HealConfig::default()
+    };
+    c.backoff.initial_secs = 0.5;
+    c.backoff.max_secs = 2.0;
+    c.rules = vec![RuleConfig {
+        action: ActionConfig::Restart {
+            stop_timeout_secs: 2,
+        },
+        ..RuleConfig::autoheal()
+    }];
+    c
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+/// The engine running in its own task: ticks every 100 ms, an interval every `interval`.
+struct Driven {
+    stop: watch::Sender<bool>,
+    snap: watch::Receiver<Option<HealSnapshot>>,
+    anomalies: Arc<Mutex<Vec<ContainerAnomaly>>>,
+    handle: tokio::task::JoinHandle<HealEngine>,
+    audit: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn drive(cfg: HealConfig, interval: Duration) -> Driven {
+    drive_audit(cfg, interval, None)
+}
+
+fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> Driven {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = audit.unwrap_or_else(|| dir.path().join("audit.jsonl"));
+    let mut engine = HealEngine::new(cfg, &audit).expect("valid config");
+    let (stop, mut stop_rx) = watch::channel(false);
+    let (snap_tx, snap) = watch::channel(None);
+    let anomalies: Arc<Mutex<Vec<ContainerAnomaly>>> = Arc::default();
+    let an = anomalies.clone();
+    let handle = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut iv = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => engine.tick().await,
+                _ = iv.tick() => {
+                    let a = an.lock().unwrap().clone();
+                    engine.on_interval(Instant::now(), &a).await;
+                }
+                _ = stop_rx.changed() => break,
+            }
+            let _ = snap_tx.send(Some(engine.snapshot()));
+        }
+        engine.shutdown().await;
+        engine
+    });
+    Driven {
+        stop,
+        snap,
+        anomalies,
+        handle,
+        audit,
+        _dir: dir,
+    }
+}
+
+impl Driven {
+    fn snapshot(&self) -> Option<HealSnapshot> {
+        self.snap.borrow().clone()
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        read_audit(&self.audit)
+    }
+
+    async fn wait(&self, what: &str, timeout: Duration, f: impl Fn(&Self) -> bool) {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if f(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "timed out waiting for {what}; audit:\n{}",
+            std::fs::read_to_string(&self.audit).unwrap_or_default()
+        );
+    }
+
+    async fn finish(self) -> (HealEngine, Vec<Value>) {
+        let _ = self.stop.send(true);
+        let e = self.handle.await.expect("engine task");
+        (e, read_audit(&self.audit))
+    }
+}
+
+/// Every line must parse and carry the mandatory keys.
+fn read_audit(p: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(p).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}"));
+            for k in ["ts", "container_id", "container_name", "decision", "reason"] {
+                assert!(v.get(k).is_some(), "audit line without {k}: {l}");
+            }
+            v
+        })
+        .collect()
+}
+
+fn lines_for<'a>(a: &'a [Value], id: &str) -> Vec<&'a Value> {
+    a.iter().filter(|v| v["container_id"] == id).collect()
+}
+
+fn count(a: &[Value], id: &str, decision: &str, reason: Option<&str>) -> usize {
+    lines_for(a, id)
+        .into_iter()
+        .filter(|v| v["decision"] == decision && reason.is_none_or(|r| v["reason"] == r))
+        .count()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_unhealthy_container_is_restarted_and_timed() {
+    if !sd::ensure() {
+        return;
+    }
+    let label = unique("sentinel.test.heal");
+    let d = drive(base_cfg(&label), Duration::from_millis(500));
+    let opt_in = format!("{label}=true");
+    let mut times = Vec::new();
+    for i in 0..3 {
+        let name = unique(&format!("heal-timed-{i}"));
+        let mut extra = vec!["--label", opt_in.as_str()];
+        extra.extend_from_slice(HEALTH);
+        let c = Container::run(&name, &extra, IMAGE, HEALTHY_CMD);
+        c.wait_health("healthy", Duration::from_secs(15)).unwrap();
+        let started = c.started_at();
+        assert!(c.exec(&["rm", "/tmp/ok"]).status.success());
+        // Poll Docker itself: unhealthy seen -> running with a new StartedAt.
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut t_unhealthy = None;
+        let mut healed = None;
+        while Instant::now() < end {
+            let s = c.inspect("{{.State.Health.Status}} {{.State.Running}} {{.State.StartedAt}}");
+            let mut p = s.split(' ');
+            let (h, running, st) = (
+                p.next().unwrap_or(""),
+                p.next() == Some("true"),
+                p.next().unwrap_or(""),
+            );
+            if t_unhealthy.is_none() && h == "unhealthy" {
+                t_unhealthy = Some(Instant::now());
+            }
+            if let Some(t) = t_unhealthy
+                && running
+                && st != started
+            {
+                healed = Some(t.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let healed = healed.unwrap_or_else(|| {
+            panic!(
+                "{name} not restarted; audit:\n{}",
+                std::fs::read_to_string(&d.audit).unwrap_or_default()
+            )
+        });
+        println!(
+            "run {i}: unhealthy -> running again in {:.2} s",
+            healed.as_secs_f64()
+        );
+        times.push(healed.as_secs_f64());
+        d.wait("taken line", Duration::from_secs(10), |d| {
+            count(&d.audit(), &c.id, "taken", None) == 1
+        })
+        .await;
+        let a = d.audit();
+        let taken = lines_for(&a, &c.id)
+            .into_iter()
+            .find(|v| v["decision"] == "taken")
+            .unwrap()
+            .clone();
+        assert_eq!(taken["action"], "restart");
+        assert_eq!(taken["outcome"], "success");
+        assert!(taken["duration_ms"].as_u64().is_some());
+        assert_eq!(
+            count(&a, &c.id, "intent", None),
+            1,
+            "intent written before acting"
+        );
+    }
+    let m = median(&mut times);
+    println!(
+        "time from unhealthy to running (median of {}): {m:.2} s; all {times:?}",
+        times.len()
+    );
+    assert!(m < 5.0, "median heal time {m:.2} s");
+    let (_, _) = d.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlabelled_and_image_labelled_containers_are_never_touched() {
+    if !sd::ensure() {
+        return;
+    }
+    let label = unique("sentinel.test.noop");
+    let image = sd::image_with_label(
+        &format!("sentinel-test-labelled-{}:latest", std::process::id()),
+        &label,
+        "true",
+    );
+    let d = drive(base_cfg(&label), Duration::from_millis(300));
+    let events = sd::StartEvents::record();
+    let mut cs = Vec::new();
+    let hostile = [
+        ("unlabelled", None, IMAGE, "not_labelled"),
+        ("upper", Some("TRUE"), IMAGE, "not_labelled"),
+        ("space", Some("true "), IMAGE, "not_labelled"),
+        ("newline", Some("true\n"), IMAGE, "not_labelled"),
+        ("cyrillic", Some("tгue"), IMAGE, "not_labelled"),
+        ("inherited", None, image.as_str(), "label_from_image"),
+    ];
+    for (tag, value, img, _) in &hostile {
+        let name = unique(&format!("heal-noop-{tag}"));
+        let lab = value.map(|v| format!("{label}={v}"));
+        let mut extra: Vec<&str> = Vec::new();
+        if let Some(l) = &lab {
+            extra.extend(["--label", l.as_str()]);
+        }
+        extra.extend_from_slice(HEALTH);
+        // Never healthy: unhealthy about a second after start, for the whole test.
+        cs.push(Container::run(&name, &extra, img, SICK_CMD));
+    }
+    for c in &cs {
+        c.wait_health("unhealthy", Duration::from_secs(15)).unwrap();
+    }
+    let started: Vec<String> = cs.iter().map(|c| c.started_at()).collect();
+    // Many intervals with all of them unhealthy.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (_, a) = d.finish().await;
+    for ((c, st), (tag, _, _, reason)) in cs.iter().zip(&started).zip(&hostile) {
+        assert_eq!(&c.started_at(), st, "{tag}: StartedAt changed");
+        assert_eq!(c.inspect("{{.RestartCount}}"), "0", "{tag}");
+        assert_eq!(events.starts(&c.id), 1, "{tag}: Docker saw a (re)start");
+        assert_eq!(
+            count(&a, &c.id, "taken", None) + count(&a, &c.id, "intent", None),
+            0,
+            "{tag}"
+        );
+        // Audited once per state change, not once per interval.
+        assert_eq!(
+            count(&a, &c.id, "skipped", Some(reason)),
+            1,
+            "{tag}: {:?}",
+            lines_for(&a, &c.id)
+        );
+        println!("{tag}: restart count 0, audit reason {reason}");
+    }
+    let _ = sd::docker(&["rmi", "-f", &image]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_container_opens_breaker_then_exactly_one_trial() {
+    if !sd::ensure() {
+        return;
+    }
+    let label = unique("sentinel.test.flap");
+    let mut cfg = base_cfg(&label);
+    cfg.breaker.failure_threshold = 2;
+    cfg.breaker.window_secs = 120.0;
+    cfg.breaker.open_secs = 4.0;
+    cfg.breaker.open_max_secs = 60.0;
+    cfg.breaker.half_open_max_wait_secs = 30.0;
+    let d = drive(cfg, Duration::from_millis(500));
+    let events = sd::StartEvents::record();
+    let opt_in = format!("{label}=true");
+    let mut extra = vec!["--label", opt_in.as_str()];
+    extra.extend_from_slice(HEALTH);
+    let c = Container::run(&unique("heal-flap"), &extra, IMAGE, SICK_CMD);
+    // Enough for: 2 restarts -> OPEN(4 s) -> HALF_OPEN -> 1 trial -> OPEN(8 s) -> HALF_OPEN
+    // -> 1 trial.
+    d.wait("two half-open trials", Duration::from_secs(60), |d| {
+        let a = d.audit();
+        lines_for(&a, &c.id)
+            .iter()
+            .filter(|v| v["decision"] == "breaker" && v["breaker"] == "HALF_OPEN")
+            .count()
+            >= 2
+            && count(&a, &c.id, "taken", None) >= 4
+    })
+    .await;
+    // Let the second trial be judged.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, a) = d.finish().await;
+    let seq: Vec<String> = lines_for(&a, &c.id)
+        .into_iter()
+        .filter(|v| matches!(v["decision"].as_str(), Some("taken" | "failed" | "breaker")))
+        .map(|v| match v["decision"].as_str().unwrap() {
+            "breaker" => format!(
+                "{}->{}({}{})",
+                v["from"].as_str().unwrap_or(""),
+                v["breaker"].as_str().unwrap_or(""),
+                v["reason"].as_str().unwrap_or(""),
+                v["wait_secs"]
+                    .as_f64()
+                    .map(|w| format!(", wait {w}s"))
+                    .unwrap_or_default()
+            ),
+            d => format!("{d}:{}", v["action"].as_str().unwrap_or("")),
+        })
+        .collect();
+    println!(
+        "flapping sequence from the audit log:\n  {}",
+        seq.join("\n  ")
+    );
+    let taken = count(&a, &c.id, "taken", None);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let docker_restarts = events.starts(&c.id) - 1;
+    println!("sentinel restarts {taken}, Docker-observed restarts {docker_restarts}");
+    assert_eq!(
+        taken, docker_restarts,
+        "every audited restart is one Docker saw, and no more"
+    );
+    // Transitions: CLOSED->OPEN after exactly 2 actions, then per HALF_OPEN exactly one trial,
+    // then OPEN again with a longer wait.
+    let mut waits = Vec::new();
+    let mut actions_since_half_open: Option<usize> = None;
+    let mut before_open = 0;
+    let mut opened = false;
+    for s in &seq {
+        if s.starts_with("taken") {
+            match actions_since_half_open.as_mut() {
+                Some(n) => *n += 1,
+                None if !opened => before_open += 1,
+                None => panic!("action while OPEN: {seq:?}"),
+            }
+        } else if s.contains("->OPEN") {
+            if let Some(n) = actions_since_half_open.take() {
+                assert_eq!(n, 1, "exactly one trial per HALF_OPEN: {seq:?}");
+            }
+            opened = true;
+            let w: f64 = s
+                .rsplit("wait ")
+                .next()
+                .unwrap()
+                .trim_end_matches("s)")
+                .parse()
+                .unwrap();
+            waits.push(w);
+        } else if s.contains("->HALF_OPEN") {
+            actions_since_half_open = Some(0);
+        }
+    }
+    assert_eq!(before_open, 2, "threshold 2: {seq:?}");
+    assert!(waits.len() >= 2, "{seq:?}");
+    assert!(
+        waits.windows(2).all(|w| w[1] > w[0]),
+        "waits must grow: {waits:?}"
+    );
+    assert!(
+        seq[..3].iter().any(|s| s.starts_with("CLOSED->OPEN")),
+        "{seq:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
+    if !sd::ensure() {
+        return;
+    }
+    let mut pd = sd::PrivateDockerd::start().expect("private dockerd");
+    let label = unique("sentinel.test.down");
+    let mut cfg = base_cfg(&label);
+    cfg.docker_host = Some(pd.host());
+    cfg.rules.push(RuleConfig {
+        name: "cpu".into(),
+        trigger: Trigger::Anomaly {
+            signal: "cpu".into(),
+            intervals: 1,
+        },
+        ..RuleConfig::autoheal()
+    });
+    let interval = Duration::from_millis(500);
+    let d = drive(cfg, interval);
+    d.wait("docker up", Duration::from_secs(20), |d| {
+        d.snapshot().is_some_and(|s| s.docker == DockerState::Up)
+    })
+    .await;
+    let t_stop = Instant::now();
+    pd.stop();
+    d.wait("monitor_only", Duration::from_secs(10), |d| {
+        d.snapshot()
+            .is_some_and(|s| s.docker == DockerState::MonitorOnly)
+    })
+    .await;
+    let took = t_stop.elapsed();
+    println!(
+        "monitor_only {:.2} s after dockerd exited",
+        took.as_secs_f64()
+    );
+    // An action falls due while Docker is away: audited as skipped, once.
+    d.anomalies.lock().unwrap().push(ContainerAnomaly {
+        container_id: "0123456789ab".into(),
+        signal: "cpu".into(),
+        score: 9.0,
+    });
+    tokio::time::sleep(interval * 6).await;
+    let a = d.audit();
+    assert_eq!(
+        count(&a, "0123456789ab", "skipped", Some("docker_unreachable")),
+        1,
+        "{a:?}"
+    );
+    d.anomalies.lock().unwrap().clear();
+    pd.restart().expect("dockerd back");
+    d.wait("docker up again", Duration::from_secs(20), |d| {
+        d.snapshot().is_some_and(|s| s.docker == DockerState::Up)
+    })
+    .await;
+    let (_, a) = d.finish().await;
+    let docker_lines: Vec<&str> = a
+        .iter()
+        .filter(|v| v["decision"] == "docker")
+        .map(|v| v["reason"].as_str().unwrap())
+        .collect();
+    println!(
+        "docker transitions in the audit: {docker_lines:?}; dockerd log lines {}",
+        pd.log().lines().count()
+    );
+    assert_eq!(
+        docker_lines,
+        ["reachable", "unreachable", "reachable"],
+        "once per transition"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_missing_at_start_is_monitor_only_with_one_line() {
+    // No Docker needed: the endpoint does not exist (D1).
+    let mut cfg = base_cfg("sentinel.test.missing");
+    cfg.docker_host = Some("unix:///nonexistent/sentinel-test/docker.sock".into());
+    let d = drive(cfg, Duration::from_millis(200));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = d.snapshot().unwrap();
+    assert_eq!(s.docker, DockerState::MonitorOnly);
+    assert!(
+        s.docker_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("/nonexistent/sentinel-test")
+    );
+    assert!(
+        s.counters.docker_reconnects >= 2,
+        "retries: {}",
+        s.counters.docker_reconnects
+    );
+    let (_, a) = d.finish().await;
+    let unreachable = a.iter().filter(|v| v["decision"] == "docker").count();
+    assert_eq!(unreachable, 1, "exactly one unreachable line: {a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_removed_during_restart_is_a_clean_failure() {
+    if !sd::ensure() {
+        return;
+    }
+    let label = unique("sentinel.test.gone");
+    let mut cfg = base_cfg(&label);
+    // PID 1 ignores SIGTERM: the restart sits in its 10 s stop time-out.
+    cfg.rules[0].action = ActionConfig::Restart {
+        stop_timeout_secs: 10,
+    };
+    let d = drive(cfg, Duration::from_millis(500));
+    let opt_in = format!("{label}=true");
+    let mut extra = vec!["--label", opt_in.as_str()];
+    extra.extend_from_slice(HEALTH);
+    let c = Container::run(
+        &unique("heal-gone"),
+        &extra,
+        IMAGE,
+        &["sh", "-c", "sleep 100000"],
+    );
+    d.wait("restart in flight", Duration::from_secs(20), |d| {
+        count(&d.audit(), &c.id, "intent", None) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sd::docker_ok(&["rm", "-f", &c.id]);
+    d.wait("failed line", Duration::from_secs(20), |d| {
+        count(&d.audit(), &c.id, "failed", None) == 1
+    })
+    .await;
+    let a = d.audit();
+    let f = lines_for(&a, &c.id)
+        .into_iter()
+        .find(|v| v["decision"] == "failed")
+        .unwrap()
+        .clone();
+    println!("audit: {f}");
+    assert!(
+        matches!(f["reason"].as_str(), Some("container_gone" | "api_error")),
+        "{f}"
+    );
+    let err = f["error"].as_str().unwrap();
+    assert!(
+        err.contains("breaker failures in window: 1"),
+        "breaker counted a failure: {err}"
+    );
+    assert!(err.len() > 40, "Docker's message kept: {err}");
+    // State for the id is dropped once Docker reports it destroyed.
+    d.wait("state dropped", Duration::from_secs(5), |d| {
+        d.snapshot()
+            .is_some_and(|s| s.breakers.iter().all(|b| b.container_id != c.id))
+    })
+    .await;
+    let (e, _) = d.finish().await;
+    assert_eq!(e.tracked_containers(), 0);
+}
+
+fn anomaly_exec_cfg(label: &str, cmd: &[&str], timeout: f64) -> HealConfig {
+    let mut cfg = base_cfg(label);
+    cfg.action_timeout_secs = timeout;
+    cfg.max_concurrent_actions = 1;
+    cfg.rules = vec![RuleConfig {
+        name: "exec-on-anomaly".into(),
+        trigger: Trigger::Anomaly {
+            signal: "cpu".into(),
+            intervals: 2,
+        },
+        action: ActionConfig::Exec {
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        },
+        ..RuleConfig::autoheal()
+    }];
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_action_records_exit_code() {
+    if !sd::ensure() {
+        return;
+    }
+    let label = unique("sentinel.test.exec");
+    let cfg = anomaly_exec_cfg(&label, &["sh", "-c", "touch /tmp/healed; exit 7"], 10.0);
+    let d = drive(cfg, Duration::from_millis(300));
+    let opt_in = format!("{label}=true");
+    let c = Container::run(
+        &unique("heal-exec"),
+        &["--label", &opt_in],
+        IMAGE,
+        HEALTHY_CMD,
+    );
+    d.anomalies.lock().unwrap().push(ContainerAnomaly {
+        container_id: c.id.clone(),
+        signal: "cpu".into(),
+        score: 5.0,
+    });
+    d.wait("exec outcome", Duration::from_secs(20), |d| {
+        count(&d.audit(), &c.id, "failed", None) >= 1
+    })
+    .await;
+    d.anomalies.lock().unwrap().clear();
+    let (_, a) = d.finish().await;
+    let f = lines_for(&a, &c.id)
+        .into_iter()
+        .find(|v| v["decision"] == "failed")
+        .unwrap()
+        .clone();
+    println!("audit: {f}");
+    assert_eq!(f["exit_code"], 7);
+    assert_eq!(f["reason"], "exec_exit_nonzero");
+    assert_eq!(f["action"], "exec");
+    assert!(
+        c.exec(&["test", "-f", "/tmp/healed"]).status.success(),
+        "the command ran inside"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_action_is_cut_off_and_permit_returned() {
+    if !sd::ensure() {
+        return;
+    }
+    let label = unique("sentinel.test.hang");
+    let timeout = 1.5;
+    let (hang_name, next_name) = (unique("heal-hang"), unique("heal-hang-next"));
+    // One permit; the first container's action hangs, the second's must still run after it.
+    let mut cfg = anomaly_exec_cfg(&label, &["sleep", "600"], timeout);
+    cfg.rules[0].selector.names = vec![hang_name.clone()];
+    let mut next_rule = anomaly_exec_cfg(&label, &["true"], timeout).rules.remove(0);
+    next_rule.name = "exec-next".into();
+    next_rule.selector.names = vec![next_name.clone()];
+    cfg.rules.push(next_rule);
+    let d = drive(cfg, Duration::from_millis(300));
+    let opt_in = format!("{label}=true");
+    let c = Container::run(&hang_name, &["--label", &opt_in], IMAGE, HEALTHY_CMD);
+    let c2 = Container::run(&next_name, &["--label", &opt_in], IMAGE, HEALTHY_CMD);
+    d.anomalies.lock().unwrap().push(ContainerAnomaly {
+        container_id: c.id.clone(),
+        signal: "cpu".into(),
+        score: 5.0,
+    });
+    d.wait("time-out line", Duration::from_secs(20), |d| {
+        count(&d.audit(), &c.id, "failed", Some("timeout")) == 1
+    })
+    .await;
+    let t_cut = Instant::now();
+    let a = d.audit();
+    let f = lines_for(&a, &c.id)
+        .into_iter()
+        .find(|v| v["reason"] == "timeout")
+        .unwrap()
+        .clone();
+    println!("audit: {f}");
+    let ms = f["duration_ms"].as_u64().unwrap() as f64;
+    assert!(
+        ms >= timeout * 1000.0 - 50.0 && ms <= timeout * 1000.0 + 1000.0,
+        "{ms} ms"
+    );
+    d.wait("permit back", Duration::from_secs(1), |d| {
+        d.snapshot()
+            .is_some_and(|s| s.permits_available == s.permits_total && s.in_flight == 0)
+    })
+    .await;
+    println!(
+        "permit available again {:.0} ms after the time-out line was read",
+        t_cut.elapsed().as_secs_f64() * 1000.0
+    );
+    // The next due action proceeds on the single permit.
+    d.anomalies.lock().unwrap().push(ContainerAnomaly {
+        container_id: c2.id.clone(),
+        signal: "cpu".into(),
+        score: 5.0,
+    });
+    d.wait("next action", Duration::from_secs(20), |d| {
+        count(&d.audit(), &c2.id, "taken", None) == 1
+    })
+    .await;
+    let (_, a) = d.finish().await;
+    let t = lines_for(&a, &c2.id)
+        .into_iter()
+        .find(|v| v["decision"] == "taken")
+        .unwrap()
+        .clone();
+    assert_eq!(t["exit_code"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn died_trigger_respects_operator_stop_and_restart_policy() {
+    if !sd::ensure() {
+        return;
+    }
+    let label = unique("sentinel.test.died");
+    let mut cfg = base_cfg(&label);
+    cfg.rules = vec![RuleConfig {
+        name: "died".into(),
+        trigger: Trigger::Died { oom_only: false },
+        action: ActionConfig::Start,
+        ..RuleConfig::autoheal()
+    }];
+    let d = drive(cfg, Duration::from_millis(300));
+    let events = sd::StartEvents::record();
+    let opt_in = format!("{label}=true");
+    let crash = &["sh", "-c", "sleep 1; exit 3"];
+    // Dies by itself with exit 3, no restart policy: sentinel starts it (D-row "died").
+    let crasher = Container::run(
+        &unique("heal-died-crash"),
+        &["--label", &opt_in],
+        IMAGE,
+        crash,
+    );
+    // Docker's own policy brings it back: left to Docker (D6).
+    let policy = Container::run(
+        &unique("heal-died-policy"),
+        &["--label", &opt_in, "--restart", "on-failure:1000"],
+        IMAGE,
+        crash,
+    );
+    // Stopped by an operator (PID 1 ignores SIGTERM, so exit 137 after `stop -t 1`) (D5).
+    let stopped = Container::run(
+        &unique("heal-died-stopped"),
+        &["--label", &opt_in],
+        IMAGE,
+        &["sh", "-c", "sleep 100000"],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sd::docker_ok(&["stop", "-t", "1", &stopped.id]);
+    d.wait(
+        "crasher started by sentinel",
+        Duration::from_secs(20),
+        |d| count(&d.audit(), &crasher.id, "taken", None) >= 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, a) = d.finish().await;
+    let taken = lines_for(&a, &crasher.id)
+        .into_iter()
+        .find(|v| v["decision"] == "taken")
+        .unwrap()
+        .clone();
+    println!("crasher: {taken}");
+    assert_eq!(taken["action"], "start");
+    assert!(
+        events.starts(&crasher.id) >= 2,
+        "Docker saw sentinel's start"
+    );
+    assert_eq!(
+        count(&a, &policy.id, "intent", None),
+        0,
+        "{:?}",
+        lines_for(&a, &policy.id)
+    );
+    assert!(
+        count(
+            &a,
+            &policy.id,
+            "skipped",
+            Some("docker_restart_policy_active")
+        ) >= 1,
+        "{:?}",
+        lines_for(&a, &policy.id)
+    );
+    assert_eq!(count(&a, &stopped.id, "intent", None), 0);
+    assert_eq!(
+        count(&a, &stopped.id, "skipped", Some("stopped_by_operator")),
+        1,
+        "{:?}",
+        lines_for(&a, &stopped.id)
+    );
+    assert_eq!(
+        events.starts(&stopped.id),
+        1,
+        "operator-stopped container never started again"
+    );
+    assert_eq!(stopped.inspect("{{.State.Running}}"), "false");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_and_unwritable_audit_never_act() {
+    if !sd::ensure() {
+        return;
+    }
+    let label = unique("sentinel.test.dry");
+    let opt_in = format!("{label}=true");
+    let mut extra = vec!["--label", opt_in.as_str()];
+    extra.extend_from_slice(HEALTH);
+    let events = sd::StartEvents::record();
+    let c = Container::run(&unique("heal-dry"), &extra, IMAGE, SICK_CMD);
+    c.wait_health("unhealthy", Duration::from_secs(15)).unwrap();
+    // 1. --dry-run: decided and audited, not done.
+    let mut cfg = base_cfg(&label);
+    cfg.dry_run = true;
+    let d = drive(cfg, Duration::from_millis(300));
+    d.wait("dry_run line", Duration::from_secs(10), |d| {
+        count(&d.audit(), &c.id, "skipped", Some("dry_run")) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, a) = d.finish().await;
+    let dry = lines_for(&a, &c.id)
+        .into_iter()
+        .find(|v| v["reason"] == "dry_run")
+        .unwrap()
+        .clone();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(count(&a, &c.id, "intent", None), 0);
+    // 2. Audit log that cannot be written (/dev/full: every write fails): fail safe.
+    let d = drive_audit(
+        base_cfg(&label),
+        Duration::from_millis(300),
+        Some(PathBuf::from("/dev/full")),
+    );
+    d.wait("audit errors counted", Duration::from_secs(10), |d| {
+        d.snapshot()
+            .is_some_and(|s| s.counters.audit_write_errors > 0 && s.counters.not_recorded > 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (e, _) = d.finish().await;
+    let s = e.snapshot();
+    println!(
+        "unwritable audit: {} write errors, {} actions not taken",
+        s.counters.audit_write_errors, s.counters.not_recorded
+    );
+    assert_eq!(s.counters.actions_taken, 0);
+    assert_eq!(events.starts(&c.id), 1, "never restarted");
+    assert_eq!(c.inspect("{{.RestartCount}}"), "0");
+}

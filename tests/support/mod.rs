@@ -1,0 +1,50 @@
+//! Shared set-up for the privileged integration tests: privilege checks that fail under CI
+//! instead of skipping, a running `sentinel` process, network namespaces that clean up.
+#![allow(dead_code)] // each test binary uses a different part of the support code
+
+pub mod docker;
+pub mod netns;
+pub mod sentinel;
+
+/// True when the environment can run privileged tests. Under `CI=true` a missing requirement is
+/// a failure, never a skip; elsewhere the test is skipped with a loud message.
+pub fn require_root(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    if root && btf {
+        return true;
+    }
+    let why = if !root {
+        "not running as root"
+    } else {
+        "no kernel BTF at /sys/kernel/btf/vmlinux"
+    };
+    if in_ci() {
+        panic!("{test}: {why}, and CI=true: privileged tests must run in CI");
+    }
+    eprintln!("\n*** SKIPPED {test}: {why} (privileged test; it runs in CI) ***\n");
+    false
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Root and the tools are required: fail under `CI=true`, skip loudly elsewhere.
+/// Returns false when the caller should return early (skip).
+pub fn require(what: &str, ok: bool, why: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if in_ci() {
+        panic!("CI=true and {what} is unavailable: {why}");
+    }
+    eprintln!(
+        "\n*** SKIPPED: {what} unavailable: {why} (set CI=true to make this a failure) ***\n"
+    );
+    false
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

@@ -12,7 +12,9 @@ fn series() -> Vec<f64> {
     (0..N as u64)
         .map(|i| {
             let h = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % 1000;
-            100.0 + 10.0 * (i as f64 * 0.02).sin() + h as f64 / 100.0
+            100.0
+                + 10.0 * (i as f64 * 0.02).sin()
+                + h as f64 / 100.0
                 + if i % 5000 == 0 { 80.0 } else { 0.0 }
         })
         .collect()

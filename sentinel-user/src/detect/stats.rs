@@ -68,7 +68,11 @@ impl StatParams {
             level_bits: 32 - (c.novelty_levels - 1).leading_zeros(),
             ctx_mask: {
                 let bits = (32 - (c.novelty_levels - 1).leading_zeros()) * c.novelty_context;
-                if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 }
+                if bits >= 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << bits) - 1
+                }
             },
         }
     }
@@ -147,7 +151,7 @@ impl Novelty {
         let seen = self.counts[slot];
         self.counts[slot] = seen.saturating_add(1);
         self.blocks += 1;
-        if self.blocks % NOVELTY_DECAY_BLOCKS == 0 {
+        if self.blocks.is_multiple_of(NOVELTY_DECAY_BLOCKS) {
             for c in self.counts.iter_mut() {
                 *c /= 2;
             }

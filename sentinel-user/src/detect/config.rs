@@ -85,6 +85,10 @@ pub struct DetectConfig {
     pub clear_after: u32,
     /// Maximum number of series with detector state; further series are counted, not tracked.
     pub max_series: u32,
+    /// A series not observed for this many intervals (a container that went away) is dropped
+    /// with its state, so memory stays bounded under container churn; an event still open
+    /// for it is cleared.
+    pub series_ttl: u32,
 }
 
 impl Default for DetectConfig {
@@ -120,6 +124,7 @@ impl Default for DetectConfig {
             raise_after: 2,
             clear_after: 10,
             max_series: 4096,
+            series_ttl: 300,
         }
     }
 }
@@ -176,6 +181,7 @@ impl DetectConfig {
         check_u("raise_after", self.raise_after, 1, 100_000)?;
         check_u("clear_after", self.clear_after, 1, 100_000)?;
         check_u("max_series", self.max_series, 1, 10_000_000)?;
+        check_u("series_ttl", self.series_ttl, 1, 10_000_000)?;
         if self.shingle >= self.train_window {
             return Err(format!(
                 "detect.shingle = {} must be smaller than detect.train_window = {}",

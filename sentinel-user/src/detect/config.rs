@@ -9,12 +9,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DetectorKind {
-    /// Robust statistical detector only.
+    /// Robust statistical detector only (the default: on NAB it scores the same as
+    /// `combined` at a fraction of the cost, see DETECTION.md).
+    #[default]
     Statistical,
     /// Learned detector only (while it has no model the statistical one stands in, visibly).
     Learned,
-    /// Both, fused into one score.
-    #[default]
+    /// Both, fused into one score (the maximum of the two calibrated scores).
     Combined,
 }
 
@@ -95,20 +96,20 @@ impl Default for DetectConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            detector: DetectorKind::Combined,
+            detector: DetectorKind::Statistical,
             warmup: 150,
             fast_window: 5,
             slow_window: 300,
             short_window: 10,
-            long_window: 2000,
+            long_window: 20_000,
             spread_floor: 0.1,
             scale_floor: 0.01,
             range_z: 3.0,
             pot_threshold: 1.5,
             prior_rate: 0.01,
-            arm_level: 0.5,
+            arm_level: 0.3,
             refractory: 200,
-            rearm_margin: 0.25,
+            rearm_margin: 0.05,
             novelty: true,
             novelty_block: 4,
             novelty_levels: 8,

@@ -70,6 +70,8 @@ pub struct SeriesDetector {
     level: f64,
     /// The fallback was logged (once per episode, not per row).
     fallback_logged: bool,
+    /// Fallback log lines emitted so far (for tests and status).
+    fallback_logs: u32,
 }
 
 impl SeriesDetector {
@@ -88,7 +90,13 @@ impl SeriesDetector {
             state: SeriesState::WarmingUp,
             level: 0.0,
             fallback_logged: false,
+            fallback_logs: 0,
         }
+    }
+
+    /// How many times the fallback was logged: once per fallback episode.
+    pub fn fallback_logs(&self) -> u32 {
+        self.fallback_logs
     }
 
     pub fn state(&self) -> SeriesState {
@@ -174,6 +182,7 @@ impl SeriesDetector {
             return;
         }
         self.fallback_logged = true;
+        self.fallback_logs = self.fallback_logs.saturating_add(1);
         match status {
             LearnedStatus::Unavailable(reason) => tracing::warn!(
                 series = name,
@@ -595,40 +604,58 @@ mod tests {
         iv
     }
 
+    /// Both detectors (the default is the statistical one alone, see DETECTION.md).
+    fn combined() -> DetectConfig {
+        DetectConfig {
+            detector: DetectorKind::Combined,
+            ..DetectConfig::default()
+        }
+    }
+
     fn inline_engine(cfg: DetectConfig) -> DetectionEngine {
         DetectionEngine::with_trainer(cfg, Trainer::Inline)
     }
 
     #[test]
     fn warm_up_never_raises_even_on_wild_input() {
-        let cfg = DetectConfig {
-            raise_after: 1,
-            ..DetectConfig::default()
-        };
-        let mut e = inline_engine(cfg.clone());
-        for i in 0..u64::from(cfg.warmup) {
-            // Alternating extremes would alarm immediately on a ready detector.
-            let cpu = if i % 2 == 0 { 0.0 } else { 1e9 };
-            assert!(e.observe_interval(&interval(i, cpu)).is_empty(), "row {i}");
-            assert!(
-                e.series_states()
-                    .all(|(_, s, score)| s == SeriesState::WarmingUp && score == 0.0)
-            );
-        }
-        // And a series detector never raises or scores before it is ready.
-        let p = Params::new(&cfg);
-        let mut d = SeriesDetector::new(&p);
-        for i in 0..u64::from(cfg.warmup) {
-            let s = d.update(
-                &p,
-                &Trainer::Inline,
-                "x",
-                if i % 3 == 0 { -1e12 } else { 5.0 },
-            );
-            assert_eq!(
-                (s.score, s.level, s.event, s.state),
-                (0.0, 0.0, None, SeriesState::WarmingUp)
-            );
+        // Every detector kind, including the learned one alone (FAULT-MATRIX M1: the learned
+        // detector is never consulted before it is warm).
+        for kind in [
+            DetectorKind::Statistical,
+            DetectorKind::Learned,
+            DetectorKind::Combined,
+        ] {
+            let cfg = DetectConfig {
+                raise_after: 1,
+                detector: kind,
+                ..DetectConfig::default()
+            };
+            let mut e = inline_engine(cfg.clone());
+            for i in 0..u64::from(cfg.warmup) {
+                // Alternating extremes would alarm immediately on a ready detector.
+                let cpu = if i % 2 == 0 { 0.0 } else { 1e9 };
+                assert!(e.observe_interval(&interval(i, cpu)).is_empty(), "row {i}");
+                assert!(
+                    e.series_states()
+                        .all(|(_, s, score)| s == SeriesState::WarmingUp && score == 0.0)
+                );
+            }
+            // And a series detector never raises or scores before it is ready.
+            let p = Params::new(&cfg);
+            let mut d = SeriesDetector::new(&p);
+            for i in 0..u64::from(cfg.warmup) {
+                let s = d.update(
+                    &p,
+                    &Trainer::Inline,
+                    "x",
+                    if i % 3 == 0 { -1e12 } else { 5.0 },
+                );
+                assert_eq!(
+                    (s.score, s.level, s.event, s.state),
+                    (0.0, 0.0, None, SeriesState::WarmingUp),
+                    "{kind:?}"
+                );
+            }
         }
     }
 
@@ -636,7 +663,7 @@ mod tests {
     fn learned_fallback_is_visible() {
         // A constant series cannot train an isolation forest: the learned detector is
         // unavailable and the series reports `fallback`, scored by the statistical detector.
-        let p = Params::new(&DetectConfig::default());
+        let p = Params::new(&combined());
         let mut d = SeriesDetector::new(&p);
         let mut last = None;
         for _ in 0..3000 {
@@ -644,6 +671,8 @@ mod tests {
         }
         assert_eq!(last.unwrap().state, SeriesState::Fallback);
         assert_eq!(d.state().as_str(), "fallback");
+        // Logged once, not once per row.
+        assert_eq!(d.fallback_logs(), 1);
         let l = d.learned.as_ref().unwrap();
         assert!(matches!(l.status(&p.forest), LearnedStatus::Unavailable(_)));
 
@@ -667,7 +696,7 @@ mod tests {
 
     #[test]
     fn background_trainer_swaps_a_model_in() {
-        let p = Params::new(&DetectConfig::default());
+        let p = Params::new(&combined());
         let trainer = Trainer::background().unwrap();
         let mut d = SeriesDetector::new(&p);
         let mut i = 0;
@@ -738,7 +767,7 @@ mod tests {
             "{}",
             std::mem::size_of::<StatDetector>()
         );
-        let p = Params::new(&DetectConfig::default());
+        let p = Params::new(&combined());
         let mut d = SeriesDetector::new(&p);
         let ring = |d: &SeriesDetector| d.learned.as_ref().map(|l| l.ring_capacity());
         let before = ring(&d);

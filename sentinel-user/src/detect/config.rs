@@ -227,4 +227,19 @@ mod tests {
         assert_eq!(c.refractory, DetectConfig::default().refractory);
         assert!(serde_json::from_str::<DetectConfig>(r#"{"warmpu": 7}"#).is_err());
     }
+
+    #[test]
+    fn documented_example_is_the_defaults() {
+        // DETECTION.md shows the `[detect]` table; it must parse (deny_unknown_fields) to
+        // exactly the defaults, so the documentation cannot drift.
+        #[derive(Deserialize)]
+        struct File {
+            detect: DetectConfig,
+        }
+        let doc = include_str!("../../../DETECTION.md");
+        let start = doc.find("```toml\n[detect]").expect("toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("end of block");
+        let f: File = toml::from_str(&doc[start..end]).unwrap();
+        assert_eq!(f.detect, DetectConfig::default());
+    }
 }

@@ -96,7 +96,11 @@ impl Analysis {
             for event in &events {
                 match event.kind {
                     EventKind::Raised => {
-                        if let Some(id) = container_id_of(iv, &event.series) {
+                        let id = event
+                            .container_id
+                            .clone()
+                            .or_else(|| container_id_of(iv, &event.series));
+                        if let Some(id) = id {
                             self.open_ids.insert(event.series.clone(), id);
                         }
                         self.open.insert(event.series.clone(), event.clone());
@@ -128,10 +132,9 @@ impl Analysis {
                 .iter()
                 .filter_map(|(series, event)| {
                     let id = self.open_ids.get(series)?;
-                    let (_, signal) = series.rsplit_once('.')?;
                     Some(ContainerAnomaly {
                         container_id: id.clone(),
-                        signal: signal.to_string(),
+                        signal: event.signal.clone(),
                         score: event.score,
                     })
                 })

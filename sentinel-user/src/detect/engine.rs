@@ -604,7 +604,7 @@ mod tests {
         iv
     }
 
-    /// Both detectors (the default is the statistical one alone, see DETECTION.md).
+    /// Both detectors (explicitly, whatever the default).
     fn combined() -> DetectConfig {
         DetectConfig {
             detector: DetectorKind::Combined,

@@ -4,7 +4,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sentinel::detect::{DetectConfig, DetectorKind, Params, SeriesDetector, Trainer};
+use sentinel::detect::{
+    DetectConfig, DetectionEngine, DetectorKind, Params, SeriesDetector, Trainer,
+};
+use sentinel::model::{ContainerDelta, Interval};
 
 const N: usize = 100_000;
 
@@ -45,6 +48,55 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    // The daemon's path: one interval of 5 host series and 50 containers x 6 signals (305
+    // series), statistical detector (the learned one's training runs off this thread).
+    const ROUNDS: u64 = 1000;
+    let ivs: Vec<Interval> = (0..ROUNDS)
+        .map(|i| {
+            let mut iv = Interval {
+                ts: format!("t{i}"),
+                seq: i,
+                ..Interval::default()
+            };
+            iv.counters
+                .insert("sched_switch".into(), Some(1000 + i % 7));
+            iv.system.cpu_percent = data[i as usize];
+            for k in 0..50u64 {
+                let mut c = ContainerDelta {
+                    id: format!("{k:064x}"),
+                    name: format!("c{k}"),
+                    cpu_percent: data[(i * 7 + k) as usize % N],
+                    tcp_retransmits: (i + k) % 3,
+                    ..ContainerDelta::default()
+                };
+                c.runqueue_latency_us.p99 = data[(i * 13 + k) as usize % N] / 4.0;
+                c.runqueue_latency_us.count = 10;
+                iv.containers.push(c);
+            }
+            iv
+        })
+        .collect();
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(ROUNDS * 305));
+    g.sample_size(10);
+    g.bench_function("observe_interval_305_series", |b| {
+        b.iter(|| {
+            let mut e = DetectionEngine::with_trainer(
+                DetectConfig {
+                    detector: DetectorKind::Statistical,
+                    ..DetectConfig::default()
+                },
+                Trainer::Inline,
+            );
+            let mut n = 0;
+            for iv in &ivs {
+                n += e.observe_interval(black_box(iv)).len();
+            }
+            n
+        })
+    });
     g.finish();
 }
 

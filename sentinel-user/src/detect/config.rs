@@ -9,13 +9,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DetectorKind {
-    /// Robust statistical detector only (the default: on NAB it scores the same as
-    /// `combined` at a fraction of the cost, see DETECTION.md).
-    #[default]
+    /// Robust statistical detector only.
     Statistical,
     /// Learned detector only (while it has no model the statistical one stands in, visibly).
     Learned,
-    /// Both, fused into one score (the maximum of the two calibrated scores).
+    /// Both, fused into one score (the maximum of the two calibrated scores); the default,
+    /// best on NAB (see DETECTION.md).
+    #[default]
     Combined,
 }
 
@@ -68,6 +68,9 @@ pub struct DetectConfig {
     pub shingle: u32,
     /// Block means of history kept for training the learned detector (ring buffer).
     pub train_window: u32,
+    /// Exceedance threshold of the learned detector's calibration, in ln(1 + z) of the
+    /// standardised isolation score.
+    pub learned_threshold: f64,
     /// Retrain the learned model every this many rows.
     pub retrain_every: u32,
     /// Trees in the isolation forest.
@@ -96,7 +99,7 @@ impl Default for DetectConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            detector: DetectorKind::Statistical,
+            detector: DetectorKind::Combined,
             warmup: 150,
             fast_window: 5,
             slow_window: 300,
@@ -117,6 +120,7 @@ impl Default for DetectConfig {
             downsample: 4,
             shingle: 8,
             train_window: 256,
+            learned_threshold: 1.3,
             retrain_every: 256,
             trees: 32,
             tree_sample: 64,
@@ -175,6 +179,7 @@ impl DetectConfig {
         check_u("downsample", self.downsample, 1, 10_000)?;
         check_u("shingle", self.shingle, 1, 64)?;
         check_u("train_window", self.train_window, 16, 65_536)?;
+        check_f("learned_threshold", self.learned_threshold, 0.0, 100.0)?;
         check_u("retrain_every", self.retrain_every, 1, 10_000_000)?;
         check_u("trees", self.trees, 1, 1024)?;
         check_u("tree_sample", self.tree_sample, 4, 4096)?;

@@ -108,6 +108,11 @@ impl SeriesDetector {
         self.level
     }
 
+    /// Finite values observed so far.
+    pub fn seen(&self) -> u64 {
+        self.stat.seen()
+    }
+
     /// Whether an event is currently raised for this series.
     pub fn active(&self) -> bool {
         self.hyst.active()
@@ -384,6 +389,22 @@ fn for_each_series(iv: &Interval, mut f: impl FnMut(Obs<'_>)) {
     }
 }
 
+/// What the engine knows about one series (see [`DetectionEngine::series_detail`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct SeriesInfo<'a> {
+    pub name: &'a str,
+    pub signal: &'a str,
+    pub container_id: Option<&'a str>,
+    pub state: SeriesState,
+    /// Last fused score.
+    pub score: f64,
+    /// Values observed so far, and the count needed before the series is ready.
+    pub seen: u64,
+    pub warmup: u64,
+    /// An event is open.
+    pub active: bool,
+}
+
 /// One tracked series.
 #[derive(Debug)]
 struct Tracked {
@@ -545,6 +566,22 @@ impl DetectionEngine {
             .map(|(name, t)| (name.as_str(), t.det.state(), t.det.level()))
     }
 
+    /// Every tracked series with its warm-up progress (`seen` of `warmup` values, for a
+    /// `warming (n/W)` status), sorted by name.
+    pub fn series_detail(&self) -> impl Iterator<Item = SeriesInfo<'_>> + '_ {
+        let warmup = self.params.warmup;
+        self.series.iter().map(move |(name, t)| SeriesInfo {
+            name,
+            signal: &t.signal,
+            container_id: t.container_id.as_deref(),
+            state: t.det.state(),
+            score: t.det.level(),
+            seen: t.det.seen(),
+            warmup,
+            active: t.det.active(),
+        })
+    }
+
     /// Life-cycle counts and open events, as the interval output carries them.
     pub fn summary(&self) -> DetectionSummary {
         let mut s = DetectionSummary {
@@ -604,7 +641,7 @@ mod tests {
         iv
     }
 
-    /// Both detectors (the default is the statistical one alone, see DETECTION.md).
+    /// Both detectors (explicitly, whatever the default).
     fn combined() -> DetectConfig {
         DetectConfig {
             detector: DetectorKind::Combined,
@@ -639,6 +676,12 @@ mod tests {
                     e.series_states()
                         .all(|(_, s, score)| s == SeriesState::WarmingUp && score == 0.0)
                 );
+                // Progress is visible as `warming (n/W)`.
+                let cpu = e
+                    .series_detail()
+                    .find(|s| s.name == "system.cpu_percent")
+                    .unwrap();
+                assert_eq!((cpu.seen, cpu.warmup), (i + 1, u64::from(cfg.warmup)));
             }
             // And a series detector never raises or scores before it is ready.
             let p = Params::new(&cfg);

@@ -17,6 +17,8 @@ pub mod lifecycle;
 pub mod stats;
 
 pub use config::{DetectConfig, DetectorKind};
-pub use engine::{AnomalyEvent, DetectionEngine, Params, SeriesDetector, Severity, Step};
+pub use engine::{
+    AnomalyEvent, DetectionEngine, Params, SeriesDetector, SeriesInfo, Severity, Step,
+};
 pub use learned::Trainer;
 pub use lifecycle::{EventKind, SeriesState};

@@ -57,6 +57,26 @@ pub const FLOORS: &[(&str, &str, &str, &str)] = &[
     ("snt_floor_rwk", "raw_tp", "sched", "sched_wakeup"),
     ("snt_floor_csw", "tracepoint", "sched", "sched_switch"),
     ("snt_floor_cwk", "tracepoint", "sched", "sched_wakeup"),
+    // Cost decomposition (see sentinel-ebpf/src/floor.rs); never part of the floor contender.
+    ("snt_floor_wkts", "tp_btf + clock", "sched", "sched_wakeup"),
+    (
+        "snt_floor_wkhash",
+        "tp_btf + clock + hash insert",
+        "sched",
+        "sched_wakeup",
+    ),
+    (
+        "snt_floor_swhash",
+        "tp_btf + clock + hash lookup/delete",
+        "sched",
+        "sched_switch",
+    ),
+    (
+        "snt_floor_swpcpu",
+        "tp_btf + per-container entry + 2 atomic adds",
+        "sched",
+        "sched_switch",
+    ),
 ];
 
 pub struct Running {

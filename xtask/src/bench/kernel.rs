@@ -169,6 +169,25 @@ pub fn per_event(ctx: &mut Ctx) -> Result<()> {
             cell("tracepoint")
         )?;
     }
+    writeln!(
+        s,
+        "\n### Where the time goes: the floor plus one ingredient\n\n| hook | program | runs | ns/run | minus floor (ns) |\n|---|---|---:|---:|---:|"
+    )?;
+    for f in FLOORS.iter().filter(|f| f.1.starts_with("tp_btf +")) {
+        let base = FLOORS
+            .iter()
+            .find(|b| b.1 == "tp_btf" && b.3 == f.3)
+            .and_then(|b| floor_id(b.0))
+            .and_then(per_run);
+        if let Some((n, ns)) = floor_id(f.0).and_then(per_run) {
+            let extra = base.map_or("-".into(), |(_, b)| format!("{:.1}", ns - b));
+            writeln!(
+                s,
+                "| {} | {} ({}) | {n} | {ns:.1} | {extra} |",
+                f.3, f.1, f.0
+            )?;
+        }
+    }
     writeln!(s)?;
     drop(floor_running);
     ctx.section(&s);

@@ -2,9 +2,10 @@
 //! 4096 interfaces on C CPUs, every value changed since the previous drain (the worst case).
 //! The kernel half, reading the maps, is measured on the real daemon by `cargo xtask bench`.
 //!
-//! `cargo bench -p sentinel-user --bench drain`; the time is per drain.
+//! `cargo bench -p sentinel-user --bench drain`; the time is the thread's CPU time per drain,
+//! not wall time, so a busy machine (other jobs preempting the bench) does not inflate it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sentinel::collect::drain::{CONTAINER_FIELDS, Drain, RawSnapshot};
@@ -73,16 +74,22 @@ fn drain(c: &mut Criterion) {
                 let mut drain = Drain::new();
                 drain.apply(&snaps[0]);
                 b.iter_custom(|iters| {
-                    let start = Instant::now();
+                    let start = thread_cpu_time();
                     for i in 0..iters {
                         std::hint::black_box(drain.apply(&snaps[(i as usize + 1) % 2]));
                     }
-                    start.elapsed()
+                    thread_cpu_time().saturating_sub(start)
                 });
             });
         }
     }
     group.finish();
+}
+
+fn thread_cpu_time() -> Duration {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .expect("CLOCK_THREAD_CPUTIME_ID is always available on Linux");
+    Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
 }
 
 criterion_group! {

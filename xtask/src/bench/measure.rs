@@ -11,7 +11,7 @@ use super::{
     Ctx,
     contenders::{self, Kind},
     loadavg, median, min_max,
-    workers::{WORKLOADS, Workload},
+    workers::{Timing, WORKLOADS, Workload},
 };
 
 const CONTENDERS: [Kind; 4] = [
@@ -24,8 +24,8 @@ const CONTENDERS: [Kind; 4] = [
 struct Pair {
     kind: Kind,
     workload: Workload,
-    base: f64,
-    with: f64,
+    base: Timing,
+    with: Timing,
 }
 
 /// Interleaved: for each round and contender, every workload bare, then every workload with
@@ -42,7 +42,7 @@ pub fn slowdown(ctx: &mut Ctx, rounds: usize) -> Result<()> {
             loads.push(loadavg());
             let mut base = Vec::new();
             for w in WORKLOADS {
-                base.push(w.run(ctx)?.as_secs_f64());
+                base.push(w.run(ctx)?);
             }
             let running = match contenders::start(ctx, kind) {
                 Ok(r) => r,
@@ -55,14 +55,18 @@ pub fn slowdown(ctx: &mut Ctx, rounds: usize) -> Result<()> {
             // Let the contender's start-up work settle.
             std::thread::sleep(Duration::from_millis(500));
             for (i, w) in WORKLOADS.into_iter().enumerate() {
-                let with = w.run(ctx)?.as_secs_f64();
+                let with = w.run(ctx)?;
                 println!(
-                    "round {round} {:<38} {:<28} bare {:.3} s, with {:.3} s, ratio {:.3}",
+                    "round {round} {:<38} {:<28} wall {:.3} -> {:.3} s ({:.3}), cpu {:.3} -> {:.3} s ({:.3}), load {}",
                     kind.name(),
                     w.name(),
-                    base[i],
-                    with,
-                    with / base[i]
+                    base[i].wall,
+                    with.wall,
+                    with.wall / base[i].wall,
+                    base[i].cpu,
+                    with.cpu,
+                    with.cpu / base[i].cpu,
+                    loadavg()
                 );
                 pairs.push(Pair {
                     kind,
@@ -78,14 +82,14 @@ pub fn slowdown(ctx: &mut Ctx, rounds: usize) -> Result<()> {
     let mut s = String::new();
     writeln!(
         s,
-        "## Workload slowdown\n\n{rounds} interleaved rounds; in each, for each contender: every workload bare, then every workload with the contender running. Ratio = time with / time of the bare run just before (median of the paired ratios; min-max in brackets). Workloads pinned to CPU {}. Load average (1 min) over the part: {}.\n",
+        "## Workload slowdown\n\n{rounds} interleaved rounds; in each, for each contender: every workload bare, then every workload with the contender running. Ratio = run with the contender / the bare run just before it; median of the paired ratios, min-max. Two clocks: the workload's CPU time (user + sys of its processes, getrusage; what the hooks add to the work, not inflated by other jobs holding the CPU) and its wall time (what a user feels on a quiet machine; on a busy one mostly noise). Workloads pinned to CPU {}. Load average (1 min) at each contender: {}.\n",
         super::workers::bench_cpu(),
         loads.join(" ")
     )?;
     for w in WORKLOADS {
         writeln!(
             s,
-            "### {} ({} {})\n\n| contender | bare median (s) | with median (s) | ratio median | ratio min-max |\n|---|---:|---:|---:|---:|",
+            "### {} ({} {})\n\n| contender | CPU bare (s) | CPU with (s) | CPU ratio | CPU ratio min-max | wall bare (s) | wall with (s) | wall ratio | wall ratio min-max |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             w.name(),
             w.size(ctx.smoke),
             w.unit()
@@ -98,20 +102,23 @@ pub fn slowdown(ctx: &mut Ctx, rounds: usize) -> Result<()> {
             if p.is_empty() {
                 continue;
             }
-            let base: Vec<f64> = p.iter().map(|p| p.base).collect();
-            let with: Vec<f64> = p.iter().map(|p| p.with).collect();
-            let ratios: Vec<f64> = p.iter().map(|p| p.with / p.base).collect();
-            let (lo, hi) = min_max(&ratios);
-            writeln!(
-                s,
-                "| {} | {:.3} | {:.3} | **{:.3}** | {:.3}-{:.3} |",
-                kind.name(),
-                median(&base),
-                median(&with),
-                median(&ratios),
-                lo,
-                hi
-            )?;
+            let mut row = format!("| {} |", kind.name());
+            for clock in [|t: &Timing| t.cpu, |t: &Timing| t.wall] {
+                let base: Vec<f64> = p.iter().map(|p| clock(&p.base)).collect();
+                let with: Vec<f64> = p.iter().map(|p| clock(&p.with)).collect();
+                let ratios: Vec<f64> = p.iter().map(|p| clock(&p.with) / clock(&p.base)).collect();
+                let (lo, hi) = min_max(&ratios);
+                write!(
+                    row,
+                    " {:.3} | {:.3} | **{:.3}** | {:.3}-{:.3} |",
+                    median(&base),
+                    median(&with),
+                    median(&ratios),
+                    lo,
+                    hi
+                )?;
+            }
+            writeln!(s, "{row}")?;
         }
         writeln!(s)?;
     }

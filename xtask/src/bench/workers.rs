@@ -33,14 +33,34 @@ pub fn bench_cpu() -> usize {
 }
 
 pub fn run(worker: Worker) -> Result<()> {
+    let cpu0 = cpu_ns();
     let elapsed = match worker {
         Worker::Pingpong { round_trips } => pingpong(round_trips)?,
         Worker::Pong => return pong(),
         Worker::Udp { datagrams } => udp(datagrams)?,
         Worker::Forkexec { count } => forkexec(count)?,
     };
+    // Includes the start-up before the clock runs (a few ms at most, the same for every run).
+    let cpu = cpu_ns().saturating_sub(cpu0);
     println!("elapsed_ns={}", elapsed.as_nanos());
+    println!("cpu_ns={cpu}");
     Ok(())
+}
+
+/// User + system CPU time of this process and its waited-for children (the pong process, the
+/// /bin/true runs): the work done, without the time spent waiting for a CPU held by others.
+fn cpu_ns() -> u64 {
+    let mut total = 0;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut ru) } == 0 {
+            for tv in [ru.ru_utime, ru.ru_stime] {
+                total += tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+            }
+        }
+    }
+    total
 }
 
 fn pingpong(round_trips: u64) -> Result<Duration> {
@@ -151,8 +171,8 @@ impl Workload {
         }
     }
 
-    /// Runs the workload once; its own wall time.
-    pub fn run(self, ctx: &super::Ctx) -> Result<Duration> {
+    /// Runs the workload once; its own wall time and CPU time.
+    pub fn run(self, ctx: &super::Ctx) -> Result<Timing> {
         let cpu = bench_cpu().to_string();
         let n = self.size(ctx.smoke).to_string();
         let mut cmd = match self {
@@ -182,13 +202,25 @@ impl Workload {
             bail!("the {} workload failed ({})", self.name(), out.status);
         }
         let text = String::from_utf8_lossy(&out.stdout);
-        let ns: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("elapsed_ns="))
-            .and_then(|v| v.trim().parse().ok())
-            .with_context(|| format!("the {} workload printed no time: {text}", self.name()))?;
-        Ok(Duration::from_nanos(ns))
+        let field = |name: &str| -> Result<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|ns| ns as f64 / 1e9)
+                .with_context(|| format!("the {} workload printed no {name}: {text}", self.name()))
+        };
+        Ok(Timing {
+            wall: field("elapsed_ns=")?,
+            cpu: field("cpu_ns=")?,
+        })
     }
+}
+
+/// Seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub wall: f64,
+    pub cpu: f64,
 }
 
 /// A network namespace of the bench's own, with loopback up; deleted on drop.

@@ -40,8 +40,12 @@ pub fn slowdown(ctx: &mut Ctx, rounds: usize) -> Result<()> {
                 continue;
             }
             loads.push(loadavg());
+            // The workload order rotates with the round, so no workload always runs right
+            // after the same one (or right after a contender stopped).
+            let mut order = WORKLOADS;
+            order.rotate_left(round % WORKLOADS.len());
             let mut base = Vec::new();
-            for w in WORKLOADS {
+            for w in order {
                 base.push(w.run(ctx)?);
             }
             let running = match contenders::start(ctx, kind) {
@@ -54,7 +58,7 @@ pub fn slowdown(ctx: &mut Ctx, rounds: usize) -> Result<()> {
             };
             // Let the contender's start-up work settle.
             std::thread::sleep(Duration::from_millis(500));
-            for (i, w) in WORKLOADS.into_iter().enumerate() {
+            for (i, w) in order.into_iter().enumerate() {
                 let with = w.run(ctx)?;
                 println!(
                     "round {round} {:<38} {:<28} wall {:.3} -> {:.3} s ({:.3}), cpu {:.3} -> {:.3} s ({:.3}), load {}",
@@ -82,7 +86,7 @@ pub fn slowdown(ctx: &mut Ctx, rounds: usize) -> Result<()> {
     let mut s = String::new();
     writeln!(
         s,
-        "## Workload slowdown\n\n{rounds} interleaved rounds; in each, for each contender: every workload bare, then every workload with the contender running. Ratio = run with the contender / the bare run just before it; median of the paired ratios, min-max. Two clocks: the workload's CPU time (user + sys of its processes, getrusage; what the hooks add to the work, not inflated by other jobs holding the CPU) and its wall time (what a user feels on a quiet machine; on a busy one mostly noise). Workloads pinned to CPU {}. Load average (1 min) at each contender: {}.\n",
+        "## Workload slowdown\n\n{rounds} interleaved rounds; in each, for each contender: every workload bare, then every workload with the contender running; the workload order rotates from round to round. Ratio = run with the contender / the bare run just before it; median of the paired ratios, min-max. Two clocks: the workload's CPU time (user + sys of its processes, getrusage; what the hooks add to the work, not inflated by other jobs holding the CPU) and its wall time (what a user feels on a quiet machine; on a busy one mostly noise). Workloads pinned to CPU {}. Load average (1 min) at each contender: {}.\n",
         super::workers::bench_cpu(),
         loads.join(" ")
     )?;

@@ -6,6 +6,7 @@
 #![no_main]
 
 mod container;
+mod floor;
 mod maps;
 mod net;
 mod sched;

@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask <command>`.
 
+mod bench;
 mod build_ebpf;
 mod nab;
 mod packages;
@@ -23,6 +24,8 @@ enum Command {
     Test(TestOptions),
     /// Replay the NAB corpus through every detector and score it.
     Nab(nab::NabArgs),
+    /// Measure sentinel's overhead (kernel, workloads, daemon, drain) against its peers.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::BuildEbpf(opts) => build_ebpf::run(&opts),
         Command::Test(opts) => test(&opts),
         Command::Nab(args) => nab::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

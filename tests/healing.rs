@@ -72,6 +72,8 @@ struct Driven {
     stop: watch::Sender<bool>,
     snap: watch::Receiver<Option<HealSnapshot>>,
     anomalies: Arc<Mutex<Vec<ContainerAnomaly>>>,
+    /// When each `on_interval` call started (the caller's cadence, D3).
+    interval_starts: Arc<Mutex<Vec<Instant>>>,
     handle: tokio::task::JoinHandle<HealEngine>,
     audit: PathBuf,
     _dir: tempfile::TempDir,
@@ -89,6 +91,8 @@ fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> D
     let (snap_tx, snap) = watch::channel(None);
     let anomalies: Arc<Mutex<Vec<ContainerAnomaly>>> = Arc::default();
     let an = anomalies.clone();
+    let interval_starts: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let starts = interval_starts.clone();
     let handle = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut iv = tokio::time::interval(interval);
@@ -96,6 +100,7 @@ fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> D
             tokio::select! {
                 _ = tick.tick() => engine.tick().await,
                 _ = iv.tick() => {
+                    starts.lock().unwrap().push(Instant::now());
                     let a = an.lock().unwrap().clone();
                     engine.on_interval(Instant::now(), &a).await;
                 }
@@ -110,6 +115,7 @@ fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> D
         stop,
         snap,
         anomalies,
+        interval_starts,
         handle,
         audit,
         _dir: dir,
@@ -1152,4 +1158,115 @@ async fn workload_tuning_labels_are_ignored() {
         !c.exec(&["test", "-e", "/tmp/pwned"]).status.success(),
         "a label's command ran"
     );
+}
+
+/// FAULT-MATRIX D3: dockerd hung (SIGSTOP) while a restart is in flight. Every Docker call is
+/// bounded, the interval cadence holds (largest gap between interval starts < 2 intervals),
+/// in-flight actions never exceed the semaphore, sentinel goes monitor-only, the time-out of
+/// the in-flight restart does not count against the container's breaker, and all comes back
+/// after SIGCONT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_docker_is_bounded_and_not_the_containers_fault() {
+    if !sd::ensure() {
+        return;
+    }
+    let pd = sd::PrivateDockerd::start().expect("private dockerd");
+    let host = pd.host();
+    sd::build_image(Some(&host)).expect("image in the private engine");
+    let label = unique("sentinel.test.hung");
+    let mut cfg = base_cfg(&label);
+    cfg.docker_host = Some(host.clone());
+    cfg.api_timeout_secs = 1.0;
+    cfg.action_timeout_secs = 3.0;
+    // PID 1 ignores SIGTERM: the restart sits in its 10 s stop time-out when Docker hangs.
+    cfg.rules[0].action = ActionConfig::Restart {
+        stop_timeout_secs: 10,
+    };
+    let interval = Duration::from_millis(500);
+    let d = drive(cfg, interval);
+    let opt_in = format!("{label}=true");
+    let mut extra = vec!["--label", opt_in.as_str()];
+    extra.extend_from_slice(HEALTH);
+    let c = Container::run_at(
+        Some(&host),
+        &unique("snt-heal-hung"),
+        &extra,
+        IMAGE,
+        &["sh", "-c", "sleep 100000"],
+    );
+    d.wait("restart in flight", Duration::from_secs(30), |d| {
+        count(&d.audit(), &c.id, "intent", None) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pd.pause();
+    let t_pause = Instant::now();
+    let before = d.interval_starts.lock().unwrap().len();
+    let mut max_in_flight = 0;
+    let mut monitor_only_after = None;
+    while t_pause.elapsed() < Duration::from_secs(8) {
+        if let Some(s) = d.snapshot() {
+            max_in_flight = max_in_flight.max(s.in_flight);
+            assert!(s.in_flight <= s.permits_total);
+            if monitor_only_after.is_none() && s.docker == DockerState::MonitorOnly {
+                monitor_only_after = Some(t_pause.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let starts: Vec<Instant> = d.interval_starts.lock().unwrap()[before..].to_vec();
+    pd.resume();
+    let max_gap = starts
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    println!(
+        "hung dockerd: monitor_only after {:?}, {} intervals in 8 s, largest gap {:.0} ms, max in flight {max_in_flight}",
+        monitor_only_after,
+        starts.len(),
+        max_gap.as_secs_f64() * 1000.0
+    );
+    d.wait("docker up again", Duration::from_secs(30), |d| {
+        d.snapshot().is_some_and(|s| s.docker == DockerState::Up)
+    })
+    .await;
+    let a = d.audit();
+    let f = lines_for(&a, &c.id)
+        .into_iter()
+        .find(|v| v["decision"] == "failed")
+        .cloned();
+    let s = d.snapshot().unwrap();
+    let (_, _) = d.finish().await;
+    println!("in-flight restart: {f:?}");
+    assert!(monitor_only_after.is_some(), "monitor-only while hung");
+    assert!(
+        max_gap < interval * 2,
+        "interval cadence broken: largest gap {max_gap:?}"
+    );
+    let f = f.expect("the hung restart is audited");
+    assert_eq!(f["reason"], "timeout");
+    assert!(
+        f["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("action_timeout_secs 3"),
+        "cut by the action time-out: {f}"
+    );
+    let b = s
+        .breakers
+        .iter()
+        .find(|b| b.container_id == c.id)
+        .expect("breaker");
+    assert_eq!(
+        b.view.failures_in_window, 0,
+        "a hung Docker is not the container's failure"
+    );
+    assert_eq!(b.view.state, sentinel::heal::breaker::BreakerState::Closed);
+    assert!(
+        s.global_breaker.failures_in_window >= 1,
+        "counted for the global breaker"
+    );
+    drop(c);
+    drop(pd);
 }

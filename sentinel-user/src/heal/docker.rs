@@ -129,9 +129,12 @@ pub async fn connect(cfg: &HealConfig) -> Result<DockerClient, HealError> {
         endpoint: ep.clone(),
         message: truncate(&m, 1024),
     };
+    // bollard's own time-out applies to every request, actions included: keep it above the
+    // action time-out so that sentinel's bounds (API calls: `api_timeout`, actions:
+    // `action_timeout`) are the ones that fire and are audited as such.
     let docker = Docker::connect_with_host(&ep)
         .map_err(|e| unreachable(e.to_string()))?
-        .with_timeout(timeout.max(Duration::from_secs(1)));
+        .with_timeout(cfg.action_timeout().max(timeout) + Duration::from_secs(5));
     let offered = docker.client_version().to_string();
     let docker = tokio::time::timeout(timeout, docker.negotiate_version())
         .await

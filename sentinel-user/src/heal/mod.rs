@@ -250,6 +250,12 @@ impl HealEngine {
 
     /// Frequent, cheap work; see the module docs.
     pub async fn tick(&mut self) {
+        self.tick_inner(true).await;
+    }
+
+    /// `evaluate` false: bookkeeping only (the caller's full pass follows and covers every
+    /// container the tick would have looked at, so a hung Docker costs one budget, not two).
+    async fn tick_inner(&mut self, evaluate: bool) {
         let now = Instant::now();
         self.drain_watcher(now);
         self.reap(now);
@@ -266,7 +272,7 @@ impl HealEngine {
         });
         self.dirty.extend(due);
         let slow = self.slow_until.is_some_and(|t| now < t);
-        if self.docker == DockerState::Up && !slow {
+        if evaluate && self.docker == DockerState::Up && !slow {
             if self.resync {
                 self.resync = false;
                 self.bounded_pass(now, None).await;
@@ -321,7 +327,8 @@ impl HealEngine {
             }
         }
         self.last_interval = Some(now);
-        self.tick().await;
+        self.tick_inner(false).await;
+        self.resync = false;
         self.advance_anomalies(anomalies);
         self.run_probes().await;
         if self.docker == DockerState::Up {

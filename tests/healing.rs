@@ -1270,3 +1270,104 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
     drop(c);
     drop(pd);
 }
+
+/// A socket proxy in the spirit of Tecnativa/docker-socket-proxy with `POST=0`: GET is passed
+/// to the real engine (one request per connection, so no POST can ride a kept-alive GET
+/// connection), anything else is answered 403.
+async fn get_only_proxy(listen: &Path) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::UnixListener::bind(listen).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    match client.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i;
+                    }
+                    if buf.len() > 64 << 10 {
+                        return;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                if !head.starts_with("GET ") && !head.starts_with("HEAD ") {
+                    let body = r#"{"message":"denied by test proxy (POST=0)"}"#;
+                    let resp = format!(
+                        "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = client.write_all(resp.as_bytes()).await;
+                    return;
+                }
+                let Ok(mut up) = tokio::net::UnixStream::connect(sd::DEFAULT_SOCKET).await else {
+                    return;
+                };
+                let mut lines: Vec<&str> = head
+                    .split("\r\n")
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                lines.push("Connection: close");
+                let req = format!("{}\r\n\r\n", lines.join("\r\n"));
+                if up.write_all(req.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy(&mut up, &mut client).await;
+            });
+        }
+    })
+}
+
+/// FAULT-MATRIX D13: behind a proxy that denies POST, a due restart fails as
+/// `denied_by_docker_api` naming method and path, the container is never restarted, and its
+/// breaker does not count it (the denial is the operator's set-up, not the container's fault).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_by_docker_api_is_not_a_container_failure() {
+    if !sd::ensure() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("proxy.sock");
+    let proxy = get_only_proxy(&sock).await;
+    let label = unique("sentinel.test.denied");
+    let mut cfg = base_cfg(&label);
+    cfg.docker_host = Some(format!("unix://{}", sock.display()));
+    let events = sd::StartEvents::record();
+    let d = drive(cfg, Duration::from_millis(500));
+    let opt_in = format!("{label}=true");
+    let mut extra = vec!["--label", opt_in.as_str()];
+    extra.extend_from_slice(HEALTH);
+    let c = Container::run(&unique("snt-heal-denied"), &extra, IMAGE, SICK_CMD);
+    d.wait("denied line", Duration::from_secs(30), |d| {
+        count(&d.audit(), &c.id, "failed", Some("denied_by_docker_api")) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = d.snapshot().unwrap();
+    let (_, a) = d.finish().await;
+    proxy.abort();
+    let f = lines_for(&a, &c.id)
+        .into_iter()
+        .find(|v| v["reason"] == "denied_by_docker_api")
+        .unwrap()
+        .clone();
+    println!("audit: {f}");
+    let err = f["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains(&format!("POST /containers/{}/restart", c.id)),
+        "names method and path: {err}"
+    );
+    assert_eq!(
+        s.docker,
+        DockerState::Up,
+        "GET still works through the proxy"
+    );
+    let b = s.breakers.iter().find(|b| b.container_id == c.id).unwrap();
+    assert_eq!(b.view.failures_in_window, 0, "not a container failure");
+    assert_eq!(b.view.state, sentinel::heal::breaker::BreakerState::Closed);
+    assert_eq!(events.starts(&c.id), 1, "never restarted");
+}

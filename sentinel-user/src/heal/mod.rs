@@ -23,7 +23,8 @@
 //!   capped exponential back-off). Must be called inside a tokio runtime.
 //! * `tick()` is cheap: it applies watcher messages (Docker up/down, events), collects finished
 //!   actions, moves breakers on the monotonic clock (OPEN -> HALF_OPEN on time, D12) and reacts
-//!   to health/death events at once.
+//!   to health/death events at once (after the storm guard's `storm_hold_secs`, default 1 s).
+//!   Its Docker calls, like those of `on_interval`, are cut off after half an interval (D3).
 //! * `on_interval(now, anomalies)` advances the k-interval triggers (anomalies, HTTP probes),
 //!   re-reads the full container list (so events missed while Docker was away are recovered) and
 //!   evaluates every rule.

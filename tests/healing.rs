@@ -684,8 +684,31 @@ async fn container_removed_during_restart_is_a_clean_failure() {
             .is_some_and(|s| s.breakers.iter().all(|b| b.container_id != c.id))
     })
     .await;
-    let (e, _) = d.finish().await;
-    assert_eq!(e.tracked_containers(), 0);
+    // Other containers are unaffected: a second labelled container going unhealthy now is
+    // restarted as usual; and the gone id is never tried again.
+    let opt_in = format!("{label}=true");
+    let mut extra = vec!["--label", opt_in.as_str()];
+    extra.extend_from_slice(HEALTH);
+    let other = Container::run(&unique("snt-heal-gone-other"), &extra, IMAGE, HEALTHY_CMD);
+    other
+        .wait_health("healthy", Duration::from_secs(15))
+        .unwrap();
+    assert!(other.exec(&["rm", "/tmp/ok"]).status.success());
+    d.wait("bystander healed", Duration::from_secs(30), |d| {
+        count(&d.audit(), &other.id, "taken", None) == 1
+    })
+    .await;
+    let (e, a) = d.finish().await;
+    assert_eq!(
+        count(&a, &c.id, "intent", None),
+        1,
+        "no retry for the gone id"
+    );
+    assert_eq!(
+        e.tracked_containers(),
+        1,
+        "only the bystander's state is kept (the gone id's was dropped)"
+    );
 }
 
 fn anomaly_exec_cfg(label: &str, cmd: &[&str], timeout: f64) -> HealConfig {

@@ -379,8 +379,25 @@ impl PrivateDockerd {
         })
     }
 
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    /// SIGSTOP: Docker hung, not down (its socket accepts, nothing answers).
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
     /// SIGTERM and wait: Docker "stopped mid-run".
     pub fn stop(&mut self) {
+        // A paused engine would sit on the SIGTERM until the kill below.
+        self.resume();
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),

@@ -59,6 +59,12 @@ pub struct HealConfig {
     /// same evaluation (and at least `storm_min_containers`), act on none of them (D8).
     pub storm_fraction: f64,
     pub storm_min_containers: usize,
+    /// Trips of different containers within this many seconds count as one storm.
+    pub storm_window_secs: f64,
+    /// A labelled container that becomes due waits this long before it is acted on, so that
+    /// containers tripping together are all counted first (0 = act at once; the storm guard
+    /// then only stops the containers after the first `storm_min_containers - 1`).
+    pub storm_hold_secs: f64,
     /// How many recent decisions `snapshot()` carries.
     pub recent_actions: usize,
     /// The rules. Empty list = no healing at all (but Docker is still watched).
@@ -238,6 +244,8 @@ impl Default for HealConfig {
             global_cap: RateCapConfig::default(),
             storm_fraction: 0.5,
             storm_min_containers: 4,
+            storm_window_secs: 10.0,
+            storm_hold_secs: 1.0,
             recent_actions: 20,
             rules: vec![RuleConfig::autoheal()],
         }
@@ -464,6 +472,11 @@ impl HealConfig {
                 "storm_fraction",
                 format!("{} is outside (0.0, 1.0]", self.storm_fraction),
             );
+        }
+        c.range("storm_window_secs", self.storm_window_secs, 0.0, DAY);
+        c.range("storm_hold_secs", self.storm_hold_secs, 0.0, 600.0);
+        if self.storm_window_secs < self.storm_hold_secs {
+            c.err("storm_window_secs", "must be >= storm_hold_secs");
         }
         c.urange("recent_actions", self.recent_actions as u64, 0, 10_000);
         let mut names = std::collections::BTreeSet::new();

@@ -73,8 +73,18 @@ impl HealError {
                 message,
             } => {
                 let message = truncate(&message, 1024);
+                // Docker 20.10 answers a restart of a container removed meanwhile with 500
+                // "... is marked for removal and cannot be started" (D4): that is gone too.
+                let vanishing = [
+                    "No such container",
+                    "marked for removal",
+                    "removal in progress",
+                ]
+                .iter()
+                .any(|m| message.contains(m));
                 match status_code {
                     404 | 410 => HealError::ContainerGone { message },
+                    409 | 500 if vanishing => HealError::ContainerGone { message },
                     401 | 403 => HealError::DeniedByApi {
                         method,
                         path: path.to_string(),
@@ -119,11 +129,12 @@ pub async fn connect(cfg: &HealConfig) -> Result<DockerClient, HealError> {
         endpoint: ep.clone(),
         message: truncate(&m, 1024),
     };
-    // The client's own time-out must not cut actions short: a restart waits for the stop
-    // time-out. API calls are bounded by `bounded`, actions by the executor's time-out.
+    // bollard's own time-out applies to every request, actions included: keep it above the
+    // action time-out so that sentinel's bounds (API calls: `api_timeout`, actions:
+    // `action_timeout`) are the ones that fire and are audited as such.
     let docker = Docker::connect_with_host(&ep)
         .map_err(|e| unreachable(e.to_string()))?
-        .with_timeout(timeout.max(cfg.action_timeout()) + Duration::from_secs(5));
+        .with_timeout(cfg.action_timeout().max(timeout) + Duration::from_secs(5));
     let offered = docker.client_version().to_string();
     let docker = tokio::time::timeout(timeout, docker.negotiate_version())
         .await
@@ -539,6 +550,94 @@ mod tests {
         c.restarting = false;
         c.running = false;
         assert!(!c.policy_will_restart());
+    }
+
+    /// FAULT-MATRIX D4 (a container removed under a restart is `container_gone` with Docker's
+    /// text) and D13 (a 403 from a socket proxy is `denied_by_docker_api` naming method and
+    /// path; the engine settles it as neutral, never a container failure).
+    #[test]
+    fn error_mapping() {
+        let e = |status_code: u16, message: &str| BollardError::DockerResponseServerError {
+            status_code,
+            message: message.to_string(),
+        };
+        let gone = HealError::from_bollard(
+            e(
+                500,
+                "Cannot restart container abc: container is marked for removal and cannot be started",
+            ),
+            "POST",
+            "/containers/abc/restart",
+            "unix:///x",
+        );
+        assert_eq!(gone.kind(), "container_gone");
+        assert!(gone.to_string().contains("marked for removal"), "{gone}");
+        let nsc = HealError::from_bollard(
+            e(404, "No such container: abc"),
+            "GET",
+            "/containers/abc/json",
+            "unix:///x",
+        );
+        assert_eq!(nsc.kind(), "container_gone");
+        let denied = HealError::from_bollard(
+            e(403, "Forbidden"),
+            "POST",
+            "/containers/abc/restart",
+            "unix:///x",
+        );
+        assert_eq!(denied.kind(), "denied_by_docker_api");
+        assert!(
+            denied
+                .to_string()
+                .contains("denied by the Docker API endpoint: POST /containers/abc/restart"),
+            "{denied}"
+        );
+        let conflict = HealError::from_bollard(
+            e(409, "Container abc is not running"),
+            "POST",
+            "/containers/abc/kill",
+            "unix:///x",
+        );
+        assert_eq!(conflict.kind(), "api_error");
+    }
+
+    /// FAULT-MATRIX D14: an engine answering `/version` with an API older than sentinel
+    /// supports is refused with one line naming both versions; no panic, no retry storm.
+    #[tokio::test]
+    async fn old_api_version_is_refused_naming_both() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("old-docker.sock");
+        let l = tokio::net::UnixListener::bind(&sock).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = r#"{"ApiVersion":"1.24","Version":"1.12.6","MinAPIVersion":"1.12"}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nApi-Version: 1.24\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        let cfg = HealConfig {
+            docker_host: Some(format!("unix://{}", sock.display())),
+            api_timeout_secs: 2.0,
+            ..HealConfig::default()
+        };
+        match connect(&cfg).await {
+            Err(e @ HealError::VersionUnsupported { .. }) => {
+                let line = e.to_string();
+                println!("{line}");
+                assert!(line.contains("1.24"), "server version named: {line}");
+                assert!(line.contains("1.30"), "oldest supported named: {line}");
+                assert!(!line.contains('\n'), "one line: {line}");
+                assert_eq!(e.kind(), "docker_api_version");
+            }
+            Err(e) => panic!("wrong error kind: {e}"),
+            Ok(c) => panic!("accepted API {}", c.api_version),
+        }
     }
 
     #[tokio::test]

@@ -456,6 +456,93 @@ pub fn storm(cfg: &HealConfig, due: usize, labelled: usize) -> bool {
     due >= cfg.storm_min_containers.max(1) && (due as f64) > cfg.storm_fraction * labelled as f64
 }
 
+/// What `StormGuard::observe` concluded for one evaluation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StormVerdict {
+    /// Act on no labelled container now.
+    pub storm: bool,
+    /// The storm started (`Some(true)`) or ended (`Some(false)`) with this evaluation: audit
+    /// one alert line per transition, not one per evaluation.
+    pub changed: Option<bool>,
+    /// Labelled containers that tripped within the window.
+    pub tripped: usize,
+}
+
+/// The storm guard over time, so that containers whose health events arrive in different
+/// engine ticks are still counted together (D8).
+///
+/// A labelled container that becomes due is held for `hold` before it may be acted on; every
+/// container that trips within `window` counts. So when more than `storm_fraction` of the
+/// opted-in containers trip within `hold` of each other, not one of them is acted on. The
+/// price is `hold` added to every time-to-heal (`storm_hold_secs`, 0 turns the hold off).
+#[derive(Clone, Debug)]
+pub struct StormGuard {
+    hold: Duration,
+    window: Duration,
+    due_since: HashMap<String, Instant>,
+    in_storm: bool,
+}
+
+impl StormGuard {
+    pub fn new(cfg: &HealConfig) -> Self {
+        Self {
+            hold: secs(cfg.storm_hold_secs),
+            window: secs(cfg.storm_window_secs),
+            due_since: HashMap::new(),
+            in_storm: false,
+        }
+    }
+
+    /// One evaluation: `due` are labelled containers with a firing rule, `quiet` evaluated
+    /// containers with none; `labelled` is how many opted-in containers exist.
+    pub fn observe(
+        &mut self,
+        cfg: &HealConfig,
+        now: Instant,
+        due: &[&str],
+        quiet: &[&str],
+        labelled: usize,
+    ) -> StormVerdict {
+        for id in quiet {
+            self.due_since.remove(*id);
+        }
+        for id in due {
+            self.due_since.entry(id.to_string()).or_insert(now);
+        }
+        let tripped = self
+            .due_since
+            .values()
+            .filter(|&&t| now.saturating_duration_since(t) <= self.window)
+            .count();
+        let storm = storm(cfg, tripped, labelled.max(tripped));
+        let changed = (storm != self.in_storm).then_some(storm);
+        self.in_storm = storm;
+        StormVerdict {
+            storm,
+            changed,
+            tripped,
+        }
+    }
+
+    /// The container has been due long enough to be acted on.
+    pub fn ready(&self, now: Instant, id: &str) -> bool {
+        self.due_since.get(id).is_none_or(|&t| now >= t + self.hold)
+    }
+
+    /// When a held container becomes ready (the engine evaluates it again then).
+    pub fn ready_at(&self, id: &str) -> Option<Instant> {
+        self.due_since.get(id).map(|&t| t + self.hold)
+    }
+
+    pub fn forget(&mut self, id: &str) {
+        self.due_since.remove(id);
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.due_since.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,7 +656,76 @@ mod tests {
         assert_eq!(acted, 2 + half_opens, "{log:?}");
     }
 
+    /// FAULT-MATRIX D8 (arithmetic): containers whose health events arrive in different ticks
+    /// within the hold are counted together; none is ready before the storm is seen; one alert
+    /// transition each way.
+    #[test]
+    fn storm_guard_counts_trips_across_ticks() {
+        let cfg = HealConfig {
+            storm_hold_secs: 1.0,
+            storm_window_secs: 10.0,
+            ..HealConfig::default()
+        };
+        let mut g = StormGuard::new(&cfg);
+        let t0 = Instant::now();
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        // 20 labelled, 12 trip 50 ms apart (all within the 1 s hold of the first).
+        let ids: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+        let mut changes = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let now = ms(50 * i as u64);
+            let v = g.observe(&cfg, now, &[id.as_str()], &[], 20);
+            changes.extend(v.changed);
+            // Nobody may act before the hold is over: the storm is still being counted.
+            assert!(ids[..=i].iter().all(|c| !g.ready(now, c)));
+        }
+        let v = g.observe(&cfg, ms(1100), &[], &[], 20);
+        assert!(v.storm && v.tripped == 12, "{v:?}");
+        assert_eq!(changes, vec![true], "one alert when the storm starts");
+        // They recover: storm over, once.
+        let quiet: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let v = g.observe(&cfg, ms(5000), &[], &quiet, 20);
+        assert_eq!((v.storm, v.changed), (false, Some(false)));
+        // A single sick container is not a storm and is ready after the hold.
+        let v = g.observe(&cfg, ms(6000), &["x"], &[], 20);
+        assert!(!v.storm);
+        assert!(!g.ready(ms(6500), "x"));
+        assert!(g.ready(ms(7000), "x"));
+        assert_eq!(g.ready_at("x"), Some(ms(7000)));
+        g.forget("x");
+        assert_eq!(g.tracked(), 0);
+    }
+
     proptest! {
+        /// FAULT-MATRIX D8: whatever the arrival pattern, when more than the configured fraction
+        /// of labelled containers (and at least the minimum) trip within the hold of the first,
+        /// no container of that group is ready while the guard says storm.
+        #[test]
+        fn storm_guard_no_action_in_a_storm(
+            labelled in 4usize..40,
+            gaps in proptest::collection::vec(0u64..400, 1..40),
+        ) {
+            let cfg = HealConfig { storm_hold_secs: 1.0, storm_window_secs: 10.0, ..HealConfig::default() };
+            let mut g = StormGuard::new(&cfg);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut tripped: Vec<String> = Vec::new();
+            for (i, gap) in gaps.iter().enumerate().take(labelled) {
+                now += Duration::from_millis(*gap);
+                let id = format!("c{i}");
+                tripped.push(id.clone());
+                let v = g.observe(&cfg, now, &[id.as_str()], &[], labelled);
+                let within_hold = now.saturating_duration_since(t0) < Duration::from_secs(1);
+                if within_hold {
+                    // Everything tripped so far is still held.
+                    prop_assert!(tripped.iter().all(|c| !g.ready(now, c)));
+                }
+                if v.storm {
+                    prop_assert!(storm(&cfg, v.tripped, labelled));
+                }
+            }
+        }
+
         /// Random schedules of triggers, outcomes and time over a few containers: no action is
         /// ever allowed inside a rule's cooldown, and the global cap holds in every window.
         #[test]

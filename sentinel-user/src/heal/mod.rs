@@ -23,7 +23,8 @@
 //!   capped exponential back-off). Must be called inside a tokio runtime.
 //! * `tick()` is cheap: it applies watcher messages (Docker up/down, events), collects finished
 //!   actions, moves breakers on the monotonic clock (OPEN -> HALF_OPEN on time, D12) and reacts
-//!   to health/death events at once.
+//!   to health/death events at once (after the storm guard's `storm_hold_secs`, default 1 s).
+//!   Its Docker calls, like those of `on_interval`, are cut off after half an interval (D3).
 //! * `on_interval(now, anomalies)` advances the k-interval triggers (anomalies, HTTP probes),
 //!   re-reads the full container list (so events missed while Docker was away are recovered) and
 //!   evaluates every rule.
@@ -62,7 +63,7 @@ use docker::{ContainerInfo, DockerClient, HealError, WatchCounters, WatchMsg};
 use executor::{ExecOutcome, Executor};
 use gate::{
     BreakerView, Consent, Decision, Facts, Finished, Gate, Grant, Request, ScopedTransition,
-    SkipReason,
+    SkipReason, StormGuard,
 };
 use rules::Streaks;
 
@@ -101,6 +102,8 @@ pub struct HealCounters {
     pub audit_write_errors: u64,
     pub dropped_events: u64,
     pub docker_reconnects: u64,
+    /// Evaluation passes cut short by their time budget (Docker slow or hung, D3).
+    pub passes_cut_short: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -178,6 +181,14 @@ pub struct HealEngine {
     warned_denied: HashSet<String>,
     counters: HealCounters,
     window_count: usize,
+    storm: StormGuard,
+    /// Opted-in containers at the last full pass (the storm guard's denominator).
+    labelled: usize,
+    /// Time between the last two `on_interval` calls: sets the budget of a pass.
+    interval_est: Option<Duration>,
+    last_interval: Option<Instant>,
+    /// After a pass was cut short, the tick leaves Docker alone until then.
+    slow_until: Option<Instant>,
 }
 
 impl HealEngine {
@@ -216,6 +227,11 @@ impl HealEngine {
             warned_denied: HashSet::new(),
             counters: HealCounters::default(),
             window_count: 0,
+            storm: StormGuard::new(&cfg),
+            labelled: 0,
+            interval_est: None,
+            last_interval: None,
+            slow_until: None,
             cfg,
         })
     }
@@ -235,6 +251,12 @@ impl HealEngine {
 
     /// Frequent, cheap work; see the module docs.
     pub async fn tick(&mut self) {
+        self.tick_inner(true).await;
+    }
+
+    /// `evaluate` false: bookkeeping only (the caller's full pass follows and covers every
+    /// container the tick would have looked at, so a hung Docker costs one budget, not two).
+    async fn tick_inner(&mut self, evaluate: bool) {
         let now = Instant::now();
         self.drain_watcher(now);
         self.reap(now);
@@ -250,16 +272,48 @@ impl HealEngine {
             }
         });
         self.dirty.extend(due);
-        if self.docker == DockerState::Up {
+        let slow = self.slow_until.is_some_and(|t| now < t);
+        if evaluate && self.docker == DockerState::Up && !slow {
             if self.resync {
                 self.resync = false;
-                self.full_pass(now).await;
+                self.bounded_pass(now, None).await;
             } else if !self.dirty.is_empty() {
                 let ids: Vec<String> = std::mem::take(&mut self.dirty).into_iter().collect();
-                self.evaluate(now, ids, None).await;
+                self.bounded_pass(now, Some(ids)).await;
             }
         }
         self.window_count = self.gate.actions_in_global_window(now);
+    }
+
+    /// Time a pass over Docker may take: half an interval (so a hung Docker cannot stretch the
+    /// caller's cadence to 2 intervals, D3), at least 200 ms, at most the API time-out.
+    fn pass_budget(&self) -> Duration {
+        let api = self.cfg.api_timeout();
+        match self.interval_est {
+            Some(iv) => (iv / 2).clamp(Duration::from_millis(200).min(api), api),
+            None => api,
+        }
+    }
+
+    /// A full pass (`ids` None) or an evaluation of `ids`, cut off at the pass budget. Cutting
+    /// is safe: a pass only acts after all its inspections returned, and the next full pass
+    /// re-reads everything.
+    async fn bounded_pass(&mut self, now: Instant, ids: Option<Vec<String>>) {
+        let budget = self.pass_budget();
+        let done = match ids {
+            None => tokio::time::timeout(budget, self.full_pass(now)).await,
+            Some(ids) => tokio::time::timeout(budget, self.evaluate(now, ids)).await,
+        };
+        if done.is_err() {
+            self.counters.passes_cut_short += 1;
+            self.slow_until = Some(Instant::now() + self.interval_est.unwrap_or(budget));
+            tracing::debug!(
+                budget_ms = budget.as_millis() as u64,
+                "Docker pass cut short"
+            );
+        } else {
+            self.slow_until = None;
+        }
     }
 
     /// Once per drained interval: advance k-interval triggers, re-read all containers, evaluate.
@@ -267,11 +321,19 @@ impl HealEngine {
         if self.docker == DockerState::Disabled {
             return;
         }
-        self.tick().await;
+        if let Some(last) = self.last_interval {
+            let gap = now.saturating_duration_since(last);
+            if !gap.is_zero() {
+                self.interval_est = Some(gap);
+            }
+        }
+        self.last_interval = Some(now);
+        self.tick_inner(false).await;
+        self.resync = false;
         self.advance_anomalies(anomalies);
         self.run_probes().await;
         if self.docker == DockerState::Up {
-            self.full_pass(now).await;
+            self.bounded_pass(now, None).await;
         } else {
             self.audit_unreachable_due();
         }
@@ -421,6 +483,7 @@ impl HealEngine {
         self.last_skip.retain(|(c, _), _| c != id);
         self.streaks.anomaly.retain(|(c, _), _| c != id);
         self.dirty.remove(id);
+        self.storm.forget(id);
     }
 
     // ---- triggers ---------------------------------------------------------------------------
@@ -541,7 +604,7 @@ impl HealEngine {
             }
         };
         let label = self.cfg.label.clone();
-        let labelled = list
+        self.labelled = list
             .iter()
             .filter(|s| s.labels.get(&label).map(String::as_str) == Some("true"))
             .count();
@@ -580,12 +643,12 @@ impl HealEngine {
             .map(|s| s.id.clone())
             .collect();
         self.dirty.clear();
-        self.evaluate(now, ids, Some(labelled)).await;
+        self.evaluate(now, ids).await;
     }
 
-    /// Inspect `ids`, find fired rules, apply the storm guard (full passes only), ask the gate,
-    /// start allowed actions.
-    async fn evaluate(&mut self, now: Instant, ids: Vec<String>, labelled: Option<usize>) {
+    /// Inspect `ids`, find fired rules, apply the storm guard, ask the gate, start allowed
+    /// actions.
+    async fn evaluate(&mut self, now: Instant, ids: Vec<String>) {
         let Some(client) = self.client.clone() else {
             return;
         };
@@ -597,6 +660,7 @@ impl HealEngine {
         }
         let mut cands: Vec<Cand> = Vec::new();
         let mut quiet: Vec<(String, usize)> = Vec::new();
+        let mut quiet_ids: Vec<String> = Vec::new();
         for id in ids {
             let info = match client.inspect(&id).await {
                 Ok(i) => i,
@@ -650,6 +714,9 @@ impl HealEngine {
                     }
                 }
             }
+            if !fired_any {
+                quiet_ids.push(info.id.clone());
+            }
             if fired_any && consent == Consent::Labelled {
                 // The container is sick again: if an action on it is being verified, it failed.
                 let tr = self.gate.on_trigger(now, &info.id);
@@ -660,32 +727,78 @@ impl HealEngine {
         for k in quiet {
             self.last_skip.remove(&k);
         }
-        if let Some(labelled) = labelled {
-            let due: HashSet<&str> = cands
-                .iter()
-                .filter(|c| c.facts.consent == Consent::Labelled)
-                .map(|c| c.info.id.as_str())
-                .collect();
-            if gate::storm(&self.cfg, due.len(), labelled) {
-                let mut r = AuditRecord::new("", "", "alert", "storm_guard");
-                r.error = Some(format!(
-                    "{} of {} opted-in containers tripped in one interval; acting on none",
-                    due.len(),
-                    labelled
-                ));
-                tracing::error!("{}", r.error.as_deref().unwrap_or_default());
-                self.write_audit(r);
-                for c in &cands {
-                    self.skip(
-                        &c.info.id,
-                        &c.info.name,
-                        c.rule,
-                        SkipReason::StormGuard,
-                        &c.trigger,
-                    );
+        // Storm guard (D8), on every evaluation, event-driven or full.
+        // Only containers sentinel could act on count and are held: one stopped by an operator
+        // or being restarted by Docker gets its own skip reason from the gate at once.
+        let actionable = |c: &Cand| {
+            c.facts.consent == Consent::Labelled
+                && !c.facts.stopped_by_operator
+                && !c.facts.restart_policy_active
+        };
+        let due: Vec<String> = cands
+            .iter()
+            .filter(|c| actionable(c))
+            .map(|c| c.info.id.clone())
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        let due_refs: Vec<&str> = due.iter().map(String::as_str).collect();
+        let quiet_refs: Vec<&str> = quiet_ids.iter().map(String::as_str).collect();
+        let v = self
+            .storm
+            .observe(&self.cfg, now, &due_refs, &quiet_refs, self.labelled);
+        if let Some(started) = v.changed {
+            let (decision, reason) = if started {
+                ("alert", "storm_guard")
+            } else {
+                ("alert", "storm_over")
+            };
+            let mut r = AuditRecord::new("", "(host)", decision, reason);
+            r.error = Some(format!(
+                "{} of {} opted-in containers tripped within {} s; {}",
+                v.tripped,
+                self.labelled,
+                self.cfg.storm_window_secs,
+                if started {
+                    "acting on none of them"
+                } else {
+                    "healing resumes"
                 }
-                return;
+            ));
+            if started {
+                tracing::error!("{}", r.error.as_deref().unwrap_or_default());
+            } else {
+                tracing::warn!("{}", r.error.as_deref().unwrap_or_default());
             }
+            self.write_audit(r);
+        }
+        if v.storm {
+            for c in cands.iter().filter(|c| actionable(c)) {
+                self.skip(
+                    &c.info.id,
+                    &c.info.name,
+                    c.rule,
+                    SkipReason::StormGuard,
+                    &c.trigger,
+                );
+            }
+            cands.retain(|c| !actionable(c));
+        } else {
+            // Held: tripped too recently for the storm count to be complete. Judged again
+            // when the hold ends.
+            let held: BTreeSet<String> = cands
+                .iter()
+                .filter(|c| actionable(c) && !self.storm.ready(now, &c.info.id))
+                .map(|c| c.info.id.clone())
+                .collect();
+            for id in &held {
+                if let Some(at) = self.storm.ready_at(id)
+                    && !self.settle.iter().any(|(t, i)| i == id && *t == at)
+                {
+                    self.settle.push((at, id.clone()));
+                }
+            }
+            cands.retain(|c| !held.contains(&c.info.id));
         }
         let mut acted: HashSet<String> = HashSet::new();
         for c in cands {

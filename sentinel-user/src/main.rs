@@ -1,5 +1,7 @@
 //! `sentinel`: command-line dispatch only.
 
+mod selftest;
+
 use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
@@ -36,6 +38,9 @@ enum Command {
     /// Stream a recorded series (CSV `timestamp,value` or `sentinel run --output json` lines)
     /// through the detection engine and write `timestamp,value,anomaly_score`.
     Replay(sentinel::replay::ReplayArgs),
+    /// Kernel portability checks for `cargo xtask vmtest` (attach, offsets, synthetic events).
+    #[command(hide = true)]
+    Selftest(selftest::SelftestArgs),
 }
 
 #[derive(clap::Args)]
@@ -132,6 +137,11 @@ fn main() -> ExitCode {
             },
         }),
         Command::Replay(args) => sentinel::replay::run(&args),
+        Command::Selftest(args) => match selftest::run(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

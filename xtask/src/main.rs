@@ -2,6 +2,7 @@
 
 mod build_ebpf;
 mod nab;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,8 @@ enum Command {
     Test(TestOptions),
     /// Replay the NAB corpus through every detector and score it.
     Nab(nab::NabArgs),
+    /// Kernel portability matrix: boot Debian's 6.1 and 6.12 kernels under QEMU and check each.
+    Vmtest(vmtest::VmtestArgs),
 }
 
 #[derive(clap::Args)]
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::BuildEbpf(opts) => build_ebpf::run(&opts),
         Command::Test(opts) => test(&opts),
         Command::Nab(args) => nab::run(args),
+        Command::Vmtest(args) => vmtest::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

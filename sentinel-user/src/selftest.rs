@@ -37,7 +37,14 @@ pub struct SelftestArgs {
     /// Drop every capability after attach and check that draining still works (row P3).
     #[arg(long)]
     drop_caps: bool,
+    /// Provoke the OOM killer with a child that allocates until killed. Guests only: never on
+    /// a shared host.
+    #[arg(long)]
+    oom: bool,
 }
+
+/// Set in the child that `--oom` starts: it allocates until the OOM killer ends it.
+const OOM_CHILD: &str = "SENTINEL_SELFTEST_OOM_CHILD";
 
 struct Report {
     kernel: String,
@@ -61,6 +68,9 @@ impl Report {
 }
 
 pub fn run(args: &SelftestArgs) -> Result<bool> {
+    if std::env::var_os(OOM_CHILD).is_some() {
+        allocate_until_killed();
+    }
     let kernel = args.label.clone().unwrap_or_else(|| {
         nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
@@ -252,6 +262,21 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
         format!("one loopback connection: tcp_conn_opened={opened} tcp_conn_closed={closed}"),
     );
 
+    if args.oom {
+        match oom_kill() {
+            Ok(status) => {
+                let d = reader.step(&collector)?;
+                let kills = d.counters[counter::OOM_KILLS];
+                r.line(
+                    "oom_kill",
+                    kills >= 1,
+                    format!("child allocating until killed ended with {status}: oom_kills={kills}"),
+                );
+            }
+            Err(e) => r.line("oom_kill", false, format!("{e:#}")),
+        }
+    }
+
     if args.cpu_hotplug {
         let before = *reader.drain.cumulative();
         let result = cpu_offline_online(|| reader.step(&collector));
@@ -307,6 +332,32 @@ impl Reader {
     fn step(&mut self, collector: &Collector) -> Result<DrainDelta> {
         collector.snapshot(&mut self.snap)?;
         Ok(self.drain.apply(&self.snap))
+    }
+}
+
+/// Runs a child that allocates until the OOM killer picks it; this process is exempted first.
+fn oom_kill() -> Result<std::process::ExitStatus> {
+    std::fs::write("/proc/self/oom_score_adj", "-1000").context("exempting selftest from OOM")?;
+    let exe = std::env::current_exe()?;
+    Command::new(exe)
+        .arg("selftest")
+        .env(OOM_CHILD, "1")
+        .status()
+        .context("starting the OOM child")
+}
+
+fn allocate_until_killed() -> ! {
+    // The parent's -1000 is inherited: undo it, or nothing is killable and the kernel panics.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Touch every page: untouched allocations cost no memory.
+        hoard.push(vec![0x5a; 8 << 20]);
+        std::hint::black_box(&hoard);
+        if hoard.len() > 1 << 14 {
+            // 128 GiB without being killed: something is wrong; give up rather than hang.
+            std::process::exit(3);
+        }
     }
 }
 

@@ -298,7 +298,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 ip link set lo up || ifconfig lo 127.0.0.1 up
 echo "VMTEST-BOOT $(uname -r) possible=$(cat /sys/devices/system/cpu/possible) online=$(cat /sys/devices/system/cpu/online)"
-SENTINEL_LOG=info /bin/sentinel --log-format human selftest --cpu-hotplug --drop-caps 2>/tmp/selftest.log
+SENTINEL_LOG=info /bin/sentinel --log-format human selftest --cpu-hotplug --oom --drop-caps 2>/tmp/selftest.log
 rc=$?
 sed 's/^/GUEST-LOG /' /tmp/selftest.log
 echo "VMTEST-END rc=$rc"

@@ -33,6 +33,9 @@ pub struct VmtestArgs {
     /// Skip the Debian kernels (use with --kernel).
     #[arg(long)]
     no_debian: bool,
+    /// Extra kernel command-line parameters for every guest, e.g. `lockdown=confidentiality`.
+    #[arg(long, default_value = "")]
+    append: String,
 }
 
 /// Debian 12 kernel series to test: package name prefix and suffix around a numeric part;
@@ -61,16 +64,21 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
     need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")?;
 
     let sentinel = build_sentinel(&root)?;
-    let mut kernels: Vec<(String, PathBuf)> = Vec::new();
+    // (name, image, extra kernel parameters)
+    let mut kernels: Vec<(String, PathBuf, &str)> = Vec::new();
     if !args.no_debian {
         for (prefix, suffix) in SERIES {
             let pkg = newest_package(prefix, suffix)?;
             let image = fetch_kernel(&work, &pkg)?;
-            kernels.push((pkg, image));
+            kernels.push((pkg, image, ""));
+        }
+        // Row P7: the newest kernel again under kernel lockdown (what Secure Boot imposes).
+        if let Some((pkg, image, _)) = kernels.last().cloned() {
+            kernels.push((format!("{pkg}+lockdown"), image, "lockdown=confidentiality"));
         }
     }
     for k in &args.kernel {
-        kernels.push((k.display().to_string(), k.clone()));
+        kernels.push((k.display().to_string(), k.clone(), ""));
     }
     let initrd = work.join("initramfs.cpio");
     build_initramfs(&sentinel.binary, &sentinel.libs, &initrd)?;
@@ -82,9 +90,9 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
     ));
 
     let mut outcomes = Vec::new();
-    for (name, image) in &kernels {
+    for (name, image, extra) in &kernels {
         step(&format!("booting {name} under QEMU/TCG"));
-        outcomes.push(boot(&work, name, image, &initrd, args.timeout)?);
+        outcomes.push(boot(&work, name, image, &initrd, extra, args)?);
     }
     if !args.no_host {
         outcomes.push(host(&sentinel.binary)?);
@@ -298,7 +306,11 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 ip link set lo up || ifconfig lo 127.0.0.1 up
 echo "VMTEST-BOOT $(uname -r) possible=$(cat /sys/devices/system/cpu/possible) online=$(cat /sys/devices/system/cpu/online)"
-SENTINEL_LOG=info /bin/sentinel --log-format human selftest --cpu-hotplug --oom --drop-caps 2>/tmp/selftest.log
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+label=$(uname -r)
+mode=$(sed -n 's/.*\[\(.*\)\].*/\1/p' /sys/kernel/security/lockdown 2>/dev/null)
+[ -n "$mode" ] && [ "$mode" != none ] && label="$label+lockdown=$mode"
+SENTINEL_LOG=info /bin/sentinel --log-format human selftest --label "$label" --cpu-hotplug --oom --drop-caps 2>/tmp/selftest.log
 rc=$?
 sed 's/^/GUEST-LOG /' /tmp/selftest.log
 echo "VMTEST-END rc=$rc"
@@ -481,8 +493,20 @@ fn tally(kernel: String, lines: &[String], seconds: f64, mut note: String) -> Ou
     o
 }
 
-fn boot(work: &Path, name: &str, image: &Path, initrd: &Path, timeout: u64) -> Result<Outcome> {
+fn boot(
+    work: &Path,
+    name: &str,
+    image: &Path,
+    initrd: &Path,
+    extra: &str,
+    args: &VmtestArgs,
+) -> Result<Outcome> {
     let started = Instant::now();
+    let timeout = args.timeout;
+    let cmdline = format!(
+        "console=ttyS0 panic=-1 loglevel=4 maxcpus=2 {extra} {}",
+        args.append
+    );
     let child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-smp", "4", "-m", "512"])
         .args(["-nographic", "-no-reboot", "-kernel"])
@@ -493,7 +517,7 @@ fn boot(work: &Path, name: &str, image: &Path, initrd: &Path, timeout: u64) -> R
         // Four CPUs present, two brought up at boot (maxcpus=2): possible 0-3, online 0-1 on
         // every kernel. QEMU's `-smp 2,maxcpus=4` gives that on 6.1, but 6.12 does not count
         // QEMU 7.2's not-yet-plugged CPUs as possible (possible 0-1 there).
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=4 maxcpus=2"])
+        .args(["-append", cmdline.trim()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -517,10 +541,11 @@ fn boot(work: &Path, name: &str, image: &Path, initrd: &Path, timeout: u64) -> R
     );
     if !(outcome.summary && outcome.failed == 0) {
         eprintln!(
-            "--- console of {name} (last 40 lines; full log {}) ---",
+            "--- console of {name} (last 40 lines besides the checks; full log {}) ---",
             log.display()
         );
-        for line in lines.iter().rev().take(40).rev() {
+        let rest: Vec<&String> = lines.iter().filter(|l| !l.starts_with("VMTEST ")).collect();
+        for line in rest.iter().rev().take(40).rev() {
             eprintln!("{line}");
         }
     }

@@ -33,6 +33,11 @@ pub struct VmtestArgs {
     /// Skip the Debian kernels (use with --kernel).
     #[arg(long)]
     no_debian: bool,
+    /// Put the glibc build and its shared libraries in the guests instead of a static musl
+    /// build: shares `target/release` with `cargo build --release` instead of compiling
+    /// everything a second time for the musl target.
+    #[arg(long)]
+    dynamic: bool,
     /// Extra kernel command-line parameters for every guest, e.g. `lockdown=confidentiality`.
     #[arg(long, default_value = "")]
     append: String,
@@ -63,7 +68,7 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
     fs::create_dir_all(&work)?;
     need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")?;
 
-    let sentinel = build_sentinel(&root)?;
+    let sentinel = build_sentinel(&root, args.dynamic)?;
     // (name, image, extra kernel parameters)
     let mut kernels: Vec<(String, PathBuf, &str)> = Vec::new();
     if !args.no_debian {
@@ -164,18 +169,19 @@ struct BuiltSentinel {
 
 /// A static musl build when the target can be installed; otherwise the glibc build plus the
 /// libraries `ldd` names.
-fn build_sentinel(root: &Path) -> Result<BuiltSentinel> {
+fn build_sentinel(root: &Path, dynamic: bool) -> Result<BuiltSentinel> {
     build_ebpf::run(&build_ebpf::Options { release: true })?;
     let installed = output(
         Command::new("rustup").args(["target", "list", "--installed"]),
         "rustup target list",
     )
     .unwrap_or_default();
-    let musl = installed.lines().any(|l| l.trim() == MUSL)
-        || Command::new("rustup")
-            .args(["target", "add", MUSL])
-            .status()
-            .is_ok_and(|s| s.success());
+    let musl = !dynamic
+        && (installed.lines().any(|l| l.trim() == MUSL)
+            || Command::new("rustup")
+                .args(["target", "add", MUSL])
+                .status()
+                .is_ok_and(|s| s.success()));
     let mut cmd = Command::new(build_ebpf::cargo());
     cmd.current_dir(root).args([
         "build",
@@ -194,7 +200,9 @@ fn build_sentinel(root: &Path) -> Result<BuiltSentinel> {
             how: "static (musl)",
         });
     }
-    step("musl target unavailable: using the glibc build and its shared libraries");
+    if !dynamic {
+        step("musl target unavailable: using the glibc build and its shared libraries");
+    }
     build_ebpf::status(&mut cmd, "building sentinel")?;
     let binary = root.join("target/release/sentinel");
     let ldd = output(Command::new("ldd").arg(&binary), "ldd")?;

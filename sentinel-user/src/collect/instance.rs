@@ -35,7 +35,10 @@ pub struct InstanceLock {
 /// directory that cannot be used (e.g. an unprivileged run without it) only costs the check:
 /// one warning, no failure.
 pub fn acquire() -> Result<InstanceLock> {
-    let path = lock_path();
+    acquire_at(lock_path())
+}
+
+fn acquire_at(path: PathBuf) -> Result<InstanceLock> {
     let open = || -> std::io::Result<File> {
         if let Some(dir) = path.parent() {
             std::fs::DirBuilder::new()
@@ -90,5 +93,29 @@ pub fn acquire() -> Result<InstanceLock> {
             );
             Ok(InstanceLock { _lock: None })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_is_refused_with_the_first_pid_and_release_frees_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/collector.lock");
+        let first = acquire_at(path.clone()).expect("first instance");
+        assert!(first._lock.is_some());
+        // flock belongs to the open file description: a second open conflicts even in-process.
+        let err = acquire_at(path.clone()).err().expect("second refused");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!("PID {}", std::process::id()))
+                && text.contains("already running"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1);
+        drop(first);
+        assert!(acquire_at(path).is_ok(), "released with its holder");
     }
 }

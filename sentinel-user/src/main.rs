@@ -1,5 +1,7 @@
 //! `sentinel`: command-line dispatch only.
 
+mod selftest;
+
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
@@ -40,6 +42,9 @@ enum Command {
     /// Validate a config file, or print the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Kernel portability checks for `cargo xtask vmtest` (attach, offsets, synthetic events).
+    #[command(hide = true)]
+    Selftest(selftest::SelftestArgs),
 }
 
 #[derive(Subcommand)]
@@ -217,6 +222,11 @@ fn main() -> ExitCode {
         Command::Run(args) => args.options().and_then(daemon::run),
         Command::Config(cmd) => config_command(cmd),
         Command::Replay(args) => sentinel::replay::run(&args),
+        Command::Selftest(args) => match selftest::run(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

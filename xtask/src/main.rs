@@ -4,6 +4,7 @@ mod bench;
 mod build_ebpf;
 mod nab;
 mod packages;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,8 @@ enum Command {
     Nab(nab::NabArgs),
     /// Measure sentinel's overhead (kernel, workloads, daemon, drain) against its peers.
     Bench(bench::BenchArgs),
+    /// Kernel portability matrix: boot Debian's 6.1 and 6.12 kernels under QEMU and check each.
+    Vmtest(vmtest::VmtestArgs),
 }
 
 #[derive(clap::Args)]
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Test(opts) => test(&opts),
         Command::Nab(args) => nab::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Vmtest(args) => vmtest::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

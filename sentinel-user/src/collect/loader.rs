@@ -231,6 +231,8 @@ pub struct Collector {
     /// Forwards the kernel side's aya-log records to `tracing`. It must outlive program loads:
     /// dropping it closes its map and later loads fail.
     logger: Option<KernelLogger>,
+    /// One collector per host (row K15); released when the collector is dropped.
+    _instance: super::instance::InstanceLock,
 }
 
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -244,6 +246,7 @@ impl Collector {
             );
         }
         check_privileges()?;
+        let instance = super::instance::acquire()?;
         raise_memlock_limit();
         let offsets = Offsets::from_file(&opts.btf_path)?;
         let btf = Btf::parse_file(&opts.btf_path, aya::Endianness::default())
@@ -365,6 +368,7 @@ impl Collector {
             iface_capacity: opts.iface_capacity,
             offsets,
             logger,
+            _instance: instance,
         })
     }
 

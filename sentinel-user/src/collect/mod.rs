@@ -1,7 +1,9 @@
 //! The collector: load and attach the eBPF programs, drain their maps into `Interval`s.
 
+pub mod caps;
 pub mod drain;
 pub mod host;
+pub mod instance;
 pub mod loader;
 pub mod netns;
 pub mod offsets;

@@ -22,8 +22,18 @@ pub fn ensure_mounted() -> Option<PathBuf> {
         None::<&str>,
     ) {
         Ok(()) => {
-            info!("mounted tracefs at {target}");
-            find()
+            let found = find();
+            if found.is_some() {
+                info!("mounted tracefs at {target}");
+            } else {
+                // Seen under `lockdown=confidentiality`: the mount succeeds, its files stay
+                // unreadable. BTF tracepoints still attach; only diagnostics lose precision.
+                warn!(
+                    "mounted tracefs at {target} but its events/ is not readable \
+                     (kernel lockdown? see /sys/kernel/security/lockdown); hook diagnostics will be less precise"
+                );
+            }
+            found
         }
         Err(e) => {
             warn!(

@@ -1,0 +1,489 @@
+//! `sentinel selftest` (hidden): the kernel-dependent checks of the portability matrix, run by
+//! `cargo xtask vmtest` inside QEMU guests booted from other kernels and on the host. Each check
+//! prints one machine-readable line `VMTEST <kernel> <check> PASS|FAIL <detail>` on stdout; the
+//! exit status is non-zero if any check failed.
+//!
+//! It loads the same programs as `sentinel run`, makes one synthetic event of each kind in this
+//! process and reads the deltas straight from the collector, so a failure names the kernel
+//! feature that broke rather than a daemon symptom.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream, UdpSocket},
+    os::unix::net::UnixStream,
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use sentinel::collect::{
+    caps,
+    drain::{Drain, DrainDelta, RawSnapshot},
+    loader::{Collector, HOOKS, LoadOptions},
+    netns, offsets, tracefs,
+};
+use sentinel_common::counter;
+
+#[derive(clap::Args)]
+pub struct SelftestArgs {
+    /// Kernel label on every line (default: the running kernel's release).
+    #[arg(long)]
+    label: Option<String>,
+    /// Fail unless possible CPUs outnumber online CPUs (guests started with maxcpus > smp),
+    /// and take a CPU offline and back during the run.
+    #[arg(long)]
+    cpu_hotplug: bool,
+    /// Drop every capability after attach and check that draining still works (row P3).
+    #[arg(long)]
+    drop_caps: bool,
+    /// Provoke the OOM killer with a child that allocates until killed. Guests only: never on
+    /// a shared host.
+    #[arg(long)]
+    oom: bool,
+}
+
+/// Set in the child that `--oom` starts: it allocates until the OOM killer ends it.
+const OOM_CHILD: &str = "SENTINEL_SELFTEST_OOM_CHILD";
+
+struct Report {
+    kernel: String,
+    passed: u32,
+    failed: u32,
+}
+
+impl Report {
+    fn line(&mut self, check: &str, ok: bool, detail: impl AsRef<str>) {
+        if ok {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+        }
+        // One line per check whatever the detail holds: the console is parsed line by line.
+        let detail = detail.as_ref().replace(['\n', '\r'], " | ");
+        let verdict = if ok { "PASS" } else { "FAIL" };
+        println!("VMTEST {} {check} {verdict} {detail}", self.kernel);
+        let _ = std::io::stdout().flush();
+    }
+}
+
+pub fn run(args: &SelftestArgs) -> Result<bool> {
+    if std::env::var_os(OOM_CHILD).is_some() {
+        allocate_until_killed();
+    }
+    let kernel = args.label.clone().unwrap_or_else(|| {
+        nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "unknown".into())
+    });
+    let mut r = Report {
+        kernel,
+        passed: 0,
+        failed: 0,
+    };
+    let result = checks(args, &mut r);
+    if let Err(e) = &result {
+        r.line("selftest", false, format!("aborted: {e:#}"));
+    }
+    let ok = r.failed == 0;
+    r.line(
+        "summary",
+        ok,
+        format!("passed={} failed={}", r.passed, r.failed),
+    );
+    Ok(ok)
+}
+
+fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
+    let tracefs_before = tracefs::find();
+
+    let btf = Path::new(offsets::VMLINUX_BTF);
+    match offsets::Offsets::from_file(btf) {
+        Ok(o) => r.line(
+            "btf_offsets",
+            true,
+            format!(
+                "task_pid={} task_state={} skb_len={} skb_dev={} dev_ifindex={} dev_nd_net={} sock_net={} task_cgroups={}",
+                o.task_pid,
+                o.task_state,
+                o.skb_len,
+                o.skb_dev,
+                o.dev_ifindex,
+                o.dev_nd_net,
+                o.sock_net,
+                o.task_cgroups
+            ),
+        ),
+        Err(e) => r.line("btf_offsets", false, format!("{e:#}")),
+    }
+
+    let mut collector = Collector::load(&LoadOptions::default()).context("loading")?;
+
+    // K3 on a fresh boot: sentinel mounts tracefs itself when it can.
+    let tracefs_after = tracefs::find();
+    // Under lockdown=confidentiality tracefs mounts but stays unreadable (row P7): expected.
+    let lockdown = lockdown_mode();
+    let locked = lockdown.as_deref() == Some("confidentiality");
+    r.line(
+        "tracefs",
+        tracefs_after.is_some() || locked,
+        match (&tracefs_before, &tracefs_after) {
+            (None, Some(p)) => format!("not mounted at start; sentinel mounted {}", p.display()),
+            (Some(p), _) => format!("already mounted at {}", p.display()),
+            (None, None) if locked => {
+                "unreadable under lockdown=confidentiality (expected; BTF tracepoints need no tracefs)"
+                    .into()
+            }
+            (None, None) => "not mounted and sentinel could not mount it".into(),
+        },
+    );
+    for hook in HOOKS {
+        let disabled = collector
+            .disabled
+            .iter()
+            .find(|d| d.program == hook.program);
+        r.line(
+            &format!("attach:{}", hook.program),
+            disabled.is_none(),
+            match disabled {
+                None => format!("{}:{}", hook.category, hook.tracepoint),
+                Some(d) => d.reason.clone(),
+            },
+        );
+    }
+
+    let mut reader = Reader::default();
+    reader.step(&collector)?; // baseline
+
+    // Possible versus online CPUs: per-CPU values must come one per possible CPU.
+    let possible = cpu_count("/sys/devices/system/cpu/possible");
+    let online = cpu_count("/sys/devices/system/cpu/online");
+    let mut probe = RawSnapshot::default();
+    collector.snapshot(&mut probe)?;
+    let values = probe.counters.len();
+    let sized_ok = Some(values) == possible;
+    let spread_ok = !args.cpu_hotplug || matches!((possible, online), (Some(p), Some(o)) if p > o);
+    r.line(
+        "cpus_possible_gt_online",
+        sized_ok && spread_ok,
+        format!(
+            "possible={} online={} per_cpu_values={values}{}",
+            fmt_opt(possible),
+            fmt_opt(online),
+            if args.cpu_hotplug {
+                ""
+            } else {
+                " (possible > online not required on this kernel)"
+            }
+        ),
+    );
+
+    reader.step(&collector)?;
+    ping_pong(2_000);
+    let d = reader.step(&collector)?;
+    let switches = d.counters[counter::SCHED_SWITCH];
+    let wakeups = d.counters[counter::SCHED_WAKEUP];
+    r.line(
+        "sched_switch",
+        switches >= 2_000 && wakeups > 0,
+        format!("2000 pipe round trips: sched_switch={switches} sched_wakeup={wakeups}"),
+    );
+
+    const PROCS: u64 = 20;
+    let mut spawned = 0;
+    for _ in 0..PROCS {
+        if Command::new("/bin/true")
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            spawned += 1;
+        }
+    }
+    let d = reader.step(&collector)?;
+    let (fork, exec, exit) = (
+        d.counters[counter::PROCESS_FORK],
+        d.counters[counter::PROCESS_EXEC],
+        d.counters[counter::PROCESS_EXIT],
+    );
+    r.line(
+        "fork_exec_exit",
+        spawned == PROCS && fork >= PROCS && exec >= PROCS && exit >= PROCS,
+        format!("{spawned} of {PROCS} /bin/true ran: fork={fork} exec={exec} exit={exit}"),
+    );
+
+    const DATAGRAMS: u64 = 1_000;
+    udp_over_lo(DATAGRAMS)?;
+    let d = reader.step(&collector)?;
+    let own = netns::own_namespace();
+    let lo = d
+        .ifaces
+        .iter()
+        .find(|i| Some(i.netns) == own && i.name == "lo");
+    let (lo_rx, lo_tx) = lo.map_or((0, 0), |i| (i.rx_packets, i.tx_packets));
+    let (rx, tx) = (
+        d.counters[counter::NET_RX_PACKETS],
+        d.counters[counter::NET_TX_PACKETS],
+    );
+    r.line(
+        "packets",
+        rx >= DATAGRAMS && tx >= DATAGRAMS && lo_rx >= DATAGRAMS && lo_tx >= DATAGRAMS,
+        format!(
+            "{DATAGRAMS} UDP datagrams over lo: net_rx_packets={rx} net_tx_packets={tx} lo rx={lo_rx} tx={lo_tx}"
+        ),
+    );
+
+    const DROPS: u64 = 100;
+    udp_to_closed_port(DROPS)?;
+    let d = reader.step(&collector)?;
+    let drops = d.counters[counter::SKB_DROPS];
+    r.line(
+        "skb_drops",
+        drops >= DROPS,
+        format!("{DROPS} UDP datagrams to a closed port on lo: skb_drops={drops}"),
+    );
+
+    const CONNECTS: u64 = 10;
+    let refused = tcp_to_closed_port(CONNECTS)?;
+    let d = reader.step(&collector)?;
+    let (resets, failed) = (
+        d.counters[counter::TCP_RESETS],
+        d.counters[counter::TCP_CONN_FAILED],
+    );
+    r.line(
+        "tcp_reset_failed",
+        refused == CONNECTS && resets >= CONNECTS && failed >= CONNECTS,
+        format!(
+            "{refused} of {CONNECTS} connects to a closed port refused: tcp_resets={resets} tcp_conn_failed={failed}"
+        ),
+    );
+
+    tcp_connection()?;
+    let d = reader.step(&collector)?;
+    let (opened, closed) = (
+        d.counters[counter::TCP_CONN_OPENED],
+        d.counters[counter::TCP_CONN_CLOSED],
+    );
+    r.line(
+        "tcp_open_close",
+        opened >= 2 && closed >= 2,
+        format!("one loopback connection: tcp_conn_opened={opened} tcp_conn_closed={closed}"),
+    );
+
+    if args.oom {
+        match oom_kill() {
+            Ok(status) => {
+                let d = reader.step(&collector)?;
+                let kills = d.counters[counter::OOM_KILLS];
+                r.line(
+                    "oom_kill",
+                    kills >= 1,
+                    format!("child allocating until killed ended with {status}: oom_kills={kills}"),
+                );
+            }
+            Err(e) => r.line("oom_kill", false, format!("{e:#}")),
+        }
+    }
+
+    if args.cpu_hotplug {
+        let before = *reader.drain.cumulative();
+        let result = cpu_offline_online(|| reader.step(&collector));
+        let after = *reader.drain.cumulative();
+        let kept = (0..counter::COUNT).all(|i| after[i] >= before[i]);
+        match result {
+            Ok((reset, switches)) => r.line(
+                "cpu_offline",
+                !reset && kept && switches > 0,
+                format!(
+                    "cpu1 offline then online: no reset={} cumulative kept={kept} sched_switch meanwhile={switches}",
+                    !reset
+                ),
+            ),
+            Err(e) => r.line("cpu_offline", false, format!("{e:#}")),
+        }
+    }
+
+    if args.drop_caps {
+        let dropped = caps::drop_all();
+        let eff = caps::effective();
+        udp_over_lo(DATAGRAMS)?;
+        let drained = reader.step(&collector);
+        let counted = drained
+            .as_ref()
+            .map(|d| d.counters[counter::NET_TX_PACKETS])
+            .unwrap_or(0);
+        r.line(
+            "caps_dropped",
+            dropped.is_ok() && eff == Some(0) && counted >= DATAGRAMS,
+            format!(
+                "drop: {} CapEff={} then {DATAGRAMS} datagrams drained: net_tx_packets={counted}{}",
+                dropped
+                    .as_ref()
+                    .map_or_else(|e| format!("{e:#}"), |()| "ok".into()),
+                eff.map_or("?".into(), |e| format!("{e:016x}")),
+                drained.err().map_or(String::new(), |e| format!(" ({e:#})"))
+            ),
+        );
+    }
+
+    collector.detach();
+    Ok(())
+}
+
+#[derive(Default)]
+struct Reader {
+    drain: Drain,
+    snap: RawSnapshot,
+}
+
+impl Reader {
+    fn step(&mut self, collector: &Collector) -> Result<DrainDelta> {
+        collector.snapshot(&mut self.snap)?;
+        Ok(self.drain.apply(&self.snap))
+    }
+}
+
+/// Runs a child that allocates until the OOM killer picks it; this process is exempted first.
+fn oom_kill() -> Result<std::process::ExitStatus> {
+    std::fs::write("/proc/self/oom_score_adj", "-1000").context("exempting selftest from OOM")?;
+    let exe = std::env::current_exe()?;
+    Command::new(exe)
+        .arg("selftest")
+        .env(OOM_CHILD, "1")
+        .status()
+        .context("starting the OOM child")
+}
+
+fn allocate_until_killed() -> ! {
+    // The parent's -1000 is inherited: undo it, or nothing is killable and the kernel panics.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Touch every page: untouched allocations cost no memory.
+        hoard.push(vec![0x5a; 8 << 20]);
+        std::hint::black_box(&hoard);
+        if hoard.len() > 1 << 14 {
+            // 128 GiB without being killed: something is wrong; give up rather than hang.
+            std::process::exit(3);
+        }
+    }
+}
+
+/// The active mode in `/sys/kernel/security/lockdown` (`none [integrity] confidentiality`).
+fn lockdown_mode() -> Option<String> {
+    let text = std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?;
+    let start = text.find('[')? + 1;
+    let end = text[start..].find(']')? + start;
+    Some(text[start..end].to_string())
+}
+
+fn fmt_opt(v: Option<usize>) -> String {
+    v.map_or("?".into(), |v| v.to_string())
+}
+
+/// Number of CPUs in a sysfs CPU list such as `0-3` or `0,2-3`.
+fn cpu_count(path: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut n = 0;
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().ok()? - a.parse::<usize>().ok()? + 1,
+            None => 1,
+        };
+    }
+    Some(n)
+}
+
+/// Takes cpu1 offline, makes switches, drains, brings it back; returns (reset seen, switches).
+fn cpu_offline_online(mut step: impl FnMut() -> Result<DrainDelta>) -> Result<(bool, u64)> {
+    let online = "/sys/devices/system/cpu/cpu1/online";
+    std::fs::write(online, "0").with_context(|| format!("writing 0 to {online}"))?;
+    ping_pong(200);
+    let offline = step();
+    std::fs::write(online, "1").with_context(|| format!("writing 1 to {online}"))?;
+    let offline = offline?;
+    ping_pong(200);
+    let back = step()?;
+    Ok((
+        offline.reset || back.reset,
+        offline.counters[counter::SCHED_SWITCH] + back.counters[counter::SCHED_SWITCH],
+    ))
+}
+
+/// Pipe ping-pong with a thread: every round trip is at least two context switches when both
+/// share a CPU, and at least two wake-ups either way.
+fn ping_pong(round_trips: u32) {
+    let (mut a, mut b) = UnixStream::pair().expect("socketpair");
+    let peer = std::thread::spawn(move || {
+        let mut byte = [0u8];
+        for _ in 0..round_trips {
+            if b.read_exact(&mut byte).is_err() || b.write_all(&byte).is_err() {
+                break;
+            }
+        }
+    });
+    let mut byte = [1u8];
+    for _ in 0..round_trips {
+        if a.write_all(&byte).is_err() || a.read_exact(&mut byte).is_err() {
+            break;
+        }
+    }
+    let _ = peer.join();
+}
+
+fn udp_over_lo(n: u64) -> Result<()> {
+    let rx = UdpSocket::bind("127.0.0.1:0")?;
+    rx.set_nonblocking(true)?;
+    let tx = UdpSocket::bind("127.0.0.1:0")?;
+    tx.connect(rx.local_addr()?)?;
+    let mut buf = [0u8; 64];
+    for i in 0..n {
+        tx.send(&[0x5a; 16])?;
+        if i % 32 == 0 {
+            while rx.recv(&mut buf).is_ok() {}
+        }
+    }
+    while rx.recv(&mut buf).is_ok() {}
+    Ok(())
+}
+
+/// A port nobody listens on: bind one, note it, close it.
+fn closed_port_udp() -> Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn udp_to_closed_port(n: u64) -> Result<()> {
+    let port = closed_port_udp()?;
+    let tx = UdpSocket::bind("127.0.0.1:0")?;
+    // Not connected: a connected socket would stop at the ICMP error the first drop returns.
+    for _ in 0..n {
+        let _ = tx.send_to(&[0u8; 8], ("127.0.0.1", port));
+    }
+    Ok(())
+}
+
+fn tcp_to_closed_port(n: u64) -> Result<u64> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut refused = 0;
+    for _ in 0..n {
+        match TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            _ => {}
+        }
+    }
+    Ok(refused)
+}
+
+fn tcp_connection() -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let mut client = TcpStream::connect(listener.local_addr()?)?;
+    let (mut server, _) = listener.accept()?;
+    client.write_all(b"x")?;
+    let mut byte = [0u8];
+    server.read_exact(&mut byte)?;
+    drop(client);
+    drop(server);
+    // Let both sides reach CLOSE (FIN exchange over lo is immediate; no TIME_WAIT on the
+    // server side's set_state to CLOSE is needed for the count).
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(())
+}

@@ -1,0 +1,654 @@
+//! `cargo xtask vmtest`: the kernel portability matrix. Boots Debian 12's 6.1 and 6.12 cloud
+//! kernels under QEMU (TCG: nested KVM does not work on the CI machines) with a BusyBox
+//! initramfs holding a static `sentinel`, runs `sentinel selftest` in each guest and on the host
+//! kernel, and prints one `VMTEST <kernel> <check> PASS|FAIL <detail>` line per check plus a
+//! `VMTEST-RESULT` line per kernel. Fails if any check fails or a guest gives no summary.
+//!
+//! Downloads and the extracted kernels are cached under target/vmtest.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::build_ebpf;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct VmtestArgs {
+    /// Seconds each guest may take from boot to power-off.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Only the guests, not the host kernel.
+    #[arg(long)]
+    no_host: bool,
+    /// An extra kernel image (bzImage/vmlinuz) to boot as well (repeatable).
+    #[arg(long)]
+    kernel: Vec<PathBuf>,
+    /// Skip the Debian kernels (use with --kernel).
+    #[arg(long)]
+    no_debian: bool,
+    /// Put the glibc build and its shared libraries in the guests instead of a static musl
+    /// build: shares `target/release` with `cargo build --release` instead of compiling
+    /// everything a second time for the musl target.
+    #[arg(long)]
+    dynamic: bool,
+    /// Extra kernel command-line parameters for every guest, e.g. `lockdown=confidentiality`.
+    #[arg(long, default_value = "")]
+    append: String,
+}
+
+/// Debian 12 kernel series to test: package name prefix and suffix around a numeric part;
+/// the newest package of each series is picked from `apt-cache search`, never hard-coded.
+const SERIES: [(&str, &str); 2] = [
+    ("linux-image-6.1.0-", "-cloud-amd64-unsigned"),
+    ("linux-image-6.12.", "+deb12-cloud-amd64-unsigned"),
+];
+
+const MUSL: &str = "x86_64-unknown-linux-musl";
+
+struct Outcome {
+    kernel: String,
+    passed: u32,
+    failed: u32,
+    summary: bool,
+    seconds: f64,
+    note: String,
+}
+
+pub fn run(args: &VmtestArgs) -> Result<()> {
+    let started = Instant::now();
+    let root = build_ebpf::workspace_root();
+    let work = root.join("target/vmtest");
+    fs::create_dir_all(&work)?;
+    need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")?;
+
+    let sentinel = build_sentinel(&root, args.dynamic)?;
+    // (name, image, extra kernel parameters)
+    let mut kernels: Vec<(String, PathBuf, &str)> = Vec::new();
+    if !args.no_debian {
+        for (prefix, suffix) in SERIES {
+            let pkg = newest_package(prefix, suffix)?;
+            let image = fetch_kernel(&work, &pkg)?;
+            kernels.push((pkg, image, ""));
+        }
+        // Row P7: the newest kernel again under kernel lockdown (what Secure Boot imposes).
+        if let Some((pkg, image, _)) = kernels.last().cloned() {
+            kernels.push((format!("{pkg}+lockdown"), image, "lockdown=confidentiality"));
+        }
+    }
+    for k in &args.kernel {
+        kernels.push((k.display().to_string(), k.clone(), ""));
+    }
+    let initrd = work.join("initramfs.cpio");
+    build_initramfs(&sentinel.binary, &sentinel.libs, &initrd)?;
+    step(&format!(
+        "initramfs {} ({} KiB); sentinel built {}",
+        initrd.display(),
+        fs::metadata(&initrd)?.len() / 1024,
+        sentinel.how
+    ));
+
+    let mut outcomes = Vec::new();
+    for (name, image, extra) in &kernels {
+        step(&format!("booting {name} under QEMU/TCG"));
+        outcomes.push(boot(&work, name, image, &initrd, extra, args)?);
+    }
+    if !args.no_host {
+        outcomes.push(host(&sentinel.binary)?);
+    }
+
+    println!();
+    let mut all_ok = true;
+    for o in &outcomes {
+        let ok = o.summary && o.failed == 0;
+        all_ok &= ok;
+        println!(
+            "VMTEST-RESULT {} {} passed={} failed={} seconds={:.1}{}",
+            o.kernel,
+            if ok { "PASS" } else { "FAIL" },
+            o.passed,
+            o.failed,
+            o.seconds,
+            if o.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", o.note)
+            }
+        );
+    }
+    println!(
+        "VMTEST-TOTAL {} kernels={} seconds={:.1}",
+        if all_ok { "PASS" } else { "FAIL" },
+        outcomes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !all_ok {
+        bail!("kernel portability checks failed (see the VMTEST lines above)");
+    }
+    Ok(())
+}
+
+fn step(message: &str) {
+    eprintln!("xtask vmtest: {message}");
+}
+
+fn need_tool(tool: &str, install: &str) -> Result<()> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if !found {
+        bail!("{tool} not found: run `{install}`");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+struct BuiltSentinel {
+    binary: PathBuf,
+    /// Shared libraries to copy next to a dynamically linked binary (empty for musl).
+    libs: Vec<PathBuf>,
+    how: &'static str,
+}
+
+/// A static musl build when the target can be installed; otherwise the glibc build plus the
+/// libraries `ldd` names.
+fn build_sentinel(root: &Path, dynamic: bool) -> Result<BuiltSentinel> {
+    build_ebpf::run(&build_ebpf::Options { release: true })?;
+    let installed = output(
+        Command::new("rustup").args(["target", "list", "--installed"]),
+        "rustup target list",
+    )
+    .unwrap_or_default();
+    let musl = !dynamic
+        && (installed.lines().any(|l| l.trim() == MUSL)
+            || Command::new("rustup")
+                .args(["target", "add", MUSL])
+                .status()
+                .is_ok_and(|s| s.success()));
+    let mut cmd = Command::new(build_ebpf::cargo());
+    cmd.current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "sentinel-user",
+        "--bin",
+        "sentinel",
+    ]);
+    if musl {
+        cmd.args(["--target", MUSL]);
+        build_ebpf::status(&mut cmd, "building a static sentinel (musl)")?;
+        return Ok(BuiltSentinel {
+            binary: root.join("target").join(MUSL).join("release/sentinel"),
+            libs: Vec::new(),
+            how: "static (musl)",
+        });
+    }
+    if !dynamic {
+        step("musl target unavailable: using the glibc build and its shared libraries");
+    }
+    build_ebpf::status(&mut cmd, "building sentinel")?;
+    let binary = root.join("target/release/sentinel");
+    let ldd = output(Command::new("ldd").arg(&binary), "ldd")?;
+    let libs = ldd
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .collect();
+    Ok(BuiltSentinel {
+        binary,
+        libs,
+        how: "dynamic (glibc + ldd libraries)",
+    })
+}
+
+/// The numeric part between `prefix` and `suffix`, compared as a version (6.12.9 < 6.12.10).
+fn series_key(name: &str, prefix: &str, suffix: &str) -> Option<Vec<u64>> {
+    let middle = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    middle
+        .split('.')
+        .map(|p| p.parse().ok())
+        .collect::<Option<Vec<u64>>>()
+}
+
+fn newest_package(prefix: &str, suffix: &str) -> Result<String> {
+    let pattern = format!("^{}", prefix.replace('.', "\\.").replace('+', "\\+"));
+    let listing = output(
+        Command::new("apt-cache").args(["search", "--names-only", &pattern]),
+        "apt-cache search",
+    )?;
+    listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| series_key(n, prefix, suffix).map(|k| (k, n.to_string())))
+        .max()
+        .map(|(_, n)| n)
+        .ok_or_else(|| {
+            anyhow!(
+                "no package {prefix}*{suffix} in the apt sources (Debian 12): run `apt-get update`"
+            )
+        })
+}
+
+/// Downloads the package (once) and extracts its vmlinuz (once).
+fn fetch_kernel(work: &Path, pkg: &str) -> Result<PathBuf> {
+    let image = work.join("kernels").join(format!("{pkg}.vmlinuz"));
+    if image.is_file() {
+        return Ok(image);
+    }
+    let debs = work.join("debs");
+    fs::create_dir_all(&debs)?;
+    let find_deb = || -> Option<PathBuf> {
+        fs::read_dir(&debs)
+            .ok()?
+            .filter_map(Result::ok)
+            .find_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name.starts_with(&format!("{pkg}_")) && name.ends_with(".deb")).then(|| e.path())
+            })
+    };
+    let deb = match find_deb() {
+        Some(deb) => deb,
+        None => {
+            step(&format!("apt-get download {pkg}"));
+            output(
+                Command::new("apt-get")
+                    .args(["download", pkg])
+                    .current_dir(&debs),
+                "apt-get download",
+            )?;
+            find_deb().ok_or_else(|| anyhow!("apt-get download left no {pkg}_*.deb"))?
+        }
+    };
+    let tmp = work.join("extract");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    let script = format!(
+        "dpkg --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*'",
+        deb.display(),
+        tmp.display()
+    );
+    output(
+        Command::new("sh").args(["-c", &script]),
+        "extracting vmlinuz",
+    )?;
+    let vmlinuz = fs::read_dir(tmp.join("boot"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .ok_or_else(|| anyhow!("{} holds no boot/vmlinuz-*", deb.display()))?;
+    fs::create_dir_all(image.parent().unwrap())?;
+    fs::copy(&vmlinuz, &image)?;
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(image)
+}
+
+/// The guest's /init: mounts proc and sysfs (tracefs is left to sentinel, as on a fresh host),
+/// brings up loopback, runs the checks, prints sentinel's log, powers off.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+ip link set lo up || ifconfig lo 127.0.0.1 up
+echo "VMTEST-BOOT $(uname -r) possible=$(cat /sys/devices/system/cpu/possible) online=$(cat /sys/devices/system/cpu/online)"
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+label=$(uname -r)
+mode=$(sed -n 's/.*\[\(.*\)\].*/\1/p' /sys/kernel/security/lockdown 2>/dev/null)
+[ -n "$mode" ] && [ "$mode" != none ] && label="$label+lockdown=$mode"
+SENTINEL_LOG=info /bin/sentinel --log-format human selftest --label "$label" --cpu-hotplug --oom --drop-caps 2>/tmp/selftest.log
+rc=$?
+sed 's/^/GUEST-LOG /' /tmp/selftest.log
+echo "VMTEST-END rc=$rc"
+poweroff -f
+"#;
+
+fn build_initramfs(sentinel: &Path, libs: &[PathBuf], out: &Path) -> Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.is_file() {
+        bail!("/bin/busybox not found: run `apt-get install busybox-static`");
+    }
+    let ldd = Command::new("ldd").arg(busybox).output();
+    if let Ok(o) = ldd
+        && o.status.success()
+        && String::from_utf8_lossy(&o.stdout).contains("=>")
+    {
+        bail!("/bin/busybox is dynamically linked: run `apt-get install busybox-static`");
+    }
+    let mut cpio = Cpio::default();
+    for dir in ["bin", "dev", "proc", "sys", "tmp", "run", "lib", "lib64"] {
+        cpio.dir(dir);
+    }
+    // Without /dev/console in the initramfs the kernel starts init with no console at all.
+    cpio.char_dev("dev/console", 5, 1);
+    cpio.file("init", INIT.as_bytes(), 0o755);
+    cpio.file("bin/busybox", &fs::read(busybox)?, 0o755);
+    cpio.file("bin/sentinel", &fs::read(sentinel)?, 0o755);
+    for lib in libs {
+        let inside = lib.to_string_lossy().trim_start_matches('/').to_string();
+        for parent in Path::new(&inside).ancestors().skip(1) {
+            let p = parent.to_string_lossy();
+            if !p.is_empty() {
+                cpio.dir(&p);
+            }
+        }
+        cpio.file(&inside, &fs::read(lib)?, 0o755);
+    }
+    fs::write(out, cpio.finish())?;
+    Ok(())
+}
+
+/// A `newc` cpio archive, the format the kernel unpacks into its initial rootfs.
+#[derive(Default)]
+struct Cpio {
+    buf: Vec<u8>,
+    ino: u32,
+    dirs: std::collections::HashSet<String>,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
+        self.ino += 1;
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
+        self.buf.extend_from_slice(b"070701");
+        for f in fields {
+            self.buf.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(0);
+        self.pad();
+        self.buf.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
+
+    fn dir(&mut self, name: &str) {
+        if self.dirs.insert(name.to_string()) {
+            self.entry(name, 0o040_755, &[], (0, 0));
+        }
+    }
+
+    fn file(&mut self, name: &str, data: &[u8], perm: u32) {
+        self.entry(name, 0o100_000 | perm, data, (0, 0));
+    }
+
+    fn char_dev(&mut self, name: &str, major: u32, minor: u32) {
+        self.entry(name, 0o020_600, &[], (major, minor));
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[], (0, 0));
+        self.buf
+    }
+}
+
+/// Reads `VMTEST` lines from a child's stdout until it exits or the time-out; echoes them.
+fn collect(
+    mut child: std::process::Child,
+    timeout: Duration,
+    log: &Path,
+) -> Result<(Vec<String>, bool)> {
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut lines = Vec::new();
+    let mut logfile = fs::File::create(log)?;
+    let mut timed_out = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                writeln!(logfile, "{line}")?;
+                if line.starts_with("VMTEST") {
+                    println!("{line}");
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break;
+        }
+    }
+    let _ = child.wait();
+    Ok((lines, timed_out))
+}
+
+fn tally(kernel: String, lines: &[String], seconds: f64, mut note: String) -> Outcome {
+    let mut o = Outcome {
+        kernel,
+        passed: 0,
+        failed: 0,
+        summary: false,
+        seconds,
+        note: String::new(),
+    };
+    for line in lines {
+        let mut f = line.split_whitespace();
+        if f.next() != Some("VMTEST") {
+            continue;
+        }
+        let label = f.next().unwrap_or_default();
+        let check = f.next().unwrap_or_default();
+        let verdict = f.next().unwrap_or_default();
+        o.kernel = label.to_string();
+        if check == "summary" {
+            o.summary = true;
+        } else if verdict == "PASS" {
+            o.passed += 1;
+        } else {
+            o.failed += 1;
+        }
+    }
+    if !o.summary && note.is_empty() {
+        note = "no summary line: the checks did not finish".into();
+    }
+    o.note = note;
+    o
+}
+
+fn boot(
+    work: &Path,
+    name: &str,
+    image: &Path,
+    initrd: &Path,
+    extra: &str,
+    args: &VmtestArgs,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let timeout = args.timeout;
+    let cmdline = format!(
+        "console=ttyS0 panic=-1 loglevel=4 maxcpus=2 {extra} {}",
+        args.append
+    );
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-smp", "4", "-m", "512"])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(image)
+        .arg("-initrd")
+        .arg(initrd)
+        // loglevel=4 keeps kernel messages from splitting the VMTEST lines on the console.
+        // Four CPUs present, two brought up at boot (maxcpus=2): possible 0-3, online 0-1 on
+        // every kernel. QEMU's `-smp 2,maxcpus=4` gives that on 6.1, but 6.12 does not count
+        // QEMU 7.2's not-yet-plugged CPUs as possible (possible 0-1 there).
+        .args(["-append", cmdline.trim()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start qemu-system-x86_64")?;
+    let logs = work.join("logs");
+    fs::create_dir_all(&logs)?;
+    let file = name.rsplit('/').next().unwrap_or(name);
+    let log = logs.join(format!("{file}.log"));
+    let (lines, timed_out) = collect(child, Duration::from_secs(timeout), &log)?;
+    let note = if timed_out {
+        format!("timed out after {timeout} s; console in {}", log.display())
+    } else {
+        String::new()
+    };
+    let outcome = tally(
+        name.to_string(),
+        &lines,
+        started.elapsed().as_secs_f64(),
+        note,
+    );
+    if !(outcome.summary && outcome.failed == 0) {
+        eprintln!(
+            "--- console of {name} (last 40 lines besides the checks; full log {}) ---",
+            log.display()
+        );
+        let rest: Vec<&String> = lines.iter().filter(|l| !l.starts_with("VMTEST ")).collect();
+        for line in rest.iter().rev().take(40).rev() {
+            eprintln!("{line}");
+        }
+    }
+    Ok(outcome)
+}
+
+/// The same checks on the host kernel (no CPU hot-plug: CPUs of a shared machine stay up).
+fn host(sentinel: &Path) -> Result<Outcome> {
+    let started = Instant::now();
+    if !nix_is_root() {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            bail!("the host kernel checks need root, and CI=true");
+        }
+        step("SKIPPED the host kernel: not root (the guests ran)");
+        return Ok(Outcome {
+            kernel: "host".into(),
+            passed: 0,
+            failed: 0,
+            summary: true,
+            seconds: 0.0,
+            note: "skipped: not root".into(),
+        });
+    }
+    step("checking the host kernel");
+    let child = Command::new(sentinel)
+        .args(["selftest", "--drop-caps"])
+        .env("SENTINEL_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot run sentinel selftest on the host")?;
+    let logs = build_ebpf::workspace_root().join("target/vmtest/logs");
+    fs::create_dir_all(&logs)?;
+    let (lines, timed_out) = collect(child, Duration::from_secs(120), &logs.join("host.log"))?;
+    let note = if timed_out {
+        "timed out".into()
+    } else {
+        String::new()
+    };
+    Ok(tally(
+        "host".into(),
+        &lines,
+        started.elapsed().as_secs_f64(),
+        note,
+    ))
+}
+
+fn nix_is_root() -> bool {
+    output(Command::new("id").arg("-u"), "id -u").is_ok_and(|s| s.trim() == "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_kernel_by_version_not_by_text() {
+        let (p, s) = SERIES[1];
+        let mut names = [
+            "linux-image-6.12.9+deb12-cloud-amd64-unsigned",
+            "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
+            "linux-image-6.12.38+deb12-cloud-amd64-unsigned",
+            "linux-image-6.12.38+deb12-cloud-amd64-dbg",
+        ]
+        .map(|n| (series_key(n, p, s), n));
+        names.sort();
+        assert_eq!(names[0].0, None, "other packages do not match");
+        assert_eq!(
+            names.last().unwrap().1,
+            "linux-image-6.12.117+deb12-cloud-amd64-unsigned"
+        );
+        assert_eq!(
+            series_key(
+                "linux-image-6.1.0-56-cloud-amd64-unsigned",
+                SERIES[0].0,
+                SERIES[0].1
+            ),
+            Some(vec![56])
+        );
+    }
+
+    #[test]
+    fn cpio_entries_are_aligned_and_terminated() {
+        let mut c = Cpio::default();
+        c.dir("bin");
+        c.file("init", b"#!/bin/sh\n", 0o755);
+        c.char_dev("dev/console", 5, 1);
+        let buf = c.finish();
+        assert!(buf.len().is_multiple_of(4));
+        assert!(buf.starts_with(b"070701"));
+        let trailer = buf
+            .windows(10)
+            .position(|w| w == b"TRAILER!!!")
+            .expect("trailer");
+        assert!(trailer > 0);
+    }
+}

@@ -63,6 +63,10 @@ pub struct Published {
     pub series: Vec<SeriesStatus>,
     /// Healing engine state (breakers, counters, recent decisions); `None` when disabled.
     pub heal: Option<HealSnapshot>,
+    /// The interval's raw run-queue latency histogram (log2 buckets, see `hist_bucket_range`),
+    /// for the Prometheus histogram; the JSON interval only carries its summary.
+    #[serde(skip)]
+    pub runq_hist: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -85,6 +89,8 @@ pub struct RunOptions {
     pub load: LoadOptions,
     /// Name containers through the Docker Engine API (ids come from cgroup paths regardless).
     pub docker: bool,
+    /// Operations surface: `/metrics` address (`None`: off) and the status socket.
+    pub exporters: crate::export::serve::ExportOptions,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -104,6 +110,7 @@ struct Pipeline {
     seq: u64,
     last: Instant,
     attribution: Attribution,
+    last_hist: Vec<u64>,
 }
 
 impl Pipeline {
@@ -112,6 +119,8 @@ impl Pipeline {
         self.collector.snapshot(&mut self.snapshot)?;
         let system = self.host.sample();
         let delta = self.drain.apply(&self.snapshot);
+        self.last_hist.clear();
+        self.last_hist.extend_from_slice(&delta.hist);
         let drain_us = started.elapsed().as_micros() as u64;
         let measured = started.duration_since(self.last);
         self.last = started;
@@ -188,6 +197,7 @@ impl Pipeline {
             interval: iv.clone(),
             series: Vec::new(),
             heal: None,
+            runq_hist: self.last_hist.clone(),
         }
     }
 
@@ -236,6 +246,10 @@ impl Pipeline {
 async fn run_loop(opts: RunOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    // Before loading: a second instance or a taken port fails at once, naming the cause.
+    crate::collect::loader::check_privileges()?;
+    let mut exporters =
+        crate::export::serve::Exporters::bind(&opts.exporters, opts.interval).await?;
     let mut collector = Collector::load(&opts.load)?;
     let mut kernel_log = collector.take_logger().and_then(|logger| {
         // SAFETY: the logger owns its ring buffer's fd and keeps it open as long as the
@@ -267,6 +281,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
                 containers::docker::disabled_view()
             },
         ),
+        last_hist: Vec::new(),
     };
     let start = tokio::time::Instant::from_std(loaded_at);
     let mut ticker = tokio::time::interval_at(start + opts.interval, opts.interval);
@@ -276,6 +291,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     let mut out = io::stdout().lock();
     let (publish, _) = watch::channel::<Option<Arc<Published>>>(None);
     // Exporters (metrics endpoint, status socket) subscribe here: `publish.subscribe()`.
+    exporters.start(publish.subscribe());
     info!(interval = ?opts.interval, "sentinel running");
 
     let reason = loop {
@@ -297,6 +313,9 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         }
         let iv = p.drain_interval(false)?;
         publish.send_replace(Some(Arc::new(p.published(&iv))));
+        // Lets the exporters take this interval before the next drain can replace it (the
+        // ticker may be due already after a slow drain, and then `select!` would not yield).
+        tokio::task::yield_now().await;
         if let Err(e) = emit(&mut out, opts.output, &iv) {
             break_on_closed_output(e)?;
             break "output closed";
@@ -306,6 +325,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         }
     };
     info!("stopping ({reason}): detaching programs");
+    exporters.stop();
     p.collector.detach();
     // Let program runs that started before the detach finish before the final read.
     tokio::time::sleep(Duration::from_millis(20)).await;

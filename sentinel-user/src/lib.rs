@@ -1,5 +1,6 @@
 //! Sentinel userspace: collector, detection, healing and exporters.
 
+pub mod check;
 pub mod collect;
 pub mod containers;
 pub mod daemon;

@@ -1,12 +1,17 @@
 //! `sentinel`: command-line dispatch only.
 
-use std::{process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use sentinel::{
     collect::loader::{KeyMode, LoadOptions},
     daemon::{self, RunOptions},
-    export::OutputFormat,
+    export::{
+        OutputFormat,
+        prometheus::{self, MetricsConfig},
+        serve::ExportOptions,
+        status, top,
+    },
 };
 
 #[derive(Parser)]
@@ -36,6 +41,40 @@ enum Command {
     /// Stream a recorded series (CSV `timestamp,value` or `sentinel run --output json` lines)
     /// through the detection engine and write `timestamp,value,anomaly_score`.
     Replay(sentinel::replay::ReplayArgs),
+    /// Preflight: can this host run sentinel? One line per item: ok, warn or fail, and what to
+    /// do. Exits non-zero iff sentinel could not run.
+    Check(CheckArgs),
+    /// Print the running daemon's latest interval, detectors, breakers and last actions.
+    Status(StatusArgs),
+    /// Live terminal view of the running daemon (q, Esc or Ctrl-C quits).
+    Top(TopArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Print the daemon's snapshot as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The daemon's status socket.
+    #[arg(long, default_value = status::DEFAULT_SOCKET)]
+    status_socket: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct TopArgs {
+    /// The daemon's status socket.
+    #[arg(long, default_value = status::DEFAULT_SOCKET)]
+    status_socket: PathBuf,
+    /// Refresh period, e.g. 1s, 500ms (100ms..1m).
+    #[arg(long, default_value = "1s", value_parser = parse_refresh)]
+    refresh: Duration,
 }
 
 #[derive(clap::Args)]
@@ -64,6 +103,21 @@ struct RunArgs {
     /// Testing aid: treat this tracepoint as missing from the kernel (repeatable).
     #[arg(long, hide = true)]
     simulate_missing_hook: Vec<String>,
+    /// Serve Prometheus metrics at this address. It has no authentication: binding anything
+    /// but loopback is allowed, with a warning.
+    #[arg(long, default_value = prometheus::DEFAULT_ADDR, value_parser = prometheus::parse_addr)]
+    metrics_addr: SocketAddr,
+    /// Do not serve Prometheus metrics.
+    #[arg(long, conflicts_with = "metrics_addr")]
+    no_metrics: bool,
+    /// Containers exported with their own Prometheus series: the busiest N, plus the ones
+    /// healing manages.
+    #[arg(long, default_value_t = prometheus::DEFAULT_TOP_CONTAINERS as u32, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    metrics_top_containers: u32,
+    /// Unix socket for `sentinel status` and `sentinel top` (mode 0600); its directory, created
+    /// 0700, also holds the single-instance lock.
+    #[arg(long, default_value = status::DEFAULT_SOCKET)]
+    status_socket: PathBuf,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -76,6 +130,27 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err(format!("{s} is outside the allowed range 10ms..1h"));
     }
     Ok(d)
+}
+
+fn parse_refresh(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(60) {
+        return Err(format!("{s} is outside the allowed range 100ms..1m"));
+    }
+    Ok(d)
+}
+
+fn print_status(args: &StatusArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let snap = status::fetch(&args.status_socket, Duration::from_secs(3))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &snap)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(status::render_text(&snap).as_bytes())?;
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -130,7 +205,31 @@ fn main() -> ExitCode {
                 simulate_missing: args.simulate_missing_hook,
                 ..LoadOptions::default()
             },
+            exporters: ExportOptions {
+                metrics_addr: (!args.no_metrics).then_some(args.metrics_addr),
+                metrics: MetricsConfig {
+                    top_containers: args.metrics_top_containers as usize,
+                    ..MetricsConfig::default()
+                },
+                status_socket: args.status_socket,
+            },
         }),
+        Command::Check(args) => {
+            let report = sentinel::check::run(&sentinel::check::CheckOptions::default());
+            if let Err(e) =
+                sentinel::check::print(&report, args.json, &mut std::io::stdout().lock())
+            {
+                eprintln!("error: cannot write the report: {e}");
+                return ExitCode::FAILURE;
+            }
+            return if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Command::Status(args) => print_status(&args),
+        Command::Top(args) => top::run(&args.status_socket, args.refresh),
         Command::Replay(args) => sentinel::replay::run(&args),
     };
     match result {

@@ -12,11 +12,15 @@ use sentinel::model::Interval;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sentinel");
 
+static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct SentinelRun {
     child: Option<Child>,
     lines: Receiver<Interval>,
     pub intervals: Vec<Interval>,
     stderr: Option<JoinHandle<String>>,
+    /// The status socket's directory (removed on drop).
+    pub runtime_dir: std::path::PathBuf,
 }
 
 pub struct Finished {
@@ -33,9 +37,25 @@ impl SentinelRun {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        // Tests run daemons side by side: each gets its own status socket (and instance lock)
+        // and an ephemeral metrics port, unless the test chooses them.
+        let runtime_dir = std::env::temp_dir().join(format!(
+            "snt-run-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let socket = runtime_dir.join("sentinel.sock");
+        let mut own: Vec<String> = Vec::new();
+        if !args.contains(&"--status-socket") {
+            own.extend(["--status-socket".into(), socket.display().to_string()]);
+        }
+        if !args.contains(&"--metrics-addr") && !args.contains(&"--no-metrics") {
+            own.extend(["--metrics-addr".into(), "127.0.0.1:0".into()]);
+        }
         let mut child = Command::new(BIN)
             .arg("run")
             .args(["--output", "json"])
+            .args(&own)
             .args(args)
             .envs(env.iter().copied())
             .env("SENTINEL_LOG", "info")
@@ -67,6 +87,7 @@ impl SentinelRun {
             lines,
             intervals: Vec::new(),
             stderr: Some(stderr),
+            runtime_dir,
         }
     }
 
@@ -132,6 +153,7 @@ impl Drop for SentinelRun {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
 

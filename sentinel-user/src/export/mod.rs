@@ -1,6 +1,10 @@
 //! Output of intervals: JSON lines and one readable text line per interval.
 
+pub mod prometheus;
+pub mod serve;
+pub mod status;
 pub mod text;
+pub mod top;
 
 use std::io::Write;
 

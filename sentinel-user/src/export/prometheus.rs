@@ -772,7 +772,7 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut enc,
-            "sentinel_counter_resets",
+            "sentinel_kernel_count_resets",
             "Intervals in which a kernel counter went backwards (maps re-created).",
             s.counter_resets,
         )?;
@@ -1034,11 +1034,29 @@ fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<
         r
     };
     match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let openmetrics = req
+                .headers()
+                .get_all(hyper::header::ACCEPT)
+                .iter()
+                .any(|v| {
+                    v.to_str()
+                        .is_ok_and(|v| v.contains("application/openmetrics-text"))
+                });
+            if openmetrics {
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    metrics.encode(),
+                )
+            } else {
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    to_text_format(&metrics.encode()),
+                )
+            }
+        }
         (_, "/metrics") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain; charset=utf-8",
@@ -1050,6 +1068,42 @@ fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<
             "not found: sentinel serves /metrics\n".into(),
         ),
     }
+}
+
+/// The classic text format (0.0.4) for clients that do not ask for OpenMetrics (curl,
+/// `promtool check metrics`, older scrapers). The encoder writes OpenMetrics only; the formats
+/// differ, for what sentinel exports, in three ways: a counter family is named with its
+/// `_total` suffix, there are no `# UNIT` lines and no `# EOF` terminator.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + counters.len() * 16);
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Binds the listener (before the programs load, so a taken port fails fast).
@@ -1218,6 +1272,21 @@ mod tests {
             "{rows:?}"
         );
         assert!(text.contains("sentinel_containers_tracked 10"));
+    }
+
+    #[test]
+    fn classic_text_format_names_counters_with_total() {
+        let m = Metrics::new(MetricsConfig::default());
+        m.observe(&published(0));
+        let text = to_text_format(&m.encode());
+        assert!(
+            text.contains("# HELP sentinel_sched_switch_total Kernel"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE sentinel_sched_switch_total counter\n"));
+        assert!(text.contains("# TYPE sentinel_runqueue_latency_seconds histogram\n"));
+        assert!(!text.contains("# UNIT") && !text.contains("# EOF"));
+        assert!(text.contains("sentinel_sched_switch_total 10\n"));
     }
 
     #[test]

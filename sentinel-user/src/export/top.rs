@@ -111,6 +111,17 @@ fn human(v: f64) -> String {
     }
 }
 
+/// Latency in microseconds, shortest readable form: 90us, 11.5ms, 1.2s.
+fn micros(us: f64) -> String {
+    if us >= 1e6 {
+        format!("{:.1}s", us / 1e6)
+    } else if us >= 1e4 {
+        format!("{:.1}ms", us / 1e3)
+    } else {
+        format!("{us:.0}us")
+    }
+}
+
 fn block(title: &str) -> Block<'_> {
     Block::bordered().title(Span::styled(
         title,
@@ -197,7 +208,7 @@ fn draw_host(f: &mut Frame, area: Rect, view: &View, iv: &Interval) {
     rows.push(Constraint::Min(0));
     let lines = Layout::vertical(rows).split(inner);
     let secs = (iv.interval_ms / 1000.0).max(1e-3);
-    let label_w = 34;
+    let label_w = 46;
     let mut draw_row = |i: usize, label: String, idx: usize| {
         let [text, spark] =
             Layout::horizontal([Constraint::Length(label_w), Constraint::Min(1)]).areas(lines[i]);
@@ -230,8 +241,11 @@ fn draw_host(f: &mut Frame, area: Rect, view: &View, iv: &Interval) {
     draw_row(
         HOST_ROWS.len() + 1,
         format!(
-            "{:<12}p50 {:.0}us p99 {:.0}us max {:.0}us",
-            "runq lat", r.p50, r.p99, r.max
+            "{:<10}p50 {} p99 {} max {}",
+            "runq lat",
+            micros(r.p50),
+            micros(r.p99),
+            micros(r.max)
         ),
         HOST_ROWS.len() + 1,
     );
@@ -258,7 +272,7 @@ fn draw_containers(f: &mut Frame, area: Rect, iv: &Interval) {
             sanitize(&c.name, 40),
             sanitize(&c.image, 30),
             format!("{:.1}", c.cpu_percent),
-            format!("{:.0}us", c.runqueue_latency_us.p99),
+            micros(c.runqueue_latency_us.p99),
             human(c.ctx_switches as f64),
             c.forks.to_string(),
             human(c.rx_packets as f64),

@@ -578,7 +578,7 @@ impl Collector for StateCollector {
             counter(
                 &mut enc,
                 &format!("sentinel_{name}"),
-                &format!("Kernel {name} events counted by sentinel's eBPF programs."),
+                &format!("{name}, as counted in the kernel by sentinel's eBPF programs."),
                 *total,
             )?;
         }

@@ -1280,7 +1280,7 @@ mod tests {
         m.observe(&published(0));
         let text = to_text_format(&m.encode());
         assert!(
-            text.contains("# HELP sentinel_sched_switch_total Kernel"),
+            text.contains("# HELP sentinel_sched_switch_total sched_switch, as"),
             "{text}"
         );
         assert!(text.contains("# TYPE sentinel_sched_switch_total counter\n"));

@@ -731,3 +731,77 @@ fn deploy_files_validate() {
     assert!(exprs.len() >= 15);
     assert!(exprs.iter().all(|e| e.contains("sentinel_")));
 }
+
+/// `--drop-capabilities`: once attached, every capability but CAP_SYS_PTRACE is gone from every
+/// thread, and the daemon keeps draining, serving and removing map entries of gone namespaces.
+#[test]
+fn capabilities_are_dropped_after_attach_and_drains_continue() {
+    if !require_root("capabilities_are_dropped_after_attach_and_drains_continue")
+        || !require_tool("ip", "iproute2")
+    {
+        return;
+    }
+    let ns = support::netns::Netns::new("ops-caps");
+    let mut run = SentinelRun::start(&["--interval", "200ms", "--drop-capabilities"]);
+    run.next_interval(FIRST);
+    let pid = run.pid();
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        for key in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+            let value = status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap()
+                .trim();
+            let expect = if matches!(key, "CapEff:" | "CapPrm:") {
+                "0000000000080000" // CAP_SYS_PTRACE only
+            } else {
+                "0000000000000000"
+            };
+            assert_eq!(value, expect, "{key} of a thread of pid {pid}");
+        }
+        threads += 1;
+    }
+    println!("threads checked: {threads}");
+    // Traffic in a namespace creates a map entry; deleting the namespace lets the periodic
+    // clean-up remove it, a map write made without CAP_BPF.
+    ns.run(|| support::netns::udp_burst(200, 16));
+    let with_ns = (0..3)
+        .map(|_| run.next_interval(FIRST).collector.iface_entries)
+        .max()
+        .unwrap();
+    assert!(with_ns >= 1);
+    drop(ns);
+    let mut entries = with_ns;
+    for _ in 0..30 {
+        entries = run.next_interval(FIRST).collector.iface_entries;
+        if entries < with_ns {
+            break;
+        }
+    }
+    assert!(
+        entries < with_ns,
+        "entries of the deleted namespace stayed ({entries})"
+    );
+    let snap = status_json(&socket_of(&run));
+    assert!(snap["latest"]["seq"].as_u64().unwrap() > 5);
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        finished
+            .stderr
+            .contains("capabilities dropped after attach"),
+        "{}",
+        finished.stderr
+    );
+    assert!(!finished.stderr.contains("WARN"), "{}", finished.stderr);
+    let after: u64 = finished
+        .intervals
+        .iter()
+        .skip(1)
+        .map(|iv| iv.counters["sched_switch"].expect("attached"))
+        .sum();
+    assert!(after > 0, "no context switches counted after the drop");
+    assert!(finished.intervals.last().unwrap().final_totals.is_some());
+}

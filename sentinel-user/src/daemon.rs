@@ -91,6 +91,8 @@ pub struct RunOptions {
     pub docker: bool,
     /// Operations surface: `/metrics` address (`None`: off) and the status socket.
     pub exporters: crate::export::serve::ExportOptions,
+    /// Drop every capability but CAP_SYS_PTRACE once the programs are attached.
+    pub drop_capabilities: bool,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -283,6 +285,12 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         ),
         last_hist: Vec::new(),
     };
+    if opts.drop_capabilities {
+        match crate::privilege::drop_all_but(&[crate::privilege::CAP_SYS_PTRACE]) {
+            Ok(eff) => info!("capabilities dropped after attach: CapEff {eff:016x}"),
+            Err(e) => warn!("{e:#}; keeping the start-up capabilities"),
+        }
+    }
     let start = tokio::time::Instant::from_std(loaded_at);
     let mut ticker = tokio::time::interval_at(start + opts.interval, opts.interval);
     // After a stall (e.g. SIGSTOP) the next interval simply covers the whole gap.

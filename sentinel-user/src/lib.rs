@@ -8,4 +8,5 @@ pub mod detect;
 pub mod export;
 pub mod heal;
 pub mod model;
+pub mod privilege;
 pub mod replay;

@@ -118,6 +118,10 @@ struct RunArgs {
     /// 0700, also holds the single-instance lock.
     #[arg(long, default_value = status::DEFAULT_SOCKET)]
     status_socket: PathBuf,
+    /// Once the programs are attached, drop every capability but CAP_SYS_PTRACE (still needed
+    /// to read /proc/PID/ns/* of other processes).
+    #[arg(long)]
+    drop_capabilities: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -213,6 +217,7 @@ fn main() -> ExitCode {
                 },
                 status_socket: args.status_socket,
             },
+            drop_capabilities: args.drop_capabilities,
         }),
         Command::Check(args) => {
             let report = sentinel::check::run(&sentinel::check::CheckOptions::default());

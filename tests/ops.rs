@@ -394,6 +394,12 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     println!("dashboard: {checked} queries accepted by Prometheus");
     let finished = run.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
+    let longest = finished
+        .intervals
+        .iter()
+        .map(|iv| iv.interval_ms)
+        .fold(0.0, f64::max);
+    println!("longest interval with 200 idle connections open: {longest:.1} ms (500 ms set)");
     let seqs: Vec<u64> = finished.intervals.iter().map(|iv| iv.seq).collect();
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
@@ -795,7 +801,13 @@ fn capabilities_are_dropped_after_attach_and_drains_continue() {
         "{}",
         finished.stderr
     );
-    assert!(!finished.stderr.contains("WARN"), "{}", finished.stderr);
+    for denied in [
+        "Operation not permitted",
+        "Permission denied",
+        "keeping the start-up",
+    ] {
+        assert!(!finished.stderr.contains(denied), "{}", finished.stderr);
+    }
     let after: u64 = finished
         .intervals
         .iter()

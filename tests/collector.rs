@@ -371,3 +371,81 @@ fn bad_flags_and_missing_privileges_give_one_clear_line() {
         "{stderr}"
     );
 }
+
+/// FAULT-MATRIX M3: a stdout reader that stops reading never stalls the drain: intervals keep
+/// their cadence, the lines that do not fit are dropped and counted, and the run still ends on
+/// time.
+#[test]
+fn a_stalled_stdout_reader_does_not_stall_the_drain() {
+    if !support::require_root("a_stalled_stdout_reader_does_not_stall_the_drain") {
+        return;
+    }
+    let started = Instant::now();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--output",
+            "json",
+            "--interval",
+            "10ms",
+            "--duration",
+            "6s",
+        ])
+        .args(["--no-docker"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sentinel");
+    // Read nothing for 4.5 s: the pipe (64 KiB) and the output queue fill up.
+    std::thread::sleep(Duration::from_millis(4500));
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let took = started.elapsed();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    let lines: Vec<Interval> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("whole JSON lines only"))
+        .collect();
+    let last = lines.last().expect("the final interval");
+    eprintln!(
+        "{} lines written, last seq {}, output_dropped {}, run took {took:?}",
+        lines.len(),
+        last.seq,
+        last.collector.output_dropped
+    );
+    assert!(last.final_totals.is_some(), "final interval written");
+    assert!(
+        last.collector.output_dropped > 0,
+        "drops counted: {}",
+        last.collector.output_dropped
+    );
+    assert_eq!(
+        lines.len() as u64 + last.collector.output_dropped,
+        last.seq + 1,
+        "every interval either written or counted as dropped"
+    );
+    assert!(
+        last.seq >= 300,
+        "the drain kept going while stdout was stalled: {} intervals in 6 s",
+        last.seq
+    );
+    assert!(took < Duration::from_secs(10), "ended on time: {took:?}");
+    assert_eq!(
+        stderr.matches("not keeping up").count(),
+        1,
+        "one warning per episode: {stderr}"
+    );
+}

@@ -2,7 +2,6 @@
 //! the shutdown signals; plain structs (Collector, Drain, HostSampler) do the work.
 
 use std::{
-    io::{self, Write},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,15 +19,17 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    analysis::Analysis,
     collect::{
         drain::{Drain, DrainDelta, LatencySummarizer, RawSnapshot},
         host::HostSampler,
         loader::{Collector, LoadOptions},
         netns,
     },
+    config::Config,
     containers::{self, Attribution},
     detect::SeriesState,
-    export::{OutputFormat, write_interval},
+    export::{OutputFormat, output::Output},
     heal::HealSnapshot,
     model::{CollectorHealth, DetectionSummary, Interval},
 };
@@ -78,6 +79,8 @@ pub struct SeriesStatus {
 
 pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
 
+/// Period of the healing engine's own work between intervals.
+const HEAL_TICK: Duration = Duration::from_millis(250);
 /// Retire the entries of gone interfaces every this many intervals.
 const IFACE_GC_EVERY: u64 = 10;
 
@@ -89,6 +92,8 @@ pub struct RunOptions {
     pub load: LoadOptions,
     /// Name containers through the Docker Engine API (ids come from cgroup paths regardless).
     pub docker: bool,
+    /// The whole validated configuration (detection, healing, metrics, status sections).
+    pub config: Config,
     /// Operations surface: `/metrics` address (`None`: off) and the status socket.
     pub exporters: crate::export::serve::ExportOptions,
     /// Drop every capability but CAP_SYS_PTRACE once the programs are attached.
@@ -113,6 +118,7 @@ struct Pipeline {
     last: Instant,
     attribution: Attribution,
     last_hist: Vec<u64>,
+    analysis: Analysis,
 }
 
 impl Pipeline {
@@ -186,23 +192,25 @@ impl Pipeline {
                 container_capacity: u64::from(self.collector.container_capacity),
                 reset: delta.reset,
                 drain_us,
+                // Filled in by the run loop, which owns the output.
+                output_dropped: 0,
             },
             final_totals,
+        }
+    }
+
+    fn published(&self, iv: &Interval) -> Published {
+        Published {
+            interval: iv.clone(),
+            series: self.analysis.series(),
+            heal: self.analysis.heal_snapshot(),
+            runq_hist: self.last_hist.clone(),
         }
     }
 
     /// Removes interface entries whose namespace (or, in the host namespace, device) is gone.
     /// Only entries idle for a whole interval are candidates: their counts were all drained,
     /// so removing them loses nothing.
-    fn published(&self, iv: &Interval) -> Published {
-        Published {
-            interval: iv.clone(),
-            series: Vec::new(),
-            heal: None,
-            runq_hist: self.last_hist.clone(),
-        }
-    }
-
     fn retire_gone_interfaces(&mut self) {
         let live = netns::live_namespaces();
         let host = netns::own_namespace();
@@ -264,6 +272,10 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             }
         }
     });
+    let heal = opts
+        .docker
+        .then_some((&opts.config.heal, opts.config.daemon.audit_log.as_path()));
+    let analysis = Analysis::new(&opts.config.detect, heal)?;
     let loaded_at = Instant::now();
     let mut host = HostSampler::default();
     host.prime();
@@ -284,6 +296,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             },
         ),
         last_hist: Vec::new(),
+        analysis,
     };
     if opts.drop_capabilities {
         match crate::privilege::drop_all_but(&[crate::privilege::CAP_SYS_PTRACE]) {
@@ -296,7 +309,11 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     // After a stall (e.g. SIGSTOP) the next interval simply covers the whole gap.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deadline = opts.duration.map(|d| start + d);
-    let mut out = io::stdout().lock();
+    // Healing reacts to Docker events and moves breakers on time between intervals too.
+    let mut heal_tick = tokio::time::interval(HEAL_TICK);
+    heal_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let healing = p.analysis.healing();
+    let mut out = Output::stdout(opts.output)?;
     let (publish, _) = watch::channel::<Option<Arc<Published>>>(None);
     // Exporters (metrics endpoint, status socket) subscribe here: `publish.subscribe()`.
     exporters.start(publish.subscribe());
@@ -308,6 +325,10 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             _ = sigterm.recv() => Some("SIGTERM"),
             _ = sigint.recv() => Some("SIGINT"),
             _ = sleep_until(deadline.unwrap_or(start)), if deadline.is_some() => Some("duration elapsed"),
+            _ = heal_tick.tick(), if healing => {
+                p.analysis.tick().await;
+                continue;
+            }
             ready = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
                 if let Ok(mut guard) = ready {
                     guard.get_inner_mut().flush();
@@ -319,13 +340,14 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         if let Some(reason) = stop {
             break reason;
         }
-        let iv = p.drain_interval(false)?;
+        let mut iv = p.drain_interval(false)?;
+        p.analysis.on_interval(&mut iv).await;
+        iv.collector.output_dropped = out.dropped();
         publish.send_replace(Some(Arc::new(p.published(&iv))));
         // Lets the exporters take this interval before the next drain can replace it (the
         // ticker may be due already after a slow drain, and then `select!` would not yield).
         tokio::task::yield_now().await;
-        if let Err(e) = emit(&mut out, opts.output, &iv) {
-            break_on_closed_output(e)?;
+        if !out.offer(&iv)? {
             break "output closed";
         }
         if p.seq.is_multiple_of(IFACE_GC_EVERY) {
@@ -334,24 +356,14 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     };
     info!("stopping ({reason}): detaching programs");
     exporters.stop();
+    p.analysis.shutdown().await;
     p.collector.detach();
     // Let program runs that started before the detach finish before the final read.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let iv = p.drain_interval(true)?;
-    if let Err(e) = emit(&mut out, opts.output, &iv) {
-        break_on_closed_output(e)?;
-    }
-    Ok(())
+    let mut iv = p.drain_interval(true)?;
+    iv.collector.output_dropped = out.dropped();
+    out.finish(&iv, FINAL_OUTPUT_WAIT)
 }
 
-fn emit(out: &mut impl Write, format: OutputFormat, iv: &Interval) -> Result<()> {
-    write_interval(out, format, iv)
-}
-
-/// A closed stdout (e.g. `sentinel run | head`) ends the run cleanly; other errors are fatal.
-fn break_on_closed_output(e: anyhow::Error) -> Result<()> {
-    match e.downcast_ref::<io::Error>() {
-        Some(io) if io.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        _ => Err(e.context("cannot write output")),
-    }
-}
+/// How long the final interval may wait for a slow stdout reader at exit.
+const FINAL_OUTPUT_WAIT: Duration = Duration::from_secs(2);

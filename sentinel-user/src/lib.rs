@@ -1,7 +1,9 @@
 //! Sentinel userspace: collector, detection, healing and exporters.
 
+pub mod analysis;
 pub mod check;
 pub mod collect;
+pub mod config;
 pub mod containers;
 pub mod daemon;
 pub mod detect;

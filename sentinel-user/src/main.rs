@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use sentinel::{
     collect::loader::{KeyMode, LoadOptions},
+    config::{self, Config},
     daemon::{self, RunOptions},
     export::{
         OutputFormat,
@@ -41,6 +42,9 @@ enum Command {
     /// Stream a recorded series (CSV `timestamp,value` or `sentinel run --output json` lines)
     /// through the detection engine and write `timestamp,value,anomaly_score`.
     Replay(sentinel::replay::ReplayArgs),
+    /// Validate a config file, or print the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Preflight: can this host run sentinel? One line per item: ok, warn or fail, and what to
     /// do. Exits non-zero iff sentinel could not run.
     Check(CheckArgs),
@@ -77,51 +81,176 @@ struct TopArgs {
     refresh: Duration,
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate FILE without running anything; exit status 1 if it is invalid.
+    Check {
+        file: PathBuf,
+        /// Accept a file that is group/other-writable or owned by another user.
+        #[arg(long)]
+        allow_insecure_config: bool,
+    },
+    /// Print the effective configuration (built-in defaults, overridden by FILE) as TOML.
+    Show { file: Option<PathBuf> },
+}
+
+/// Flags override the config file, which overrides the built-in defaults; a flag left out
+/// keeps the file's value.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Drain interval, e.g. 1s, 100ms (10ms..1h).
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
-    interval: Duration,
+    /// Config file (TOML). Default: /etc/sentinel/sentinel.toml if it exists, else built-in
+    /// defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Accept a config file that is group/other-writable or owned by another user.
+    #[arg(long)]
+    allow_insecure_config: bool,
+    /// Drain interval, e.g. 1s, 100ms (10ms..1h). [config: daemon.interval, default 1s]
+    #[arg(long, value_parser = parse_interval)]
+    interval: Option<Duration>,
     /// Exit cleanly after this long, e.g. 30s, 5m.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    output: OutputFormat,
-    /// Capacity of the per-(network namespace, interface) kernel map.
-    #[arg(long, default_value_t = sentinel_common::IFACE_MAP_CAPACITY, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    iface_capacity: u32,
-    /// Capacity of the per-container kernel map.
-    #[arg(long, default_value_t = sentinel_common::CONTAINER_MAP_CAPACITY, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    container_capacity: u32,
+    /// Interval output on stdout. [config: daemon.output, default text]
+    #[arg(long, value_enum)]
+    output: Option<OutputFormat>,
+    /// Capacity of the per-(network namespace, interface) kernel map. [config:
+    /// collector.iface_capacity]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    iface_capacity: Option<u32>,
+    /// Capacity of the per-container kernel map. [config: collector.container_capacity]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    container_capacity: Option<u32>,
     /// How the kernel identifies a task's container: cgroup v2 id, or mount namespace inode
-    /// (cgroup v1 hosts). `auto` picks by the host's cgroup layout.
-    #[arg(long, value_enum, default_value_t = KeyMode::Auto)]
-    container_key: KeyMode,
-    /// Do not contact the Docker Engine API (containers are then named by cgroup path / id).
+    /// (cgroup v1 hosts). `auto` picks by the host's cgroup layout. [config:
+    /// collector.container_key]
+    #[arg(long, value_enum)]
+    container_key: Option<KeyMode>,
+    /// Do not contact the Docker Engine API: containers are named by cgroup path / id and
+    /// healing is off. [config: daemon.docker = false]
     #[arg(long)]
     no_docker: bool,
+    /// Healing decides and audits everything but acts on nothing. [config: heal.dry_run]
+    #[arg(long)]
+    dry_run: bool,
+    /// Healing audit log (JSON lines). [config: daemon.audit_log]
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     /// Testing aid: treat this tracepoint as missing from the kernel (repeatable).
     #[arg(long, hide = true)]
     simulate_missing_hook: Vec<String>,
     /// Serve Prometheus metrics at this address. It has no authentication: binding anything
-    /// but loopback is allowed, with a warning.
-    #[arg(long, default_value = prometheus::DEFAULT_ADDR, value_parser = prometheus::parse_addr)]
-    metrics_addr: SocketAddr,
-    /// Do not serve Prometheus metrics.
+    /// but loopback is allowed, with a warning. [config: metrics.addr, default 127.0.0.1:9464]
+    #[arg(long, value_parser = prometheus::parse_addr)]
+    metrics_addr: Option<SocketAddr>,
+    /// Do not serve Prometheus metrics. [config: metrics.enabled = false]
     #[arg(long, conflicts_with = "metrics_addr")]
     no_metrics: bool,
     /// Containers exported with their own Prometheus series: the busiest N, plus the ones
-    /// healing manages.
-    #[arg(long, default_value_t = prometheus::DEFAULT_TOP_CONTAINERS as u32, value_parser = clap::value_parser!(u32).range(0..=10_000))]
-    metrics_top_containers: u32,
+    /// healing manages. [config: metrics.top_containers, default 50]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    metrics_top_containers: Option<u32>,
     /// Unix socket for `sentinel status` and `sentinel top` (mode 0600); its directory, created
-    /// 0700, also holds the single-instance lock.
-    #[arg(long, default_value = status::DEFAULT_SOCKET)]
-    status_socket: PathBuf,
+    /// 0700, also holds the single-instance lock. [config: status.socket]
+    #[arg(long)]
+    status_socket: Option<PathBuf>,
     /// Once the programs are attached, drop every capability but CAP_SYS_PTRACE (still needed
     /// to read /proc/PID/ns/* of other processes).
     #[arg(long)]
     drop_capabilities: bool,
+}
+
+impl RunArgs {
+    fn options(self) -> anyhow::Result<RunOptions> {
+        let mut cfg = match config::resolve_path(self.config.as_deref()) {
+            Some(path) => config::load(&path, self.allow_insecure_config)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.output {
+            cfg.daemon.output = v;
+        }
+        if self.no_docker {
+            cfg.daemon.docker = false;
+        }
+        if let Some(v) = self.audit_log {
+            cfg.daemon.audit_log = v;
+        }
+        if let Some(v) = self.iface_capacity {
+            cfg.collector.iface_capacity = v;
+        }
+        if let Some(v) = self.container_capacity {
+            cfg.collector.container_capacity = v;
+        }
+        if let Some(v) = self.container_key {
+            cfg.collector.container_key = v;
+        }
+        if self.dry_run {
+            cfg.heal.dry_run = true;
+        }
+        if let Some(v) = self.metrics_addr {
+            cfg.metrics.addr = v.to_string();
+            cfg.metrics.enabled = true;
+        }
+        if self.no_metrics {
+            cfg.metrics.enabled = false;
+        }
+        if let Some(v) = self.metrics_top_containers {
+            cfg.metrics.top_containers = v;
+        }
+        if let Some(v) = self.status_socket {
+            cfg.status.socket = v;
+        }
+        // The config loader validated the address; a flag was parsed by clap.
+        let metrics_addr = if cfg.metrics.enabled {
+            Some(prometheus::parse_addr(&cfg.metrics.addr).map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        };
+        let exporters = ExportOptions {
+            metrics_addr,
+            metrics: MetricsConfig {
+                top_containers: cfg.metrics.top_containers as usize,
+                ..MetricsConfig::default()
+            },
+            status_socket: cfg.status.socket.clone(),
+        };
+        Ok(RunOptions {
+            interval: self.interval.unwrap_or_else(|| cfg.interval()),
+            duration: self.duration,
+            output: cfg.daemon.output,
+            docker: cfg.daemon.docker,
+            load: LoadOptions {
+                iface_capacity: cfg.collector.iface_capacity,
+                container_capacity: cfg.collector.container_capacity,
+                key_mode: cfg.collector.container_key,
+                simulate_missing: self.simulate_missing_hook,
+                ..LoadOptions::default()
+            },
+            config: cfg,
+            exporters,
+            drop_capabilities: self.drop_capabilities,
+        })
+    }
+}
+
+fn config_command(cmd: ConfigCommand) -> anyhow::Result<()> {
+    match cmd {
+        ConfigCommand::Check {
+            file,
+            allow_insecure_config,
+        } => {
+            config::load(&file, allow_insecure_config)?;
+            println!("{}: ok", file.display());
+        }
+        ConfigCommand::Show { file } => {
+            let cfg = match file {
+                Some(path) => config::load(&path, true)?,
+                None => Config::default(),
+            };
+            print!("{}", toml::to_string(&cfg)?);
+        }
+    }
+    Ok(())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -129,11 +258,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
-        return Err(format!("{s} is outside the allowed range 10ms..1h"));
-    }
-    Ok(d)
+    config::parse_interval(s)
 }
 
 fn parse_refresh(s: &str) -> Result<Duration, String> {
@@ -197,28 +322,8 @@ fn main() -> ExitCode {
     };
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run(args) => daemon::run(RunOptions {
-            interval: args.interval,
-            duration: args.duration,
-            output: args.output,
-            docker: !args.no_docker,
-            load: LoadOptions {
-                iface_capacity: args.iface_capacity,
-                container_capacity: args.container_capacity,
-                key_mode: args.container_key,
-                simulate_missing: args.simulate_missing_hook,
-                ..LoadOptions::default()
-            },
-            exporters: ExportOptions {
-                metrics_addr: (!args.no_metrics).then_some(args.metrics_addr),
-                metrics: MetricsConfig {
-                    top_containers: args.metrics_top_containers as usize,
-                    ..MetricsConfig::default()
-                },
-                status_socket: args.status_socket,
-            },
-            drop_capabilities: args.drop_capabilities,
-        }),
+        Command::Run(args) => args.options().and_then(daemon::run),
+        Command::Config(cmd) => config_command(cmd),
         Command::Check(args) => {
             let report = sentinel::check::run(&sentinel::check::CheckOptions::default());
             if let Err(e) =

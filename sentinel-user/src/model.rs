@@ -165,4 +165,8 @@ pub struct CollectorHealth {
     pub reset: bool,
     /// Time the drain itself took, microseconds.
     pub drain_us: u64,
+    /// Interval lines not written to stdout since start because its reader was too slow (the
+    /// drain never waits for it).
+    #[serde(default)]
+    pub output_dropped: u64,
 }

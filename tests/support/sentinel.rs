@@ -12,7 +12,7 @@ use sentinel::model::Interval;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sentinel");
 
-static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 pub struct SentinelRun {
     child: Option<Child>,
@@ -37,25 +37,28 @@ impl SentinelRun {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Tests never write the host's audit log.
+        let audit = std::env::temp_dir().join(format!(
+            "sentinel-test-audit-{}-{n}.jsonl",
+            std::process::id(),
+        ));
         // Tests run daemons side by side: each gets its own status socket (and instance lock)
         // and an ephemeral metrics port, unless the test chooses them.
-        let runtime_dir = std::env::temp_dir().join(format!(
-            "snt-run-{}-{}",
-            std::process::id(),
-            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+        let runtime_dir = std::env::temp_dir().join(format!("snt-run-{}-{n}", std::process::id()));
         let socket = runtime_dir.join("sentinel.sock");
-        let mut own: Vec<String> = Vec::new();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").args(["--output", "json"]);
+        if !args.contains(&"--audit-log") {
+            cmd.arg("--audit-log").arg(&audit);
+        }
         if !args.contains(&"--status-socket") {
-            own.extend(["--status-socket".into(), socket.display().to_string()]);
+            cmd.arg("--status-socket").arg(&socket);
         }
         if !args.contains(&"--metrics-addr") && !args.contains(&"--no-metrics") {
-            own.extend(["--metrics-addr".into(), "127.0.0.1:0".into()]);
+            cmd.args(["--metrics-addr", "127.0.0.1:0"]);
         }
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .args(["--output", "json"])
-            .args(&own)
+        let mut child = cmd
             .args(args)
             .envs(env.iter().copied())
             .env("SENTINEL_LOG", "info")

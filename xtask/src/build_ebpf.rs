@@ -68,7 +68,7 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn step(message: &str) {
+pub fn step(message: &str) {
     eprintln!("xtask: {message}");
 }
 

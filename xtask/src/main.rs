@@ -2,6 +2,7 @@
 
 mod build_ebpf;
 mod nab;
+mod packages;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
 }
 
 fn test(opts: &TestOptions) -> anyhow::Result<()> {
+    packages::ensure(packages::TEST_PACKAGES)?;
     build_ebpf::run(&build_ebpf::Options { release: true })?;
     let root = build_ebpf::workspace_root();
     // One test thread per binary: the privileged tests measure the host's kernel counters and

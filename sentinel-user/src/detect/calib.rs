@@ -26,15 +26,29 @@ pub fn ln_upper_tail(z: f64) -> f64 {
     }
 }
 
-/// Tail probability of 1e-10 maps to 1.0, 1e-5 to 0.5 (the scale NAB's HTM detector uses).
-const LN_TAIL_FULL: f64 = -23.025_850_929_940_457;
+/// `-ln` of the tail probability that maps to score 0.5 (1e-5, where HTM's detector alarms).
+const HALF_SCORE_SURPRISE: f64 = 11.512_925_464_970_229;
 
-/// Maps a z value to a score in [0, 1].
+/// Maps a z value to a score in [0, 1]: `s / (s + s_half)` with surprise `s = -ln Q(z)`. It is
+/// monotone and never saturates, so very rare events stay ordered and the threshold sweep has
+/// resolution at the top (a hard log-scale cap put many rows at exactly 1.0).
 pub fn tail_score(z: f64) -> f64 {
     if !z.is_finite() {
         return if z > 0.0 { 1.0 } else { 0.0 };
     }
-    (ln_upper_tail(z) / LN_TAIL_FULL).clamp(0.0, 1.0)
+    surprise_score(-ln_upper_tail(z))
+}
+
+/// Maps a surprise in nats (`-ln` of a probability) to a score in [0, 1].
+pub fn surprise_score(s: f64) -> f64 {
+    if s.is_nan() {
+        return 0.0;
+    }
+    let s = s.max(0.0);
+    if s.is_infinite() {
+        return 1.0;
+    }
+    (s / (s + HALF_SCORE_SURPRISE)).clamp(0.0, 1.0)
 }
 
 /// Parameters shared by every calibrator of an engine (kept out of the per-series state).
@@ -102,5 +116,64 @@ mod tests {
         assert!((tail_score(4.264_891) - 0.5).abs() < 1e-4);
         assert_eq!(tail_score(f64::INFINITY), 1.0);
         assert_eq!(tail_score(f64::NAN), 0.0);
+    }
+}
+
+/// Peaks-over-threshold calibrator: raw values above `u` are exceedances; their rate `p` and
+/// mean excess `beta` are tracked per series (exponential tail). A value `m > u` has surprise
+/// `-ln p + (m - u) / beta` nats, i.e. `-ln P(raw >= m)`. A series that spikes often gets a
+/// high rate and a wide tail, so its spikes stop alarming; a quiet one alarms on its first.
+#[derive(Clone, Copy, Debug)]
+pub struct Pot {
+    rate: f64,
+    beta: f64,
+    n: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct PotParams {
+    pub u: f64,
+    /// EW weight of the rate and tail estimates.
+    pub a: f64,
+    /// Prior rate and mean excess (what a series is assumed to do before it shows otherwise).
+    pub rate0: f64,
+    pub beta0: f64,
+    pub beta_floor: f64,
+    pub learn: u32,
+}
+
+impl Default for Pot {
+    fn default() -> Self {
+        Self {
+            rate: f64::NAN,
+            beta: f64::NAN,
+            n: 0,
+        }
+    }
+}
+
+impl Pot {
+    /// Returns the surprise (nats) of `raw`, then learns from it.
+    pub fn update(&mut self, p: &PotParams, raw: f64) -> f64 {
+        if self.rate.is_nan() {
+            self.rate = p.rate0;
+            self.beta = p.beta0;
+        }
+        let raw = if raw.is_finite() { raw } else { 0.0 };
+        let exceed = raw > p.u;
+        let surprise = if exceed && self.n >= p.learn {
+            -self.rate.ln() + (raw - p.u) / self.beta.max(p.beta_floor)
+        } else {
+            0.0
+        };
+        self.rate += p.a * (f64::from(u8::from(exceed)) - self.rate);
+        if exceed {
+            // The excess estimate only moves on exceedances; weight them more so that it
+            // adapts within a handful of events.
+            let a = (8.0 * p.a).min(0.5);
+            self.beta += a * ((raw - p.u).min(50.0 * self.beta.max(p.beta_floor)) - self.beta);
+        }
+        self.n = self.n.saturating_add(1);
+        surprise
     }
 }

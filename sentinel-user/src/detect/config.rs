@@ -9,12 +9,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DetectorKind {
-    /// Robust statistical detector only.
+    /// Robust statistical detector only (the default: on NAB it scores the same as
+    /// `combined` at a fraction of the cost, see DETECTION.md).
+    #[default]
     Statistical,
     /// Learned detector only (while it has no model the statistical one stands in, visibly).
     Learned,
-    /// Both, fused into one score.
-    #[default]
+    /// Both, fused into one score (the maximum of the two calibrated scores).
     Combined,
 }
 
@@ -38,6 +39,13 @@ pub struct DetectConfig {
     /// Floor on the spread of raw scores, so that a series that has been quiet cannot alarm on
     /// a blip.
     pub spread_floor: f64,
+    /// Strength (as a Gaussian z) of a value 5% beyond the running range; more beyond scores
+    /// higher.
+    pub range_z: f64,
+    /// Exceedance threshold of the statistical channels, in ln(1 + deviations/scale).
+    pub pot_threshold: f64,
+    /// Prior exceedance rate per row (assumed until the series shows its own).
+    pub prior_rate: f64,
     /// Relative floor on the noise scale, as a fraction of the series' typical level.
     pub scale_floor: f64,
     /// Score at which a row arms an alarm (the onset row keeps its score; see `refractory`).
@@ -46,6 +54,14 @@ pub struct DetectConfig {
     pub refractory: u32,
     /// During the refractory span, a score this much above the last alarm's re-arms.
     pub rearm_margin: f64,
+    /// Enables the pattern-novelty channel of the statistical detector.
+    pub novelty: bool,
+    /// Rows per block of the pattern-novelty channel.
+    pub novelty_block: u32,
+    /// Quantisation levels of the pattern-novelty channel (a power of two).
+    pub novelty_levels: u32,
+    /// Blocks per context of the pattern-novelty channel.
+    pub novelty_context: u32,
     /// The learned detector works on means of this many rows.
     pub downsample: u32,
     /// Values (block means) per shingle fed to the learned detector.
@@ -61,7 +77,8 @@ pub struct DetectConfig {
     /// Seed of the learned detector (fixed so that replay is reproducible).
     pub seed: u64,
     /// Anomaly events: a series counts as anomalous on an interval when its (unshaped) score is
-    /// at least this.
+    /// at least this. 0.3 is a surprise of ~4.9 nats (tail ~7e-3 per interval); with
+    /// `raise_after` = 2 an isolated blip never raises, a sustained shift does.
     pub event_threshold: f64,
     /// Anomalous intervals in a row before an event is raised (k).
     pub raise_after: u32,
@@ -69,23 +86,34 @@ pub struct DetectConfig {
     pub clear_after: u32,
     /// Maximum number of series with detector state; further series are counted, not tracked.
     pub max_series: u32,
+    /// A series not observed for this many intervals (a container that went away) is dropped
+    /// with its state, so memory stays bounded under container churn; an event still open
+    /// for it is cleared.
+    pub series_ttl: u32,
 }
 
 impl Default for DetectConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            detector: DetectorKind::Combined,
+            detector: DetectorKind::Statistical,
             warmup: 150,
             fast_window: 5,
             slow_window: 300,
             short_window: 10,
-            long_window: 2000,
+            long_window: 20_000,
             spread_floor: 0.1,
             scale_floor: 0.01,
-            arm_level: 0.5,
+            range_z: 3.0,
+            pot_threshold: 1.5,
+            prior_rate: 0.01,
+            arm_level: 0.3,
             refractory: 200,
-            rearm_margin: 0.25,
+            rearm_margin: 0.05,
+            novelty: true,
+            novelty_block: 4,
+            novelty_levels: 8,
+            novelty_context: 6,
             downsample: 4,
             shingle: 8,
             train_window: 256,
@@ -93,10 +121,11 @@ impl Default for DetectConfig {
             trees: 32,
             tree_sample: 64,
             seed: 0x5e47_1e1a,
-            event_threshold: 0.5,
+            event_threshold: 0.3,
             raise_after: 2,
             clear_after: 10,
             max_series: 4096,
+            series_ttl: 300,
         }
     }
 }
@@ -128,9 +157,21 @@ impl DetectConfig {
         check_u("long_window", self.long_window, 10, 10_000_000)?;
         check_f("spread_floor", self.spread_floor, 0.0, 10.0)?;
         check_f("scale_floor", self.scale_floor, 0.0, 1.0)?;
+        check_f("range_z", self.range_z, 0.0, 40.0)?;
+        check_f("pot_threshold", self.pot_threshold, 0.0, 100.0)?;
+        check_f("prior_rate", self.prior_rate, 1e-9, 1.0)?;
         check_f("arm_level", self.arm_level, 0.0, 1.0)?;
         check_u("refractory", self.refractory, 0, 1_000_000)?;
         check_f("rearm_margin", self.rearm_margin, 0.0, 1.0)?;
+        check_u("novelty_block", self.novelty_block, 1, 10_000)?;
+        check_u("novelty_levels", self.novelty_levels, 2, 256)?;
+        if !self.novelty_levels.is_power_of_two() {
+            return Err(format!(
+                "detect.novelty_levels = {} must be a power of two in [2, 256]",
+                self.novelty_levels
+            ));
+        }
+        check_u("novelty_context", self.novelty_context, 1, 16)?;
         check_u("downsample", self.downsample, 1, 10_000)?;
         check_u("shingle", self.shingle, 1, 64)?;
         check_u("train_window", self.train_window, 16, 65_536)?;
@@ -141,6 +182,7 @@ impl DetectConfig {
         check_u("raise_after", self.raise_after, 1, 100_000)?;
         check_u("clear_after", self.clear_after, 1, 100_000)?;
         check_u("max_series", self.max_series, 1, 10_000_000)?;
+        check_u("series_ttl", self.series_ttl, 1, 10_000_000)?;
         if self.shingle >= self.train_window {
             return Err(format!(
                 "detect.shingle = {} must be smaller than detect.train_window = {}",
@@ -184,5 +226,20 @@ mod tests {
         assert_eq!(c.warmup, 7);
         assert_eq!(c.refractory, DetectConfig::default().refractory);
         assert!(serde_json::from_str::<DetectConfig>(r#"{"warmpu": 7}"#).is_err());
+    }
+
+    #[test]
+    fn documented_example_is_the_defaults() {
+        // DETECTION.md shows the `[detect]` table; it must parse (deny_unknown_fields) to
+        // exactly the defaults, so the documentation cannot drift.
+        #[derive(Deserialize)]
+        struct File {
+            detect: DetectConfig,
+        }
+        let doc = include_str!("../../../DETECTION.md");
+        let start = doc.find("```toml\n[detect]").expect("toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("end of block");
+        let f: File = toml::from_str(&doc[start..end]).unwrap();
+        assert_eq!(f.detect, DetectConfig::default());
     }
 }

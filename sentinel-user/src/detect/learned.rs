@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 
-use super::calib::{CalibParams, Likelihood};
+use super::calib::{CalibParams, Pot, PotParams, surprise_score};
 use super::config::DetectConfig;
 
 /// Largest supported shingle (config `shingle` is validated against it).
@@ -30,6 +30,7 @@ pub struct ForestParams {
     pub sample: usize,
     pub seed: u64,
     pub calib: CalibParams,
+    pub pot: PotParams,
 }
 
 impl ForestParams {
@@ -44,9 +45,17 @@ impl ForestParams {
             seed: c.seed,
             calib: CalibParams {
                 a_short: 2.0 / (f64::from(c.short_window) + 1.0),
-                a_long: 1.0 / f64::from(c.long_window),
+                a_long: f64::from(c.downsample) / f64::from(c.long_window),
                 spread_floor: c.spread_floor,
                 // The forest needs its own learning period after the first model arrives.
+                learn: (c.warmup / c.downsample.max(1)).max(16),
+            },
+            pot: PotParams {
+                u: c.pot_threshold,
+                a: f64::from(c.downsample) / f64::from(c.long_window),
+                rate0: c.prior_rate * f64::from(c.downsample),
+                beta0: 1.0,
+                beta_floor: 0.25,
                 learn: (c.warmup / c.downsample.max(1)).max(16),
             },
         }
@@ -351,7 +360,11 @@ pub struct LearnedDetector {
     trains: u64,
     scored: u32,
     slot: Arc<ModelSlot>,
-    cal: Likelihood,
+    /// EW mean and mean absolute deviation of the isolation score (its "normal" for this
+    /// series and model), and the tail calibrator of its excess.
+    iso_mean: f64,
+    iso_dev: f64,
+    pot: Pot,
 }
 
 impl LearnedDetector {
@@ -367,7 +380,9 @@ impl LearnedDetector {
             trains: 0,
             scored: 0,
             slot: Arc::new(ModelSlot::default()),
-            cal: Likelihood::default(),
+            iso_mean: f64::NAN,
+            iso_dev: 0.0,
+            pot: Pot::default(),
         }
     }
 
@@ -439,8 +454,16 @@ impl LearnedDetector {
         }
         let iso = model.score(&point[..s]);
         self.scored = self.scored.saturating_add(1);
-        // -log2(1 - s) spreads the upper end of the isolation score.
-        self.last = self.cal.update(&p.calib, -(1.0 - iso).max(1e-9).log2());
+        // Standardise against this series' usual isolation score, then treat the excess like
+        // the statistical channels (ln(1 + z) and a peaks-over-threshold tail).
+        if self.iso_mean.is_nan() {
+            self.iso_mean = iso;
+        }
+        let z = (iso - self.iso_mean) / (self.iso_dev + 0.005);
+        let a = (1.0 / f64::from(self.scored)).max(p.calib.a_long);
+        self.iso_dev += a * ((iso - self.iso_mean).abs() - self.iso_dev);
+        self.iso_mean += a * (iso - self.iso_mean);
+        self.last = surprise_score(self.pot.update(&p.pot, z.max(0.0).ln_1p()));
         self.last
     }
 }

@@ -7,7 +7,7 @@
 //! The first two are calibrated per series by [`Likelihood`]; the detector keeps a few floats
 //! of state and never allocates.
 
-use super::calib::{CalibParams, Likelihood, tail_score};
+use super::calib::{CalibParams, Pot, PotParams, surprise_score, tail_score};
 use super::config::DetectConfig;
 
 /// Values beyond this magnitude are clamped so that differences stay finite.
@@ -21,7 +21,17 @@ pub struct StatParams {
     /// Decay of the running range towards the slow baseline, per row.
     pub a_range: f64,
     pub scale_floor: f64,
+    pub range_z: f64,
     pub calib: CalibParams,
+    pub pot: PotParams,
+    /// Calibration of the novelty channel (counted in blocks, not rows).
+    pub calib_novel: CalibParams,
+    pub novelty: bool,
+    pub block: u32,
+    pub levels: f64,
+    /// Mask of the rolling context (bits of `context` levels).
+    pub ctx_mask: u64,
+    pub level_bits: u32,
 }
 
 impl StatParams {
@@ -31,15 +41,47 @@ impl StatParams {
             a_slow: 2.0 / (f64::from(c.slow_window) + 1.0),
             a_range: 1.0 / f64::from(c.long_window),
             scale_floor: c.scale_floor,
+            range_z: c.range_z,
             calib: CalibParams {
                 a_short: 2.0 / (f64::from(c.short_window) + 1.0),
                 a_long: 1.0 / f64::from(c.long_window),
                 spread_floor: c.spread_floor,
                 learn: c.warmup,
             },
+            pot: PotParams {
+                u: c.pot_threshold,
+                a: 1.0 / f64::from(c.long_window),
+                rate0: c.prior_rate,
+                beta0: 1.0,
+                beta_floor: 0.25,
+                learn: c.warmup,
+            },
+            calib_novel: CalibParams {
+                a_short: 2.0 / (f64::from(c.short_window) + 1.0),
+                a_long: f64::from(c.novelty_block) / f64::from(c.long_window),
+                spread_floor: c.spread_floor,
+                learn: c.warmup / c.novelty_block,
+            },
+            novelty: c.novelty,
+            block: c.novelty_block,
+            levels: f64::from(c.novelty_levels),
+            level_bits: 32 - (c.novelty_levels - 1).leading_zeros(),
+            ctx_mask: {
+                let bits = (32 - (c.novelty_levels - 1).leading_zeros()) * c.novelty_context;
+                if bits >= 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << bits) - 1
+                }
+            },
         }
     }
 }
+
+/// Slots of the context-count table (a power of two).
+const NOVELTY_SLOTS: usize = 1024;
+/// Blocks between halvings of the counts, so that old contexts fade.
+const NOVELTY_DECAY_BLOCKS: u32 = 2048;
 
 /// Output of one statistical update.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -62,8 +104,73 @@ pub struct StatDetector {
     spread: f64,
     lo: f64,
     hi: f64,
-    cal_spike: Likelihood,
-    cal_shift: Likelihood,
+    cal_spike: Pot,
+    cal_shift: Pot,
+    novelty: Novelty,
+}
+
+/// Short-pattern novelty: the series is cut into blocks, each block is reduced to the value
+/// furthest from the slow baseline (keeps spikes), quantised on the running range, and the
+/// last few levels form a context whose past occurrences are counted in a fixed hashed table.
+/// A context seen rarely or never is novel. Works at any period without knowing it.
+#[derive(Clone, Debug, Default)]
+struct Novelty {
+    counts: Box<[u8]>,
+    ctx: u64,
+    ext: f64,
+    in_block: u32,
+    blocks: u32,
+    score: f64,
+    /// EW rate of novel contexts, and the decayed surprise of recent ones.
+    rate: f64,
+    surprise: f64,
+}
+
+impl Novelty {
+    fn update(&mut self, p: &StatParams, x: f64, base: f64, lo: f64, hi: f64) -> f64 {
+        if self.counts.is_empty() {
+            self.counts = vec![0u8; NOVELTY_SLOTS].into_boxed_slice();
+        }
+        if self.in_block == 0 || (x - base).abs() > (self.ext - base).abs() {
+            self.ext = x;
+        }
+        self.in_block += 1;
+        if self.in_block < p.block {
+            return self.score;
+        }
+        self.in_block = 0;
+        let width = hi - lo;
+        let q = if width > 0.0 {
+            (((self.ext - lo) / width) * p.levels).clamp(0.0, p.levels - 1.0) as u64
+        } else {
+            0
+        };
+        self.ctx = ((self.ctx << p.level_bits) | q) & p.ctx_mask;
+        let slot = (self.ctx.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize
+            % NOVELTY_SLOTS;
+        let seen = self.counts[slot];
+        self.counts[slot] = seen.saturating_add(1);
+        self.blocks += 1;
+        if self.blocks.is_multiple_of(NOVELTY_DECAY_BLOCKS) {
+            for c in self.counts.iter_mut() {
+                *c /= 2;
+            }
+        }
+        // Novelty is a (graded) binary event, so it is calibrated by its own base rate: a new
+        // context costs -ln(rate) nats of surprise; surprise decays like the short window.
+        let novel = 1.0 / (1.0 + f64::from(seen));
+        let c = &p.calib_novel;
+        let surprise = novel * -self.rate.max(1e-4).ln();
+        self.surprise = self.surprise * (1.0 - c.a_short) + surprise;
+        let a = (1.0 / f64::from(self.blocks)).max(c.a_long);
+        self.rate += a * (novel - self.rate);
+        self.score = if self.blocks > c.learn {
+            surprise_score(self.surprise)
+        } else {
+            0.0
+        };
+        self.score
+    }
 }
 
 impl StatDetector {
@@ -112,18 +219,23 @@ impl StatDetector {
         self.lo = x.min(self.lo + p.a_range * (self.slow - self.lo));
         self.n += 1;
 
+        let s_novel = if p.novelty {
+            self.novelty.update(p, x, self.slow, self.lo, self.hi)
+        } else {
+            0.0
+        };
         // ln(1 + z) tames the heavy tails so that calibrated scores keep resolution.
-        let s_spike = self.cal_spike.update(&p.calib, spike_z.ln_1p());
-        let s_shift = self.cal_shift.update(&p.calib, shift_z.ln_1p());
+        let s_spike = surprise_score(self.cal_spike.update(&p.pot, spike_z.ln_1p()));
+        let s_shift = surprise_score(self.cal_shift.update(&p.pot, shift_z.ln_1p()));
         // A clear new extreme is strong evidence by itself (HTM's range rule), graded by how
         // far beyond the range it lies.
         let s_range = if beyond > 0.05 && self.n > u64::from(p.calib.learn) {
-            tail_score(3.0 + 10.0 * beyond.min(1.0))
+            tail_score(p.range_z + 10.0 * beyond.min(1.0))
         } else {
             0.0
         };
         StatOut {
-            score: s_spike.max(s_shift).max(s_range),
+            score: s_spike.max(s_shift).max(s_range).max(s_novel),
             baseline,
         }
     }

@@ -1,5 +1,6 @@
 //! Output of intervals: JSON lines and one readable text line per interval.
 
+pub mod output;
 pub mod prometheus;
 pub mod serve;
 pub mod status;
@@ -19,6 +20,8 @@ use crate::model::Interval;
 pub enum OutputFormat {
     Text,
     Json,
+    /// Nothing on stdout (as a service: metrics, status socket and logs only).
+    None,
 }
 
 pub fn write_interval(
@@ -27,6 +30,7 @@ pub fn write_interval(
     interval: &Interval,
 ) -> Result<()> {
     match format {
+        OutputFormat::None => return Ok(()),
         OutputFormat::Json => {
             serde_json::to_writer(&mut *out, interval)?;
             out.write_all(b"\n")?;

@@ -367,7 +367,11 @@ pub fn render_text(s: &StatusSnapshot) -> String {
         out.push_str("latest     (no interval drained yet)\n");
         return out;
     };
-    let _ = writeln!(out, "latest     {}", sanitize(&super::text::line(iv), 2000));
+    // The text line may span lines (one per container): sanitise each, keep the breaks.
+    for (i, line) in super::text::line(iv).lines().enumerate() {
+        let title = if i == 0 { "latest" } else { "" };
+        let _ = writeln!(out, "{title:<10} {}", sanitize(line, 2000));
+    }
     let c = &iv.collector;
     let _ = writeln!(
         out,

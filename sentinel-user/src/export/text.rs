@@ -52,7 +52,83 @@ pub fn line(iv: &Interval) -> String {
     if iv.collector.reset {
         s.push_str(" | counters reset");
     }
+    // Indented block under the host line: busiest containers, anomaly events, healing.
+    for c in iv.containers.iter().take(TEXT_CONTAINERS) {
+        let _ = write!(
+            s,
+            "\n  ctr {:<24} cpu {:>5.1}% sw {} runq p99 {:.0}us | fork {} exec {} exit {} abn {} oom {} \
+             | rx {}p tx {}p retx {} rst {}",
+            safe(&c.name, 24),
+            c.cpu_percent,
+            human(c.ctx_switches),
+            c.runqueue_latency_us.p99,
+            c.forks,
+            c.execs,
+            c.exits,
+            c.abnormal_exits,
+            c.oom_kills,
+            human(c.rx_packets),
+            human(c.tx_packets),
+            c.tcp_retransmits,
+            c.tcp_resets,
+        );
+    }
+    if iv.containers.len() > TEXT_CONTAINERS {
+        let _ = write!(
+            s,
+            "\n  ... {} more containers",
+            iv.containers.len() - TEXT_CONTAINERS
+        );
+    }
+    for a in &iv.anomalies {
+        let _ = write!(
+            s,
+            "\n  anomaly {} {} {} value {:.3} baseline {:.3} score {:.2}",
+            a.kind,
+            a.severity,
+            safe(&a.series, 80),
+            a.value,
+            a.baseline,
+            a.score
+        );
+    }
+    for a in &iv.actions {
+        // Only this interval's decisions would be news; the list is the recent ones, so show
+        // the decisions that acted or failed, compactly.
+        let field = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        if matches!(field("decision"), "taken" | "failed") && field("ts") >= iv.ts.as_str() {
+            let _ = write!(
+                s,
+                "\n  heal {} {} {} ({})",
+                field("decision"),
+                field("action"),
+                safe(field("container_name"), 40),
+                safe(field("reason"), 60)
+            );
+        }
+    }
     s
+}
+
+/// Containers listed under the host line in text output.
+const TEXT_CONTAINERS: usize = 5;
+
+/// A workload-controlled string made safe for a terminal: control characters (escape
+/// sequences, newlines) are shown escaped, and the length is bounded.
+pub fn safe(raw: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for (i, ch) in raw.chars().enumerate() {
+        if i == max_chars {
+            out.push('~');
+            break;
+        }
+        if ch.is_control() {
+            out.extend(ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 /// 1234567 -> "1.2M": the line has to stay readable at a glance.
@@ -68,6 +144,20 @@ fn human(v: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_container_names_cannot_reach_the_terminal_raw() {
+        let mut iv = Interval::default();
+        iv.containers.push(crate::model::ContainerDelta {
+            name: "evil\u{1b}[2J\nname".into(),
+            ..Default::default()
+        });
+        let text = line(&iv);
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert_eq!(text.lines().count(), 2, "one line per container: {text:?}");
+        assert!(text.contains("evil\\u{1b}[2J\\nname"), "{text:?}");
+        assert_eq!(safe(&"x".repeat(300), 24).chars().count(), 25);
+    }
 
     #[test]
     fn renders_disabled_signals_as_dash() {

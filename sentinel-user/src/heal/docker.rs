@@ -119,9 +119,11 @@ pub async fn connect(cfg: &HealConfig) -> Result<DockerClient, HealError> {
         endpoint: ep.clone(),
         message: truncate(&m, 1024),
     };
+    // The client's own time-out must not cut actions short: a restart waits for the stop
+    // time-out. API calls are bounded by `bounded`, actions by the executor's time-out.
     let docker = Docker::connect_with_host(&ep)
         .map_err(|e| unreachable(e.to_string()))?
-        .with_timeout(timeout.max(Duration::from_secs(1)));
+        .with_timeout(timeout.max(cfg.action_timeout()) + Duration::from_secs(5));
     let offered = docker.client_version().to_string();
     let docker = tokio::time::timeout(timeout, docker.negotiate_version())
         .await

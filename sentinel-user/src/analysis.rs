@@ -1,0 +1,269 @@
+//! Detection and healing as the daemon runs them: each drained interval goes through the
+//! detection engine; the anomalies open on container series go to the healing engine, which
+//! decides (through its one safety gate) and acts. Both engines are plain values owned here;
+//! the daemon only calls `on_interval`, `tick` and `shutdown`.
+
+use std::{collections::BTreeMap, path::Path, time::Instant};
+
+use anyhow::{Result, anyhow};
+use tracing::info;
+
+use crate::{
+    daemon::SeriesStatus,
+    detect::{AnomalyEvent, DetectConfig, DetectionEngine, EventKind, Severity},
+    heal::{ContainerAnomaly, HealEngine, HealSnapshot, config::HealConfig},
+    model::{AnomalyRecord, DetectionSummary, Interval},
+};
+
+/// Container series are named `container.<name>.<signal>`; the signal is what a heal rule's
+/// `trigger.signal` matches.
+const CONTAINER_PREFIX: &str = "container.";
+
+pub struct Analysis {
+    detect: Option<DetectionEngine>,
+    heal: Option<HealEngine>,
+    /// Raised and not yet cleared, by series.
+    open: BTreeMap<String, AnomalyEvent>,
+    /// Container id of each open container series (names are not unique over time).
+    open_ids: BTreeMap<String, String>,
+    last_heal: Option<HealSnapshot>,
+}
+
+impl Analysis {
+    /// `heal` is `None` when healing is off (disabled in the config or no Docker). Must be
+    /// called inside the tokio runtime (the healing engine starts its Docker watcher).
+    pub fn new(detect: &DetectConfig, heal: Option<(&HealConfig, &Path)>) -> Result<Self> {
+        let detect = detect.enabled.then(|| DetectionEngine::new(detect.clone()));
+        let heal = match heal {
+            Some((cfg, audit)) if cfg.enabled => {
+                if let Some(dir) = audit.parent()
+                    && !dir.as_os_str().is_empty()
+                    && !dir.exists()
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        anyhow!(
+                            "cannot create the audit log directory {}: {e}",
+                            dir.display()
+                        )
+                    })?;
+                }
+                let engine = HealEngine::new(cfg.clone(), audit).map_err(|errors| {
+                    let first = errors
+                        .first()
+                        .map(|e| format!("heal.{}: {}", e.key, e.message))
+                        .unwrap_or_default();
+                    anyhow!("invalid healing configuration: {first}")
+                })?;
+                info!(
+                    audit_log = %audit.display(),
+                    dry_run = cfg.dry_run,
+                    rules = cfg.rules.len(),
+                    "healing on (acts only on containers labelled {}=true)",
+                    cfg.label
+                );
+                Some(engine)
+            }
+            _ => {
+                info!("healing off");
+                None
+            }
+        };
+        Ok(Self {
+            detect,
+            heal,
+            open: BTreeMap::new(),
+            open_ids: BTreeMap::new(),
+            last_heal: None,
+        })
+    }
+
+    pub fn healing(&self) -> bool {
+        self.heal.is_some()
+    }
+
+    /// Frequent, cheap healing work (Docker events, finished actions, breaker clocks).
+    pub async fn tick(&mut self) {
+        if let Some(heal) = &mut self.heal {
+            heal.tick().await;
+        }
+    }
+
+    /// Scores the interval, records anomaly events in it, hands container anomalies to the
+    /// healer and records its state and recent decisions in the interval.
+    pub async fn on_interval(&mut self, iv: &mut Interval) {
+        if let Some(engine) = &mut self.detect {
+            let events = engine.observe_interval(iv);
+            for event in &events {
+                match event.kind {
+                    EventKind::Raised => {
+                        if let Some(id) = container_id_of(iv, &event.series) {
+                            self.open_ids.insert(event.series.clone(), id);
+                        }
+                        self.open.insert(event.series.clone(), event.clone());
+                    }
+                    EventKind::Cleared => {
+                        self.open.remove(&event.series);
+                        self.open_ids.remove(&event.series);
+                    }
+                }
+            }
+            // A series the engine stopped tracking (its container is gone) has nothing open.
+            if !self.open.is_empty() {
+                let tracked: std::collections::HashSet<&str> =
+                    engine.series_states().map(|(name, _, _)| name).collect();
+                self.open
+                    .retain(|series, _| tracked.contains(series.as_str()));
+                self.open_ids
+                    .retain(|series, _| tracked.contains(series.as_str()));
+            }
+            iv.anomalies = events
+                .iter()
+                .map(|e| record(e, self.open_ids.get(&e.series).cloned()))
+                .collect();
+            iv.detection = summary(engine, &self.open);
+        }
+        if let Some(heal) = &mut self.heal {
+            let anomalies: Vec<ContainerAnomaly> = self
+                .open
+                .iter()
+                .filter_map(|(series, event)| {
+                    let id = self.open_ids.get(series)?;
+                    let (_, signal) = series.rsplit_once('.')?;
+                    Some(ContainerAnomaly {
+                        container_id: id.clone(),
+                        signal: signal.to_string(),
+                        score: event.score,
+                    })
+                })
+                .collect();
+            heal.on_interval(Instant::now(), &anomalies).await;
+            let snapshot = heal.snapshot();
+            iv.actions = snapshot
+                .recent
+                .iter()
+                .filter_map(|r| serde_json::to_value(r).ok())
+                .collect();
+            iv.healing = serde_json::to_value(&snapshot).ok().map(|mut v| {
+                // The decisions are the interval's `actions`; not twice.
+                if let Some(map) = v.as_object_mut() {
+                    map.remove("recent");
+                }
+                v
+            });
+            self.last_heal = Some(snapshot);
+        }
+    }
+
+    /// Cancels in-flight actions (audited as cancelled, not as failures).
+    pub async fn shutdown(&mut self) {
+        if let Some(heal) = &mut self.heal {
+            heal.shutdown().await;
+        }
+    }
+
+    pub fn series(&self) -> Vec<SeriesStatus> {
+        self.detect
+            .iter()
+            .flat_map(|engine| engine.series_states())
+            .map(|(name, state, score)| SeriesStatus {
+                name: name.to_string(),
+                state,
+                score,
+            })
+            .collect()
+    }
+
+    pub fn heal_snapshot(&self) -> Option<HealSnapshot> {
+        self.last_heal.clone()
+    }
+}
+
+/// The id of the container a `container.<name>.<signal>` series belongs to, from the interval
+/// that raised it.
+fn container_id_of(iv: &Interval, series: &str) -> Option<String> {
+    let rest = series.strip_prefix(CONTAINER_PREFIX)?;
+    let (name, _signal) = rest.rsplit_once('.')?;
+    iv.containers
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.id.clone())
+}
+
+fn record(e: &AnomalyEvent, container_id: Option<String>) -> AnomalyRecord {
+    AnomalyRecord {
+        kind: match e.kind {
+            EventKind::Raised => "raised",
+            EventKind::Cleared => "cleared",
+        }
+        .into(),
+        series: e.series.clone(),
+        container_id,
+        value: e.value,
+        baseline: e.baseline,
+        score: e.score,
+        severity: match e.severity {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+        .into(),
+    }
+}
+
+fn summary(engine: &DetectionEngine, open: &BTreeMap<String, AnomalyEvent>) -> DetectionSummary {
+    use crate::detect::SeriesState;
+    let mut s = DetectionSummary {
+        enabled: true,
+        series_overflow: engine.overflow(),
+        open: open.keys().cloned().collect(),
+        ..Default::default()
+    };
+    for (_, state, _) in engine.series_states() {
+        s.series += 1;
+        match state {
+            SeriesState::WarmingUp => s.warming_up += 1,
+            SeriesState::Ready => s.ready += 1,
+            SeriesState::Fallback => s.fallback += 1,
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ContainerDelta;
+
+    #[test]
+    fn container_series_resolve_to_the_container_id_even_with_dots_in_names() {
+        let iv = Interval {
+            containers: vec![ContainerDelta {
+                id: "abc123".into(),
+                name: "web.v2".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            container_id_of(&iv, "container.web.v2.cpu").as_deref(),
+            Some("abc123")
+        );
+        assert_eq!(container_id_of(&iv, "sched_switch"), None);
+        assert_eq!(container_id_of(&iv, "container.other.cpu"), None);
+    }
+
+    #[tokio::test]
+    async fn detection_only_fills_the_interval_and_never_heals() {
+        let mut a = Analysis::new(&DetectConfig::default(), None).unwrap();
+        assert!(!a.healing());
+        let mut iv = Interval::default();
+        iv.counters.insert("sched_switch".into(), Some(100));
+        a.on_interval(&mut iv).await;
+        assert!(iv.detection.enabled);
+        assert!(iv.detection.series > 0);
+        assert_eq!(
+            iv.detection.warming_up, iv.detection.series,
+            "first interval: every series warming up"
+        );
+        assert!(iv.anomalies.is_empty() && iv.actions.is_empty() && iv.healing.is_none());
+    }
+}

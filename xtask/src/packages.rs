@@ -1,0 +1,65 @@
+//! The Debian packages the test suite needs, installed once if missing (like the toolchain
+//! pieces `build-ebpf` installs), so `cargo xtask test` is the only command a fresh machine
+//! needs.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::build_ebpf::{status, step};
+
+/// Everything the privileged tests use: network namespaces, mounts, a Docker engine and a
+/// local busybox image (no pulls), Prometheus and tmux for the operations tests, QEMU for the
+/// kernel portability matrix.
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "busybox-static",
+    "docker.io",
+    "ca-certificates",
+];
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", package])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("ok installed")
+        })
+}
+
+pub fn ensure(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "the tests need these Debian packages: {} (run `apt-get install {}` as root)",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    status(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    )?;
+    status(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+        "apt-get install",
+    )
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

@@ -64,6 +64,10 @@ pub struct Published {
     pub series: Vec<SeriesStatus>,
     /// Healing engine state (breakers, counters, recent decisions); `None` when disabled.
     pub heal: Option<HealSnapshot>,
+    /// The interval's raw run-queue latency histogram (log2 buckets, see `hist_bucket_range`),
+    /// for the Prometheus histogram; the JSON interval only carries its summary.
+    #[serde(skip)]
+    pub runq_hist: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -90,6 +94,10 @@ pub struct RunOptions {
     pub docker: bool,
     /// The whole validated configuration (detection, healing, metrics, status sections).
     pub config: Config,
+    /// Operations surface: `/metrics` address (`None`: off) and the status socket.
+    pub exporters: crate::export::serve::ExportOptions,
+    /// Drop every capability but CAP_SYS_PTRACE once the programs are attached.
+    pub drop_capabilities: bool,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -109,6 +117,7 @@ struct Pipeline {
     seq: u64,
     last: Instant,
     attribution: Attribution,
+    last_hist: Vec<u64>,
     analysis: Analysis,
 }
 
@@ -118,6 +127,8 @@ impl Pipeline {
         self.collector.snapshot(&mut self.snapshot)?;
         let system = self.host.sample();
         let delta = self.drain.apply(&self.snapshot);
+        self.last_hist.clear();
+        self.last_hist.extend_from_slice(&delta.hist);
         let drain_us = started.elapsed().as_micros() as u64;
         let measured = started.duration_since(self.last);
         self.last = started;
@@ -193,6 +204,7 @@ impl Pipeline {
             interval: iv.clone(),
             series: self.analysis.series(),
             heal: self.analysis.heal_snapshot(),
+            runq_hist: self.last_hist.clone(),
         }
     }
 
@@ -244,6 +256,10 @@ impl Pipeline {
 async fn run_loop(opts: RunOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    // Before loading: a second instance or a taken port fails at once, naming the cause.
+    crate::collect::loader::check_privileges()?;
+    let mut exporters =
+        crate::export::serve::Exporters::bind(&opts.exporters, opts.interval).await?;
     let mut collector = Collector::load(&opts.load)?;
     let mut kernel_log = collector.take_logger().and_then(|logger| {
         // SAFETY: the logger owns its ring buffer's fd and keeps it open as long as the
@@ -279,8 +295,15 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
                 containers::docker::disabled_view()
             },
         ),
+        last_hist: Vec::new(),
         analysis,
     };
+    if opts.drop_capabilities {
+        match crate::privilege::drop_all_but(&[crate::privilege::CAP_SYS_PTRACE]) {
+            Ok(eff) => info!("capabilities dropped after attach: CapEff {eff:016x}"),
+            Err(e) => warn!("{e:#}; keeping the start-up capabilities"),
+        }
+    }
     let start = tokio::time::Instant::from_std(loaded_at);
     let mut ticker = tokio::time::interval_at(start + opts.interval, opts.interval);
     // After a stall (e.g. SIGSTOP) the next interval simply covers the whole gap.
@@ -293,6 +316,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     let mut out = Output::stdout(opts.output)?;
     let (publish, _) = watch::channel::<Option<Arc<Published>>>(None);
     // Exporters (metrics endpoint, status socket) subscribe here: `publish.subscribe()`.
+    exporters.start(publish.subscribe());
     info!(interval = ?opts.interval, "sentinel running");
 
     let reason = loop {
@@ -320,6 +344,9 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         p.analysis.on_interval(&mut iv).await;
         iv.collector.output_dropped = out.dropped();
         publish.send_replace(Some(Arc::new(p.published(&iv))));
+        // Lets the exporters take this interval before the next drain can replace it (the
+        // ticker may be due already after a slow drain, and then `select!` would not yield).
+        tokio::task::yield_now().await;
         if !out.offer(&iv)? {
             break "output closed";
         }
@@ -328,6 +355,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         }
     };
     info!("stopping ({reason}): detaching programs");
+    exporters.stop();
     p.analysis.shutdown().await;
     p.collector.detach();
     // Let program runs that started before the detach finish before the final read.

@@ -1,6 +1,7 @@
 //! Sentinel userspace: collector, detection, healing and exporters.
 
 pub mod analysis;
+pub mod check;
 pub mod collect;
 pub mod config;
 pub mod containers;
@@ -9,4 +10,5 @@ pub mod detect;
 pub mod export;
 pub mod heal;
 pub mod model;
+pub mod privilege;
 pub mod replay;

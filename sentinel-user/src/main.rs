@@ -2,14 +2,19 @@
 
 mod selftest;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use sentinel::{
     collect::loader::{KeyMode, LoadOptions},
     config::{self, Config},
     daemon::{self, RunOptions},
-    export::OutputFormat,
+    export::{
+        OutputFormat,
+        prometheus::{self, MetricsConfig},
+        serve::ExportOptions,
+        status, top,
+    },
 };
 
 #[derive(Parser)]
@@ -45,6 +50,40 @@ enum Command {
     /// Kernel portability checks for `cargo xtask vmtest` (attach, offsets, synthetic events).
     #[command(hide = true)]
     Selftest(selftest::SelftestArgs),
+    /// Preflight: can this host run sentinel? One line per item: ok, warn or fail, and what to
+    /// do. Exits non-zero iff sentinel could not run.
+    Check(CheckArgs),
+    /// Print the running daemon's latest interval, detectors, breakers and last actions.
+    Status(StatusArgs),
+    /// Live terminal view of the running daemon (q, Esc or Ctrl-C quits).
+    Top(TopArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Print the daemon's snapshot as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The daemon's status socket.
+    #[arg(long, default_value = status::DEFAULT_SOCKET)]
+    status_socket: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct TopArgs {
+    /// The daemon's status socket.
+    #[arg(long, default_value = status::DEFAULT_SOCKET)]
+    status_socket: PathBuf,
+    /// Refresh period, e.g. 1s, 500ms (100ms..1m).
+    #[arg(long, default_value = "1s", value_parser = parse_refresh)]
+    refresh: Duration,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +144,25 @@ struct RunArgs {
     /// Testing aid: treat this tracepoint as missing from the kernel (repeatable).
     #[arg(long, hide = true)]
     simulate_missing_hook: Vec<String>,
+    /// Serve Prometheus metrics at this address. It has no authentication: binding anything
+    /// but loopback is allowed, with a warning. [config: metrics.addr, default 127.0.0.1:9464]
+    #[arg(long, value_parser = prometheus::parse_addr)]
+    metrics_addr: Option<SocketAddr>,
+    /// Do not serve Prometheus metrics. [config: metrics.enabled = false]
+    #[arg(long, conflicts_with = "metrics_addr")]
+    no_metrics: bool,
+    /// Containers exported with their own Prometheus series: the busiest N, plus the ones
+    /// healing manages. [config: metrics.top_containers, default 50]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    metrics_top_containers: Option<u32>,
+    /// Unix socket for `sentinel status` and `sentinel top` (mode 0600); its directory, created
+    /// 0700, also holds the single-instance lock. [config: status.socket]
+    #[arg(long)]
+    status_socket: Option<PathBuf>,
+    /// Once the programs are attached, drop every capability but CAP_SYS_PTRACE (still needed
+    /// to read /proc/PID/ns/* of other processes).
+    #[arg(long)]
+    drop_capabilities: bool,
 }
 
 impl RunArgs {
@@ -134,6 +192,33 @@ impl RunArgs {
         if self.dry_run {
             cfg.heal.dry_run = true;
         }
+        if let Some(v) = self.metrics_addr {
+            cfg.metrics.addr = v.to_string();
+            cfg.metrics.enabled = true;
+        }
+        if self.no_metrics {
+            cfg.metrics.enabled = false;
+        }
+        if let Some(v) = self.metrics_top_containers {
+            cfg.metrics.top_containers = v;
+        }
+        if let Some(v) = self.status_socket {
+            cfg.status.socket = v;
+        }
+        // The config loader validated the address; a flag was parsed by clap.
+        let metrics_addr = if cfg.metrics.enabled {
+            Some(prometheus::parse_addr(&cfg.metrics.addr).map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        };
+        let exporters = ExportOptions {
+            metrics_addr,
+            metrics: MetricsConfig {
+                top_containers: cfg.metrics.top_containers as usize,
+                ..MetricsConfig::default()
+            },
+            status_socket: cfg.status.socket.clone(),
+        };
         Ok(RunOptions {
             interval: self.interval.unwrap_or_else(|| cfg.interval()),
             duration: self.duration,
@@ -147,6 +232,8 @@ impl RunArgs {
                 ..LoadOptions::default()
             },
             config: cfg,
+            exporters,
+            drop_capabilities: self.drop_capabilities,
         })
     }
 }
@@ -177,6 +264,27 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
     config::parse_interval(s)
+}
+
+fn parse_refresh(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(60) {
+        return Err(format!("{s} is outside the allowed range 100ms..1m"));
+    }
+    Ok(d)
+}
+
+fn print_status(args: &StatusArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let snap = status::fetch(&args.status_socket, Duration::from_secs(3))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &snap)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(status::render_text(&snap).as_bytes())?;
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -221,6 +329,22 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => args.options().and_then(daemon::run),
         Command::Config(cmd) => config_command(cmd),
+        Command::Check(args) => {
+            let report = sentinel::check::run(&sentinel::check::CheckOptions::default());
+            if let Err(e) =
+                sentinel::check::print(&report, args.json, &mut std::io::stdout().lock())
+            {
+                eprintln!("error: cannot write the report: {e}");
+                return ExitCode::FAILURE;
+            }
+            return if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Command::Status(args) => print_status(&args),
+        Command::Top(args) => top::run(&args.status_socket, args.refresh),
         Command::Replay(args) => sentinel::replay::run(&args),
         Command::Selftest(args) => match selftest::run(&args) {
             Ok(true) => Ok(()),

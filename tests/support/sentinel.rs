@@ -19,6 +19,8 @@ pub struct SentinelRun {
     lines: Receiver<Interval>,
     pub intervals: Vec<Interval>,
     stderr: Option<JoinHandle<String>>,
+    /// The status socket's directory (removed on drop).
+    pub runtime_dir: std::path::PathBuf,
 }
 
 pub struct Finished {
@@ -35,16 +37,26 @@ impl SentinelRun {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Tests never write the host's audit log.
         let audit = std::env::temp_dir().join(format!(
-            "sentinel-test-audit-{}-{}.jsonl",
+            "sentinel-test-audit-{}-{n}.jsonl",
             std::process::id(),
-            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
+        // Tests run daemons side by side: each gets its own status socket (and instance lock)
+        // and an ephemeral metrics port, unless the test chooses them.
+        let runtime_dir = std::env::temp_dir().join(format!("snt-run-{}-{n}", std::process::id()));
+        let socket = runtime_dir.join("sentinel.sock");
         let mut cmd = Command::new(BIN);
         cmd.arg("run").args(["--output", "json"]);
         if !args.contains(&"--audit-log") {
             cmd.arg("--audit-log").arg(&audit);
+        }
+        if !args.contains(&"--status-socket") {
+            cmd.arg("--status-socket").arg(&socket);
+        }
+        if !args.contains(&"--metrics-addr") && !args.contains(&"--no-metrics") {
+            cmd.args(["--metrics-addr", "127.0.0.1:0"]);
         }
         let mut child = cmd
             .args(args)
@@ -78,6 +90,7 @@ impl SentinelRun {
             lines,
             intervals: Vec::new(),
             stderr: Some(stderr),
+            runtime_dir,
         }
     }
 
@@ -143,6 +156,7 @@ impl Drop for SentinelRun {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.runtime_dir);
     }
 }
 

@@ -26,6 +26,11 @@ use super::{drain::RawSnapshot, offsets::Offsets};
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sentinel.bpf.o"));
 
+/// False when this binary was built without `cargo xtask build-ebpf` (for `sentinel check`).
+pub fn ebpf_object_embedded() -> bool {
+    !EBPF_OBJECT.is_empty()
+}
+
 /// One kernel hook and the counters it feeds.
 #[derive(Debug)]
 pub struct Hook {
@@ -538,7 +543,7 @@ const CAP_BPF: u32 = 39;
 const CAP_PERFMON: u32 = 38;
 
 /// Fails early, with what to do, when the process cannot load BPF programs at all.
-fn check_privileges() -> Result<()> {
+pub fn check_privileges() -> Result<()> {
     let caps = effective_capabilities().unwrap_or(u64::MAX);
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {

@@ -1,7 +1,11 @@
 //! Output of intervals: JSON lines and one readable text line per interval.
 
 pub mod output;
+pub mod prometheus;
+pub mod serve;
+pub mod status;
 pub mod text;
+pub mod top;
 
 use std::io::Write;
 

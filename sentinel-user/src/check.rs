@@ -1,0 +1,577 @@
+//! `sentinel check`: a preflight of the host. Every item is read-only except that nothing is
+//! mounted or loaded: the point is to tell an SRE, before deploying, whether `sentinel run`
+//! will work here and what to change if not. One line per item:
+//! `ok|warn|fail  <item>: <detail> [— what to do]`. `fail` means sentinel cannot run.
+
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::collect::{
+    loader::{self, HOOKS},
+    offsets::{Offsets, VMLINUX_BTF},
+    tracefs,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Item {
+    pub status: Status,
+    pub item: String,
+    pub detail: String,
+    /// What to do about a warn/fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Item {
+    fn new(status: Status, item: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            item: item.into(),
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "{:<4}  {}: {}",
+            self.status.as_str(),
+            self.item,
+            self.detail
+        );
+        if let Some(h) = &self.hint {
+            s.push_str(" — ");
+            s.push_str(h);
+        }
+        s
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// False iff any item failed: sentinel could not run on this host.
+    pub ok: bool,
+    pub items: Vec<Item>,
+}
+
+/// Where the checks look. Defaults are the real host paths; tests point them elsewhere.
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    pub btf_path: PathBuf,
+    pub docker_socket: PathBuf,
+    pub docker_timeout: Duration,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            btf_path: PathBuf::from(VMLINUX_BTF),
+            docker_socket: docker_socket_path(std::env::var("DOCKER_HOST").ok().as_deref()),
+            docker_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+pub fn run(opts: &CheckOptions) -> Report {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let version = parse_kernel_version(&release);
+    let caps = loader::effective_capabilities().unwrap_or(0);
+    let mut items = vec![
+        check_object(),
+        check_kernel(&release, version),
+        check_btf(&opts.btf_path),
+        check_tracefs(caps),
+    ];
+    items.extend(check_tracepoints(&opts.btf_path));
+    items.push(check_privileges(caps));
+    items.push(check_memlock(version, caps));
+    items.push(check_docker(&opts.docker_socket, opts.docker_timeout));
+    items.push(check_cgroup());
+    items.push(check_lockdown());
+    items.push(check_offsets(&opts.btf_path));
+    Report {
+        ok: items.iter().all(|i| i.status != Status::Fail),
+        items,
+    }
+}
+
+fn check_object() -> Item {
+    if loader::ebpf_object_embedded() {
+        Item::new(Status::Ok, "ebpf object", "embedded in this binary")
+    } else {
+        Item::new(
+            Status::Fail,
+            "ebpf object",
+            "this binary was built without its eBPF object",
+        )
+        .hint("run `cargo xtask build-ebpf --release` and rebuild sentinel")
+    }
+}
+
+/// (major, minor) of a `uname -r` string such as `6.1.0-18-amd64`.
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+fn check_kernel(release: &str, version: Option<(u32, u32)>) -> Item {
+    match version {
+        // BTF tracepoints (tp_btf) exist since 5.5; 5.8 brought CAP_BPF/CAP_PERFMON and the
+        // ring buffer the kernel-side logger uses.
+        Some(v) if v >= (5, 8) => Item::new(Status::Ok, "kernel", format!("Linux {release}")),
+        Some(_) => Item::new(
+            Status::Fail,
+            "kernel",
+            format!("Linux {release} is older than 5.8"),
+        )
+        .hint("upgrade to a 5.8+ kernel (every current distribution kernel qualifies)"),
+        None => Item::new(
+            Status::Warn,
+            "kernel",
+            format!("cannot parse the kernel release {release:?}"),
+        ),
+    }
+}
+
+fn check_btf(path: &Path) -> Item {
+    match std::fs::metadata(path) {
+        Ok(m) => Item::new(
+            Status::Ok,
+            "btf",
+            format!("{} ({} KiB)", path.display(), m.len() / 1024),
+        ),
+        Err(e) => Item::new(Status::Fail, "btf", format!("{}: {e}", path.display()))
+            .hint("use a kernel built with CONFIG_DEBUG_INFO_BTF=y"),
+    }
+}
+
+fn check_tracefs(caps: u64) -> Item {
+    if let Some(root) = tracefs::find() {
+        return Item::new(
+            Status::Ok,
+            "tracefs",
+            format!("mounted at {}", root.display()),
+        );
+    }
+    // Not needed to attach (BTF tracepoints), only for precise diagnostics of missing hooks.
+    if has_cap(caps, CAP_SYS_ADMIN) {
+        Item::new(
+            Status::Warn,
+            "tracefs",
+            "not mounted; sentinel run mounts it at /sys/kernel/tracing",
+        )
+    } else {
+        Item::new(
+            Status::Warn,
+            "tracefs",
+            "not mounted and not mountable without CAP_SYS_ADMIN; only diagnostics suffer",
+        )
+        .hint("mount -t tracefs nodev /sys/kernel/tracing")
+    }
+}
+
+/// One item per hook. A BTF tracepoint needs the `btf_trace_<name>` typedef in the kernel's
+/// BTF; tracefs `events/<category>/<name>` is reported alongside when tracefs is mounted.
+fn check_tracepoints(btf_path: &Path) -> Vec<Item> {
+    let btf = btf_rs::Btf::from_file(btf_path).ok();
+    let tracefs = tracefs::find();
+    let mut items = Vec::with_capacity(HOOKS.len() + 1);
+    let mut present = 0;
+    for hook in HOOKS {
+        let name = format!("tracepoint {}:{}", hook.category, hook.tracepoint);
+        let in_btf = btf.as_ref().map(|b| {
+            b.resolve_ids_by_name(&format!("btf_trace_{}", hook.tracepoint))
+                .is_ok_and(|ids| !ids.is_empty())
+        });
+        let in_tracefs = tracefs.as_ref().map(|root| {
+            root.join("events")
+                .join(hook.category)
+                .join(hook.tracepoint)
+                .is_dir()
+        });
+        let where_ = match (in_btf, in_tracefs) {
+            (Some(b), Some(t)) => format!(
+                "BTF btf_trace_{} {}, tracefs {}",
+                hook.tracepoint,
+                yes_no(b),
+                yes_no(t)
+            ),
+            (Some(b), None) => format!("BTF btf_trace_{} {}", hook.tracepoint, yes_no(b)),
+            (None, Some(t)) => format!("tracefs {} (no BTF to check)", yes_no(t)),
+            (None, None) => "cannot tell: neither BTF nor tracefs".to_string(),
+        };
+        let usable = in_btf.unwrap_or(false);
+        if usable {
+            present += 1;
+            items.push(Item::new(Status::Ok, name, where_));
+        } else {
+            items.push(Item::new(Status::Warn, name, where_).hint(format!(
+                    "sentinel runs without {} (program {} stays detached)",
+                    hook.counters
+                        .iter()
+                        .map(|&i| sentinel_common::counter::NAMES[i])
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    hook.program
+                )));
+        }
+    }
+    if present == 0 {
+        // The daemon refuses to run when no hook attaches.
+        items.push(
+            Item::new(
+                Status::Fail,
+                "tracepoints",
+                "none of sentinel's tracepoints is usable",
+            )
+            .hint("use a kernel with BTF tracepoints (5.5+, CONFIG_DEBUG_INFO_BTF=y)"),
+        );
+    }
+    items
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "present" } else { "missing" }
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn has_cap(caps: u64, cap: u32) -> bool {
+    caps & (1u64 << cap) != 0
+}
+
+fn check_privileges(caps: u64) -> Item {
+    let names: Vec<&str> = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
+    ]
+    .iter()
+    .filter(|(c, _)| has_cap(caps, *c))
+    .map(|(_, n)| *n)
+    .collect();
+    let have = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(" ")
+    };
+    if has_cap(caps, CAP_SYS_ADMIN) || (has_cap(caps, CAP_BPF) && has_cap(caps, CAP_PERFMON)) {
+        Item::new(
+            Status::Ok,
+            "bpf permission",
+            format!("effective capabilities: {have}"),
+        )
+    } else {
+        Item::new(
+            Status::Fail,
+            "bpf permission",
+            format!("effective capabilities: {have}"),
+        )
+        .hint("run as root or with CAP_BPF and CAP_PERFMON (see deploy/sentinel.service)")
+    }
+}
+
+fn check_memlock(version: Option<(u32, u32)>, caps: u64) -> Item {
+    // Since 5.11 BPF memory is charged to the memory cgroup, not RLIMIT_MEMLOCK.
+    if version.is_some_and(|v| v >= (5, 11)) {
+        return Item::new(
+            Status::Ok,
+            "memlock limit",
+            "not used for BPF memory on Linux 5.11+",
+        );
+    }
+    use nix::sys::resource::{Resource, getrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) else {
+        return Item::new(Status::Warn, "memlock limit", "cannot read RLIMIT_MEMLOCK");
+    };
+    let show = |v: u64| {
+        if v == nix::libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            format!("{} KiB", v / 1024)
+        }
+    };
+    let detail = format!("soft {} hard {}", show(soft), show(hard));
+    if hard == nix::libc::RLIM_INFINITY || has_cap(caps, CAP_SYS_RESOURCE) {
+        Item::new(
+            Status::Ok,
+            "memlock limit",
+            format!("{detail}; sentinel raises it to unlimited at start"),
+        )
+    } else if hard >= 64 << 20 {
+        Item::new(Status::Ok, "memlock limit", detail)
+    } else {
+        Item::new(
+            Status::Warn,
+            "memlock limit",
+            format!("{detail} (kernel before 5.11)"),
+        )
+        .hint("give CAP_SYS_RESOURCE or LimitMEMLOCK=infinity (the service unit does)")
+    }
+}
+
+/// The unix socket of `$DOCKER_HOST` when it is a `unix://` address, else the default.
+pub fn docker_socket_path(docker_host: Option<&str>) -> PathBuf {
+    match docker_host.and_then(|h| h.strip_prefix("unix://")) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from("/var/run/docker.sock"),
+    }
+}
+
+fn check_docker(socket: &Path, timeout: Duration) -> Item {
+    let item = "docker";
+    let hint = "healing needs the Docker daemon: start it, or set DOCKER_HOST=unix:///path";
+    match docker_version(socket, timeout) {
+        Ok((version, api)) => Item::new(
+            Status::Ok,
+            item,
+            format!(
+                "{} reachable, Docker {version}, API {api}",
+                socket.display()
+            ),
+        ),
+        // Sentinel collects without Docker; only healing needs it.
+        Err(e) => Item::new(Status::Warn, item, format!("{}: {e}", socket.display())).hint(hint),
+    }
+}
+
+/// `GET /version` over the unix socket with a plain HTTP/1.0 request (the response then ends
+/// at connection close, so no chunked decoding is needed). Returns (Version, ApiVersion).
+pub fn docker_version(socket: &Path, timeout: Duration) -> Result<(String, String), String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .map_err(|e| format!("request failed: {e}"))?;
+    let mut raw = Vec::new();
+    // A bounded read: a misbehaving peer cannot make the check hold unbounded memory.
+    stream
+        .take(1 << 20)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("no answer within {timeout:?}: {e}"))?;
+    parse_docker_version(&raw)
+}
+
+pub fn parse_docker_version(raw: &[u8]) -> Result<(String, String), String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("answered {status:?}"));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(body.trim()).map_err(|e| format!("bad /version body: {e}"))?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_string();
+    Ok((field("Version"), field("ApiVersion")))
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+fn fs_magic(path: &str) -> Option<i64> {
+    nix::sys::statfs::statfs(path)
+        .ok()
+        .map(|s| s.filesystem_type().0)
+}
+
+fn check_cgroup() -> Item {
+    let item = "cgroup";
+    match fs_magic("/sys/fs/cgroup") {
+        Some(CGROUP2_SUPER_MAGIC) => Item::new(Status::Ok, item, "v2 (unified)"),
+        Some(TMPFS_MAGIC) => {
+            let hybrid = fs_magic("/sys/fs/cgroup/unified") == Some(CGROUP2_SUPER_MAGIC);
+            let detail = if hybrid { "hybrid (v1 + v2)" } else { "v1" };
+            Item::new(Status::Warn, item, detail).hint(
+                "per-container attribution prefers cgroup v2 (systemd.unified_cgroup_hierarchy=1)",
+            )
+        }
+        Some(other) => Item::new(
+            Status::Warn,
+            item,
+            format!("/sys/fs/cgroup has unexpected filesystem type {other:#x}"),
+        ),
+        None => Item::new(Status::Warn, item, "/sys/fs/cgroup is not mounted"),
+    }
+}
+
+/// The active mode of `/sys/kernel/security/lockdown` ("none [integrity] confidentiality").
+pub fn parse_lockdown(text: &str) -> Option<&str> {
+    let start = text.find('[')?;
+    let end = start + text[start..].find(']')?;
+    Some(&text[start + 1..end])
+}
+
+fn check_lockdown() -> Item {
+    let item = "lockdown";
+    match std::fs::read_to_string("/sys/kernel/security/lockdown") {
+        Ok(text) => match parse_lockdown(&text) {
+            Some("none") => Item::new(Status::Ok, item, "none"),
+            // integrity forbids writing kernel memory, which sentinel never does.
+            Some("integrity") => Item::new(Status::Ok, item, "integrity (BPF reads allowed)"),
+            // confidentiality forbids bpf_probe_read_kernel, which every program uses.
+            Some("confidentiality") => Item::new(
+                Status::Fail,
+                item,
+                "confidentiality: BPF programs may not read kernel memory",
+            )
+            .hint("boot with lockdown=integrity or none"),
+            _ => Item::new(
+                Status::Warn,
+                item,
+                format!("unknown mode {:?}", text.trim()),
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if Path::new("/sys/kernel/security")
+                .read_dir()
+                .is_ok_and(|mut d| d.next().is_some())
+            {
+                Item::new(Status::Ok, item, "no lockdown LSM in this kernel")
+            } else {
+                Item::new(Status::Warn, item, "securityfs not mounted, mode unknown")
+                    .hint("mount -t securityfs securityfs /sys/kernel/security")
+            }
+        }
+        Err(e) => Item::new(Status::Warn, item, format!("cannot read: {e}")),
+    }
+}
+
+fn check_offsets(btf_path: &Path) -> Item {
+    match Offsets::from_file(btf_path) {
+        Ok(o) => Item::new(
+            Status::Ok,
+            "btf offsets",
+            format!(
+                "task_struct.pid={} task_struct.state={} sk_buff.len={} sk_buff.dev={} \
+                 net_device.ifindex={} net_device.name={} net_device.nd_net={} net.ns.inum={} netns={}",
+                o.task_pid,
+                o.task_state,
+                o.skb_len,
+                o.skb_dev,
+                o.dev_ifindex,
+                o.dev_name,
+                o.dev_nd_net,
+                o.net_ns_inum,
+                o.has_netns
+            ),
+        ),
+        Err(e) => Item::new(Status::Fail, "btf offsets", format!("{e:#}"))
+            .hint("report this kernel's version: its BTF lacks a member sentinel reads"),
+    }
+}
+
+/// Prints the report; returns whether sentinel can run.
+pub fn print(report: &Report, json: bool, out: &mut impl Write) -> std::io::Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, report)?;
+        writeln!(out)?;
+    } else {
+        for item in &report.items {
+            writeln!(out, "{}", item.line())?;
+        }
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("6.1.0-18-amd64"), Some((6, 1)));
+        assert_eq!(parse_kernel_version("5.10.209"), Some((5, 10)));
+        assert_eq!(parse_kernel_version("6.18.0"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("garbage"), None);
+        assert_eq!(check_kernel("4.19.0", Some((4, 19))).status, Status::Fail);
+        assert_eq!(check_kernel("5.8.0", Some((5, 8))).status, Status::Ok);
+    }
+
+    #[test]
+    fn lockdown_modes() {
+        assert_eq!(
+            parse_lockdown("[none] integrity confidentiality\n"),
+            Some("none")
+        );
+        assert_eq!(
+            parse_lockdown("none integrity [confidentiality]"),
+            Some("confidentiality")
+        );
+        assert_eq!(parse_lockdown("none"), None);
+    }
+
+    #[test]
+    fn docker_host_and_version_response() {
+        assert_eq!(
+            docker_socket_path(Some("unix:///run/user/1000/docker.sock")),
+            PathBuf::from("/run/user/1000/docker.sock")
+        );
+        assert_eq!(
+            docker_socket_path(Some("tcp://10.0.0.1:2375")),
+            PathBuf::from("/var/run/docker.sock")
+        );
+        assert_eq!(
+            docker_socket_path(None),
+            PathBuf::from("/var/run/docker.sock")
+        );
+        let ok = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"Version\":\"20.10.24\",\"ApiVersion\":\"1.41\"}\n";
+        assert_eq!(
+            parse_docker_version(ok),
+            Ok(("20.10.24".to_string(), "1.41".to_string()))
+        );
+        let err = parse_docker_version(b"HTTP/1.0 404 Not Found\r\n\r\n").unwrap_err();
+        assert!(err.contains("404"), "{err}");
+        assert!(parse_docker_version(b"SSH-2.0").is_err());
+    }
+
+    #[test]
+    fn lines_follow_the_format() {
+        let item =
+            Item::new(Status::Warn, "docker", "/var/run/docker.sock: refused").hint("start it");
+        assert_eq!(
+            item.line(),
+            "warn  docker: /var/run/docker.sock: refused — start it"
+        );
+        assert_eq!(Item::new(Status::Ok, "btf", "x").line(), "ok    btf: x");
+    }
+}

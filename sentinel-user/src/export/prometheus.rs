@@ -1,0 +1,1306 @@
+//! Prometheus exposition of every interval, served at `GET /metrics`.
+//!
+//! The daemon feeds one [`Interval`] (plus the raw run-queue histogram delta, which the JSON
+//! line only summarises) into [`Metrics::observe_interval`]; a scrape encodes the cumulative
+//! state through `prometheus-client`'s encoder, under one lock, so every scrape is a consistent
+//! snapshot of whole intervals. Per-interface (and later per-container) series are bounded:
+//! only the top N by recent activity, plus explicitly pinned ones, are exported.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::Hash,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+use sentinel_common::{HIST_BUCKETS, hist_bucket_range};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::{
+    collect::loader::HOOKS,
+    daemon::{PUBLIC_COUNTERS, Published, PublishedRx},
+    heal::{DockerState, HealSnapshot, breaker::BreakerState},
+};
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
+pub const DEFAULT_TOP_INTERFACES: usize = 50;
+pub const DEFAULT_TOP_CONTAINERS: usize = 50;
+/// Cap on label values fed by detection and healing (signals, actions, breakers): anything
+/// beyond is folded into `other`, so a bug or a hostile container count cannot blow up a scrape.
+const MAX_LABEL_VALUES: usize = 500;
+/// Connections served at once; more wait in the listen backlog. Every connection is bounded in
+/// time (header read, whole connection), so the wait is bounded too (FAULT-MATRIX E4).
+const MAX_CONNECTIONS: usize = 32;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--metrics-addr`: an address like 127.0.0.1:9464 or [::1]:9464.
+pub fn parse_addr(spec: &str) -> Result<SocketAddr, String> {
+    spec.parse()
+        .map_err(|_| format!("{spec:?} is not an address like 127.0.0.1:9464 or [::1]:9464"))
+}
+
+/// The endpoint has no authentication: an address other hosts can reach gets one loud warning.
+pub fn exposure_warning(addr: SocketAddr) -> Option<String> {
+    let ip = addr.ip();
+    if ip.is_loopback() {
+        None
+    } else if ip.is_unspecified() {
+        Some(format!(
+            "metrics endpoint bound to {addr}: ALL interfaces, reachable from other hosts without \
+             authentication; prefer 127.0.0.1, or restrict access with a firewall or an \
+             authenticating reverse proxy"
+        ))
+    } else {
+        Some(format!(
+            "metrics endpoint bound to {addr}, which other hosts may reach without \
+             authentication; restrict access with a firewall or an authenticating reverse proxy"
+        ))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsConfig {
+    /// Interfaces exported with their own series (busiest first).
+    pub top_interfaces: usize,
+    /// Containers exported with their own series (busiest first, plus pinned ones).
+    pub top_containers: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            top_interfaces: DEFAULT_TOP_INTERFACES,
+            top_containers: DEFAULT_TOP_CONTAINERS,
+        }
+    }
+}
+
+/// Cheap to clone: the daemon and the HTTP server share it.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    state: Arc<Mutex<State>>,
+    registry: Arc<Registry>,
+}
+
+impl Metrics {
+    pub fn new(config: MetricsConfig) -> Self {
+        let state = Arc::new(Mutex::new(State::new(config)));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StateCollector(state.clone())));
+        Self {
+            state,
+            registry: Arc::new(registry),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // A panic while holding the lock cannot leave half an interval behind that matters
+        // more than losing metrics altogether: keep serving.
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// Adds one published interval (drain loop -> watch channel -> [`follow`]).
+    pub fn observe(&self, p: &Published) {
+        self.with(|s| s.observe(p));
+    }
+
+    /// The exposition text (OpenMetrics, which Prometheus negotiates and parses).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            warn!("cannot encode metrics: {e}");
+        }
+        out
+    }
+}
+
+fn bounded_entry<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, other: K) -> &mut u64 {
+    let key = if map.len() < MAX_LABEL_VALUES || map.contains_key(&key) {
+        key
+    } else {
+        other
+    };
+    map.entry(key).or_default()
+}
+
+/// A bounded set of labelled series: everything observed is tracked with an exponentially
+/// decayed activity score, and the top `limit` by score plus the pinned ones are exported.
+/// Decay (rather than "busiest in the last interval") keeps the exported set stable from one
+/// scrape to the next, so series do not flap in and out. Entries idle long enough to decay
+/// away are forgotten, which bounds memory by the recently active keys.
+#[derive(Debug)]
+pub struct TopN<K, V> {
+    limit: usize,
+    entries: HashMap<K, Tracked<V>>,
+}
+
+#[derive(Debug)]
+struct Tracked<V> {
+    value: V,
+    score: f64,
+    pinned: bool,
+}
+
+/// Per-interval decay: an idle entry's score halves in about 7 intervals.
+const DECAY: f64 = 0.9;
+/// Below this score an unpinned entry is forgotten (it then restarts from zero if it comes
+/// back, which Prometheus treats as a counter reset).
+const FORGET_BELOW: f64 = 1e-3;
+
+impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// Ages every score by one interval and forgets entries that went idle long ago.
+    pub fn decay(&mut self) {
+        for t in self.entries.values_mut() {
+            t.score *= DECAY;
+        }
+        self.entries
+            .retain(|_, t| t.pinned || t.score >= FORGET_BELOW);
+    }
+
+    pub fn observe(&mut self, key: K, activity: f64, pinned: bool, update: impl FnOnce(&mut V)) {
+        let t = self.entries.entry(key).or_insert_with(|| Tracked {
+            value: V::default(),
+            score: 0.0,
+            pinned,
+        });
+        t.score += activity.max(0.0);
+        t.pinned = pinned;
+        update(&mut t.value);
+    }
+
+    /// Exported entries in key order: every pinned one, then the `limit` highest scores.
+    pub fn selected(&self) -> Vec<(&K, &V)> {
+        let mut ranked: Vec<(&K, &Tracked<V>)> =
+            self.entries.iter().filter(|(_, t)| !t.pinned).collect();
+        ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(b.0)));
+        ranked.truncate(self.limit);
+        ranked.extend(self.entries.iter().filter(|(_, t)| t.pinned));
+        ranked.sort_by(|a, b| a.0.cmp(b.0));
+        ranked.into_iter().map(|(k, t)| (k, &t.value)).collect()
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[derive(Debug, Default)]
+struct IfaceTotals {
+    name: String,
+    rx_packets: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+    tx_bytes: u64,
+}
+
+/// Per-container counter stems, exported as `sentinel_container_<stem>_total`.
+const CONTAINER_COUNTERS: [(&str, &str); 13] = [
+    (
+        "cpu_seconds",
+        "On-CPU time of the container's tasks, seconds.",
+    ),
+    (
+        "context_switches",
+        "Context switches of the container's tasks.",
+    ),
+    (
+        "forks",
+        "Processes started in the container (threads are not counted).",
+    ),
+    ("execs", "Programs executed in the container."),
+    ("exits", "Processes that exited in the container."),
+    (
+        "abnormal_exits",
+        "Processes that exited with a non-zero code or by a signal.",
+    ),
+    (
+        "oom_kills",
+        "Processes of the container killed by the OOM killer.",
+    ),
+    (
+        "net_rx_packets",
+        "Packets received in the container's network namespace.",
+    ),
+    (
+        "net_rx_bytes",
+        "Bytes received in the container's network namespace.",
+    ),
+    (
+        "net_tx_packets",
+        "Packets transmitted in the container's network namespace.",
+    ),
+    (
+        "net_tx_bytes",
+        "Bytes transmitted in the container's network namespace.",
+    ),
+    (
+        "tcp_retransmits",
+        "TCP retransmissions in the container's network namespace.",
+    ),
+    (
+        "tcp_resets",
+        "TCP resets in the container's network namespace.",
+    ),
+];
+
+#[derive(Debug, Default)]
+struct ContainerTotals {
+    name: String,
+    image: String,
+    totals: [f64; CONTAINER_COUNTERS.len()],
+}
+
+/// Buckets of the drain-duration histogram, seconds.
+const DRAIN_BUCKETS: [f64; 12] = [
+    25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
+];
+/// Run-queue latency buckets: powers of two of nanoseconds from 2^10 (about 1 us) to 2^34
+/// (about 17 s). The kernel's buckets are log2 with sub-buckets, so every one of these bounds
+/// is a kernel bucket boundary and the counts are exact; 25 bounds keep the series count
+/// sensible (the kernel's 256 buckets would be 256 series).
+const RUNQ_LOW_EXP: u32 = 10;
+const RUNQ_HIGH_EXP: u32 = 34;
+
+#[derive(Debug)]
+struct State {
+    intervals: u64,
+    /// Published intervals this exporter never saw (the watch channel keeps only the latest).
+    missed: u64,
+    last_seq: Option<u64>,
+    /// Cumulative kernel counters by name; `None` for a signal whose hook is not attached.
+    kernel: Vec<(&'static str, Option<u64>)>,
+    context_switches: u64,
+    system: Option<crate::model::SystemGauges>,
+    interval_seconds: f64,
+    last_interval_unix: f64,
+    overflow: [u64; 3],
+    map_entries: [u64; 2],
+    map_capacity: [u64; 2],
+    counter_resets: u64,
+    attached: Vec<(&'static str, bool)>,
+    runq_buckets: Vec<u64>,
+    runq_sum_seconds: f64,
+    drain_buckets: [u64; DRAIN_BUCKETS.len() + 1],
+    drain_sum: f64,
+    drain_count: u64,
+    ifaces: TopN<(u32, u32), IfaceTotals>,
+    containers: TopN<String, ContainerTotals>,
+    /// Raised anomaly events by (scope, signal, severity).
+    anomalies: BTreeMap<(String, String, String), u64>,
+    detection: crate::model::DetectionSummary,
+    /// Healing decisions by (decision, action).
+    decisions: BTreeMap<(String, String), u64>,
+    heal: Option<HealSnapshot>,
+}
+
+impl State {
+    fn new(config: MetricsConfig) -> Self {
+        Self {
+            intervals: 0,
+            missed: 0,
+            last_seq: None,
+            kernel: PUBLIC_COUNTERS
+                .iter()
+                .map(|&i| (sentinel_common::counter::NAMES[i], Some(0)))
+                .collect(),
+            context_switches: 0,
+            system: None,
+            interval_seconds: 0.0,
+            last_interval_unix: 0.0,
+            overflow: [0; 3],
+            map_entries: [0; 2],
+            map_capacity: [0; 2],
+            counter_resets: 0,
+            attached: HOOKS.iter().map(|h| (h.program, false)).collect(),
+            runq_buckets: vec![0; HIST_BUCKETS],
+            runq_sum_seconds: 0.0,
+            drain_buckets: [0; DRAIN_BUCKETS.len() + 1],
+            drain_sum: 0.0,
+            drain_count: 0,
+            ifaces: TopN::new(config.top_interfaces),
+            containers: TopN::new(config.top_containers),
+            anomalies: BTreeMap::new(),
+            detection: Default::default(),
+            decisions: BTreeMap::new(),
+            heal: None,
+        }
+    }
+
+    fn observe(&mut self, p: &Published) {
+        let iv = &p.interval;
+        if let Some(last) = self.last_seq
+            && iv.seq > last + 1
+        {
+            self.missed += iv.seq - last - 1;
+        }
+        self.last_seq = Some(iv.seq);
+        self.intervals += 1;
+        for (name, slot) in &mut self.kernel {
+            *slot = match (iv.counters.get(*name).copied().flatten(), *slot) {
+                (Some(d), Some(total)) => Some(total.wrapping_add(d)),
+                // A disabled signal has no series at all, rather than a misleading 0.
+                _ => None,
+            };
+        }
+        self.context_switches += iv.system.context_switches;
+        self.system = Some(iv.system.clone());
+        self.interval_seconds = iv.interval_ms / 1000.0;
+        self.last_interval_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let c = &iv.collector;
+        self.overflow[0] += c.iface_overflow_packets;
+        self.overflow[1] += c.runq_start_overflow;
+        self.overflow[2] += c.container_overflow;
+        self.map_entries = [c.iface_entries, c.container_entries];
+        self.map_capacity = [c.iface_capacity, c.container_capacity];
+        self.counter_resets += u64::from(c.reset);
+        for (program, attached) in &mut self.attached {
+            *attached = !c.disabled.iter().any(|d| d == program);
+        }
+        for (idx, &n) in p.runq_hist.iter().enumerate().take(HIST_BUCKETS) {
+            if n == 0 || (4..8).contains(&idx) {
+                continue;
+            }
+            self.runq_buckets[idx] += n;
+            let (low, high) = hist_bucket_range(idx);
+            self.runq_sum_seconds += n as f64 * (low as f64 + (high - low) as f64 / 2.0) / 1e9;
+        }
+        let drain = c.drain_us as f64 / 1e6;
+        let slot = DRAIN_BUCKETS
+            .iter()
+            .position(|&b| drain <= b)
+            .unwrap_or(DRAIN_BUCKETS.len());
+        self.drain_buckets[slot] += 1;
+        self.drain_sum += drain;
+        self.drain_count += 1;
+        self.ifaces.decay();
+        for i in &iv.interfaces {
+            let packets = (i.rx_packets + i.tx_packets) as f64;
+            self.ifaces
+                .observe((i.netns, i.ifindex), packets, false, |t| {
+                    if t.name.is_empty() {
+                        t.name.clone_from(&i.name);
+                    }
+                    t.rx_packets += i.rx_packets;
+                    t.rx_bytes += i.rx_bytes;
+                    t.tx_packets += i.tx_packets;
+                    t.tx_bytes += i.tx_bytes;
+                });
+        }
+        self.observe_containers(p);
+        for a in iv.anomalies.iter().filter(|a| a.kind == "raised") {
+            // Container series are `container.<name>.<signal>`: the name is not a label here
+            // (unbounded); the signal is.
+            let (scope, signal) = match a.series.strip_prefix("container.") {
+                Some(rest) => ("container", rest.rsplit('.').next().unwrap_or(rest)),
+                None => ("host", a.series.as_str()),
+            };
+            let key = (scope.to_string(), signal.to_string(), a.severity.clone());
+            let other = (scope.to_string(), "other".to_string(), a.severity.clone());
+            *bounded_entry(&mut self.anomalies, key, other) += 1;
+        }
+        self.detection = iv.detection.clone();
+        for a in &iv.actions {
+            let get = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let key = (get("decision"), get("action"));
+            let other = ("other".to_string(), "other".to_string());
+            *bounded_entry(&mut self.decisions, key, other) += 1;
+        }
+        self.heal = p.heal.clone();
+    }
+
+    /// Containers with a breaker are always exported (the ones healing manages); the rest
+    /// compete for the top N by activity (on-CPU milliseconds plus packets).
+    fn observe_containers(&mut self, p: &Published) {
+        let managed: std::collections::HashSet<&str> = p
+            .heal
+            .iter()
+            .flat_map(|h| h.breakers.iter().map(|b| b.container_id.as_str()))
+            .collect();
+        self.containers.decay();
+        for ct in &p.interval.containers {
+            let key = if ct.id.is_empty() {
+                ct.name.clone()
+            } else {
+                ct.id.clone()
+            };
+            let activity = ct.cpu_ns as f64 / 1e6 + (ct.rx_packets + ct.tx_packets) as f64;
+            let pinned = !ct.id.is_empty() && managed.contains(ct.id.as_str());
+            self.containers.observe(key, activity, pinned, |t| {
+                t.name.clone_from(&ct.name);
+                t.image.clone_from(&ct.image);
+                let deltas = [
+                    ct.cpu_ns as f64 / 1e9,
+                    ct.ctx_switches as f64,
+                    ct.forks as f64,
+                    ct.execs as f64,
+                    ct.exits as f64,
+                    ct.abnormal_exits as f64,
+                    ct.oom_kills as f64,
+                    ct.rx_packets as f64,
+                    ct.rx_bytes as f64,
+                    ct.tx_packets as f64,
+                    ct.tx_bytes as f64,
+                    ct.tcp_retransmits as f64,
+                    ct.tcp_resets as f64,
+                ];
+                for (total, d) in t.totals.iter_mut().zip(deltas) {
+                    *total += d;
+                }
+            });
+        }
+    }
+
+    /// (upper bound in seconds, count in that bucket only) for the exposition.
+    fn runq_exposition(&self) -> (Vec<(f64, u64)>, u64) {
+        let bounds = RUNQ_HIGH_EXP - RUNQ_LOW_EXP + 1;
+        let mut counts = vec![0u64; bounds as usize + 1];
+        let mut total = 0;
+        for (idx, &n) in self.runq_buckets.iter().enumerate() {
+            // Indices 4..8 are never used by the kernel's bucketing (see `hist_bucket`).
+            if n == 0 || (4..8).contains(&idx) {
+                continue;
+            }
+            total += n;
+            // Every kernel bucket lies entirely below or above a power of two: place it under
+            // the first bound at or above its (exclusive) upper end.
+            let high = hist_bucket_range(idx).1;
+            let exp = 64 - (high - 1).leading_zeros();
+            let slot = exp.saturating_sub(RUNQ_LOW_EXP).min(bounds) as usize;
+            counts[slot] += n;
+        }
+        let out = (RUNQ_LOW_EXP..=RUNQ_HIGH_EXP)
+            .map(|e| (1u64 << e) as f64 / 1e9)
+            .chain([f64::INFINITY])
+            .zip(counts)
+            .collect();
+        (out, total)
+    }
+}
+
+#[derive(Debug)]
+struct StateCollector(Arc<Mutex<State>>);
+
+type Labels<'a> = Vec<(&'static str, std::borrow::Cow<'a, str>)>;
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    let m = enc.encode_descriptor(name, help, unit, g.metric_type())?;
+    g.encode(m)
+}
+
+fn family<'a, V: Copy>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (Labels<'a>, V)>,
+    emit: impl Fn(prometheus_client::encoding::MetricEncoder, V) -> Result<(), std::fmt::Error>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in rows {
+        emit(m.encode_family(&labels)?, v)?;
+    }
+    Ok(())
+}
+
+fn emit_counter(m: prometheus_client::encoding::MetricEncoder, v: u64) -> std::fmt::Result {
+    ConstCounter::new(v).encode(m)
+}
+
+fn emit_counter_f64(m: prometheus_client::encoding::MetricEncoder, v: f64) -> std::fmt::Result {
+    ConstCounter::new(v).encode(m)
+}
+
+fn emit_gauge(m: prometheus_client::encoding::MetricEncoder, v: f64) -> std::fmt::Result {
+    ConstGauge::new(v).encode(m)
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        family(
+            &mut enc,
+            "sentinel_build_info",
+            "Sentinel build; the value is always 1.",
+            MetricType::Gauge,
+            [(vec![("version", env!("CARGO_PKG_VERSION").into())], 1.0)],
+            emit_gauge,
+        )?;
+        counter(
+            &mut enc,
+            "sentinel_intervals",
+            "Intervals drained since the daemon started.",
+            s.intervals,
+        )?;
+        for (name, total) in &s.kernel {
+            let Some(total) = total else { continue };
+            counter(
+                &mut enc,
+                &format!("sentinel_{name}"),
+                &format!("{name}, as counted in the kernel by sentinel's eBPF programs."),
+                *total,
+            )?;
+        }
+        counter(
+            &mut enc,
+            "sentinel_context_switches",
+            "Context switches by the kernel's own count (/proc/stat ctxt), read in each drain.",
+            s.context_switches,
+        )?;
+        if let Some(sys) = &s.system {
+            gauge(
+                &mut enc,
+                "sentinel_cpu_busy_percent",
+                "CPU busy time over the last interval, percent of all CPUs.",
+                None,
+                sys.cpu_percent,
+            )?;
+            gauge(
+                &mut enc,
+                "sentinel_memory_used_percent",
+                "Memory in use (total minus available), percent.",
+                None,
+                sys.mem_used_percent,
+            )?;
+            gauge(
+                &mut enc,
+                "sentinel_disk_used_percent",
+                "Root filesystem space in use, percent.",
+                None,
+                sys.disk_used_percent,
+            )?;
+            gauge(
+                &mut enc,
+                "sentinel_load1",
+                "One-minute load average.",
+                None,
+                sys.load1,
+            )?;
+        }
+        let (buckets, count) = s.runq_exposition();
+        let m = enc.encode_descriptor(
+            "sentinel_runqueue_latency",
+            "Wakeup-to-on-CPU latency of tasks; the sum is estimated from bucket midpoints.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        encode_histogram(m, s.runq_sum_seconds, count, &buckets)?;
+
+        // Per-interface series: bounded to the busiest N.
+        let ifaces = s.ifaces.selected();
+        let iface_labels = |k: &(u32, u32), t: &IfaceTotals| -> Labels<'static> {
+            vec![
+                ("netns", k.0.to_string().into()),
+                ("interface", iface_label(&t.name, k.1).into()),
+            ]
+        };
+        for (stem, help, get) in [
+            (
+                "sentinel_interface_rx_packets",
+                "Packets received per (network namespace inode, interface), busiest interfaces only.",
+                (|t: &IfaceTotals| t.rx_packets) as fn(&IfaceTotals) -> u64,
+            ),
+            (
+                "sentinel_interface_rx_bytes",
+                "Bytes received per (network namespace inode, interface), busiest interfaces only.",
+                |t: &IfaceTotals| t.rx_bytes,
+            ),
+            (
+                "sentinel_interface_tx_packets",
+                "Packets transmitted per (network namespace inode, interface), busiest interfaces only.",
+                |t: &IfaceTotals| t.tx_packets,
+            ),
+            (
+                "sentinel_interface_tx_bytes",
+                "Bytes transmitted per (network namespace inode, interface), busiest interfaces only.",
+                |t: &IfaceTotals| t.tx_bytes,
+            ),
+        ] {
+            family(
+                &mut enc,
+                stem,
+                help,
+                MetricType::Counter,
+                ifaces.iter().map(|(k, t)| (iface_labels(k, t), get(t))),
+                emit_counter,
+            )?;
+        }
+        gauge(
+            &mut enc,
+            "sentinel_interfaces_tracked",
+            "Interfaces with recent activity that sentinel tracks (only the busiest are exported).",
+            None,
+            s.ifaces.tracked() as f64,
+        )?;
+
+        // Per-container series: bounded like interfaces, plus the containers healing manages.
+        let containers = s.containers.selected();
+        for (idx, (stem, help)) in CONTAINER_COUNTERS.iter().enumerate() {
+            family(
+                &mut enc,
+                &format!("sentinel_container_{stem}"),
+                &format!("{help} Busiest and healing-managed containers only."),
+                MetricType::Counter,
+                containers.iter().map(|(id, t)| {
+                    (
+                        vec![
+                            ("container", container_label(&t.name, id).into()),
+                            ("image", t.image.clone().into()),
+                        ],
+                        t.totals[idx],
+                    )
+                }),
+                emit_counter_f64,
+            )?;
+        }
+        gauge(
+            &mut enc,
+            "sentinel_containers_tracked",
+            "Containers with recent activity that sentinel tracks (only the busiest are exported).",
+            None,
+            s.containers.tracked() as f64,
+        )?;
+
+        // Sentinel's own health.
+        let m = enc.encode_descriptor(
+            "sentinel_drain_duration",
+            "Time one drain of the kernel maps took.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        let drain: Vec<(f64, u64)> = DRAIN_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(s.drain_buckets.iter().copied())
+            .collect();
+        encode_histogram(m, s.drain_sum, s.drain_count, &drain)?;
+        gauge(
+            &mut enc,
+            "sentinel_interval",
+            "Measured length of the last interval.",
+            Some(&Unit::Seconds),
+            s.interval_seconds,
+        )?;
+        gauge(
+            &mut enc,
+            "sentinel_last_interval_timestamp",
+            "Unix time at which the last interval was drained.",
+            Some(&Unit::Seconds),
+            s.last_interval_unix,
+        )?;
+        counter(
+            &mut enc,
+            "sentinel_exporter_missed_intervals",
+            "Intervals the metrics exporter did not see (their deltas are missing here).",
+            s.missed,
+        )?;
+        family(
+            &mut enc,
+            "sentinel_map_overflow",
+            "Events that found a bounded kernel map full (counted, never silently lost).",
+            MetricType::Counter,
+            [
+                (vec![("map", "ifaces".into())], s.overflow[0]),
+                (vec![("map", "runq_start".into())], s.overflow[1]),
+                (vec![("map", "containers".into())], s.overflow[2]),
+            ],
+            emit_counter,
+        )?;
+        family(
+            &mut enc,
+            "sentinel_map_entries",
+            "Entries currently held in a bounded kernel map.",
+            MetricType::Gauge,
+            [
+                (vec![("map", "ifaces".into())], s.map_entries[0] as f64),
+                (vec![("map", "containers".into())], s.map_entries[1] as f64),
+            ],
+            emit_gauge,
+        )?;
+        family(
+            &mut enc,
+            "sentinel_map_capacity",
+            "Capacity of a bounded kernel map.",
+            MetricType::Gauge,
+            [
+                (vec![("map", "ifaces".into())], s.map_capacity[0] as f64),
+                (vec![("map", "containers".into())], s.map_capacity[1] as f64),
+            ],
+            emit_gauge,
+        )?;
+        counter(
+            &mut enc,
+            "sentinel_kernel_count_resets",
+            "Intervals in which a kernel counter went backwards (maps re-created).",
+            s.counter_resets,
+        )?;
+        family(
+            &mut enc,
+            "sentinel_bpf_program_attached",
+            "1 when the eBPF program is attached to its tracepoint, 0 when its signal is disabled.",
+            MetricType::Gauge,
+            s.attached
+                .iter()
+                .map(|(p, a)| (vec![("program", (*p).into())], if *a { 1.0 } else { 0.0 })),
+            emit_gauge,
+        )?;
+
+        // Detection.
+        family(
+            &mut enc,
+            "sentinel_anomalies_raised",
+            "Anomaly events raised, by scope (host or container), signal and severity.",
+            MetricType::Counter,
+            s.anomalies.iter().map(|((scope, signal, severity), v)| {
+                (
+                    vec![
+                        ("scope", scope.as_str().into()),
+                        ("signal", signal.as_str().into()),
+                        ("severity", severity.as_str().into()),
+                    ],
+                    *v,
+                )
+            }),
+            emit_counter,
+        )?;
+        let d = &s.detection;
+        gauge(
+            &mut enc,
+            "sentinel_anomalies_open",
+            "Series with an open (raised, not yet cleared) anomaly.",
+            None,
+            d.open.len() as f64,
+        )?;
+        family(
+            &mut enc,
+            "sentinel_detection_series",
+            "Series tracked by the detection engine, by life-cycle state.",
+            MetricType::Gauge,
+            [
+                ("warming_up", d.warming_up),
+                ("ready", d.ready),
+                ("fallback", d.fallback),
+            ]
+            .map(|(state, n)| (vec![("state", state.into())], n as f64)),
+            emit_gauge,
+        )?;
+        gauge(
+            &mut enc,
+            "sentinel_detection_series_overflow",
+            "Observations in the last interval that found the series table full.",
+            None,
+            d.series_overflow as f64,
+        )?;
+
+        // Healing.
+        family(
+            &mut enc,
+            "sentinel_heal_decisions",
+            "Healing decisions (audit records), by decision and action.",
+            MetricType::Counter,
+            s.decisions.iter().map(|((decision, action), v)| {
+                (
+                    vec![
+                        ("decision", decision.as_str().into()),
+                        ("action", action.as_str().into()),
+                    ],
+                    *v,
+                )
+            }),
+            emit_counter,
+        )?;
+        if let Some(h) = &s.heal {
+            let c = &h.counters;
+            for (name, help, v) in [
+                (
+                    "sentinel_heal_actions_taken",
+                    "Healing actions that ran and succeeded.",
+                    c.actions_taken,
+                ),
+                (
+                    "sentinel_heal_actions_failed",
+                    "Healing actions that ran and failed.",
+                    c.actions_failed,
+                ),
+                (
+                    "sentinel_heal_actions_skipped",
+                    "Due healing actions the safety gate skipped.",
+                    c.skipped,
+                ),
+                (
+                    "sentinel_heal_actions_not_recorded",
+                    "Due healing actions dropped before acting.",
+                    c.not_recorded,
+                ),
+                (
+                    "sentinel_audit_write_errors",
+                    "Audit log writes that failed (no action is taken unaudited).",
+                    c.audit_write_errors,
+                ),
+                (
+                    "sentinel_heal_dropped_events",
+                    "Docker events dropped by the healing engine's bounded queue.",
+                    c.dropped_events,
+                ),
+                (
+                    "sentinel_docker_reconnects",
+                    "Reconnections to the Docker Engine API.",
+                    c.docker_reconnects,
+                ),
+            ] {
+                counter(&mut enc, name, help, v)?;
+            }
+            gauge(
+                &mut enc,
+                "sentinel_docker_up",
+                "1 when the healing engine is connected to the Docker Engine API.",
+                None,
+                if h.docker == DockerState::Up {
+                    1.0
+                } else {
+                    0.0
+                },
+            )?;
+            gauge(
+                &mut enc,
+                "sentinel_heal_in_flight",
+                "Healing actions running now.",
+                None,
+                h.in_flight as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "sentinel_heal_global_breaker_state",
+                "Global circuit breaker: 0 closed, 1 half-open, 2 open.",
+                None,
+                breaker_value(h.global_breaker.state),
+            )?;
+            family(
+                &mut enc,
+                "sentinel_breaker_state",
+                "Circuit breaker per container: 0 closed, 1 half-open, 2 open.",
+                MetricType::Gauge,
+                h.breakers.iter().take(MAX_LABEL_VALUES).map(|b| {
+                    (
+                        vec![(
+                            "container",
+                            container_label(&b.container_name, &b.container_id).into(),
+                        )],
+                        breaker_value(b.view.state),
+                    )
+                }),
+                emit_gauge,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn breaker_value(state: BreakerState) -> f64 {
+    match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    }
+}
+
+fn encode_histogram(
+    mut m: prometheus_client::encoding::MetricEncoder,
+    sum: f64,
+    count: u64,
+    buckets: &[(f64, u64)],
+) -> std::fmt::Result {
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, buckets, None)
+}
+
+/// Interface names come from the kernel (up to 15 bytes) but are set by whoever creates the
+/// device, possibly inside a container: the encoder escapes them; an empty one gets its index.
+fn iface_label(name: &str, ifindex: u32) -> String {
+    if name.is_empty() {
+        format!("if{ifindex}")
+    } else {
+        name.to_string()
+    }
+}
+
+fn container_label(name: &str, id: &str) -> String {
+    if name.is_empty() {
+        id.chars().take(12).collect()
+    } else {
+        name.to_string()
+    }
+}
+
+/// Feeds every published interval into `metrics` until the channel closes.
+pub async fn follow(metrics: Metrics, mut rx: PublishedRx) {
+    loop {
+        if let Some(p) = rx.borrow_and_update().clone() {
+            metrics.observe(&p);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `GET /metrics` (404 elsewhere) until the task is aborted. Keep-alive is off (a scrape
+/// is one request) so an idle client cannot hold a connection slot between scrapes.
+pub async fn serve(listener: TcpListener, metrics: Metrics) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!("metrics: connection from {peer}: {e}"),
+                Err(_) => debug!("metrics: connection from {peer} timed out"),
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<hyper::body::Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let reply = |status, ctype: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(ctype),
+        );
+        r
+    };
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let openmetrics = req
+                .headers()
+                .get_all(hyper::header::ACCEPT)
+                .iter()
+                .any(|v| {
+                    v.to_str()
+                        .is_ok_and(|v| v.contains("application/openmetrics-text"))
+                });
+            if openmetrics {
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    metrics.encode(),
+                )
+            } else {
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    to_text_format(&metrics.encode()),
+                )
+            }
+        }
+        (_, "/metrics") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET\n".into(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: sentinel serves /metrics\n".into(),
+        ),
+    }
+}
+
+/// The classic text format (0.0.4) for clients that do not ask for OpenMetrics (curl,
+/// `promtool check metrics`, older scrapers). The encoder writes OpenMetrics only; the formats
+/// differ, for what sentinel exports, in three ways: a counter family is named with its
+/// `_total` suffix, there are no `# UNIT` lines and no `# EOF` terminator.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + counters.len() * 16);
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Binds the listener (before the programs load, so a taken port fails fast).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for metrics on {addr}: pick another --metrics-addr, or --no-metrics")
+    })?;
+    let local = listener.local_addr().unwrap_or(addr);
+    info!("metrics at http://{local}/metrics");
+    if let Some(w) = exposure_warning(local) {
+        warn!("{w}");
+    }
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AnomalyRecord, ContainerDelta, IfaceDelta, Interval};
+    use sentinel_common::hist_bucket;
+
+    fn published(seq: u64) -> Published {
+        let mut iv = Interval {
+            seq,
+            interval_ms: 1000.0,
+            ..Default::default()
+        };
+        for &i in &PUBLIC_COUNTERS {
+            iv.counters
+                .insert(sentinel_common::counter::NAMES[i].to_string(), Some(10));
+        }
+        iv.counters.insert("tcp_retransmits".into(), None);
+        iv.collector.disabled = vec!["snt_tcp_retransmit_skb".into()];
+        let mut hist = vec![0u64; HIST_BUCKETS];
+        hist[hist_bucket(10_000)] = 90; // 10 us
+        hist[hist_bucket(3_000_000)] = 10; // 3 ms
+        Published {
+            interval: iv,
+            series: Vec::new(),
+            heal: None,
+            runq_hist: hist,
+        }
+    }
+
+    #[test]
+    fn addresses_and_exposure_warning() {
+        assert!(parse_addr("127.0.0.1:9464").is_ok());
+        assert!(parse_addr("[::1]:9464").is_ok());
+        assert!(parse_addr("localhost").is_err());
+        assert_eq!(
+            exposure_warning(parse_addr("127.0.0.1:9464").unwrap()),
+            None
+        );
+        assert_eq!(exposure_warning(parse_addr("[::1]:9464").unwrap()), None);
+        let w = exposure_warning(parse_addr("0.0.0.0:9464").unwrap()).unwrap();
+        assert!(
+            w.contains("0.0.0.0:9464") && w.contains("ALL interfaces"),
+            "{w}"
+        );
+        assert!(exposure_warning(parse_addr("[::]:9464").unwrap()).is_some());
+        assert!(exposure_warning(parse_addr("10.1.2.3:9464").unwrap()).is_some());
+    }
+
+    #[test]
+    fn exposition_has_counters_histogram_and_no_disabled_series() {
+        let m = Metrics::new(MetricsConfig::default());
+        m.observe(&published(0));
+        let mut p = published(1);
+        p.interval.anomalies = vec![
+            AnomalyRecord {
+                kind: "raised".into(),
+                series: "container.web.cpu".into(),
+                severity: "critical".into(),
+                ..Default::default()
+            },
+            AnomalyRecord {
+                kind: "cleared".into(),
+                series: "sched_switch".into(),
+                severity: "warning".into(),
+                ..Default::default()
+            },
+        ];
+        p.interval.actions = vec![serde_json::json!({"decision": "taken", "action": "restart"})];
+        m.observe(&p);
+        let text = m.encode();
+        assert!(text.contains("sentinel_sched_switch_total 20\n"), "{text}");
+        assert!(
+            !text.contains("sentinel_tcp_retransmits_total"),
+            "disabled: no series"
+        );
+        assert!(
+            text.contains("sentinel_bpf_program_attached{program=\"snt_tcp_retransmit_skb\"} 0")
+        );
+        assert!(text.contains("sentinel_bpf_program_attached{program=\"snt_sched_switch\"} 1"));
+        assert!(text.contains("sentinel_intervals_total 2\n"));
+        // 180 samples at 10 us fall below 2^14 ns (16.4 us); all 200 below 2^22 ns (4.2 ms).
+        assert!(
+            text.contains("sentinel_runqueue_latency_seconds_bucket{le=\"0.000016384\"} 180"),
+            "{text}"
+        );
+        assert!(text.contains("sentinel_runqueue_latency_seconds_bucket{le=\"0.004194304\"} 200"));
+        assert!(text.contains("sentinel_runqueue_latency_seconds_bucket{le=\"+Inf\"} 200"));
+        assert!(text.contains("sentinel_runqueue_latency_seconds_count 200"));
+        assert!(text.contains(
+            "sentinel_anomalies_raised_total{scope=\"container\",signal=\"cpu\",severity=\"critical\"} 1"
+        ));
+        assert!(
+            !text.contains("signal=\"sched_switch\""),
+            "cleared events are not raised"
+        );
+        assert!(
+            text.contains("sentinel_heal_decisions_total{decision=\"taken\",action=\"restart\"} 1")
+        );
+        assert!(text.contains("sentinel_exporter_missed_intervals_total 0"));
+        assert!(text.contains("sentinel_build_info{version=\""));
+        assert!(text.ends_with("# EOF\n"));
+
+        m.observe(&published(5));
+        assert!(
+            m.encode()
+                .contains("sentinel_exporter_missed_intervals_total 3")
+        );
+    }
+
+    #[test]
+    fn interface_and_container_series_are_bounded_to_the_busiest() {
+        let m = Metrics::new(MetricsConfig {
+            top_interfaces: 3,
+            top_containers: 2,
+        });
+        let mut p = published(0);
+        p.interval.interfaces = (0..20)
+            .map(|i| IfaceDelta {
+                netns: 1,
+                ifindex: i,
+                name: format!("veth{i}"),
+                rx_packets: u64::from(i) * 100,
+                ..Default::default()
+            })
+            .collect();
+        p.interval.containers = (0..10u64)
+            .map(|i| ContainerDelta {
+                id: format!("{i:064}"),
+                name: format!("c{i}\"\n"),
+                image: "nginx".into(),
+                cpu_ns: i * 1_000_000,
+                ..Default::default()
+            })
+            .collect();
+        m.observe(&p);
+        let text = m.encode();
+        let rows = text
+            .lines()
+            .filter(|l| l.starts_with("sentinel_interface_rx_packets_total{"))
+            .count();
+        assert_eq!(rows, 3, "{text}");
+        assert!(text.contains("interface=\"veth19\""));
+        assert!(!text.contains("interface=\"veth5\""));
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sentinel_container_cpu_seconds_total{"))
+            .collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(
+            rows.iter().any(|r| r.contains("container=\"c9\\\"\\n\"")),
+            "{rows:?}"
+        );
+        assert!(text.contains("sentinel_containers_tracked 10"));
+    }
+
+    #[test]
+    fn classic_text_format_names_counters_with_total() {
+        let m = Metrics::new(MetricsConfig::default());
+        m.observe(&published(0));
+        let text = to_text_format(&m.encode());
+        assert!(
+            text.contains("# HELP sentinel_sched_switch_total sched_switch, as"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE sentinel_sched_switch_total counter\n"));
+        assert!(text.contains("# TYPE sentinel_runqueue_latency_seconds histogram\n"));
+        assert!(!text.contains("# UNIT") && !text.contains("# EOF"));
+        assert!(text.contains("sentinel_sched_switch_total 10\n"));
+    }
+
+    #[test]
+    fn top_n_forgets_idle_entries() {
+        let mut t: TopN<u32, u64> = TopN::new(2);
+        t.observe(1, 100.0, false, |v| *v += 1);
+        for _ in 0..200 {
+            t.decay();
+        }
+        assert_eq!(t.tracked(), 0);
+        t.observe(2, 1.0, true, |_| {});
+        for _ in 0..200 {
+            t.decay();
+        }
+        assert_eq!(t.tracked(), 1, "pinned entries stay");
+    }
+}

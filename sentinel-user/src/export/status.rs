@@ -1,0 +1,538 @@
+//! The status socket: `sentinel status` and `sentinel top` ask the running daemon for its
+//! latest state. Protocol: the client connects, the daemon writes one JSON document (a
+//! [`StatusSnapshot`]) and closes. The daemon publishes snapshots through a
+//! `tokio::sync::watch` channel, so serving a client never waits for the drain loop.
+//!
+//! The runtime directory (the socket's parent, `/run/sentinel` by default) also holds the
+//! single-instance lock `sentinel.lock`: an exclusive `flock` held for the daemon's lifetime,
+//! whose file names the holder's PID. The kernel drops the lock when the holder dies, so a
+//! crashed daemon never blocks the next start (FAULT-MATRIX K15).
+
+use std::{
+    fs::{DirBuilder, File, OpenOptions},
+    io::{Read, Seek, Write},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use tokio::{io::AsyncWriteExt, net::UnixListener};
+use tracing::{debug, info, warn};
+
+use crate::{
+    daemon::{Published, PublishedRx},
+    model::Interval,
+};
+
+pub const DEFAULT_SOCKET: &str = "/run/sentinel/sentinel.sock";
+const LOCK_FILE: &str = "sentinel.lock";
+/// A client that does not read its snapshot within this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The daemon's identity, fixed at start.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServerInfo {
+    pub version: String,
+    pub pid: u32,
+    /// RFC 3339 start time of the daemon.
+    pub started: String,
+    /// Configured drain interval, milliseconds (clients poll at this pace).
+    pub interval_ms: u64,
+    /// Where `/metrics` is served, if it is.
+    pub metrics_addr: Option<String>,
+}
+
+/// What the daemon tells `status` and `top` (the client side of the document).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatusSnapshot {
+    #[serde(flatten)]
+    pub info: ServerInfo,
+    /// The latest drained interval (none before the first one).
+    pub latest: Option<Interval>,
+    /// Every series the detection engine tracks.
+    #[serde(default)]
+    pub series: Vec<SeriesView>,
+    /// Healing engine state (breakers, counters, recent decisions); `null` when disabled.
+    #[serde(default)]
+    pub heal: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SeriesView {
+    pub name: String,
+    /// `warming_up`, `ready` or `fallback`.
+    pub state: String,
+    pub score: f64,
+}
+
+/// The server side of the same document, serialised from the published interval in place.
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    #[serde(flatten)]
+    info: &'a ServerInfo,
+    latest: Option<&'a Interval>,
+    series: &'a [crate::daemon::SeriesStatus],
+    heal: Option<&'a crate::heal::HealSnapshot>,
+}
+
+/// The JSON document a client receives.
+pub fn document(info: &ServerInfo, published: Option<&Published>) -> serde_json::Result<Vec<u8>> {
+    let out = StatusOut {
+        info,
+        latest: published.map(|p| &p.interval),
+        series: published.map(|p| p.series.as_slice()).unwrap_or_default(),
+        heal: published.and_then(|p| p.heal.as_ref()),
+    };
+    let mut body = serde_json::to_vec(&out)?;
+    body.push(b'\n');
+    Ok(body)
+}
+
+/// The single-instance lock; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct InstanceLock {
+    _lock: Flock<File>,
+    pub path: PathBuf,
+}
+
+/// Creates the runtime directory (0700) if needed and takes the single-instance lock in it.
+/// Fails with the holder's PID when another daemon holds it.
+pub fn acquire_instance_lock(runtime_dir: &Path) -> Result<InstanceLock> {
+    ensure_private_dir(runtime_dir)?;
+    let path = runtime_dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open the instance lock {}", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            let holder = if pid.is_empty() {
+                "unknown pid".to_string()
+            } else {
+                format!("pid {pid}")
+            };
+            bail!(
+                "another sentinel is already running ({holder}; it holds {}): stop it first, \
+                 or give this one its own --socket directory",
+                path.display()
+            );
+        }
+        Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
+    };
+    // Only the holder writes its PID, after it holds the lock: a reader never sees a PID of a
+    // process that lost the race.
+    lock.set_len(0)
+        .and_then(|()| lock.rewind())
+        .and_then(|()| writeln!(&mut *lock, "{}", std::process::id()))
+        .with_context(|| format!("cannot write the PID into {}", path.display()))?;
+    Ok(InstanceLock { _lock: lock, path })
+}
+
+/// Creates `dir` with mode 0700. An existing directory is left as it is (it may be shared,
+/// e.g. /tmp), with a warning when others can enter it; the socket itself is 0600 anyway.
+fn ensure_private_dir(dir: &Path) -> Result<()> {
+    match DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) => {
+            return Err(anyhow!(e))
+                .with_context(|| format!("cannot create the runtime directory {}", dir.display()));
+        }
+    }
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot stat the runtime directory {}", dir.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        if meta.uid() == nix::unistd::geteuid().as_raw() && dir.starts_with("/run/sentinel") {
+            // Ours (e.g. left by an older version): tighten it.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot chmod 0700 {}", dir.display()))?;
+        } else {
+            warn!(
+                "runtime directory {} is accessible by other users (mode {:o})",
+                dir.display(),
+                meta.mode() & 0o777
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Binds the status socket (mode 0600). Call with the instance lock held: a socket file left
+/// behind is then stale by construction, but it is probed first anyway, so that a daemon that
+/// uses a different lock directory is never cut off.
+pub fn bind(socket: &Path) -> Result<UnixListener> {
+    if socket.exists() {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(_) => bail!(
+                "another sentinel answers on {}: stop it first or use another --socket",
+                socket.display()
+            ),
+            Err(_) => {
+                debug!("removing stale socket {}", socket.display());
+                std::fs::remove_file(socket)
+                    .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
+            }
+        }
+    }
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("cannot bind the status socket {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot chmod 0600 {}", socket.display()))?;
+    info!("status socket at {}", socket.display());
+    Ok(listener)
+}
+
+/// Clients served at once; more wait in the listen backlog (a stuck client is dropped after
+/// [`WRITE_TIMEOUT`], so the wait is bounded).
+const MAX_CLIENTS: usize = 16;
+
+/// Answers every connection with the latest snapshot until the task is aborted.
+pub async fn serve(listener: UnixListener, info: Arc<ServerInfo>, published: PublishedRx) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!("status: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let latest = published.borrow().clone();
+        let info = info.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            // Serialised here, not in the drain loop: only clients pay for it.
+            let body = match document(&info, latest.as_deref()) {
+                Ok(body) => body,
+                Err(e) => {
+                    warn!("status: cannot serialise the snapshot: {e}");
+                    return;
+                }
+            };
+            let write = async {
+                stream.write_all(&body).await?;
+                stream.shutdown().await
+            };
+            match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!("status: client went away: {e}"),
+                Err(_) => debug!("status: client too slow, dropped"),
+            }
+        });
+    }
+}
+
+/// Removes the socket file on a clean exit.
+pub fn remove_socket(socket: &Path) {
+    if let Err(e) = std::fs::remove_file(socket)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!("cannot remove {}: {e}", socket.display());
+    }
+}
+
+/// Client side: connects, reads the one document, parses it.
+pub fn fetch(socket: &Path, timeout: Duration) -> Result<StatusSnapshot> {
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                " — is `sentinel run` running?"
+            }
+            std::io::ErrorKind::PermissionDenied => " — the socket is root-only: use sudo",
+            _ => "",
+        };
+        anyhow!(
+            "cannot reach the sentinel daemon at {}: {e}{hint}",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut body = Vec::new();
+    // Bounded: a snapshot is a few hundred KiB at most (bounded interface list).
+    stream
+        .take(64 << 20)
+        .read_to_end(&mut body)
+        .with_context(|| format!("reading the status from {}", socket.display()))?;
+    serde_json::from_slice(&body)
+        .with_context(|| format!("the daemon at {} sent an invalid status", socket.display()))
+}
+
+/// One circuit breaker as `status` and `top` show it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerLine {
+    pub container: String,
+    pub state: String,
+    pub failures: u64,
+}
+
+/// The per-container breakers of a healing snapshot, the global one first (as `*`).
+pub fn breakers(heal: &serde_json::Value) -> Vec<BreakerLine> {
+    let mut out = Vec::new();
+    if let Some(g) = heal.get("global_breaker") {
+        out.push(BreakerLine {
+            container: "* (global)".into(),
+            state: str_of(g, "state"),
+            failures: g
+                .get("failures_in_window")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0),
+        });
+    }
+    for b in heal
+        .get("breakers")
+        .and_then(|b| b.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let name = str_of(b, "container_name");
+        out.push(BreakerLine {
+            container: if name.is_empty() {
+                str_of(b, "container_id").chars().take(12).collect()
+            } else {
+                name
+            },
+            state: str_of(b, "state"),
+            failures: b
+                .get("failures_in_window")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0),
+        });
+    }
+    out
+}
+
+/// The last healing decisions, newest last, one line each (already sanitised).
+pub fn recent_actions(heal: &serde_json::Value) -> Vec<String> {
+    heal.get("recent")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let mut line = format!(
+                "{} {} {}",
+                str_of(r, "ts").get(11..19).unwrap_or_default(),
+                str_of(r, "container_name"),
+                str_of(r, "decision")
+            );
+            for key in ["action", "outcome", "reason"] {
+                let v = str_of(r, key);
+                if !v.is_empty() {
+                    line.push(' ');
+                    line.push_str(&v);
+                }
+            }
+            sanitize(&line, 160)
+        })
+        .collect()
+}
+
+fn str_of(v: &serde_json::Value, key: &str) -> String {
+    match v.get(key) {
+        Some(serde_json::Value::String(s)) => sanitize(s, 120),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(other) => sanitize(&other.to_string(), 120),
+    }
+}
+
+/// `sentinel status`: a readable summary (every string from containers is sanitised).
+pub fn render_text(s: &StatusSnapshot) -> String {
+    use std::fmt::Write as _;
+    let i = &s.info;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "sentinel {} pid {} since {} interval {}ms metrics {}",
+        sanitize(&i.version, 40),
+        i.pid,
+        sanitize(&i.started, 40),
+        i.interval_ms,
+        sanitize(i.metrics_addr.as_deref().unwrap_or("off"), 80)
+    );
+    let Some(iv) = &s.latest else {
+        out.push_str("latest     (no interval drained yet)\n");
+        return out;
+    };
+    // The text line may span lines (one per container): sanitise each, keep the breaks.
+    for (i, line) in super::text::line(iv).lines().enumerate() {
+        let title = if i == 0 { "latest" } else { "" };
+        let _ = writeln!(out, "{title:<10} {}", sanitize(line, 2000));
+    }
+    let c = &iv.collector;
+    let _ = writeln!(
+        out,
+        "collector  seq {} drain {}us iface map {}/{} container map {}/{} overflow {} disabled [{}] docker {}",
+        iv.seq,
+        c.drain_us,
+        c.iface_entries,
+        c.iface_capacity,
+        c.container_entries,
+        c.container_capacity,
+        c.iface_overflow_packets + c.runq_start_overflow + c.container_overflow,
+        sanitize(&c.disabled.join(","), 400),
+        sanitize(&iv.docker, 40)
+    );
+    for ct in iv.containers.iter().take(5) {
+        let _ = writeln!(
+            out,
+            "container  {} ({}) cpu {:.1}% runq p99 {:.0}us rx {}p tx {}p retx {}",
+            sanitize(&ct.name, 64),
+            sanitize(&ct.image, 64),
+            ct.cpu_percent,
+            ct.runqueue_latency_us.p99,
+            ct.rx_packets,
+            ct.tx_packets,
+            ct.tcp_retransmits
+        );
+    }
+    let d = &iv.detection;
+    if d.enabled || !s.series.is_empty() {
+        let _ = writeln!(
+            out,
+            "detection  series {} warming_up {} ready {} fallback {} open [{}]",
+            d.series,
+            d.warming_up,
+            d.ready,
+            d.fallback,
+            sanitize(&d.open.join(", "), 1000)
+        );
+    } else {
+        out.push_str("detection  (not running)\n");
+    }
+    match &s.heal {
+        Some(h) => {
+            let _ = writeln!(
+                out,
+                "healing    docker {} dry_run {} in_flight {}",
+                str_of(h, "docker"),
+                str_of(h, "dry_run"),
+                str_of(h, "in_flight")
+            );
+            for b in breakers(h) {
+                let _ = writeln!(
+                    out,
+                    "breaker    {} {} failures {}",
+                    b.container, b.state, b.failures
+                );
+            }
+            for a in recent_actions(h).iter().rev().take(10).rev() {
+                let _ = writeln!(out, "action     {a}");
+            }
+        }
+        None => out.push_str("healing    (not running)\n"),
+    }
+    out
+}
+
+/// Makes text from the kernel, containers or other stages safe for a terminal: control
+/// characters (ANSI escapes, newlines, carriage returns) become U+FFFD and length is capped.
+pub fn sanitize(s: &str, max_chars: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if s.chars().count() > max_chars {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_strips_escapes_and_newlines() {
+        let s = sanitize("eth0\x1b[2J\nrm -rf\r", 100);
+        assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
+        assert!(s.starts_with("eth0"));
+        assert_eq!(sanitize("abcdef", 3), "abc…");
+    }
+
+    #[test]
+    fn lock_refuses_a_second_holder_and_names_the_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = dir.path().join("rt");
+        let first = acquire_instance_lock(&rt).unwrap();
+        let mode = std::fs::metadata(&rt).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let e = acquire_instance_lock(&rt).unwrap_err().to_string();
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        drop(first);
+        acquire_instance_lock(&rt).expect("released on drop");
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_renders() {
+        let mut iv = Interval {
+            seq: 7,
+            ts: "2026-11-23T15:00:01Z".into(),
+            ..Default::default()
+        };
+        iv.containers.push(crate::model::ContainerDelta {
+            name: "evil\u{1b}[2J\nname".into(),
+            image: "img".into(),
+            ..Default::default()
+        });
+        let info = ServerInfo {
+            version: "0.1.0".into(),
+            pid: 42,
+            ..Default::default()
+        };
+        let published = Published {
+            interval: iv.clone(),
+            series: Vec::new(),
+            heal: None,
+            runq_hist: Vec::new(),
+        };
+        let body = document(&info, Some(&published)).unwrap();
+        let back: StatusSnapshot = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.info, info);
+        assert_eq!(back.latest, Some(iv));
+        let text = render_text(&back);
+        assert!(text.contains("seq 7"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("container")).count(),
+            1
+        );
+        assert!(text.contains("healing    (not running)"));
+    }
+
+    #[test]
+    fn heal_breakers_and_actions_are_read_and_sanitised() {
+        let heal = serde_json::json!({
+            "docker": "up",
+            "global_breaker": {"state": "CLOSED", "failures_in_window": 0, "wait_secs": 1.0},
+            "breakers": [{"container_id": "abc", "container_name": "web\u{1b}]0;x\u{7}",
+                          "state": "OPEN", "failures_in_window": 3, "wait_secs": 30.0}],
+            "recent": [{"ts": "2026-11-23T15:00:01Z", "container_id": "abc",
+                        "container_name": "web", "decision": "taken", "reason": "anomaly",
+                        "action": "restart", "outcome": "ok"}]
+        });
+        let b = breakers(&heal);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[1].state, "OPEN");
+        assert_eq!(b[1].failures, 3);
+        assert!(!b[1].container.chars().any(|c| c.is_control()));
+        assert_eq!(
+            recent_actions(&heal),
+            vec!["15:00:01 web taken restart ok anomaly"]
+        );
+    }
+}

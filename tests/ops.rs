@@ -1,0 +1,819 @@
+//! Operations surface: `sentinel check`, `/metrics` (promtool and a real Prometheus server),
+//! `sentinel status` over the unix socket, `sentinel top` in a real terminal (tmux), and the
+//! files in deploy/ (systemd unit, alert rules, Grafana dashboard).
+//!
+//! Needs root and BPF (like every privileged test), plus `promtool`/`prometheus` (Debian
+//! package `prometheus`), `tmux`, `systemd-analyze` (package `systemd`) and `setpriv`
+//! (`util-linux`). Under CI=true a missing tool is a failure.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::{
+    docker::{self, Container, IMAGE},
+    require, require_root,
+    sentinel::{BIN, SentinelRun},
+};
+
+const FIRST: Duration = Duration::from_secs(60);
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn require_tool(tool: &str, package: &str) -> bool {
+    require(
+        tool,
+        which(tool),
+        &format!("`{tool}` not found (Debian package {package})"),
+    )
+}
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// A port that was free a moment ago (the kernel does not hand it out again at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One plain HTTP/1.0 GET; returns (status code, body).
+fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let addr: SocketAddr = addr.parse().expect("address");
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+/// The metrics address a test daemon reports (its port is ephemeral).
+fn metrics_addr_of(socket: &Path) -> String {
+    let snap = status_json(socket);
+    snap["metrics_addr"]
+        .as_str()
+        .expect("metrics_addr in status")
+        .to_string()
+}
+
+fn status_json(socket: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--status-socket"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sentinel status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+fn socket_of(run: &SentinelRun) -> PathBuf {
+    run.runtime_dir.join("sentinel.sock")
+}
+
+#[test]
+fn check_reports_every_item_and_exit_status_follows_failures() {
+    let out = Command::new(BIN).arg("check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    for line in &lines {
+        let status = line.split_whitespace().next().unwrap_or_default();
+        assert!(
+            ["ok", "warn", "fail"].contains(&status),
+            "line without ok/warn/fail: {line}"
+        );
+    }
+    let item = |name: &str| {
+        lines
+            .iter()
+            .find(|l| {
+                l.split_once("  ")
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with(name))
+            })
+            .unwrap_or_else(|| panic!("no `{name}` line in:\n{stdout}"))
+    };
+    for name in [
+        "kernel:",
+        "btf:",
+        "tracefs:",
+        "bpf permission:",
+        "memlock limit:",
+        "docker:",
+        "cgroup:",
+        "lockdown:",
+        "ebpf object:",
+    ] {
+        item(name);
+    }
+    for hook in sentinel::collect::loader::HOOKS {
+        item(&format!("tracepoint {}:{}", hook.category, hook.tracepoint));
+    }
+    let failed = lines.iter().any(|l| l.starts_with("fail"));
+    assert_eq!(
+        out.status.success(),
+        !failed,
+        "exit status follows the fail lines"
+    );
+    // Every warn/fail says what to do.
+    for l in lines.iter().filter(|l| l.starts_with("fail")) {
+        assert!(l.contains(" — "), "fail without advice: {l}");
+    }
+    // The JSON form carries the same verdict.
+    let json = Command::new(BIN)
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["ok"].as_bool(), Some(!failed));
+    assert_eq!(v["items"].as_array().unwrap().len(), lines.len());
+
+    if !require_root("check as an unprivileged user") || !require_tool("setpriv", "util-linux") {
+        return;
+    }
+    if support::is_root() {
+        // This machine can run sentinel as root; as nobody without capabilities it cannot.
+        assert!(
+            out.status.success(),
+            "root on this host should pass:\n{stdout}"
+        );
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                BIN,
+                "check",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("{stdout}");
+        assert!(
+            !out.status.success(),
+            "unprivileged check must fail:\n{stdout}"
+        );
+        let perm = stdout
+            .lines()
+            .find(|l| l.contains("bpf permission:"))
+            .unwrap();
+        assert!(
+            perm.starts_with("fail") && perm.contains("CAP_BPF"),
+            "{perm}"
+        );
+    }
+}
+
+/// A Prometheus server on loopback with a temporary config and data directory.
+struct PromServer {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PromServer {
+    fn start(target: &str, rules: &Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 rule_files: ['{}']\n\
+                 scrape_configs:\n  - job_name: sentinel\n    static_configs:\n      - targets: ['{target}']\n",
+                rules.display()
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus");
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    fn query(&self, q: &str) -> Option<serde_json::Value> {
+        let path = format!("/api/v1/query?query={}", urlencode(q));
+        let (code, body) = http_get(&self.addr, &path, Duration::from_secs(5)).ok()?;
+        if code != 200 {
+            return None;
+        }
+        serde_json::from_str(&body).ok()
+    }
+}
+
+impl Drop for PromServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `/metrics` parses with promtool; a real Prometheus scrapes it, answers a query for
+/// `sentinel_sched_switch_total` with a rising value, loads the alert rules and evaluates
+/// every Grafana dashboard query; 200 idle connections do not lock scrapes out.
+#[test]
+fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
+    if !require_root("metrics_pass_promtool_and_a_real_prometheus_scrapes_them")
+        || !require_tool("promtool", "prometheus")
+        || !require_tool("prometheus", "prometheus")
+    {
+        return;
+    }
+    let mut run = SentinelRun::start(&["--interval", "500ms"]);
+    run.next_interval(FIRST);
+    run.next_interval(FIRST);
+    let addr = metrics_addr_of(&socket_of(&run));
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    let started = Instant::now();
+    let (code, body) = http_get(&addr, "/metrics", Duration::from_secs(10)).unwrap();
+    let scrape = started.elapsed();
+    assert_eq!(code, 200, "{body}");
+    let samples = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    let families = body.lines().filter(|l| l.starts_with("# TYPE ")).count();
+    println!(
+        "scrape: {} bytes, {families} families, {samples} samples in {scrape:?}",
+        body.len()
+    );
+    for name in [
+        "sentinel_sched_switch_total ",
+        "sentinel_runqueue_latency_seconds_bucket{le=",
+        "sentinel_drain_duration_seconds_bucket{le=",
+        "sentinel_bpf_program_attached{program=\"snt_sched_switch\"} 1",
+        "sentinel_map_overflow_total{map=\"ifaces\"}",
+        "sentinel_cpu_busy_percent ",
+        "sentinel_build_info{",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics");
+    }
+    let (code, _) = http_get(&addr, "/", Duration::from_secs(5)).unwrap();
+    assert_eq!(code, 404);
+
+    // promtool reads the exposition from stdin.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 200 idle connections (slow or hostile scraper) while Prometheus scrapes.
+    let idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    let rules = repo_file("deploy/prometheus-alerts.yml");
+    let prom = PromServer::start(&addr, &rules);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut values: Vec<f64> = Vec::new();
+    while Instant::now() < deadline && values.len() < 2 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let Some(v) = prom.query("sentinel_sched_switch_total") else {
+            continue;
+        };
+        if let Some(value) = v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            && values.last().is_none_or(|&last| value > last)
+        {
+            values.push(value);
+        }
+    }
+    assert!(
+        values.len() >= 2,
+        "Prometheus did not return a rising sentinel_sched_switch_total: {values:?}; log:\n{}",
+        prom.log()
+    );
+    println!("prometheus: sentinel_sched_switch_total {values:?}");
+    drop(idle);
+
+    // The alert rules load and evaluate without errors.
+    let (code, rules_body) = http_get(&prom.addr, "/api/v1/rules", Duration::from_secs(5)).unwrap();
+    assert_eq!(code, 200);
+    let rules: serde_json::Value = serde_json::from_str(&rules_body).unwrap();
+    let groups = rules["data"]["groups"].as_array().unwrap();
+    let loaded: usize = groups
+        .iter()
+        .map(|g| g["rules"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert!(loaded >= 10, "{rules_body}");
+    // Every dashboard query is valid PromQL for this Prometheus and names existing metrics.
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("deploy/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*");
+            let v = prom
+                .query(&expr)
+                .unwrap_or_else(|| panic!("Prometheus rejected the dashboard query {expr}"));
+            assert_eq!(v["status"], "success", "{expr}: {v}");
+            checked += 1;
+        }
+    }
+    println!("dashboard: {checked} queries accepted by Prometheus");
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let longest = finished
+        .intervals
+        .iter()
+        .map(|iv| iv.interval_ms)
+        .fold(0.0, f64::max);
+    println!("longest interval with 200 idle connections open: {longest:.1} ms (500 ms set)");
+    let seqs: Vec<u64> = finished.intervals.iter().map(|iv| iv.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "the drain kept its sequence under 200 idle connections: {seqs:?}"
+    );
+}
+
+/// `status` round-trips over the unix socket; the socket is 0600 in a 0700 root-owned dir and
+/// refuses other users; a second daemon on the same socket refuses to start, naming the PID.
+#[test]
+fn status_round_trips_and_the_socket_is_root_only() {
+    if !require_root("status_round_trips_and_the_socket_is_root_only")
+        || !require_tool("setpriv", "util-linux")
+    {
+        return;
+    }
+    let mut run = SentinelRun::start(&["--interval", "200ms", "--no-metrics"]);
+    run.next_interval(FIRST);
+    run.next_interval(FIRST);
+    let socket = socket_of(&run);
+    let snap = status_json(&socket);
+    assert_eq!(snap["pid"].as_i64(), Some(i64::from(run.pid())));
+    assert!(snap["latest"]["seq"].as_u64().is_some(), "{snap}");
+    assert!(
+        snap["latest"]["counters"]["sched_switch"]
+            .as_u64()
+            .is_some()
+    );
+    assert!(snap["metrics_addr"].is_null(), "--no-metrics: {snap}");
+    let later = status_json(&socket);
+    assert!(later["latest"]["seq"].as_u64() >= snap["latest"]["seq"].as_u64());
+
+    let text = Command::new(BIN)
+        .args(["status", "--status-socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    println!("{text}");
+    assert!(text.starts_with(&format!("sentinel {}", env!("CARGO_PKG_VERSION"))));
+    assert!(text.contains(&format!("pid {}", run.pid())));
+    assert!(text.contains("latest "));
+
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.uid(), 0);
+    let dir = std::fs::metadata(&run.runtime_dir).unwrap();
+    assert_eq!(dir.permissions().mode() & 0o777, 0o700);
+    assert_eq!(dir.uid(), 0);
+
+    // Another user cannot connect (EACCES on the 0700 directory / 0600 socket).
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            BIN,
+            "status",
+            "--status-socket",
+        ])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+
+    // A second daemon with the same runtime directory refuses at once, naming the first.
+    let second = Command::new(BIN)
+        .args(["run", "--no-metrics", "--status-socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        stderr.contains(&format!("pid {}", run.pid())) && stderr.contains("already running"),
+        "{stderr}"
+    );
+    // The first one is unaffected.
+    assert!(status_json(&socket)["latest"]["seq"].as_u64().is_some());
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+/// Without flags the metrics endpoint listens on 127.0.0.1:9464 only: a non-loopback address
+/// of this host is refused. Binding 0.0.0.0 is allowed, with one loud warning.
+#[test]
+fn metrics_default_bind_is_loopback_and_all_interfaces_warns() {
+    if !require_root("metrics_default_bind_is_loopback_and_all_interfaces_warns") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("rt/sentinel.sock");
+    let mut child = Command::new(BIN)
+        .args(["run", "--interval", "200ms", "--status-socket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + FIRST;
+    let mut answered = None;
+    while Instant::now() < deadline {
+        if let Ok(r) = http_get("127.0.0.1:9464", "/metrics", Duration::from_secs(2))
+            && r.1.contains("sentinel_build_info")
+        {
+            answered = Some(r);
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("sentinel exited {status}: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(answered.is_some(), "127.0.0.1:9464 did not answer");
+    let snap = status_json(&socket);
+    assert_eq!(snap["metrics_addr"].as_str(), Some("127.0.0.1:9464"));
+    // Every non-loopback IPv4 address of this host: connection refused.
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    let mut tried = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(cidr) = line.split_whitespace().skip_while(|w| *w != "inet").nth(1) else {
+            continue;
+        };
+        let ip = cidr.split('/').next().unwrap();
+        if ip.starts_with("127.") {
+            continue;
+        }
+        let e = TcpStream::connect_timeout(
+            &format!("{ip}:9464").parse().unwrap(),
+            Duration::from_secs(2),
+        )
+        .expect_err("metrics reachable on a non-loopback address");
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{ip}: {e}");
+        tried += 1;
+    }
+    println!("non-loopback addresses refused: {tried}");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    assert!(child.wait().unwrap().success());
+
+    // 0.0.0.0: allowed, one warning naming the address.
+    let port = free_port();
+    let mut run = SentinelRun::start(&[
+        "--interval",
+        "200ms",
+        "--metrics-addr",
+        &format!("0.0.0.0:{port}"),
+    ]);
+    run.next_interval(FIRST);
+    let finished = run.stop();
+    let warnings: Vec<&str> = finished
+        .stderr
+        .lines()
+        .filter(|l| l.contains("ALL interfaces"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", finished.stderr);
+    assert!(warnings[0].contains(&format!("0.0.0.0:{port}")) && warnings[0].contains("WARN"));
+}
+
+/// `sentinel top` in a real terminal: the screen shows the host section and a container row.
+/// The capture is written to target/ops-top-capture.txt (the README's screenshot).
+#[test]
+fn top_renders_host_and_containers_in_tmux() {
+    if !require_tool("tmux", "tmux") || !docker::ensure() {
+        return;
+    }
+    let busy = Container::run(
+        "snt-ops-top",
+        &[],
+        IMAGE,
+        &["sh", "-c", "while :; do sleep 0.05; done"],
+    );
+    let mut run = SentinelRun::start(&["--interval", "500ms", "--no-metrics"]);
+    run.next_interval(FIRST);
+    let socket = socket_of(&run);
+    let session = format!("snt-ops-top-{}", std::process::id());
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+    let cmd = format!(
+        "{BIN} top --refresh 500ms --status-socket {}",
+        socket.display()
+    );
+    let ok = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "160",
+            "-y",
+            "50",
+            &cmd,
+        ])
+        .env("TERM", "xterm-256color")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tmux new-session");
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .status();
+        }
+    }
+    let _kill = Kill(session.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut screen = String::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(700));
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &session])
+            .output()
+            .unwrap();
+        screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        if screen.contains("Host") && screen.contains(&busy.name) {
+            break;
+        }
+    }
+    println!("{screen}");
+    let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ops-top-capture.txt");
+    let _ = std::fs::write(&capture, &screen);
+    assert!(screen.contains("sentinel top"), "header missing");
+    assert!(
+        screen.contains("Host") && screen.contains("sched switch/s"),
+        "host section missing"
+    );
+    assert!(screen.contains("runq lat"), "run-queue latency missing");
+    assert!(
+        screen.contains("Busiest containers"),
+        "container section missing"
+    );
+    let row = screen
+        .lines()
+        .find(|l| l.contains(&busy.name))
+        .unwrap_or_else(|| panic!("no row for container {}", busy.name));
+    assert!(
+        row.contains("sentinel-test-busybox"),
+        "row without its image: {row}"
+    );
+    // `q` quits and restores the terminal.
+    let _ = Command::new("tmux")
+        .args(["send-keys", "-t", &session, "q"])
+        .status();
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = Command::new("tmux")
+        .args(["has-session", "-t", &session])
+        .status()
+        .unwrap()
+        .success();
+    assert!(!alive, "top did not quit on q");
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+}
+
+/// The shipped unit passes `systemd-analyze verify`; the alert rules pass `promtool check
+/// rules`; the dashboard is valid JSON naming only sentinel metrics.
+#[test]
+fn deploy_files_validate() {
+    if require_tool("systemd-analyze", "systemd") {
+        let dir = tempfile::tempdir().unwrap();
+        // verify wants ExecStart to exist: point it at the binary under test.
+        let unit = std::fs::read_to_string(repo_file("deploy/sentinel.service"))
+            .unwrap()
+            .replace("/usr/local/bin/sentinel", BIN);
+        let path = dir.path().join("sentinel.service");
+        std::fs::write(&path, unit).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && all.trim().is_empty(),
+            "verify: {all}"
+        );
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(line) = text.lines().find(|l| l.contains("Overall exposure level")) {
+            println!("{line}");
+        }
+    }
+    if require_tool("promtool", "prometheus") {
+        let out = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(repo_file("deploy/prometheus-alerts.yml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_file("deploy/grafana-dashboard.json")).unwrap(),
+    )
+    .expect("dashboard is JSON");
+    let exprs: Vec<&str> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    assert!(exprs.len() >= 15);
+    assert!(exprs.iter().all(|e| e.contains("sentinel_")));
+}
+
+/// `--drop-capabilities`: once attached, every capability but CAP_SYS_PTRACE is gone from every
+/// thread, and the daemon keeps draining, serving and removing map entries of gone namespaces.
+#[test]
+fn capabilities_are_dropped_after_attach_and_drains_continue() {
+    if !require_root("capabilities_are_dropped_after_attach_and_drains_continue")
+        || !require_tool("ip", "iproute2")
+    {
+        return;
+    }
+    let ns = support::netns::Netns::new("ops-caps");
+    let mut run = SentinelRun::start(&["--interval", "200ms", "--drop-capabilities"]);
+    run.next_interval(FIRST);
+    let pid = run.pid();
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        for key in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+            let value = status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap()
+                .trim();
+            let expect = if matches!(key, "CapEff:" | "CapPrm:") {
+                "0000000000080000" // CAP_SYS_PTRACE only
+            } else {
+                "0000000000000000"
+            };
+            assert_eq!(value, expect, "{key} of a thread of pid {pid}");
+        }
+        threads += 1;
+    }
+    println!("threads checked: {threads}");
+    // Traffic in a namespace creates a map entry; deleting the namespace lets the periodic
+    // clean-up remove it, a map write made without CAP_BPF.
+    ns.run(|| support::netns::udp_burst(200, 16));
+    let with_ns = (0..3)
+        .map(|_| run.next_interval(FIRST).collector.iface_entries)
+        .max()
+        .unwrap();
+    assert!(with_ns >= 1);
+    drop(ns);
+    let mut entries = with_ns;
+    for _ in 0..30 {
+        entries = run.next_interval(FIRST).collector.iface_entries;
+        if entries < with_ns {
+            break;
+        }
+    }
+    assert!(
+        entries < with_ns,
+        "entries of the deleted namespace stayed ({entries})"
+    );
+    let snap = status_json(&socket_of(&run));
+    assert!(snap["latest"]["seq"].as_u64().unwrap() > 5);
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        finished
+            .stderr
+            .contains("capabilities dropped after attach"),
+        "{}",
+        finished.stderr
+    );
+    for denied in [
+        "Operation not permitted",
+        "Permission denied",
+        "keeping the start-up",
+    ] {
+        assert!(!finished.stderr.contains(denied), "{}", finished.stderr);
+    }
+    let after: u64 = finished
+        .intervals
+        .iter()
+        .skip(1)
+        .map(|iv| iv.counters["sched_switch"].expect("attached"))
+        .sum();
+    assert!(after > 0, "no context switches counted after the drop");
+    assert!(finished.intervals.last().unwrap().final_totals.is_some());
+}

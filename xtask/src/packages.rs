@@ -17,6 +17,10 @@ pub const TEST_PACKAGES: &[&str] = &[
     "busybox-static",
     "docker.io",
     "ca-certificates",
+    "prometheus",
+    "tmux",
+    "systemd",
+    "qemu-system-x86",
 ];
 
 fn installed(package: &str) -> bool {

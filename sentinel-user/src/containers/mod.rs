@@ -24,14 +24,22 @@ use procfs::Identity;
 pub struct Attribution {
     mode: KeyMode,
     identities: HashMap<ContainerKey, Identity>,
+    /// Keys no process could be found for (their tasks exited before the drain), with the
+    /// number of drains to wait before the next /proc scan for them: without it every drain
+    /// would rescan /proc for keys that will never resolve. Bounded like `identities`.
+    unresolved: HashMap<ContainerKey, u32>,
     pub docker: SharedView,
 }
+
+/// Drains between /proc scans for a key that could not be resolved.
+const UNRESOLVED_RETRY: u32 = 10;
 
 impl Attribution {
     pub fn new(mode: KeyMode, docker: SharedView) -> Self {
         Self {
             mode: mode.resolve(),
             identities: HashMap::new(),
+            unresolved: HashMap::new(),
             docker,
         }
     }
@@ -66,13 +74,29 @@ impl Attribution {
         interval_ns: u64,
         summarizer: &mut LatencySummarizer,
     ) -> Vec<ContainerDelta> {
+        let unresolved = &mut self.unresolved;
         let unknown: Vec<ContainerKey> = deltas
             .iter()
             .map(|(k, _)| *k)
             .filter(|k| *k != 0 && !self.identities.contains_key(k))
+            .filter(|k| match unresolved.get_mut(k) {
+                Some(wait) if *wait > 0 => {
+                    *wait -= 1;
+                    false
+                }
+                _ => true,
+            })
             .collect();
         if !unknown.is_empty() {
-            self.identities.extend(procfs::resolve(self.mode, &unknown));
+            let found = procfs::resolve(self.mode, &unknown);
+            for key in &unknown {
+                if found.contains_key(key) {
+                    self.unresolved.remove(key);
+                } else {
+                    self.unresolved.insert(*key, UNRESOLVED_RETRY);
+                }
+            }
+            self.identities.extend(found);
         }
         let view = self.docker.read().ok();
         let out: Vec<ContainerDelta> = deltas
@@ -176,5 +200,6 @@ impl Attribution {
 
     pub fn forget(&mut self, key: &ContainerKey) {
         self.identities.remove(key);
+        self.unresolved.remove(key);
     }
 }

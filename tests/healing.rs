@@ -1104,8 +1104,15 @@ async fn permit_waits_and_shutdown_cancel_are_not_failures() {
         assert_eq!(b.view.failures_in_window, 0, "permit wait counted: {b:?}");
         assert_eq!(b.view.state, sentinel::heal::breaker::BreakerState::Closed);
     }
-    // D11: an action in flight when the engine shuts down.
-    let victim = &cs[0];
+    // D11: an action in flight when the engine shuts down. The victim is one whose action
+    // waited for the permit: the one that acted is inside its verify window, where a new
+    // trigger rightly counts as "the action did not heal" (a failure), which is not what this
+    // part tests.
+    let a = d.audit();
+    let victim = cs
+        .iter()
+        .find(|c| count(&a, &c.id, "taken", None) == 0)
+        .expect("a container whose action waited for the permit");
     let intents = count(&d.audit(), &victim.id, "intent", None);
     d.anomalies.lock().unwrap().push(anomaly(&victim.id));
     d.wait("second intent", Duration::from_secs(15), |d| {

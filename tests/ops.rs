@@ -477,7 +477,10 @@ fn status_round_trips_and_the_socket_is_root_only() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success());
     assert!(
-        stderr.contains(&format!("pid {}", run.pid())) && stderr.contains("already running"),
+        stderr
+            .to_lowercase()
+            .contains(&format!("pid {}", run.pid()))
+            && stderr.contains("already running"),
         "{stderr}"
     );
     // The first one is unaffected.

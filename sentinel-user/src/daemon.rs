@@ -256,11 +256,20 @@ impl Pipeline {
 async fn run_loop(opts: RunOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    // Before loading: a second instance or a taken port fails at once, naming the cause.
-    crate::collect::loader::check_privileges()?;
+    // The collector first: a second instance (its lock), missing privileges or BTF fail with
+    // one line before anything else is set up. A taken metrics port or socket fails next;
+    // dropping the collector then detaches everything.
+    let mut collector = Collector::load(&opts.load)?;
     let mut exporters =
         crate::export::serve::Exporters::bind(&opts.exporters, opts.interval).await?;
-    let mut collector = Collector::load(&opts.load)?;
+    // Capabilities are per thread: drop them before any other thread starts (the detector's
+    // training thread, the output writer), or those threads would keep them.
+    if opts.drop_capabilities {
+        match crate::privilege::drop_all_but(&[crate::privilege::CAP_SYS_PTRACE]) {
+            Ok(eff) => info!("capabilities dropped after attach: CapEff {eff:016x}"),
+            Err(e) => warn!("{e:#}; keeping the start-up capabilities"),
+        }
+    }
     let mut kernel_log = collector.take_logger().and_then(|logger| {
         // SAFETY: the logger owns its ring buffer's fd and keeps it open as long as the
         // AsyncFd holds the logger, which deregisters before dropping it.
@@ -298,12 +307,6 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         last_hist: Vec::new(),
         analysis,
     };
-    if opts.drop_capabilities {
-        match crate::privilege::drop_all_but(&[crate::privilege::CAP_SYS_PTRACE]) {
-            Ok(eff) => info!("capabilities dropped after attach: CapEff {eff:016x}"),
-            Err(e) => warn!("{e:#}; keeping the start-up capabilities"),
-        }
-    }
     let start = tokio::time::Instant::from_std(loaded_at);
     let mut ticker = tokio::time::interval_at(start + opts.interval, opts.interval);
     // After a stall (e.g. SIGSTOP) the next interval simply covers the whole gap.

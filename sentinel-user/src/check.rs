@@ -405,13 +405,14 @@ pub fn parse_docker_version(raw: &[u8]) -> Result<(String, String), String> {
     Ok((field("Version"), field("ApiVersion")))
 }
 
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-const TMPFS_MAGIC: i64 = 0x0102_1994;
+use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, FsType, TMPFS_MAGIC};
 
-fn fs_magic(path: &str) -> Option<i64> {
+/// The file system type, compared through nix's constants: the raw field is i64 with glibc and
+/// u64 with musl (the static build vmtest boots).
+fn fs_magic(path: &str) -> Option<FsType> {
     nix::sys::statfs::statfs(path)
         .ok()
-        .map(|s| s.filesystem_type().0)
+        .map(|s| s.filesystem_type())
 }
 
 fn check_cgroup() -> Item {
@@ -428,7 +429,10 @@ fn check_cgroup() -> Item {
         Some(other) => Item::new(
             Status::Warn,
             item,
-            format!("/sys/fs/cgroup has unexpected filesystem type {other:#x}"),
+            format!(
+                "/sys/fs/cgroup has unexpected filesystem type {:#x}",
+                other.0
+            ),
         ),
         None => Item::new(Status::Warn, item, "/sys/fs/cgroup is not mounted"),
     }

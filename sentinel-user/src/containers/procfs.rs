@@ -37,6 +37,41 @@ pub fn key_of_pid(mode: KeyMode, pid: u32) -> Option<ContainerKey> {
     }
 }
 
+/// The PIDs under /proc (empty if /proc cannot be read).
+fn pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+}
+
+fn netns_of_pid(pid: u32) -> Option<u32> {
+    fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino() as u32)
+}
+
+/// Identity of the container whose key `pid` has; the host's own key is named `host`.
+fn identity_of(
+    mode: KeyMode,
+    pid: u32,
+    key: ContainerKey,
+    host_key: Option<ContainerKey>,
+) -> Identity {
+    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cgroup = if Some(key) == host_key {
+        "host".to_string()
+    } else {
+        cgroup_path(&cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
+    };
+    Identity {
+        docker_id: docker_id(&cgroups),
+        cgroup,
+        netns: netns_of_pid(pid),
+    }
+}
+
 /// Scans /proc once and resolves every key in `wanted` that some process still has.
 pub fn resolve(mode: KeyMode, wanted: &[ContainerKey]) -> HashMap<ContainerKey, Identity> {
     let mut found = HashMap::new();
@@ -45,40 +80,14 @@ pub fn resolve(mode: KeyMode, wanted: &[ContainerKey]) -> HashMap<ContainerKey, 
     }
     // Sentinel runs in the host's namespaces: its own key is the host's.
     let host_key = key_of_pid(mode, std::process::id());
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in pids() {
         let Some(key) = key_of_pid(mode, pid) else {
             continue;
         };
         if found.contains_key(&key) || !wanted.contains(&key) {
             continue;
         }
-        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let cgroup = if Some(key) == host_key {
-            "host".to_string()
-        } else {
-            cgroup_path(&cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
-        };
-        let netns = fs::metadata(format!("/proc/{pid}/ns/net"))
-            .ok()
-            .map(|m| m.ino() as u32);
-        found.insert(
-            key,
-            Identity {
-                docker_id: docker_id(&cgroups),
-                cgroup,
-                netns,
-            },
-        );
+        found.insert(key, identity_of(mode, pid, key, host_key));
         if found.len() == wanted.len() {
             break;
         }
@@ -94,21 +103,8 @@ pub fn resolve_by_netns(mode: KeyMode, wanted: &[u32]) -> HashMap<u32, (Containe
         return found;
     }
     let host_key = key_of_pid(mode, std::process::id());
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Some(netns) = fs::metadata(format!("/proc/{pid}/ns/net"))
-            .ok()
-            .map(|m| m.ino() as u32)
-        else {
+    for pid in pids() {
+        let Some(netns) = netns_of_pid(pid) else {
             continue;
         };
         if found.contains_key(&netns) || !wanted.contains(&netns) {
@@ -117,23 +113,7 @@ pub fn resolve_by_netns(mode: KeyMode, wanted: &[u32]) -> HashMap<u32, (Containe
         let Some(key) = key_of_pid(mode, pid) else {
             continue;
         };
-        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let cgroup = if Some(key) == host_key {
-            "host".to_string()
-        } else {
-            cgroup_path(&cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
-        };
-        found.insert(
-            netns,
-            (
-                key,
-                Identity {
-                    docker_id: docker_id(&cgroups),
-                    cgroup,
-                    netns: Some(netns),
-                },
-            ),
-        );
+        found.insert(netns, (key, identity_of(mode, pid, key, host_key)));
         if found.len() == wanted.len() {
             break;
         }
@@ -143,20 +123,7 @@ pub fn resolve_by_netns(mode: KeyMode, wanted: &[u32]) -> HashMap<u32, (Containe
 
 /// Keys some live process has right now (for retiring gone containers' kernel entries).
 pub fn live_keys(mode: KeyMode) -> std::collections::HashSet<ContainerKey> {
-    let mut live = std::collections::HashSet::new();
-    if let Ok(procs) = fs::read_dir("/proc") {
-        for entry in procs.flatten() {
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-                && let Some(key) = key_of_pid(mode, pid)
-            {
-                live.insert(key);
-            }
-        }
-    }
-    live
+    pids().filter_map(|pid| key_of_pid(mode, pid)).collect()
 }
 
 /// The v2 path (`0::/...`) when `v2`, else the v1 path of `name=systemd` or `cpu`.

@@ -11,7 +11,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use super::{
     prometheus::{self, Metrics, MetricsConfig},
-    status::{self, InstanceLock, ServerInfo},
+    status::{self, ServerInfo},
 };
 use crate::daemon::PublishedRx;
 
@@ -36,7 +36,6 @@ impl Default for ExportOptions {
 
 /// Bound listeners, then running tasks. Dropping it stops the tasks and removes the socket.
 pub struct Exporters {
-    _lock: InstanceLock,
     socket: PathBuf,
     status: Option<tokio::net::UnixListener>,
     metrics: Option<(TcpListener, MetricsConfig)>,
@@ -52,7 +51,7 @@ impl Exporters {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."))
             .to_path_buf();
-        let lock = status::acquire_instance_lock(&runtime_dir)?;
+        status::ensure_private_dir(&runtime_dir)?;
         let status_listener = status::bind(&opts.status_socket)?;
         let metrics = match opts.metrics_addr {
             Some(addr) => Some((prometheus::bind(addr).await?, opts.metrics)),
@@ -63,7 +62,6 @@ impl Exporters {
             .and_then(|(l, _)| l.local_addr().ok())
             .map(|a| a.to_string());
         Ok(Self {
-            _lock: lock,
             socket: opts.status_socket.clone(),
             status: Some(status_listener),
             metrics,

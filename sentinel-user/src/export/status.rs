@@ -3,22 +3,19 @@
 //! [`StatusSnapshot`]) and closes. The daemon publishes snapshots through a
 //! `tokio::sync::watch` channel, so serving a client never waits for the drain loop.
 //!
-//! The runtime directory (the socket's parent, `/run/sentinel` by default) also holds the
-//! single-instance lock `sentinel.lock`: an exclusive `flock` held for the daemon's lifetime,
-//! whose file names the holder's PID. The kernel drops the lock when the holder dies, so a
-//! crashed daemon never blocks the next start (FAULT-MATRIX K15).
+//! One daemon per host is enforced by the collector's lock (`collect::instance`, K15), taken
+//! before this socket is bound.
 
 use std::{
-    fs::{DirBuilder, File, OpenOptions},
-    io::{Read, Seek, Write},
-    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
-    path::{Path, PathBuf},
+    fs::DirBuilder,
+    io::Read,
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    path::Path,
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tokio::{io::AsyncWriteExt, net::UnixListener};
 use tracing::{debug, info, warn};
@@ -29,7 +26,6 @@ use crate::{
 };
 
 pub const DEFAULT_SOCKET: &str = "/run/sentinel/sentinel.sock";
-const LOCK_FILE: &str = "sentinel.lock";
 /// A client that does not read its snapshot within this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -92,57 +88,9 @@ pub fn document(info: &ServerInfo, published: Option<&Published>) -> serde_json:
     Ok(body)
 }
 
-/// The single-instance lock; released when dropped (or when the process dies).
-#[derive(Debug)]
-pub struct InstanceLock {
-    _lock: Flock<File>,
-    pub path: PathBuf,
-}
-
-/// Creates the runtime directory (0700) if needed and takes the single-instance lock in it.
-/// Fails with the holder's PID when another daemon holds it.
-pub fn acquire_instance_lock(runtime_dir: &Path) -> Result<InstanceLock> {
-    ensure_private_dir(runtime_dir)?;
-    let path = runtime_dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot open the instance lock {}", path.display()))?;
-    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
-            let holder = if pid.is_empty() {
-                "unknown pid".to_string()
-            } else {
-                format!("pid {pid}")
-            };
-            bail!(
-                "another sentinel is already running ({holder}; it holds {}): stop it first, \
-                 or give this one its own --socket directory",
-                path.display()
-            );
-        }
-        Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
-    };
-    // Only the holder writes its PID, after it holds the lock: a reader never sees a PID of a
-    // process that lost the race.
-    lock.set_len(0)
-        .and_then(|()| lock.rewind())
-        .and_then(|()| writeln!(&mut *lock, "{}", std::process::id()))
-        .with_context(|| format!("cannot write the PID into {}", path.display()))?;
-    Ok(InstanceLock { _lock: lock, path })
-}
-
 /// Creates `dir` with mode 0700. An existing directory is left as it is (it may be shared,
 /// e.g. /tmp), with a warning when others can enter it; the socket itself is 0600 anyway.
-fn ensure_private_dir(dir: &Path) -> Result<()> {
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     match DirBuilder::new().recursive(true).mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) => {
@@ -168,9 +116,9 @@ fn ensure_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Binds the status socket (mode 0600). Call with the instance lock held: a socket file left
-/// behind is then stale by construction, but it is probed first anyway, so that a daemon that
-/// uses a different lock directory is never cut off.
+/// Binds the status socket (mode 0600). The daemon holds the collector's single-instance lock
+/// (`collect::instance`) by then, so a socket file left behind is stale by construction; it is
+/// probed first anyway, so that a daemon with another runtime directory is never cut off.
 pub fn bind(socket: &Path) -> Result<UnixListener> {
     if socket.exists() {
         match std::os::unix::net::UnixStream::connect(socket) {
@@ -465,16 +413,12 @@ mod tests {
     }
 
     #[test]
-    fn lock_refuses_a_second_holder_and_names_the_pid() {
+    fn runtime_directory_is_private() {
         let dir = tempfile::tempdir().unwrap();
         let rt = dir.path().join("rt");
-        let first = acquire_instance_lock(&rt).unwrap();
+        ensure_private_dir(&rt).unwrap();
         let mode = std::fs::metadata(&rt).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        let e = acquire_instance_lock(&rt).unwrap_err().to_string();
-        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
-        drop(first);
-        acquire_instance_lock(&rt).expect("released on drop");
     }
 
     #[test]

@@ -10,22 +10,16 @@ use tracing::info;
 
 use crate::{
     daemon::SeriesStatus,
-    detect::{AnomalyEvent, DetectConfig, DetectionEngine, EventKind, Severity},
+    detect::{AnomalyEvent, DetectConfig, DetectionEngine, EventKind},
     heal::{ContainerAnomaly, HealEngine, HealSnapshot, config::HealConfig},
-    model::{AnomalyRecord, DetectionSummary, Interval},
+    model::Interval,
 };
-
-/// Container series are named `container.<name>.<signal>`; the signal is what a heal rule's
-/// `trigger.signal` matches.
-const CONTAINER_PREFIX: &str = "container.";
 
 pub struct Analysis {
     detect: Option<DetectionEngine>,
     heal: Option<HealEngine>,
     /// Raised and not yet cleared, by series.
     open: BTreeMap<String, AnomalyEvent>,
-    /// Container id of each open container series (names are not unique over time).
-    open_ids: BTreeMap<String, String>,
     last_heal: Option<HealSnapshot>,
 }
 
@@ -72,7 +66,6 @@ impl Analysis {
             detect,
             heal,
             open: BTreeMap::new(),
-            open_ids: BTreeMap::new(),
             last_heal: None,
         })
     }
@@ -96,18 +89,10 @@ impl Analysis {
             for event in &events {
                 match event.kind {
                     EventKind::Raised => {
-                        let id = event
-                            .container_id
-                            .clone()
-                            .or_else(|| container_id_of(iv, &event.series));
-                        if let Some(id) = id {
-                            self.open_ids.insert(event.series.clone(), id);
-                        }
                         self.open.insert(event.series.clone(), event.clone());
                     }
                     EventKind::Cleared => {
                         self.open.remove(&event.series);
-                        self.open_ids.remove(&event.series);
                     }
                 }
             }
@@ -117,23 +102,17 @@ impl Analysis {
                     engine.series_states().map(|(name, _, _)| name).collect();
                 self.open
                     .retain(|series, _| tracked.contains(series.as_str()));
-                self.open_ids
-                    .retain(|series, _| tracked.contains(series.as_str()));
             }
-            iv.anomalies = events
-                .iter()
-                .map(|e| record(e, self.open_ids.get(&e.series).cloned()))
-                .collect();
-            iv.detection = summary(engine, &self.open);
+            iv.anomalies = events.iter().map(AnomalyEvent::to_record).collect();
+            iv.detection = engine.summary();
         }
         if let Some(heal) = &mut self.heal {
             let anomalies: Vec<ContainerAnomaly> = self
                 .open
-                .iter()
-                .filter_map(|(series, event)| {
-                    let id = self.open_ids.get(series)?;
+                .values()
+                .filter_map(|event| {
                     Some(ContainerAnomaly {
-                        container_id: id.clone(),
+                        container_id: event.container_id.clone()?,
                         signal: event.signal.clone(),
                         score: event.score,
                     })
@@ -181,78 +160,9 @@ impl Analysis {
     }
 }
 
-/// The id of the container a `container.<name>.<signal>` series belongs to, from the interval
-/// that raised it.
-fn container_id_of(iv: &Interval, series: &str) -> Option<String> {
-    let rest = series.strip_prefix(CONTAINER_PREFIX)?;
-    let (name, _signal) = rest.rsplit_once('.')?;
-    iv.containers
-        .iter()
-        .find(|c| c.name == name)
-        .map(|c| c.id.clone())
-}
-
-fn record(e: &AnomalyEvent, container_id: Option<String>) -> AnomalyRecord {
-    AnomalyRecord {
-        kind: match e.kind {
-            EventKind::Raised => "raised",
-            EventKind::Cleared => "cleared",
-        }
-        .into(),
-        series: e.series.clone(),
-        container_id,
-        value: e.value,
-        baseline: e.baseline,
-        score: e.score,
-        severity: match e.severity {
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-        .into(),
-    }
-}
-
-fn summary(engine: &DetectionEngine, open: &BTreeMap<String, AnomalyEvent>) -> DetectionSummary {
-    use crate::detect::SeriesState;
-    let mut s = DetectionSummary {
-        enabled: true,
-        series_overflow: engine.overflow(),
-        open: open.keys().cloned().collect(),
-        ..Default::default()
-    };
-    for (_, state, _) in engine.series_states() {
-        s.series += 1;
-        match state {
-            SeriesState::WarmingUp => s.warming_up += 1,
-            SeriesState::Ready => s.ready += 1,
-            SeriesState::Fallback => s.fallback += 1,
-        }
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ContainerDelta;
-
-    #[test]
-    fn container_series_resolve_to_the_container_id_even_with_dots_in_names() {
-        let iv = Interval {
-            containers: vec![ContainerDelta {
-                id: "abc123".into(),
-                name: "web.v2".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        assert_eq!(
-            container_id_of(&iv, "container.web.v2.cpu").as_deref(),
-            Some("abc123")
-        );
-        assert_eq!(container_id_of(&iv, "sched_switch"), None);
-        assert_eq!(container_id_of(&iv, "container.other.cpu"), None);
-    }
 
     #[tokio::test]
     async fn detection_only_fills_the_interval_and_never_heals() {

@@ -553,6 +553,44 @@ fn metrics_default_bind_is_loopback_and_all_interfaces_warns() {
         tried += 1;
     }
     println!("non-loopback addresses refused: {tried}");
+    // E1 as the row states it: from another network namespace, over a veth pair, the host's
+    // veth address does not answer on 9464.
+    let ns = support::netns::Netns::new("e1");
+    let host_if = format!("snte1h{}", std::process::id() % 10000);
+    let run_ip = |args: &[&str]| {
+        let o = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run_ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", "e1peer", "netns", &ns.name,
+    ]);
+    run_ip(&["addr", "add", "169.254.251.1/30", "dev", &host_if]);
+    run_ip(&["link", "set", &host_if, "up"]);
+    run_ip(&[
+        "-n",
+        &ns.name,
+        "addr",
+        "add",
+        "169.254.251.2/30",
+        "dev",
+        "e1peer",
+    ]);
+    run_ip(&["-n", &ns.name, "link", "set", "e1peer", "up"]);
+    let from_netns = ns.run(|| {
+        TcpStream::connect_timeout(
+            &"169.254.251.1:9464".parse().unwrap(),
+            Duration::from_secs(3),
+        )
+        .map(|_| ())
+    });
+    let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+    let e = from_netns.expect_err("metrics reachable from another netns over a veth");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    println!("E1: from a netns over veth, 169.254.251.1:9464: {e}");
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -819,4 +857,205 @@ fn capabilities_are_dropped_after_attach_and_drains_continue() {
         .sum();
     assert!(after > 0, "no context switches counted after the drop");
     assert!(finished.intervals.last().unwrap().final_totals.is_some());
+}
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// E4: a slow or hostile scraper holds 200 idle connections (some send half a request and
+/// stop) for 60 s. The drain keeps its cadence (longest interval < 2x the interval), RSS stays
+/// flat, and a fresh scrape is answered within Prometheus' default scrape time-out (10 s)
+/// while the idle connections are held.
+#[test]
+fn e4_idle_and_half_open_scrapers_do_not_stall_the_drain_or_lock_out_scrapes() {
+    if !require_root("e4_idle_and_half_open_scrapers_do_not_stall_the_drain_or_lock_out_scrapes") {
+        return;
+    }
+    let mut run = SentinelRun::start(&["--interval", "500ms"]);
+    run.next_interval(FIRST);
+    run.next_interval(FIRST);
+    let addr = metrics_addr_of(&socket_of(&run));
+    let pid = run.pid();
+    // Warm the encoder once so the baseline includes its buffers.
+    http_get(&addr, "/metrics", Duration::from_secs(10)).unwrap();
+    let rss_start = rss_kib(pid);
+    let started = Instant::now();
+    let mut held: Vec<TcpStream> = Vec::new();
+    let mut answered = Vec::new();
+    let mut rss_max = rss_start;
+    // Keep 200 open for 60 s: the server closes idle ones after its header time-out, so the
+    // "scraper" reopens what was closed, as a hostile one would.
+    while started.elapsed() < Duration::from_secs(60) {
+        held.retain(|s| {
+            let mut b = [0u8; 512];
+            s.set_nonblocking(true).unwrap();
+            // WouldBlock: still open and silent. EOF, an error reply or a reset: the server
+            // gave up on it.
+            matches!((&*s).read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        });
+        while held.len() < 200 {
+            let Ok(mut s) = TcpStream::connect(&addr) else {
+                break;
+            };
+            if held.len() % 2 == 0 {
+                // Half a request line, then nothing.
+                let _ = s.write_all(b"GET /metr");
+            }
+            held.push(s);
+        }
+        let t = Instant::now();
+        let (code, body) = http_get(&addr, "/metrics", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("a scrape with {} idle connections held: {e}", held.len()));
+        assert_eq!(code, 200);
+        assert!(body.contains("sentinel_sched_switch_total"));
+        answered.push(t.elapsed());
+        rss_max = rss_max.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let rss_end = rss_kib(pid);
+    drop(held);
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let during: Vec<f64> = finished
+        .intervals
+        .iter()
+        .skip(3)
+        .map(|iv| iv.interval_ms)
+        .collect();
+    let longest = during.iter().copied().fold(0.0, f64::max);
+    let slowest = answered.iter().max().copied().unwrap_or_default();
+    println!(
+        "E4: {} scrapes answered with 200 idle connections held, slowest {slowest:?}; \
+         longest interval {longest:.1} ms (500 ms set) over {} intervals; RSS {rss_start} -> \
+         {rss_end} kB (max {rss_max} kB)",
+        answered.len(),
+        during.len()
+    );
+    assert!(answered.len() >= 10, "{answered:?}");
+    assert!(
+        longest < 1000.0,
+        "drain cadence under idle scrapers: {during:?}"
+    );
+    assert!(
+        rss_max <= rss_start + 2048,
+        "RSS grew by more than 2 MiB under idle scrapers: {rss_start} -> {rss_max} kB"
+    );
+}
+
+/// E5: nothing secret leaks into `/metrics` or `status --json`: no environment values (the
+/// daemon's or a container's), no exec command strings (the config's or a container's), no
+/// config path beyond the file name.
+#[test]
+fn e5_metrics_and_status_carry_no_secrets() {
+    if !require_root("e5_metrics_and_status_carry_no_secrets") || !docker::ensure() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("snt-ops-secretdir-")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("sentinel.toml");
+    std::fs::write(
+        &config,
+        r#"[[heal.rules]]
+name = "flush"
+trigger = { kind = "unhealthy" }
+action = { kind = "exec", cmd = ["sh", "-c", "echo cfgcmdsecret4711"] }
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let name = format!("snt-ops-e5-{}", std::process::id());
+    let _c = Container::run(
+        &name,
+        &[
+            "--label",
+            "sentinel.heal=true",
+            "-e",
+            "CONTAINER_TOKEN=envsecret0815",
+        ],
+        IMAGE,
+        &["sh", "-c", "while true; do sleep 1; done # argvsecret42"],
+    );
+    let cfg = config.to_str().unwrap();
+    let mut run = SentinelRun::start_with_env(
+        &["--interval", "200ms", "--config", cfg],
+        &[("SENTINEL_API_TOKEN", "daemonenvsecret99")],
+    );
+    let socket = socket_of(&run);
+    // Wait until the container is attributed (its row proves the snapshot has content).
+    let deadline = Instant::now() + FIRST;
+    let mut status = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        run.next_interval(FIRST);
+        status = status_json(&socket);
+        if status.to_string().contains(&name) {
+            break;
+        }
+    }
+    assert!(
+        status.to_string().contains(&name),
+        "container never showed up in status: {status}"
+    );
+    let addr = metrics_addr_of(&socket);
+    let (code, metrics) = http_get(&addr, "/metrics", Duration::from_secs(10)).unwrap();
+    assert_eq!(code, 200);
+    let status = status.to_string();
+    let dir_path = dir.path().to_str().unwrap();
+    for (what, text) in [("/metrics", &metrics), ("status --json", &status)] {
+        for secret in [
+            "daemonenvsecret99",
+            "envsecret0815",
+            "argvsecret42",
+            "cfgcmdsecret4711",
+            dir_path,
+        ] {
+            assert!(!text.contains(secret), "{what} leaks {secret:?}");
+        }
+    }
+    println!(
+        "E5: /metrics {} bytes and status {} bytes hold none of 5 planted secrets",
+        metrics.len(),
+        status.len()
+    );
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+}
+
+/// C5: there is no live reload. SIGHUP (a reload by habit) must not kill the daemon, which is
+/// the signal's default action: one warning says so and the drain goes on.
+#[test]
+fn c5_sighup_does_not_kill_the_daemon_and_says_there_is_no_reload() {
+    if !require_root("c5_sighup_does_not_kill_the_daemon_and_says_there_is_no_reload") {
+        return;
+    }
+    let mut run = SentinelRun::start(&["--interval", "200ms", "--no-metrics"]);
+    run.next_interval(FIRST);
+    let before = run.next_interval(FIRST).seq;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let mut after = before;
+    for _ in 0..5 {
+        after = run.next_interval(FIRST).seq;
+    }
+    assert!(after >= before + 5);
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let warnings: Vec<&str> = finished
+        .stderr
+        .lines()
+        .filter(|l| l.contains("SIGHUP"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", finished.stderr);
+    assert!(warnings[0].contains("no live reload"), "{}", warnings[0]);
 }

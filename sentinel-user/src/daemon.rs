@@ -256,6 +256,9 @@ impl Pipeline {
 async fn run_loop(opts: RunOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    // SIGHUP's default action would kill the daemon (an operator's `kill -HUP` or a reload by
+    // habit). There is no live reload: say so and keep running on the config it started with.
+    let mut sighup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
     // The collector first: a second instance (its lock), missing privileges or BTF fail with
     // one line before anything else is set up. A taken metrics port or socket fails next;
     // dropping the collector then detaches everything.
@@ -327,6 +330,13 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             _ = ticker.tick() => None,
             _ = sigterm.recv() => Some("SIGTERM"),
             _ = sigint.recv() => Some("SIGINT"),
+            _ = sighup.recv() => {
+                warn!(
+                    "SIGHUP: sentinel has no live reload and keeps running with the config it started with; \
+                     check a new config with `sentinel config check` and restart the service to apply it"
+                );
+                continue;
+            }
             _ = sleep_until(deadline.unwrap_or(start)), if deadline.is_some() => Some("duration elapsed"),
             _ = heal_tick.tick(), if healing => {
                 p.analysis.tick().await;

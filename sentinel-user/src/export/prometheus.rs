@@ -40,9 +40,9 @@ pub const DEFAULT_TOP_CONTAINERS: usize = 50;
 /// Cap on label values fed by detection and healing (signals, actions, breakers): anything
 /// beyond is folded into `other`, so a bug or a hostile container count cannot blow up a scrape.
 const MAX_LABEL_VALUES: usize = 500;
-/// Connections served at once; more wait in the listen backlog. Every connection is bounded in
-/// time (header read, whole connection), so the wait is bounded too (FAULT-MATRIX E4).
-const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once; at capacity the oldest is closed (see `serve`). Every connection
+/// is bounded in time too (header read, whole connection) (FAULT-MATRIX E4).
+const MAX_CONNECTIONS: usize = 64;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -987,12 +987,15 @@ pub async fn follow(metrics: Metrics, mut rx: PublishedRx) {
 
 /// Serves `GET /metrics` (404 elsewhere) until the task is aborted. Keep-alive is off (a scrape
 /// is one request) so an idle client cannot hold a connection slot between scrapes.
+///
+/// At most `MAX_CONNECTIONS` are served at once. When a new one arrives at capacity the OLDEST
+/// is closed, not the new one: idle or half-sent connections (a hostile or broken scraper) are
+/// always the old ones, while a real scrape finishes in milliseconds. Waiting for a free slot
+/// instead let 200 idle connections lock scrapes out for longer than a scrape time-out (row E4).
 pub async fn serve(listener: TcpListener, metrics: Metrics) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut live: std::collections::VecDeque<tokio::task::JoinHandle<()>> =
+        std::collections::VecDeque::with_capacity(MAX_CONNECTIONS);
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -1002,9 +1005,15 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
                 continue;
             }
         };
+        live.retain(|task| !task.is_finished());
+        if live.len() >= MAX_CONNECTIONS
+            && let Some(oldest) = live.pop_front()
+        {
+            oldest.abort();
+            debug!("metrics: {MAX_CONNECTIONS} connections open; closed the oldest");
+        }
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        live.push_back(tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
@@ -1019,7 +1028,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
                 Ok(Err(e)) => debug!("metrics: connection from {peer}: {e}"),
                 Err(_) => debug!("metrics: connection from {peer} timed out"),
             }
-        });
+        }));
     }
 }
 

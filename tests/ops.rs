@@ -904,7 +904,7 @@ fn e4_idle_and_half_open_scrapers_do_not_stall_the_drain_or_lock_out_scrapes() {
             let Ok(mut s) = TcpStream::connect(&addr) else {
                 break;
             };
-            if held.len() % 2 == 0 {
+            if held.len().is_multiple_of(2) {
                 // Half a request line, then nothing.
                 let _ = s.write_all(b"GET /metr");
             }

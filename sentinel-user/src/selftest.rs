@@ -41,6 +41,10 @@ pub struct SelftestArgs {
     /// a shared host.
     #[arg(long)]
     oom: bool,
+    /// Step the wall clock +1 h and -1 h while a breaker is OPEN and a back-off holds (row
+    /// P6). Guests only: never on a shared host.
+    #[arg(long)]
+    clock_jump: bool,
 }
 
 /// Set in the child that `--oom` starts: it allocates until the OOM killer ends it.
@@ -95,6 +99,13 @@ pub fn run(args: &SelftestArgs) -> Result<bool> {
 }
 
 fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
+    // First: it needs CAP_SYS_TIME, which `--drop-caps` takes away later.
+    if args.clock_jump {
+        match clock_jump() {
+            Ok((ok, detail)) => r.line("clock_jump", ok, detail),
+            Err(e) => r.line("clock_jump", false, format!("{e:#}")),
+        }
+    }
     let tracefs_before = tracefs::find();
 
     let btf = Path::new(offsets::VMLINUX_BTF);
@@ -327,6 +338,95 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
 
     collector.detach();
     Ok(())
+}
+
+/// Row P6: breaker and back-off run on the monotonic clock, so stepping the wall clock by an
+/// hour either way neither ends an OPEN wait early nor stretches it; audit timestamps follow the
+/// wall clock. Uses the real clocks (no injected time): that is the point.
+fn clock_jump() -> Result<(bool, String)> {
+    use nix::time::{ClockId, clock_gettime, clock_settime};
+    use sentinel::heal::{
+        audit::now_rfc3339,
+        backoff::Backoff,
+        breaker::{Breaker, BreakerState, Outcome},
+        config::{BackoffConfig, BreakerConfig},
+    };
+    use std::time::Instant;
+
+    const WAIT: Duration = Duration::from_secs(2);
+    let step = |secs: i64| -> Result<()> {
+        let now = clock_gettime(ClockId::CLOCK_REALTIME)?;
+        let to = nix::sys::time::TimeSpec::new(now.tv_sec() + secs, now.tv_nsec());
+        clock_settime(ClockId::CLOCK_REALTIME, to).context("clock_settime(CLOCK_REALTIME)")?;
+        Ok(())
+    };
+    let wall = || {
+        clock_gettime(ClockId::CLOCK_REALTIME)
+            .map(|t| t.tv_sec())
+            .unwrap_or(0)
+    };
+    let mut breaker = Breaker::new(&BreakerConfig {
+        failure_threshold: 1,
+        open_secs: WAIT.as_secs_f64(),
+        ..BreakerConfig::default()
+    });
+    let mut backoff = Backoff::new(&BackoffConfig {
+        initial_secs: WAIT.as_secs_f64(),
+        ..BackoffConfig::default()
+    });
+    let trial = breaker
+        .try_begin(Instant::now())
+        .map_err(|s| anyhow::anyhow!("breaker refused in {s:?}"))?;
+    let opened = Instant::now();
+    breaker.record(opened, trial, Outcome::Failure);
+    backoff.record_action(opened);
+    let (wall0, ts0) = (wall(), now_rfc3339());
+    step(3600)?;
+    let (wall_fwd, ts_fwd) = (wall(), now_rfc3339());
+    let after_fwd = (
+        breaker.tick(Instant::now()),
+        backoff.check(Instant::now()).is_err(),
+    );
+    step(-7200)?;
+    let (wall_back, ts_back) = (wall(), now_rfc3339());
+    let after_back = (
+        breaker.tick(Instant::now()),
+        backoff.check(Instant::now()).is_err(),
+    );
+    step(3600)?;
+    // The OPEN wait ends on time, neither an hour early nor an hour late.
+    let mut half_open_after = None;
+    while opened.elapsed() < WAIT * 3 {
+        if breaker.tick(Instant::now()).is_some() {
+            half_open_after = Some(opened.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let backoff_over = backoff.check(Instant::now()).is_ok();
+    let ok = after_fwd.0.is_none()
+        && after_fwd.1
+        && after_back.0.is_none()
+        && after_back.1
+        && breaker.state() == BreakerState::HalfOpen
+        && half_open_after.is_some_and(|d| d >= WAIT && d < WAIT + Duration::from_millis(500))
+        && backoff_over
+        && (wall_fwd - wall0 - 3600).abs() <= 1
+        && (wall_back - wall0 + 3600).abs() <= 1
+        && ts_fwd > ts0
+        && ts_back < ts0;
+    Ok((
+        ok,
+        format!(
+            "wall +1h: breaker {:?} backoff holds={}; wall -1h: breaker {:?} backoff holds={}; \
+             HALF_OPEN after {half_open_after:?} (wait {WAIT:?}); backoff over={backoff_over}; \
+             audit ts {ts0} -> {ts_fwd} -> {ts_back}",
+            after_fwd.0.map(|t| t.to),
+            after_fwd.1,
+            after_back.0.map(|t| t.to),
+            after_back.1,
+        ),
+    ))
 }
 
 #[derive(Default)]

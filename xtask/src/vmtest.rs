@@ -318,7 +318,7 @@ mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 label=$(uname -r)
 mode=$(sed -n 's/.*\[\(.*\)\].*/\1/p' /sys/kernel/security/lockdown 2>/dev/null)
 [ -n "$mode" ] && [ "$mode" != none ] && label="$label+lockdown=$mode"
-SENTINEL_LOG=info /bin/sentinel --log-format human selftest --label "$label" --cpu-hotplug --oom --drop-caps 2>/tmp/selftest.log
+SENTINEL_LOG=info /bin/sentinel --log-format human selftest --label "$label" --cpu-hotplug --oom --drop-caps --clock-jump 2>/tmp/selftest.log
 rc=$?
 sed 's/^/GUEST-LOG /' /tmp/selftest.log
 echo "VMTEST-END rc=$rc"

@@ -3,7 +3,8 @@
 //! kernels under QEMU through `cargo xtask vmtest` (layer V).
 //!
 //! Rows covered elsewhere, not repeated here:
-//! - K1 missing tracepoint: tests/collector.rs `missing_tracepoint_disables_one_signal_only`.
+//! - K1 missing tracepoint: tests/collector.rs `missing_tracepoint_disables_one_signal_only`
+//!   (K2, a program the verifier rejects, is here).
 //! - K8 interface map full: tests/collector.rs `full_interface_map_counts_overflow_and_keeps_totals_exact`.
 //! - K10 counter wrap and reset: unit tests in sentinel-user/src/collect/drain.rs
 //!   (`wrap_past_u64_max_is_exact`, `a_decrease_is_a_reset_not_a_huge_delta`,
@@ -504,4 +505,60 @@ fn p3_selftest_passes_on_the_host_kernel_with_capabilities_dropped() {
         .expect("caps_dropped line");
     assert!(caps.contains("CapEff=0000000000000000"), "{caps}");
     assert!(lines.iter().any(|l| l.contains(" summary PASS ")));
+}
+
+/// K2: programs the verifier rejects (a deliberately invalid variant: the hidden
+/// `--simulate-verifier-reject` hands the TCP programs an offset far past `struct sock`). Same
+/// outcome as K1: those signals are null with one warning each, naming the program and ending
+/// with the verifier's reason, bounded in length; everything else runs; exit 0.
+#[test]
+fn k2_verifier_rejection_disables_those_signals_with_the_verifier_reason() {
+    if !require_root("k2_verifier_rejection_disables_those_signals_with_the_verifier_reason") {
+        return;
+    }
+    let mut run = SentinelRun::start(&["--interval", "200ms", "--simulate-verifier-reject"]);
+    run.next_interval(Duration::from_secs(60));
+    run.next_interval(Duration::from_secs(60));
+    let done = run.stop();
+    assert!(
+        done.status.success(),
+        "a rejected program is not fatal: {}",
+        done.stderr
+    );
+    let rejected = [
+        "snt_tcp_retransmit_skb",
+        "snt_tcp_send_reset",
+        "snt_tcp_receive_reset",
+    ];
+    for iv in &done.intervals {
+        assert_eq!(
+            iv.collector.disabled,
+            rejected.to_vec(),
+            "disabled programs"
+        );
+        assert_eq!(iv.counters["tcp_retransmits"], None, "null, not 0");
+        assert_eq!(iv.counters["tcp_resets"], None, "null, not 0");
+        assert!(iv.counters["sched_switch"].is_some());
+    }
+    assert!(sum_counter(&done.intervals, "sched_switch") > 0);
+    for program in rejected {
+        let lines: Vec<&str> = done
+            .stderr
+            .lines()
+            .filter(|l| l.contains("not attached") && l.contains(program))
+            .collect();
+        assert_eq!(lines.len(), 1, "one warning for {program}: {}", done.stderr);
+        let line = lines[0];
+        assert!(line.contains("WARN"), "{line}");
+        assert!(
+            line.contains("access beyond struct sock"),
+            "the verifier's reason: {line}"
+        );
+        assert!(line.len() <= 4096, "bounded: {} bytes", line.len());
+        println!(
+            "K2: {program}: {} bytes, ends {:?}",
+            line.len(),
+            &line[line.len() - 160..]
+        );
+    }
 }

@@ -144,6 +144,9 @@ struct RunArgs {
     /// Testing aid: treat this tracepoint as missing from the kernel (repeatable).
     #[arg(long, hide = true)]
     simulate_missing_hook: Vec<String>,
+    /// Testing aid: make the verifier reject the TCP programs (an out-of-range offset).
+    #[arg(long, hide = true)]
+    simulate_verifier_reject: bool,
     /// Serve Prometheus metrics at this address. It has no authentication: binding anything
     /// but loopback is allowed, with a warning. [config: metrics.addr, default 127.0.0.1:9464]
     #[arg(long, value_parser = prometheus::parse_addr)]
@@ -229,6 +232,7 @@ impl RunArgs {
                 container_capacity: cfg.collector.container_capacity,
                 key_mode: cfg.collector.container_key,
                 simulate_missing: self.simulate_missing_hook,
+                simulate_verifier_reject: self.simulate_verifier_reject,
                 ..LoadOptions::default()
             },
             config: cfg,

@@ -197,6 +197,9 @@ pub struct LoadOptions {
     /// Test hook: attach these tracepoints under a name that does not exist, to show that a
     /// missing tracepoint degrades one signal and not the daemon.
     pub simulate_missing: Vec<String>,
+    /// Test hook (row K2): hand the TCP programs an out-of-range `struct sock` offset so the
+    /// verifier rejects them, to show that a rejected program degrades its signals only.
+    pub simulate_verifier_reject: bool,
 }
 
 impl Default for LoadOptions {
@@ -207,6 +210,7 @@ impl Default for LoadOptions {
             container_capacity: sentinel_common::CONTAINER_MAP_CAPACITY,
             key_mode: KeyMode::Auto,
             simulate_missing: Vec::new(),
+            simulate_verifier_reject: false,
         }
     }
 }
@@ -260,6 +264,12 @@ impl Collector {
         let key_mode = opts.key_mode.resolve();
         info!(mode = key_mode.describe(), "container key");
 
+        // Far past the end of struct sock: the verifier refuses the load through the BTF pointer.
+        let sock_net = if opts.simulate_verifier_reject {
+            0x00ff_fff0
+        } else {
+            offsets.sock_net
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global(global::TASK_PID, &offsets.task_pid, true)
             .override_global(global::TASK_STATE, &offsets.task_state, true)
@@ -279,7 +289,7 @@ impl Collector {
             .override_global(global::TASK_NSPROXY, &offsets.task_nsproxy, true)
             .override_global(global::NSPROXY_MNT_NS, &offsets.nsproxy_mnt_ns, true)
             .override_global(global::MNT_NS_INUM, &offsets.mnt_ns_inum, true)
-            .override_global(global::SOCK_NET, &offsets.sock_net, true)
+            .override_global(global::SOCK_NET, &sock_net, true)
             .override_global(global::KEY_MODE, &key_mode.as_global(), true)
             .map_max_entries("IFACES", opts.iface_capacity)
             .map_max_entries("CONTAINERS", opts.container_capacity)

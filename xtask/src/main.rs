@@ -29,6 +29,15 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Kernel portability matrix: boot Debian's 6.1 and 6.12 kernels under QEMU and check each.
     Vmtest(vmtest::VmtestArgs),
+    /// Long soak rows (M2 event storm, L6 container churn): the CI variant runs 3 minutes each.
+    Soak(SoakArgs),
+}
+
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// Length of each soak test (the fault matrix asks for 10).
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
 }
 
 #[derive(clap::Args)]
@@ -45,6 +54,7 @@ fn main() -> ExitCode {
         Command::Nab(args) => nab::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Vmtest(args) => vmtest::run(&args),
+        Command::Soak(args) => soak(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,4 +79,16 @@ fn test(opts: &TestOptions) -> anyhow::Result<()> {
         cmd.args(["--", "--test-threads=1"]);
     }
     build_ebpf::status(&mut cmd, "cargo test")
+}
+
+/// `cargo xtask soak --minutes N`: the soak tests (tests/soak.rs) at full length.
+fn soak(args: &SoakArgs) -> anyhow::Result<()> {
+    packages::ensure(packages::TEST_PACKAGES)?;
+    build_ebpf::run(&build_ebpf::Options { release: true })?;
+    let mut cmd = std::process::Command::new(build_ebpf::cargo());
+    cmd.current_dir(build_ebpf::workspace_root())
+        .args(["test", "--release", "--test", "soak", "--"])
+        .args(["--test-threads=1", "--nocapture"])
+        .env("SENTINEL_SOAK_MINUTES", args.minutes.to_string());
+    build_ebpf::status(&mut cmd, "cargo test --test soak")
 }

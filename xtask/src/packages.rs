@@ -21,6 +21,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "tmux",
     "systemd",
     "qemu-system-x86",
+    "stress-ng",
 ];
 
 fn installed(package: &str) -> bool {

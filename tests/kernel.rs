@@ -562,3 +562,35 @@ fn k2_verifier_rejection_disables_those_signals_with_the_verifier_reason() {
         );
     }
 }
+
+/// K12: the kernel's per-program `recursion_misses` (runs skipped because another BPF program
+/// was running on that CPU) are exported for every attached program, never hidden. Provoking
+/// real misses needs a second program nested on the same hooks; the row allows reporting only.
+#[test]
+fn k12_recursion_misses_are_reported_for_every_attached_program() {
+    if !require_root("k12_recursion_misses_are_reported_for_every_attached_program") {
+        return;
+    }
+    let mut run = SentinelRun::start(&["--interval", "100ms"]);
+    for _ in 0..12 {
+        run.next_interval(FIRST);
+    }
+    let done = run.stop();
+    assert!(done.status.success(), "{}", done.stderr);
+    let last = &done.intervals.last().unwrap().collector;
+    let attached = loaded_sentinel_programs_count(&done);
+    println!("K12: recursion_misses {:?}", last.recursion_misses);
+    assert!(
+        last.recursion_misses.len() >= attached && attached >= 12,
+        "every attached program reports its misses: {} of {attached}",
+        last.recursion_misses.len()
+    );
+    for program in last.recursion_misses.keys() {
+        assert!(program.starts_with("snt_"), "{program}");
+    }
+}
+
+/// Programs attached in a run: the hooks minus the disabled ones.
+fn loaded_sentinel_programs_count(done: &support::sentinel::Finished) -> usize {
+    sentinel::collect::loader::HOOKS.len() - done.intervals[0].collector.disabled.len()
+}

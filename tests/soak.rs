@@ -370,7 +370,8 @@ fn churn_series(socket: &std::path::Path, prefix: &str) -> usize {
     })
 }
 
-/// Distinct `container=` label values in one scrape.
+/// Distinct `container=` label values of the per-container families (the top-N set) in one
+/// scrape.
 fn metric_containers(addr: &str) -> usize {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
@@ -382,7 +383,7 @@ fn metric_containers(addr: &str) -> usize {
     let _ = s.read_to_string(&mut body);
     let mut names: Vec<&str> = body
         .lines()
-        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with("sentinel_container_"))
         .filter_map(|l| {
             let rest = &l[l.find("container=\"")? + 11..];
             Some(&rest[..rest.find('"')?])

@@ -119,7 +119,13 @@ struct Pipeline {
     attribution: Attribution,
     last_hist: Vec<u64>,
     analysis: Analysis,
+    /// Last read of the programs' recursion misses (cumulative; refreshed now and then).
+    recursion_misses: std::collections::BTreeMap<String, u64>,
 }
+
+/// Recursion misses are read from 14 fdinfo files: every 10th interval is often enough for a
+/// counter that should stay 0, and keeps the drain cheap.
+const RECURSION_MISSES_EVERY: u64 = 10;
 
 impl Pipeline {
     fn drain_interval(&mut self, final_interval: bool) -> Result<Interval> {
@@ -159,6 +165,14 @@ impl Pipeline {
             measured.as_nanos() as u64,
             &mut self.summarizer,
         );
+        if self.seq.is_multiple_of(RECURSION_MISSES_EVERY) || final_interval {
+            self.recursion_misses = self
+                .collector
+                .recursion_misses()
+                .into_iter()
+                .map(|(program, n)| (program.to_string(), n))
+                .collect();
+        }
         let final_totals = final_interval.then(|| {
             (0..counter::COUNT)
                 .map(|i| (counter::NAMES[i].to_string(), self.drain.cumulative()[i]))
@@ -194,6 +208,7 @@ impl Pipeline {
                 drain_us,
                 // Filled in by the run loop, which owns the output.
                 output_dropped: 0,
+                recursion_misses: self.recursion_misses.clone(),
             },
             final_totals,
         }
@@ -309,6 +324,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         ),
         last_hist: Vec::new(),
         analysis,
+        recursion_misses: Default::default(),
     };
     let start = tokio::time::Instant::from_std(loaded_at);
     let mut ticker = tokio::time::interval_at(start + opts.interval, opts.interval);

@@ -169,4 +169,10 @@ pub struct CollectorHealth {
     /// drain never waits for it).
     #[serde(default)]
     pub output_dropped: u64,
+    /// Runs the kernel skipped per program since start because another BPF program was already
+    /// running on that CPU (`recursion_misses` of the program's fdinfo, Linux 5.12+): events
+    /// counted neither here nor anywhere else, so they are reported, never hidden (row K12).
+    /// Refreshed every `RECURSION_MISSES_EVERY` intervals; empty before the first read.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub recursion_misses: BTreeMap<String, u64>,
 }

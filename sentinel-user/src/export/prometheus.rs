@@ -178,6 +178,16 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
             .retain(|_, t| t.pinned || t.score >= FORGET_BELOW);
     }
 
+    /// Unpins every entry `keep` rejects: a pin must be renewed by whoever set it, or an
+    /// entry pinned once and never observed again (a gone container) would live for ever.
+    pub fn unpin_unless(&mut self, keep: impl Fn(&K) -> bool) {
+        for (k, t) in &mut self.entries {
+            if t.pinned && !keep(k) {
+                t.pinned = false;
+            }
+        }
+    }
+
     pub fn observe(&mut self, key: K, activity: f64, pinned: bool, update: impl FnOnce(&mut V)) {
         let t = self.entries.entry(key).or_insert_with(|| Tracked {
             value: V::default(),
@@ -299,6 +309,7 @@ struct State {
     map_capacity: [u64; 2],
     counter_resets: u64,
     attached: Vec<(&'static str, bool)>,
+    recursion_misses: BTreeMap<String, u64>,
     runq_buckets: Vec<u64>,
     runq_sum_seconds: f64,
     drain_buckets: [u64; DRAIN_BUCKETS.len() + 1],
@@ -333,6 +344,7 @@ impl State {
             map_capacity: [0; 2],
             counter_resets: 0,
             attached: HOOKS.iter().map(|h| (h.program, false)).collect(),
+            recursion_misses: BTreeMap::new(),
             runq_buckets: vec![0; HIST_BUCKETS],
             runq_sum_seconds: 0.0,
             drain_buckets: [0; DRAIN_BUCKETS.len() + 1],
@@ -379,6 +391,9 @@ impl State {
         self.counter_resets += u64::from(c.reset);
         for (program, attached) in &mut self.attached {
             *attached = !c.disabled.iter().any(|d| d == program);
+        }
+        if !c.recursion_misses.is_empty() {
+            self.recursion_misses.clone_from(&c.recursion_misses);
         }
         for (idx, &n) in p.runq_hist.iter().enumerate().take(HIST_BUCKETS) {
             if n == 0 || (4..8).contains(&idx) {
@@ -440,6 +455,10 @@ impl State {
             .iter()
             .flat_map(|h| h.breakers.iter().map(|b| b.container_id.as_str()))
             .collect();
+        // Found by the L6 churn soak: a container pinned while it had a breaker stayed pinned
+        // (exported, never forgotten) after it was gone.
+        self.containers
+            .unpin_unless(|key| managed.contains(key.as_str()));
         self.containers.decay();
         for ct in &p.interval.containers {
             let key = if ct.id.is_empty() {
@@ -785,6 +804,17 @@ impl Collector for StateCollector {
                 .iter()
                 .map(|(p, a)| (vec![("program", (*p).into())], if *a { 1.0 } else { 0.0 })),
             emit_gauge,
+        )?;
+        family(
+            &mut enc,
+            "sentinel_bpf_recursion_misses",
+            "Runs of the program the kernel skipped because another BPF program was running on \
+             that CPU: events counted nowhere (Linux 5.12+; absent before).",
+            MetricType::Counter,
+            s.recursion_misses
+                .iter()
+                .map(|(p, n)| (vec![("program", p.as_str().into())], *n)),
+            emit_counter,
         )?;
 
         // Detection.
@@ -1311,5 +1341,11 @@ mod tests {
             t.decay();
         }
         assert_eq!(t.tracked(), 1, "pinned entries stay");
+        // The pin is not renewed (the container and its breaker are gone): forgotten.
+        t.unpin_unless(|_| false);
+        for _ in 0..200 {
+            t.decay();
+        }
+        assert_eq!(t.tracked(), 0, "an unpinned entry decays away");
     }
 }

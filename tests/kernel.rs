@@ -594,3 +594,77 @@ fn k12_recursion_misses_are_reported_for_every_attached_program() {
 fn loaded_sentinel_programs_count(done: &support::sentinel::Finished) -> usize {
     sentinel::collect::loader::HOOKS.len() - done.intervals[0].collector.disabled.len()
 }
+
+/// P2: the least-privilege set. Root's capabilities bounded to CAP_BPF and CAP_PERFMON only
+/// (tracefs already mounted by the host): every program attaches, all signals count, and the
+/// Docker socket (reached as uid 0 without any capability) answers, so healing can work.
+#[test]
+fn p2_cap_bpf_and_cap_perfmon_alone_run_fully() {
+    if !require_root("p2_cap_bpf_and_cap_perfmon_alone_run_fully")
+        || !support::docker::ensure()
+        || !require(
+            "setpriv",
+            Command::new("setpriv").arg("--version").output().is_ok(),
+            "setpriv not found (Debian package util-linux)",
+        )
+    {
+        return;
+    }
+    let runtime = runtime_dir();
+    let socket = runtime.path().join("sentinel.sock");
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            "-all,+bpf,+perfmon",
+            "--inh-caps",
+            "-all,+bpf,+perfmon",
+            BIN,
+            "run",
+            "--output",
+            "json",
+            "--interval",
+            "300ms",
+            "--duration",
+            "3s",
+            "--no-metrics",
+            "--status-socket",
+        ])
+        .arg(&socket)
+        .env("SENTINEL_LOG", "info")
+        .env("SENTINEL_RUNTIME_DIR", runtime.path())
+        .output()
+        .expect("run setpriv");
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    let intervals: Vec<sentinel::model::Interval> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("interval JSON"))
+        .collect();
+    assert!(
+        intervals.len() >= 5,
+        "{} intervals; {stderr}",
+        intervals.len()
+    );
+    let last = intervals.last().unwrap();
+    assert!(
+        last.collector.disabled.is_empty(),
+        "{:?}",
+        last.collector.disabled
+    );
+    assert!(
+        last.counters.values().all(Option::is_some),
+        "{:?}",
+        last.counters
+    );
+    assert_eq!(last.docker, "up", "{stderr}");
+    println!(
+        "P2: {} intervals with the bounding set bpf+perfmon only, 0 disabled, docker {}, \
+         sched_switch {}",
+        intervals.len(),
+        last.docker,
+        intervals
+            .iter()
+            .filter_map(|iv| iv.counters["sched_switch"])
+            .sum::<u64>(),
+    );
+}

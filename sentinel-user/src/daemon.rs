@@ -165,7 +165,9 @@ impl Pipeline {
             measured.as_nanos() as u64,
             &mut self.summarizer,
         );
-        if self.seq.is_multiple_of(RECURSION_MISSES_EVERY) || final_interval {
+        // The final interval is drained after the programs are detached: it keeps the last
+        // values read.
+        if self.seq.is_multiple_of(RECURSION_MISSES_EVERY) && !final_interval {
             self.recursion_misses = self
                 .collector
                 .recursion_misses()

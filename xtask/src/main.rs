@@ -2,6 +2,7 @@
 
 mod bench;
 mod build_ebpf;
+mod fuzz;
 mod nab;
 mod packages;
 mod vmtest;
@@ -29,6 +30,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Kernel portability matrix: boot Debian's 6.1 and 6.12 kernels under QEMU and check each.
     Vmtest(vmtest::VmtestArgs),
+    /// Fuzz one input parser with cargo-fuzz for a while (nightly; see FUZZING.md).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(clap::Args)]
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Nab(args) => nab::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Vmtest(args) => vmtest::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -251,13 +251,33 @@ pub fn load(path: &Path, allow_insecure: bool) -> Result<Config, ConfigError> {
         check_ownership(&meta).map_err(err)?;
     }
     let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
+    parse_bytes(&bytes, &file)
+}
+
+/// Everything `sentinel config check` does after the file-system checks: the size bound, UTF-8,
+/// parsing and validation. `file` names the input in errors. The fuzz target `config` calls this.
+pub fn parse_bytes(bytes: &[u8], file: &str) -> Result<Config, ConfigError> {
+    let err = |message: String| ConfigError {
+        file: file.to_string(),
+        line: None,
+        key: None,
+        message,
+    };
+    // Also checked on the file's metadata before reading; here for input that is not a file.
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(err(format!(
+            "{} bytes is larger than the {} byte limit for a config file",
+            bytes.len(),
+            MAX_FILE_BYTES
+        )));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
         err(format!(
             "not valid UTF-8 (first bad byte at offset {})",
-            e.utf8_error().valid_up_to()
+            e.valid_up_to()
         ))
     })?;
-    parse(&text, &file)
+    parse(text, file)
 }
 
 fn check_ownership(meta: &std::fs::Metadata) -> Result<(), String> {
@@ -293,7 +313,8 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| located(e, None))?;
     let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let key = (path != ".").then_some(path);
+        // The path holds the file's own keys (e.g. a label name), which may contain anything.
+        let key = (path != ".").then(|| printable(&path));
         located(e.into_inner(), key)
     })?;
     if let Some((key, message)) = config.validate().into_iter().next() {
@@ -352,6 +373,27 @@ fn one_line(message: &str) -> String {
         format!("{cut}...")
     } else {
         flat
+    }
+}
+
+/// A key path from the file on one line: control characters escaped, length bounded.
+fn printable(key: &str) -> String {
+    let escaped: String = key
+        .chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect();
+    if escaped.chars().count() > 200 {
+        let cut: String = escaped.chars().take(200).collect();
+        format!("{cut}...")
+    } else {
+        escaped
     }
 }
 
@@ -468,6 +510,22 @@ mod tests {
             }
             assert!(started.elapsed() < Duration::from_secs(5));
         }
+    }
+
+    /// The fuzz harness's one-line check caught this (input kept as
+    /// fuzz/regressions/config/crash-control-chars-in-key-path.toml): a key path echoed from the
+    /// file carried its control characters, and its full length, into the error line.
+    #[test]
+    fn key_paths_from_the_file_are_escaped_in_errors() {
+        let e = err("[[heal.rules]]\nselector = { labels = { \"a\\u001b[2J\\nb\" = 1 } }\n");
+        let s = e.to_string();
+        assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
+        assert!(s.contains(r"labels.a\u{1b}[2J\nb"), "{s}");
+        let long = format!(
+            "[[heal.rules]]\nselector = {{ labels = {{ {} = 1 }} }}\n",
+            "k".repeat(5000)
+        );
+        assert!(err(&long).to_string().len() < 600);
     }
 
     #[test]

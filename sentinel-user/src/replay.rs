@@ -171,12 +171,23 @@ pub fn replay(
                 Ok(x) => emit(ts, v, Some(x))?,
                 // A header row is allowed only as the first line.
                 Err(_) if i == 0 => continue,
-                Err(_) => bail!("{p}:{line}: value {v:?} is not a number"),
+                Err(_) => bail!("{p}:{line}: value {} is not a number", shown(v)),
             }
         }
     }
     w.flush()?;
     Ok(())
+}
+
+/// A field echoed in an error, bounded: an unclosed quote makes the rest of the file one field.
+fn shown(v: &str) -> String {
+    const MAX: usize = 60;
+    if v.chars().count() > MAX {
+        let cut: String = v.chars().take(MAX).collect();
+        format!("{cut:?}... ({} bytes)", v.len())
+    } else {
+        format!("{v:?}")
+    }
 }
 
 #[cfg(test)]
@@ -239,6 +250,14 @@ mod tests {
         assert!(format!("{e:#}").contains("in.csv:3"), "{e:#}");
         let e = run_str(&cfg, "1,2\n2,3,4\n").unwrap_err();
         assert!(format!("{e:#}").contains("in.csv:2"), "{e:#}");
+        // Found by fuzzing (fuzz/regressions/replay_csv/crash-unclosed-quote-long-error.csv):
+        // an unclosed quote turned the rest of the file into one value, echoed whole.
+        let long = format!(
+            "t,v\n1,2\n0,\"\n{}",
+            "2014-04-01 00:05:00,20.0\n".repeat(200)
+        );
+        let e = format!("{:#}", run_str(&cfg, &long).unwrap_err());
+        assert!(e.contains("in.csv:3") && e.len() < 200, "{e}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod bench;
 mod build_ebpf;
+mod fuzz;
 mod nab;
 mod packages;
 mod vmtest;
@@ -31,6 +32,8 @@ enum Command {
     Vmtest(vmtest::VmtestArgs),
     /// Long soak rows (M2 event storm, L6 container churn): the CI variant runs 3 minutes each.
     Soak(SoakArgs),
+    /// Fuzz one input parser with cargo-fuzz for a while (nightly; see FUZZING.md).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(clap::Args)]
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Vmtest(args) => vmtest::run(&args),
         Command::Soak(args) => soak(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -285,6 +285,44 @@ fn missing_tracepoint_disables_one_signal_only() {
         .collect();
     assert_eq!(warnings.len(), 1, "exactly one warning line: {warnings:?}");
     assert!(warnings[0].contains("does not exist"), "{}", warnings[0]);
+
+    // `--strict` makes the same condition fatal: non-zero exit, one error line naming it,
+    // nothing left attached.
+    let runtime = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(support::sentinel::BIN)
+        .args([
+            "run",
+            "--strict",
+            "--no-docker",
+            "--no-metrics",
+            "--simulate-missing-hook",
+            "tcp_retransmit_skb",
+            "--status-socket",
+        ])
+        .arg(runtime.path().join("s.sock"))
+        .env("SENTINEL_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("--strict")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("snt_tcp_retransmit_skb"),
+        "{}",
+        errors[0]
+    );
+    assert!(out.stdout.is_empty(), "no interval is printed");
+    // The kernel frees programs shortly after their last fd closes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !loaded_sentinel_programs().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        loaded_sentinel_programs().is_empty(),
+        "programs left behind: {:?}",
+        loaded_sentinel_programs()
+    );
 }
 
 #[test]

@@ -98,6 +98,8 @@ pub struct RunOptions {
     pub exporters: crate::export::serve::ExportOptions,
     /// Drop every capability but CAP_SYS_PTRACE once the programs are attached.
     pub drop_capabilities: bool,
+    /// `--strict`: a disabled signal is fatal.
+    pub strict: bool,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -280,6 +282,15 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     // one line before anything else is set up. A taken metrics port or socket fails next;
     // dropping the collector then detaches everything.
     let mut collector = Collector::load(&opts.load)?;
+    let disabled = collector.disabled_programs();
+    if opts.strict && !disabled.is_empty() {
+        // Dropping the collector detaches what did attach.
+        anyhow::bail!(
+            "--strict: {} program(s) not attached ({}); see the warnings above",
+            disabled.len(),
+            disabled.join(", ")
+        );
+    }
     let mut exporters =
         crate::export::serve::Exporters::bind(&opts.exporters, opts.interval).await?;
     // Capabilities are per thread: drop them before any other thread starts (the detector's

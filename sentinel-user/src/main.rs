@@ -113,6 +113,10 @@ struct RunArgs {
     /// Drain interval, e.g. 1s, 100ms (10ms..1h). [config: daemon.interval, default 1s]
     #[arg(long, value_parser = parse_interval)]
     interval: Option<Duration>,
+    /// Refuse to run with any signal disabled (a tracepoint missing or a program rejected):
+    /// exit non-zero naming them instead of running degraded.
+    #[arg(long)]
+    strict: bool,
     /// Exit cleanly after this long, e.g. 30s, 5m.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -238,6 +242,7 @@ impl RunArgs {
             config: cfg,
             exporters,
             drop_capabilities: self.drop_capabilities,
+            strict: self.strict,
         })
     }
 }

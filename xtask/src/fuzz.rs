@@ -18,7 +18,28 @@ pub struct FuzzArgs {
     seconds: u64,
 }
 
+/// cargo-fuzz, installed on first use (CI starts without it).
+fn ensure_cargo_fuzz() -> Result<()> {
+    let present = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("installing cargo-fuzz (once)");
+    let status = Command::new("cargo")
+        .args(["install", "--locked", "cargo-fuzz"])
+        .status()
+        .context("cargo install cargo-fuzz")?;
+    if !status.success() {
+        bail!("cargo install cargo-fuzz: {status}");
+    }
+    Ok(())
+}
+
 pub fn run(args: &FuzzArgs) -> Result<()> {
+    ensure_cargo_fuzz()?;
     let fuzz = workspace_root().join("fuzz");
     let t = &args.target;
     let corpus = fuzz.join("corpus").join(t);

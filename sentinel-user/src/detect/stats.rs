@@ -252,7 +252,8 @@ impl Seasonal {
         f64::from(self.ring[((self.head + cap - back) % cap) as usize])
     }
 
-    /// Feeds one value; `spread` is the series' typical deviation (floors the scale).
+    /// Feeds one value; `spread` is the series' typical deviation (floors the scale). The
+    /// prediction is the mean of the values one and two periods ago.
     pub fn update(&mut self, p: &SeasonParams, x: f64, spread: f64) -> SeasonOut {
         if self.ring.is_empty() {
             self.ring = vec![0f32; p.capacity as usize].into_boxed_slice();
@@ -260,7 +261,12 @@ impl Seasonal {
         let mut out = SeasonOut::default();
         // The residual against one period ago is taken before the new value is stored.
         if self.period > 0 && self.len >= self.period {
-            let pred = self.at(self.period);
+            let mut pred = self.at(self.period);
+            if self.len >= 2 * self.period {
+                // Two periods back as well: less noise, and one odd period does not make
+                // the next one look anomalous at full strength.
+                pred = 0.5 * (pred + self.at(2 * self.period));
+            }
             out.pred = Some(pred);
             let r = (x - pred).abs();
             let floor = p.scale_floor * spread + 1e-12;

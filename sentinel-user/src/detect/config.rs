@@ -136,7 +136,7 @@ impl Default for DetectConfig {
             downsample: 4,
             shingle: 8,
             train_window: 256,
-            learned_threshold: 1.3,
+            learned_threshold: 1.2,
             retrain_every: 256,
             trees: 32,
             tree_sample: 64,

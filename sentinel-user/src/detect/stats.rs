@@ -295,9 +295,14 @@ impl Seasonal {
     /// jitter between neighbouring lags.
     fn detect_period(&mut self, p: &SeasonParams) {
         let old = self.period;
-        let best = self.best_lag(p);
-        let keep =
-            old > 0 && old <= self.len / 2 && (best.0 == 0 || self.row_acf(old) >= best.1 - 0.05);
+        // Newest first, copied once so that the sums below are straight loops (this runs
+        // every quarter ring, not per row).
+        let rows: Vec<f64> = (1..=self.len).map(|i| self.at(i)).collect();
+        let m = rows.iter().sum::<f64>() / rows.len() as f64;
+        let var = rows.iter().map(|x| (x - m).powi(2)).sum::<f64>() / rows.len() as f64;
+        let acf = |lag: u32| row_acf(&rows, m, var, lag);
+        let best = self.best_lag(p, &rows, &acf);
+        let keep = old > 0 && old <= self.len / 2 && (best.0 == 0 || acf(old) >= best.1 - 0.05);
         self.period = if keep { old } else { best.0 };
         if self.period != old {
             // Residuals against another lag live on another scale.
@@ -306,32 +311,15 @@ impl Seasonal {
         }
     }
 
-    /// Autocorrelation of the stored rows at `lag` rows.
-    fn row_acf(&self, lag: u32) -> f64 {
-        let n = self.len;
-        if lag == 0 || lag >= n {
-            return 0.0;
-        }
-        let m = (1..=n).map(|i| self.at(i)).sum::<f64>() / f64::from(n);
-        let var = (1..=n).map(|i| (self.at(i) - m).powi(2)).sum::<f64>() / f64::from(n);
-        if var <= 0.0 {
-            return 0.0;
-        }
-        let c: f64 = (1..=n - lag)
-            .map(|i| (self.at(i) - m) * (self.at(i + lag) - m))
-            .sum();
-        c / f64::from(n - lag) / var
-    }
-
     /// (period in rows, its autocorrelation); (0, 0) when there is none.
-    fn best_lag(&self, p: &SeasonParams) -> (u32, f64) {
+    fn best_lag(&self, p: &SeasonParams, rows: &[f64], acf_at: &dyn Fn(u32) -> f64) -> (u32, f64) {
         let b = p.block;
         let nb = (self.len / b) as usize;
-        // Block means, oldest first (runs every quarter ring, not per row).
+        // Block means, oldest first (`rows[i - 1]` is the value `i` rows back).
         let xs: Vec<f64> = (0..nb)
             .map(|k| {
                 let start = self.len - (k as u32) * b;
-                (0..b).map(|j| self.at(start - j)).sum::<f64>() / f64::from(b)
+                (0..b).map(|j| rows[(start - j) as usize - 1]).sum::<f64>() / f64::from(b)
             })
             .rev()
             .collect();
@@ -371,13 +359,28 @@ impl Seasonal {
         let centre = best as u32 * b;
         let mut top = (0, f64::NEG_INFINITY);
         for lag in centre.saturating_sub(b - 1).max(2)..=(centre + b - 1).min(self.len / 2) {
-            let r = self.row_acf(lag);
+            let r = acf_at(lag);
             if r > top.1 {
                 top = (lag, r);
             }
         }
         top
     }
+}
+
+/// Autocorrelation at `lag` of `rows` (newest first) with mean `m` and variance `var`.
+fn row_acf(rows: &[f64], m: f64, var: f64, lag: u32) -> f64 {
+    let n = rows.len();
+    let lag = lag as usize;
+    if lag == 0 || lag >= n || var <= 0.0 {
+        return 0.0;
+    }
+    let c: f64 = rows[..n - lag]
+        .iter()
+        .zip(&rows[lag..])
+        .map(|(a, b)| (a - m) * (b - m))
+        .sum();
+    c / (n - lag) as f64 / var
 }
 
 impl StatDetector {

@@ -498,6 +498,8 @@ mod tests {
             }
         }
         assert_eq!(s.period(), 96);
+        // Constant memory: the ring never grows past its configured capacity.
+        assert_eq!(s.ring.len(), sp.capacity as usize);
         // The bump goes missing for a period: values stay inside the usual range and level,
         // only the pattern is new.
         let mut changed_max: f64 = 0.0;

@@ -62,6 +62,17 @@ pub struct DetectConfig {
     pub novelty_levels: u32,
     /// Blocks per context of the pattern-novelty channel.
     pub novelty_context: u32,
+    /// Enables the seasonal channel of the statistical detector (residual against the value
+    /// one detected period earlier).
+    pub seasonal: bool,
+    /// Rows per block mean of the seasonal channel's period search.
+    pub season_block: u32,
+    /// Values kept by the seasonal channel; periods up to half of it are found.
+    pub season_buffer: u32,
+    /// Autocorrelation a lag needs to be taken as the period.
+    pub season_min_acf: f64,
+    /// Rows averaged in the seasonal residual before calibration.
+    pub season_short: u32,
     /// The learned detector works on means of this many rows.
     pub downsample: u32,
     /// Values (block means) per shingle fed to the learned detector.
@@ -117,10 +128,15 @@ impl Default for DetectConfig {
             novelty_block: 4,
             novelty_levels: 8,
             novelty_context: 6,
+            seasonal: true,
+            season_block: 4,
+            season_buffer: 1024,
+            season_min_acf: 0.7,
+            season_short: 10,
             downsample: 4,
             shingle: 8,
             train_window: 256,
-            learned_threshold: 1.3,
+            learned_threshold: 1.2,
             retrain_every: 256,
             trees: 32,
             tree_sample: 64,
@@ -176,6 +192,10 @@ impl DetectConfig {
             ));
         }
         check_u("novelty_context", self.novelty_context, 1, 16)?;
+        check_u("season_block", self.season_block, 1, 10_000)?;
+        check_u("season_buffer", self.season_buffer, 64, 65_536)?;
+        check_f("season_min_acf", self.season_min_acf, 0.0, 1.0)?;
+        check_u("season_short", self.season_short, 1, 10_000)?;
         check_u("downsample", self.downsample, 1, 10_000)?;
         check_u("shingle", self.shingle, 1, 64)?;
         check_u("train_window", self.train_window, 16, 65_536)?;

@@ -32,6 +32,25 @@ pub struct StatParams {
     /// Mask of the rolling context (bits of `context` levels).
     pub ctx_mask: u64,
     pub level_bits: u32,
+    /// Seasonal channel (None: disabled).
+    pub season: Option<SeasonParams>,
+}
+
+/// Parameters of the seasonal channel.
+#[derive(Clone, Copy, Debug)]
+pub struct SeasonParams {
+    /// Rows per block mean of the period search.
+    pub block: u32,
+    /// Values kept for period detection and prediction.
+    pub capacity: u32,
+    /// Minimum autocorrelation for a lag to count as the period.
+    pub min_acf: f64,
+    /// EW weight per row of the residual scale.
+    pub a_scale: f64,
+    /// EW weight per row of the short mean of the residual.
+    pub a_short: f64,
+    pub scale_floor: f64,
+    pub pot: PotParams,
 }
 
 impl StatParams {
@@ -66,6 +85,25 @@ impl StatParams {
             block: c.novelty_block,
             levels: f64::from(c.novelty_levels),
             level_bits: 32 - (c.novelty_levels - 1).leading_zeros(),
+            season: c.seasonal.then(|| SeasonParams {
+                block: c.season_block,
+                capacity: c.season_buffer,
+                min_acf: c.season_min_acf,
+                a_scale: 2.0 / (f64::from(c.slow_window) + 1.0),
+                a_short: (2.0 / (f64::from(c.season_short) + 1.0)).min(1.0),
+                scale_floor: c.scale_floor,
+                pot: PotParams {
+                    u: c.pot_threshold,
+                    a: 1.0 / f64::from(c.long_window),
+                    rate0: c.prior_rate,
+                    // The seasonal residual of a normal period is small and regular, so its
+                    // tail is far narrower than a spike's: prior mean excess 0.1 in
+                    // ln(1 + z) (NAB: 0.05, 0.1, 0.2, 0.3, 0.5 and 1.0 tried).
+                    beta0: 0.1,
+                    beta_floor: 0.05,
+                    learn: c.warmup,
+                },
+            }),
             ctx_mask: {
                 let bits = (32 - (c.novelty_levels - 1).leading_zeros()) * c.novelty_context;
                 if bits >= 64 {
@@ -107,6 +145,7 @@ pub struct StatDetector {
     cal_spike: Pot,
     cal_shift: Pot,
     novelty: Novelty,
+    season: Seasonal,
 }
 
 /// Short-pattern novelty: the series is cut into blocks, each block is reduced to the value
@@ -173,6 +212,177 @@ impl Novelty {
     }
 }
 
+/// Seasonal residual: recent values go into a fixed ring; every quarter ring the period is
+/// (re)estimated by autocorrelation (on block means, refined on rows), and each new value is
+/// compared with the value one period earlier. A daily or weekly pattern that changes shape
+/// without a level or range excursion shows here, and a jump that recurs every period is not
+/// a spike. Without a clear period the channel is silent.
+#[derive(Clone, Debug, Default)]
+pub struct Seasonal {
+    ring: Box<[f32]>,
+    /// Next write position and values stored (<= capacity).
+    head: u32,
+    len: u32,
+    rows: u64,
+    /// Detected period in rows (0: none).
+    period: u32,
+    /// EW mean absolute seasonal residual, and the short mean of the scaled residual.
+    scale: f64,
+    short: f64,
+    scaled: u32,
+    cal: Pot,
+}
+
+/// One seasonal update: the calibrated score and the value one period ago, if any.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SeasonOut {
+    pub score: f64,
+    pub pred: Option<f64>,
+}
+
+impl Seasonal {
+    /// The detected period in rows (0: none yet).
+    pub fn period(&self) -> u32 {
+        self.period
+    }
+
+    /// The value `back` rows before the newest one (1 = newest).
+    fn at(&self, back: u32) -> f64 {
+        let cap = self.ring.len() as u32;
+        f64::from(self.ring[((self.head + cap - back) % cap) as usize])
+    }
+
+    /// Feeds one value; `spread` is the series' typical deviation (floors the scale). The
+    /// prediction is the mean of the values one and two periods ago.
+    pub fn update(&mut self, p: &SeasonParams, x: f64, spread: f64) -> SeasonOut {
+        if self.ring.is_empty() {
+            self.ring = vec![0f32; p.capacity as usize].into_boxed_slice();
+        }
+        let mut out = SeasonOut::default();
+        // The residual against one period ago is taken before the new value is stored.
+        if self.period > 0 && self.len >= self.period {
+            let mut pred = self.at(self.period);
+            if self.len >= 2 * self.period {
+                // Two periods back as well: less noise, and one odd period does not make
+                // the next one look anomalous at full strength.
+                pred = 0.5 * (pred + self.at(2 * self.period));
+            }
+            out.pred = Some(pred);
+            let r = (x - pred).abs();
+            let floor = p.scale_floor * spread + 1e-12;
+            let z = r / (self.scale + floor);
+            self.short += p.a_short * (z.ln_1p() - self.short);
+            let a = (1.0 / f64::from(self.scaled + 1)).max(p.a_scale);
+            self.scale += a * (r - self.scale);
+            self.scaled = self.scaled.saturating_add(1);
+            out.score = surprise_score(self.cal.update(&p.pot, self.short));
+        }
+        let cap = self.ring.len() as u32;
+        self.ring[self.head as usize] = x as f32;
+        self.head = (self.head + 1) % cap;
+        self.len = (self.len + 1).min(cap);
+        self.rows += 1;
+        if self.len >= 16 * p.block && self.rows.is_multiple_of(u64::from(cap / 4).max(1)) {
+            self.detect_period(p);
+        }
+        out
+    }
+
+    /// The period: on block means, the lag of the highest autocorrelation peak after the
+    /// first trough (small lags of any smooth series correlate highly), if it reaches
+    /// `min_acf`, then refined to the best row lag around it. The current period is kept
+    /// unless another lag is clearly better, so that the residual scale is not reset by
+    /// jitter between neighbouring lags.
+    fn detect_period(&mut self, p: &SeasonParams) {
+        let old = self.period;
+        // Newest first, copied once so that the sums below are straight loops (this runs
+        // every quarter ring, not per row).
+        let rows: Vec<f64> = (1..=self.len).map(|i| self.at(i)).collect();
+        let m = rows.iter().sum::<f64>() / rows.len() as f64;
+        let var = rows.iter().map(|x| (x - m).powi(2)).sum::<f64>() / rows.len() as f64;
+        let acf = |lag: u32| row_acf(&rows, m, var, lag);
+        let best = self.best_lag(p, &rows, &acf);
+        let keep = old > 0 && old <= self.len / 2 && (best.0 == 0 || acf(old) >= best.1 - 0.05);
+        self.period = if keep { old } else { best.0 };
+        if self.period != old {
+            // Residuals against another lag live on another scale.
+            self.scaled = 0;
+            self.short = 0.0;
+        }
+    }
+
+    /// (period in rows, its autocorrelation); (0, 0) when there is none.
+    fn best_lag(&self, p: &SeasonParams, rows: &[f64], acf_at: &dyn Fn(u32) -> f64) -> (u32, f64) {
+        let b = p.block;
+        let nb = (self.len / b) as usize;
+        // Block means, oldest first (`rows[i - 1]` is the value `i` rows back).
+        let xs: Vec<f64> = (0..nb)
+            .map(|k| {
+                let start = self.len - (k as u32) * b;
+                (0..b).map(|j| rows[(start - j) as usize - 1]).sum::<f64>() / f64::from(b)
+            })
+            .rev()
+            .collect();
+        let m = xs.iter().sum::<f64>() / nb as f64;
+        let var = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / nb as f64;
+        if var <= 0.0 {
+            return (0, 0.0);
+        }
+        let max_lag = nb / 2;
+        let acf: Vec<f64> = (0..=max_lag + 1)
+            .map(|lag| {
+                if lag == 0 || lag >= nb {
+                    return 1.0;
+                }
+                let c: f64 = xs[..nb - lag]
+                    .iter()
+                    .zip(&xs[lag..])
+                    .map(|(a, b)| (a - m) * (b - m))
+                    .sum();
+                c / (nb - lag) as f64 / var
+            })
+            .collect();
+        let trough = (1..max_lag)
+            .find(|&l| acf[l] <= acf[l + 1])
+            .unwrap_or(max_lag);
+        let mut best = 0;
+        for lag in trough.max(2)..=max_lag {
+            let peak = acf[lag] >= acf[lag - 1] && acf[lag] >= acf[lag + 1];
+            if peak && acf[lag] >= p.min_acf && (best == 0 || acf[lag] > acf[best]) {
+                best = lag;
+            }
+        }
+        if best == 0 {
+            return (0, 0.0);
+        }
+        // Refine to rows around the block lag.
+        let centre = best as u32 * b;
+        let mut top = (0, f64::NEG_INFINITY);
+        for lag in centre.saturating_sub(b - 1).max(2)..=(centre + b - 1).min(self.len / 2) {
+            let r = acf_at(lag);
+            if r > top.1 {
+                top = (lag, r);
+            }
+        }
+        top
+    }
+}
+
+/// Autocorrelation at `lag` of `rows` (newest first) with mean `m` and variance `var`.
+fn row_acf(rows: &[f64], m: f64, var: f64, lag: u32) -> f64 {
+    let n = rows.len();
+    let lag = lag as usize;
+    if lag == 0 || lag >= n || var <= 0.0 {
+        return 0.0;
+    }
+    let c: f64 = rows[..n - lag]
+        .iter()
+        .zip(&rows[lag..])
+        .map(|(a, b)| (a - m) * (b - m))
+        .sum();
+    c / (n - lag) as f64 / var
+}
+
 impl StatDetector {
     pub fn seen(&self) -> u64 {
         self.n
@@ -193,9 +403,18 @@ impl StatDetector {
             self.hi = x;
         }
         let baseline = self.slow;
+        let season = match &p.season {
+            Some(sp) => self.season.update(sp, x, self.spread),
+            None => SeasonOut::default(),
+        };
+        let s_season = season.score;
         // Floor the scales relative to the level so that a flat series does not divide by ~0.
         let floor = p.scale_floor * (self.slow.abs() + self.spread) + 1e-12;
-        let resid = (x - self.fast).abs();
+        let mut resid = (x - self.fast).abs();
+        if let Some(pred) = season.pred {
+            // A jump that recurs every period is expected, not a spike.
+            resid = resid.min((x - pred).abs());
+        }
         let spike_z = resid / (self.noise + floor);
         let a_fast = p.a_fast;
         let fast = self.fast + a_fast * (x - self.fast);
@@ -235,8 +454,101 @@ impl StatDetector {
             0.0
         };
         StatOut {
-            score: s_spike.max(s_shift).max(s_range).max(s_novel),
+            score: s_spike.max(s_shift).max(s_range).max(s_novel).max(s_season),
             baseline,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> StatParams {
+        StatParams::new(&DetectConfig::default())
+    }
+
+    /// Deterministic noise in [-0.5, 0.5).
+    fn noise(i: u64) -> f64 {
+        // splitmix64's finaliser: consecutive inputs give uncorrelated outputs.
+        let mut h = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        ((h >> 11) as f64 / (1u64 << 53) as f64) - 0.5
+    }
+
+    /// A daily-like pattern of period 96 rows: a bump in the middle of each period.
+    fn daily(i: u64) -> f64 {
+        let phase = i % 96;
+        let bump = if (30..60).contains(&phase) { 10.0 } else { 0.0 };
+        20.0 + bump + noise(i)
+    }
+
+    #[test]
+    fn seasonal_finds_the_period_and_flags_a_changed_pattern() {
+        let p = params();
+        let sp = p.season.expect("seasonal on by default");
+        let mut s = Seasonal::default();
+        let mut normal_max: f64 = 0.0;
+        for i in 0..3000 {
+            let o = s.update(&sp, daily(i), 1.0);
+            if i > 1500 {
+                normal_max = normal_max.max(o.score);
+            }
+        }
+        assert_eq!(s.period(), 96);
+        // Constant memory: the ring never grows past its configured capacity.
+        assert_eq!(s.ring.len(), sp.capacity as usize);
+        // The bump goes missing for a period: values stay inside the usual range and level,
+        // only the pattern is new.
+        let mut changed_max: f64 = 0.0;
+        for i in 3000..3096 {
+            let x = if (30..60).contains(&(i % 96)) {
+                20.0 + noise(i)
+            } else {
+                daily(i)
+            };
+            changed_max = changed_max.max(s.update(&sp, x, 1.0).score);
+        }
+        assert!(normal_max < 0.3, "normal periods scored {normal_max}");
+        assert!(changed_max > 0.5, "changed pattern scored {changed_max}");
+    }
+
+    #[test]
+    fn seasonal_is_silent_without_a_period() {
+        let p = params();
+        let sp = p.season.unwrap();
+        let mut s = Seasonal::default();
+        for i in 0..5000 {
+            let o = s.update(&sp, 5.0 + noise(i), 1.0);
+            assert_eq!(o.score, 0.0, "row {i}");
+            assert!(o.pred.is_none());
+        }
+        assert_eq!(s.period(), 0);
+    }
+
+    #[test]
+    fn a_jump_that_recurs_every_period_is_not_a_spike() {
+        // A square wave: with the seasonal prediction its edges are expected.
+        let sq = |i: u64| if i % 96 < 48 { 0.0 } else { 50.0 } + 0.1 * noise(i);
+        let mut with = StatDetector::default();
+        let p = params();
+        let p_off = StatParams::new(&DetectConfig {
+            seasonal: false,
+            ..DetectConfig::default()
+        });
+        let mut without = StatDetector::default();
+        let (mut m_with, mut m_without): (f64, f64) = (0.0, 0.0);
+        for i in 0..4000 {
+            let a = with.update(&p, sq(i)).score;
+            let b = without.update(&p_off, sq(i)).score;
+            if i > 2000 {
+                m_with = m_with.max(a);
+                m_without = m_without.max(b);
+            }
+        }
+        assert!(m_with < m_without, "{m_with} vs {m_without}");
+        assert!(m_with < 0.3, "{m_with}");
     }
 }

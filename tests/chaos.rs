@@ -225,11 +225,7 @@ impl EventRecorder {
                 let out = ch.stdout.take().expect("piped");
                 *c.lock().unwrap() = Some(ch);
                 let connected_at = now();
-                let mut first = true;
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if first {
-                        first = false;
-                    }
                     let Ok(Some(ev)) = DockerEvent::parse(&line) else {
                         continue;
                     };
@@ -248,10 +244,12 @@ impl EventRecorder {
                         e.lock().unwrap().push(ev);
                     }
                 }
-                let _ = first;
                 if let Some(mut ch) = c.lock().unwrap().take() {
                     let _ = ch.kill();
                     let _ = ch.wait();
+                }
+                if s.load(Ordering::SeqCst) {
+                    break; // our own shutdown, not a gap in the run
                 }
                 let t = now();
                 if gap_from.is_none() {
@@ -276,8 +274,8 @@ impl EventRecorder {
         }
     }
 
-    /// A gap is closed only by the first event after a reconnect: close it at the time the
-    /// stream was known to be connected again when the run ends without one.
+    /// A gap is closed by the first event after a reconnect; one still open at the end is
+    /// closed now.
     fn finish(mut self) -> (Vec<DockerEvent>, Vec<(f64, f64)>) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(mut ch) = self.child.lock().unwrap().take() {
@@ -289,9 +287,7 @@ impl EventRecorder {
         }
         let _ = self.raw.lock().unwrap().flush();
         let ev = std::mem::take(&mut *self.events.lock().unwrap());
-        let mut gaps = std::mem::take(&mut *self.gaps.lock().unwrap());
-        // The last "gap" is the recorder's own shutdown: not a gap in the run.
-        gaps.pop();
+        let gaps = std::mem::take(&mut *self.gaps.lock().unwrap());
         (ev, gaps)
     }
 }
@@ -775,6 +771,11 @@ fn chaos_soak() {
             Fault::Unhealthy { slot } => nem.exec(slot, "rm -f /ok"),
             Fault::Sick { slot } => nem.exec(slot, "touch /sick; rm -f /ok"),
             Fault::Healthy { slot } => nem.exec(slot, "rm -f /sick; touch /ok"),
+            Fault::UnhealthyAll => {
+                for slot in 0..SLOTS {
+                    nem.exec(slot, "rm -f /ok");
+                }
+            }
             Fault::SentinelPause { secs } => {
                 let _ = kill(Pid::from_raw(sentinel.pid), Signal::SIGSTOP);
                 nem.note(NemesisEvent::SentinelStopped { t: now() });

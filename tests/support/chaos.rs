@@ -64,6 +64,8 @@ pub enum Fault {
     Sick { slot: usize },
     /// Marker gone, `/ok` back.
     Healthy { slot: usize },
+    /// `rm /ok` in every container at once (the storm guard's case).
+    UnhealthyAll,
     /// Sentinel SIGSTOPped for `secs`.
     SentinelPause { secs: f64 },
     /// Sentinel SIGKILLed, restarted after `secs` (exactly once per run).
@@ -81,6 +83,7 @@ impl Fault {
             Fault::Unhealthy { .. } => "health_unhealthy",
             Fault::Sick { .. } => "health_sick",
             Fault::Healthy { .. } => "health_healthy",
+            Fault::UnhealthyAll => "health_unhealthy_all",
             Fault::SentinelPause { .. } => "sentinel_pause",
             Fault::SentinelKill { .. } => "sentinel_kill",
         }
@@ -105,16 +108,18 @@ pub fn schedule(seed: u64, secs: f64, slots: usize) -> Vec<Step> {
     let mut out = Vec::new();
     let mut t = warmup;
     // (weight, kind): health flips dominate, they are what makes sentinel act.
+    // Sick outweighs Healthy so that flappers live long enough to open breakers.
     const KINDS: &[(u64, u8)] = &[
-        (2, 0),
+        (3, 0),
         (3, 1),
-        (3, 2),
-        (3, 3),
-        (3, 4),
+        (2, 2),
+        (2, 3),
+        (2, 4),
         (9, 5),
-        (4, 6),
-        (4, 7),
+        (5, 6),
+        (3, 7),
         (3, 8),
+        (1, 9),
     ];
     let total: u64 = KINDS.iter().map(|k| k.0).sum();
     while t < end {
@@ -157,9 +162,10 @@ pub fn schedule(seed: u64, secs: f64, slots: usize) -> Vec<Step> {
             5 => Fault::Unhealthy { slot },
             6 => Fault::Sick { slot },
             7 => Fault::Healthy { slot },
-            _ => Fault::SentinelPause {
+            8 => Fault::SentinelPause {
                 secs: rng.range(2.0, 6.0),
             },
+            _ => Fault::UnhealthyAll,
         };
         out.push(Step { at: t, fault });
         t += rng.range(2.0, 9.0);

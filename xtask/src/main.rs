@@ -2,6 +2,7 @@
 
 mod bench;
 mod build_ebpf;
+mod chaos;
 mod nab;
 mod packages;
 mod vmtest;
@@ -29,6 +30,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Kernel portability matrix: boot Debian's 6.1 and 6.12 kernels under QEMU and check each.
     Vmtest(vmtest::VmtestArgs),
+    /// Chaos soak (FAULT-MATRIX S1): seeded faults against sentinel and a private dockerd,
+    /// judged by the history checker.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(clap::Args)]
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Nab(args) => nab::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Vmtest(args) => vmtest::run(&args),
+        Command::Chaos(args) => chaos::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

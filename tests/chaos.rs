@@ -716,6 +716,7 @@ fn chaos_soak() {
     if let Some(NemesisEvent::SentinelStart { pid, .. }) = nem.log.last_mut() {
         *pid = sentinel.pid;
     }
+    let _ = writeln!(nem.file, "  sentinel pid {}", sentinel.pid);
     sampler.set_pid(Some(sentinel.pid));
     sampler.sample_now();
 
@@ -800,6 +801,7 @@ fn chaos_soak() {
                 if let Some(NemesisEvent::SentinelStart { pid, .. }) = nem.log.last_mut() {
                     *pid = sentinel.pid;
                 }
+                let _ = writeln!(nem.file, "  sentinel pid {}", sentinel.pid);
                 sampler.set_pid(Some(sentinel.pid));
                 sampler.sample_now();
             }
@@ -831,6 +833,17 @@ fn chaos_soak() {
     sampler.sample_now();
     let t_end = now();
     let (progs, res) = sampler.finish();
+    // The in-memory histories too, for a post-mortem of a failing seed.
+    if let Ok(mut f) = std::fs::File::create(dir.join("programs.txt")) {
+        for p in &progs {
+            let _ = writeln!(f, "{p:?}");
+        }
+    }
+    if let Ok(mut f) = std::fs::File::create(dir.join("resources.txt")) {
+        for r in &res {
+            let _ = writeln!(f, "{r:?}");
+        }
+    }
     let (docker, docker_gaps) = recorder.finish();
     let audit_text = std::fs::read_to_string(&files.audit).unwrap_or_default();
     let mut audit = Vec::new();
@@ -888,6 +901,14 @@ fn chaos_soak() {
     for v in &report.violations {
         println!("VIOLATION (seed {seed}): {v}");
     }
+    let failing = !report.violations.is_empty() || !bad_lines.is_empty();
+    let tmp = if failing && keep.is_none() {
+        // Keep the histories of a failing run (the message below names the directory).
+        let _ = tmp.keep();
+        None
+    } else {
+        Some(tmp)
+    };
     assert!(
         bad_lines.is_empty(),
         "seed {seed}: unparseable audit lines: {bad_lines:?}"
@@ -906,10 +927,7 @@ fn chaos_soak() {
         "seed {seed}: sentinel restarted nothing in {minutes} min: the schedule exercised no \
          healing"
     );
-    if keep.is_none() {
-        // Kept only for a failing run (the asserts above return first).
-        drop(tmp);
-    }
+    drop(tmp);
 }
 
 // ---------------------------------------------------------------------------------------------

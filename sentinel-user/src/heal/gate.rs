@@ -215,8 +215,8 @@ impl Gate {
     /// a restart resets neither back-off, cooldowns, rule limits and the global cap nor an
     /// OPEN breaker. Found by the chaos soak: after a SIGKILL and restart a flapper was
     /// restarted 6 times within 60 s against a rule limit of 4. Entries are made now, so the
-    /// breakers move on the tick as usual; ids that no longer exist are dropped by the next
-    /// full pass.
+    /// breakers move on the tick as usual; ids that no longer exist are dropped by the first
+    /// full pass (`HealEngine::full_pass`).
     pub fn restore(&mut self, past: &BTreeMap<String, Restored>) {
         let mut all: Vec<Instant> = Vec::new();
         for (id, r) in past {
@@ -246,11 +246,6 @@ impl Gate {
         for t in all {
             self.global_cap.record(t);
         }
-    }
-
-    /// Ids the gate keeps state for.
-    pub fn ids(&self) -> Vec<String> {
-        self.containers.keys().cloned().collect()
     }
 
     /// Decide, and on Allow (or dry_run) book the action against cooldown, back-off and caps.

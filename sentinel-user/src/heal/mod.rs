@@ -189,6 +189,8 @@ pub struct HealEngine {
     last_interval: Option<Instant>,
     /// After a pass was cut short, the tick leaves Docker alone until then.
     slow_until: Option<Instant>,
+    /// Containers whose state came from the audit log: the first full pass drops the gone.
+    restored_ids: Vec<String>,
 }
 
 /// Longest bytes of an existing audit log read back at start-up (its tail).
@@ -300,6 +302,7 @@ impl HealEngine {
         let mut gate = Gate::new(&cfg);
         let (past, reopened) = read_past(audit_path, &cfg, Instant::now(), SystemTime::now());
         gate.restore(&past);
+        let restored_ids: Vec<String> = past.keys().cloned().collect();
         let mut audit = AuditLog::open(audit_path, cfg.recent_actions);
         for (id, name, remaining) in reopened {
             let mut r = AuditRecord::new(&id, &name, "breaker", "restored");
@@ -310,6 +313,7 @@ impl HealEngine {
         }
         Ok(Self {
             gate,
+            restored_ids,
             audit,
             exec: Executor::new(
                 cfg.max_concurrent_actions,
@@ -716,16 +720,18 @@ impl HealEngine {
             .count();
         let live: HashSet<&str> = list.iter().map(|s| s.id.as_str()).collect();
         // Containers that vanished without a `destroy` event we saw (Docker was away).
-        // (The gate's own ids too: state restored from the audit log of an earlier process.)
-        let mut vanished: Vec<String> = self
+        let vanished: Vec<String> = self
             .containers
             .keys()
-            .cloned()
-            .chain(self.gate.ids())
             .filter(|id| !live.contains(id.as_str()) && !self.gate.in_flight(id))
+            .cloned()
             .collect();
-        vanished.sort();
-        vanished.dedup();
+        // State restored from the audit log for containers that are gone by now.
+        for id in std::mem::take(&mut self.restored_ids) {
+            if !live.contains(id.as_str()) && !self.gate.in_flight(&id) {
+                self.gate.forget(now, &id);
+            }
+        }
         for id in vanished {
             self.forget(now, &id);
         }

@@ -437,3 +437,8 @@ impl Drop for PrivateDockerd {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The Docker CLI, dockerd and Debian's static busybox (for the test image) are installed.
+pub fn have_tools() -> bool {
+    which("docker") && which("dockerd") && Path::new("/bin/busybox").exists()
+}

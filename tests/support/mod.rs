@@ -2,6 +2,7 @@
 //! instead of skipping, a running `sentinel` process, network namespaces that clean up.
 #![allow(dead_code)] // each test binary uses a different part of the support code
 
+pub mod chaos;
 pub mod docker;
 pub mod netns;
 pub mod sentinel;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod build_ebpf;
+mod chaos;
 mod fuzz;
 mod nab;
 mod packages;
@@ -34,6 +35,9 @@ enum Command {
     Soak(SoakArgs),
     /// Fuzz one input parser with cargo-fuzz for a while (nightly; see FUZZING.md).
     Fuzz(fuzz::FuzzArgs),
+    /// Chaos soak (FAULT-MATRIX S1): seeded faults against sentinel and a private dockerd,
+    /// judged by the history checker.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(clap::Args)]
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Command::Vmtest(args) => vmtest::run(&args),
         Command::Soak(args) => soak(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Chaos(args) => chaos::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

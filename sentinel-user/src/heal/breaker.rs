@@ -148,6 +148,20 @@ impl Breaker {
         }
     }
 
+    /// Put back an OPEN state a previous process recorded (opened at `opened_at` with `wait`),
+    /// so a restart of sentinel does not close a breaker. An elapsed wait half-opens on the
+    /// next tick.
+    pub fn restore_open(&mut self, opened_at: Instant, wait: Duration) {
+        self.state = BreakerState::Open;
+        self.opened_at = Some(opened_at);
+        self.wait = wait.clamp(self.base_wait, self.max_wait);
+        self.half_open_since = None;
+        self.trials_started = 0;
+        self.in_flight = 0;
+        self.successes = 0;
+        self.epoch += 1;
+    }
+
     /// Time left in OPEN, if OPEN.
     pub fn open_remaining(&self, now: Instant) -> Option<Duration> {
         match (self.state, self.opened_at) {

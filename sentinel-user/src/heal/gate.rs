@@ -16,7 +16,7 @@
 //! only (D3); API denial, permit-wait time-out and shutdown cancel count for neither (D10, D11,
 //! D13).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -139,6 +139,15 @@ struct Pending {
     success_at: Instant,
 }
 
+/// One container's past, from the audit log of an earlier process.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Restored {
+    /// (rule index, decision time) of every action, oldest first.
+    pub actions: Vec<(usize, Instant)>,
+    /// The breaker was last OPEN (or HALF_OPEN): when it opened and its wait.
+    pub open: Option<(Instant, Duration)>,
+}
+
 #[derive(Clone, Debug)]
 struct ContainerGate {
     breaker: Breaker,
@@ -200,6 +209,43 @@ impl Gate {
                 rule_caps: HashMap::new(),
                 pending: None,
             })
+    }
+
+    /// Book what a previous sentinel process decided (read back from the audit log), so that
+    /// a restart resets neither back-off, cooldowns, rule limits and the global cap nor an
+    /// OPEN breaker. Found by the chaos soak: after a SIGKILL and restart a flapper was
+    /// restarted 6 times within 60 s against a rule limit of 4. Entries are made now, so the
+    /// breakers move on the tick as usual; ids that no longer exist are dropped by the first
+    /// full pass (`HealEngine::full_pass`).
+    pub fn restore(&mut self, past: &BTreeMap<String, Restored>) {
+        let mut all: Vec<Instant> = Vec::new();
+        for (id, r) in past {
+            let rules = self.cfg.rules.clone();
+            let c = self.entry(id);
+            for &(rule, t) in &r.actions {
+                c.backoff.record_action(t);
+                c.rule_last.insert(rule, t);
+                c.last_end = Some(t);
+                if let Some(rc) = rules.get(rule)
+                    && rc.max_actions > 0
+                {
+                    c.rule_caps
+                        .entry(rule)
+                        .or_insert_with(|| {
+                            RateCap::with(rc.max_actions, secs(rc.limit_window_secs))
+                        })
+                        .record(t);
+                }
+                all.push(t);
+            }
+            if let Some((at, wait)) = r.open {
+                c.breaker.restore_open(at, wait);
+            }
+        }
+        all.sort();
+        for t in all {
+            self.global_cap.record(t);
+        }
     }
 
     /// Decide, and on Allow (or dry_run) book the action against cooldown, back-off and caps.

@@ -19,7 +19,7 @@ use std::{
 
 use support::{
     docker::{self, Container, IMAGE},
-    require, require_root,
+    require, require_root, rss_kib,
     sentinel::{BIN, SentinelRun},
 };
 
@@ -857,16 +857,6 @@ fn capabilities_are_dropped_after_attach_and_drains_continue() {
         .sum();
     assert!(after > 0, "no context switches counted after the drop");
     assert!(finished.intervals.last().unwrap().final_totals.is_some());
-}
-
-/// VmRSS of a process in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// E4: a slow or hostile scraper holds 200 idle connections (some send half a request and

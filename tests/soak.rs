@@ -17,7 +17,7 @@ use std::{
 
 use support::{
     docker::{self, IMAGE},
-    require, require_root,
+    require, require_root, rss_kib,
     sentinel::SentinelRun,
 };
 
@@ -28,16 +28,6 @@ fn soak_minutes(ci_default: f64) -> f64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(ci_default)
-}
-
-/// VmRSS of a process in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// M2: a context-switch and fork storm. Memory is bounded by construction: RSS at the end

@@ -383,17 +383,8 @@ fn bad_flags_and_missing_privileges_give_one_clear_line() {
     if !require_root("bad_flags_and_missing_privileges_give_one_clear_line (unprivileged part)") {
         return;
     }
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            BIN,
-            "run",
-            "--duration",
-            "1s",
-        ])
+    let out = support::sentinel::as_nobody()
+        .args(["run", "--duration", "1s"])
         .output()
         .expect("setpriv (util-linux)");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -165,15 +165,8 @@ fn check_reports_every_item_and_exit_status_follows_failures() {
             out.status.success(),
             "root on this host should pass:\n{stdout}"
         );
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-                BIN,
-                "check",
-            ])
+        let out = support::sentinel::as_nobody()
+            .args(["check"])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -451,16 +444,8 @@ fn status_round_trips_and_the_socket_is_root_only() {
     assert_eq!(dir.uid(), 0);
 
     // Another user cannot connect (EACCES on the 0700 directory / 0600 socket).
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            BIN,
-            "status",
-            "--status-socket",
-        ])
+    let out = support::sentinel::as_nobody()
+        .args(["status", "--status-socket"])
         .arg(&socket)
         .output()
         .unwrap();

@@ -12,6 +12,20 @@ use sentinel::model::Interval;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sentinel");
 
+/// `sentinel` as user nobody (uid/gid 65534) with no capabilities, through `setpriv`; the
+/// caller adds the subcommand and its arguments.
+pub fn as_nobody() -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        BIN,
+    ]);
+    cmd
+}
+
 static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 pub struct SentinelRun {

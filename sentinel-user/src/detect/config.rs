@@ -39,9 +39,16 @@ pub struct DetectConfig {
     /// Floor on the spread of raw scores, so that a series that has been quiet cannot alarm on
     /// a blip.
     pub spread_floor: f64,
-    /// Strength (as a Gaussian z) of a value 5% beyond the running range; more beyond scores
+    /// Strength (as a Gaussian z) of a value just past `range_margin` beyond the range; more beyond scores
     /// higher.
     pub range_z: f64,
+    /// Values are judged against the running range as it stood between `range_lag` and twice
+    /// that many rows earlier, so that a value creeping out of the range row by row counts by
+    /// its full distance.
+    pub range_lag: u32,
+    /// A value counts as a new extreme when it is this far beyond that range, as a fraction of
+    /// the range's width.
+    pub range_margin: f64,
     /// Exceedance threshold of the statistical channels, in ln(1 + deviations/scale).
     pub pot_threshold: f64,
     /// Prior exceedance rate per row (assumed until the series shows its own).
@@ -119,6 +126,8 @@ impl Default for DetectConfig {
             spread_floor: 0.1,
             scale_floor: 0.01,
             range_z: 3.0,
+            range_lag: 50,
+            range_margin: 0.1,
             pot_threshold: 1.5,
             prior_rate: 0.01,
             arm_level: 0.3,
@@ -178,6 +187,8 @@ impl DetectConfig {
         check_f("spread_floor", self.spread_floor, 0.0, 10.0)?;
         check_f("scale_floor", self.scale_floor, 0.0, 1.0)?;
         check_f("range_z", self.range_z, 0.0, 40.0)?;
+        check_u("range_lag", self.range_lag, 1, 1_000_000)?;
+        check_f("range_margin", self.range_margin, 0.0, 10.0)?;
         check_f("pot_threshold", self.pot_threshold, 0.0, 100.0)?;
         check_f("prior_rate", self.prior_rate, 1e-9, 1.0)?;
         check_f("arm_level", self.arm_level, 0.0, 1.0)?;

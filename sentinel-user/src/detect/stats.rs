@@ -22,6 +22,10 @@ pub struct StatParams {
     pub a_range: f64,
     pub scale_floor: f64,
     pub range_z: f64,
+    /// Rows between snapshots of the range that values are judged against.
+    pub range_lag: u32,
+    /// How far beyond that range (as a fraction of its width) a value must be to count.
+    pub range_margin: f64,
     pub calib: CalibParams,
     pub pot: PotParams,
     /// Calibration of the novelty channel (counted in blocks, not rows).
@@ -61,6 +65,8 @@ impl StatParams {
             a_range: 1.0 / f64::from(c.long_window),
             scale_floor: c.scale_floor,
             range_z: c.range_z,
+            range_lag: c.range_lag,
+            range_margin: c.range_margin,
             calib: CalibParams {
                 a_short: 2.0 / (f64::from(c.short_window) + 1.0),
                 a_long: 1.0 / f64::from(c.long_window),
@@ -142,6 +148,11 @@ pub struct StatDetector {
     spread: f64,
     lo: f64,
     hi: f64,
+    /// The range as it stood at the last two snapshots (every `range_lag` rows): values are
+    /// judged against the older one, so that a breakout that creeps out a little further
+    /// each row (each row only just past the current range) still counts by its full extent.
+    range_now: (f64, f64),
+    range_then: (f64, f64),
     cal_spike: Pot,
     cal_shift: Pot,
     novelty: Novelty,
@@ -401,6 +412,8 @@ impl StatDetector {
             self.slow = x;
             self.lo = x;
             self.hi = x;
+            self.range_now = (x, x);
+            self.range_then = (x, x);
         }
         let baseline = self.slow;
         let season = match &p.season {
@@ -419,11 +432,12 @@ impl StatDetector {
         let a_fast = p.a_fast;
         let fast = self.fast + a_fast * (x - self.fast);
         let shift_z = (fast - self.slow).abs() / (self.spread + floor);
-        let width = self.hi - self.lo + floor;
-        let beyond = if x > self.hi {
-            (x - self.hi) / width
-        } else if x < self.lo {
-            (self.lo - x) / width
+        let (lo, hi) = self.range_then;
+        let width = hi - lo + floor;
+        let beyond = if x > hi {
+            (x - hi) / width
+        } else if x < lo {
+            (lo - x) / width
         } else {
             0.0
         };
@@ -437,6 +451,10 @@ impl StatDetector {
         self.hi = x.max(self.hi - p.a_range * (self.hi - self.slow));
         self.lo = x.min(self.lo + p.a_range * (self.slow - self.lo));
         self.n += 1;
+        if self.n.is_multiple_of(u64::from(p.range_lag)) {
+            self.range_then = self.range_now;
+            self.range_now = (self.lo, self.hi);
+        }
 
         let s_novel = if p.novelty {
             self.novelty.update(p, x, self.slow, self.lo, self.hi)
@@ -448,7 +466,7 @@ impl StatDetector {
         let s_shift = surprise_score(self.cal_shift.update(&p.pot, shift_z.ln_1p()));
         // A clear new extreme is strong evidence by itself (HTM's range rule), graded by how
         // far beyond the range it lies.
-        let s_range = if beyond > 0.05 && self.n > u64::from(p.calib.learn) {
+        let s_range = if beyond > p.range_margin && self.n > u64::from(p.calib.learn) {
             tail_score(p.range_z + 10.0 * beyond.min(1.0))
         } else {
             0.0
@@ -513,6 +531,45 @@ mod tests {
         }
         assert!(normal_max < 0.3, "normal periods scored {normal_max}");
         assert!(changed_max > 0.5, "changed pattern scored {changed_max}");
+    }
+
+    #[test]
+    fn a_value_creeping_out_of_the_range_counts_by_its_full_extent() {
+        // Noise of width 10 around 50, then a slide of 0.3 per row: each row is only 3% of
+        // the range past the one before (under `range_margin`), but 60 rows later it is far
+        // outside the range as it stood before the slide.
+        let series = |i: u64| {
+            if i < 2000 {
+                50.0 + 10.0 * noise(i)
+            } else {
+                45.0 - 0.3 * (i - 2000) as f64
+            }
+        };
+        let lagged = params();
+        let row_by_row = StatParams {
+            range_lag: 1,
+            ..params()
+        };
+        let (mut a, mut b) = (StatDetector::default(), StatDetector::default());
+        let (mut calm, mut slide_lagged, mut slide_row) = (0f64, 0f64, 0f64);
+        for i in 0..2060 {
+            let (sa, sb) = (
+                a.update(&lagged, series(i)),
+                b.update(&row_by_row, series(i)),
+            );
+            if i < 2000 && i > 300 {
+                calm = calm.max(sa.score);
+            } else if i >= 2000 {
+                slide_lagged = slide_lagged.max(sa.score);
+                slide_row = slide_row.max(sb.score);
+            }
+        }
+        assert!(calm < 0.3, "calm rows scored {calm}");
+        assert!(slide_lagged > 0.5, "slide scored {slide_lagged}");
+        assert!(
+            slide_lagged > slide_row + 0.1,
+            "lagged {slide_lagged} vs row by row {slide_row}"
+        );
     }
 
     #[test]

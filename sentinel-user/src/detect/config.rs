@@ -44,7 +44,8 @@ pub struct DetectConfig {
     pub range_z: f64,
     /// Values are judged against the running range as it stood between `range_lag` and twice
     /// that many rows earlier, so that a value creeping out of the range row by row counts by
-    /// its full distance.
+    /// its full distance; spikes against the smaller of the current residual scale and the
+    /// scale at that time, so that a burst of volatility does not hide the spikes after it.
     pub range_lag: u32,
     /// A value counts as a new extreme when it is this far beyond that range, as a fraction of
     /// the range's width.

@@ -153,6 +153,11 @@ pub struct StatDetector {
     /// each row (each row only just past the current range) still counts by its full extent.
     range_now: (f64, f64),
     range_then: (f64, f64),
+    /// The residual scale at the same snapshots: a spike is measured against the smaller of
+    /// the current scale and the older one, so that the volatility at the start of an incident
+    /// does not hide the spikes that follow by inflating the scale.
+    noise_now: f64,
+    noise_then: f64,
     cal_spike: Pot,
     cal_shift: Pot,
     novelty: Novelty,
@@ -428,7 +433,12 @@ impl StatDetector {
             // A jump that recurs every period is expected, not a spike.
             resid = resid.min((x - pred).abs());
         }
-        let spike_z = resid / (self.noise + floor);
+        let noise = if self.n >= 2 * u64::from(p.range_lag) {
+            self.noise.min(self.noise_then)
+        } else {
+            self.noise
+        };
+        let spike_z = resid / (noise + floor);
         let a_fast = p.a_fast;
         let fast = self.fast + a_fast * (x - self.fast);
         let shift_z = (fast - self.slow).abs() / (self.spread + floor);
@@ -454,6 +464,8 @@ impl StatDetector {
         if self.n.is_multiple_of(u64::from(p.range_lag)) {
             self.range_then = self.range_now;
             self.range_now = (self.lo, self.hi);
+            self.noise_then = self.noise_now;
+            self.noise_now = self.noise;
         }
 
         let s_novel = if p.novelty {
@@ -569,6 +581,40 @@ mod tests {
         assert!(
             slide_lagged > slide_row + 0.1,
             "lagged {slide_lagged} vs row by row {slide_row}"
+        );
+    }
+
+    #[test]
+    fn a_burst_of_volatility_does_not_hide_the_spike_after_it() {
+        // Calm noise with two early excursions that widen the range to -15..25, a burst of
+        // volatility, then a spike that stays inside the range.
+        let series = |i: u64| match i {
+            500 => 25.0,
+            600 => -15.0,
+            2000..2040 => 5.0 + 10.0 * noise(i),
+            2060 => 17.0,
+            _ => 5.0 + 0.1 * noise(i),
+        };
+        let lagged = params();
+        let row_by_row = StatParams {
+            range_lag: 1,
+            ..params()
+        };
+        let (mut a, mut b) = (StatDetector::default(), StatDetector::default());
+        let (mut spike_lagged, mut spike_row) = (0.0, 0.0);
+        for i in 0..=2060 {
+            let (sa, sb) = (
+                a.update(&lagged, series(i)),
+                b.update(&row_by_row, series(i)),
+            );
+            if i == 2060 {
+                (spike_lagged, spike_row) = (sa.score, sb.score);
+            }
+        }
+        assert!(spike_lagged > 0.4, "spike scored {spike_lagged}");
+        assert!(
+            spike_lagged > spike_row + 0.05,
+            "lagged {spike_lagged} vs row by row {spike_row}"
         );
     }
 

@@ -90,6 +90,14 @@ pub struct DetectConfig {
     /// Exceedance threshold of the learned detector's calibration, in ln(1 + z) of the
     /// standardised isolation score.
     pub learned_threshold: f64,
+    /// Enables the learned detector's pattern-memory channel: the distance from the latest
+    /// `pattern_shingle` block means to the nearest earlier stretch in the training ring.
+    pub pattern: bool,
+    /// Block means per pattern compared by the pattern-memory channel.
+    pub pattern_shingle: u32,
+    /// Exceedance threshold of the pattern-memory channel's calibration, in ln(1 + d/scale)
+    /// of the nearest-neighbour distance against its usual value.
+    pub pattern_threshold: f64,
     /// Retrain the learned model every this many rows.
     pub retrain_every: u32,
     /// Trees in the isolation forest.
@@ -147,6 +155,9 @@ impl Default for DetectConfig {
             shingle: 8,
             train_window: 256,
             learned_threshold: 1.2,
+            pattern: true,
+            pattern_shingle: 4,
+            pattern_threshold: 1.0,
             retrain_every: 256,
             trees: 32,
             tree_sample: 64,
@@ -159,6 +170,9 @@ impl Default for DetectConfig {
         }
     }
 }
+
+/// Earlier patterns the pattern-memory channel needs before it judges the latest one.
+pub const MIN_PATTERN_CANDIDATES: u32 = 8;
 
 fn check_u(key: &str, v: u32, lo: u32, hi: u32) -> Result<(), String> {
     if (lo..=hi).contains(&v) {
@@ -212,6 +226,8 @@ impl DetectConfig {
         check_u("shingle", self.shingle, 1, 64)?;
         check_u("train_window", self.train_window, 16, 65_536)?;
         check_f("learned_threshold", self.learned_threshold, 0.0, 100.0)?;
+        check_u("pattern_shingle", self.pattern_shingle, 1, 64)?;
+        check_f("pattern_threshold", self.pattern_threshold, 0.0, 100.0)?;
         check_u("retrain_every", self.retrain_every, 1, 10_000_000)?;
         check_u("trees", self.trees, 1, 1024)?;
         check_u("tree_sample", self.tree_sample, 4, 4096)?;
@@ -220,6 +236,14 @@ impl DetectConfig {
         check_u("clear_after", self.clear_after, 1, 100_000)?;
         check_u("max_series", self.max_series, 1, 10_000_000)?;
         check_u("series_ttl", self.series_ttl, 1, 10_000_000)?;
+        if 2 * self.pattern_shingle + MIN_PATTERN_CANDIDATES > self.train_window {
+            return Err(format!(
+                "detect.pattern_shingle = {} needs detect.train_window >= {} (twice the shingle plus {})",
+                self.pattern_shingle,
+                2 * self.pattern_shingle + MIN_PATTERN_CANDIDATES,
+                MIN_PATTERN_CANDIDATES
+            ));
+        }
         if self.shingle >= self.train_window {
             return Err(format!(
                 "detect.shingle = {} must be smaller than detect.train_window = {}",

@@ -1,5 +1,7 @@
 //! Learned detector: an isolation forest over shingles (the last `shingle` values), trained on
-//! a bounded ring of recent values and retrained every `retrain_every` rows.
+//! a bounded ring of recent values and retrained every `retrain_every` rows, plus a pattern
+//! memory over the same ring (distance of the latest few values to their nearest earlier
+//! stretch). Its score is the larger of the two calibrated scores.
 //!
 //! Training is off the hot path: the per-series detector only `load`s the current model from an
 //! [`ArcSwapOption`]; a [`Trainer`] builds a new one either inline (replay: at fixed row counts,
@@ -30,6 +32,18 @@ pub struct ForestParams {
     pub sample: usize,
     pub seed: u64,
     pub calib: CalibParams,
+    pub pot: PotParams,
+    /// Pattern-memory channel (None: disabled).
+    pub pattern: Option<PatternParams>,
+}
+
+/// Parameters of the pattern-memory channel.
+#[derive(Clone, Copy, Debug)]
+pub struct PatternParams {
+    pub shingle: usize,
+    /// EW weight (per block) of the usual nearest-neighbour distance.
+    pub a_scale: f64,
+    pub scale_floor: f64,
     pub pot: PotParams,
 }
 
@@ -62,6 +76,23 @@ impl ForestParams {
                 beta_floor: 0.05,
                 learn: (c.warmup / c.downsample.max(1)).max(16),
             },
+            pattern: c.pattern.then(|| PatternParams {
+                shingle: c.pattern_shingle as usize,
+                a_scale: f64::from(c.downsample) / f64::from(c.long_window),
+                scale_floor: c.scale_floor,
+                pot: PotParams {
+                    u: c.pattern_threshold,
+                    a: f64::from(c.downsample) / f64::from(c.long_window),
+                    // Per block, like the statistical channels per row (NAB: the prior rate
+                    // times `downsample` scored 2 points lower on every profile).
+                    rate0: c.prior_rate,
+                    // ln(1 + d/scale) of a distance excess is narrower than a residual's
+                    // (NAB: 0.3, 0.5, 0.7 and 1.0 tried, see DETECTION.md).
+                    beta0: 0.5,
+                    beta_floor: 0.25,
+                    learn: c.warmup / c.downsample.max(1),
+                },
+            }),
         }
     }
 }
@@ -369,6 +400,55 @@ pub struct LearnedDetector {
     iso_mean: f64,
     iso_dev: f64,
     pot: Pot,
+    pattern: PatternMemory,
+}
+
+/// Pattern memory: how far the latest few block means are from the nearest earlier stretch of
+/// the same length in the training ring, against the usual nearest distance of this series. A
+/// shape the recent past has never shown scores high at any level or scale; a spike or dip that
+/// recurs (a daily job) finds its earlier occurrence and stays quiet. O(ring x shingle) per
+/// block, no storage of its own beyond a few floats.
+#[derive(Clone, Copy, Debug, Default)]
+struct PatternMemory {
+    scale: f64,
+    n: u32,
+    pot: Pot,
+    score: f64,
+}
+
+impl PatternMemory {
+    /// `ring` holds `filled` block means, the newest at `newest`.
+    fn update(&mut self, p: &PatternParams, ring: &[f64], newest: usize, filled: usize) -> f64 {
+        let sh = p.shingle;
+        let cap = ring.len();
+        if filled < 2 * sh + super::config::MIN_PATTERN_CANDIDATES as usize {
+            return self.score;
+        }
+        // `age` 0 is the newest value; the latest pattern spans ages 0..sh, a candidate
+        // ending at age `e` spans e..e + sh and must not overlap it.
+        let at = |age: usize| ring[(newest + cap - age) % cap];
+        let mut best = f64::INFINITY;
+        for e in sh..=filled - sh {
+            let mut d2 = 0.0;
+            for k in 0..sh {
+                let d = at(k) - at(e + k);
+                d2 += d * d;
+            }
+            best = best.min(d2);
+        }
+        let dist = best.sqrt();
+        let level = (0..sh).map(|k| at(k).abs()).sum::<f64>() / sh as f64;
+        let floor = p.scale_floor * level + 1e-12;
+        if self.n == 0 {
+            self.scale = dist;
+        }
+        let z = dist / (self.scale + floor);
+        self.n = self.n.saturating_add(1);
+        let a = (1.0 / f64::from(self.n)).max(p.a_scale);
+        self.scale += a * (dist - self.scale);
+        self.score = surprise_score(self.pot.update(&p.pot, z.ln_1p()));
+        self.score
+    }
 }
 
 impl LearnedDetector {
@@ -387,6 +467,7 @@ impl LearnedDetector {
             iso_mean: f64::NAN,
             iso_dev: 0.0,
             pot: Pot::default(),
+            pattern: PatternMemory::default(),
         }
     }
 
@@ -427,6 +508,14 @@ impl LearnedDetector {
         self.ring[self.pos] = x;
         self.pos = (self.pos + 1) % n;
         self.filled = (self.filled + 1).min(n);
+        // The pattern channel needs no model, so it learns from the first block on; its score
+        // is used only once the learned detector is ready (same life cycle as the forest).
+        let pattern = match &p.pattern {
+            Some(pp) => self
+                .pattern
+                .update(pp, &self.ring, (self.pos + n - 1) % n, self.filled),
+            None => 0.0,
+        };
 
         let due = self.filled == n && (self.trains == 0 || self.since_train >= p.retrain_every);
         if due && !self.slot.busy.swap(true, Ordering::AcqRel) {
@@ -467,7 +556,77 @@ impl LearnedDetector {
         let a = (1.0 / f64::from(self.scored)).max(p.calib.a_long);
         self.iso_dev += a * ((iso - self.iso_mean).abs() - self.iso_dev);
         self.iso_mean += a * (iso - self.iso_mean);
-        self.last = surprise_score(self.pot.update(&p.pot, z.max(0.0).ln_1p()));
+        let forest = surprise_score(self.pot.update(&p.pot, z.max(0.0).ln_1p()));
+        self.last = forest.max(pattern);
         self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic noise in [-0.5, 0.5).
+    fn noise(i: u64) -> f64 {
+        let h = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
+        (h as f64 / (1u64 << 53) as f64) - 0.5
+    }
+
+    /// Feeds block means through a pattern memory over a ring like the detector's.
+    struct Feed {
+        ring: Vec<f64>,
+        pos: usize,
+        filled: usize,
+        mem: PatternMemory,
+        p: PatternParams,
+    }
+
+    impl Feed {
+        fn new() -> Self {
+            let c = DetectConfig::default();
+            Self {
+                ring: vec![0.0; c.train_window as usize],
+                pos: 0,
+                filled: 0,
+                mem: PatternMemory::default(),
+                p: ForestParams::new(&c).pattern.expect("on by default"),
+            }
+        }
+        fn push(&mut self, x: f64) -> f64 {
+            let n = self.ring.len();
+            self.ring[self.pos] = x;
+            self.pos = (self.pos + 1) % n;
+            self.filled = (self.filled + 1).min(n);
+            self.mem
+                .update(&self.p, &self.ring, (self.pos + n - 1) % n, self.filled)
+        }
+    }
+
+    #[test]
+    fn a_recurring_shape_is_remembered_and_a_new_one_is_not() {
+        // Small noise around 10 with the same spike (up 8, then down) every 60 blocks.
+        let spike = |i: u64| match i % 60 {
+            30 => 18.0,
+            31 => 14.0,
+            _ => 10.0 + 0.1 * noise(i),
+        };
+        let mut f = Feed::new();
+        let mut recurring: f64 = 0.0;
+        for i in 0..2000 {
+            let s = f.push(spike(i));
+            if i > 1000 {
+                recurring = recurring.max(s);
+            }
+        }
+        // A dip of the same size has never been seen: a new shape.
+        let mut novel: f64 = 0.0;
+        for i in 2000..2010 {
+            let x = if i == 2005 { 2.0 } else { spike(i) };
+            novel = novel.max(f.push(x));
+        }
+        assert!(recurring < 0.3, "the recurring spike scored {recurring}");
+        assert!(novel > 0.4, "the new dip scored {novel}");
+        // No storage of its own: a few floats next to the shared ring.
+        assert!(std::mem::size_of::<PatternMemory>() <= 64);
     }
 }

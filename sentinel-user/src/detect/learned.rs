@@ -425,19 +425,31 @@ impl PatternMemory {
             return self.score;
         }
         // `age` 0 is the newest value; the latest pattern spans ages 0..sh, a candidate
-        // ending at age `e` spans e..e + sh and must not overlap it.
+        // ending at age `e` spans e..e + sh and must not overlap it. Physical indices are
+        // walked down with one wrap check per value (no division in the inner loop).
         let at = |age: usize| ring[(newest + cap - age) % cap];
+        let mut cur = [0.0f64; MAX_SHINGLE];
+        for (k, c) in cur[..sh].iter_mut().enumerate() {
+            *c = at(k);
+        }
+        let mut end = (newest + cap - sh) % cap;
         let mut best = f64::INFINITY;
-        for e in sh..=filled - sh {
+        for _ in sh..=filled - sh {
             let mut d2 = 0.0;
-            for k in 0..sh {
-                let d = at(k) - at(e + k);
+            for (k, c) in cur[..sh].iter().enumerate() {
+                let v = if end >= k {
+                    ring[end - k]
+                } else {
+                    ring[end + cap - k]
+                };
+                let d = c - v;
                 d2 += d * d;
             }
             best = best.min(d2);
+            end = if end == 0 { cap - 1 } else { end - 1 };
         }
         let dist = best.sqrt();
-        let level = (0..sh).map(|k| at(k).abs()).sum::<f64>() / sh as f64;
+        let level = cur[..sh].iter().map(|v| v.abs()).sum::<f64>() / sh as f64;
         let floor = p.scale_floor * level + 1e-12;
         if self.n == 0 {
             self.scale = dist;

@@ -1179,8 +1179,10 @@ async fn workload_tuning_labels_are_ignored() {
         .clone();
     println!("audit: {t}");
     let ms = t["duration_ms"].as_u64().unwrap();
+    // Upper bound with room for a loaded host (3.8 s was seen once under load): the labels'
+    // values would give < 1 s (-1), ~10 s or the 20 s action time-out (1e12).
     assert!(
-        (1900..=3500).contains(&ms),
+        (1900..=6000).contains(&ms),
         "restart took {ms} ms: the config's 2 s stop time-out, not a label's"
     );
     assert!(!raw.contains("rm -rf"), "label text never copied or used");

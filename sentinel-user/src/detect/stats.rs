@@ -545,6 +545,23 @@ mod tests {
         assert!(changed_max > 0.5, "changed pattern scored {changed_max}");
     }
 
+    /// Scores of `rows` values of `series` with the default (lagged) range and noise, and with
+    /// snapshots every row (`range_lag` 1: judged against the range as it just was).
+    fn lagged_and_row_by_row(series: impl Fn(u64) -> f64, rows: u64) -> Vec<(f64, f64)> {
+        let lagged = params();
+        let row_by_row = StatParams {
+            range_lag: 1,
+            ..params()
+        };
+        let (mut a, mut b) = (StatDetector::default(), StatDetector::default());
+        (0..rows)
+            .map(|i| {
+                let x = series(i);
+                (a.update(&lagged, x).score, b.update(&row_by_row, x).score)
+            })
+            .collect()
+    }
+
     #[test]
     fn a_value_creeping_out_of_the_range_counts_by_its_full_extent() {
         // Noise of width 10 around 50, then a slide of 0.3 per row: each row is only 3% of
@@ -557,25 +574,13 @@ mod tests {
                 45.0 - 0.3 * (i - 2000) as f64
             }
         };
-        let lagged = params();
-        let row_by_row = StatParams {
-            range_lag: 1,
-            ..params()
+        let scores = lagged_and_row_by_row(series, 2060);
+        let max = |r: std::ops::Range<usize>, pick: fn(&(f64, f64)) -> f64| {
+            scores[r].iter().map(pick).fold(0.0, f64::max)
         };
-        let (mut a, mut b) = (StatDetector::default(), StatDetector::default());
-        let (mut calm, mut slide_lagged, mut slide_row) = (0f64, 0f64, 0f64);
-        for i in 0..2060 {
-            let (sa, sb) = (
-                a.update(&lagged, series(i)),
-                b.update(&row_by_row, series(i)),
-            );
-            if i < 2000 && i > 300 {
-                calm = calm.max(sa.score);
-            } else if i >= 2000 {
-                slide_lagged = slide_lagged.max(sa.score);
-                slide_row = slide_row.max(sb.score);
-            }
-        }
+        let calm = max(300..2000, |s| s.0);
+        let slide_lagged = max(2000..2060, |s| s.0);
+        let slide_row = max(2000..2060, |s| s.1);
         assert!(calm < 0.3, "calm rows scored {calm}");
         assert!(slide_lagged > 0.5, "slide scored {slide_lagged}");
         assert!(
@@ -595,22 +600,7 @@ mod tests {
             2060 => 17.0,
             _ => 5.0 + 0.1 * noise(i),
         };
-        let lagged = params();
-        let row_by_row = StatParams {
-            range_lag: 1,
-            ..params()
-        };
-        let (mut a, mut b) = (StatDetector::default(), StatDetector::default());
-        let (mut spike_lagged, mut spike_row) = (0.0, 0.0);
-        for i in 0..=2060 {
-            let (sa, sb) = (
-                a.update(&lagged, series(i)),
-                b.update(&row_by_row, series(i)),
-            );
-            if i == 2060 {
-                (spike_lagged, spike_row) = (sa.score, sb.score);
-            }
-        }
+        let (spike_lagged, spike_row) = lagged_and_row_by_row(series, 2061)[2060];
         assert!(spike_lagged > 0.4, "spike scored {spike_lagged}");
         assert!(
             spike_lagged > spike_row + 0.05,

@@ -422,6 +422,16 @@ struct Sentinel {
     pid: i32,
 }
 
+/// Sentinel `pid` was reaped: stop sampling it, record the exit, and sample the program list
+/// once more after 1.2 s (K14: nothing left once reaped; freeing is deferred a moment, so it is
+/// judged at +1 s).
+fn note_reaped(nem: &mut Nemesis, sampler: &Sampler, pid: i32) {
+    sampler.set_pid(None);
+    nem.note(NemesisEvent::SentinelExit { t: now(), pid });
+    std::thread::sleep(Duration::from_millis(1200));
+    sampler.sample_now();
+}
+
 fn start_sentinel(f: &Files, host: &str) -> Sentinel {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -787,14 +797,7 @@ fn chaos_soak() {
             Fault::SentinelKill { secs } => {
                 let _ = sentinel.child.kill();
                 let _ = sentinel.child.wait();
-                sampler.set_pid(None);
-                nem.note(NemesisEvent::SentinelExit {
-                    t: now(),
-                    pid: sentinel.pid,
-                });
-                // K14: nothing left once reaped (freeing is deferred a moment: judged at +1 s).
-                std::thread::sleep(Duration::from_secs_f64(1.2));
-                sampler.sample_now();
+                note_reaped(&mut nem, &sampler, sentinel.pid);
                 nem.wait_until(Instant::now() + Duration::from_secs_f64(secs));
                 nem.note(NemesisEvent::SentinelStart { t: now(), pid: 0 });
                 sentinel = start_sentinel(&files, &host);
@@ -822,13 +825,7 @@ fn chaos_soak() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    sampler.set_pid(None);
-    nem.note(NemesisEvent::SentinelExit {
-        t: now(),
-        pid: sentinel.pid,
-    });
-    std::thread::sleep(Duration::from_millis(1200));
-    sampler.sample_now();
+    note_reaped(&mut nem, &sampler, sentinel.pid);
     std::thread::sleep(Duration::from_millis(1000));
     sampler.sample_now();
     let t_end = now();

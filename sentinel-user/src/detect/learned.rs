@@ -577,12 +577,7 @@ impl LearnedDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic noise in [-0.5, 0.5).
-    fn noise(i: u64) -> f64 {
-        let h = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
-        (h as f64 / (1u64 << 53) as f64) - 0.5
-    }
+    use crate::detect::stats::tests::noise;
 
     /// Feeds block means through a pattern memory over a ring like the detector's.
     struct Feed {

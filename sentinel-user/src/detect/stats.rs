@@ -148,20 +148,36 @@ pub struct StatDetector {
     spread: f64,
     lo: f64,
     hi: f64,
-    /// The range as it stood at the last two snapshots (every `range_lag` rows): values are
-    /// judged against the older one, so that a breakout that creeps out a little further
-    /// each row (each row only just past the current range) still counts by its full extent.
-    range_now: (f64, f64),
-    range_then: (f64, f64),
-    /// The residual scale at the same snapshots: a spike is measured against the smaller of
-    /// the current scale and the older one, so that the volatility at the start of an incident
-    /// does not hide the spikes that follow by inflating the scale.
-    noise_now: f64,
-    noise_then: f64,
+    /// Range and residual scale at the last two snapshots (every `range_lag` rows). Values
+    /// are judged against the older range, so that a breakout that creeps out a little further
+    /// each row (each row only just past the current range) still counts by its full extent;
+    /// a spike against the smaller of the current and the older scale, so that the volatility
+    /// at the start of an incident does not hide the spikes that follow by inflating it.
+    snap_now: Snapshot,
+    snap_then: Snapshot,
     cal_spike: Pot,
     cal_shift: Pot,
     novelty: Novelty,
     season: Seasonal,
+}
+
+/// The range and residual scale at one point in time.
+#[derive(Clone, Copy, Debug, Default)]
+struct Snapshot {
+    lo: f64,
+    hi: f64,
+    noise: f64,
+}
+
+impl Snapshot {
+    /// The state after the first value: the range is that value, no scale yet.
+    fn at(x: f64) -> Self {
+        Self {
+            lo: x,
+            hi: x,
+            noise: 0.0,
+        }
+    }
 }
 
 /// Short-pattern novelty: the series is cut into blocks, each block is reduced to the value
@@ -417,8 +433,8 @@ impl StatDetector {
             self.slow = x;
             self.lo = x;
             self.hi = x;
-            self.range_now = (x, x);
-            self.range_then = (x, x);
+            self.snap_now = Snapshot::at(x);
+            self.snap_then = Snapshot::at(x);
         }
         let baseline = self.slow;
         let season = match &p.season {
@@ -434,7 +450,7 @@ impl StatDetector {
             resid = resid.min((x - pred).abs());
         }
         let noise = if self.n >= 2 * u64::from(p.range_lag) {
-            self.noise.min(self.noise_then)
+            self.noise.min(self.snap_then.noise)
         } else {
             self.noise
         };
@@ -442,7 +458,7 @@ impl StatDetector {
         let a_fast = p.a_fast;
         let fast = self.fast + a_fast * (x - self.fast);
         let shift_z = (fast - self.slow).abs() / (self.spread + floor);
-        let (lo, hi) = self.range_then;
+        let Snapshot { lo, hi, .. } = self.snap_then;
         let width = hi - lo + floor;
         let beyond = if x > hi {
             (x - hi) / width
@@ -462,10 +478,12 @@ impl StatDetector {
         self.lo = x.min(self.lo + p.a_range * (self.slow - self.lo));
         self.n += 1;
         if self.n.is_multiple_of(u64::from(p.range_lag)) {
-            self.range_then = self.range_now;
-            self.range_now = (self.lo, self.hi);
-            self.noise_then = self.noise_now;
-            self.noise_now = self.noise;
+            self.snap_then = self.snap_now;
+            self.snap_now = Snapshot {
+                lo: self.lo,
+                hi: self.hi,
+                noise: self.noise,
+            };
         }
 
         let s_novel = if p.novelty {
@@ -491,15 +509,15 @@ impl StatDetector {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn params() -> StatParams {
         StatParams::new(&DetectConfig::default())
     }
 
-    /// Deterministic noise in [-0.5, 0.5).
-    fn noise(i: u64) -> f64 {
+    /// Deterministic noise in [-0.5, 0.5) (also used by the other detectors' tests).
+    pub(crate) fn noise(i: u64) -> f64 {
         // splitmix64's finaliser: consecutive inputs give uncorrelated outputs.
         let mut h = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

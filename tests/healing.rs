@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sentinel::heal::config::{ActionConfig, HealConfig, RuleConfig, Trigger};
-use sentinel::heal::{ContainerAnomaly, DockerState, HealEngine, HealSnapshot};
+use sentinel::heal::{ContainerAnomaly, DockerState, HealEngine, HealStatus};
 use serde_json::Value;
 use support::docker::{self as sd, Container, IMAGE};
 use tokio::sync::watch;
@@ -70,7 +70,7 @@ fn unique(prefix: &str) -> String {
 /// The engine running in its own task: ticks every 100 ms, an interval every `interval`.
 struct Driven {
     stop: watch::Sender<bool>,
-    snap: watch::Receiver<Option<HealSnapshot>>,
+    snap: watch::Receiver<Option<HealStatus>>,
     anomalies: Arc<Mutex<Vec<ContainerAnomaly>>>,
     /// When each `on_interval` call started (the caller's cadence, D3).
     interval_starts: Arc<Mutex<Vec<Instant>>>,
@@ -123,7 +123,7 @@ fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> D
 }
 
 impl Driven {
-    fn snapshot(&self) -> Option<HealSnapshot> {
+    fn snapshot(&self) -> Option<HealStatus> {
         self.snap.borrow().clone()
     }
 
@@ -538,14 +538,15 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
     let interval = Duration::from_millis(500);
     let d = drive(cfg, interval);
     d.wait("docker up", Duration::from_secs(20), |d| {
-        d.snapshot().is_some_and(|s| s.docker == DockerState::Up)
+        d.snapshot()
+            .is_some_and(|s| s.state.docker == DockerState::Up)
     })
     .await;
     let t_stop = Instant::now();
     pd.stop();
     d.wait("monitor_only", Duration::from_secs(10), |d| {
         d.snapshot()
-            .is_some_and(|s| s.docker == DockerState::MonitorOnly)
+            .is_some_and(|s| s.state.docker == DockerState::Unreachable)
     })
     .await;
     let took = t_stop.elapsed();
@@ -569,7 +570,8 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
     d.anomalies.lock().unwrap().clear();
     pd.restart().expect("dockerd back");
     d.wait("docker up again", Duration::from_secs(20), |d| {
-        d.snapshot().is_some_and(|s| s.docker == DockerState::Up)
+        d.snapshot()
+            .is_some_and(|s| s.state.docker == DockerState::Up)
     })
     .await;
     let (_, a) = d.finish().await;
@@ -611,17 +613,18 @@ async fn docker_missing_at_start_is_monitor_only_with_one_line() {
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = d.snapshot().unwrap();
-    assert_eq!(s.docker, DockerState::MonitorOnly);
+    assert_eq!(s.state.docker, DockerState::Unreachable);
     assert!(
-        s.docker_reason
+        s.state
+            .docker_reason
             .as_deref()
             .unwrap_or("")
             .contains("/nonexistent/sentinel-test")
     );
     assert!(
-        s.counters.docker_reconnects >= 2,
+        s.state.counters.docker_reconnects >= 2,
         "retries: {}",
-        s.counters.docker_reconnects
+        s.state.counters.docker_reconnects
     );
     let (_, a) = d.finish().await;
     let unreachable = a.iter().filter(|v| v["decision"] == "docker").count();
@@ -681,7 +684,7 @@ async fn container_removed_during_restart_is_a_clean_failure() {
     // State for the id is dropped once Docker reports it destroyed.
     d.wait("state dropped", Duration::from_secs(5), |d| {
         d.snapshot()
-            .is_some_and(|s| s.breakers.iter().all(|b| b.container_id != c.id))
+            .is_some_and(|s| s.state.breakers.iter().all(|b| b.container_id != c.id))
     })
     .await;
     // Other containers are unaffected: a second labelled container going unhealthy now is
@@ -812,8 +815,9 @@ async fn hanging_action_is_cut_off_and_permit_returned() {
         "{ms} ms"
     );
     d.wait("permit back", Duration::from_secs(1), |d| {
-        d.snapshot()
-            .is_some_and(|s| s.permits_available == s.permits_total && s.in_flight == 0)
+        d.snapshot().is_some_and(|s| {
+            s.state.permits_available == s.state.permits_total && s.state.in_flight == 0
+        })
     })
     .await;
     println!(
@@ -965,8 +969,9 @@ async fn dry_run_and_unwritable_audit_never_act() {
         Some(PathBuf::from("/dev/full")),
     );
     d.wait("audit errors counted", Duration::from_secs(10), |d| {
-        d.snapshot()
-            .is_some_and(|s| s.counters.audit_write_errors > 0 && s.counters.not_recorded > 0)
+        d.snapshot().is_some_and(|s| {
+            s.state.counters.audit_write_errors > 0 && s.state.counters.not_recorded > 0
+        })
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -974,9 +979,9 @@ async fn dry_run_and_unwritable_audit_never_act() {
     let s = e.snapshot();
     println!(
         "unwritable audit: {} write errors, {} actions not taken",
-        s.counters.audit_write_errors, s.counters.not_recorded
+        s.state.counters.audit_write_errors, s.state.counters.not_recorded
     );
-    assert_eq!(s.counters.actions_taken, 0);
+    assert_eq!(s.state.counters.actions_taken, 0);
     assert_eq!(events.starts(&c.id), 1, "never restarted");
     assert_eq!(c.inspect("{{.RestartCount}}"), "0");
 }
@@ -1026,7 +1031,7 @@ async fn storm_of_unhealthy_containers_is_not_acted_on() {
         assert_eq!(count(&a, &c.id, "skipped", Some("storm_guard")), 1);
         assert_eq!(events.starts(&c.id), 1, "Docker saw its first start only");
     }
-    assert_eq!(e.snapshot().counters.actions_taken, 0);
+    assert_eq!(e.snapshot().state.counters.actions_taken, 0);
 }
 
 fn slow_exec_cfg(label: &str, cmd: &[&str]) -> HealConfig {
@@ -1092,15 +1097,16 @@ async fn permit_waits_and_shutdown_cancel_are_not_failures() {
     let s = d.snapshot().unwrap();
     println!(
         "permit waits: not_recorded {}, breakers {:?}",
-        s.counters.not_recorded,
-        s.breakers
+        s.state.counters.not_recorded,
+        s.state
+            .breakers
             .iter()
             .map(|b| (b.view.state, b.view.failures_in_window))
             .collect::<Vec<_>>()
     );
-    assert_eq!(s.counters.not_recorded, 2);
-    assert_eq!(s.counters.actions_failed, 0);
-    for b in &s.breakers {
+    assert_eq!(s.state.counters.not_recorded, 2);
+    assert_eq!(s.state.counters.actions_failed, 0);
+    for b in &s.state.breakers {
         assert_eq!(b.view.failures_in_window, 0, "permit wait counted: {b:?}");
         assert_eq!(b.view.state, sentinel::heal::breaker::BreakerState::Closed);
     }
@@ -1128,9 +1134,17 @@ async fn permit_waits_and_shutdown_cancel_are_not_failures() {
     assert_eq!(cancelled.len(), 1, "{:?}", lines_for(&a, &victim.id));
     assert_eq!(cancelled[0]["decision"], "cancelled");
     let s = e.snapshot();
-    assert_eq!(s.permits_available, s.permits_total, "permit returned");
-    assert_eq!(s.counters.actions_failed, 0);
-    assert!(s.breakers.iter().all(|b| b.view.failures_in_window == 0));
+    assert_eq!(
+        s.state.permits_available, s.state.permits_total,
+        "permit returned"
+    );
+    assert_eq!(s.state.counters.actions_failed, 0);
+    assert!(
+        s.state
+            .breakers
+            .iter()
+            .all(|b| b.view.failures_in_window == 0)
+    );
 }
 
 /// FAULT-MATRIX L4 (and C4): tuning and command labels set by the workload are never read.
@@ -1238,9 +1252,9 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
     let mut monitor_only_after = None;
     while t_pause.elapsed() < Duration::from_secs(8) {
         if let Some(s) = d.snapshot() {
-            max_in_flight = max_in_flight.max(s.in_flight);
-            assert!(s.in_flight <= s.permits_total);
-            if monitor_only_after.is_none() && s.docker == DockerState::MonitorOnly {
+            max_in_flight = max_in_flight.max(s.state.in_flight);
+            assert!(s.state.in_flight <= s.state.permits_total);
+            if monitor_only_after.is_none() && s.state.docker == DockerState::Unreachable {
                 monitor_only_after = Some(t_pause.elapsed());
             }
         }
@@ -1260,7 +1274,8 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
         max_gap.as_secs_f64() * 1000.0
     );
     d.wait("docker up again", Duration::from_secs(30), |d| {
-        d.snapshot().is_some_and(|s| s.docker == DockerState::Up)
+        d.snapshot()
+            .is_some_and(|s| s.state.docker == DockerState::Up)
     })
     .await;
     let a = d.audit();
@@ -1286,6 +1301,7 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
         "cut by the action time-out: {f}"
     );
     let b = s
+        .state
         .breakers
         .iter()
         .find(|b| b.container_id == c.id)
@@ -1296,7 +1312,7 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
     );
     assert_eq!(b.view.state, sentinel::heal::breaker::BreakerState::Closed);
     assert!(
-        s.global_breaker.failures_in_window >= 1,
+        s.state.global_breaker.failures_in_window >= 1,
         "counted for the global breaker"
     );
     drop(c);
@@ -1394,11 +1410,16 @@ async fn denied_by_docker_api_is_not_a_container_failure() {
         "names method and path: {err}"
     );
     assert_eq!(
-        s.docker,
+        s.state.docker,
         DockerState::Up,
         "GET still works through the proxy"
     );
-    let b = s.breakers.iter().find(|b| b.container_id == c.id).unwrap();
+    let b = s
+        .state
+        .breakers
+        .iter()
+        .find(|b| b.container_id == c.id)
+        .unwrap();
     assert_eq!(b.view.failures_in_window, 0, "not a container failure");
     assert_eq!(b.view.state, sentinel::heal::breaker::BreakerState::Closed);
     assert_eq!(events.starts(&c.id), 1, "never restarted");

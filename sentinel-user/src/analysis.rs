@@ -9,10 +9,9 @@ use anyhow::{Result, anyhow};
 use tracing::info;
 
 use crate::{
-    daemon::SeriesStatus,
     detect::{AnomalyEvent, DetectConfig, DetectionEngine, EventKind},
-    heal::{ContainerAnomaly, HealEngine, HealSnapshot, config::HealConfig},
-    model::Interval,
+    heal::{ContainerAnomaly, HealEngine, config::HealConfig},
+    model::{Interval, SeriesStatus},
 };
 
 pub struct Analysis {
@@ -20,7 +19,6 @@ pub struct Analysis {
     heal: Option<HealEngine>,
     /// Raised and not yet cleared, by series.
     open: BTreeMap<String, AnomalyEvent>,
-    last_heal: Option<HealSnapshot>,
 }
 
 impl Analysis {
@@ -66,7 +64,6 @@ impl Analysis {
             detect,
             heal,
             open: BTreeMap::new(),
-            last_heal: None,
         })
     }
 
@@ -119,20 +116,9 @@ impl Analysis {
                 })
                 .collect();
             heal.on_interval(Instant::now(), &anomalies).await;
-            let snapshot = heal.snapshot();
-            iv.actions = snapshot
-                .recent
-                .iter()
-                .filter_map(|r| serde_json::to_value(r).ok())
-                .collect();
-            iv.healing = serde_json::to_value(&snapshot).ok().map(|mut v| {
-                // The decisions are the interval's `actions`; not twice.
-                if let Some(map) = v.as_object_mut() {
-                    map.remove("recent");
-                }
-                v
-            });
-            self.last_heal = Some(snapshot);
+            let status = heal.snapshot();
+            iv.healing = Some(status.state);
+            iv.actions = status.recent;
         }
     }
 
@@ -153,10 +139,6 @@ impl Analysis {
                 score,
             })
             .collect()
-    }
-
-    pub fn heal_snapshot(&self) -> Option<HealSnapshot> {
-        self.last_heal.clone()
     }
 }
 

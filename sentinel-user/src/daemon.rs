@@ -6,7 +6,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use anyhow::{Context, Result};
@@ -28,56 +27,9 @@ use crate::{
     },
     config::Config,
     containers::{self, Attribution},
-    detect::SeriesState,
     export::{OutputFormat, output::Output},
-    heal::HealSnapshot,
-    model::{CollectorHealth, DetectionSummary, Interval},
+    model::{CollectorHealth, DetectionSummary, Interval, PUBLIC_COUNTERS, Published},
 };
-
-/// The public counters (the JSON `counters` object); the rest are collector health.
-pub const PUBLIC_COUNTERS: [usize; 17] = [
-    counter::SCHED_SWITCH,
-    counter::SCHED_WAKEUP,
-    counter::SCHED_WAKEUP_NEW,
-    counter::PROCESS_FORK,
-    counter::PROCESS_EXEC,
-    counter::PROCESS_EXIT,
-    counter::OOM_KILLS,
-    counter::NET_TX_PACKETS,
-    counter::NET_TX_BYTES,
-    counter::NET_RX_PACKETS,
-    counter::NET_RX_BYTES,
-    counter::TCP_RETRANSMITS,
-    counter::TCP_CONN_OPENED,
-    counter::TCP_CONN_CLOSED,
-    counter::TCP_CONN_FAILED,
-    counter::TCP_RESETS,
-    counter::SKB_DROPS,
-];
-/// What the daemon publishes after every interval, for the metrics endpoint, the status
-/// socket and `sentinel top`. Readers take the latest (`tokio::sync::watch`): a slow reader
-/// never holds up the drain and never makes the daemon buffer.
-#[derive(Clone, Debug, Serialize)]
-pub struct Published {
-    pub interval: Interval,
-    /// Every series the detection engine tracks: name, life-cycle state, last score.
-    pub series: Vec<SeriesStatus>,
-    /// Healing engine state (breakers, counters, recent decisions); `None` when disabled.
-    pub heal: Option<HealSnapshot>,
-    /// The interval's raw run-queue latency histogram (log2 buckets, see `hist_bucket_range`),
-    /// for the Prometheus histogram; the JSON interval only carries its summary.
-    #[serde(skip)]
-    pub runq_hist: Vec<u64>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct SeriesStatus {
-    pub name: String,
-    pub state: SeriesState,
-    pub score: f64,
-}
-
-pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
 
 /// Period of the healing engine's own work between intervals.
 const HEAL_TICK: Duration = Duration::from_millis(250);
@@ -193,7 +145,7 @@ impl Pipeline {
             interfaces: delta.ifaces,
             system,
             containers,
-            docker: self.attribution.docker_state().to_string(),
+            docker: self.attribution.docker_state(),
             anomalies: Vec::new(),
             detection: DetectionSummary::default(),
             healing: None,
@@ -222,7 +174,6 @@ impl Pipeline {
         Published {
             interval: iv.clone(),
             series: self.analysis.series(),
-            heal: self.analysis.heal_snapshot(),
             runq_hist: self.last_hist.clone(),
         }
     }

@@ -25,25 +25,7 @@ pub struct ContainerMeta {
     pub state: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DockerState {
-    /// Not tried yet.
-    Connecting,
-    Up,
-    Unreachable,
-    Disabled,
-}
-
-impl DockerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DockerState::Connecting => "connecting",
-            DockerState::Up => "up",
-            DockerState::Unreachable => "unreachable",
-            DockerState::Disabled => "disabled",
-        }
-    }
-}
+pub use crate::model::DockerState;
 
 /// What the drain reads: id -> metadata, and the connection state. Bounded by the number of
 /// containers Docker reports (the last listing replaces the whole map); while Docker is

@@ -44,11 +44,11 @@ impl Attribution {
         }
     }
 
-    pub fn docker_state(&self) -> &'static str {
+    pub fn docker_state(&self) -> crate::model::DockerState {
         self.docker
             .read()
-            .map(|v| v.state.as_str())
-            .unwrap_or("unknown")
+            .map(|v| v.state)
+            .unwrap_or(crate::model::DockerState::Unreachable)
     }
 
     /// Builds the interval's container list from the kernel deltas.

@@ -252,6 +252,7 @@ impl AnomalyEvent {
             }
             .to_string(),
             series: self.series.clone(),
+            signal: self.signal.clone(),
             container_id: self.container_id.clone(),
             value: self.value,
             baseline: self.baseline,

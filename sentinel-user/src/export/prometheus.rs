@@ -30,8 +30,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     collect::loader::HOOKS,
-    daemon::{PUBLIC_COUNTERS, Published, PublishedRx},
-    heal::{DockerState, HealSnapshot, breaker::BreakerState},
+    model::{
+        BreakerState, Decision, DockerState, HealState, PUBLIC_COUNTERS, Published, PublishedRx,
+    },
 };
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
@@ -321,8 +322,8 @@ struct State {
     anomalies: BTreeMap<(String, String, String), u64>,
     detection: crate::model::DetectionSummary,
     /// Healing decisions by (decision, action).
-    decisions: BTreeMap<(String, String), u64>,
-    heal: Option<HealSnapshot>,
+    decisions: BTreeMap<(Option<Decision>, &'static str), u64>,
+    heal: Option<HealState>,
 }
 
 impl State {
@@ -427,31 +428,30 @@ impl State {
         }
         self.observe_containers(p);
         for a in iv.anomalies.iter().filter(|a| a.kind == "raised") {
-            // Container series are `container.<name>.<signal>`: the name is not a label here
-            // (unbounded); the signal is.
-            let (scope, signal) = match a.series.strip_prefix("container.") {
-                Some(rest) => ("container", rest.rsplit('.').next().unwrap_or(rest)),
-                None => ("host", a.series.as_str()),
+            // The container's name is not a label here (unbounded); the signal is.
+            let scope = if a.series.starts_with("container.") {
+                "container"
+            } else {
+                "host"
             };
-            let key = (scope.to_string(), signal.to_string(), a.severity.clone());
+            let key = (scope.to_string(), a.signal.clone(), a.severity.clone());
             let other = (scope.to_string(), "other".to_string(), a.severity.clone());
             *bounded_entry(&mut self.anomalies, key, other) += 1;
         }
         self.detection = iv.detection.clone();
         for a in &iv.actions {
-            let get = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-            let key = (get("decision"), get("action"));
-            let other = ("other".to_string(), "other".to_string());
-            *bounded_entry(&mut self.decisions, key, other) += 1;
+            let key = (Some(a.decision), a.action.map_or("", |k| k.as_str()));
+            *bounded_entry(&mut self.decisions, key, (None, "other")) += 1;
         }
-        self.heal = p.heal.clone();
+        self.heal.clone_from(&iv.healing);
     }
 
     /// Containers with a breaker are always exported (the ones healing manages); the rest
     /// compete for the top N by activity (on-CPU milliseconds plus packets).
     fn observe_containers(&mut self, p: &Published) {
         let managed: std::collections::HashSet<&str> = p
-            .heal
+            .interval
+            .healing
             .iter()
             .flat_map(|h| h.breakers.iter().map(|b| b.container_id.as_str()))
             .collect();
@@ -873,8 +873,11 @@ impl Collector for StateCollector {
             s.decisions.iter().map(|((decision, action), v)| {
                 (
                     vec![
-                        ("decision", decision.as_str().into()),
-                        ("action", action.as_str().into()),
+                        (
+                            "decision",
+                            decision.map_or("other", Decision::as_str).into(),
+                        ),
+                        ("action", (*action).into()),
                     ],
                     *v,
                 )
@@ -1161,7 +1164,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AnomalyRecord, ContainerDelta, IfaceDelta, Interval};
+    use crate::model::{AnomalyRecord, AuditRecord, ContainerDelta, IfaceDelta, Interval};
     use sentinel_common::hist_bucket;
 
     fn published(seq: u64) -> Published {
@@ -1182,7 +1185,6 @@ mod tests {
         Published {
             interval: iv,
             series: Vec::new(),
-            heal: None,
             runq_hist: hist,
         }
     }
@@ -1215,17 +1217,21 @@ mod tests {
             AnomalyRecord {
                 kind: "raised".into(),
                 series: "container.web.cpu".into(),
+                signal: "cpu".into(),
                 severity: "critical".into(),
                 ..Default::default()
             },
             AnomalyRecord {
                 kind: "cleared".into(),
                 series: "sched_switch".into(),
+                signal: "sched_switch".into(),
                 severity: "warning".into(),
                 ..Default::default()
             },
         ];
-        p.interval.actions = vec![serde_json::json!({"decision": "taken", "action": "restart"})];
+        let mut taken = AuditRecord::new("id", "web", Decision::Taken, "done");
+        taken.action = Some(crate::model::ActionKind::Restart);
+        p.interval.actions = vec![taken];
         m.observe(&p);
         let text = m.encode();
         assert!(text.contains("sentinel_sched_switch_total 20\n"), "{text}");

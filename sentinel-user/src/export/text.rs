@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::model::Interval;
+use crate::model::{Decision, Interval};
 
 pub fn line(iv: &Interval) -> String {
     let c = |name: &str| match iv.counters.get(name) {
@@ -95,15 +95,14 @@ pub fn line(iv: &Interval) -> String {
     for a in &iv.actions {
         // Only this interval's decisions would be news; the list is the recent ones, so show
         // the decisions that acted or failed, compactly.
-        let field = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("");
-        if matches!(field("decision"), "taken" | "failed") && field("ts") >= iv.ts.as_str() {
+        if matches!(a.decision, Decision::Taken | Decision::Failed) && a.ts >= iv.ts {
             let _ = write!(
                 s,
                 "\n  heal {} {} {} ({})",
-                field("decision"),
-                field("action"),
-                safe(field("container_name"), 40),
-                safe(field("reason"), 60)
+                a.decision.as_str(),
+                a.action.map_or("", |k| k.as_str()),
+                safe(&a.container_name, 40),
+                safe(&a.reason, 60)
             );
         }
     }

@@ -12,60 +12,33 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+pub use crate::model::AuditRecord;
+use crate::model::Decision;
 
 /// Longest name or id kept in a record, bytes.
 pub const MAX_NAME: usize = 256;
 /// Longest free-text field (Docker error message, reason detail), bytes.
 pub const MAX_TEXT: usize = 2048;
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct AuditRecord {
-    /// RFC 3339 UTC wall-clock time of the decision.
-    pub ts: String,
-    pub container_id: String,
-    pub container_name: String,
-    /// `intent` (about to act), `taken` (acted, success), `failed` (acted, failed),
-    /// `skipped` (not acted, see `reason`), `not_recorded` (dropped before acting, no breaker
-    /// effect), `cancelled` (shutdown), `breaker` (state change), `docker` (connectivity),
-    /// `alert` (storm guard).
-    pub decision: String,
-    pub reason: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    /// State of the container's breaker after this decision.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub breaker: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub global_breaker: Option<String>,
-    /// For `breaker` lines: previous state and the OPEN wait.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait_secs: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub dry_run: bool,
-}
-
 impl AuditRecord {
-    pub fn new(id: &str, name: &str, decision: &str, reason: &str) -> Self {
+    pub fn new(id: &str, name: &str, decision: Decision, reason: &str) -> Self {
         Self {
             ts: now_rfc3339(),
             container_id: truncate(id, MAX_NAME),
             container_name: truncate(name, MAX_NAME),
-            decision: decision.to_string(),
+            decision,
             reason: truncate(reason, MAX_TEXT),
-            ..Self::default()
+            rule: None,
+            action: None,
+            outcome: None,
+            duration_ms: None,
+            breaker: None,
+            global_breaker: None,
+            from: None,
+            wait_secs: None,
+            exit_code: None,
+            error: None,
+            dry_run: false,
         }
     }
 }
@@ -82,14 +55,9 @@ impl AuditRecord {
         if self.reason.len() > MAX_TEXT {
             self.reason = truncate(&self.reason, MAX_TEXT);
         }
-        for f in [
-            &mut self.rule,
-            &mut self.outcome,
-            &mut self.error,
-            &mut self.action,
-        ]
-        .into_iter()
-        .flatten()
+        for f in [&mut self.rule, &mut self.outcome, &mut self.error]
+            .into_iter()
+            .flatten()
         {
             if f.len() > MAX_TEXT {
                 *f = truncate(f, MAX_TEXT);
@@ -176,7 +144,7 @@ impl AuditLog {
                 Err(e) => Err(e),
             },
         };
-        if self.recent_cap > 0 && rec.decision != "intent" {
+        if self.recent_cap > 0 && rec.decision != Decision::Intent {
             if self.recent.len() == self.recent_cap {
                 self.recent.pop_front();
             }
@@ -232,11 +200,16 @@ mod tests {
         let mut log = AuditLog::open(&path, 4);
         let huge = "x".repeat(1 << 20);
         let evil = "a\"b\nc\u{1b}[31mred\u{1b}[0m\r\u{0}tгue";
-        let mut r = AuditRecord::new(evil, &huge, "skipped", evil);
+        let mut r = AuditRecord::new(evil, &huge, Decision::Skipped, evil);
         r.error = Some(huge.clone());
         log.write(r).unwrap();
-        log.write(AuditRecord::new("id2", "n", "skipped", "not_labelled"))
-            .unwrap();
+        log.write(AuditRecord::new(
+            "id2",
+            "n",
+            Decision::Skipped,
+            "not_labelled",
+        ))
+        .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -264,14 +237,14 @@ mod tests {
         // /dev/full accepts the open and fails every write with ENOSPC.
         let mut log = AuditLog::open(Path::new("/dev/full"), 4);
         assert!(
-            log.write(AuditRecord::new("a", "b", "intent", "x"))
+            log.write(AuditRecord::new("a", "b", Decision::Intent, "x"))
                 .is_err()
         );
         assert_eq!(log.write_errors(), 1);
         let mut missing = AuditLog::open(Path::new("/nonexistent-dir/audit.jsonl"), 4);
         assert!(
             missing
-                .write(AuditRecord::new("a", "b", "intent", "x"))
+                .write(AuditRecord::new("a", "b", Decision::Intent, "x"))
                 .is_err()
         );
         assert_eq!(missing.write_errors(), 1);

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::ActionKind;
+
 /// The whole healing configuration (`[heal]` in the TOML file).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -211,13 +213,13 @@ fn default_signal() -> String {
 }
 
 impl ActionConfig {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ActionKind {
         match self {
-            ActionConfig::Restart { .. } => "restart",
-            ActionConfig::Stop { .. } => "stop",
-            ActionConfig::Start => "start",
-            ActionConfig::Kill { .. } => "kill",
-            ActionConfig::Exec { .. } => "exec",
+            ActionConfig::Restart { .. } => ActionKind::Restart,
+            ActionConfig::Stop { .. } => ActionKind::Stop,
+            ActionConfig::Start => ActionKind::Start,
+            ActionConfig::Kill { .. } => ActionKind::Kill,
+            ActionConfig::Exec { .. } => ActionKind::Exec,
         }
     }
 }
@@ -648,7 +650,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.rules.len(), 1);
         assert_eq!(c.rules[0].trigger, Trigger::Unhealthy);
-        assert_eq!(c.rules[0].action.kind(), "restart");
+        assert_eq!(c.rules[0].action.kind(), ActionKind::Restart);
         assert_eq!(c.label, "sentinel.heal");
         assert!(!c.allow_image_label);
     }

@@ -322,7 +322,10 @@ impl DockerClient {
     pub async fn act(&self, id: &str, action: &ActionConfig) -> Result<ActionDone, HealError> {
         let ep = &self.endpoint;
         let d = &self.docker;
-        let (method, path) = ("POST", format!("/containers/{id}/{}", action.kind()));
+        let (method, path) = (
+            "POST",
+            format!("/containers/{id}/{}", action.kind().as_str()),
+        );
         let map = |e: BollardError| HealError::from_bollard(e, method, &path, ep);
         match action {
             ActionConfig::Restart { stop_timeout_secs } => {

@@ -24,6 +24,7 @@ use serde::Serialize;
 use super::backoff::{Backoff, RateCap};
 use super::breaker::{Breaker, BreakerState, Outcome, Transition, Trial};
 use super::config::{HealConfig, secs};
+pub use crate::model::BreakerView;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,7 +108,7 @@ pub struct Grant {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub enum Decision {
+pub enum Verdict {
     Allow(Grant),
     Skip(SkipReason),
 }
@@ -159,23 +160,12 @@ struct ContainerGate {
     pending: Option<Pending>,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct BreakerView {
-    pub state: BreakerState,
-    pub failures_in_window: usize,
-    pub wait_secs: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub open_remaining_secs: Option<f64>,
-}
-
-impl BreakerView {
-    fn of(b: &Breaker, now: Instant) -> Self {
-        Self {
-            state: b.state(),
-            failures_in_window: b.failures(),
-            wait_secs: b.wait().as_secs_f64(),
-            open_remaining_secs: b.open_remaining(now).map(|d| d.as_secs_f64()),
-        }
+fn view_of(b: &Breaker, now: Instant) -> BreakerView {
+    BreakerView {
+        state: b.state(),
+        failures_in_window: b.failures(),
+        wait_secs: b.wait().as_secs_f64(),
+        open_remaining_secs: b.open_remaining(now).map(|d| d.as_secs_f64()),
     }
 }
 
@@ -249,36 +239,36 @@ impl Gate {
     }
 
     /// Decide, and on Allow (or dry_run) book the action against cooldown, back-off and caps.
-    pub fn decide(&mut self, now: Instant, req: &Request<'_>) -> Decision {
+    pub fn decide(&mut self, now: Instant, req: &Request<'_>) -> Verdict {
         use SkipReason::*;
         if !req.docker_up {
-            return Decision::Skip(DockerUnreachable);
+            return Verdict::Skip(DockerUnreachable);
         }
         match req.facts.consent {
             Consent::Labelled => {}
-            Consent::NotLabelled => return Decision::Skip(NotLabelled),
-            Consent::LabelFromImage => return Decision::Skip(LabelFromImage),
+            Consent::NotLabelled => return Verdict::Skip(NotLabelled),
+            Consent::LabelFromImage => return Verdict::Skip(LabelFromImage),
         }
         if req.facts.stopped_by_operator {
-            return Decision::Skip(StoppedByOperator);
+            return Verdict::Skip(StoppedByOperator);
         }
         if req.facts.restart_policy_active {
-            return Decision::Skip(DockerRestartPolicyActive);
+            return Verdict::Skip(DockerRestartPolicyActive);
         }
         let grace = secs(self.cfg.grace_secs);
         let c = self.entry(req.container_id);
         if c.in_flight {
-            return Decision::Skip(ActionInFlight);
+            return Verdict::Skip(ActionInFlight);
         }
         if let Some(end) = c.last_end
             && now < end + grace
         {
-            return Decision::Skip(GracePeriod);
+            return Verdict::Skip(GracePeriod);
         }
         if let Some(&last) = c.rule_last.get(&req.rule)
             && now < last + req.cooldown
         {
-            return Decision::Skip(Cooldown);
+            return Verdict::Skip(Cooldown);
         }
         let (max, window) = req.rule_limit;
         if max > 0 {
@@ -287,14 +277,14 @@ impl Gate {
                 .entry(req.rule)
                 .or_insert_with(|| super::backoff::RateCap::with(max, window));
             if !cap.allows(now) {
-                return Decision::Skip(RuleLimit);
+                return Verdict::Skip(RuleLimit);
             }
         }
         if c.backoff.check(now).is_err() {
-            return Decision::Skip(Backoff);
+            return Verdict::Skip(Backoff);
         }
         if !self.global_cap.allows(now) {
-            return Decision::Skip(RateCap);
+            return Verdict::Skip(RateCap);
         }
         let c = self
             .containers
@@ -302,13 +292,13 @@ impl Gate {
             .expect("entry created above");
         let container_trial = match c.breaker.try_begin(now) {
             Ok(t) => t,
-            Err(_) => return Decision::Skip(BreakerOpen),
+            Err(_) => return Verdict::Skip(BreakerOpen),
         };
         let global_trial = match self.global_breaker.try_begin(now) {
             Ok(t) => t,
             Err(_) => {
                 c.breaker.record(now, container_trial, Outcome::Neutral);
-                return Decision::Skip(GlobalBreakerOpen);
+                return Verdict::Skip(GlobalBreakerOpen);
             }
         };
         // Book the action: a dry run books it too, so its audit shows the cadence a real run
@@ -324,10 +314,10 @@ impl Gate {
             self.global_breaker
                 .record(now, global_trial, Outcome::Neutral);
             c.last_end = Some(now);
-            return Decision::Skip(DryRun);
+            return Verdict::Skip(DryRun);
         }
         c.in_flight = true;
-        Decision::Allow(Grant {
+        Verdict::Allow(Grant {
             container: container_trial,
             global: global_trial,
         })
@@ -476,10 +466,10 @@ impl Gate {
         let mut v: Vec<(String, BreakerView)> = self
             .containers
             .iter()
-            .map(|(id, c)| (id.clone(), BreakerView::of(&c.breaker, now)))
+            .map(|(id, c)| (id.clone(), view_of(&c.breaker, now)))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
-        (BreakerView::of(&self.global_breaker, now), v)
+        (view_of(&self.global_breaker, now), v)
     }
 
     pub fn actions_in_global_window(&mut self, now: Instant) -> usize {
@@ -638,31 +628,28 @@ mod tests {
         r.facts.consent = Consent::NotLabelled;
         assert_eq!(
             g.decide(now, &r),
-            Decision::Skip(SkipReason::DockerUnreachable)
+            Verdict::Skip(SkipReason::DockerUnreachable)
         );
         r.docker_up = true;
-        assert_eq!(g.decide(now, &r), Decision::Skip(SkipReason::NotLabelled));
+        assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::NotLabelled));
         r.facts.consent = Consent::LabelFromImage;
-        assert_eq!(
-            g.decide(now, &r),
-            Decision::Skip(SkipReason::LabelFromImage)
-        );
+        assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::LabelFromImage));
         r.facts.consent = Consent::Labelled;
         r.facts.stopped_by_operator = true;
         assert_eq!(
             g.decide(now, &r),
-            Decision::Skip(SkipReason::StoppedByOperator)
+            Verdict::Skip(SkipReason::StoppedByOperator)
         );
         r.facts.stopped_by_operator = false;
         r.facts.restart_policy_active = true;
         assert_eq!(
             g.decide(now, &r),
-            Decision::Skip(SkipReason::DockerRestartPolicyActive)
+            Verdict::Skip(SkipReason::DockerRestartPolicyActive)
         );
         r.facts.restart_policy_active = false;
         r.dry_run = true;
-        assert_eq!(g.decide(now, &r), Decision::Skip(SkipReason::DryRun));
-        assert_eq!(g.decide(now, &r), Decision::Skip(SkipReason::GracePeriod));
+        assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::DryRun));
+        assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::GracePeriod));
         assert_eq!(g.breaker_state("a"), Some(BreakerState::Closed));
     }
 
@@ -683,7 +670,7 @@ mod tests {
             for t in g.on_trigger(now, "a") {
                 log.push(t.transition.to);
             }
-            if let Decision::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
+            if let Verdict::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
                 acted += 1;
                 g.finish(now, "a", grant, Finished::Done);
             }
@@ -792,7 +779,7 @@ mod tests {
                 g.tick(now);
                 let id = ids[who as usize];
                 g.on_trigger(now, id);
-                if let Decision::Allow(grant) = g.decide(now, &req(id, cooldown)) {
+                if let Verdict::Allow(grant) = g.decide(now, &req(id, cooldown)) {
                     if let Some(&l) = last.get(id) {
                         prop_assert!(now >= l + cooldown, "acted inside cooldown");
                     }
@@ -820,13 +807,13 @@ mod tests {
             for (dt, fail) in pre {
                 now += Duration::from_millis(dt);
                 g.tick(now);
-                if let Decision::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
+                if let Verdict::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
                     g.finish(now, "a", grant, if fail { Finished::ContainerFailure } else { Finished::Neutral });
                 }
             }
             g.tick(now);
             let before = (g.breaker_state("a").unwrap_or(BreakerState::Closed), g.global_state(), g.view(now).1.first().map_or(0, |v| v.1.failures_in_window));
-            if let Decision::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
+            if let Verdict::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
                 g.finish(now, "a", grant, Finished::Neutral);
             }
             let after = (g.breaker_state("a").unwrap_or(BreakerState::Closed), g.global_state(), g.view(now).1.first().map_or(0, |v| v.1.failures_in_window));

@@ -53,6 +53,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
+
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -62,8 +63,12 @@ use config::{ConfigError, HealConfig, Trigger, parse_probe_url, secs};
 use docker::{ContainerInfo, DockerClient, HealError, WatchCounters, WatchMsg};
 use executor::{ExecOutcome, Executor};
 use gate::{
-    BreakerView, Consent, Decision, Facts, Finished, Gate, Grant, Request, Restored,
-    ScopedTransition, SkipReason, StormGuard,
+    Consent, Facts, Finished, Gate, Grant, Request, Restored, ScopedTransition, SkipReason,
+    StormGuard, Verdict,
+};
+
+pub use crate::model::{
+    ActionKind, ContainerBreaker, Decision, DockerState, HealCounters, HealState, HealStatus,
 };
 use rules::Streaks;
 
@@ -78,60 +83,6 @@ pub struct ContainerAnomaly {
     pub signal: String,
     #[serde(default)]
     pub score: f64,
-}
-
-/// Docker connectivity as the interval output shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DockerState {
-    /// Not yet connected since start (first attempt in progress).
-    Connecting,
-    Up,
-    /// Docker unreachable: nothing is acted on, due actions are audited as skipped.
-    MonitorOnly,
-    /// `heal.enabled = false`.
-    Disabled,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct HealCounters {
-    pub actions_taken: u64,
-    pub actions_failed: u64,
-    pub skipped: u64,
-    pub not_recorded: u64,
-    pub audit_write_errors: u64,
-    pub dropped_events: u64,
-    pub docker_reconnects: u64,
-    /// Evaluation passes cut short by their time budget (Docker slow or hung, D3).
-    pub passes_cut_short: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ContainerBreaker {
-    pub container_id: String,
-    pub container_name: String,
-    #[serde(flatten)]
-    pub view: BreakerView,
-}
-
-/// What `snapshot()` returns: the `healing` object of the JSON interval.
-#[derive(Clone, Debug, Serialize)]
-pub struct HealSnapshot {
-    pub docker: DockerState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub docker_reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    pub dry_run: bool,
-    pub global_breaker: BreakerView,
-    pub breakers: Vec<ContainerBreaker>,
-    pub actions_in_global_window: usize,
-    pub in_flight: usize,
-    pub permits_available: usize,
-    pub permits_total: usize,
-    pub counters: HealCounters,
-    /// Last N decisions (the `actions` list of the interval).
-    pub recent: Vec<AuditRecord>,
 }
 
 #[derive(Debug, Default)]
@@ -248,8 +199,8 @@ fn read_past(
         let Some(at) = now.checked_sub(age) else {
             continue;
         };
-        match r.decision.as_str() {
-            "intent" => {
+        match r.decision {
+            Decision::Intent => {
                 if let Some(rule) = cfg
                     .rules
                     .iter()
@@ -261,13 +212,13 @@ fn read_past(
                         .push((rule, at));
                 }
             }
-            "breaker" => match r.breaker.as_deref() {
-                Some("OPEN") => {
+            Decision::Breaker => match r.breaker {
+                Some(BreakerState::Open) => {
                     let wait = secs(r.wait_secs.unwrap_or(cfg.breaker.open_secs));
                     breakers.insert(r.container_id, (r.container_name, at, wait));
                 }
                 // HALF_OPEN: restored as OPEN whose wait has elapsed (one trial, not CLOSED).
-                Some("HALF_OPEN") => {
+                Some(BreakerState::HalfOpen) => {
                     if let Some(b) = breakers.get_mut(&r.container_id) {
                         b.1 = at.checked_sub(b.2).unwrap_or(at);
                     }
@@ -305,9 +256,9 @@ impl HealEngine {
         let restored_ids: Vec<String> = past.keys().cloned().collect();
         let mut audit = AuditLog::open(audit_path, cfg.recent_actions);
         for (id, name, remaining) in reopened {
-            let mut r = AuditRecord::new(&id, &name, "breaker", "restored");
-            r.from = Some(BreakerState::Closed.as_str().to_string());
-            r.breaker = Some(BreakerState::Open.as_str().to_string());
+            let mut r = AuditRecord::new(&id, &name, Decision::Breaker, "restored");
+            r.from = Some(BreakerState::Closed);
+            r.breaker = Some(BreakerState::Open);
             r.wait_secs = Some(remaining);
             let _ = audit.write(r);
         }
@@ -344,10 +295,6 @@ impl HealEngine {
             slow_until: None,
             cfg,
         })
-    }
-
-    pub fn config(&self) -> &HealConfig {
-        &self.cfg
     }
 
     pub fn docker_state(&self) -> DockerState {
@@ -464,14 +411,15 @@ impl HealEngine {
         self.watch_rx = None;
     }
 
-    pub fn snapshot(&self) -> HealSnapshot {
+    /// The engine's state (`healing` in the interval) and its recent decisions.
+    pub fn snapshot(&self) -> HealStatus {
         let now = Instant::now();
         let (global, per) = self.gate.view(now);
         let mut c = self.counters.clone();
         c.audit_write_errors = self.audit.write_errors();
         c.dropped_events = self.watch_counters.dropped_events.load(Ordering::Relaxed);
         c.docker_reconnects = self.watch_counters.reconnects.load(Ordering::Relaxed);
-        HealSnapshot {
+        let state = HealState {
             docker: self.docker,
             docker_reason: self.docker_reason.clone(),
             api_version: self.client.as_ref().map(|c| c.api_version.clone()),
@@ -494,6 +442,9 @@ impl HealEngine {
             permits_available: self.exec.available(),
             permits_total: self.exec.size(),
             counters: c,
+        };
+        HealStatus {
+            state,
             recent: self.audit.recent().cloned().collect(),
         }
     }
@@ -516,9 +467,9 @@ impl HealEngine {
                         api_version = %client.api_version,
                         "Docker reachable: healing active"
                     );
-                    let mut r = AuditRecord::new("", "", "docker", "reachable");
+                    let mut r = AuditRecord::new("", "", Decision::Docker, "reachable");
                     r.outcome = Some(format!("api {}", client.api_version));
-                    if was == DockerState::MonitorOnly {
+                    if was == DockerState::Unreachable {
                         r.error = self.docker_reason.clone();
                     }
                     self.write_audit(r);
@@ -530,17 +481,17 @@ impl HealEngine {
                 }
                 WatchMsg::Disconnected(reason) => {
                     self.client = None;
-                    if self.docker != DockerState::MonitorOnly {
+                    if self.docker != DockerState::Unreachable {
                         // Logged once per transition, not per attempt or interval (D1).
                         tracing::warn!(
                             reason = %for_log(&reason),
                             "Docker unreachable: healing is monitor-only until it returns"
                         );
-                        let mut r = AuditRecord::new("", "", "docker", "unreachable");
+                        let mut r = AuditRecord::new("", "", Decision::Docker, "unreachable");
                         r.error = Some(audit::truncate(&reason, audit::MAX_TEXT));
                         self.write_audit(r);
                     }
-                    self.docker = DockerState::MonitorOnly;
+                    self.docker = DockerState::Unreachable;
                     self.docker_reason = Some(audit::truncate(&reason, audit::MAX_TEXT));
                 }
                 WatchMsg::Event(ev) => self.on_event(now, ev),
@@ -864,12 +815,8 @@ impl HealEngine {
             .storm
             .observe(&self.cfg, now, &due_refs, &quiet_refs, self.labelled);
         if let Some(started) = v.changed {
-            let (decision, reason) = if started {
-                ("alert", "storm_guard")
-            } else {
-                ("alert", "storm_over")
-            };
-            let mut r = AuditRecord::new("", "(host)", decision, reason);
+            let reason = if started { "storm_guard" } else { "storm_over" };
+            let mut r = AuditRecord::new("", "(host)", Decision::Alert, reason);
             r.error = Some(format!(
                 "{} of {} opted-in containers tripped within {} s; {}",
                 v.tripped,
@@ -932,10 +879,10 @@ impl HealEngine {
                 dry_run: self.cfg.dry_run,
             };
             match self.gate.decide(now, &req) {
-                Decision::Skip(reason) => {
+                Verdict::Skip(reason) => {
                     self.skip(&c.info.id, &c.info.name, c.rule, reason, &c.trigger);
                 }
-                Decision::Allow(grant) => {
+                Verdict::Allow(grant) => {
                     acted.insert(c.info.id.clone());
                     self.start_action(now, &client, &c.info, c.rule, grant, &c.trigger);
                 }
@@ -953,13 +900,10 @@ impl HealEngine {
         trigger: &str,
     ) {
         let r = self.cfg.rules[rule].clone();
-        let mut rec = AuditRecord::new(&info.id, &info.name, "intent", trigger);
+        let mut rec = AuditRecord::new(&info.id, &info.name, Decision::Intent, trigger);
         rec.rule = Some(r.name.clone());
-        rec.action = Some(r.action.kind().to_string());
-        rec.breaker = self
-            .gate
-            .breaker_state(&info.id)
-            .map(|s| s.as_str().to_string());
+        rec.action = Some(r.action.kind());
+        rec.breaker = self.gate.breaker_state(&info.id);
         if !self.write_audit(rec) {
             // Fail safe: an action that cannot be audited is not taken.
             self.gate.finish(now, &info.id, grant, Finished::Neutral);
@@ -1018,18 +962,18 @@ impl HealEngine {
         };
         let rule = &self.cfg.rules[f.rule];
         let action = rule.action.kind();
-        let mut rec = AuditRecord::new(&f.id, &f.name, "taken", "");
+        let mut rec = AuditRecord::new(&f.id, &f.name, Decision::Taken, "");
         rec.rule = Some(rule.name.clone());
-        rec.action = Some(action.to_string());
+        rec.action = Some(action);
         let how = match outcome {
             None => {
-                rec.decision = "cancelled".into();
+                rec.decision = Decision::Cancelled;
                 rec.reason = "cancelled_shutdown".into();
                 rec.duration_ms = Some(now.saturating_duration_since(f.started).as_millis() as u64);
                 Finished::Neutral
             }
             Some(ExecOutcome::PermitWaitTimeout { waited }) => {
-                rec.decision = "not_recorded".into();
+                rec.decision = Decision::NotRecorded;
                 rec.reason = "permit_wait_timeout".into();
                 rec.duration_ms = Some(waited.as_millis() as u64);
                 self.counters.not_recorded += 1;
@@ -1042,7 +986,7 @@ impl HealEngine {
                 rec.duration_ms = Some(duration.as_millis() as u64);
                 rec.exit_code = exit_code;
                 if exit_code.is_some_and(|c| c != 0) {
-                    rec.decision = "failed".into();
+                    rec.decision = Decision::Failed;
                     rec.reason = "exec_exit_nonzero".into();
                     rec.outcome = Some("failure".into());
                     self.counters.actions_failed += 1;
@@ -1055,7 +999,7 @@ impl HealEngine {
                 }
             }
             Some(ExecOutcome::Failed { duration, error }) => {
-                rec.decision = "failed".into();
+                rec.decision = Decision::Failed;
                 rec.reason = error.kind().into();
                 rec.outcome = Some("failure".into());
                 rec.duration_ms = Some(duration.as_millis() as u64);
@@ -1080,7 +1024,7 @@ impl HealEngine {
                 duration,
                 docker_alive,
             }) => {
-                rec.decision = "failed".into();
+                rec.decision = Decision::Failed;
                 rec.reason = "timeout".into();
                 rec.outcome = Some("timeout".into());
                 rec.duration_ms = Some(duration.as_millis() as u64);
@@ -1101,11 +1045,8 @@ impl HealEngine {
         if let Some(t) = self.containers.get_mut(&f.id) {
             t.own_until = Some(Instant::now() + OWN_EVENT_WINDOW);
         }
-        rec.breaker = self
-            .gate
-            .breaker_state(&f.id)
-            .map(|s| s.as_str().to_string());
-        rec.global_breaker = Some(self.gate.global_state().as_str().to_string());
+        rec.breaker = self.gate.breaker_state(&f.id);
+        rec.global_breaker = Some(self.gate.global_state());
         let failures = self
             .gate
             .view(now)
@@ -1113,7 +1054,7 @@ impl HealEngine {
             .into_iter()
             .find(|(id, _)| id == &f.id)
             .map(|(_, v)| v.failures_in_window);
-        if let (Some(n), true) = (failures, rec.decision == "failed") {
+        if let (Some(n), true) = (failures, rec.decision == Decision::Failed) {
             rec.error = Some(format!(
                 "{} (breaker failures in window: {n})",
                 rec.error.unwrap_or_default()
@@ -1134,11 +1075,11 @@ impl HealEngine {
         self.last_skip.insert((id.to_string(), rule), reason);
         self.counters.skipped += 1;
         let r = &self.cfg.rules[rule];
-        let mut rec = AuditRecord::new(id, name, "skipped", reason.as_str());
+        let mut rec = AuditRecord::new(id, name, Decision::Skipped, reason.as_str());
         rec.rule = Some(r.name.clone());
-        rec.action = Some(r.action.kind().to_string());
+        rec.action = Some(r.action.kind());
         rec.outcome = Some(audit::truncate(trigger, audit::MAX_TEXT));
-        rec.breaker = self.gate.breaker_state(id).map(|s| s.as_str().to_string());
+        rec.breaker = self.gate.breaker_state(id);
         rec.dry_run = reason == SkipReason::DryRun;
         self.write_audit(rec);
     }
@@ -1154,9 +1095,9 @@ impl HealEngine {
                     .map(|c| c.name.clone())
                     .unwrap_or_default()
             };
-            let mut r = AuditRecord::new(&id, &name, "breaker", t.transition.reason);
-            r.breaker = Some(t.transition.to.as_str().to_string());
-            r.from = Some(t.transition.from.as_str().to_string());
+            let mut r = AuditRecord::new(&id, &name, Decision::Breaker, t.transition.reason);
+            r.breaker = Some(t.transition.to);
+            r.from = Some(t.transition.from);
             r.wait_secs = t.transition.wait_secs;
             if t.transition.to == BreakerState::Open {
                 tracing::warn!(
@@ -1190,21 +1131,6 @@ impl Drop for HealEngine {
             w.abort();
         }
     }
-}
-
-/// Breaker states by container name, for the text exporter.
-pub fn breaker_summary(s: &HealSnapshot) -> BTreeMap<String, BreakerState> {
-    s.breakers
-        .iter()
-        .map(|b| {
-            let key = if b.container_name.is_empty() {
-                b.container_id.clone()
-            } else {
-                b.container_name.clone()
-            };
-            (key, b.view.state)
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -1303,16 +1229,16 @@ mod restore_tests {
         gate.restore(&past);
         assert_eq!(
             gate.decide(now, &req("a", 4)),
-            Decision::Skip(SkipReason::RuleLimit)
+            Verdict::Skip(SkipReason::RuleLimit)
         );
         assert_eq!(gate.breaker_state("b"), Some(BreakerState::Open));
         assert_eq!(
             gate.decide(now + Duration::from_secs(2), &req("b", 4)),
-            Decision::Skip(SkipReason::BreakerOpen)
+            Verdict::Skip(SkipReason::BreakerOpen)
         );
         assert!(matches!(
             gate.decide(now, &req("fresh", 4)),
-            Decision::Allow(_)
+            Verdict::Allow(_)
         ));
     }
 }

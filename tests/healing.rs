@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sentinel::config::Config;
+use sentinel::containers::docker::{Settings, Watcher};
 use sentinel::heal::config::{ActionConfig, HealConfig, RuleConfig, Trigger};
 use sentinel::heal::{ContainerAnomaly, DockerState, HealEngine, HealStatus};
 use serde_json::Value;
@@ -75,18 +77,42 @@ struct Driven {
     /// When each `on_interval` call started (the caller's cadence, D3).
     interval_starts: Arc<Mutex<Vec<Instant>>>,
     handle: tokio::task::JoinHandle<HealEngine>,
+    _watcher: Watcher,
     audit: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 fn drive(cfg: HealConfig, interval: Duration) -> Driven {
-    drive_audit(cfg, interval, None)
+    drive_full(cfg, interval, None, None)
 }
 
 fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> Driven {
+    drive_full(cfg, interval, audit, None)
+}
+
+/// Against the engine at `host` (`[docker] host`) instead of the default one.
+fn drive_at(cfg: HealConfig, interval: Duration, host: String) -> Driven {
+    drive_full(cfg, interval, None, Some(host))
+}
+
+fn drive_full(
+    cfg: HealConfig,
+    interval: Duration,
+    audit: Option<PathBuf>,
+    host: Option<String>,
+) -> Driven {
     let dir = tempfile::tempdir().unwrap();
     let audit = audit.unwrap_or_else(|| dir.path().join("audit.jsonl"));
-    let mut engine = HealEngine::new(cfg, &audit).expect("valid config");
+    // The one shared connection, configured as `sentinel run` configures it.
+    let mut config = Config {
+        heal: cfg.clone(),
+        ..Config::default()
+    };
+    config.docker.host = host;
+    let mut watcher = Watcher::spawn(Settings::from_config(&config), true);
+    let events = watcher.events.take().expect("healing events");
+    let mut engine =
+        HealEngine::new(cfg, &audit, events, watcher.counters.clone()).expect("valid config");
     let (stop, mut stop_rx) = watch::channel(false);
     let (snap_tx, snap) = watch::channel(None);
     let anomalies: Arc<Mutex<Vec<ContainerAnomaly>>> = Arc::default();
@@ -117,6 +143,7 @@ fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> D
         anomalies,
         interval_starts,
         handle,
+        _watcher: watcher,
         audit,
         _dir: dir,
     }
@@ -526,7 +553,7 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
     let mut pd = sd::PrivateDockerd::start().expect("private dockerd");
     let label = unique("sentinel.test.down");
     let mut cfg = base_cfg(&label);
-    cfg.docker_host = Some(pd.host());
+    let host = pd.host();
     cfg.rules.push(RuleConfig {
         name: "cpu".into(),
         trigger: Trigger::Anomaly {
@@ -536,7 +563,7 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
         ..RuleConfig::autoheal()
     });
     let interval = Duration::from_millis(500);
-    let d = drive(cfg, interval);
+    let d = drive_at(cfg, interval, host.clone());
     d.wait("docker up", Duration::from_secs(20), |d| {
         d.snapshot()
             .is_some_and(|s| s.state.docker == DockerState::Up)
@@ -595,7 +622,7 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
 async fn docker_missing_at_start_is_monitor_only_with_one_line() {
     // FAULT-MATRIX D1. No Docker needed: the endpoint does not exist.
     let mut cfg = base_cfg("sentinel.test.missing");
-    cfg.docker_host = Some("unix:///nonexistent/sentinel-test/docker.sock".into());
+    let host = "unix:///nonexistent/sentinel-test/docker.sock".to_string();
     cfg.rules.push(RuleConfig {
         name: "cpu".into(),
         trigger: Trigger::Anomaly {
@@ -604,7 +631,7 @@ async fn docker_missing_at_start_is_monitor_only_with_one_line() {
         },
         ..RuleConfig::autoheal()
     });
-    let d = drive(cfg, Duration::from_millis(200));
+    let d = drive_at(cfg, Duration::from_millis(200), host);
     // An action falls due while Docker was never there: audited as skipped, once.
     d.anomalies.lock().unwrap().push(ContainerAnomaly {
         container_id: "feedfacecafe".into(),
@@ -1221,7 +1248,6 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
     sd::build_image(Some(&host)).expect("image in the private engine");
     let label = unique("sentinel.test.hung");
     let mut cfg = base_cfg(&label);
-    cfg.docker_host = Some(host.clone());
     cfg.api_timeout_secs = 1.0;
     cfg.action_timeout_secs = 3.0;
     // PID 1 ignores SIGTERM: the restart sits in its 10 s stop time-out when Docker hangs.
@@ -1229,7 +1255,7 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
         stop_timeout_secs: 10,
     };
     let interval = Duration::from_millis(500);
-    let d = drive(cfg, interval);
+    let d = drive_at(cfg, interval, host.clone());
     let opt_in = format!("{label}=true");
     let mut extra = vec!["--label", opt_in.as_str()];
     extra.extend_from_slice(HEALTH);
@@ -1382,10 +1408,13 @@ async fn denied_by_docker_api_is_not_a_container_failure() {
     let sock = dir.path().join("proxy.sock");
     let proxy = get_only_proxy(&sock).await;
     let label = unique("sentinel.test.denied");
-    let mut cfg = base_cfg(&label);
-    cfg.docker_host = Some(format!("unix://{}", sock.display()));
+    let cfg = base_cfg(&label);
     let events = sd::StartEvents::record();
-    let d = drive(cfg, Duration::from_millis(500));
+    let d = drive_at(
+        cfg,
+        Duration::from_millis(500),
+        format!("unix://{}", sock.display()),
+    );
     let opt_in = format!("{label}=true");
     let mut extra = vec!["--label", opt_in.as_str()];
     extra.extend_from_slice(HEALTH);

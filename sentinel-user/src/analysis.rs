@@ -9,6 +9,7 @@ use anyhow::{Result, anyhow};
 use tracing::info;
 
 use crate::{
+    containers::docker::Watcher,
     detect::{AnomalyEvent, DetectConfig, DetectionEngine, EventKind},
     heal::{ContainerAnomaly, HealEngine, config::HealConfig},
     model::{Interval, SeriesStatus},
@@ -22,12 +23,17 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    /// `heal` is `None` when healing is off (disabled in the config or no Docker). Must be
-    /// called inside the tokio runtime (the healing engine starts its Docker watcher).
-    pub fn new(detect: &DetectConfig, heal: Option<(&HealConfig, &Path)>) -> Result<Self> {
+    /// `heal` is `None` when healing is off (no Docker); `docker` is the shared Docker
+    /// watcher, whose events healing takes.
+    pub fn new(
+        detect: &DetectConfig,
+        heal: Option<(&HealConfig, &Path)>,
+        docker: &mut Watcher,
+    ) -> Result<Self> {
         let detect = detect.enabled.then(|| DetectionEngine::new(detect.clone()));
-        let heal = match heal {
-            Some((cfg, audit)) if cfg.enabled => {
+        let events = docker.events.take();
+        let heal = match (heal, events) {
+            (Some((cfg, audit)), Some(events)) if cfg.enabled => {
                 if let Some(dir) = audit.parent()
                     && !dir.as_os_str().is_empty()
                     && !dir.exists()
@@ -39,7 +45,8 @@ impl Analysis {
                         )
                     })?;
                 }
-                let engine = HealEngine::new(cfg.clone(), audit).map_err(|errors| {
+                let engine = HealEngine::new(cfg.clone(), audit, events, docker.counters.clone())
+                    .map_err(|errors| {
                     let first = errors
                         .first()
                         .map(|e| format!("heal.{}: {}", e.key, e.message))
@@ -117,6 +124,8 @@ impl Analysis {
                 .collect();
             heal.on_interval(Instant::now(), &anomalies).await;
             let status = heal.snapshot();
+            // One Docker state: the interval says what healing acted on.
+            iv.docker = status.state.docker;
             iv.healing = Some(status.state);
             iv.actions = status.recent;
         }
@@ -148,7 +157,8 @@ mod tests {
 
     #[tokio::test]
     async fn detection_only_fills_the_interval_and_never_heals() {
-        let mut a = Analysis::new(&DetectConfig::default(), None).unwrap();
+        let mut a =
+            Analysis::new(&DetectConfig::default(), None, &mut Watcher::disabled()).unwrap();
         assert!(!a.healing());
         let mut iv = Interval::default();
         iv.counters.insert("sched_switch".into(), Some(100));

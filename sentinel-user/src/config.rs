@@ -30,8 +30,19 @@ pub struct Config {
     pub collector: CollectorConfig,
     pub metrics: MetricsConfig,
     pub status: StatusConfig,
+    /// The Docker Engine API connection naming, healing and `sentinel check` share.
+    pub docker: DockerConfig,
     pub detect: DetectConfig,
     pub heal: HealConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerConfig {
+    /// Docker endpoint (`unix:///path`, `tcp://host:port`). Unset: `DOCKER_HOST`, then
+    /// `unix:///var/run/docker.sock`. `heal.docker_host` is its deprecated alias.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -191,6 +202,14 @@ impl Config {
                 format!("{} is not an absolute path", self.status.socket.display()),
             ));
         }
+        if let Some(h) = &self.docker.host
+            && !(h.starts_with("unix://") || h.starts_with("tcp://") || h.starts_with("http://"))
+        {
+            errors.push((
+                "docker.host".into(),
+                format!("{:?} must start with unix://, tcp:// or http://", h),
+            ));
+        }
         if let Err(e) = self.detect.validate() {
             errors.push(("detect".into(), e));
         }
@@ -311,12 +330,29 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         message: one_line(e.message()),
     };
     let de = toml::Deserializer::parse(text).map_err(|e| located(e, None))?;
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         // The path holds the file's own keys (e.g. a label name), which may contain anything.
         let key = (path != ".").then(|| printable(&path));
         located(e.into_inner(), key)
     })?;
+    if let Some(alias) = config.heal.docker_host.take() {
+        let key = "heal.docker_host".to_string();
+        if config.docker.host.as_ref().is_some_and(|h| *h != alias) {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: key_line(text, &key),
+                key: Some(key),
+                message: "deprecated alias of docker.host, which is set to another value: \
+                          keep only [docker] host"
+                    .into(),
+            });
+        }
+        tracing::warn!(
+            "config {file}: heal.docker_host is deprecated; use `host` in a [docker] table"
+        );
+        config.docker.host = Some(alias);
+    }
     if let Some((key, message)) = config.validate().into_iter().next() {
         return Err(ConfigError {
             file: file.to_string(),
@@ -610,6 +646,34 @@ mod tests {
             let text = toml::to_string(&cfg).unwrap();
             proptest::prop_assert_eq!(parse(&text, "t.toml").unwrap(), cfg);
         }
+    }
+
+    /// One key for the one Docker connection; `heal.docker_host` still works, as an alias.
+    #[test]
+    fn docker_host_and_its_deprecated_alias() {
+        let cfg = parse("[docker]\nhost = \"tcp://127.0.0.1:2375\"\n", "t.toml").unwrap();
+        assert_eq!(cfg.docker.host.as_deref(), Some("tcp://127.0.0.1:2375"));
+        let cfg = parse("[heal]\ndocker_host = \"unix:///run/d.sock\"\n", "t.toml").unwrap();
+        assert_eq!(cfg.docker.host.as_deref(), Some("unix:///run/d.sock"));
+        assert_eq!(cfg.heal.docker_host, None, "moved, not read twice");
+        // `config show` prints the new key only.
+        let shown = toml::to_string(&cfg).unwrap();
+        assert!(
+            shown.contains("[docker]\nhost = \"unix:///run/d.sock\""),
+            "{shown}"
+        );
+        assert!(!shown.contains("docker_host"), "{shown}");
+        let same = "[docker]\nhost = \"unix:///a\"\n[heal]\ndocker_host = \"unix:///a\"\n";
+        assert_eq!(
+            parse(same, "t.toml").unwrap().docker.host.as_deref(),
+            Some("unix:///a")
+        );
+        let e = err("[docker]\nhost = \"unix:///a\"\n[heal]\ndocker_host = \"unix:///b\"\n");
+        assert_eq!(e.key.as_deref(), Some("heal.docker_host"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+        let e = err("[docker]\nhost = \"ssh://box\"\n");
+        assert_eq!(e.key.as_deref(), Some("docker.host"), "{e}");
+        assert!(e.to_string().contains("unix://"), "{e}");
     }
 
     #[test]

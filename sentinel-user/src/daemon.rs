@@ -26,7 +26,10 @@ use crate::{
         netns,
     },
     config::Config,
-    containers::{self, Attribution},
+    containers::{
+        Attribution,
+        docker::{self, Watcher},
+    },
     export::{OutputFormat, output::Output},
     model::{CollectorHealth, DetectionSummary, Interval, PUBLIC_COUNTERS, Published},
 };
@@ -71,6 +74,8 @@ struct Pipeline {
     seq: u64,
     last: Instant,
     attribution: Attribution,
+    /// The Docker watcher (stopped when the pipeline is dropped).
+    _docker: Watcher,
     last_hist: Vec<u64>,
     analysis: Analysis,
     /// Last read of the programs' recursion misses (cumulative; refreshed now and then).
@@ -263,10 +268,16 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             }
         }
     });
+    // One Docker connection for naming and healing (and one state for both).
+    let mut docker = if opts.docker {
+        Watcher::spawn(docker::Settings::from_config(&opts.config), true)
+    } else {
+        Watcher::disabled()
+    };
     let heal = opts
         .docker
         .then_some((&opts.config.heal, opts.config.daemon.audit_log.as_path()));
-    let analysis = Analysis::new(&opts.config.detect, heal)?;
+    let analysis = Analysis::new(&opts.config.detect, heal, &mut docker)?;
     let loaded_at = Instant::now();
     let mut host = HostSampler::default();
     host.prime();
@@ -278,14 +289,8 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         snapshot: RawSnapshot::default(),
         seq: 0,
         last: loaded_at,
-        attribution: Attribution::new(
-            opts.load.key_mode,
-            if opts.docker {
-                containers::docker::spawn_watcher()
-            } else {
-                containers::docker::disabled_view()
-            },
-        ),
+        attribution: Attribution::new(opts.load.key_mode, docker.view.clone()),
+        _docker: docker,
         last_hist: Vec::new(),
         analysis,
         recursion_misses: Default::default(),

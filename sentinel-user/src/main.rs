@@ -59,11 +59,34 @@ enum Command {
     Top(TopArgs),
 }
 
+/// The config file, found as `sentinel run` finds it.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Config file (TOML). Default: /etc/sentinel/sentinel.toml if it exists, else built-in
+    /// defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Accept a config file that is group/other-writable or owned by another user.
+    #[arg(long)]
+    allow_insecure_config: bool,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        Ok(match config::resolve_path(self.config.as_deref()) {
+            Some(path) => config::load(&path, self.allow_insecure_config)?,
+            None => Config::default(),
+        })
+    }
+}
+
 #[derive(clap::Args)]
 struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(clap::Args)]
@@ -71,16 +94,20 @@ struct StatusArgs {
     /// Print the daemon's snapshot as JSON.
     #[arg(long)]
     json: bool,
-    /// The daemon's status socket.
-    #[arg(long, default_value = status::DEFAULT_SOCKET)]
-    status_socket: PathBuf,
+    /// The daemon's status socket. [config: status.socket]
+    #[arg(long)]
+    status_socket: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(clap::Args)]
 struct TopArgs {
-    /// The daemon's status socket.
-    #[arg(long, default_value = status::DEFAULT_SOCKET)]
-    status_socket: PathBuf,
+    /// The daemon's status socket. [config: status.socket]
+    #[arg(long)]
+    status_socket: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Refresh period, e.g. 1s, 500ms (100ms..1m).
     #[arg(long, default_value = "1s", value_parser = parse_refresh)]
     refresh: Duration,
@@ -103,13 +130,8 @@ enum ConfigCommand {
 /// keeps the file's value.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Config file (TOML). Default: /etc/sentinel/sentinel.toml if it exists, else built-in
-    /// defaults.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Accept a config file that is group/other-writable or owned by another user.
-    #[arg(long)]
-    allow_insecure_config: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Drain interval, e.g. 1s, 100ms (10ms..1h). [config: daemon.interval, default 1s]
     #[arg(long, value_parser = parse_interval)]
     interval: Option<Duration>,
@@ -174,10 +196,7 @@ struct RunArgs {
 
 impl RunArgs {
     fn options(self) -> anyhow::Result<RunOptions> {
-        let mut cfg = match config::resolve_path(self.config.as_deref()) {
-            Some(path) => config::load(&path, self.allow_insecure_config)?,
-            None => Config::default(),
-        };
+        let mut cfg = self.config.load()?;
         if let Some(v) = self.output {
             cfg.daemon.output = v;
         }
@@ -283,9 +302,18 @@ fn parse_refresh(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--status-socket`, else the config's `status.socket`.
+fn status_socket(flag: Option<&PathBuf>, cfg: &ConfigArgs) -> anyhow::Result<PathBuf> {
+    match flag {
+        Some(p) => Ok(p.clone()),
+        None => Ok(cfg.load()?.status.socket),
+    }
+}
+
 fn print_status(args: &StatusArgs) -> anyhow::Result<()> {
     use std::io::Write;
-    let snap = status::fetch(&args.status_socket, Duration::from_secs(3))?;
+    let socket = status_socket(args.status_socket.as_ref(), &args.config)?;
+    let snap = status::fetch(&socket, Duration::from_secs(3))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &snap)?;
@@ -339,7 +367,14 @@ fn main() -> ExitCode {
         Command::Run(args) => args.options().and_then(daemon::run),
         Command::Config(cmd) => config_command(cmd),
         Command::Check(args) => {
-            let report = sentinel::check::run(&sentinel::check::CheckOptions::default());
+            let cfg = match args.config.load() {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let report = sentinel::check::run(&sentinel::check::CheckOptions::for_config(&cfg));
             if let Err(e) =
                 sentinel::check::print(&report, args.json, &mut std::io::stdout().lock())
             {
@@ -353,7 +388,8 @@ fn main() -> ExitCode {
             };
         }
         Command::Status(args) => print_status(&args),
-        Command::Top(args) => top::run(&args.status_socket, args.refresh),
+        Command::Top(args) => status_socket(args.status_socket.as_ref(), &args.config)
+            .and_then(|socket| top::run(&socket, args.refresh)),
         Command::Replay(args) => sentinel::replay::run(&args),
         Command::Selftest(args) => match selftest::run(&args) {
             Ok(true) => Ok(()),

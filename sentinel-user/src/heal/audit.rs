@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use crate::model::AuditRecord;
 use crate::model::Decision;
+pub use crate::sanitize::{for_log, truncate};
 
 /// Longest name or id kept in a record, bytes.
 pub const MAX_NAME: usize = 256;
@@ -71,23 +72,6 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-/// Cut `s` to at most `max` bytes on a char boundary, saying how much was dropped.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...[{} bytes truncated]", &s[..end], s.len() - end)
-}
-
-/// Safe for a log line: bounded and with control characters (newlines, ESC) escaped.
-pub fn for_log(s: &str) -> String {
-    truncate(s, MAX_NAME).escape_debug().to_string()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,13 +232,5 @@ mod tests {
                 .is_err()
         );
         assert_eq!(missing.write_errors(), 1);
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        let s = "ж".repeat(10);
-        let t = truncate(&s, 5);
-        assert!(t.starts_with("жж"));
-        assert!(t.contains("truncated"));
     }
 }

@@ -28,8 +28,9 @@ pub struct HealConfig {
     pub allow_image_label: bool,
     /// Decide and audit everything, act on nothing.
     pub dry_run: bool,
-    /// Docker endpoint (`unix:///path` or `tcp://host:port`). Unset: `DOCKER_HOST`, then
-    /// `unix:///var/run/docker.sock`.
+    /// Deprecated alias of `[docker] host`: the config loader moves it there (with one
+    /// warning), so nothing reads it here.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub docker_host: Option<String>,
     /// Time-out of every Docker API call that is not an action (inspect, list, ping), seconds.
     pub api_timeout_secs: f64,

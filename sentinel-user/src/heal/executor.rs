@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::config::ActionConfig;
-use super::docker::{DockerClient, HealError};
+use super::docker::{DockerClient, DockerError};
 
 /// How an action task ended.
 #[derive(Clone, Debug)]
@@ -23,7 +23,7 @@ pub enum ExecOutcome {
     /// The API call failed.
     Failed {
         duration: Duration,
-        error: HealError,
+        error: DockerError,
     },
     /// Cut off by the action time-out. `docker_alive` tells a slow container (counts against
     /// it) from a hung Docker (does not, D3).

@@ -60,7 +60,7 @@ use tokio::task::JoinSet;
 use audit::{AuditLog, AuditRecord, for_log};
 use breaker::BreakerState;
 use config::{ConfigError, HealConfig, Trigger, parse_probe_url, secs};
-use docker::{ContainerInfo, DockerClient, HealError, WatchCounters, WatchMsg};
+use docker::{ContainerInfo, DockerClient, DockerError, WatchCounters, WatchMsg};
 use executor::{ExecOutcome, Executor};
 use gate::{
     Consent, Facts, Finished, Gate, Grant, Request, Restored, ScopedTransition, SkipReason,
@@ -116,7 +116,6 @@ pub struct HealEngine {
     audit: AuditLog,
     exec: Executor,
     watch_rx: Option<mpsc::Receiver<WatchMsg>>,
-    watcher: Option<tokio::task::JoinHandle<()>>,
     watch_counters: Arc<WatchCounters>,
     client: Option<DockerClient>,
     docker: DockerState,
@@ -240,15 +239,19 @@ fn read_past(
 }
 
 impl HealEngine {
-    /// Validate, open the audit log, start the Docker watcher. Inside a tokio runtime.
-    pub fn new(cfg: HealConfig, audit_path: &Path) -> Result<Self, Vec<ConfigError>> {
+    /// Validate and open the audit log. `docker` is the shared watcher's channel
+    /// (`containers::docker::Watcher`): the connection and the container events.
+    pub fn new(
+        cfg: HealConfig,
+        audit_path: &Path,
+        docker: mpsc::Receiver<WatchMsg>,
+        watch_counters: Arc<WatchCounters>,
+    ) -> Result<Self, Vec<ConfigError>> {
         cfg.validate()?;
-        let watch_counters = Arc::new(WatchCounters::default());
-        let (watch_rx, watcher, docker) = if cfg.enabled {
-            let (rx, h) = docker::spawn_watcher(cfg.clone(), watch_counters.clone());
-            (Some(rx), Some(h), DockerState::Connecting)
+        let (watch_rx, docker) = if cfg.enabled {
+            (Some(docker), DockerState::Connecting)
         } else {
-            (None, None, DockerState::Disabled)
+            (None, DockerState::Disabled)
         };
         let mut gate = Gate::new(&cfg);
         let (past, reopened) = read_past(audit_path, &cfg, Instant::now(), SystemTime::now());
@@ -272,7 +275,6 @@ impl HealEngine {
                 cfg.action_timeout(),
             ),
             watch_rx,
-            watcher,
             watch_counters,
             client: None,
             docker,
@@ -405,9 +407,6 @@ impl HealEngine {
         while let Some(res) = self.tasks.join_next_with_id().await {
             self.settle_task(now, res);
         }
-        if let Some(w) = self.watcher.take() {
-            w.abort();
-        }
         self.watch_rx = None;
     }
 
@@ -462,11 +461,6 @@ impl HealEngine {
             match m {
                 WatchMsg::Connected(client) => {
                     let was = self.docker;
-                    tracing::info!(
-                        endpoint = %client.endpoint,
-                        api_version = %client.api_version,
-                        "Docker reachable: healing active"
-                    );
                     let mut r = AuditRecord::new("", "", Decision::Docker, "reachable");
                     r.outcome = Some(format!("api {}", client.api_version));
                     if was == DockerState::Unreachable {
@@ -482,11 +476,7 @@ impl HealEngine {
                 WatchMsg::Disconnected(reason) => {
                     self.client = None;
                     if self.docker != DockerState::Unreachable {
-                        // Logged once per transition, not per attempt or interval (D1).
-                        tracing::warn!(
-                            reason = %for_log(&reason),
-                            "Docker unreachable: healing is monitor-only until it returns"
-                        );
+                        // Audited once per transition (the watcher logs it, D1).
                         let mut r = AuditRecord::new("", "", Decision::Docker, "unreachable");
                         r.error = Some(audit::truncate(&reason, audit::MAX_TEXT));
                         self.write_audit(r);
@@ -731,7 +721,7 @@ impl HealEngine {
         for id in ids {
             let info = match client.inspect(&id).await {
                 Ok(i) => i,
-                Err(HealError::ContainerGone { .. }) => {
+                Err(DockerError::ContainerGone { .. }) => {
                     if !self.gate.in_flight(&id) {
                         self.forget(now, &id);
                     }
@@ -949,7 +939,7 @@ impl HealEngine {
                 } else {
                     Some(ExecOutcome::Failed {
                         duration: Duration::ZERO,
-                        error: HealError::Api {
+                        error: DockerError::Api {
                             status: 0,
                             message: "action task panicked".into(),
                         },
@@ -1006,7 +996,7 @@ impl HealEngine {
                 rec.error = Some(audit::truncate(&error.to_string(), audit::MAX_TEXT));
                 self.counters.actions_failed += 1;
                 match &error {
-                    HealError::DeniedByApi { method, path, .. } => {
+                    DockerError::DeniedByApi { method, path, .. } => {
                         // One warning per endpoint, never a container failure (D13).
                         let key = format!("{method} {}", path.split('/').nth(3).unwrap_or(""));
                         if self.warned_denied.insert(key) {
@@ -1014,7 +1004,7 @@ impl HealEngine {
                         }
                         Finished::Neutral
                     }
-                    HealError::DockerUnreachable { .. } | HealError::Timeout(_) => {
+                    DockerError::DockerUnreachable { .. } | DockerError::Timeout(_) => {
                         Finished::DockerFailure
                     }
                     _ => Finished::ContainerFailure,
@@ -1121,14 +1111,6 @@ impl HealEngine {
                 }
                 false
             }
-        }
-    }
-}
-
-impl Drop for HealEngine {
-    fn drop(&mut self) {
-        if let Some(w) = self.watcher.take() {
-            w.abort();
         }
     }
 }

@@ -111,8 +111,8 @@ fn drive_full(
     config.docker.host = host;
     let mut watcher = Watcher::spawn(Settings::from_config(&config), true);
     let events = watcher.events.take().expect("healing events");
-    let mut engine =
-        HealEngine::new(cfg, &audit, events, watcher.counters.clone()).expect("valid config");
+    let mut engine = HealEngine::new(cfg, &audit, Box::new(events), watcher.counters.clone())
+        .expect("valid config");
     let (stop, mut stop_rx) = watch::channel(false);
     let (snap_tx, snap) = watch::channel(None);
     let anomalies: Arc<Mutex<Vec<ContainerAnomaly>>> = Arc::default();
@@ -124,7 +124,7 @@ fn drive_full(
         let mut iv = tokio::time::interval(interval);
         loop {
             tokio::select! {
-                _ = tick.tick() => engine.tick().await,
+                _ = tick.tick() => engine.tick(Instant::now()).await,
                 _ = iv.tick() => {
                     starts.lock().unwrap().push(Instant::now());
                     let a = an.lock().unwrap().clone();
@@ -132,9 +132,9 @@ fn drive_full(
                 }
                 _ = stop_rx.changed() => break,
             }
-            let _ = snap_tx.send(Some(engine.snapshot()));
+            let _ = snap_tx.send(Some(engine.snapshot(Instant::now())));
         }
-        engine.shutdown().await;
+        engine.shutdown(Instant::now()).await;
         engine
     });
     Driven {
@@ -557,7 +557,7 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
     cfg.rules.push(RuleConfig {
         name: "cpu".into(),
         trigger: Trigger::Anomaly {
-            signal: "cpu".into(),
+            signal: "cpu".parse().unwrap(),
             intervals: 1,
         },
         ..RuleConfig::autoheal()
@@ -584,7 +584,7 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
     // An action falls due while Docker is away: audited as skipped, once.
     d.anomalies.lock().unwrap().push(ContainerAnomaly {
         container_id: "0123456789ab".into(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 9.0,
     });
     tokio::time::sleep(interval * 6).await;
@@ -626,7 +626,7 @@ async fn docker_missing_at_start_is_monitor_only_with_one_line() {
     cfg.rules.push(RuleConfig {
         name: "cpu".into(),
         trigger: Trigger::Anomaly {
-            signal: "cpu".into(),
+            signal: "cpu".parse().unwrap(),
             intervals: 1,
         },
         ..RuleConfig::autoheal()
@@ -635,7 +635,7 @@ async fn docker_missing_at_start_is_monitor_only_with_one_line() {
     // An action falls due while Docker was never there: audited as skipped, once.
     d.anomalies.lock().unwrap().push(ContainerAnomaly {
         container_id: "feedfacecafe".into(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 9.0,
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -748,7 +748,7 @@ fn anomaly_exec_cfg(label: &str, cmd: &[&str], timeout: f64) -> HealConfig {
     cfg.rules = vec![RuleConfig {
         name: "exec-on-anomaly".into(),
         trigger: Trigger::Anomaly {
-            signal: "cpu".into(),
+            signal: "cpu".parse().unwrap(),
             intervals: 2,
         },
         action: ActionConfig::Exec {
@@ -776,7 +776,7 @@ async fn exec_action_records_exit_code() {
     );
     d.anomalies.lock().unwrap().push(ContainerAnomaly {
         container_id: c.id.clone(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 5.0,
     });
     d.wait("exec outcome", Duration::from_secs(20), |d| {
@@ -821,7 +821,7 @@ async fn hanging_action_is_cut_off_and_permit_returned() {
     let c2 = Container::run(&next_name, &["--label", &opt_in], IMAGE, HEALTHY_CMD);
     d.anomalies.lock().unwrap().push(ContainerAnomaly {
         container_id: c.id.clone(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 5.0,
     });
     d.wait("time-out line", Duration::from_secs(20), |d| {
@@ -854,7 +854,7 @@ async fn hanging_action_is_cut_off_and_permit_returned() {
     // The next due action proceeds on the single permit.
     d.anomalies.lock().unwrap().push(ContainerAnomaly {
         container_id: c2.id.clone(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 5.0,
     });
     d.wait("next action", Duration::from_secs(20), |d| {
@@ -1003,7 +1003,7 @@ async fn dry_run_and_unwritable_audit_never_act() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (e, _) = d.finish().await;
-    let s = e.snapshot();
+    let s = e.snapshot(Instant::now());
     println!(
         "unwritable audit: {} write errors, {} actions not taken",
         s.state.counters.audit_write_errors, s.state.counters.not_recorded
@@ -1058,13 +1058,13 @@ async fn storm_of_unhealthy_containers_is_not_acted_on() {
         assert_eq!(count(&a, &c.id, "skipped", Some("storm_guard")), 1);
         assert_eq!(events.starts(&c.id), 1, "Docker saw its first start only");
     }
-    assert_eq!(e.snapshot().state.counters.actions_taken, 0);
+    assert_eq!(e.snapshot(Instant::now()).state.counters.actions_taken, 0);
 }
 
 fn slow_exec_cfg(label: &str, cmd: &[&str]) -> HealConfig {
     let mut cfg = anomaly_exec_cfg(label, cmd, 20.0);
     cfg.rules[0].trigger = Trigger::Anomaly {
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         intervals: 1,
     };
     cfg.permit_wait_secs = 1.0;
@@ -1074,7 +1074,7 @@ fn slow_exec_cfg(label: &str, cmd: &[&str]) -> HealConfig {
 fn anomaly(id: &str) -> ContainerAnomaly {
     ContainerAnomaly {
         container_id: id.to_string(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 5.0,
     }
 }
@@ -1160,7 +1160,7 @@ async fn permit_waits_and_shutdown_cancel_are_not_failures() {
     println!("shutdown: {:?}", cancelled.first());
     assert_eq!(cancelled.len(), 1, "{:?}", lines_for(&a, &victim.id));
     assert_eq!(cancelled[0]["decision"], "cancelled");
-    let s = e.snapshot();
+    let s = e.snapshot(Instant::now());
     assert_eq!(
         s.state.permits_available, s.state.permits_total,
         "permit returned"

@@ -45,8 +45,13 @@ impl Analysis {
                         )
                     })?;
                 }
-                let engine = HealEngine::new(cfg.clone(), audit, events, docker.counters.clone())
-                    .map_err(|errors| {
+                let engine = HealEngine::new(
+                    cfg.clone(),
+                    audit,
+                    Box::new(events),
+                    docker.counters.clone(),
+                )
+                .map_err(|errors| {
                     let first = errors
                         .first()
                         .map(|e| format!("heal.{}: {}", e.key, e.message))
@@ -81,7 +86,7 @@ impl Analysis {
     /// Frequent, cheap healing work (Docker events, finished actions, breaker clocks).
     pub async fn tick(&mut self) {
         if let Some(heal) = &mut self.heal {
-            heal.tick().await;
+            heal.tick(Instant::now()).await;
         }
     }
 
@@ -117,13 +122,15 @@ impl Analysis {
                 .filter_map(|event| {
                     Some(ContainerAnomaly {
                         container_id: event.container_id.clone()?,
-                        signal: event.signal.clone(),
+                        // Container events carry a container signal; host series have no
+                        // container id and are filtered out above.
+                        signal: event.signal.parse().ok()?,
                         score: event.score,
                     })
                 })
                 .collect();
             heal.on_interval(Instant::now(), &anomalies).await;
-            let status = heal.snapshot();
+            let status = heal.snapshot(Instant::now());
             // One Docker state: the interval says what healing acted on.
             iv.docker = status.state.docker;
             iv.healing = Some(status.state);
@@ -134,7 +141,7 @@ impl Analysis {
     /// Cancels in-flight actions (audited as cancelled, not as failures).
     pub async fn shutdown(&mut self) {
         if let Some(heal) = &mut self.heal {
-            heal.shutdown().await;
+            heal.shutdown(Instant::now()).await;
         }
     }
 

@@ -1,5 +1,7 @@
-//! What healing asks of Docker, on the one shared client (`containers::docker`): the
-//! container facts the gate needs (inspect + image labels), the list, and the actions.
+//! What healing asks of Docker, behind the [`DockerApi`] trait: the container facts the gate
+//! needs (inspect + image labels), the list, the actions and a ping. The one shared client
+//! (`containers::docker`) implements it over bollard; the unit tests use an in-memory fake
+//! (`heal::fake`). [`Link`] is how the engine hears about the connection and the events.
 //!
 //! API surface used (so it runs behind a socket proxy allowing exactly this): `GET /_ping`,
 //! `/version`, `/containers/json`, `/containers/{id}/json`, `/images/{id}/json`, `/events`;
@@ -7,6 +9,10 @@
 //! `/exec/{id}/start`, `GET /exec/{id}/json` only when an exec rule exists.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum, RestartPolicyNameEnum};
@@ -20,6 +26,78 @@ use super::config::ActionConfig;
 pub use crate::containers::docker::{
     ContainerEvent, DockerClient, DockerError, WatchCounters, WatchMsg,
 };
+
+/// Everything healing asks of Docker. Object-safe (boxed futures), so the engine holds an
+/// `Arc<dyn DockerApi>`; `act` and `ping` futures own what they need, for spawned tasks.
+pub trait DockerApi: Send + Sync {
+    /// Every container, summarised. Bounded by the API time-out.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Summary>, DockerError>>;
+    /// One container's facts. Bounded by the API time-out.
+    fn inspect<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ContainerInfo, DockerError>>;
+    /// Run one action. Not bounded here: the executor applies the action time-out.
+    fn act(
+        &self,
+        id: String,
+        action: ActionConfig,
+    ) -> BoxFuture<'static, Result<ActionDone, DockerError>>;
+    /// Is the engine answering? Bounded by the API time-out.
+    fn ping(&self) -> BoxFuture<'static, Result<(), DockerError>>;
+}
+
+impl DockerApi for DockerClient {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Summary>, DockerError>> {
+        Box::pin(DockerClient::list(self))
+    }
+
+    fn inspect<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ContainerInfo, DockerError>> {
+        Box::pin(DockerClient::inspect(self, id))
+    }
+
+    fn act(
+        &self,
+        id: String,
+        action: ActionConfig,
+    ) -> BoxFuture<'static, Result<ActionDone, DockerError>> {
+        let client = self.clone();
+        Box::pin(async move { DockerClient::act(&client, &id, &action).await })
+    }
+
+    fn ping(&self) -> BoxFuture<'static, Result<(), DockerError>> {
+        let client = self.clone();
+        Box::pin(async move { client.ping().await })
+    }
+}
+
+/// What the engine hears about Docker.
+pub enum LinkMsg {
+    /// Connected (again): act through `api`; events may have been missed meanwhile.
+    Up {
+        api: Arc<dyn DockerApi>,
+        api_version: String,
+    },
+    /// Unreachable, with why.
+    Down(String),
+    Event(ContainerEvent),
+}
+
+/// Where the engine's [`LinkMsg`]s come from: the shared watcher's channel, or a test's fake.
+pub trait Link: Send {
+    /// The next message, if one is waiting (never blocks).
+    fn poll(&mut self) -> Option<LinkMsg>;
+}
+
+impl Link for mpsc::Receiver<WatchMsg> {
+    fn poll(&mut self) -> Option<LinkMsg> {
+        self.try_recv().ok().map(|m| match m {
+            WatchMsg::Connected(client) => LinkMsg::Up {
+                api_version: client.api_version.clone(),
+                api: Arc::new(client),
+            },
+            WatchMsg::Disconnected(reason) => LinkMsg::Down(reason),
+            WatchMsg::Event(ev) => LinkMsg::Event(ev),
+        })
+    }
+}
 
 /// What the engine needs to know about one container, from inspect (+ image inspect).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -257,6 +335,27 @@ pub struct ActionDone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared watcher's messages reach the engine as link messages, in order.
+    #[test]
+    fn the_watcher_channel_is_a_link() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut link: Box<dyn Link> = Box::new(rx);
+        assert!(link.poll().is_none());
+        tx.try_send(WatchMsg::Disconnected("gone".into())).unwrap();
+        tx.try_send(WatchMsg::Event(ContainerEvent {
+            id: "abc".into(),
+            action: "die".into(),
+            exit_code: Some(1),
+            at: std::time::Instant::now(),
+        }))
+        .unwrap();
+        assert!(matches!(link.poll(), Some(LinkMsg::Down(r)) if r == "gone"));
+        assert!(
+            matches!(link.poll(), Some(LinkMsg::Event(e)) if e.id == "abc" && e.exit_code == Some(1))
+        );
+        assert!(link.poll().is_none());
+    }
 
     #[test]
     fn restart_policy_semantics() {

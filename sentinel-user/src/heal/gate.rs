@@ -4,8 +4,11 @@
 //!
 //! Order of the checks (first match wins, so the audit names the most fundamental reason):
 //! docker_unreachable, not_labelled / label_from_image, stopped_by_operator,
-//! docker_restart_policy_active, action_in_flight, grace_period, cooldown, rule_limit, backoff,
+//! docker_restart_policy_active, storm_guard (and the storm hold, which is not a refusal but a
+//! "not yet": `Verdict::Hold`), action_in_flight, grace_period, cooldown, rule_limit, backoff,
 //! rate_cap, breaker_open, global_breaker_open, dry_run.
+//! The storm guard counts the containers an evaluation found due (`observe_storm`, once per
+//! evaluation, before its decisions); `decide` then refuses or holds with the rest.
 //! Breakers come last because asking a HALF_OPEN breaker takes a trial slot; a later refusal
 //! would have to give it back.
 //!
@@ -44,7 +47,6 @@ pub enum SkipReason {
     GlobalBreakerOpen,
     DryRun,
     StormGuard,
-    AuditUnavailable,
 }
 
 impl SkipReason {
@@ -65,7 +67,6 @@ impl SkipReason {
             SkipReason::GlobalBreakerOpen => "global_breaker_open",
             SkipReason::DryRun => "dry_run",
             SkipReason::StormGuard => "storm_guard",
-            SkipReason::AuditUnavailable => "audit_unavailable",
         }
     }
 }
@@ -111,6 +112,9 @@ pub struct Grant {
 pub enum Verdict {
     Allow(Grant),
     Skip(SkipReason),
+    /// Due, but held until this instant so that containers tripping together are counted
+    /// first (the storm hold): ask again then. Not audited.
+    Hold(Instant),
 }
 
 /// How an allowed action ended, as the breakers see it.
@@ -174,6 +178,7 @@ pub struct Gate {
     containers: HashMap<String, ContainerGate>,
     global_breaker: Breaker,
     global_cap: RateCap,
+    storm: StormGuard,
 }
 
 impl Gate {
@@ -183,7 +188,23 @@ impl Gate {
             containers: HashMap::new(),
             global_breaker: Breaker::new(&cfg.global_breaker),
             global_cap: RateCap::new(&cfg.global_cap),
+            storm: StormGuard::new(cfg),
         }
+    }
+
+    /// One evaluation's view of the storm (D8): `due` are opted-in containers with a firing
+    /// rule that the gate's first checks would let through (labelled, not stopped by an
+    /// operator, not being restarted by Docker), `quiet` evaluated containers with none,
+    /// `labelled` how many opted-in containers exist. `decide` then refuses (`storm_guard`)
+    /// or holds accordingly. The verdict says when a storm starts or ends (one alert each).
+    pub fn observe_storm(
+        &mut self,
+        now: Instant,
+        due: &[&str],
+        quiet: &[&str],
+        labelled: usize,
+    ) -> StormVerdict {
+        self.storm.observe(&self.cfg, now, due, quiet, labelled)
     }
 
     fn entry(&mut self, id: &str) -> &mut ContainerGate {
@@ -254,6 +275,14 @@ impl Gate {
         }
         if req.facts.restart_policy_active {
             return Verdict::Skip(DockerRestartPolicyActive);
+        }
+        if self.storm.in_storm {
+            return Verdict::Skip(SkipReason::StormGuard);
+        }
+        if !self.storm.ready(now, req.container_id)
+            && let Some(at) = self.storm.ready_at(req.container_id)
+        {
+            return Verdict::Hold(at);
         }
         let grace = secs(self.cfg.grace_secs);
         let c = self.entry(req.container_id);
@@ -438,6 +467,7 @@ impl Gate {
     /// Drop everything known about a container (it was destroyed). A pending verify settles as
     /// neutral for the global breaker.
     pub fn forget(&mut self, now: Instant, id: &str) {
+        self.storm.forget(id);
         if let Some(c) = self.containers.remove(id)
             && let Some(p) = c.pending
         {
@@ -651,6 +681,67 @@ mod tests {
         assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::DryRun));
         assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::GracePeriod));
         assert_eq!(g.breaker_state("a"), Some(BreakerState::Closed));
+    }
+
+    /// D8: the storm guard is the gate's: after the container facts (a stopped container is
+    /// still `stopped_by_operator`), before every limit (so a storm is what the audit says).
+    #[test]
+    fn storm_is_decided_by_the_gate_after_the_facts_and_before_the_limits() {
+        let cfg = HealConfig {
+            storm_min_containers: 2,
+            ..test_cfg()
+        };
+        let mut g = Gate::new(&cfg);
+        let now = Instant::now();
+        let v = g.observe_storm(now, &["a", "b", "c"], &[], 4);
+        assert_eq!((v.storm, v.changed, v.tripped), (true, Some(true), 3));
+        let mut r = req("a", Duration::ZERO);
+        assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::StormGuard));
+        r.facts.stopped_by_operator = true;
+        assert_eq!(
+            g.decide(now, &r),
+            Verdict::Skip(SkipReason::StoppedByOperator)
+        );
+        r.facts.stopped_by_operator = false;
+        r.docker_up = false;
+        assert_eq!(
+            g.decide(now, &r),
+            Verdict::Skip(SkipReason::DockerUnreachable)
+        );
+        // Over: healing resumes, once.
+        let v = g.observe_storm(now, &[], &["a", "b", "c"], 4);
+        assert_eq!((v.storm, v.changed), (false, Some(false)));
+        assert!(matches!(
+            g.decide(now, &req("a", Duration::ZERO)),
+            Verdict::Allow(_)
+        ));
+    }
+
+    /// The storm hold is a "not yet", not a refusal: nothing is booked, and the container is
+    /// allowed once the hold is over.
+    #[test]
+    fn the_storm_hold_is_not_a_refusal() {
+        let cfg = HealConfig {
+            storm_hold_secs: 1.0,
+            ..test_cfg()
+        };
+        let mut g = Gate::new(&cfg);
+        let t0 = Instant::now();
+        g.observe_storm(t0, &["a"], &[], 10);
+        let at = t0 + Duration::from_secs(1);
+        assert_eq!(g.decide(t0, &req("a", Duration::ZERO)), Verdict::Hold(at));
+        assert_eq!(g.tracked(), 0, "a hold books nothing");
+        assert!(matches!(
+            g.decide(at, &req("a", Duration::ZERO)),
+            Verdict::Allow(_)
+        ));
+        // Forgetting a container drops its storm state too.
+        g.observe_storm(at, &["b"], &[], 10);
+        g.forget(at, "b");
+        assert!(matches!(
+            g.decide(at, &req("b", Duration::ZERO)),
+            Verdict::Allow(_)
+        ));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::{
         tracefs,
     },
     containers::docker,
+    privilege::{self, Cap, has as has_cap},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -119,7 +120,7 @@ pub fn run(opts: &CheckOptions) -> Report {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     let version = parse_kernel_version(&release);
-    let caps = loader::effective_capabilities().unwrap_or(0);
+    let caps = privilege::effective().unwrap_or(0);
     let mut items = vec![
         check_object(),
         check_kernel(&release, version),
@@ -280,26 +281,17 @@ fn yes_no(b: bool) -> &'static str {
     if b { "present" } else { "missing" }
 }
 
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_SYS_RESOURCE: u32 = 24;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-fn has_cap(caps: u64, cap: u32) -> bool {
-    caps & (1u64 << cap) != 0
-}
+const CAP_SYS_ADMIN: Cap = Cap::CAP_SYS_ADMIN;
+const CAP_SYS_RESOURCE: Cap = Cap::CAP_SYS_RESOURCE;
+const CAP_PERFMON: Cap = Cap::CAP_PERFMON;
+const CAP_BPF: Cap = Cap::CAP_BPF;
 
 fn check_privileges(caps: u64) -> Item {
-    let names: Vec<&str> = [
-        (CAP_BPF, "CAP_BPF"),
-        (CAP_PERFMON, "CAP_PERFMON"),
-        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-        (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
-    ]
-    .iter()
-    .filter(|(c, _)| has_cap(caps, *c))
-    .map(|(_, n)| *n)
-    .collect();
+    let names: Vec<String> = [CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_RESOURCE]
+        .into_iter()
+        .filter(|c| has_cap(caps, *c))
+        .map(|c| c.to_string())
+        .collect();
     let have = if names.is_empty() {
         "none".to_string()
     } else {

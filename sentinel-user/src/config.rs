@@ -399,38 +399,12 @@ fn key_line(text: &str, dotted: &str) -> Option<usize> {
 
 /// Error text on one line and bounded, whatever the input contained.
 fn one_line(message: &str) -> String {
-    let flat: String = message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let flat = flat.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > 300 {
-        let cut: String = flat.chars().take(300).collect();
-        format!("{cut}...")
-    } else {
-        flat
-    }
+    crate::sanitize::one_line(message, 300)
 }
 
 /// A key path from the file on one line: control characters escaped, length bounded.
 fn printable(key: &str) -> String {
-    let escaped: String = key
-        .chars()
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_debug().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect();
-    if escaped.chars().count() > 200 {
-        let cut: String = escaped.chars().take(200).collect();
-        format!("{cut}...")
-    } else {
-        escaped
-    }
+    crate::sanitize::printable(key, 200)
 }
 
 /// The documented example config, shipped in the repository; a test keeps it valid.

@@ -252,7 +252,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     // Capabilities are per thread: drop them before any other thread starts (the detector's
     // training thread, the output writer), or those threads would keep them.
     if opts.drop_capabilities {
-        match crate::privilege::drop_all_but(&[crate::privilege::CAP_SYS_PTRACE]) {
+        match crate::privilege::drop_all_but(&[crate::privilege::Cap::CAP_SYS_PTRACE]) {
             Ok(eff) => info!("capabilities dropped after attach: CapEff {eff:016x}"),
             Err(e) => warn!("{e:#}; keeping the start-up capabilities"),
         }

@@ -1,6 +1,6 @@
 //! Sentinel userspace: collector, detection, healing and exporters.
 
-pub mod analysis;
+pub(crate) mod analysis;
 pub mod check;
 pub mod collect;
 pub mod config;
@@ -12,4 +12,4 @@ pub mod heal;
 pub mod model;
 pub mod privilege;
 pub mod replay;
-pub mod sanitize;
+pub(crate) mod sanitize;

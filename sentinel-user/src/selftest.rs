@@ -18,11 +18,11 @@ use std::{
 
 use anyhow::{Context, Result};
 use sentinel::collect::{
-    caps,
     drain::{Drain, DrainDelta, RawSnapshot},
     loader::{Collector, HOOKS, LoadOptions},
     netns, offsets, tracefs,
 };
+use sentinel::privilege;
 use sentinel_common::counter;
 
 #[derive(clap::Args)]
@@ -314,8 +314,9 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
     }
 
     if args.drop_caps {
-        let dropped = caps::drop_all();
-        let eff = caps::effective();
+        // The daemon's own drop (`--drop-capabilities`), keeping nothing.
+        let dropped = privilege::drop_all_but(&[]);
+        let eff = privilege::effective();
         udp_over_lo(DATAGRAMS)?;
         let drained = reader.step(&collector);
         let counted = drained
@@ -329,7 +330,7 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
                 "drop: {} CapEff={} then {DATAGRAMS} datagrams drained: net_tx_packets={counted}{}",
                 dropped
                     .as_ref()
-                    .map_or_else(|e| format!("{e:#}"), |()| "ok".into()),
+                    .map_or_else(|e| format!("{e:#}"), |_| "ok".into()),
                 eff.map_or("?".into(), |e| format!("{e:016x}")),
                 drained.err().map_or(String::new(), |e| format!(" ({e:#})"))
             ),

@@ -1,6 +1,5 @@
 //! The collector: load and attach the eBPF programs, drain their maps into `Interval`s.
 
-pub mod caps;
 pub mod drain;
 pub mod host;
 pub mod instance;

@@ -392,6 +392,7 @@ impl Watcher {
         }
     }
 
+    #[cfg(test)]
     pub fn state(&self) -> DockerState {
         self.view
             .read()

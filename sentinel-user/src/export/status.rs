@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::model::{
     AuditRecord, HealState, HealStatus, Interval, Published, PublishedRx, SeriesStatus,
 };
+pub use crate::sanitize::printable as sanitize;
 
 pub const DEFAULT_SOCKET: &str = "/run/sentinel/sentinel.sock";
 /// A client that does not read its snapshot within this long is dropped.
@@ -377,31 +378,9 @@ pub fn render_text(s: &StatusSnapshot) -> String {
     out
 }
 
-/// Makes text from the kernel, containers or other stages safe for a terminal: control
-/// characters (ANSI escapes, newlines, carriage returns) become U+FFFD and length is capped.
-pub fn sanitize(s: &str, max_chars: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .take(max_chars)
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect();
-    if s.chars().count() > max_chars {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sanitize_strips_escapes_and_newlines() {
-        let s = sanitize("eth0\x1b[2J\nrm -rf\r", 100);
-        assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
-        assert!(s.starts_with("eth0"));
-        assert_eq!(sanitize("abcdef", 3), "abc…");
-    }
 
     #[test]
     fn runtime_directory_is_private() {

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use crate::model::{Decision, Interval};
+use crate::sanitize::printable as safe;
 
 pub fn line(iv: &Interval) -> String {
     let c = |name: &str| match iv.counters.get(name) {
@@ -111,24 +112,6 @@ pub fn line(iv: &Interval) -> String {
 
 /// Containers listed under the host line in text output.
 const TEXT_CONTAINERS: usize = 5;
-
-/// A workload-controlled string made safe for a terminal: control characters (escape
-/// sequences, newlines) are shown escaped, and the length is bounded.
-pub fn safe(raw: &str, max_chars: usize) -> String {
-    let mut out = String::new();
-    for (i, ch) in raw.chars().enumerate() {
-        if i == max_chars {
-            out.push('~');
-            break;
-        }
-        if ch.is_control() {
-            out.extend(ch.escape_default());
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
 
 /// 1234567 -> "1.2M": the line has to stay readable at a glance.
 fn human(v: u64) -> String {

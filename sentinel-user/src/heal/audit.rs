@@ -97,7 +97,6 @@ pub struct AuditLog {
     recent: VecDeque<AuditRecord>,
     recent_cap: usize,
     write_errors: u64,
-    lines: u64,
 }
 
 impl AuditLog {
@@ -111,12 +110,7 @@ impl AuditLog {
             recent: VecDeque::new(),
             recent_cap,
             write_errors: 0,
-            lines: 0,
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Append one line. The whole line goes out in one `write_all` on an O_APPEND file, so
@@ -144,10 +138,7 @@ impl AuditLog {
             self.recent.push_back(rec);
         }
         match res {
-            Ok(()) => {
-                self.lines += 1;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(source) => {
                 self.write_errors += 1;
                 // Drop the handle so the next write reopens (e.g. after log rotation).
@@ -166,10 +157,6 @@ impl AuditLog {
 
     pub fn write_errors(&self) -> u64 {
         self.write_errors
-    }
-
-    pub fn lines(&self) -> u64 {
-        self.lines
     }
 }
 

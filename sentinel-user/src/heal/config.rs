@@ -553,12 +553,6 @@ impl HealConfig {
         if c.0.is_empty() { Ok(()) } else { Err(c.0) }
     }
 
-    pub fn grace(&self) -> Duration {
-        secs(self.grace_secs)
-    }
-    pub fn verify(&self) -> Duration {
-        secs(self.verify_secs)
-    }
     pub fn action_timeout(&self) -> Duration {
         secs(self.action_timeout_secs)
     }

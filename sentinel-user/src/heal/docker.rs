@@ -119,7 +119,6 @@ pub struct ContainerInfo {
     pub restart_policy: String,
     pub max_retry: i64,
     pub restart_count: i64,
-    pub started_at: String,
 }
 
 impl ContainerInfo {
@@ -183,7 +182,6 @@ impl DockerClient {
                 .to_string();
             info.exit_code = s.exit_code.unwrap_or(0);
             info.oom_killed = s.oom_killed.unwrap_or(false);
-            info.started_at = s.started_at.clone().unwrap_or_default();
         }
         if let Some(rp) = c
             .host_config

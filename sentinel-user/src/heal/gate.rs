@@ -603,10 +603,6 @@ impl StormGuard {
     pub fn forget(&mut self, id: &str) {
         self.due_since.remove(id);
     }
-
-    pub fn tracked(&self) -> usize {
-        self.due_since.len()
-    }
 }
 
 #[cfg(test)]
@@ -817,7 +813,7 @@ mod tests {
         assert!(g.ready(ms(7000), "x"));
         assert_eq!(g.ready_at("x"), Some(ms(7000)));
         g.forget("x");
-        assert_eq!(g.tracked(), 0);
+        assert_eq!(g.ready_at("x"), None);
     }
 
     proptest! {

@@ -42,16 +42,16 @@ pub mod backoff;
 pub mod breaker;
 pub mod config;
 pub mod docker;
-pub mod executor;
+pub(crate) mod executor;
 #[cfg(test)]
 mod fake;
-pub mod gate;
+pub(crate) mod gate;
 mod lifecycle;
 #[cfg(test)]
 mod matrix_tests;
 mod pass;
-pub mod probe;
-pub mod triggers;
+pub(crate) mod probe;
+pub(crate) mod triggers;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -206,10 +206,6 @@ impl HealEngine {
             slow_until: None,
             cfg,
         })
-    }
-
-    pub fn docker_state(&self) -> DockerState {
-        self.docker
     }
 
     /// Containers the gate currently keeps state for (bounded by live containers, D4).

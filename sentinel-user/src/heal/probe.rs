@@ -71,6 +71,7 @@ impl Prober {
     }
 
     /// Probes running now.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.running.len()
     }

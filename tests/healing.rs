@@ -369,7 +369,10 @@ async fn unlabelled_and_image_labelled_containers_are_never_touched() {
     for c in &cs {
         c.wait_health("unhealthy", Duration::from_secs(15)).unwrap();
     }
-    let started: Vec<String> = cs.iter().map(|c| c.started_at()).collect();
+    let started: Vec<String> = cs
+        .iter()
+        .map(support::docker::Container::started_at)
+        .collect();
     // Many intervals with all of them unhealthy.
     tokio::time::sleep(Duration::from_secs(6)).await;
     // L5: no raw escape byte anywhere in the file (and every line parses, read_audit).
@@ -752,7 +755,7 @@ fn anomaly_exec_cfg(label: &str, cmd: &[&str], timeout: f64) -> HealConfig {
             intervals: 2,
         },
         action: ActionConfig::Exec {
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(std::string::ToString::to_string).collect(),
         },
         ..RuleConfig::autoheal()
     }];
@@ -1348,7 +1351,8 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
 /// A socket proxy in the spirit of Tecnativa/docker-socket-proxy with `POST=0`: GET is passed
 /// to the real engine (one request per connection, so no POST can ride a kept-alive GET
 /// connection), anything else is answered 403.
-async fn get_only_proxy(listen: &Path) -> tokio::task::JoinHandle<()> {
+/// Must run inside a tokio runtime.
+fn get_only_proxy(listen: &Path) -> tokio::task::JoinHandle<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::UnixListener::bind(listen).unwrap();
     tokio::spawn(async move {
@@ -1406,7 +1410,7 @@ async fn denied_by_docker_api_is_not_a_container_failure() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("proxy.sock");
-    let proxy = get_only_proxy(&sock).await;
+    let proxy = get_only_proxy(&sock);
     let label = unique("sentinel.test.denied");
     let cfg = base_cfg(&label);
     let events = sd::StartEvents::record();

@@ -148,7 +148,7 @@ impl Analysis {
     pub fn series(&self) -> Vec<SeriesStatus> {
         self.detect
             .iter()
-            .flat_map(|engine| engine.series_states())
+            .flat_map(super::detect::engine::DetectionEngine::series_states)
             .map(|(name, state, score)| SeriesStatus {
                 name: name.to_string(),
                 state,

@@ -529,7 +529,7 @@ mod tests {
     fn key_paths_from_the_file_are_escaped_in_errors() {
         let e = err("[[heal.rules]]\nselector = { labels = { \"a\\u001b[2J\\nb\" = 1 } }\n");
         let s = e.to_string();
-        assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
+        assert!(!s.chars().any(char::is_control), "{s:?}");
         assert!(s.contains(r"labels.a\u{1b}[2J\nb"), "{s}");
         let long = format!(
             "[[heal.rules]]\nselector = {{ labels = {{ {} = 1 }} }}\n",

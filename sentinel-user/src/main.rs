@@ -1,5 +1,7 @@
 //! `sentinel`: command-line dispatch only.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod selftest;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};

@@ -24,7 +24,7 @@ pub use caps::Capability as Cap;
 /// Capabilities are per thread: call it while the process has one thread (threads created
 /// later inherit the reduced sets).
 pub fn drop_all_but(keep: &[Capability]) -> Result<u64> {
-    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, std::iter::Iterator::count);
     if threads > 1 {
         bail!("cannot drop capabilities: the process already has {threads} threads");
     }

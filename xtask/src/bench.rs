@@ -190,7 +190,7 @@ fn header(ctx: &Ctx, args: &BenchArgs) -> Result<String> {
         .unwrap_or("?")
         .trim()
         .to_string();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let rev = std::process::Command::new("git")
         .current_dir(&ctx.root)
         .args(["rev-parse", "--short", "HEAD"])

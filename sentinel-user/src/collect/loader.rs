@@ -472,7 +472,7 @@ impl Collector {
                 .copied(),
         );
         out.ifaces.clear();
-        for item in self.ifaces.iter() {
+        for item in &self.ifaces {
             match item {
                 Ok((key, values)) => out.ifaces.push((key, values.iter().copied().collect())),
                 // A key deleted between get_next_key and lookup: nothing to read.
@@ -520,7 +520,7 @@ fn read_keyed<K: aya::Pod, V: aya::Pod, const N: usize>(
     convert: impl Fn(&V) -> [u64; N],
 ) -> Result<()> {
     out.clear();
-    for item in map.iter() {
+    for item in map {
         match item {
             Ok((key, values)) => out.push((key, values.iter().map(&convert).collect())),
             Err(aya::maps::MapError::KeyNotFound) => continue,

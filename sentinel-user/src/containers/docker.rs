@@ -431,7 +431,9 @@ async fn watch(
             return;
         }
         let was = {
-            let mut v = view.write().unwrap_or_else(|p| p.into_inner());
+            let mut v = view
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             std::mem::replace(&mut v.state, DockerState::Unreachable)
         };
         if was != DockerState::Unreachable {
@@ -474,7 +476,9 @@ async fn session(
         Err(e) => return e.to_string(),
     };
     {
-        let mut v = view.write().unwrap_or_else(|p| p.into_inner());
+        let mut v = view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if v.state != DockerState::Up {
             info!(
                 endpoint = %client.endpoint,
@@ -519,7 +523,7 @@ async fn session(
                         }
                     }
                     match client.containers().await {
-                        Ok(c) => view.write().unwrap_or_else(|p| p.into_inner()).containers = c,
+                        Ok(c) => view.write().unwrap_or_else(std::sync::PoisonError::into_inner).containers = c,
                         Err(e) => return e.to_string(),
                     }
                 }
@@ -566,7 +570,8 @@ mod tests {
     use super::*;
 
     /// A unix socket answering every request with `body` as JSON (Docker API `api`).
-    pub(crate) async fn fake_engine(api: &str, body: &'static str) -> (tempfile::TempDir, String) {
+    /// Must run inside a tokio runtime.
+    fn fake_engine(api: &str, body: &'static str) -> (tempfile::TempDir, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("docker.sock");
@@ -666,8 +671,7 @@ mod tests {
         let (_dir, host) = fake_engine(
             "1.24",
             r#"{"ApiVersion":"1.24","Version":"1.12.6","MinAPIVersion":"1.12"}"#,
-        )
-        .await;
+        );
         match connect(&settings(&host)).await {
             Err(e @ DockerError::VersionUnsupported { .. }) => {
                 let line = e.to_string();
@@ -685,7 +689,7 @@ mod tests {
     async fn missing_socket_is_docker_unreachable() {
         match connect(&settings("unix:///nonexistent/docker.sock")).await {
             Err(e @ DockerError::DockerUnreachable { .. }) => {
-                assert!(e.to_string().contains("/nonexistent/docker.sock"), "{e}")
+                assert!(e.to_string().contains("/nonexistent/docker.sock"), "{e}");
             }
             Err(e) => panic!("wrong kind: {e}"),
             Ok(_) => panic!("connected to nothing"),
@@ -696,10 +700,12 @@ mod tests {
     #[test]
     fn check_reads_the_version_at_the_configured_host() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let (_dir, host) = rt.block_on(fake_engine(
-            "1.41",
-            r#"{"ApiVersion":"1.41","Version":"20.10.24","MinAPIVersion":"1.12"}"#,
-        ));
+        let (_dir, host) = rt.block_on(async {
+            fake_engine(
+                "1.41",
+                r#"{"ApiVersion":"1.41","Version":"20.10.24","MinAPIVersion":"1.12"}"#,
+            )
+        });
         let got = probe_version(&settings(&host), Duration::from_secs(2)).unwrap();
         assert_eq!(got, ("20.10.24".to_string(), "1.41".to_string()));
         let err = probe_version(
@@ -727,7 +733,7 @@ mod tests {
         let mut rx = w.events.take().unwrap();
         match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
             Ok(Some(WatchMsg::Disconnected(reason))) => {
-                assert!(reason.contains("/nonexistent/docker.sock"), "{reason}")
+                assert!(reason.contains("/nonexistent/docker.sock"), "{reason}");
             }
             other => panic!("expected Disconnected, got {other:?}"),
         }

@@ -354,7 +354,7 @@ fn for_each_series(iv: &Interval, mut f: impl FnMut(Obs<'_>)) {
             signal: name,
             container_id: None,
             value,
-        })
+        });
     };
     for (name, v) in &iv.counters {
         if let Some(v) = v {

@@ -110,7 +110,10 @@ impl Metrics {
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         // A panic while holding the lock cannot leave half an interval behind that matters
         // more than losing metrics altogether: keep serving.
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut guard)
     }
 
@@ -577,7 +580,10 @@ fn emit_gauge(m: prometheus_client::encoding::MetricEncoder, v: f64) -> std::fmt
 
 impl Collector for StateCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         family(
             &mut enc,
             "sentinel_build_info",

@@ -272,7 +272,7 @@ pub fn recent_actions(recent: &[AuditRecord]) -> Vec<String> {
                 r.decision.as_str()
             );
             for v in [
-                r.action.map(|a| a.as_str()),
+                r.action.map(super::super::model::ActionKind::as_str),
                 r.outcome.as_deref(),
                 Some(r.reason.as_str()),
             ]
@@ -446,7 +446,7 @@ mod tests {
         assert_eq!(b.len(), 2);
         assert_eq!(b[1].state, "OPEN");
         assert_eq!(b[1].failures, 3);
-        assert!(!b[1].container.chars().any(|c| c.is_control()));
+        assert!(!b[1].container.chars().any(char::is_control));
         assert_eq!(
             recent_actions(&heal.recent),
             vec!["15:00:01 web taken restart ok anomaly"]

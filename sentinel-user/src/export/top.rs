@@ -471,7 +471,11 @@ mod tests {
         let mut terminal = Terminal::new(TestBackend::new(160, 50)).unwrap();
         terminal.draw(|f| draw(f, &view)).unwrap();
         let buffer = terminal.backend().buffer();
-        let text: String = buffer.content().iter().map(|c| c.symbol()).collect();
+        let text: String = buffer
+            .content()
+            .iter()
+            .map(ratatui::buffer::Cell::symbol)
+            .collect();
         for expected in [
             "Host",
             "sched switch/s",
@@ -484,7 +488,7 @@ mod tests {
         }
         assert!(text.contains("evil"));
         assert!(
-            !text.chars().any(|c| c.is_control()),
+            !text.chars().any(char::is_control),
             "control characters reached the screen buffer"
         );
         assert!(

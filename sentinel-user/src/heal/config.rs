@@ -757,7 +757,7 @@ mod tests {
             ..RuleConfig::autoheal()
         });
         let errs = c.validate().unwrap_err();
-        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let text: Vec<String> = errs.iter().map(std::string::ToString::to_string).collect();
         assert!(
             text.iter()
                 .any(|t| t.starts_with("heal.max_concurrent_actions:") && t.contains("1..=64")),

@@ -71,14 +71,12 @@ impl Executor {
         let timeout = self.timeout;
         async move {
             let waited_from = tokio::time::Instant::now();
-            let _permit = match tokio::time::timeout(permit_wait, sem.acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                // Closed semaphore only happens at shutdown; treat like a wait time-out.
-                _ => {
-                    return ExecOutcome::PermitWaitTimeout {
-                        waited: waited_from.elapsed(),
-                    };
-                }
+            // A closed semaphore only happens at shutdown; it is treated like a wait time-out.
+            let Ok(Ok(permit)) = tokio::time::timeout(permit_wait, sem.acquire_owned()).await
+            else {
+                return ExecOutcome::PermitWaitTimeout {
+                    waited: waited_from.elapsed(),
+                };
             };
             let start = tokio::time::Instant::now();
             match tokio::time::timeout(timeout, api.act(id, action)).await {
@@ -93,7 +91,7 @@ impl Executor {
                 Err(_) => {
                     let duration = start.elapsed();
                     // Release the permit before the (bounded) liveness probe: the action is over.
-                    drop(_permit);
+                    drop(permit);
                     let docker_alive = api.ping().await.is_ok();
                     ExecOutcome::TimedOut {
                         duration,

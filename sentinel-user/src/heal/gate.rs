@@ -261,7 +261,11 @@ impl Gate {
 
     /// Decide, and on Allow (or dry_run) book the action against cooldown, back-off and caps.
     pub fn decide(&mut self, now: Instant, req: &Request<'_>) -> Verdict {
-        use SkipReason::*;
+        use SkipReason::{
+            ActionInFlight, Backoff, BreakerOpen, Cooldown, DockerRestartPolicyActive,
+            DockerUnreachable, DryRun, GlobalBreakerOpen, GracePeriod, LabelFromImage, NotLabelled,
+            RateCap, RuleLimit, StoppedByOperator,
+        };
         if !req.docker_up {
             return Verdict::Skip(DockerUnreachable);
         }
@@ -319,16 +323,12 @@ impl Gate {
             .containers
             .get_mut(req.container_id)
             .expect("entry created above");
-        let container_trial = match c.breaker.try_begin(now) {
-            Ok(t) => t,
-            Err(_) => return Verdict::Skip(BreakerOpen),
+        let Ok(container_trial) = c.breaker.try_begin(now) else {
+            return Verdict::Skip(BreakerOpen);
         };
-        let global_trial = match self.global_breaker.try_begin(now) {
-            Ok(t) => t,
-            Err(_) => {
-                c.breaker.record(now, container_trial, Outcome::Neutral);
-                return Verdict::Skip(GlobalBreakerOpen);
-            }
+        let Ok(global_trial) = self.global_breaker.try_begin(now) else {
+            c.breaker.record(now, container_trial, Outcome::Neutral);
+            return Verdict::Skip(GlobalBreakerOpen);
         };
         // Book the action: a dry run books it too, so its audit shows the cadence a real run
         // would have, but it never touches the breakers.

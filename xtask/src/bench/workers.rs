@@ -29,7 +29,7 @@ pub enum Worker {
 
 /// The CPU the workloads are pinned to (the last one, the first is where IRQs tend to go).
 pub fn bench_cpu() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1
 }
 
 pub fn run(worker: Worker) -> Result<()> {

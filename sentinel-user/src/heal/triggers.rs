@@ -219,16 +219,10 @@ mod tests {
         let k = "sentinel.heal";
         assert_eq!(consent(&cfg, &info(&[(k, "true")], &[])), Consent::Labelled);
         let huge = "true".repeat(1 << 18);
-        for v in [
-            "TRUE",
-            "yes",
-            "true ",
-            "true\n",
-            "tгue",
-            "1",
-            "",
-            huge.as_str(),
-        ] {
+        for v in crate::heal::fake::HOSTILE_VALUES
+            .into_iter()
+            .chain([huge.as_str()])
+        {
             assert_eq!(
                 consent(&cfg, &info(&[(k, v)], &[])),
                 Consent::NotLabelled,

@@ -12,3 +12,4 @@ pub mod heal;
 pub mod model;
 pub mod privilege;
 pub mod replay;
+pub mod service;

@@ -11,7 +11,8 @@ use crate::build_ebpf::{status, step};
 /// Everything the privileged tests use: network namespaces, mounts, a Docker engine and a
 /// local busybox image (no pulls), Prometheus and tmux for the operations tests, QEMU for the
 /// kernel portability matrix, systemd-nspawn and mmdebstrap to run the unit under a real
-/// systemd (tests/systemd.rs), man-db to check the man pages.
+/// systemd (tests/systemd.rs), man-db to check the man pages, lintian and logrotate for the
+/// Debian package (tests/dist.rs).
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -26,6 +27,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "systemd-container",
     "mmdebstrap",
     "man-db",
+    "lintian",
+    "logrotate",
 ];
 
 fn installed(package: &str) -> bool {

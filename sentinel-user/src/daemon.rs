@@ -309,6 +309,17 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     // Exporters (metrics endpoint, status socket) subscribe here: `publish.subscribe()`.
     exporters.start(publish.subscribe());
     info!(interval = ?opts.interval, "sentinel running");
+    // systemd (Type=notify): ready once the programs are attached and the exporters bound; the
+    // watchdog is pinged from this loop, so a stuck drain stops the pings.
+    let mut service = crate::service::Notifier::from_env();
+    service.ready(&format!(
+        "running: interval {:?}, {} program(s) not attached",
+        opts.interval,
+        disabled.len()
+    ));
+    let mut watchdog = service
+        .ping_every()
+        .map(|every| tokio::time::interval_at(tokio::time::Instant::now(), every));
 
     let reason = loop {
         let stop = tokio::select! {
@@ -323,6 +334,10 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
                 continue;
             }
             _ = sleep_until(deadline.unwrap_or(start)), if deadline.is_some() => Some("duration elapsed"),
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                service.watchdog();
+                continue;
+            }
             _ = heal_tick.tick(), if healing => {
                 p.analysis.tick().await;
                 continue;
@@ -353,6 +368,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         }
     };
     info!("stopping ({reason}): detaching programs");
+    service.stopping(reason);
     exporters.stop();
     p.analysis.shutdown().await;
     p.collector.detach();

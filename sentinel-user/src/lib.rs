@@ -17,3 +17,4 @@ pub mod model;
 pub mod privilege;
 pub mod replay;
 pub(crate) mod sanitize;
+pub mod service;

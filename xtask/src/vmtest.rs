@@ -41,6 +41,10 @@ pub struct VmtestArgs {
     /// Extra kernel command-line parameters for every guest, e.g. `lockdown=confidentiality`.
     #[arg(long, default_value = "")]
     append: String,
+    /// Boot the binary users download: built by `cargo xtask dist` and unpacked from its
+    /// tarball.
+    #[arg(long, conflicts_with = "dynamic")]
+    from_dist: bool,
 }
 
 /// Debian 12 kernel series to test: package name prefix and suffix around a numeric part;
@@ -68,7 +72,11 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
     fs::create_dir_all(&work)?;
     need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")?;
 
-    let sentinel = build_sentinel(&root, args.dynamic)?;
+    let sentinel = if args.from_dist {
+        from_dist(&work)?
+    } else {
+        build_sentinel(&root, args.dynamic)?
+    };
     // (name, image, extra kernel parameters)
     let mut kernels: Vec<(String, PathBuf, &str)> = Vec::new();
     if !args.no_debian {
@@ -236,6 +244,28 @@ fn build_sentinel(root: &Path, dynamic: bool) -> Result<BuiltSentinel> {
         binary,
         libs,
         how: "dynamic (glibc + ldd libraries)",
+    })
+}
+
+/// The static binary as shipped: `cargo xtask dist`'s tarball, unpacked.
+fn from_dist(work: &Path) -> Result<BuiltSentinel> {
+    let tarball = crate::dist::build()?.tarball;
+    let dir = work.join("dist");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    output(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&dir),
+        "unpacking the dist tarball",
+    )?;
+    let top = crate::dist::tarball_name();
+    Ok(BuiltSentinel {
+        binary: dir.join(top.trim_end_matches(".tar.gz")).join("sentinel"),
+        libs: Vec::new(),
+        how: "static (musl), unpacked from the dist tarball",
     })
 }
 

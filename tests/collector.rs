@@ -478,3 +478,122 @@ fn a_stalled_stdout_reader_does_not_stall_the_drain() {
         "one warning per episode: {stderr}"
     );
 }
+
+/// Run-queue delay of a task in ns, field 2 of `/proc/PID/schedstat`.
+fn run_delay(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/{pid}/schedstat unreadable"))
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn signal_all(pids: &[u32], signal: nix::sys::signal::Signal) {
+    for &p in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), signal);
+    }
+}
+
+/// The run-queue wait sum is the kernel's own. A storm of three spinners and their parent, in
+/// their own mount namespace (their own container key) and pinned to one CPU (no wait is
+/// split by a migration), waits as long in sentinel's exact per-container sum as the kernel's
+/// `run_delay` of those tasks says. With the `sched_info` source the two are the same
+/// arithmetic on the same clock: equal to the nanosecond. With the `hash` source the wait runs
+/// from the wakeup tracepoint on `bpf_ktime_get_ns`: within 2%.
+#[test]
+fn runq_wait_sum_matches_the_kernels_run_delay() {
+    if !require_root("runq_wait_sum_matches_the_kernels_run_delay") {
+        return;
+    }
+    let cpu = (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string();
+    for (source, tolerance) in [("sched_info", 1e-6), ("hash", 0.02)] {
+        let mut run = SentinelRun::start(&[
+            "--interval",
+            "200ms",
+            "--no-docker",
+            "--runq-source",
+            source,
+        ]);
+        run.next_interval(FIRST);
+        let start_file = std::env::temp_dir().join(format!("snt-runq-{}", std::process::id()));
+        // The parent reads its own run_delay right after joining the new mount namespace: its
+        // waits from then on are the container's.
+        let script = format!(
+            "read a b c < /proc/$$/schedstat; echo $b > {}; \
+             for i in 1 2 3; do (while :; do :; done) & done; wait",
+            start_file.display()
+        );
+        let mut storm = Command::new("taskset")
+            .args(["-c", &cpu, "unshare", "--mount", "sh", "-c", &script])
+            .spawn()
+            .expect("start the storm");
+        let parent = storm.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while children_of(parent).len() < 3 {
+            assert!(Instant::now() < deadline, "the storm did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let mut tasks = children_of(parent);
+        tasks.push(parent);
+        signal_all(&tasks, nix::sys::signal::Signal::SIGSTOP);
+        // Stopped tasks are not runnable: once all are in state T, no wait is open.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !tasks.iter().all(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+            })
+        }) {
+            assert!(Instant::now() < deadline, "the storm did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let key = std::fs::metadata(format!("/proc/{parent}/ns/mnt"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .expect("the storm's mount namespace");
+        let before: u64 = std::fs::read_to_string(&start_file)
+            .expect("the parent's run_delay at the start")
+            .trim()
+            .parse()
+            .expect("a number");
+        let kernel_ns: u64 = tasks.iter().map(|&p| run_delay(p)).sum::<u64>() - before;
+        run.next_interval(FIRST);
+        let done = run.stop();
+        signal_all(&tasks, nix::sys::signal::Signal::SIGKILL);
+        let _ = storm.wait();
+        let _ = std::fs::remove_file(&start_file);
+        assert!(done.status.success(), "sentinel failed: {}", done.stderr);
+        let (ours_us, waits): (f64, u64) = done
+            .intervals
+            .iter()
+            .flat_map(|iv| &iv.containers)
+            .filter(|c| c.key == key)
+            .fold((0.0, 0), |(s, n), c| {
+                (
+                    s + c.runqueue_latency_us.sum,
+                    n + c.runqueue_latency_us.count,
+                )
+            });
+        let kernel_us = kernel_ns as f64 / 1e3;
+        let diff = (ours_us - kernel_us).abs() / kernel_us;
+        eprintln!(
+            "{source}: sentinel {ours_us:.3} us over {waits} waits, run_delay {kernel_us:.3} us: {:.6}% apart",
+            diff * 100.0
+        );
+        assert!(
+            kernel_us > 100_000.0 && waits > 100,
+            "three spinners on one CPU for 2 s wait a lot ({kernel_us} us, {waits} waits)"
+        );
+        assert!(
+            diff <= tolerance,
+            "{source}: sentinel {ours_us} us vs run_delay {kernel_us} us"
+        );
+    }
+}

@@ -49,11 +49,17 @@ pub struct Interval {
     pub final_totals: Option<BTreeMap<String, u64>>,
 }
 
+/// Run-queue waits of an interval, in microseconds. Percentiles come from the histogram
+/// (within 12.5% globally, 2x per container); `mean` and `sum` from the kernel's exact sum.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LatencySummary {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+    #[serde(default)]
+    pub mean: f64,
+    #[serde(default)]
+    pub sum: f64,
     pub count: u64,
 }
 

@@ -7,6 +7,7 @@
 use anyhow::{Result, bail};
 
 pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_BPF: u32 = 39;
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const PR_CAPBSET_DROP: i32 = 24;

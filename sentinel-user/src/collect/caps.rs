@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 use nix::libc;
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+pub const CAP_BPF: u32 = 39;
 
 #[repr(C)]
 struct CapHeader {
@@ -39,8 +40,15 @@ fn last_cap() -> u32 {
 /// Capability sets are per thread: call this before starting any other thread, or the others
 /// keep theirs.
 pub fn drop_all() -> Result<()> {
+    drop_all_but(&[])
+}
+
+/// As `drop_all`, but `keep` stays in the effective and permitted sets (and the bounding
+/// set), e.g. CAP_BPF where the kernel checks it on every map read.
+pub fn drop_all_but(keep: &[u32]) -> Result<()> {
+    let mask: u64 = keep.iter().fold(0, |m, &c| m | (1u64 << c));
     // The bounding set first: dropping from it needs CAP_SETPCAP, which capset removes.
-    for cap in 0..=last_cap() {
+    for cap in (0..=last_cap()).filter(|c| mask & (1u64 << c) == 0) {
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         // EINVAL: a capability this kernel does not know; nothing to drop.
@@ -66,7 +74,18 @@ pub fn drop_all() -> Result<()> {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let data = [CapData::default(); 2];
+    let data = [
+        CapData {
+            effective: mask as u32,
+            permitted: mask as u32,
+            inheritable: 0,
+        },
+        CapData {
+            effective: (mask >> 32) as u32,
+            permitted: (mask >> 32) as u32,
+            inheritable: 0,
+        },
+    ];
     // SAFETY: header and data have the layout of the kernel's v3 capset arguments.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) };
     if rc != 0 {

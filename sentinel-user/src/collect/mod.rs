@@ -1,5 +1,6 @@
 //! The collector: load and attach the eBPF programs, drain their maps into `Interval`s.
 
+pub mod bpf_sys;
 pub mod caps;
 pub mod drain;
 pub mod host;
@@ -7,4 +8,5 @@ pub mod instance;
 pub mod loader;
 pub mod netns;
 pub mod offsets;
+pub mod slots;
 pub mod tracefs;

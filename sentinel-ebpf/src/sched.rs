@@ -171,18 +171,19 @@ fn calibrate(rec: *mut CpuRecord, now: u64, hash: bool) {
 
 #[inline(always)]
 fn record_wait(rec: *mut CpuRecord, slot: u32, waited: u64) {
-    // One logarithm for both histograms.
+    // One logarithm for both histograms. The indices are masked rather than compared: both
+    // bucket counts are powers of two and the arithmetic keeps them in range anyway, and a
+    // verifier before 6.x loses a comparison's bound when the compiler indexes with a copy of
+    // the register it compared ("unbounded memory access" on 5.10 and 6.1).
+    const _: () = assert!(HIST_BUCKETS.is_power_of_two());
+    const _: () = assert!(CONTAINER_HIST_BUCKETS.is_power_of_two());
     let msb = log2_floor(waited | 1);
-    let bucket = hist_bucket_of_log2(waited, msb);
+    let bucket = hist_bucket_of_log2(waited, msb) & (HIST_BUCKETS - 1);
     unsafe {
-        if bucket < HIST_BUCKETS {
-            add(&raw mut (*rec).runq_hist[bucket], 1);
-        }
+        add(&raw mut (*rec).runq_hist[bucket], 1);
         add(&raw mut (*rec).runq_wait_ns, waited);
-        let bucket = container_bucket_of_log2(msb);
-        if bucket < CONTAINER_HIST_BUCKETS
-            && let Some(cs) = stats(rec, slot)
-        {
+        let bucket = container_bucket_of_log2(msb) & (CONTAINER_HIST_BUCKETS - 1);
+        if let Some(cs) = stats(rec, slot) {
             add(&raw mut (*cs).runq_hist[bucket], 1);
             add(&raw mut (*cs).runq_wait_ns, waited);
             mark_dirty(rec, slot);

@@ -213,6 +213,7 @@ impl Pipeline {
                 container_capacity: u64::from(self.collector.container_capacity),
                 reset: delta.reset,
                 drain_us,
+                runq_source: self.collector.runq_source.as_str().to_string(),
                 // Filled in by the run loop, which owns the output.
                 output_dropped: 0,
                 recursion_misses: self.recursion_misses.clone(),

@@ -171,6 +171,9 @@ pub struct CollectorHealth {
     pub reset: bool,
     /// Time the drain itself took, microseconds.
     pub drain_us: u64,
+    /// Where run-queue waits come from: `sched_info` (the kernel's own stamp) or `hash`.
+    #[serde(default)]
+    pub runq_source: String,
     /// Interval lines not written to stdout since start because its reader was too slow (the
     /// drain never waits for it).
     #[serde(default)]

@@ -8,6 +8,7 @@
 //! - `soak`: resident memory at a 10 ms interval over a long run.
 //! - `drain`: the daemon's own drain time with its kernel maps filled.
 //! - `containers`: the daemon's CPU time with 1000 live containers.
+//! - `runq`: run-queue waits against the kernel's run_delay and bpftrace's runqlat.
 //!
 //! The workloads are this binary's hidden `bench worker ...` subcommands. Nothing here asserts a
 //! timing: results are printed and written as a markdown report.
@@ -60,6 +61,7 @@ enum Part {
     Soak,
     Drain,
     Containers,
+    Runq,
 }
 
 /// What every part needs: paths, sizes, the report being written.
@@ -138,6 +140,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if want(Part::Containers) {
         kernel::live_containers(&mut ctx)?;
+    }
+    if want(Part::Runq) {
+        kernel::runq_agreement(&mut ctx)?;
     }
     if want(Part::Soak) && !args.smoke && args.soak_secs > 0 {
         measure::soak(&mut ctx, Duration::from_secs(args.soak_secs))?;

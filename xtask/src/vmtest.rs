@@ -271,21 +271,17 @@ impl Apt {
         }
     }
 
-    /// `suite` (e.g. `bullseye`) from the archive the host's Debian 12 sources name, with its
-    /// security suite; the lists are refreshed once a day.
+    /// `suite` (e.g. `bullseye`) from the Debian archive the host's sources name (its main
+    /// suite only: the archive serves it, not every security pocket); the lists are refreshed
+    /// once a day.
     fn private(work: &Path, suite: &str) -> Result<Self> {
         let dir = work.join(format!("apt-{suite}"));
         let lists = dir.join("lists");
         fs::create_dir_all(lists.join("partial"))?;
         fs::create_dir_all(dir.join("cache/archives/partial"))?;
-        let (archive, security) = debian_archives()?;
+        let archive = debian_archive()?;
         let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
-        let mut sources = format!("deb [signed-by={keyring}] {archive} {suite} main\n");
-        if let Some(security) = security {
-            sources.push_str(&format!(
-                "deb [signed-by={keyring}] {security} {suite}-security main\n"
-            ));
-        }
+        let sources = format!("deb [signed-by={keyring}] {archive} {suite} main\n");
         let list = dir.join("sources.list");
         fs::write(&list, sources)?;
         let apt = Self {
@@ -320,9 +316,9 @@ impl Apt {
     }
 }
 
-/// The Debian archive and security archive URIs of the host's apt sources (deb822 or
-/// one-line format), e.g. `http://deb.debian.org/debian`.
-fn debian_archives() -> Result<(String, Option<String>)> {
+/// The Debian archive URI of the host's apt sources (deb822 or one-line format), e.g.
+/// `http://deb.debian.org/debian`: the one that serves a release suite such as `bookworm`.
+fn debian_archive() -> Result<String> {
     let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
         for e in dir.flatten() {
@@ -332,22 +328,14 @@ fn debian_archives() -> Result<(String, Option<String>)> {
             }
         }
     }
-    let (mut archive, mut security) = (None, None);
-    for text in &texts {
-        for (uri, suites) in source_entries(text) {
-            for suite in suites {
-                if suite.ends_with("-security") {
-                    security.get_or_insert_with(|| uri.clone());
-                } else if !suite.contains('-') && uri.contains("debian") {
-                    archive.get_or_insert_with(|| uri.clone());
-                }
-            }
-        }
-    }
-    let archive = archive.ok_or_else(|| {
-        anyhow!("no Debian archive in the host's apt sources (/etc/apt/sources.list[.d])")
-    })?;
-    Ok((archive, security))
+    texts
+        .iter()
+        .flat_map(|t| source_entries(t))
+        .find(|(uri, suites)| uri.contains("debian") && suites.iter().any(|s| !s.contains('-')))
+        .map(|(uri, _)| uri)
+        .ok_or_else(|| {
+            anyhow!("no Debian archive in the host's apt sources (/etc/apt/sources.list[.d])")
+        })
 }
 
 /// (URI, suites) of every `deb` source in one file, deb822 stanzas or one-line entries.

@@ -553,3 +553,233 @@ impl Drop for Sleepers {
         self.stop();
     }
 }
+
+/// bpftrace's runqlat, limited to the storm's tasks (their command name): wakeup (or
+/// preemption) to switch-in, summed and counted, printed at exit.
+const RUNQLAT_SCRIPT: &str = r#"
+tracepoint:sched:sched_wakeup,tracepoint:sched:sched_wakeup_new /args->comm == "snt-spin"/ {
+  @qt[args->pid] = nsecs;
+}
+tracepoint:sched:sched_switch {
+  if (args->prev_state == 0 && args->prev_comm == "snt-spin") { @qt[args->prev_pid] = nsecs; }
+  if (args->next_comm == "snt-spin") {
+    $t = @qt[args->next_pid];
+    if ($t) { @sum = sum(nsecs - $t); @n = count(); delete(@qt[args->next_pid]); }
+  }
+}
+interval:ms:200 { printf("ready\n"); }
+END { clear(@qt); print(@sum); print(@n); clear(@sum); clear(@n); }
+"#;
+
+/// One window of a storm: what the kernel's run_delay, sentinel and bpftrace each saw.
+struct RunqWindow {
+    kernel_ns: u64,
+    kernel_waits: u64,
+    sentinel_ns: f64,
+    sentinel_waits: u64,
+    bpftrace: Option<(u64, u64)>,
+}
+
+fn schedstat(pid: u32) -> (u64, u64) {
+    let s = fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
+    let f: Vec<u64> = s
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (
+        f.get(1).copied().unwrap_or(0),
+        f.get(2).copied().unwrap_or(0),
+    )
+}
+
+fn signal(pids: &[u32], sig: &str) {
+    for p in pids {
+        let _ = Command::new("kill").args([sig, &p.to_string()]).status();
+    }
+}
+
+fn wait_state(pids: &[u32], stopped: bool) {
+    for _ in 0..500 {
+        let all = pids.iter().all(|p| {
+            fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('T') == stopped)
+            })
+        });
+        if all {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `spinners` busy loops named `snt-spin` in their own mount namespace (pinned to `cpus`),
+/// stopped, then run for `secs` between two stops while sentinel (and bpftrace, if installed)
+/// watch; the kernel's run_delay growth of the same tasks is the reference.
+fn runq_window(
+    ctx: &Ctx,
+    source: &str,
+    cpus: &str,
+    spinners: u32,
+    secs: u64,
+) -> Result<RunqWindow> {
+    let dir = ctx.dir.join("runq");
+    fs::create_dir_all(&dir)?;
+    let spin = dir.join("snt-spin");
+    let _ = fs::remove_file(&spin);
+    std::os::unix::fs::symlink("/bin/sh", &spin)?;
+    let run = contenders::start_sentinel(
+        ctx,
+        "200ms",
+        &["--runq-source", source],
+        &format!("runq-{source}-{cpus}"),
+    )?;
+    let script = format!(
+        "for i in $(seq {spinners}); do {} -c 'while :; do :; done' & done; wait",
+        spin.display()
+    );
+    let mut storm = Command::new("taskset")
+        .args(["-c", cpus, "unshare", "--mount", "sh", "-c", &script])
+        .spawn()
+        .context("starting the storm")?;
+    let parent = storm.id();
+    let children = || -> Vec<u32> {
+        fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    for _ in 0..500 {
+        if children().len() >= spinners as usize {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut tasks = children();
+    tasks.push(parent);
+    let key = fs::metadata(format!("/proc/{parent}/ns/mnt"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+    signal(&tasks, "-STOP");
+    wait_state(&tasks, true);
+    let before: Vec<(u64, u64)> = tasks.iter().map(|&p| schedstat(p)).collect();
+    let mut bpftrace = match super::which("bpftrace") {
+        Some(bin) => {
+            let script = dir.join("runqlat.bt");
+            fs::write(&script, RUNQLAT_SCRIPT)?;
+            let out = dir.join(format!("bpftrace-{source}-{cpus}.out"));
+            let child = Command::new(bin)
+                .arg(&script)
+                .stdout(fs::File::create(&out)?)
+                .stderr(Stdio::null())
+                .spawn()?;
+            for _ in 0..600 {
+                if fs::read_to_string(&out).is_ok_and(|t| t.contains("ready")) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Some((child, out))
+        }
+        None => None,
+    };
+    // Two whole intervals with the storm stopped: the window starts after the last of them.
+    std::thread::sleep(Duration::from_millis(500));
+    let start = std::time::SystemTime::now();
+    signal(&tasks, "-CONT");
+    std::thread::sleep(Duration::from_secs(secs));
+    signal(&tasks, "-STOP");
+    wait_state(&tasks, true);
+    let after: Vec<(u64, u64)> = tasks.iter().map(|&p| schedstat(p)).collect();
+    let bpftrace = bpftrace.as_mut().map(|(child, out)| {
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        let text = fs::read_to_string(out).unwrap_or_default();
+        // `print(@sum)` writes "@sum: N".
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (field("@sum:"), field("@n:"))
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    let out = run.stdout.clone();
+    run.stop()?;
+    signal(&tasks, "-KILL");
+    let _ = storm.wait();
+    let window_start = start
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+        - 0.3;
+    let (mut sentinel_ns, mut sentinel_waits) = (0.0, 0u64);
+    for line in out
+        .and_then(|p| fs::read_to_string(p).ok())
+        .unwrap_or_default()
+        .lines()
+    {
+        let Ok(iv) = serde_json::from_str::<sentinel::model::Interval>(line) else {
+            continue;
+        };
+        let ends =
+            time::OffsetDateTime::parse(&iv.ts, &time::format_description::well_known::Rfc3339)
+                .map_or(0.0, |t| t.unix_timestamp_nanos() as f64 / 1e9);
+        if ends < window_start {
+            continue;
+        }
+        for c in iv.containers.iter().filter(|c| c.key == key) {
+            sentinel_ns += c.runqueue_latency_us.sum * 1e3;
+            sentinel_waits += c.runqueue_latency_us.count;
+        }
+    }
+    Ok(RunqWindow {
+        kernel_ns: after.iter().zip(&before).map(|(a, b)| a.0 - b.0).sum(),
+        kernel_waits: after.iter().zip(&before).map(|(a, b)| a.1 - b.1).sum(),
+        sentinel_ns,
+        sentinel_waits,
+        bpftrace,
+    })
+}
+
+/// The run-queue sums against the kernel's per-task run_delay and bpftrace's runqlat, both
+/// sources, one CPU (no migration) and all CPUs (the load balancer moves waiting tasks).
+pub fn runq_agreement(ctx: &mut Ctx) -> Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let last = (cpus - 1).to_string();
+    let all = format!("0-{}", cpus - 1);
+    let secs = if ctx.smoke { 1 } else { 5 };
+    let la = loadavg();
+    let mut s = format!(
+        "## Run-queue waits against the kernel's run_delay and bpftrace\n\nA storm of busy loops (`snt-spin`) and their parent in their own mount namespace, stopped, then run for {secs} s and stopped again; over that window: the growth of the tasks' `run_delay` and timeslice count (`/proc/PID/schedstat`, the kernel's own), sentinel's exact per-container wait sum and count, and bpftrace's runqlat on the same tasks (wakeup or preemption to switch-in). Load average {la}.\n\n| source | CPUs | spinners | kernel waits | kernel run_delay (ms) | sentinel waits | sentinel sum (ms) | apart | bpftrace waits | bpftrace sum (ms) | apart |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for source in ["sched_info", "hash"] {
+        for (set, spinners) in [(last.as_str(), 3u32), (all.as_str(), 2 * cpus as u32 + 1)] {
+            let w = runq_window(ctx, source, set, spinners, secs)?;
+            let apart = |ns: f64| (ns - w.kernel_ns as f64) / w.kernel_ns as f64 * 100.0;
+            let (bw, bs, ba) = match w.bpftrace {
+                Some((sum, n)) => (
+                    n.to_string(),
+                    format!("{:.1}", sum as f64 / 1e6),
+                    format!("{:+.2}%", apart(sum as f64)),
+                ),
+                None => ("-".into(), "-".into(), "bpftrace not installed".into()),
+            };
+            let line = format!(
+                "| {source} | {set} | {spinners} | {} | {:.1} | {} | {:.1} | {:+.3}% | {bw} | {bs} | {ba} |\n",
+                w.kernel_waits,
+                w.kernel_ns as f64 / 1e6,
+                w.sentinel_waits,
+                w.sentinel_ns / 1e6,
+                apart(w.sentinel_ns)
+            );
+            print!("{line}");
+            s.push_str(&line);
+        }
+    }
+    s.push('\n');
+    ctx.section(&s);
+    Ok(())
+}

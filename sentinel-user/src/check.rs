@@ -134,6 +134,7 @@ pub fn run(opts: &CheckOptions) -> Report {
     items.push(check_cgroup());
     items.push(check_lockdown());
     items.push(check_offsets(&opts.btf_path));
+    items.push(check_runq_source(&opts.btf_path));
     Report {
         ok: items.iter().all(|i| i.status != Status::Fail),
         items,
@@ -471,6 +472,33 @@ fn check_offsets(btf_path: &Path) -> Item {
         ),
         Err(e) => Item::new(Status::Fail, "btf offsets", format!("{e:#}"))
             .hint("report this kernel's version: its BTF lacks a member sentinel reads"),
+    }
+}
+
+/// Which run-queue source `auto` picks here, and why not the kernel's own stamps when not.
+fn check_runq_source(btf_path: &Path) -> Item {
+    const ITEM: &str = "run-queue source";
+    let Ok(offsets) = Offsets::from_file(btf_path) else {
+        return Item::new(
+            Status::Warn,
+            ITEM,
+            "unknown: the kernel's BTF cannot be read",
+        );
+    };
+    match loader::sched_info_missing(&offsets) {
+        None => Item::new(
+            Status::Ok,
+            ITEM,
+            "sched_info: waits from the kernel's own enqueue stamps, no map operation per event",
+        ),
+        Some(why) => Item::new(
+            Status::Warn,
+            ITEM,
+            format!(
+                "hash: waits from a wakeup timestamp map (about 2 hash operations per wait); \
+                 sched_info unavailable: {why}"
+            ),
+        ),
     }
 }
 

@@ -13,7 +13,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    collect::loader::KeyMode, detect::DetectConfig, export::OutputFormat, heal::config::HealConfig,
+    collect::loader::{KeyMode, RunqSource},
+    detect::DetectConfig,
+    export::OutputFormat,
+    heal::config::HealConfig,
 };
 
 /// Where `sentinel run` looks when `--config` is not given. A missing default file is not an
@@ -78,6 +81,8 @@ pub struct CollectorConfig {
     pub container_capacity: u32,
     /// How the kernel keys containers: `auto`, `cgroup` (cgroup v2 id) or `mntns`.
     pub container_key: KeyMode,
+    /// Where run-queue waits come from: `auto`, `sched_info` or `hash`.
+    pub runq_source: RunqSource,
 }
 
 impl Default for CollectorConfig {
@@ -86,6 +91,7 @@ impl Default for CollectorConfig {
             iface_capacity: sentinel_common::IFACE_MAP_CAPACITY,
             container_capacity: sentinel_common::CONTAINER_MAP_CAPACITY,
             container_key: KeyMode::Auto,
+            runq_source: RunqSource::Auto,
         }
     }
 }

@@ -92,6 +92,9 @@ impl Pipeline {
         self.collector.snapshot(&mut self.snapshot)?;
         let system = self.host.sample();
         let delta = self.drain.apply(&self.snapshot);
+        for key in &self.snapshot.retired {
+            self.attribution.forget(key);
+        }
         self.last_hist.clear();
         self.last_hist.extend_from_slice(&delta.hist);
         let drain_us = started.elapsed().as_micros() as u64;
@@ -146,7 +149,7 @@ impl Pipeline {
             interval_ms: measured.as_secs_f64() * 1000.0,
             seq: self.seq,
             counters,
-            runqueue_latency_us: self.summarizer.summarize(&delta.hist),
+            runqueue_latency_us: self.summarizer.summarize(&delta.hist, delta.runq_wait_ns),
             interfaces: delta.ifaces,
             system,
             containers,
@@ -163,10 +166,11 @@ impl Pipeline {
                 iface_entries: self.drain.iface_entries() as u64,
                 iface_capacity: u64::from(self.collector.iface_capacity),
                 container_overflow: delta.counters[counter::CONTAINER_OVERFLOW],
-                container_entries: self.drain.containers.len() as u64,
+                container_entries: self.collector.container_entries() as u64,
                 container_capacity: u64::from(self.collector.container_capacity),
                 reset: delta.reset,
                 drain_us,
+                runq_source: self.collector.runq_source.as_str().to_string(),
                 // Filled in by the run loop, which owns the output.
                 output_dropped: 0,
                 recursion_misses: self.recursion_misses.clone(),
@@ -216,13 +220,11 @@ impl Pipeline {
                 Err(e) => warn!("{e:#}"),
             }
         }
+        // A gone container's slot is given back over the next drains, after a last read
+        // (the collector reports it in `RawSnapshot::retired`, then it is forgotten).
         for key in self.attribution.gone(self.drain.containers.idle(1)) {
-            match self.collector.remove_container(&key) {
-                Ok(()) => {
-                    self.drain.forget_container(&key);
-                    self.attribution.forget(&key);
-                }
-                Err(e) => warn!("{e:#}"),
+            if let Err(e) = self.collector.retire_container(key) {
+                warn!("{e:#}");
             }
         }
     }
@@ -252,10 +254,20 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     // Capabilities are per thread: drop them before any other thread starts (the detector's
     // training thread, the output writer), or those threads would keep them.
     if opts.drop_capabilities {
-        match crate::privilege::drop_all_but(&[crate::privilege::Cap::CAP_SYS_PTRACE]) {
+        // CAP_SYS_PTRACE for /proc/PID/ns/*; CAP_BPF too where the kernel checks it on every
+        // map read (Linux 5.10). Then one read proves the maps are still readable.
+        let mut keep = vec![crate::privilege::Cap::CAP_SYS_PTRACE];
+        if collector.map_reads_need_privilege()? {
+            keep.push(crate::privilege::Cap::CAP_BPF);
+        }
+        match crate::privilege::drop_all_but(&keep) {
             Ok(eff) => info!("capabilities dropped after attach: CapEff {eff:016x}"),
             Err(e) => warn!("{e:#}; keeping the start-up capabilities"),
         }
+        collector.probe_read().context(
+            "the BPF maps cannot be read after dropping capabilities: run without \
+             --drop-capabilities",
+        )?;
     }
     let mut kernel_log = collector.take_logger().and_then(|logger| {
         // SAFETY: the logger owns its ring buffer's fd and keeps it open as long as the

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use sentinel::{
-    collect::loader::{KeyMode, LoadOptions},
+    collect::loader::{KeyMode, LoadOptions, RunqSource},
     config::{self, Config},
     daemon::{self, RunOptions},
     export::{
@@ -235,6 +235,11 @@ struct RunArgs {
     /// collector.container_key]
     #[arg(long, value_enum)]
     container_key: Option<KeyMode>,
+    /// Where run-queue waits come from: `sched_info` (the kernel's own enqueue stamp, no map
+    /// operation per event), `hash` (a wakeup timestamp map, any kernel), `auto` (sched_info
+    /// where the kernel keeps it). [config: collector.runq_source]
+    #[arg(long, value_enum)]
+    runq_source: Option<RunqSource>,
     /// Do not contact the Docker Engine API: containers are named by cgroup path / id and
     /// healing is off. [config: daemon.docker = false]
     #[arg(long)]
@@ -293,6 +298,9 @@ impl RunArgs {
         if let Some(v) = self.container_key {
             cfg.collector.container_key = v;
         }
+        if let Some(v) = self.runq_source {
+            cfg.collector.runq_source = v;
+        }
         if self.dry_run {
             cfg.heal.dry_run = true;
         }
@@ -332,6 +340,7 @@ impl RunArgs {
                 iface_capacity: cfg.collector.iface_capacity,
                 container_capacity: cfg.collector.container_capacity,
                 key_mode: cfg.collector.container_key,
+                runq_source: cfg.collector.runq_source,
                 simulate_missing: self.simulate_missing_hook,
                 simulate_verifier_reject: self.simulate_verifier_reject,
                 ..LoadOptions::default()

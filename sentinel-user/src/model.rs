@@ -101,11 +101,17 @@ pub struct Interval {
     pub final_totals: Option<BTreeMap<String, u64>>,
 }
 
+/// Run-queue waits of an interval, in microseconds. Percentiles come from the histogram
+/// (within 12.5% globally, 2x per container); `mean` and `sum` from the kernel's exact sum.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LatencySummary {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+    #[serde(default)]
+    pub mean: f64,
+    #[serde(default)]
+    pub sum: f64,
     pub count: u64,
 }
 
@@ -221,6 +227,9 @@ pub struct CollectorHealth {
     pub reset: bool,
     /// Time the drain itself took, microseconds.
     pub drain_us: u64,
+    /// Where run-queue waits come from: `sched_info` (the kernel's own stamp) or `hash`.
+    #[serde(default)]
+    pub runq_source: String,
     /// Interval lines not written to stdout since start because its reader was too slow (the
     /// drain never waits for it).
     #[serde(default)]

@@ -1,11 +1,14 @@
 //! Capabilities: the one module that reads and drops them (on the `caps` crate, so no unsafe
-//! here). The daemon drops all but `CAP_SYS_PTRACE` once its programs are attached
-//! (`--drop-capabilities`); `sentinel selftest --drop-caps` (vmtest) drops them all through the
-//! same function and checks the drain still works, so the guests test the code the daemon runs.
+//! here). The daemon drops all but `CAP_SYS_PTRACE` (and `CAP_BPF` where the kernel needs it,
+//! below) once its programs are attached (`--drop-capabilities`); `sentinel selftest
+//! --drop-caps` (vmtest) drops through the same function with the same rule and checks the
+//! drain still works, so the guests test the code the daemon runs.
 //!
-//! Why it works (FAULT-MATRIX P3; verified on 6.1, 6.12 and 6.18, `cargo xtask vmtest`): map
-//! fds created while privileged stay readable with no capability at all, and fd-based links
-//! keep the programs attached. What the daemon keeps is what steady state needs:
+//! Why it works (FAULT-MATRIX P3; verified on 5.10, 6.1, 6.12 and 6.18, `cargo xtask vmtest`):
+//! map fds created while privileged stay readable with no capability at all from Linux 6.1 on,
+//! and fd-based links keep the programs attached. Linux 5.10 checks CAP_BPF on every bpf()
+//! command while unprivileged BPF is disabled (Debian's default): there `CAP_BPF` stays, which
+//! `Collector::map_reads_need_privilege` finds out from the running kernel. What the daemon keeps is what steady state needs:
 //! `CAP_SYS_PTRACE`, because the kernel checks ptrace access for `/proc/PID/ns/*`
 //! (network-namespace and, on cgroup v1 hosts, container attribution). Loading or re-attaching
 //! anything later would need the capabilities back, which a process that dropped them cannot

@@ -314,6 +314,7 @@ struct State {
     counter_resets: u64,
     attached: Vec<(&'static str, bool)>,
     recursion_misses: BTreeMap<String, u64>,
+    runq_source: String,
     runq_buckets: Vec<u64>,
     runq_sum_seconds: f64,
     drain_buckets: [u64; DRAIN_BUCKETS.len() + 1],
@@ -349,6 +350,7 @@ impl State {
             counter_resets: 0,
             attached: HOOKS.iter().map(|h| (h.program, false)).collect(),
             recursion_misses: BTreeMap::new(),
+            runq_source: String::new(),
             runq_buckets: vec![0; HIST_BUCKETS],
             runq_sum_seconds: 0.0,
             drain_buckets: [0; DRAIN_BUCKETS.len() + 1],
@@ -399,14 +401,15 @@ impl State {
         if !c.recursion_misses.is_empty() {
             self.recursion_misses.clone_from(&c.recursion_misses);
         }
+        self.runq_source.clone_from(&c.runq_source);
         for (idx, &n) in p.runq_hist.iter().enumerate().take(HIST_BUCKETS) {
             if n == 0 || (4..8).contains(&idx) {
                 continue;
             }
             self.runq_buckets[idx] += n;
-            let (low, high) = hist_bucket_range(idx);
-            self.runq_sum_seconds += n as f64 * (low as f64 + (high - low) as f64 / 2.0) / 1e9;
         }
+        // The kernel's exact sum, not bucket midpoints.
+        self.runq_sum_seconds += iv.runqueue_latency_us.sum / 1e6;
         let drain = c.drain_us as f64 / 1e6;
         let slot = DRAIN_BUCKETS
             .iter()
@@ -809,6 +812,16 @@ impl Collector for StateCollector {
             s.attached
                 .iter()
                 .map(|(p, a)| (vec![("program", (*p).into())], if *a { 1.0 } else { 0.0 })),
+            emit_gauge,
+        )?;
+        family(
+            &mut enc,
+            "sentinel_runq_source",
+            "Where run-queue waits come from: sched_info (the kernel's own enqueue stamp) or \
+             hash (a wakeup timestamp map); 1 for the one in use.",
+            MetricType::Gauge,
+            (!s.runq_source.is_empty())
+                .then(|| (vec![("source", s.runq_source.as_str().into())], 1.0)),
             emit_gauge,
         )?;
         family(

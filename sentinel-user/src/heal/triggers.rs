@@ -367,6 +367,22 @@ mod tests {
     }
 
     #[test]
+    fn selectors_need_every_label_and_a_listed_name() {
+        let i = info(&[("app", "web"), ("tier", "front")], &[]);
+        let sel = |labels: &[(&str, &str)], names: &[&str]| Selector {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            names: names.iter().map(ToString::to_string).collect(),
+        };
+        assert!(selects(&sel(&[], &[]), &i), "empty: every container");
+        assert!(selects(&sel(&[("app", "web")], &["web"]), &i));
+        assert!(!selects(&sel(&[("app", "web"), ("tier", "back")], &[]), &i));
+        assert!(!selects(&sel(&[], &["api"]), &i), "names is an allow-list");
+    }
+
+    #[test]
     fn oom_only_fires_on_an_oom_kill_only() {
         let rule = RuleConfig {
             trigger: Trigger::Died { oom_only: true },

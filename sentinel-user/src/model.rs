@@ -156,6 +156,20 @@ pub struct ContainerDelta {
     pub tx_bytes: u64,
     pub tcp_retransmits: u64,
     pub tcp_resets: u64,
+    /// Whom the container's tasks waited behind for a CPU in the interval, the 3 largest first
+    /// (other containers, `host`; see `contention.rs` for the estimate and its limits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contention: Vec<ContendedBy>,
+    /// Seconds its tasks waited behind its own other tasks.
+    #[serde(default)]
+    pub contention_self_seconds: f64,
+}
+
+/// One contender of a container: who held the CPU while it waited, and for how long.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContendedBy {
+    pub container: String,
+    pub seconds: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

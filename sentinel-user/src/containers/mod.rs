@@ -31,6 +31,50 @@ pub struct Attribution {
     pub docker: SharedView,
 }
 
+/// Contenders listed per container (the largest).
+pub const CONTENDERS_LISTED: usize = 3;
+
+/// Puts each container's contenders, by name, on its record.
+fn name_contenders(
+    out: &mut [ContainerDelta],
+    waited: &HashMap<ContainerKey, crate::contention::Waited>,
+) {
+    use crate::contention::Contender;
+    let names: HashMap<ContainerKey, String> =
+        out.iter().map(|c| (c.key, c.name.clone())).collect();
+    let secs = |ns: u64| ns as f64 / 1e9;
+    for c in out.iter_mut() {
+        let Some(w) = waited.get(&c.key) else {
+            continue;
+        };
+        c.contention_self_seconds = secs(w.own);
+        // By name: waits nothing of ours explains join the host's own (interrupts, kernel
+        // threads and the host's processes are all `host`).
+        let mut by_name: Vec<(String, u64)> = Vec::new();
+        for (who, ns) in &w.behind {
+            let name = match who {
+                Contender::Container(k) => {
+                    names.get(k).cloned().unwrap_or_else(|| format!("gone-{k}"))
+                }
+                Contender::Unaccounted => "host".to_string(),
+            };
+            match by_name.iter_mut().find(|(n, _)| *n == name) {
+                Some(e) => e.1 += ns,
+                None => by_name.push((name, *ns)),
+            }
+        }
+        by_name.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        c.contention = by_name
+            .into_iter()
+            .take(CONTENDERS_LISTED)
+            .map(|(container, ns)| crate::model::ContendedBy {
+                container,
+                seconds: secs(ns),
+            })
+            .collect();
+    }
+}
+
 /// Drains between /proc scans for a key that could not be resolved.
 const UNRESOLVED_RETRY: u32 = 10;
 
@@ -62,6 +106,7 @@ impl Attribution {
     ) -> Vec<ContainerDelta> {
         let mut out = self.containers_for(deltas, ifaces, netns_tcp, interval_ns, summarizer);
         self.add_network_only(&mut out, ifaces, netns_tcp, summarizer);
+        name_contenders(&mut out, &crate::contention::attribute(deltas));
         out.sort_by(|a, b| b.cpu_ns.cmp(&a.cpu_ns).then(a.key.cmp(&b.key)));
         out
     }

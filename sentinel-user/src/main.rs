@@ -1,12 +1,14 @@
 //! `sentinel`: command-line dispatch only.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod selftest;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use sentinel::{
-    collect::loader::{KeyMode, LoadOptions},
+    collect::loader::{KeyMode, LoadOptions, RunqSource},
     config::{self, Config},
     daemon::{self, RunOptions},
     export::{
@@ -135,11 +137,34 @@ enum Command {
     },
 }
 
+/// The config file, found as `sentinel run` finds it.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Config file (TOML). Default: /etc/sentinel/sentinel.toml if it exists, else built-in
+    /// defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Accept a config file that is group/other-writable or owned by another user.
+    #[arg(long)]
+    allow_insecure_config: bool,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        Ok(match config::resolve_path(self.config.as_deref()) {
+            Some(path) => config::load(&path, self.allow_insecure_config)?,
+            None => Config::default(),
+        })
+    }
+}
+
 #[derive(clap::Args)]
 struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(clap::Args)]
@@ -147,40 +172,20 @@ struct StatusArgs {
     /// Print the daemon's snapshot as JSON.
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    socket: SocketArgs,
-}
-
-/// Where `status` and `top` find the daemon: the flag, else the config file's `status.socket`
-/// (the file `sentinel run` reads), else the built-in default.
-#[derive(clap::Args)]
-struct SocketArgs {
-    /// The daemon's status socket. [config: status.socket, default /run/sentinel/sentinel.sock]
+    /// The daemon's status socket. [config: status.socket]
     #[arg(long)]
     status_socket: Option<PathBuf>,
-    /// Config file to take `status.socket` from. Default: /etc/sentinel/sentinel.toml if it
-    /// exists.
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-impl SocketArgs {
-    fn socket(&self) -> anyhow::Result<PathBuf> {
-        if let Some(s) = &self.status_socket {
-            return Ok(s.clone());
-        }
-        // Only a path is read from the file, so its owner and mode are not checked here.
-        Ok(match config::resolve_path(self.config.as_deref()) {
-            Some(path) => config::load(&path, true)?.status.socket,
-            None => PathBuf::from(status::DEFAULT_SOCKET),
-        })
-    }
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(clap::Args)]
 struct TopArgs {
+    /// The daemon's status socket. [config: status.socket]
+    #[arg(long)]
+    status_socket: Option<PathBuf>,
     #[command(flatten)]
-    socket: SocketArgs,
+    config: ConfigArgs,
     /// Refresh period, e.g. 1s, 500ms (100ms..1m).
     #[arg(long, default_value = "1s", value_parser = parse_refresh)]
     refresh: Duration,
@@ -203,13 +208,8 @@ enum ConfigCommand {
 /// keeps the file's value.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Config file (TOML). Default: /etc/sentinel/sentinel.toml if it exists, else built-in
-    /// defaults.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Accept a config file that is group/other-writable or owned by another user.
-    #[arg(long)]
-    allow_insecure_config: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Drain interval, e.g. 1s, 100ms (10ms..1h). [config: daemon.interval, default 1s]
     #[arg(long, value_parser = parse_interval)]
     interval: Option<Duration>,
@@ -235,6 +235,11 @@ struct RunArgs {
     /// collector.container_key]
     #[arg(long, value_enum)]
     container_key: Option<KeyMode>,
+    /// Where run-queue waits come from: `sched_info` (the kernel's own enqueue stamp, no map
+    /// operation per event), `hash` (a wakeup timestamp map, any kernel), `auto` (sched_info
+    /// where the kernel keeps it). [config: collector.runq_source]
+    #[arg(long, value_enum)]
+    runq_source: Option<RunqSource>,
     /// Do not contact the Docker Engine API: containers are named by cgroup path / id and
     /// healing is off. [config: daemon.docker = false]
     #[arg(long)]
@@ -274,10 +279,7 @@ struct RunArgs {
 
 impl RunArgs {
     fn options(self) -> anyhow::Result<RunOptions> {
-        let mut cfg = match config::resolve_path(self.config.as_deref()) {
-            Some(path) => config::load(&path, self.allow_insecure_config)?,
-            None => Config::default(),
-        };
+        let mut cfg = self.config.load()?;
         if let Some(v) = self.output {
             cfg.daemon.output = v;
         }
@@ -295,6 +297,9 @@ impl RunArgs {
         }
         if let Some(v) = self.container_key {
             cfg.collector.container_key = v;
+        }
+        if let Some(v) = self.runq_source {
+            cfg.collector.runq_source = v;
         }
         if self.dry_run {
             cfg.heal.dry_run = true;
@@ -335,6 +340,7 @@ impl RunArgs {
                 iface_capacity: cfg.collector.iface_capacity,
                 container_capacity: cfg.collector.container_capacity,
                 key_mode: cfg.collector.container_key,
+                runq_source: cfg.collector.runq_source,
                 simulate_missing: self.simulate_missing_hook,
                 simulate_verifier_reject: self.simulate_verifier_reject,
                 ..LoadOptions::default()
@@ -383,9 +389,18 @@ fn parse_refresh(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--status-socket`, else the config's `status.socket`.
+fn status_socket(flag: Option<&PathBuf>, cfg: &ConfigArgs) -> anyhow::Result<PathBuf> {
+    match flag {
+        Some(p) => Ok(p.clone()),
+        None => Ok(cfg.load()?.status.socket),
+    }
+}
+
 fn print_status(args: &StatusArgs) -> anyhow::Result<()> {
     use std::io::Write;
-    let snap = status::fetch(&args.socket.socket()?, Duration::from_secs(3))?;
+    let socket = status_socket(args.status_socket.as_ref(), &args.config)?;
+    let snap = status::fetch(&socket, Duration::from_secs(3))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &snap)?;
@@ -533,7 +548,14 @@ fn main() -> ExitCode {
         },
         Command::Config(cmd) => config_command(cmd),
         Command::Check(args) => {
-            let report = sentinel::check::run(&sentinel::check::CheckOptions::default());
+            let cfg = match args.config.load() {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let report = sentinel::check::run(&sentinel::check::CheckOptions::for_config(&cfg));
             if let Err(e) =
                 sentinel::check::print(&report, args.json, &mut std::io::stdout().lock())
             {
@@ -547,9 +569,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Status(args) => print_status(&args),
-        Command::Top(args) => args
-            .socket
-            .socket()
+        Command::Top(args) => status_socket(args.status_socket.as_ref(), &args.config)
             .and_then(|socket| top::run(&socket, args.refresh)),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -170,10 +170,10 @@ pub fn replay(
             .from_reader(input);
         for (i, rec) in r.records().enumerate() {
             let rec = rec.map_err(|e| {
-                let line = e.position().map_or(i as u64 + 1, |p| p.line());
+                let line = e.position().map_or(i as u64 + 1, csv::Position::line);
                 anyhow!("{p}:{line}: {e}")
             })?;
-            let line = rec.position().map_or(i as u64 + 1, |p| p.line());
+            let line = rec.position().map_or(i as u64 + 1, csv::Position::line);
             if rec.len() != 2 {
                 bail!(
                     "{p}:{line}: expected 2 fields (timestamp,value), found {}",

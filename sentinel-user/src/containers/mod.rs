@@ -7,11 +7,11 @@ pub mod procfs;
 
 use std::collections::HashMap;
 
-use sentinel_common::{CONTAINER_SCALARS, ContainerKey};
+use sentinel_common::{CONTAINER_FIELDS, CONTAINER_SCALARS, ContainerKey};
 
 use crate::{
     collect::{
-        drain::{CONTAINER_FIELDS, LatencySummarizer},
+        drain::{ContainerActivity, LatencySummarizer, field},
         loader::KeyMode,
     },
     model::{ContainerDelta, IfaceDelta},
@@ -44,17 +44,17 @@ impl Attribution {
         }
     }
 
-    pub fn docker_state(&self) -> &'static str {
+    pub fn docker_state(&self) -> crate::model::DockerState {
         self.docker
             .read()
-            .map(|v| v.state.as_str())
-            .unwrap_or("unknown")
+            .map(|v| v.state)
+            .unwrap_or(crate::model::DockerState::Unreachable)
     }
 
     /// Builds the interval's container list from the kernel deltas.
     pub fn containers(
         &mut self,
-        deltas: &[(ContainerKey, [u64; CONTAINER_FIELDS])],
+        deltas: &[ContainerActivity],
         ifaces: &[IfaceDelta],
         netns_tcp: &[(u32, [u64; 2])],
         interval_ns: u64,
@@ -68,7 +68,7 @@ impl Attribution {
 
     fn containers_for(
         &mut self,
-        deltas: &[(ContainerKey, [u64; CONTAINER_FIELDS])],
+        deltas: &[ContainerActivity],
         ifaces: &[IfaceDelta],
         netns_tcp: &[(u32, [u64; 2])],
         interval_ns: u64,
@@ -77,7 +77,7 @@ impl Attribution {
         let unresolved = &mut self.unresolved;
         let unknown: Vec<ContainerKey> = deltas
             .iter()
-            .map(|(k, _)| *k)
+            .map(|c| c.key)
             .filter(|k| *k != 0 && !self.identities.contains_key(k))
             .filter(|k| match unresolved.get_mut(k) {
                 Some(wait) if *wait > 0 => {
@@ -101,7 +101,8 @@ impl Attribution {
         let view = self.docker.read().ok();
         let out: Vec<ContainerDelta> = deltas
             .iter()
-            .map(|(key, d)| {
+            .map(|activity| {
+                let (key, d) = (&activity.key, &activity.values);
                 let identity = self.identities.get(key);
                 let id = identity
                     .and_then(|i| i.docker_id.clone())
@@ -119,19 +120,20 @@ impl Attribution {
                     name,
                     image: meta.map(|m| m.image.clone()).unwrap_or_default(),
                     key: *key,
-                    cpu_ns: d[0],
+                    cpu_ns: d[field::CPU_NS],
                     cpu_percent: if interval_ns > 0 {
-                        100.0 * d[0] as f64 / interval_ns as f64
+                        100.0 * d[field::CPU_NS] as f64 / interval_ns as f64
                     } else {
                         0.0
                     },
-                    ctx_switches: d[1],
-                    runqueue_latency_us: summarizer.summarize_log2(&d[CONTAINER_SCALARS..]),
-                    forks: d[2],
-                    execs: d[3],
-                    exits: d[4],
-                    abnormal_exits: d[5],
-                    oom_kills: d[6],
+                    ctx_switches: d[field::SWITCHES],
+                    runqueue_latency_us: summarizer
+                        .summarize_log2(&d[CONTAINER_SCALARS..], d[field::RUNQ_WAIT_NS]),
+                    forks: d[field::FORKS],
+                    execs: d[field::EXECS],
+                    exits: d[field::EXITS],
+                    abnormal_exits: d[field::ABNORMAL_EXITS],
+                    oom_kills: d[field::OOM_KILLS],
                     ..Default::default()
                 };
                 if let Some(netns) = identity.and_then(|i| i.netns) {
@@ -181,8 +183,12 @@ impl Attribution {
                 continue;
             }
             self.identities.insert(key, identity);
-            let zero = [0u64; CONTAINER_FIELDS];
-            let mut extra = self.containers_for(&[(key, zero)], ifaces, netns_tcp, 0, summarizer);
+            let zero = ContainerActivity {
+                key,
+                values: [0u64; CONTAINER_FIELDS],
+                per_cpu: Vec::new(),
+            };
+            let mut extra = self.containers_for(&[zero], ifaces, netns_tcp, 0, summarizer);
             out.append(&mut extra);
         }
     }

@@ -252,6 +252,7 @@ impl AnomalyEvent {
             }
             .to_string(),
             series: self.series.clone(),
+            signal: self.signal.clone(),
             container_id: self.container_id.clone(),
             value: self.value,
             baseline: self.baseline,
@@ -353,7 +354,7 @@ fn for_each_series(iv: &Interval, mut f: impl FnMut(Obs<'_>)) {
             signal: name,
             container_id: None,
             value,
-        })
+        });
     };
     for (name, v) in &iv.counters {
         if let Some(v) = v {

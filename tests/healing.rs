@@ -1457,3 +1457,232 @@ async fn denied_by_docker_api_is_not_a_container_failure() {
     assert_eq!(b.view.state, sentinel::heal::breaker::BreakerState::Closed);
     assert_eq!(events.starts(&c.id), 1, "never restarted");
 }
+
+/// Issue 17 item 4: the audit log of a running daemon survives a real logrotate run with the
+/// shipped deploy/sentinel.logrotate (only the path changed). Three unlabelled containers whose
+/// health flips every second keep records coming (`skipped: not_labelled`, one per flip to
+/// unhealthy; nothing is acted on) while logrotate renames the log twice. Every record the
+/// daemon wrote (its own count, `healing.counters.audit_records`) is in exactly one of
+/// `audit.jsonl.2.gz`, `audit.jsonl.1`, `audit.jsonl`, each line whole, in time order; the new
+/// file was created at the path without a signal. Then, right after a third rotation (no live
+/// file, `nocreate`), a restarted daemon restores an OPEN breaker from `audit.jsonl.1`.
+#[test]
+fn audit_log_follows_a_real_logrotate_run_and_restores_from_the_rotated_file() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    use support::sentinel::SentinelRun;
+    let have_logrotate = Command::new("logrotate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !sd::ensure()
+        || !support::require(
+            "logrotate",
+            have_logrotate,
+            "`logrotate` not found (Debian package logrotate)",
+        )
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let audit_s = audit.to_str().unwrap().to_string();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sentinel.logrotate"),
+    )
+    .unwrap();
+    assert!(shipped.contains("/var/log/sentinel/audit.jsonl {"));
+    let conf = dir.path().join("sentinel.logrotate");
+    std::fs::write(
+        &conf,
+        shipped.replace("/var/log/sentinel/audit.jsonl", &audit_s),
+    )
+    .unwrap();
+    let state = dir.path().join("logrotate.state");
+    let rotate = || {
+        let out = Command::new("logrotate")
+            .arg("-f")
+            .arg("-s")
+            .arg(&state)
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "logrotate: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // A label nothing carries: every container here is `not_labelled`, nothing is acted on.
+    let config = dir.path().join("sentinel.toml");
+    std::fs::write(
+        &config,
+        format!("[heal]\nlabel = \"{}\"\n", unique("sentinel.test.rotate")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config_s = config.to_str().unwrap().to_string();
+    let args = [
+        "--interval",
+        "500ms",
+        "--no-metrics",
+        "--config",
+        config_s.as_str(),
+        "--audit-log",
+        audit_s.as_str(),
+    ];
+    let flip = [
+        "sh",
+        "-c",
+        "while :; do touch /tmp/ok; sleep 1; rm -f /tmp/ok; sleep 1; done",
+    ];
+    let _containers: Vec<Container> = (0..3)
+        .map(|i| {
+            Container::run(
+                &unique(&format!("snt-heal-rotate-{i}")),
+                HEALTH,
+                IMAGE,
+                &flip,
+            )
+        })
+        .collect();
+    let lines_in = |p: &Path| -> usize {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let wait_lines = |p: &Path, n: usize| {
+        let end = Instant::now() + Duration::from_secs(60);
+        while lines_in(p) < n {
+            assert!(
+                Instant::now() < end,
+                "{} never reached {n} lines ({})",
+                p.display(),
+                lines_in(p)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut run = SentinelRun::start(&args);
+    run.next_interval(Duration::from_secs(60));
+    wait_lines(&audit, 4);
+    rotate();
+    let rotated = dir.path().join("audit.jsonl.1");
+    assert!(rotated.exists() && !audit.exists(), "renamed, nocreate");
+    // The daemon starts a new file at the path by its next record, no signal sent.
+    wait_lines(&audit, 4);
+    rotate();
+    assert!(
+        dir.path().join("audit.jsonl.2.gz").exists(),
+        "delaycompress, then compress"
+    );
+    wait_lines(&audit, 4);
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let counters = finished
+        .intervals
+        .iter()
+        .rev()
+        .find_map(|iv| iv.healing.as_ref())
+        .expect("healing state in the intervals")
+        .counters
+        .clone();
+    let old = Command::new("gzip")
+        .arg("-dc")
+        .arg(dir.path().join("audit.jsonl.2.gz"))
+        .output()
+        .unwrap();
+    assert!(old.status.success());
+    let files = [
+        ("audit.jsonl.2.gz", String::from_utf8(old.stdout).unwrap()),
+        ("audit.jsonl.1", std::fs::read_to_string(&rotated).unwrap()),
+        ("audit.jsonl", std::fs::read_to_string(&audit).unwrap()),
+    ];
+    let mut all = Vec::new();
+    for (name, text) in &files {
+        assert!(text.ends_with('\n'), "{name} ends inside a record");
+        let n = text.lines().count();
+        println!("{name}: {n} records");
+        assert!(n >= 4, "{name}: {n} records");
+        for l in text.lines() {
+            let r: sentinel::heal::audit::AuditRecord = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{name}: split or bad record {l:?}: {e}"));
+            all.push((r.ts.clone(), l.to_string()));
+        }
+    }
+    let times: Vec<std::time::SystemTime> = all
+        .iter()
+        .map(|(ts, _)| humantime::parse_rfc3339_weak(ts).unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "records out of order across the rotated files"
+    );
+    let unique_lines: std::collections::HashSet<&str> =
+        all.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(unique_lines.len(), all.len(), "a record written twice");
+    println!(
+        "daemon wrote {} records, {} rotations seen; files hold {}",
+        counters.audit_records,
+        counters.audit_rotations,
+        all.len()
+    );
+    // The count is the last published interval's: records of the engine's ticks between that
+    // interval and the exit are in the files but not in it.
+    assert!(
+        all.len() >= counters.audit_records as usize,
+        "records lost: the daemon wrote {}, the files hold {}",
+        counters.audit_records,
+        all.len()
+    );
+    assert!(
+        all.len() <= counters.audit_records as usize + 6,
+        "records from nowhere"
+    );
+    assert_eq!(counters.audit_rotations, 2);
+    assert_eq!(counters.audit_write_errors, 0);
+    assert!(
+        finished.stderr.contains("audit log rotated"),
+        "{}",
+        finished.stderr
+    );
+
+    // The last record before a crash: an OPEN breaker (written as the engine writes it). Then
+    // logrotate renames the log and sentinel restarts before writing anything.
+    let ghost = "0f".repeat(32);
+    let ts = sentinel::heal::audit::now_rfc3339();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&audit)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut f,
+        format!(
+            "{{\"ts\":\"{ts}\",\"container_id\":\"{ghost}\",\"container_name\":\"ghost\",\
+             \"decision\":\"breaker\",\"reason\":\"failure_threshold\",\"breaker\":\"OPEN\",\
+             \"from\":\"CLOSED\",\"wait_secs\":600.0}}\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    drop(f);
+    rotate();
+    assert!(!audit.exists());
+    let mut again = SentinelRun::start(&args);
+    again.next_interval(Duration::from_secs(60));
+    let restored = std::fs::read_to_string(&audit).unwrap_or_default();
+    let finished = again.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let line = restored
+        .lines()
+        .find(|l| l.contains(&ghost))
+        .unwrap_or_else(|| panic!("breaker not restored from audit.jsonl.1:\n{restored}"));
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["decision"], "breaker");
+    assert_eq!(v["reason"], "restored");
+    assert_eq!(v["breaker"], "OPEN");
+    let left = v["wait_secs"].as_f64().unwrap();
+    assert!(left > 500.0 && left <= 600.0, "{line}");
+    println!("restart after rotation: {line}");
+}

@@ -457,6 +457,16 @@ pub struct HealCounters {
     pub docker_reconnects: u64,
     /// Evaluation passes cut short by their time budget (Docker slow or hung, D3).
     pub passes_cut_short: u64,
+    /// Records written to the audit log since start.
+    #[serde(default)]
+    pub audit_records: u64,
+    /// Times the audit log was found rotated (renamed or removed) and a new file was started.
+    #[serde(default)]
+    pub audit_rotations: u64,
+    /// Decisions (audit records other than `intent`) since start: how far the interval's
+    /// `actions` window moved, so a reader can tell the new ones from those already seen.
+    #[serde(default)]
+    pub decisions: u64,
 }
 
 /// The healing engine's state: the `healing` object of the interval.

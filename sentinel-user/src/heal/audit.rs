@@ -9,6 +9,12 @@
 //!
 //! Replay: at start-up `read_past` reads the log's tail back, so that a restart of sentinel
 //! resets neither limits nor OPEN breakers.
+//!
+//! Rotation: logrotate (deploy/sentinel.logrotate) renames the file. Before every record the
+//! path's inode is compared with the open file's; when they differ (or the path is gone) the
+//! record goes to a new file created at the path. No signal is needed, and a record is never
+//! split: it is one `write_all` into one file or the other. A record racing the rename lands
+//! in the renamed file, which `delaycompress` keeps as plain text until the next rotation.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -97,6 +103,12 @@ pub struct AuditLog {
     recent: VecDeque<AuditRecord>,
     recent_cap: usize,
     write_errors: u64,
+    /// Records written since start (what the file gained from this process).
+    written: u64,
+    /// Non-intent records since start (how far the `recent` window has moved).
+    decided: u64,
+    /// Times a rotated (renamed or removed) file was replaced by a new one at the path.
+    reopened: u64,
 }
 
 impl AuditLog {
@@ -110,6 +122,27 @@ impl AuditLog {
             recent: VecDeque::new(),
             recent_cap,
             write_errors: 0,
+            written: 0,
+            decided: 0,
+            reopened: 0,
+        }
+    }
+
+    /// Drops the open file when the path no longer names it (renamed by logrotate, removed):
+    /// the next open creates a new file there. One `stat` per record; records are rare.
+    fn follow_rotation(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let Some(f) = &self.file else { return };
+        let same = match (f.metadata(), std::fs::metadata(&self.path)) {
+            (Ok(open), Ok(at_path)) => open.dev() == at_path.dev() && open.ino() == at_path.ino(),
+            // The path is gone (rotated with `nocreate`) or unreadable: open it again (an error
+            // there is a write error like any other).
+            _ => false,
+        };
+        if !same {
+            self.file = None;
+            self.reopened += 1;
+            tracing::info!(path = %self.path.display(), "audit log rotated: continuing in a new file at the path");
         }
     }
 
@@ -119,6 +152,7 @@ impl AuditLog {
         let rec = rec.bounded();
         let mut line = serde_json::to_string(&rec).expect("AuditRecord always serialises");
         line.push('\n');
+        self.follow_rotation();
         let res = match self.file.as_mut() {
             Some(f) => f.write_all(line.as_bytes()),
             None => match open_append(&self.path) {
@@ -131,6 +165,9 @@ impl AuditLog {
                 Err(e) => Err(e),
             },
         };
+        if rec.decision != Decision::Intent {
+            self.decided += 1;
+        }
         if self.recent_cap > 0 && rec.decision != Decision::Intent {
             if self.recent.len() == self.recent_cap {
                 self.recent.pop_front();
@@ -138,7 +175,10 @@ impl AuditLog {
             self.recent.push_back(rec);
         }
         match res {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.written += 1;
+                Ok(())
+            }
             Err(source) => {
                 self.write_errors += 1;
                 // Drop the handle so the next write reopens (e.g. after log rotation).
@@ -158,6 +198,18 @@ impl AuditLog {
     pub fn write_errors(&self) -> u64 {
         self.write_errors
     }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn decided(&self) -> u64 {
+        self.decided
+    }
+
+    pub fn reopened(&self) -> u64 {
+        self.reopened
+    }
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
@@ -172,6 +224,50 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 /// Longest bytes of an existing audit log read back at start-up (its tail).
 const PAST_TAIL: u64 = 4 << 20;
 
+/// The file logrotate renames the log to (deploy/sentinel.logrotate: numbered, and
+/// `delaycompress` keeps this newest one uncompressed).
+pub fn rotated_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".1");
+    PathBuf::from(p)
+}
+
+/// The last `PAST_TAIL` bytes of the log, oldest first: the live file's tail, preceded by the
+/// rotated file's when the live one is shorter (right after a rotation it is empty or absent,
+/// and the decisions that matter are in `.1`). Unreadable files count as empty. A tail that
+/// starts inside a line only spoils that line, which the parser skips.
+fn read_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    fn tail(path: &Path, budget: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        if budget == 0 {
+            return out;
+        }
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return out;
+        };
+        // Only regular files: a FIFO or a device would never end.
+        let Ok(meta) = f.metadata() else { return out };
+        if !meta.is_file() {
+            return out;
+        }
+        let start = meta.len().saturating_sub(budget);
+        if f.seek(SeekFrom::Start(start)).is_err() || f.take(budget).read_to_end(&mut out).is_err()
+        {
+            out.clear();
+        }
+        out
+    }
+    let live = tail(path, PAST_TAIL);
+    let rest = PAST_TAIL.saturating_sub(live.len() as u64);
+    let mut bytes = tail(&rotated_path(path), rest);
+    if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(&live);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// A breaker restored OPEN: container id, name, seconds left of its wait.
 type Reopened = (String, String, f64);
 
@@ -185,19 +281,8 @@ pub fn read_past(
     now: Instant,
     wall: SystemTime,
 ) -> (BTreeMap<String, Restored>, Vec<Reopened>) {
-    use std::io::{Read, Seek, SeekFrom};
     let mut past: BTreeMap<String, Restored> = BTreeMap::new();
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return (past, Vec::new());
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(PAST_TAIL);
-    let mut text = String::new();
-    if f.seek(SeekFrom::Start(start)).is_err()
-        || f.take(PAST_TAIL).read_to_string(&mut text).is_err()
-    {
-        return (past, Vec::new());
-    }
+    let text = read_tail(path);
     let horizon = cfg
         .rules
         .iter()
@@ -329,6 +414,59 @@ mod tests {
         assert_eq!(recent, [Decision::Skipped, Decision::Failed]);
         let text = std::fs::read_to_string(dir.path().join("a.jsonl")).unwrap();
         assert_eq!(text.lines().count(), 4, "the file keeps every line");
+    }
+
+    /// logrotate renames the file (no copytruncate, no signal): the next record goes to a new
+    /// file at the path; the renamed file keeps what was written before, whole lines only.
+    #[test]
+    fn a_renamed_log_continues_in_a_new_file_at_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut log = AuditLog::open(&path, 4);
+        for i in 0..3 {
+            log.write(AuditRecord::new(
+                &format!("a{i}"),
+                "n",
+                Decision::Skipped,
+                "r",
+            ))
+            .unwrap();
+        }
+        std::fs::rename(&path, rotated_path(&path)).unwrap();
+        assert!(!path.exists());
+        for i in 0..2 {
+            log.write(AuditRecord::new(
+                &format!("b{i}"),
+                "n",
+                Decision::Skipped,
+                "r",
+            ))
+            .unwrap();
+        }
+        let ids = |p: &Path| -> Vec<String> {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<AuditRecord>(l).unwrap().container_id)
+                .collect()
+        };
+        assert_eq!(ids(&rotated_path(&path)), ["a0", "a1", "a2"]);
+        assert_eq!(ids(&path), ["b0", "b1"]);
+        assert_eq!(log.reopened(), 1);
+        assert_eq!(log.written(), 5);
+        // Rotated again with a file put in its place (logrotate's `create`): that file is used.
+        std::fs::rename(&path, rotated_path(&path)).unwrap();
+        std::fs::write(&path, "").unwrap();
+        log.write(AuditRecord::new("c0", "n", Decision::Skipped, "r"))
+            .unwrap();
+        assert_eq!(ids(&path), ["c0"]);
+        assert_eq!(log.reopened(), 2);
+        // Not rotated: the same file, no reopen.
+        log.write(AuditRecord::new("c1", "n", Decision::Skipped, "r"))
+            .unwrap();
+        assert_eq!(ids(&path), ["c0", "c1"]);
+        assert_eq!(log.reopened(), 2);
+        assert_eq!(log.write_errors(), 0);
     }
 
     #[test]
@@ -491,6 +629,98 @@ mod restore_tests {
         gate.restore(&past);
         gate.tick(now);
         assert_eq!(gate.breaker_state("b"), Some(BreakerState::HalfOpen));
+    }
+
+    /// A restart right after logrotate renamed the log (`nocreate`: no live file yet) still
+    /// restores limits and OPEN breakers from the rotated file; when both exist, the live
+    /// file's newer lines win (a breaker closed since).
+    #[test]
+    fn restart_right_after_a_rotation_reads_the_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rule = r#","rule":"autoheal","action":"restart""#;
+        let rotated = [
+            line("a", 30.0, "intent", rule),
+            line("a", 20.0, "intent", rule),
+            line(
+                "b",
+                5.0,
+                "breaker",
+                r#","from":"CLOSED","breaker":"OPEN","wait_secs":60.0"#,
+            ),
+            line(
+                "c",
+                5.0,
+                "breaker",
+                r#","from":"CLOSED","breaker":"OPEN","wait_secs":60.0"#,
+            ),
+        ];
+        // logrotate leaves the last line without its newline only if sentinel was cut mid-write;
+        // tolerate it.
+        std::fs::write(rotated_path(&path), rotated.join("\n")).unwrap();
+        let mut cfg = HealConfig::default();
+        cfg.rules[0].max_actions = 2;
+        cfg.rules[0].limit_window_secs = 60.0;
+        cfg.backoff.initial_secs = 0.5;
+        cfg.backoff.max_secs = 0.5;
+        cfg.grace_secs = 0.5;
+        let now = Instant::now();
+        let (past, reopened) = read_past(&path, &cfg, now, SystemTime::now());
+        assert_eq!(past["a"].actions.len(), 2, "actions from the rotated file");
+        let ids: Vec<&str> = reopened.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(ids, ["b", "c"]);
+        // The live file has begun: c closed since, a acted once more.
+        std::fs::write(
+            &path,
+            [
+                line(
+                    "c",
+                    1.0,
+                    "breaker",
+                    r#","from":"HALF_OPEN","breaker":"CLOSED""#,
+                ),
+                line("a", 2.0, "intent", rule),
+            ]
+            .join("\n")
+                + "\n",
+        )
+        .unwrap();
+        let (past, reopened) = read_past(&path, &cfg, now, SystemTime::now());
+        assert_eq!(past["a"].actions.len(), 3, "both files");
+        let ids: Vec<&str> = reopened.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(ids, ["b"], "the live file's newer line wins");
+        let mut gate = Gate::new(&cfg);
+        gate.restore(&past);
+        assert_eq!(
+            gate.decide(now, &req("a", 2)),
+            Verdict::Skip(SkipReason::RuleLimit)
+        );
+    }
+
+    /// The live file alone fills the 4 MiB budget: the rotated file is not read.
+    #[test]
+    fn a_long_live_log_is_read_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rule = r#","rule":"autoheal","action":"restart""#;
+        std::fs::write(rotated_path(&path), line("old", 5.0, "intent", rule) + "\n").unwrap();
+        let filler = line("x", 5.0, "skipped", "");
+        let mut text = String::new();
+        while text.len() < PAST_TAIL as usize + 1000 {
+            text.push_str(&filler);
+            text.push('\n');
+        }
+        text.push_str(&line("new", 5.0, "intent", rule));
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+        let (past, _) = read_past(
+            &path,
+            &HealConfig::default(),
+            Instant::now(),
+            SystemTime::now(),
+        );
+        assert!(past.contains_key("new"));
+        assert!(!past.contains_key("old"), "beyond the 4 MiB tail");
     }
 
     #[test]

@@ -295,6 +295,9 @@ impl HealEngine {
         let (global, per) = self.gate.view(now);
         let mut c = self.counters.clone();
         c.audit_write_errors = self.audit.write_errors();
+        c.audit_records = self.audit.written();
+        c.audit_rotations = self.audit.reopened();
+        c.decisions = self.audit.decided();
         c.dropped_events = self.watch_counters.dropped_events.load(Ordering::Relaxed);
         c.docker_reconnects = self.watch_counters.reconnects.load(Ordering::Relaxed);
         let state = HealState {

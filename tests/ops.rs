@@ -295,7 +295,11 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
         "sentinel_drain_duration_seconds_bucket{le=",
         "sentinel_bpf_program_attached{program=\"snt_sched_switch\"} 1",
         "sentinel_map_overflow_total{map=\"ifaces\"}",
-        "sentinel_cpu_busy_percent ",
+        "sentinel_cpu_busy_ratio ",
+        "sentinel_map_overflow_total{map=\"netns_tcp\"}",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
         "sentinel_build_info{",
     ] {
         assert!(body.contains(name), "{name} missing from /metrics");
@@ -771,7 +775,15 @@ fn deploy_files_validate() {
         .map(|t| t["expr"].as_str().unwrap())
         .collect();
     assert!(exprs.len() >= 15);
-    assert!(exprs.iter().all(|e| e.contains("sentinel_")));
+    // sentinel's own metrics, and the process_* ones it exports about itself.
+    assert!(
+        exprs
+            .iter()
+            .all(|e| e.contains("sentinel_") || e.contains("process_")),
+        "{exprs:?}"
+    );
+    // Percentages are 0-1 ratios now (CHANGELOG): nothing asks for the old names.
+    assert!(exprs.iter().all(|e| !e.contains("_percent")), "{exprs:?}");
 }
 
 /// `--drop-capabilities`: once attached, every capability but CAP_SYS_PTRACE is gone from every
@@ -1043,4 +1055,216 @@ fn c5_sighup_does_not_kill_the_daemon_and_says_there_is_no_reload() {
         .collect();
     assert_eq!(warnings.len(), 1, "{}", finished.stderr);
     assert!(warnings[0].contains("no live reload"), "{}", warnings[0]);
+}
+
+/// Every series (metric name and labels) of one scrape, checked unique: two samples with one
+/// label set are a scrape error for Prometheus. Returns the series.
+fn unique_series(body: &str) -> std::collections::HashSet<String> {
+    let mut seen = std::collections::HashSet::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+        assert!(
+            seen.insert(series.to_string()),
+            "two samples of {series} in one scrape:\n{body}"
+        );
+    }
+    seen
+}
+
+fn promtool_check_metrics(body: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && all.trim().is_empty(),
+        "promtool check metrics: {all}"
+    );
+}
+
+/// Samples Prometheus dropped as duplicates (same series, same timestamp) in its scrapes.
+fn prom_duplicates(prom: &PromServer) -> f64 {
+    let (_, own) = http_get(&prom.addr, "/metrics", Duration::from_secs(5)).unwrap();
+    own.lines()
+        .find_map(|l| l.strip_prefix("prometheus_target_scrapes_sample_duplicate_timestamp_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Prometheus counts duplicate samples")
+}
+
+/// Issue 17 item 5: `docker rm -f web; docker run --name web ...` while Prometheus scrapes.
+/// The old and the new `web` are both exported for a while (the old one until it decays),
+/// each with its own short id; no scrape (every one parsed here, and Prometheus' own count of
+/// duplicate samples) ever has two samples with one label set. Per-container run-queue
+/// latency, the TCP map overflow and the process_* metrics are there; promtool is clean.
+#[test]
+fn metrics_have_no_duplicate_series_across_a_recreate_under_one_name() {
+    if !require_root("metrics_have_no_duplicate_series_across_a_recreate_under_one_name")
+        || !docker::ensure()
+        || !require_tool("promtool", "prometheus")
+        || !require_tool("prometheus", "prometheus")
+    {
+        return;
+    }
+    let name = format!("snt-ops-web-{}", std::process::id());
+    let busy = ["sh", "-c", "while :; do sleep 0.02; done"];
+    let first = Container::run(&name, &[], IMAGE, &busy);
+    let mut run = SentinelRun::start(&["--interval", "500ms"]);
+    run.next_interval(FIRST);
+    let addr = metrics_addr_of(&socket_of(&run));
+    let rules = repo_file("deploy/prometheus-alerts.yml");
+    let prom = PromServer::start(&addr, &rules);
+    let label = format!("container=\"{name}\"");
+    let id_of = |c: &Container| format!("id=\"{}\"", &c.id[..12]);
+    let mut scrapes = 0;
+    let mut scrape = || {
+        let (code, body) = http_get(&addr, "/metrics", Duration::from_secs(10)).unwrap();
+        assert_eq!(code, 200);
+        unique_series(&body);
+        scrapes += 1;
+        body
+    };
+    let cpu_row = |body: &str, id: &str| {
+        body.lines().any(|l| {
+            l.starts_with("sentinel_container_cpu_seconds_total{")
+                && l.contains(&label)
+                && l.contains(id)
+        })
+    };
+    let wait = |what: &str, scrape: &mut dyn FnMut() -> String, f: &dyn Fn(&str) -> bool| {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let body = scrape();
+            if f(&body) {
+                return body;
+            }
+            assert!(Instant::now() < end, "{what} never seen:\n{body}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let old_id = id_of(&first);
+    let body = wait("the first container", &mut scrape, &|b| cpu_row(b, &old_id));
+    for family in [
+        "sentinel_container_runqueue_waits_total{",
+        "sentinel_container_runqueue_wait_seconds_total{",
+        "sentinel_container_runqueue_latency_p99_seconds{",
+    ] {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with(family) && l.contains(&label)),
+            "{family} for {name} missing"
+        );
+    }
+    // The recreate. On this cgroup-v1/hybrid host the container key is the mount namespace
+    // inode, which the kernel hands to the next namespace created: an idle filler is meant to
+    // take the freed one. Whether the daemon names the new `web` at all is issue 17 item 2 (key
+    // re-resolution, another change): the side-by-side check runs once the daemon's own
+    // intervals list the new container; every scrape meanwhile is checked for duplicates.
+    drop(first);
+    let _filler = Container::run(&format!("{name}-filler"), &[], IMAGE, &["sleep", "600"]);
+    let second = Container::run(&name, &[], IMAGE, &busy);
+    let new_id = id_of(&second);
+    let end = Instant::now() + Duration::from_secs(40);
+    let mut listed_new = false;
+    let mut both = None;
+    while Instant::now() < end {
+        let iv = run.next_interval(FIRST);
+        listed_new |= iv.containers.iter().any(|c| c.id == second.id);
+        let body = scrape();
+        if cpu_row(&body, &old_id) && cpu_row(&body, &new_id) {
+            both = Some(body);
+            break;
+        }
+        assert!(
+            !listed_new || cpu_row(&body, &old_id) || cpu_row(&body, &new_id),
+            "the daemon lists the new {name} but /metrics has no {name} row:\n{body}"
+        );
+    }
+    let Some(both) = both else {
+        let body = scrape();
+        let rows: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("sentinel_container_cpu_seconds_total{"))
+            .collect();
+        println!("container rows at the end: {rows:#?}");
+        // Still a test of the exporter: every scrape of the recreate was free of duplicates.
+        assert!(
+            !listed_new,
+            "the daemon listed the new {name} ({new_id}) but /metrics never showed it beside the old one"
+        );
+        let last = scrape();
+        promtool_check_metrics(&last);
+        assert_eq!(
+            prom_duplicates(&prom),
+            0.0,
+            "Prometheus saw duplicate samples"
+        );
+        println!(
+            "NOTE: the daemon never listed the new {name} within 40 s (issue 17 item 2: the \
+             recycled container key keeps the old name); {scrapes} scrapes parsed, no duplicate series"
+        );
+        let finished = run.stop();
+        assert!(finished.status.success(), "{}", finished.stderr);
+        return;
+    };
+    let rows: Vec<&str> = both
+        .lines()
+        .filter(|l| l.starts_with("sentinel_container_cpu_seconds_total{") && l.contains(&label))
+        .collect();
+    println!("after the recreate: {rows:#?}");
+    // Keep scraping while Prometheus does too.
+    for _ in 0..10 {
+        scrape();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    promtool_check_metrics(&both);
+    let last = scrape();
+    promtool_check_metrics(&last);
+    // Prometheus stored both `web` series and counted no duplicate sample in any scrape.
+    let q = format!("count by (id) (sentinel_container_cpu_seconds_total{{{label}}})");
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut ids = 0;
+    while Instant::now() < end && ids < 2 {
+        std::thread::sleep(Duration::from_millis(1000));
+        ids = prom
+            .query(&q)
+            .and_then(|v| v["data"]["result"].as_array().map(Vec::len))
+            .unwrap_or(0);
+    }
+    assert_eq!(
+        ids,
+        2,
+        "Prometheus did not store two `{name}` series; log:\n{}",
+        prom.log()
+    );
+    let dup = prom_duplicates(&prom);
+    let up = prom.query("up{job=\"sentinel\"}").and_then(|v| {
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .map(str::to_string)
+    });
+    println!(
+        "{scrapes} scrapes parsed, no duplicate series; Prometheus: up {up:?}, duplicate samples {dup}"
+    );
+    assert_eq!(dup, 0.0, "Prometheus saw duplicate samples");
+    assert_eq!(up.as_deref(), Some("1"));
+    let finished = run.stop();
+    assert!(finished.status.success(), "{}", finished.stderr);
 }

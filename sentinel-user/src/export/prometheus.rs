@@ -205,17 +205,43 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
 
     /// Exported entries in key order: every pinned one, then the `limit` highest scores.
     pub fn selected(&self) -> Vec<(&K, &V)> {
-        let mut ranked: Vec<(&K, &Tracked<V>)> =
-            self.entries.iter().filter(|(_, t)| !t.pinned).collect();
+        self.selected_where(|_| true)
+    }
+
+    /// `selected` among the entries `eligible` accepts.
+    pub fn selected_where(&self, eligible: impl Fn(&K) -> bool) -> Vec<(&K, &V)> {
+        let mut ranked: Vec<(&K, &Tracked<V>)> = self
+            .entries
+            .iter()
+            .filter(|(k, t)| !t.pinned && eligible(k))
+            .collect();
         ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(b.0)));
         ranked.truncate(self.limit);
-        ranked.extend(self.entries.iter().filter(|(_, t)| t.pinned));
+        ranked.extend(self.entries.iter().filter(|(k, t)| t.pinned && eligible(k)));
         ranked.sort_by(|a, b| a.0.cmp(b.0));
         ranked.into_iter().map(|(k, t)| (k, &t.value)).collect()
     }
 
     pub fn tracked(&self) -> usize {
         self.entries.len()
+    }
+
+    pub fn contains(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.entries.get(key).map(|t| &t.value)
+    }
+
+    /// Forgets the entries `keep` rejects.
+    pub fn retain(&mut self, keep: impl Fn(&K) -> bool) {
+        self.entries.retain(|k, _| keep(k));
+    }
+
+    /// Every tracked entry, exported or not.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.entries.iter().map(|(k, t)| (k, &t.value))
     }
 }
 
@@ -229,7 +255,7 @@ struct IfaceTotals {
 }
 
 /// Per-container counter stems, exported as `sentinel_container_<stem>_total`.
-const CONTAINER_COUNTERS: [(&str, &str); 13] = [
+const CONTAINER_COUNTERS: [(&str, &str); 15] = [
     (
         "cpu_seconds",
         "On-CPU time of the container's tasks, seconds.",
@@ -276,13 +302,45 @@ const CONTAINER_COUNTERS: [(&str, &str); 13] = [
         "tcp_resets",
         "TCP resets in the container's network namespace.",
     ),
+    (
+        "runqueue_wait_seconds",
+        "Time the container's tasks waited for a CPU (wakeup to on-CPU), seconds: the kernel's \
+         exact sum.",
+    ),
+    (
+        "runqueue_waits",
+        "Run-queue waits of the container's tasks (wakeup to on-CPU).",
+    ),
 ];
 
 #[derive(Debug, Default)]
 struct ContainerTotals {
+    /// Docker id (64 hex), empty for a cgroup or the host.
+    id: String,
     name: String,
     image: String,
     totals: [f64; CONTAINER_COUNTERS.len()],
+    /// Run-queue latency p99 of the last interval it was seen in, seconds.
+    runq_p99_seconds: f64,
+}
+
+/// Cumulative wait of one container behind one contender.
+#[derive(Debug, Default)]
+struct PairTotals {
+    seconds: f64,
+}
+
+/// Whom an anomaly or a healing decision is about, as a label: bounded, because a container
+/// gets its own value only while its container series are exported (the rest is `other`), and
+/// its entries go when it is forgotten.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    /// Host series and host-wide decisions (Docker connectivity, storm alerts, global breaker).
+    Host,
+    /// A container, by its key in `State::containers`.
+    Container(String),
+    /// A container that was not exported when it happened.
+    Other,
 }
 
 /// Buckets of the drain-duration histogram, seconds.
@@ -322,12 +380,21 @@ struct State {
     drain_sum: f64,
     drain_count: u64,
     ifaces: TopN<(u32, u32), IfaceTotals>,
+    /// Keyed by Docker id, or by name for a cgroup or the host.
     containers: TopN<String, ContainerTotals>,
-    /// Raised anomaly events by (scope, signal, severity).
-    anomalies: BTreeMap<(String, String, String), u64>,
+    /// (victim's container key, contender's name): the busiest pairs.
+    contention: TopN<(String, String), PairTotals>,
+    /// Raised anomaly events by (scope, signal, severity, container).
+    anomalies: BTreeMap<(String, String, String, Who), u64>,
+    /// Open anomalies on container series: series name -> container key. Their containers are
+    /// exported while the anomaly is open, so an alert can name them.
+    open_anomalies: BTreeMap<String, String>,
     detection: crate::model::DetectionSummary,
-    /// Healing decisions by (decision, action).
-    decisions: BTreeMap<(Option<Decision>, &'static str), u64>,
+    /// Healing decisions by (decision, action, container).
+    decisions: BTreeMap<(Option<Decision>, &'static str, Who), u64>,
+    /// `healing.counters.decisions` last seen: the interval's `actions` is a window of the
+    /// latest decisions, and only those past this count are new.
+    decisions_seen: Option<u64>,
     heal: Option<HealState>,
 }
 
@@ -362,9 +429,12 @@ impl State {
             drain_count: 0,
             ifaces: TopN::new(config.top_interfaces),
             containers: TopN::new(config.top_containers),
+            contention: TopN::new(config.top_containers),
             anomalies: BTreeMap::new(),
+            open_anomalies: BTreeMap::new(),
             detection: Default::default(),
             decisions: BTreeMap::new(),
+            decisions_seen: None,
             heal: None,
         }
     }
@@ -436,51 +506,138 @@ impl State {
                     t.tx_bytes += i.tx_bytes;
                 });
         }
+        self.track_open_anomalies(iv);
         self.observe_containers(p);
+        let exported: std::collections::HashSet<String> = self
+            .containers
+            .selected()
+            .into_iter()
+            .map(|(k, _)| k.clone())
+            .collect();
+        let who = |key: Option<String>| match key {
+            None => Who::Host,
+            Some(k) if exported.contains(&k) => Who::Container(k),
+            Some(_) => Who::Other,
+        };
         for a in iv.anomalies.iter().filter(|a| a.kind == "raised") {
-            // The container's name is not a label here (unbounded); the signal is.
-            let scope = if a.series.starts_with("container.") {
-                "container"
-            } else {
-                "host"
+            let (scope, key) = match anomaly_container(a) {
+                Some(key) => ("container", Some(key)),
+                None => ("host", None),
             };
-            let key = (scope.to_string(), a.signal.clone(), a.severity.clone());
-            let other = (scope.to_string(), "other".to_string(), a.severity.clone());
+            let whom = who(key);
+            let key = (
+                scope.to_string(),
+                a.signal.clone(),
+                a.severity.clone(),
+                whom.clone(),
+            );
+            let other = (
+                scope.to_string(),
+                "other".to_string(),
+                a.severity.clone(),
+                whom,
+            );
             *bounded_entry(&mut self.anomalies, key, other) += 1;
         }
         self.detection = iv.detection.clone();
-        for a in &iv.actions {
-            let key = (Some(a.decision), a.action.map_or("", |k| k.as_str()));
-            *bounded_entry(&mut self.decisions, key, (None, "other")) += 1;
+        // Only the decisions this exporter has not counted yet: `actions` repeats the latest
+        // `heal.recent_actions` decisions in every interval.
+        if let Some(h) = &iv.healing {
+            let total = h.counters.decisions;
+            let new = total.saturating_sub(self.decisions_seen.unwrap_or(0));
+            self.decisions_seen = Some(total);
+            let shown = usize::try_from(new)
+                .unwrap_or(usize::MAX)
+                .min(iv.actions.len());
+            for a in &iv.actions[iv.actions.len() - shown..] {
+                let whom = who((!a.container_id.is_empty()).then(|| a.container_id.clone()));
+                let key = (Some(a.decision), a.action.map_or("", |k| k.as_str()), whom);
+                *bounded_entry(&mut self.decisions, key, (None, "other", Who::Other)) += 1;
+            }
+            // More decisions in one interval than the window holds: counted, not attributed.
+            let unseen = new - shown as u64;
+            if unseen > 0 {
+                *self
+                    .decisions
+                    .entry((None, "other", Who::Other))
+                    .or_default() += unseen;
+            }
         }
+        // A forgotten container's anomaly and decision series go with its other series.
+        let tracked = |w: &Who| match w {
+            Who::Container(k) => self.containers.contains(k),
+            _ => true,
+        };
+        self.anomalies.retain(|(_, _, _, w), _| tracked(w));
+        self.decisions.retain(|(_, _, w), _| tracked(w));
         self.heal.clone_from(&iv.healing);
     }
 
-    /// Containers with a breaker are always exported (the ones healing manages); the rest
-    /// compete for the top N by activity (on-CPU milliseconds plus packets).
+    /// Keeps `open_anomalies` in step with the detector: raised events add, cleared events and
+    /// series no longer open remove.
+    fn track_open_anomalies(&mut self, iv: &crate::model::Interval) {
+        for a in &iv.anomalies {
+            let Some(key) = anomaly_container(a) else {
+                continue;
+            };
+            if a.kind == "raised" {
+                if self.open_anomalies.len() < MAX_LABEL_VALUES {
+                    self.open_anomalies.insert(a.series.clone(), key);
+                }
+            } else {
+                self.open_anomalies.remove(&a.series);
+            }
+        }
+        if iv.detection.enabled {
+            let open: std::collections::HashSet<&str> =
+                iv.detection.open.iter().map(String::as_str).collect();
+            self.open_anomalies
+                .retain(|series, _| open.contains(series.as_str()));
+        }
+    }
+
+    /// Containers with a breaker (the ones healing manages) or an open anomaly are always
+    /// exported; the rest compete for the top N by activity (on-CPU milliseconds plus packets).
+    /// Contention pairs compete among themselves, by seconds waited.
     fn observe_containers(&mut self, p: &Published) {
-        let managed: std::collections::HashSet<&str> = p
+        let mut pinned_keys: std::collections::HashSet<&str> = p
             .interval
             .healing
             .iter()
             .flat_map(|h| h.breakers.iter().map(|b| b.container_id.as_str()))
             .collect();
+        pinned_keys.extend(self.open_anomalies.values().map(String::as_str));
         // Found by the L6 churn soak: a container pinned while it had a breaker stayed pinned
         // (exported, never forgotten) after it was gone.
         self.containers
-            .unpin_unless(|key| managed.contains(key.as_str()));
+            .unpin_unless(|key| pinned_keys.contains(key.as_str()));
         self.containers.decay();
+        self.contention.decay();
         for ct in &p.interval.containers {
-            let key = if ct.id.is_empty() {
-                ct.name.clone()
-            } else {
-                ct.id.clone()
-            };
+            let key = container_key(ct);
             let activity = ct.cpu_ns as f64 / 1e6 + (ct.rx_packets + ct.tx_packets) as f64;
-            let pinned = !ct.id.is_empty() && managed.contains(ct.id.as_str());
+            let pinned = pinned_keys.contains(key.as_str());
+            for by in &ct.contention {
+                // Scored in milliseconds waited, like CPU time above.
+                self.contention.observe(
+                    (key.clone(), by.container.clone()),
+                    by.seconds * 1e3,
+                    false,
+                    |t| t.seconds += by.seconds,
+                );
+            }
             self.containers.observe(key, activity, pinned, |t| {
-                t.name.clone_from(&ct.name);
-                t.image.clone_from(&ct.image);
+                t.id.clone_from(&ct.id);
+                // A container's labels stay those it was first exported with: a record that
+                // lost its name or image (a gone container whose key lingers) must not move
+                // its counters to a new label set.
+                if t.name.is_empty() {
+                    t.name.clone_from(&ct.name);
+                }
+                if t.image.is_empty() {
+                    t.image.clone_from(&ct.image);
+                }
+                t.runq_p99_seconds = ct.runqueue_latency_us.p99 / 1e6;
                 let deltas = [
                     ct.cpu_ns as f64 / 1e9,
                     ct.ctx_switches as f64,
@@ -495,12 +652,18 @@ impl State {
                     ct.tx_bytes as f64,
                     ct.tcp_retransmits as f64,
                     ct.tcp_resets as f64,
+                    ct.runqueue_latency_us.sum / 1e6,
+                    ct.runqueue_latency_us.count as f64,
                 ];
                 for (total, d) in t.totals.iter_mut().zip(deltas) {
                     *total += d;
                 }
             });
         }
+        // A pair whose victim is forgotten goes with it.
+        let containers = &self.containers;
+        self.contention
+            .retain(|(victim, _)| containers.contains(victim));
     }
 
     /// (upper bound in seconds, count in that bucket only) for the exposition.
@@ -621,26 +784,27 @@ impl Collector for StateCollector {
             s.context_switches,
         )?;
         if let Some(sys) = &s.system {
+            // Ratios 0-1, as Prometheus conventions have them (the JSON keeps percentages).
             gauge(
                 &mut enc,
-                "sentinel_cpu_busy_percent",
-                "CPU busy time over the last interval, percent of all CPUs.",
+                "sentinel_cpu_busy_ratio",
+                "CPU busy time over the last interval, fraction of all CPUs (0-1).",
                 None,
-                sys.cpu_percent,
+                sys.cpu_percent / 100.0,
             )?;
             gauge(
                 &mut enc,
-                "sentinel_memory_used_percent",
-                "Memory in use (total minus available), percent.",
+                "sentinel_memory_used_ratio",
+                "Memory in use (total minus available), fraction of the total (0-1).",
                 None,
-                sys.mem_used_percent,
+                sys.mem_used_percent / 100.0,
             )?;
             gauge(
                 &mut enc,
-                "sentinel_disk_used_percent",
-                "Root filesystem space in use, percent.",
+                "sentinel_disk_used_ratio",
+                "Root filesystem space in use, fraction of its size (0-1).",
                 None,
-                sys.disk_used_percent,
+                sys.disk_used_percent / 100.0,
             )?;
             gauge(
                 &mut enc,
@@ -706,26 +870,75 @@ impl Collector for StateCollector {
             s.ifaces.tracked() as f64,
         )?;
 
-        // Per-container series: bounded like interfaces, plus the containers healing manages.
+        // Per-container series: bounded like interfaces, plus the containers healing manages
+        // and those with an open anomaly. Labelled by name and short id: a container recreated
+        // under the same name is a new series, never a second sample of the old one.
+        let labels = container_labels(&s.containers);
+        let who_labels = |k: &str| -> Labels<'static> {
+            let (name, id) = labels
+                .get(k)
+                .map_or(("other", ""), |(n, i)| (n.as_str(), i.as_str()));
+            vec![
+                ("container", name.to_string().into()),
+                ("id", id.to_string().into()),
+            ]
+        };
         let containers = s.containers.selected();
+        // Every container label of the container families names an exported container.
+        let exported: std::collections::HashSet<&str> =
+            containers.iter().map(|(k, _)| k.as_str()).collect();
+        let row = |key: &String, t: &ContainerTotals| -> Labels<'static> {
+            let mut l = who_labels(key);
+            l.push(("image", t.image.clone().into()));
+            l
+        };
         for (idx, (stem, help)) in CONTAINER_COUNTERS.iter().enumerate() {
             family(
                 &mut enc,
                 &format!("sentinel_container_{stem}"),
-                &format!("{help} Busiest and healing-managed containers only."),
+                &format!("{help} Busiest, healing-managed and anomalous containers only."),
                 MetricType::Counter,
-                containers.iter().map(|(id, t)| {
-                    (
-                        vec![
-                            ("container", container_label(&t.name, id).into()),
-                            ("image", t.image.clone().into()),
-                        ],
-                        t.totals[idx],
-                    )
-                }),
+                unique_rows(
+                    containers.iter().map(|(k, t)| (row(k, t), t.totals[idx])),
+                    |a, b| a + b,
+                ),
                 emit_counter_f64,
             )?;
         }
+        family(
+            &mut enc,
+            "sentinel_container_runqueue_latency_p99_seconds",
+            "Run-queue latency p99 of the container's tasks over the last interval it ran in, \
+             from log2 buckets (within 2x). Busiest, healing-managed and anomalous containers only.",
+            MetricType::Gauge,
+            unique_rows(
+                containers
+                    .iter()
+                    .map(|(k, t)| (row(k, t), t.runq_p99_seconds)),
+                f64::max,
+            ),
+            emit_gauge,
+        )?;
+        family(
+            &mut enc,
+            "sentinel_container_contention_seconds",
+            "Time the container's tasks waited for a CPU behind another container (by), or \
+             behind the host's own work (by=\"host\"), seconds; estimated per CPU in proportion \
+             to on-CPU time. The busiest pairs only.",
+            MetricType::Counter,
+            unique_rows(
+                s.contention
+                    .selected_where(|(victim, _)| exported.contains(victim.as_str()))
+                    .into_iter()
+                    .map(|((victim, by), t)| {
+                        let mut l = who_labels(victim);
+                        l.push(("by", by.clone().into()));
+                        (l, t.seconds)
+                    }),
+                |a, b| a + b,
+            ),
+            emit_counter_f64,
+        )?;
         gauge(
             &mut enc,
             "sentinel_containers_tracked",
@@ -839,21 +1052,33 @@ impl Collector for StateCollector {
         )?;
 
         // Detection.
+        let whom = |w: &Who| -> Labels<'static> {
+            match w {
+                Who::Host => vec![("container", "".into()), ("id", "".into())],
+                Who::Other => vec![("container", "other".into()), ("id", "".into())],
+                Who::Container(k) => who_labels(k),
+            }
+        };
         family(
             &mut enc,
             "sentinel_anomalies_raised",
-            "Anomaly events raised, by scope (host or container), signal and severity.",
+            "Anomaly events raised, by scope (host or container), signal, severity and container \
+             (empty for the host; other for a container not exported when it happened).",
             MetricType::Counter,
-            s.anomalies.iter().map(|((scope, signal, severity), v)| {
-                (
-                    vec![
-                        ("scope", scope.as_str().into()),
-                        ("signal", signal.as_str().into()),
-                        ("severity", severity.as_str().into()),
-                    ],
-                    *v,
-                )
-            }),
+            unique_rows(
+                s.anomalies
+                    .iter()
+                    .map(|((scope, signal, severity, who), v)| {
+                        let mut l: Labels<'_> = vec![
+                            ("scope", scope.as_str().into()),
+                            ("signal", signal.as_str().into()),
+                            ("severity", severity.as_str().into()),
+                        ];
+                        l.extend(whom(who));
+                        (l, *v)
+                    }),
+                |a, b| a + b,
+            ),
             emit_counter,
         )?;
         let d = &s.detection;
@@ -889,20 +1114,23 @@ impl Collector for StateCollector {
         family(
             &mut enc,
             "sentinel_heal_decisions",
-            "Healing decisions (audit records), by decision and action.",
+            "Healing decisions (audit records but intents), by decision, action and container \
+             (empty for host-wide records; other for a container not exported when it happened).",
             MetricType::Counter,
-            s.decisions.iter().map(|((decision, action), v)| {
-                (
-                    vec![
+            unique_rows(
+                s.decisions.iter().map(|((decision, action, who), v)| {
+                    let mut l: Labels<'_> = vec![
                         (
                             "decision",
                             decision.map_or("other", Decision::as_str).into(),
                         ),
                         ("action", (*action).into()),
-                    ],
-                    *v,
-                )
-            }),
+                    ];
+                    l.extend(whom(who));
+                    (l, *v)
+                }),
+                |a, b| a + b,
+            ),
             emit_counter,
         )?;
         if let Some(h) = &s.heal {
@@ -976,20 +1204,147 @@ impl Collector for StateCollector {
                 "sentinel_breaker_state",
                 "Circuit breaker per container: 0 closed, 1 half-open, 2 open.",
                 MetricType::Gauge,
-                h.breakers.iter().take(MAX_LABEL_VALUES).map(|b| {
-                    (
-                        vec![(
-                            "container",
-                            container_label(&b.container_name, &b.container_id).into(),
-                        )],
-                        breaker_value(b.view.state),
-                    )
-                }),
+                unique_rows(
+                    h.breakers.iter().take(MAX_LABEL_VALUES).map(|b| {
+                        let (name, id) = labels.get(b.container_id.as_str()).map_or_else(
+                            || {
+                                (
+                                    container_label(&b.container_name, &b.container_id),
+                                    short_id(&b.container_id).to_string(),
+                                )
+                            },
+                            Clone::clone,
+                        );
+                        (
+                            vec![("container", name.into()), ("id", id.into())],
+                            breaker_value(b.view.state),
+                        )
+                    }),
+                    f64::max,
+                ),
                 emit_gauge,
             )?;
         }
-        Ok(())
+        encode_process(&mut enc)
     }
+}
+
+/// The `process_*` metrics every Prometheus client library exports (the Go and Python
+/// clients' names), read from /proc/self at scrape time, so the usual dashboards and alerts
+/// for a process's RSS, file descriptors and CPU work on sentinel too. A file that cannot be
+/// read leaves its metrics out rather than reporting 0.
+fn encode_process(enc: &mut DescriptorEncoder) -> std::fmt::Result {
+    let Some(p) = ProcessStats::read() else {
+        return Ok(());
+    };
+    counter_f64(
+        enc,
+        "process_cpu_seconds",
+        "Total user and system CPU time spent in seconds.",
+        p.cpu_seconds,
+    )?;
+    for (name, help, v) in [
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            Some(p.resident_bytes),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            Some(p.virtual_bytes),
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors.",
+            p.open_fds,
+        ),
+        (
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            p.max_fds,
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        ),
+        ("process_threads", "Number of OS threads.", Some(p.threads)),
+    ] {
+        if let Some(v) = v {
+            gauge(enc, name, help, None, v)?;
+        }
+    }
+    Ok(())
+}
+
+fn counter_f64(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    let m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+/// Sentinel's own process, from /proc/self.
+#[derive(Debug, Default, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: f64,
+    virtual_bytes: f64,
+    threads: f64,
+    open_fds: Option<f64>,
+    max_fds: Option<f64>,
+    start_time_seconds: Option<f64>,
+}
+
+impl ProcessStats {
+    fn read() -> Option<Self> {
+        use nix::unistd::{SysconfVar, sysconf};
+        let ticks = sysconf(SysconfVar::CLK_TCK).ok().flatten()? as f64;
+        let page = sysconf(SysconfVar::PAGE_SIZE).ok().flatten()? as f64;
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| parse_btime(&s));
+        let mut p = Self::parse(&stat, ticks, page, boot)?;
+        p.open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as f64);
+        p.max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .ok()
+            .map(|(soft, _)| soft as f64);
+        Some(p)
+    }
+
+    /// `/proc/self/stat` (proc(5)): fields after the command, which is in parentheses and may
+    /// hold spaces and parentheses itself, so the split is at the last `)`.
+    fn parse(stat: &str, ticks: f64, page: f64, boot: Option<f64>) -> Option<Self> {
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // f[0] is field 3 (state): field N is f[N - 3].
+        let num = |n: usize| f.get(n - 3)?.parse::<f64>().ok();
+        Some(Self {
+            cpu_seconds: (num(14)? + num(15)?) / ticks,
+            threads: num(20)?,
+            start_time_seconds: boot.map(|b| b + num(22).unwrap_or(0.0) / ticks),
+            virtual_bytes: num(23)?,
+            resident_bytes: num(24)? * page,
+            open_fds: None,
+            max_fds: None,
+        })
+    }
+}
+
+/// Boot time (unix seconds) from /proc/stat's `btime` line.
+fn parse_btime(proc_stat: &str) -> Option<f64> {
+    proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn breaker_value(state: BreakerState) -> f64 {
@@ -1021,10 +1376,84 @@ fn iface_label(name: &str, ifindex: u32) -> String {
 
 fn container_label(name: &str, id: &str) -> String {
     if name.is_empty() {
-        id.chars().take(12).collect()
+        short_id(id).to_string()
     } else {
         name.to_string()
     }
+}
+
+/// The 12 hex digits Docker shows.
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// A container's key in the exporter: its Docker id, or its name for a cgroup or the host.
+fn container_key(ct: &crate::model::ContainerDelta) -> String {
+    if ct.id.is_empty() {
+        ct.name.clone()
+    } else {
+        ct.id.clone()
+    }
+}
+
+/// The container key of an anomaly on a container series (`container.<name>.<signal>`).
+fn anomaly_container(a: &crate::model::AnomalyRecord) -> Option<String> {
+    if let Some(id) = a.container_id.as_deref().filter(|id| !id.is_empty()) {
+        return Some(id.to_string());
+    }
+    let rest = a.series.strip_prefix("container.")?;
+    Some(
+        rest.strip_suffix(a.signal.as_str())
+            .and_then(|r| r.strip_suffix('.'))
+            .unwrap_or(rest)
+            .to_string(),
+    )
+}
+
+/// `container` and `id` label values of every tracked container: its name (the short id while
+/// it has none) and Docker's 12-digit short id (empty for a cgroup or the host); the full id
+/// where two tracked containers share a short one. Keys are unique, so label pairs are too:
+/// a container recreated under an old name differs by its id.
+fn container_labels(c: &TopN<String, ContainerTotals>) -> HashMap<&str, (String, String)> {
+    let mut shorts: HashMap<&str, usize> = HashMap::new();
+    for (_, t) in c.iter() {
+        if !t.id.is_empty() {
+            *shorts.entry(short_id(&t.id)).or_default() += 1;
+        }
+    }
+    c.iter()
+        .map(|(key, t)| {
+            let id = if t.id.is_empty() {
+                String::new()
+            } else if shorts.get(short_id(&t.id)).copied().unwrap_or(0) > 1 {
+                t.id.clone()
+            } else {
+                short_id(&t.id).to_string()
+            };
+            (key.as_str(), (container_label(&t.name, &t.id), id))
+        })
+        .collect()
+}
+
+/// Rows with one label set merged into one sample (`merge`: add for counters, the larger for
+/// gauges), first appearance first. Label sets are unique by construction; this makes it hold
+/// for every input, so no scrape ever carries two samples with one label set.
+fn unique_rows<'a, V: Copy>(
+    rows: impl IntoIterator<Item = (Labels<'a>, V)>,
+    merge: impl Fn(V, V) -> V,
+) -> Vec<(Labels<'a>, V)> {
+    let mut out: Vec<(Labels<'a>, V)> = Vec::new();
+    let mut at: HashMap<Labels<'a>, usize> = HashMap::new();
+    for (labels, v) in rows {
+        match at.get(&labels) {
+            Some(&i) => out[i].1 = merge(out[i].1, v),
+            None => {
+                at.insert(labels.clone(), out.len());
+                out.push((labels, v));
+            }
+        }
+    }
+    out
 }
 
 /// Feeds every published interval into `metrics` until the channel closes.
@@ -1210,6 +1639,264 @@ mod tests {
         }
     }
 
+    /// The healing state of an interval whose decision count is `decisions`.
+    fn heal_state(decisions: u64) -> HealState {
+        serde_json::from_value(serde_json::json!({
+            "docker": "up", "dry_run": false,
+            "global_breaker": {"state": "CLOSED", "failures_in_window": 0, "wait_secs": 60.0},
+            "breakers": [],
+            "actions_in_global_window": 0, "in_flight": 0, "permits_available": 2,
+            "permits_total": 2,
+            "counters": crate::model::HealCounters { decisions, ..Default::default() },
+        }))
+        .unwrap()
+    }
+
+    /// Every sample's series (name and labels): none may appear twice in one scrape.
+    fn assert_unique_series(text: &str) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+            assert!(
+                seen.insert(series.to_string()),
+                "two samples of {series}:\n{text}"
+            );
+        }
+        seen.len()
+    }
+
+    /// A 64-hex id whose short form is `i` in 12 digits.
+    fn long_id(i: u64) -> String {
+        format!("{i:012}{}", "e".repeat(52))
+    }
+
+    fn container(id: &str, name: &str, cpu_ms: u64) -> ContainerDelta {
+        ContainerDelta {
+            id: id.into(),
+            name: name.into(),
+            image: "web:1".into(),
+            cpu_ns: cpu_ms * 1_000_000,
+            ..Default::default()
+        }
+    }
+
+    /// `docker rm -f web; docker run --name web ...`: the old and the new `web` are both
+    /// tracked for a while (the old one decays away); each keeps its own series, told apart by
+    /// the short id, and no scrape has two samples with one label set. Short ids that collide
+    /// fall back to the full id.
+    #[test]
+    fn a_container_recreated_under_its_name_never_shares_a_label_set() {
+        let m = Metrics::new(MetricsConfig::default());
+        let old = format!("{}{}", "a".repeat(12), "1".repeat(52));
+        let new = format!("{}{}", "b".repeat(12), "2".repeat(52));
+        let mut p = published(0);
+        p.interval.containers = vec![container(&old, "web", 50)];
+        m.observe(&p);
+        let mut p = published(1);
+        p.interval.containers = vec![container(&new, "web", 70)];
+        m.observe(&p);
+        let text = m.encode();
+        assert_unique_series(&text);
+        assert!(text.contains(
+            "sentinel_container_cpu_seconds_total{container=\"web\",id=\"aaaaaaaaaaaa\",image=\"web:1\"} 0.05"
+        ), "{text}");
+        assert!(text.contains(
+            "sentinel_container_cpu_seconds_total{container=\"web\",id=\"bbbbbbbbbbbb\",image=\"web:1\"} 0.07"
+        ));
+        // Same short id, different containers (possible, if unlikely): full ids.
+        let clash = format!("{}{}", "a".repeat(12), "3".repeat(52));
+        let mut p = published(2);
+        p.interval.containers = vec![container(&clash, "web", 10)];
+        m.observe(&p);
+        let text = m.encode();
+        assert_unique_series(&text);
+        assert!(text.contains(&format!("id=\"{old}\"")), "{text}");
+        assert!(text.contains(&format!("id=\"{clash}\"")));
+        // And in the classic format Prometheus' promtool reads.
+        assert_unique_series(&to_text_format(&text));
+    }
+
+    #[test]
+    fn rows_with_one_label_set_are_merged() {
+        let rows: Vec<(Labels<'static>, u64)> = vec![
+            (vec![("container", "web".into())], 2),
+            (vec![("container", "db".into())], 1),
+            (vec![("container", "web".into())], 3),
+        ];
+        let out = unique_rows(rows, |a, b| a + b);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0], (vec![("container", "web".into())], 5));
+    }
+
+    /// The interval's `actions` repeats the latest decisions every interval: each is counted
+    /// once, by the decision count; more new ones than the window holds count as `other`.
+    #[test]
+    fn decisions_are_counted_once_and_name_their_container() {
+        let m = Metrics::new(MetricsConfig::default());
+        let web = "c".repeat(64);
+        let mut p = published(0);
+        p.interval.containers = vec![container(&web, "web", 100)];
+        let mut skipped = AuditRecord::new(&web, "web", Decision::Skipped, "backoff");
+        skipped.action = Some(crate::model::ActionKind::Restart);
+        let docker = AuditRecord::new("", "", Decision::Docker, "reachable");
+        p.interval.actions = vec![docker, skipped];
+        p.interval.healing = Some(heal_state(2));
+        m.observe(&p);
+        // Nothing new: the same window, the same count.
+        let mut p2 = p.clone();
+        p2.interval.seq = 1;
+        m.observe(&p2);
+        let text = m.encode();
+        assert!(text.contains(
+            "sentinel_heal_decisions_total{decision=\"skipped\",action=\"restart\",container=\"web\",id=\"cccccccccccc\"} 1"
+        ), "{text}");
+        assert!(text.contains(
+            "sentinel_heal_decisions_total{decision=\"docker\",action=\"\",container=\"\",id=\"\"} 1"
+        ));
+        // 5 new decisions, a window of 2: 2 attributed, 3 counted as other.
+        let mut p3 = p.clone();
+        p3.interval.seq = 2;
+        p3.interval.healing = Some(heal_state(7));
+        m.observe(&p3);
+        let text = m.encode();
+        assert!(text.contains(
+            "sentinel_heal_decisions_total{decision=\"skipped\",action=\"restart\",container=\"web\",id=\"cccccccccccc\"} 2"
+        ), "{text}");
+        assert!(text.contains(
+            "sentinel_heal_decisions_total{decision=\"other\",action=\"other\",container=\"other\",id=\"\"} 3"
+        ), "{text}");
+        assert_unique_series(&text);
+    }
+
+    /// Per-container run-queue latency, contention pairs (the busiest only), a container
+    /// anomaly labelled with its container (and the container kept exported while it is open),
+    /// the TCP map overflow and the 0-1 ratios.
+    #[test]
+    fn container_runq_contention_anomalies_overflow_and_ratios() {
+        let m = Metrics::new(MetricsConfig {
+            top_interfaces: 3,
+            top_containers: 2,
+        });
+        let mut p = published(0);
+        p.interval.system.cpu_percent = 37.5;
+        p.interval.system.mem_used_percent = 50.0;
+        p.interval.collector.overflow.insert("netns_tcp".into(), 4);
+        p.interval.containers = (0..6u64)
+            .map(|i| {
+                let mut c = container(&long_id(i), &format!("c{i}"), 10 + i);
+                c.runqueue_latency_us = crate::model::LatencySummary {
+                    p99: 2000.0,
+                    sum: 1_500_000.0,
+                    count: 300,
+                    ..Default::default()
+                };
+                c.contention = vec![
+                    crate::model::ContendedBy {
+                        container: "noisy".into(),
+                        seconds: 0.1 * (i + 1) as f64,
+                    },
+                    crate::model::ContendedBy {
+                        container: "host".into(),
+                        seconds: 0.01,
+                    },
+                ];
+                c
+            })
+            .collect();
+        // c0 is the quietest (not in the top 2) but has an open anomaly: exported anyway.
+        p.interval.anomalies = vec![AnomalyRecord {
+            kind: "raised".into(),
+            series: "container.c0.runq_latency".into(),
+            signal: "runq_latency".into(),
+            container_id: Some(long_id(0)),
+            severity: "warning".into(),
+            ..Default::default()
+        }];
+        p.interval.detection.enabled = true;
+        p.interval.detection.open = vec!["container.c0.runq_latency".into()];
+        m.observe(&p);
+        let text = m.encode();
+        assert_unique_series(&text);
+        assert!(text.contains("sentinel_cpu_busy_ratio 0.375\n"), "{text}");
+        assert!(text.contains("sentinel_memory_used_ratio 0.5\n"));
+        assert!(!text.contains("_percent"), "{text}");
+        assert!(text.contains("sentinel_map_overflow_total{map=\"netns_tcp\"} 4"));
+        let id0 = "0".repeat(12);
+        assert!(text.contains(
+            "sentinel_container_runqueue_wait_seconds_total{container=\"c5\",id=\"000000000005\",image=\"web:1\"} 1.5"
+        ), "{text}");
+        assert!(text.contains("sentinel_container_runqueue_waits_total{container=\"c5\""));
+        assert!(text.contains("sentinel_container_runqueue_latency_p99_seconds{container=\"c5\""));
+        assert!(text.contains(&format!(
+            "sentinel_anomalies_raised_total{{scope=\"container\",signal=\"runq_latency\",severity=\"warning\",container=\"c0\",id=\"{id0}\"}} 1"
+        )), "{text}");
+        let cpu_rows = text
+            .lines()
+            .filter(|l| l.starts_with("sentinel_container_cpu_seconds_total{"))
+            .count();
+        assert_eq!(cpu_rows, 3, "top 2 plus the anomalous one");
+        // 12 pairs observed, 2 exported: the largest waits (c5 and c4 behind noisy).
+        let pairs: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sentinel_container_contention_seconds_total{"))
+            .collect();
+        assert_eq!(pairs.len(), 2, "{pairs:?}");
+        assert!(
+            pairs.iter().all(|l| l.contains("by=\"noisy\"")),
+            "{pairs:?}"
+        );
+        assert!(
+            pairs
+                .iter()
+                .any(|l| l.contains("container=\"c5\"") && l.contains("} 0.6")),
+            "{pairs:?}"
+        );
+        // Cleared: the pin goes, c0 competes again (and loses).
+        let mut p = published(1);
+        p.interval.detection.enabled = true;
+        p.interval.containers = (1..6u64)
+            .map(|i| container(&long_id(i), &format!("c{i}"), 100))
+            .collect();
+        m.observe(&p);
+        let text = m.encode();
+        assert!(!text.contains("sentinel_container_cpu_seconds_total{container=\"c0\""));
+    }
+
+    #[test]
+    fn process_stats_from_proc() {
+        // proc(5) fields; the command holds spaces and a parenthesis.
+        let stat = "4242 (sentinel (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 \
+                    7 0 1000 123456789 4000 18446744073709551615";
+        let p = ProcessStats::parse(stat, 100.0, 4096.0, Some(1_700_000_000.0)).unwrap();
+        assert_eq!(p.cpu_seconds, 3.0);
+        assert_eq!(p.threads, 7.0);
+        assert_eq!(p.start_time_seconds, Some(1_700_000_010.0));
+        assert_eq!(p.virtual_bytes, 123_456_789.0);
+        assert_eq!(p.resident_bytes, 4000.0 * 4096.0);
+        assert_eq!(
+            parse_btime("cpu 1 2\nbtime 1700000000\n"),
+            Some(1_700_000_000.0)
+        );
+        let live = ProcessStats::read().expect("/proc/self readable");
+        assert!(live.resident_bytes > 1e6 && live.threads >= 1.0, "{live:?}");
+        assert!(live.open_fds.unwrap() >= 3.0 && live.max_fds.unwrap() >= live.open_fds.unwrap());
+        let m = Metrics::new(MetricsConfig::default());
+        let text = m.encode();
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
+        assert!(to_text_format(&text).contains("# TYPE process_cpu_seconds_total counter"));
+    }
+
     #[test]
     fn addresses_and_exposure_warning() {
         assert!(parse_addr("127.0.0.1:9464").is_ok());
@@ -1253,6 +1940,7 @@ mod tests {
         let mut taken = AuditRecord::new("id", "web", Decision::Taken, "done");
         taken.action = Some(crate::model::ActionKind::Restart);
         p.interval.actions = vec![taken];
+        p.interval.healing = Some(heal_state(1));
         m.observe(&p);
         let text = m.encode();
         assert!(text.contains("sentinel_sched_switch_total 20\n"), "{text}");
@@ -1273,15 +1961,17 @@ mod tests {
         assert!(text.contains("sentinel_runqueue_latency_seconds_bucket{le=\"0.004194304\"} 200"));
         assert!(text.contains("sentinel_runqueue_latency_seconds_bucket{le=\"+Inf\"} 200"));
         assert!(text.contains("sentinel_runqueue_latency_seconds_count 200"));
+        // `web` was never an exported container: its anomaly counts under `other`.
         assert!(text.contains(
-            "sentinel_anomalies_raised_total{scope=\"container\",signal=\"cpu\",severity=\"critical\"} 1"
-        ));
+            "sentinel_anomalies_raised_total{scope=\"container\",signal=\"cpu\",severity=\"critical\",container=\"other\",id=\"\"} 1"
+        ), "{text}");
         assert!(
             !text.contains("signal=\"sched_switch\""),
             "cleared events are not raised"
         );
         assert!(
-            text.contains("sentinel_heal_decisions_total{decision=\"taken\",action=\"restart\"} 1")
+            text.contains("sentinel_heal_decisions_total{decision=\"taken\",action=\"restart\",container=\"other\",id=\"\"} 1"),
+            "{text}"
         );
         assert!(text.contains("sentinel_exporter_missed_intervals_total 0"));
         assert!(text.contains("sentinel_build_info{version=\""));

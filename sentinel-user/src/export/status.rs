@@ -322,7 +322,7 @@ pub fn render_text(s: &StatusSnapshot) -> String {
         c.iface_capacity,
         c.container_entries,
         c.container_capacity,
-        c.iface_overflow_packets + c.runq_start_overflow + c.container_overflow,
+        c.overflow.values().sum::<u64>(),
         sanitize(&c.disabled.join(","), 400),
         iv.docker
     );

@@ -589,6 +589,7 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
         container_id: "0123456789ab".into(),
         signal: "cpu".parse().unwrap(),
         score: 9.0,
+        slowed_by: None,
     });
     tokio::time::sleep(interval * 6).await;
     let a = d.audit();
@@ -640,6 +641,7 @@ async fn docker_missing_at_start_is_monitor_only_with_one_line() {
         container_id: "feedfacecafe".into(),
         signal: "cpu".parse().unwrap(),
         score: 9.0,
+        slowed_by: None,
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = d.snapshot().unwrap();
@@ -781,6 +783,7 @@ async fn exec_action_records_exit_code() {
         container_id: c.id.clone(),
         signal: "cpu".parse().unwrap(),
         score: 5.0,
+        slowed_by: None,
     });
     d.wait("exec outcome", Duration::from_secs(20), |d| {
         count(&d.audit(), &c.id, "failed", None) >= 1
@@ -826,6 +829,7 @@ async fn hanging_action_is_cut_off_and_permit_returned() {
         container_id: c.id.clone(),
         signal: "cpu".parse().unwrap(),
         score: 5.0,
+        slowed_by: None,
     });
     d.wait("time-out line", Duration::from_secs(20), |d| {
         count(&d.audit(), &c.id, "failed", Some("timeout")) == 1
@@ -859,6 +863,7 @@ async fn hanging_action_is_cut_off_and_permit_returned() {
         container_id: c2.id.clone(),
         signal: "cpu".parse().unwrap(),
         score: 5.0,
+        slowed_by: None,
     });
     d.wait("next action", Duration::from_secs(20), |d| {
         count(&d.audit(), &c2.id, "taken", None) == 1
@@ -1079,6 +1084,7 @@ fn anomaly(id: &str) -> ContainerAnomaly {
         container_id: id.to_string(),
         signal: "cpu".parse().unwrap(),
         score: 5.0,
+        slowed_by: None,
     }
 }
 

@@ -12,8 +12,67 @@ use crate::{
     containers::docker::Watcher,
     detect::{AnomalyEvent, DetectConfig, DetectionEngine, EventKind},
     heal::{ContainerAnomaly, HealEngine, config::HealConfig},
-    model::{Interval, SeriesStatus},
+    model::{AnomalyRecord, ContainerDelta, Interval, SeriesStatus, SlowedBy},
 };
+
+/// The container signal whose anomaly names a top contender.
+const RUNQ_SIGNAL: &str = "runq_latency";
+
+/// The container's top contender in the interval and its share of the container's wait:
+/// seconds behind it over the whole wait (the kernel's run-queue sum, or the attributed
+/// seconds when those are larger, so the share never exceeds 1). `None` when it waited behind
+/// nobody else.
+pub fn slowed_by(c: &ContainerDelta) -> Option<SlowedBy> {
+    let top = c.contention.first().filter(|t| t.seconds > 0.0)?;
+    let attributed: f64 =
+        c.contention.iter().map(|t| t.seconds).sum::<f64>() + c.contention_self_seconds;
+    let whole = (c.runqueue_latency_us.sum / 1e6).max(attributed);
+    Some(SlowedBy {
+        container: top.container.clone(),
+        seconds: top.seconds,
+        share: top.seconds / whole,
+    })
+}
+
+/// The interval's record of the container an anomaly is about: by id, else by the name in
+/// its series (`container.<name>.<signal>`).
+fn container_of<'a>(
+    iv: &'a Interval,
+    id: Option<&str>,
+    series: &str,
+    signal: &str,
+) -> Option<&'a ContainerDelta> {
+    if let Some(id) = id.filter(|id| !id.is_empty())
+        && let Some(c) = iv
+            .containers
+            .iter()
+            .find(|c| !c.id.is_empty() && (c.id.starts_with(id) || id.starts_with(&c.id)))
+    {
+        return Some(c);
+    }
+    let name = series
+        .strip_prefix("container.")?
+        .strip_suffix(signal)?
+        .strip_suffix('.')?;
+    iv.containers.iter().find(|c| c.name == name)
+}
+
+/// Fills `slowed_by` of the interval's `runq_latency` anomaly records.
+fn name_contenders(iv: &mut Interval) {
+    let found: Vec<Option<SlowedBy>> = iv
+        .anomalies
+        .iter()
+        .map(|a: &AnomalyRecord| {
+            if a.signal != RUNQ_SIGNAL {
+                return None;
+            }
+            container_of(iv, a.container_id.as_deref(), &a.series, &a.signal).and_then(slowed_by)
+        })
+        .collect();
+    for (a, by) in iv.anomalies.iter_mut().zip(found) {
+        a.slowed_by = by;
+    }
+}
 
 pub struct Analysis {
     detect: Option<DetectionEngine>,
@@ -113,6 +172,7 @@ impl Analysis {
                     .retain(|series, _| tracked.contains(series.as_str()));
             }
             iv.anomalies = events.iter().map(AnomalyEvent::to_record).collect();
+            name_contenders(iv);
             iv.detection = engine.summary();
         }
         if let Some(heal) = &mut self.heal {
@@ -126,6 +186,18 @@ impl Analysis {
                         // container id and are filtered out above.
                         signal: event.signal.parse().ok()?,
                         score: event.score,
+                        slowed_by: (event.signal == RUNQ_SIGNAL)
+                            .then(|| {
+                                container_of(
+                                    iv,
+                                    event.container_id.as_deref(),
+                                    &event.series,
+                                    &event.signal,
+                                )
+                            })
+                            .flatten()
+                            .and_then(slowed_by)
+                            .map(|by| format!("{} ({:.0}%)", by.container, by.share * 100.0)),
                     })
                 })
                 .collect();
@@ -161,6 +233,82 @@ impl Analysis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn victim(id: &str, name: &str) -> ContainerDelta {
+        let mut c = ContainerDelta {
+            id: id.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        c.runqueue_latency_us.sum = 400_000.0;
+        c.contention = vec![
+            crate::model::ContendedBy {
+                container: "noisy".into(),
+                seconds: 0.3,
+            },
+            crate::model::ContendedBy {
+                container: "host".into(),
+                seconds: 0.1,
+            },
+        ];
+        c
+    }
+
+    fn record(signal: &str, series: &str, id: Option<&str>) -> AnomalyRecord {
+        AnomalyRecord {
+            kind: "raised".into(),
+            series: series.into(),
+            signal: signal.into(),
+            container_id: id.map(str::to_string),
+            severity: "warning".into(),
+            ..Default::default()
+        }
+    }
+
+    /// Issue 20: a `runq_latency` anomaly names the container's top contender and its share;
+    /// other signals and containers that waited behind nobody carry none.
+    #[test]
+    fn a_runq_latency_anomaly_names_its_top_contender() {
+        let web = "ab".repeat(32);
+        let mut quiet = victim(&"cd".repeat(32), "quiet");
+        quiet.contention.clear();
+        let containers = vec![victim(&web, "web"), victim("", "cg"), quiet];
+        let anomalies = vec![
+            record("runq_latency", "container.web.runq_latency", Some(&web)),
+            record("cpu", "container.web.cpu", Some(&web)),
+            // No id (a cgroup): found by the name in the series.
+            record("runq_latency", "container.cg.runq_latency", None),
+            record(
+                "runq_latency",
+                "container.quiet.runq_latency",
+                Some(&"cd".repeat(32)),
+            ),
+            record("runq_latency", "runq_latency", None),
+        ];
+        let mut iv = Interval {
+            containers,
+            anomalies,
+            ..Default::default()
+        };
+        name_contenders(&mut iv);
+        let by = iv.anomalies[0].slowed_by.as_ref().expect("named");
+        assert_eq!(by.container, "noisy");
+        assert!((by.seconds - 0.3).abs() < 1e-9 && (by.share - 0.75).abs() < 1e-9);
+        assert!(iv.anomalies[1].slowed_by.is_none(), "cpu names nobody");
+        assert_eq!(
+            iv.anomalies[2]
+                .slowed_by
+                .as_ref()
+                .map(|b| b.container.as_str()),
+            Some("noisy")
+        );
+        assert!(iv.anomalies[3].slowed_by.is_none(), "waited behind nobody");
+        assert!(iv.anomalies[4].slowed_by.is_none(), "host series");
+        // The field reaches the interval's JSON only where it is set.
+        let json = serde_json::to_value(&iv.anomalies).unwrap();
+        assert_eq!(json[0]["slowed_by"]["container"], "noisy");
+        assert!(json[1].get("slowed_by").is_none());
+    }
 
     #[tokio::test]
     async fn detection_only_fills_the_interval_and_never_heals() {

@@ -155,6 +155,15 @@ pub struct ContendedBy {
     pub seconds: f64,
 }
 
+/// A container's top contender in one interval, with its share of the container's run-queue
+/// wait (0-1): what `sentinel top` shows as "slowed by" and a `runq_latency` anomaly names.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SlowedBy {
+    pub container: String,
+    pub seconds: f64,
+    pub share: f64,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct SystemGauges {
     pub cpu_percent: f64,
@@ -181,6 +190,10 @@ pub struct AnomalyRecord {
     /// Container id when the series is a container's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// On a container's `runq_latency` series: whom it waited behind most in the interval
+    /// (noisy neighbours, issue 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slowed_by: Option<SlowedBy>,
     pub value: f64,
     pub baseline: f64,
     pub score: f64,

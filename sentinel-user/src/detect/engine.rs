@@ -254,6 +254,8 @@ impl AnomalyEvent {
             series: self.series.clone(),
             signal: self.signal.clone(),
             container_id: self.container_id.clone(),
+            // Filled by the daemon's analysis from the interval's contention (issue 20).
+            slowed_by: None,
             value: self.value,
             baseline: self.baseline,
             score: self.score,

@@ -40,6 +40,7 @@ fn anomaly(id: &str, signal: &str) -> ContainerAnomaly {
         container_id: id.to_string(),
         signal: signal.parse().unwrap(),
         score: 1.0,
+        slowed_by: None,
     }
 }
 
@@ -913,6 +914,47 @@ async fn an_anomaly_rule_fires_after_k_consecutive_intervals_only() {
         .find(|r| r.decision == Decision::Intent)
         .unwrap();
     assert_eq!(intent.reason, "anomaly: runq_latency for 3 intervals");
+}
+
+/// Issue 20: a run-queue latency anomaly that names its top contender carries it into the
+/// audit line of the decision it triggers (the intent, and a skip's trigger text).
+#[tokio::test(start_paused = true)]
+async fn a_runq_latency_trigger_names_the_top_contender_in_the_audit() {
+    let mut cfg = test_cfg();
+    cfg.rules = vec![anomaly_rule("runq_latency", 1)];
+    let mut h = Harness::new(cfg);
+    let id = h.docker.add("web", &[OPT_IN], "healthy");
+    let mut hit = anomaly(&id, "runq_latency");
+    hit.slowed_by = Some("noisy (62%)".into());
+    h.run_with(S, &[hit]).await;
+    assert_eq!(h.docker.actions_on(&id).len(), 1);
+    let intent = h
+        .audit()
+        .into_iter()
+        .find(|r| r.decision == Decision::Intent)
+        .unwrap();
+    assert_eq!(
+        intent.reason,
+        "anomaly: runq_latency for 1 intervals, slowed by noisy (62%)"
+    );
+    // Dry run: the skip's trigger text names it too.
+    let mut cfg = test_cfg();
+    cfg.dry_run = true;
+    cfg.rules = vec![anomaly_rule("runq_latency", 1)];
+    let mut h = Harness::new(cfg);
+    let id = h.docker.add("web", &[OPT_IN], "healthy");
+    let mut hit = anomaly(&id, "runq_latency");
+    hit.slowed_by = Some("noisy (62%)".into());
+    h.run_with(S, &[hit]).await;
+    let skipped = h
+        .audit()
+        .into_iter()
+        .find(|r| r.decision == Decision::Skipped && r.container_id == id)
+        .expect("a dry-run skip");
+    assert_eq!(
+        skipped.outcome.as_deref(),
+        Some("anomaly: runq_latency for 1 intervals, slowed by noisy (62%)")
+    );
 }
 
 #[tokio::test(start_paused = true)]

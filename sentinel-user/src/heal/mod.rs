@@ -82,6 +82,9 @@ pub struct ContainerAnomaly {
     /// The container signal a rule's `trigger.signal` matches.
     pub signal: Signal,
     pub score: f64,
+    /// On `runq_latency`: the container's top contender in the interval and its share of the
+    /// wait (`noisy 62%`), written into the trigger text of the decisions it leads to.
+    pub slowed_by: Option<String>,
 }
 
 /// What the engine learned about a container from Docker's events and inspections.
@@ -270,6 +273,16 @@ impl HealEngine {
             .map(|a| (self.resolve_id(&a.container_id), a.signal))
             .collect();
         self.streaks.advance_anomalies(&self.cfg.rules, &hits);
+        self.streaks.slowed_by = anomalies
+            .iter()
+            .filter_map(|a| {
+                let by = a.slowed_by.as_ref()?;
+                Some((
+                    (self.resolve_id(&a.container_id), a.signal),
+                    crate::sanitize::truncate(by, 120),
+                ))
+            })
+            .collect();
         self.prober.launch(&self.cfg.rules);
         if self.docker == DockerState::Up {
             self.bounded_pass(now, None).await;

@@ -42,6 +42,9 @@ pub struct Streaks {
     pub anomaly: HashMap<(String, usize), u32>,
     /// rule index -> consecutive failed probes, and the last failure text.
     pub probe: HashMap<usize, (u32, String)>,
+    /// (container id, signal) -> whom the container waited behind in the latest interval, for
+    /// the trigger text of a `runq_latency` anomaly (issue 20).
+    pub slowed_by: HashMap<(String, Signal), String>,
 }
 
 impl Streaks {
@@ -92,11 +95,7 @@ impl Streaks {
                 Trigger::Anomaly { intervals, signal } => {
                     for ((c, r), n) in &self.anomaly {
                         if *r == idx && *n >= *intervals {
-                            due.push((
-                                c.clone(),
-                                idx,
-                                format!("anomaly: {signal} for {n} intervals"),
-                            ));
+                            due.push((c.clone(), idx, self.anomaly_text(c, *signal, *n)));
                         }
                     }
                 }
@@ -125,6 +124,16 @@ impl Streaks {
 
     pub fn forget(&mut self, id: &str) {
         self.anomaly.retain(|(c, _), _| c != id);
+        self.slowed_by.retain(|(c, _), _| c != id);
+    }
+
+    /// `anomaly: runq_latency for 3 intervals, slowed by noisy (62%)`: the contender where the
+    /// anomaly named one.
+    fn anomaly_text(&self, id: &str, signal: Signal, n: u32) -> String {
+        match self.slowed_by.get(&(id.to_string(), signal)) {
+            Some(by) => format!("anomaly: {signal} for {n} intervals, slowed by {by}"),
+            None => format!("anomaly: {signal} for {n} intervals"),
+        }
     }
 }
 
@@ -174,8 +183,7 @@ pub fn fires(
                 .get(&(info.id.clone(), idx))
                 .copied()
                 .unwrap_or(0);
-            (info.running && n >= *intervals)
-                .then(|| format!("anomaly: {signal} for {n} intervals"))
+            (info.running && n >= *intervals).then(|| streaks.anomaly_text(&info.id, *signal, n))
         }
         Trigger::HttpProbe { intervals, .. } => {
             let (n, why) = streaks.probe.get(&idx).cloned().unwrap_or_default();

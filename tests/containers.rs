@@ -311,3 +311,62 @@ fn docker_stopped_mid_run_keeps_collecting_and_recovers_names() {
         transitions[0]
     );
 }
+
+/// Issue "noisy neighbours": a victim that wakes every 2 ms and an aggressor that spins, both
+/// pinned to one CPU, and a bystander spinning on the other CPU. In every interval after the
+/// first, at least 80% of the victim's waiting behind others goes to the aggressor and under
+/// 10% to the bystander; the victim's record names the aggressor first.
+#[test]
+fn the_victim_names_the_aggressor_on_its_cpu_not_the_bystander() {
+    if !docker::ensure() {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert!(cpus >= 2, "the test needs two CPUs (this host has {cpus})");
+    let (shared, other) = ((cpus - 1).to_string(), (cpus - 2).to_string());
+    let victim = Container::run(
+        "snt-nn-victim",
+        &["--cpuset-cpus", &shared],
+        IMAGE,
+        &["sh", "-c", "while :; do usleep 2000; done"],
+    );
+    let aggressor = Container::run(
+        "snt-nn-aggressor",
+        &["--cpuset-cpus", &shared],
+        IMAGE,
+        &["sh", "-c", "while :; do :; done"],
+    );
+    let bystander = Container::run(
+        "snt-nn-bystander",
+        &["--cpuset-cpus", &other],
+        IMAGE,
+        &["sh", "-c", "while :; do :; done"],
+    );
+    let mut run = SentinelRun::start(&["--interval", "1s"]);
+    run.next_interval(FIRST);
+    let window: Vec<Interval> = (0..6).map(|_| run.next_interval(FIRST)).collect();
+    let done = run.stop();
+    assert!(done.status.success(), "{}", done.stderr);
+    drop((aggressor, bystander));
+    for iv in &window {
+        let v = of(iv, &victim.id).expect("the victim is listed every interval");
+        let behind = |name: &str| {
+            v.contention
+                .iter()
+                .find(|c| c.container == name)
+                .map_or(0.0, |c| c.seconds)
+        };
+        let others: f64 = v.contention.iter().map(|c| c.seconds).sum();
+        let (agg, by) = (behind("snt-nn-aggressor"), behind("snt-nn-bystander"));
+        eprintln!(
+            "seq {}: victim waited {:.3} s behind others ({:?}), {:.3} s behind itself; p99 {} us",
+            iv.seq, others, v.contention, v.contention_self_seconds, v.runqueue_latency_us.p99
+        );
+        assert!(others > 0.0, "the victim waited behind someone: {v:?}");
+        assert!(
+            agg >= 0.8 * others && by < 0.1 * others,
+            "aggressor {agg} s and bystander {by} s of {others} s"
+        );
+        assert_eq!(v.contention[0].container, "snt-nn-aggressor");
+    }
+}

@@ -9,6 +9,7 @@ pub mod check;
 pub mod collect;
 pub mod config;
 pub mod containers;
+pub mod contention;
 pub mod daemon;
 pub mod detect;
 pub mod export;

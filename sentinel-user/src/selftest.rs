@@ -194,10 +194,16 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
     let d = reader.step(&mut collector)?;
     let switches = d.counters[counter::SCHED_SWITCH];
     let wakeups = d.counters[counter::SCHED_WAKEUP];
+    let waits: u64 = d.hist.iter().sum();
     r.line(
         "sched_switch",
-        switches >= 2_000 && wakeups > 0,
-        format!("2000 pipe round trips: sched_switch={switches} sched_wakeup={wakeups}"),
+        switches >= 2_000 && wakeups > 0 && waits > 0,
+        format!(
+            "2000 pipe round trips: sched_switch={switches} sched_wakeup={wakeups} run-queue \
+             waits={waits} (source {}, {} us in all)",
+            collector.runq_source.as_str(),
+            d.runq_wait_ns / 1000
+        ),
     );
 
     const PROCS: u64 = 20;

@@ -7,11 +7,11 @@ pub mod procfs;
 
 use std::collections::HashMap;
 
-use sentinel_common::{CONTAINER_FIELDS, CONTAINER_SCALARS, ContainerKey};
+use sentinel_common::ContainerKey;
 
 use crate::{
     collect::{
-        drain::{ContainerActivity, LatencySummarizer, field},
+        drain::{ContainerActivity, LatencySummarizer},
         loader::KeyMode,
     },
     model::{ContainerDelta, IfaceDelta},
@@ -29,6 +29,50 @@ pub struct Attribution {
     /// would rescan /proc for keys that will never resolve. Bounded like `identities`.
     unresolved: HashMap<ContainerKey, u32>,
     pub docker: SharedView,
+}
+
+/// Contenders listed per container (the largest).
+pub const CONTENDERS_LISTED: usize = 3;
+
+/// Puts each container's contenders, by name, on its record.
+fn name_contenders(
+    out: &mut [ContainerDelta],
+    waited: &HashMap<ContainerKey, crate::contention::Waited>,
+) {
+    use crate::contention::Contender;
+    let names: HashMap<ContainerKey, String> =
+        out.iter().map(|c| (c.key, c.name.clone())).collect();
+    let secs = |ns: u64| ns as f64 / 1e9;
+    for c in out.iter_mut() {
+        let Some(w) = waited.get(&c.key) else {
+            continue;
+        };
+        c.contention_self_seconds = secs(w.own);
+        // By name: waits nothing of ours explains join the host's own (interrupts, kernel
+        // threads and the host's processes are all `host`).
+        let mut by_name: Vec<(String, u64)> = Vec::new();
+        for (who, ns) in &w.behind {
+            let name = match who {
+                Contender::Container(k) => {
+                    names.get(k).cloned().unwrap_or_else(|| format!("gone-{k}"))
+                }
+                Contender::Unaccounted => "host".to_string(),
+            };
+            match by_name.iter_mut().find(|(n, _)| *n == name) {
+                Some(e) => e.1 += ns,
+                None => by_name.push((name, *ns)),
+            }
+        }
+        by_name.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        c.contention = by_name
+            .into_iter()
+            .take(CONTENDERS_LISTED)
+            .map(|(container, ns)| crate::model::ContendedBy {
+                container,
+                seconds: secs(ns),
+            })
+            .collect();
+    }
 }
 
 /// Drains between /proc scans for a key that could not be resolved.
@@ -62,6 +106,7 @@ impl Attribution {
     ) -> Vec<ContainerDelta> {
         let mut out = self.containers_for(deltas, ifaces, netns_tcp, interval_ns, summarizer);
         self.add_network_only(&mut out, ifaces, netns_tcp, summarizer);
+        name_contenders(&mut out, &crate::contention::attribute(deltas));
         out.sort_by(|a, b| b.cpu_ns.cmp(&a.cpu_ns).then(a.key.cmp(&b.key)));
         out
     }
@@ -102,7 +147,7 @@ impl Attribution {
         let out: Vec<ContainerDelta> = deltas
             .iter()
             .map(|activity| {
-                let (key, d) = (&activity.key, &activity.values);
+                let (key, d) = (&activity.key, &activity.stats);
                 let identity = self.identities.get(key);
                 let id = identity
                     .and_then(|i| i.docker_id.clone())
@@ -120,20 +165,19 @@ impl Attribution {
                     name,
                     image: meta.map(|m| m.image.clone()).unwrap_or_default(),
                     key: *key,
-                    cpu_ns: d[field::CPU_NS],
+                    cpu_ns: d.cpu_ns,
                     cpu_percent: if interval_ns > 0 {
-                        100.0 * d[field::CPU_NS] as f64 / interval_ns as f64
+                        100.0 * d.cpu_ns as f64 / interval_ns as f64
                     } else {
                         0.0
                     },
-                    ctx_switches: d[field::SWITCHES],
-                    runqueue_latency_us: summarizer
-                        .summarize_log2(&d[CONTAINER_SCALARS..], d[field::RUNQ_WAIT_NS]),
-                    forks: d[field::FORKS],
-                    execs: d[field::EXECS],
-                    exits: d[field::EXITS],
-                    abnormal_exits: d[field::ABNORMAL_EXITS],
-                    oom_kills: d[field::OOM_KILLS],
+                    ctx_switches: d.switches,
+                    runqueue_latency_us: summarizer.summarize_log2(&d.runq_hist, d.runq_wait_ns),
+                    forks: d.forks,
+                    execs: d.execs,
+                    exits: d.exits,
+                    abnormal_exits: d.abnormal_exits,
+                    oom_kills: d.oom_kills,
                     ..Default::default()
                 };
                 if let Some(netns) = identity.and_then(|i| i.netns) {
@@ -183,11 +227,7 @@ impl Attribution {
                 continue;
             }
             self.identities.insert(key, identity);
-            let zero = ContainerActivity {
-                key,
-                values: [0u64; CONTAINER_FIELDS],
-                per_cpu: Vec::new(),
-            };
+            let zero = ContainerActivity::zero(key);
             let mut extra = self.containers_for(&[zero], ifaces, netns_tcp, 0, summarizer);
             out.append(&mut extra);
         }

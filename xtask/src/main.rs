@@ -5,6 +5,7 @@ mod build_ebpf;
 mod chaos;
 mod fuzz;
 mod nab;
+mod nab_cv;
 mod packages;
 mod vmtest;
 

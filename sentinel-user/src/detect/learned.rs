@@ -388,6 +388,8 @@ pub struct LearnedDetector {
     block_len: u32,
     /// Last calibrated score, held between block ends.
     last: f64,
+    /// The last update ended a block (its score is new, not held).
+    fresh: bool,
     ring: Box<[f64]>,
     pos: usize,
     filled: usize,
@@ -469,6 +471,7 @@ impl LearnedDetector {
             block_sum: 0.0,
             block_len: 0,
             last: 0.0,
+            fresh: false,
             ring: vec![0.0; p.train_window].into_boxed_slice(),
             pos: 0,
             filled: 0,
@@ -493,6 +496,11 @@ impl LearnedDetector {
         self.slot.model.load().as_ref().map_or(0, |m| m.nodes.len())
     }
 
+    /// Whether the last update ended a block: the score it returned is new, not held.
+    pub fn fresh(&self) -> bool {
+        self.fresh
+    }
+
     pub fn status(&self, p: &ForestParams) -> LearnedStatus {
         let has_model = self.slot.model.load().is_some();
         match self.slot.failure() {
@@ -510,7 +518,8 @@ impl LearnedDetector {
         // averages out single-row noise.
         self.block_sum += x;
         self.block_len += 1;
-        if self.block_len < p.downsample {
+        self.fresh = self.block_len >= p.downsample;
+        if !self.fresh {
             return self.last;
         }
         let x = self.block_sum / f64::from(self.block_len);

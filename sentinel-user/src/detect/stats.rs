@@ -132,6 +132,9 @@ const NOVELTY_DECAY_BLOCKS: u32 = 2048;
 pub struct StatOut {
     /// Calibrated score in [0, 1].
     pub score: f64,
+    /// The part of `score` observed on this row: without the novelty channel's score held
+    /// between its block ends, or echoed (not higher) after one.
+    pub own: f64,
     /// The value the detector expected (slow baseline before this row).
     pub baseline: f64,
 }
@@ -195,6 +198,8 @@ struct Novelty {
     /// EW rate of novel contexts, and the decayed surprise of recent ones.
     rate: f64,
     surprise: f64,
+    /// The score is new on this row: a block ended and it rose above the one before.
+    new: bool,
 }
 
 impl Novelty {
@@ -206,6 +211,7 @@ impl Novelty {
             self.ext = x;
         }
         self.in_block += 1;
+        self.new = false;
         if self.in_block < p.block {
             return self.score;
         }
@@ -235,11 +241,15 @@ impl Novelty {
         self.surprise = self.surprise * (1.0 - c.a_short) + surprise;
         let a = (1.0 / f64::from(self.blocks)).max(c.a_long);
         self.rate += a * (novel - self.rate);
-        self.score = if self.blocks > c.learn {
+        let score = if self.blocks > c.learn {
             surprise_score(self.surprise)
         } else {
             0.0
         };
+        // A novel level stays in the context for `context` blocks and its surprise decays
+        // over the short window: a falling score echoes one observation.
+        self.new = score > self.score;
+        self.score = score;
         self.score
     }
 }
@@ -486,10 +496,11 @@ impl StatDetector {
             };
         }
 
-        let s_novel = if p.novelty {
-            self.novelty.update(p, x, self.slow, self.lo, self.hi)
+        let (s_novel, novel_new) = if p.novelty {
+            let s = self.novelty.update(p, x, self.slow, self.lo, self.hi);
+            (s, self.novelty.new)
         } else {
-            0.0
+            (0.0, false)
         };
         // ln(1 + z) tames the heavy tails so that calibrated scores keep resolution.
         let s_spike = surprise_score(self.cal_spike.update(&p.pot, spike_z.ln_1p()));
@@ -501,8 +512,14 @@ impl StatDetector {
         } else {
             0.0
         };
+        let per_row = s_spike.max(s_shift).max(s_range).max(s_season);
         StatOut {
-            score: s_spike.max(s_shift).max(s_range).max(s_novel).max(s_season),
+            score: per_row.max(s_novel),
+            own: if novel_new {
+                per_row.max(s_novel)
+            } else {
+                per_row
+            },
             baseline,
         }
     }

@@ -628,6 +628,35 @@ mod tests {
     }
 
     #[test]
+    fn the_forest_alone_isolates_a_novel_shingle() {
+        // The isolation forest without the pattern memory: a shingle far from every one it
+        // was trained on scores high, ordinary ones do not. (One odd block among 8 features
+        // barely shortens the paths: the forest sees shapes, the pattern memory single blocks.)
+        let c = DetectConfig {
+            pattern: false,
+            ..DetectConfig::default()
+        };
+        let p = ForestParams::new(&c);
+        let mut d = LearnedDetector::new(&p);
+        let x = |i: u64| 50.0 + 5.0 * noise(i);
+        let mut calm: f64 = 0.0;
+        for i in 0..4000 {
+            let s = d.update(&p, &Trainer::Inline, x(i));
+            if i > 3000 {
+                calm = calm.max(s);
+            }
+        }
+        assert_eq!(d.status(&p), LearnedStatus::Ready);
+        // A shingle whose values all lie outside the training data: 8 blocks at a new level.
+        let mut novel: f64 = 0.0;
+        for i in 4000..4032 {
+            novel = novel.max(d.update(&p, &Trainer::Inline, 65.0 + 5.0 * noise(i)));
+        }
+        assert!(calm < 0.3, "ordinary shingles scored {calm}");
+        assert!(novel > 0.4, "the new level scored {novel}");
+    }
+
+    #[test]
     fn a_recurring_shape_is_remembered_and_a_new_one_is_not() {
         // Small noise around 10 with the same spike (up 8, then down) every 60 blocks.
         let spike = |i: u64| match i % 60 {

@@ -647,6 +647,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_new_order_of_familiar_levels_is_novel() {
+        // Blocks of 4 rows at levels 2, 8, 5 in turn, then the same levels in the order 2, 5,
+        // 8: the same values, range and jump sizes (3, 6, 3), only the sequence is new.
+        let series = |i: u64| {
+            let b = i / 4;
+            let old = [2.0, 8.0, 5.0];
+            let new = [2.0, 5.0, 8.0];
+            let lv = if i < 3000 { old } else { new }[(b % 3) as usize];
+            lv + 0.05 * noise(i)
+        };
+        let run = |novelty: bool| {
+            let p = StatParams::new(&DetectConfig {
+                novelty,
+                seasonal: false,
+                ..DetectConfig::default()
+            });
+            let mut d = StatDetector::default();
+            let (mut calm, mut changed): (f64, f64) = (0.0, 0.0);
+            for i in 0..3100 {
+                let s = d.update(&p, series(i)).score;
+                if (1500..3000).contains(&i) {
+                    calm = calm.max(s);
+                } else if i >= 3000 {
+                    changed = changed.max(s);
+                }
+            }
+            (calm, changed)
+        };
+        let (calm, changed) = run(true);
+        let (_, without) = run(false);
+        assert!(calm < 0.3, "the familiar order scored {calm}");
+        assert!(changed > 0.4, "the new order scored {changed}");
+        assert!(without < 0.3, "without the novelty channel: {without}");
+    }
+
+    #[test]
     fn seasonal_is_silent_without_a_period() {
         let p = params();
         let sp = p.season.unwrap();

@@ -19,7 +19,7 @@ use sentinel::replay;
 /// the input contained (error lines end up in terminals and journald).
 fn assert_one_line(what: &str, e: &str) {
     assert!(
-        !e.chars().any(|c| c.is_control()),
+        !e.chars().any(char::is_control),
         "{what}: error has control characters: {e:?}"
     );
     assert!(e.len() <= 2_000, "{what}: error is {} bytes long", e.len());
@@ -61,7 +61,7 @@ fn small_windows() -> DetectConfig {
         "clear_after=2",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .collect();
     replay::apply_overrides(&DetectConfig::default(), &set).expect("fuzz settings are valid")
 }

@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sentinel::config::Config;
+use sentinel::containers::docker::{Settings, Watcher};
 use sentinel::heal::config::{ActionConfig, HealConfig, RuleConfig, Trigger};
-use sentinel::heal::{ContainerAnomaly, DockerState, HealEngine, HealSnapshot};
+use sentinel::heal::{ContainerAnomaly, DockerState, HealEngine, HealStatus};
 use serde_json::Value;
 use support::docker::{self as sd, Container, IMAGE};
 use tokio::sync::watch;
@@ -70,23 +72,47 @@ fn unique(prefix: &str) -> String {
 /// The engine running in its own task: ticks every 100 ms, an interval every `interval`.
 struct Driven {
     stop: watch::Sender<bool>,
-    snap: watch::Receiver<Option<HealSnapshot>>,
+    snap: watch::Receiver<Option<HealStatus>>,
     anomalies: Arc<Mutex<Vec<ContainerAnomaly>>>,
     /// When each `on_interval` call started (the caller's cadence, D3).
     interval_starts: Arc<Mutex<Vec<Instant>>>,
     handle: tokio::task::JoinHandle<HealEngine>,
+    _watcher: Watcher,
     audit: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 fn drive(cfg: HealConfig, interval: Duration) -> Driven {
-    drive_audit(cfg, interval, None)
+    drive_full(cfg, interval, None, None)
 }
 
 fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> Driven {
+    drive_full(cfg, interval, audit, None)
+}
+
+/// Against the engine at `host` (`[docker] host`) instead of the default one.
+fn drive_at(cfg: HealConfig, interval: Duration, host: String) -> Driven {
+    drive_full(cfg, interval, None, Some(host))
+}
+
+fn drive_full(
+    cfg: HealConfig,
+    interval: Duration,
+    audit: Option<PathBuf>,
+    host: Option<String>,
+) -> Driven {
     let dir = tempfile::tempdir().unwrap();
     let audit = audit.unwrap_or_else(|| dir.path().join("audit.jsonl"));
-    let mut engine = HealEngine::new(cfg, &audit).expect("valid config");
+    // The one shared connection, configured as `sentinel run` configures it.
+    let mut config = Config {
+        heal: cfg.clone(),
+        ..Config::default()
+    };
+    config.docker.host = host;
+    let mut watcher = Watcher::spawn(Settings::from_config(&config), true);
+    let events = watcher.events.take().expect("healing events");
+    let mut engine = HealEngine::new(cfg, &audit, Box::new(events), watcher.counters.clone())
+        .expect("valid config");
     let (stop, mut stop_rx) = watch::channel(false);
     let (snap_tx, snap) = watch::channel(None);
     let anomalies: Arc<Mutex<Vec<ContainerAnomaly>>> = Arc::default();
@@ -98,7 +124,7 @@ fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> D
         let mut iv = tokio::time::interval(interval);
         loop {
             tokio::select! {
-                _ = tick.tick() => engine.tick().await,
+                _ = tick.tick() => engine.tick(Instant::now()).await,
                 _ = iv.tick() => {
                     starts.lock().unwrap().push(Instant::now());
                     let a = an.lock().unwrap().clone();
@@ -106,9 +132,9 @@ fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> D
                 }
                 _ = stop_rx.changed() => break,
             }
-            let _ = snap_tx.send(Some(engine.snapshot()));
+            let _ = snap_tx.send(Some(engine.snapshot(Instant::now())));
         }
-        engine.shutdown().await;
+        engine.shutdown(Instant::now()).await;
         engine
     });
     Driven {
@@ -117,13 +143,14 @@ fn drive_audit(cfg: HealConfig, interval: Duration, audit: Option<PathBuf>) -> D
         anomalies,
         interval_starts,
         handle,
+        _watcher: watcher,
         audit,
         _dir: dir,
     }
 }
 
 impl Driven {
-    fn snapshot(&self) -> Option<HealSnapshot> {
+    fn snapshot(&self) -> Option<HealStatus> {
         self.snap.borrow().clone()
     }
 
@@ -342,7 +369,10 @@ async fn unlabelled_and_image_labelled_containers_are_never_touched() {
     for c in &cs {
         c.wait_health("unhealthy", Duration::from_secs(15)).unwrap();
     }
-    let started: Vec<String> = cs.iter().map(|c| c.started_at()).collect();
+    let started: Vec<String> = cs
+        .iter()
+        .map(support::docker::Container::started_at)
+        .collect();
     // Many intervals with all of them unhealthy.
     tokio::time::sleep(Duration::from_secs(6)).await;
     // L5: no raw escape byte anywhere in the file (and every line parses, read_audit).
@@ -526,26 +556,27 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
     let mut pd = sd::PrivateDockerd::start().expect("private dockerd");
     let label = unique("sentinel.test.down");
     let mut cfg = base_cfg(&label);
-    cfg.docker_host = Some(pd.host());
+    let host = pd.host();
     cfg.rules.push(RuleConfig {
         name: "cpu".into(),
         trigger: Trigger::Anomaly {
-            signal: "cpu".into(),
+            signal: "cpu".parse().unwrap(),
             intervals: 1,
         },
         ..RuleConfig::autoheal()
     });
     let interval = Duration::from_millis(500);
-    let d = drive(cfg, interval);
+    let d = drive_at(cfg, interval, host.clone());
     d.wait("docker up", Duration::from_secs(20), |d| {
-        d.snapshot().is_some_and(|s| s.docker == DockerState::Up)
+        d.snapshot()
+            .is_some_and(|s| s.state.docker == DockerState::Up)
     })
     .await;
     let t_stop = Instant::now();
     pd.stop();
     d.wait("monitor_only", Duration::from_secs(10), |d| {
         d.snapshot()
-            .is_some_and(|s| s.docker == DockerState::MonitorOnly)
+            .is_some_and(|s| s.state.docker == DockerState::Unreachable)
     })
     .await;
     let took = t_stop.elapsed();
@@ -556,7 +587,7 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
     // An action falls due while Docker is away: audited as skipped, once.
     d.anomalies.lock().unwrap().push(ContainerAnomaly {
         container_id: "0123456789ab".into(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 9.0,
     });
     tokio::time::sleep(interval * 6).await;
@@ -569,7 +600,8 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
     d.anomalies.lock().unwrap().clear();
     pd.restart().expect("dockerd back");
     d.wait("docker up again", Duration::from_secs(20), |d| {
-        d.snapshot().is_some_and(|s| s.docker == DockerState::Up)
+        d.snapshot()
+            .is_some_and(|s| s.state.docker == DockerState::Up)
     })
     .await;
     let (_, a) = d.finish().await;
@@ -593,35 +625,36 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
 async fn docker_missing_at_start_is_monitor_only_with_one_line() {
     // FAULT-MATRIX D1. No Docker needed: the endpoint does not exist.
     let mut cfg = base_cfg("sentinel.test.missing");
-    cfg.docker_host = Some("unix:///nonexistent/sentinel-test/docker.sock".into());
+    let host = "unix:///nonexistent/sentinel-test/docker.sock".to_string();
     cfg.rules.push(RuleConfig {
         name: "cpu".into(),
         trigger: Trigger::Anomaly {
-            signal: "cpu".into(),
+            signal: "cpu".parse().unwrap(),
             intervals: 1,
         },
         ..RuleConfig::autoheal()
     });
-    let d = drive(cfg, Duration::from_millis(200));
+    let d = drive_at(cfg, Duration::from_millis(200), host);
     // An action falls due while Docker was never there: audited as skipped, once.
     d.anomalies.lock().unwrap().push(ContainerAnomaly {
         container_id: "feedfacecafe".into(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 9.0,
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = d.snapshot().unwrap();
-    assert_eq!(s.docker, DockerState::MonitorOnly);
+    assert_eq!(s.state.docker, DockerState::Unreachable);
     assert!(
-        s.docker_reason
+        s.state
+            .docker_reason
             .as_deref()
             .unwrap_or("")
             .contains("/nonexistent/sentinel-test")
     );
     assert!(
-        s.counters.docker_reconnects >= 2,
+        s.state.counters.docker_reconnects >= 2,
         "retries: {}",
-        s.counters.docker_reconnects
+        s.state.counters.docker_reconnects
     );
     let (_, a) = d.finish().await;
     let unreachable = a.iter().filter(|v| v["decision"] == "docker").count();
@@ -681,7 +714,7 @@ async fn container_removed_during_restart_is_a_clean_failure() {
     // State for the id is dropped once Docker reports it destroyed.
     d.wait("state dropped", Duration::from_secs(5), |d| {
         d.snapshot()
-            .is_some_and(|s| s.breakers.iter().all(|b| b.container_id != c.id))
+            .is_some_and(|s| s.state.breakers.iter().all(|b| b.container_id != c.id))
     })
     .await;
     // Other containers are unaffected: a second labelled container going unhealthy now is
@@ -718,11 +751,11 @@ fn anomaly_exec_cfg(label: &str, cmd: &[&str], timeout: f64) -> HealConfig {
     cfg.rules = vec![RuleConfig {
         name: "exec-on-anomaly".into(),
         trigger: Trigger::Anomaly {
-            signal: "cpu".into(),
+            signal: "cpu".parse().unwrap(),
             intervals: 2,
         },
         action: ActionConfig::Exec {
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(std::string::ToString::to_string).collect(),
         },
         ..RuleConfig::autoheal()
     }];
@@ -746,7 +779,7 @@ async fn exec_action_records_exit_code() {
     );
     d.anomalies.lock().unwrap().push(ContainerAnomaly {
         container_id: c.id.clone(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 5.0,
     });
     d.wait("exec outcome", Duration::from_secs(20), |d| {
@@ -791,7 +824,7 @@ async fn hanging_action_is_cut_off_and_permit_returned() {
     let c2 = Container::run(&next_name, &["--label", &opt_in], IMAGE, HEALTHY_CMD);
     d.anomalies.lock().unwrap().push(ContainerAnomaly {
         container_id: c.id.clone(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 5.0,
     });
     d.wait("time-out line", Duration::from_secs(20), |d| {
@@ -812,8 +845,9 @@ async fn hanging_action_is_cut_off_and_permit_returned() {
         "{ms} ms"
     );
     d.wait("permit back", Duration::from_secs(1), |d| {
-        d.snapshot()
-            .is_some_and(|s| s.permits_available == s.permits_total && s.in_flight == 0)
+        d.snapshot().is_some_and(|s| {
+            s.state.permits_available == s.state.permits_total && s.state.in_flight == 0
+        })
     })
     .await;
     println!(
@@ -823,7 +857,7 @@ async fn hanging_action_is_cut_off_and_permit_returned() {
     // The next due action proceeds on the single permit.
     d.anomalies.lock().unwrap().push(ContainerAnomaly {
         container_id: c2.id.clone(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 5.0,
     });
     d.wait("next action", Duration::from_secs(20), |d| {
@@ -965,18 +999,19 @@ async fn dry_run_and_unwritable_audit_never_act() {
         Some(PathBuf::from("/dev/full")),
     );
     d.wait("audit errors counted", Duration::from_secs(10), |d| {
-        d.snapshot()
-            .is_some_and(|s| s.counters.audit_write_errors > 0 && s.counters.not_recorded > 0)
+        d.snapshot().is_some_and(|s| {
+            s.state.counters.audit_write_errors > 0 && s.state.counters.not_recorded > 0
+        })
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (e, _) = d.finish().await;
-    let s = e.snapshot();
+    let s = e.snapshot(Instant::now());
     println!(
         "unwritable audit: {} write errors, {} actions not taken",
-        s.counters.audit_write_errors, s.counters.not_recorded
+        s.state.counters.audit_write_errors, s.state.counters.not_recorded
     );
-    assert_eq!(s.counters.actions_taken, 0);
+    assert_eq!(s.state.counters.actions_taken, 0);
     assert_eq!(events.starts(&c.id), 1, "never restarted");
     assert_eq!(c.inspect("{{.RestartCount}}"), "0");
 }
@@ -1026,13 +1061,13 @@ async fn storm_of_unhealthy_containers_is_not_acted_on() {
         assert_eq!(count(&a, &c.id, "skipped", Some("storm_guard")), 1);
         assert_eq!(events.starts(&c.id), 1, "Docker saw its first start only");
     }
-    assert_eq!(e.snapshot().counters.actions_taken, 0);
+    assert_eq!(e.snapshot(Instant::now()).state.counters.actions_taken, 0);
 }
 
 fn slow_exec_cfg(label: &str, cmd: &[&str]) -> HealConfig {
     let mut cfg = anomaly_exec_cfg(label, cmd, 20.0);
     cfg.rules[0].trigger = Trigger::Anomaly {
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         intervals: 1,
     };
     cfg.permit_wait_secs = 1.0;
@@ -1042,7 +1077,7 @@ fn slow_exec_cfg(label: &str, cmd: &[&str]) -> HealConfig {
 fn anomaly(id: &str) -> ContainerAnomaly {
     ContainerAnomaly {
         container_id: id.to_string(),
-        signal: "cpu".into(),
+        signal: "cpu".parse().unwrap(),
         score: 5.0,
     }
 }
@@ -1092,15 +1127,16 @@ async fn permit_waits_and_shutdown_cancel_are_not_failures() {
     let s = d.snapshot().unwrap();
     println!(
         "permit waits: not_recorded {}, breakers {:?}",
-        s.counters.not_recorded,
-        s.breakers
+        s.state.counters.not_recorded,
+        s.state
+            .breakers
             .iter()
             .map(|b| (b.view.state, b.view.failures_in_window))
             .collect::<Vec<_>>()
     );
-    assert_eq!(s.counters.not_recorded, 2);
-    assert_eq!(s.counters.actions_failed, 0);
-    for b in &s.breakers {
+    assert_eq!(s.state.counters.not_recorded, 2);
+    assert_eq!(s.state.counters.actions_failed, 0);
+    for b in &s.state.breakers {
         assert_eq!(b.view.failures_in_window, 0, "permit wait counted: {b:?}");
         assert_eq!(b.view.state, sentinel::heal::breaker::BreakerState::Closed);
     }
@@ -1127,10 +1163,18 @@ async fn permit_waits_and_shutdown_cancel_are_not_failures() {
     println!("shutdown: {:?}", cancelled.first());
     assert_eq!(cancelled.len(), 1, "{:?}", lines_for(&a, &victim.id));
     assert_eq!(cancelled[0]["decision"], "cancelled");
-    let s = e.snapshot();
-    assert_eq!(s.permits_available, s.permits_total, "permit returned");
-    assert_eq!(s.counters.actions_failed, 0);
-    assert!(s.breakers.iter().all(|b| b.view.failures_in_window == 0));
+    let s = e.snapshot(Instant::now());
+    assert_eq!(
+        s.state.permits_available, s.state.permits_total,
+        "permit returned"
+    );
+    assert_eq!(s.state.counters.actions_failed, 0);
+    assert!(
+        s.state
+            .breakers
+            .iter()
+            .all(|b| b.view.failures_in_window == 0)
+    );
 }
 
 /// FAULT-MATRIX L4 (and C4): tuning and command labels set by the workload are never read.
@@ -1207,7 +1251,6 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
     sd::build_image(Some(&host)).expect("image in the private engine");
     let label = unique("sentinel.test.hung");
     let mut cfg = base_cfg(&label);
-    cfg.docker_host = Some(host.clone());
     cfg.api_timeout_secs = 1.0;
     cfg.action_timeout_secs = 3.0;
     // PID 1 ignores SIGTERM: the restart sits in its 10 s stop time-out when Docker hangs.
@@ -1215,7 +1258,7 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
         stop_timeout_secs: 10,
     };
     let interval = Duration::from_millis(500);
-    let d = drive(cfg, interval);
+    let d = drive_at(cfg, interval, host.clone());
     let opt_in = format!("{label}=true");
     let mut extra = vec!["--label", opt_in.as_str()];
     extra.extend_from_slice(HEALTH);
@@ -1238,9 +1281,9 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
     let mut monitor_only_after = None;
     while t_pause.elapsed() < Duration::from_secs(8) {
         if let Some(s) = d.snapshot() {
-            max_in_flight = max_in_flight.max(s.in_flight);
-            assert!(s.in_flight <= s.permits_total);
-            if monitor_only_after.is_none() && s.docker == DockerState::MonitorOnly {
+            max_in_flight = max_in_flight.max(s.state.in_flight);
+            assert!(s.state.in_flight <= s.state.permits_total);
+            if monitor_only_after.is_none() && s.state.docker == DockerState::Unreachable {
                 monitor_only_after = Some(t_pause.elapsed());
             }
         }
@@ -1260,7 +1303,8 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
         max_gap.as_secs_f64() * 1000.0
     );
     d.wait("docker up again", Duration::from_secs(30), |d| {
-        d.snapshot().is_some_and(|s| s.docker == DockerState::Up)
+        d.snapshot()
+            .is_some_and(|s| s.state.docker == DockerState::Up)
     })
     .await;
     let a = d.audit();
@@ -1286,6 +1330,7 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
         "cut by the action time-out: {f}"
     );
     let b = s
+        .state
         .breakers
         .iter()
         .find(|b| b.container_id == c.id)
@@ -1296,7 +1341,7 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
     );
     assert_eq!(b.view.state, sentinel::heal::breaker::BreakerState::Closed);
     assert!(
-        s.global_breaker.failures_in_window >= 1,
+        s.state.global_breaker.failures_in_window >= 1,
         "counted for the global breaker"
     );
     drop(c);
@@ -1306,7 +1351,8 @@ async fn hung_docker_is_bounded_and_not_the_containers_fault() {
 /// A socket proxy in the spirit of Tecnativa/docker-socket-proxy with `POST=0`: GET is passed
 /// to the real engine (one request per connection, so no POST can ride a kept-alive GET
 /// connection), anything else is answered 403.
-async fn get_only_proxy(listen: &Path) -> tokio::task::JoinHandle<()> {
+/// Must run inside a tokio runtime.
+fn get_only_proxy(listen: &Path) -> tokio::task::JoinHandle<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::UnixListener::bind(listen).unwrap();
     tokio::spawn(async move {
@@ -1364,12 +1410,15 @@ async fn denied_by_docker_api_is_not_a_container_failure() {
     }
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("proxy.sock");
-    let proxy = get_only_proxy(&sock).await;
+    let proxy = get_only_proxy(&sock);
     let label = unique("sentinel.test.denied");
-    let mut cfg = base_cfg(&label);
-    cfg.docker_host = Some(format!("unix://{}", sock.display()));
+    let cfg = base_cfg(&label);
     let events = sd::StartEvents::record();
-    let d = drive(cfg, Duration::from_millis(500));
+    let d = drive_at(
+        cfg,
+        Duration::from_millis(500),
+        format!("unix://{}", sock.display()),
+    );
     let opt_in = format!("{label}=true");
     let mut extra = vec!["--label", opt_in.as_str()];
     extra.extend_from_slice(HEALTH);
@@ -1394,11 +1443,16 @@ async fn denied_by_docker_api_is_not_a_container_failure() {
         "names method and path: {err}"
     );
     assert_eq!(
-        s.docker,
+        s.state.docker,
         DockerState::Up,
         "GET still works through the proxy"
     );
-    let b = s.breakers.iter().find(|b| b.container_id == c.id).unwrap();
+    let b = s
+        .state
+        .breakers
+        .iter()
+        .find(|b| b.container_id == c.id)
+        .unwrap();
     assert_eq!(b.view.failures_in_window, 0, "not a container failure");
     assert_eq!(b.view.state, sentinel::heal::breaker::BreakerState::Closed);
     assert_eq!(events.starts(&c.id), 1, "never restarted");

@@ -712,9 +712,19 @@ fn deploy_files_validate() {
             .replace("/usr/local/bin/sentinel", BIN);
         let path = dir.path().join("sentinel.service");
         std::fs::write(&path, unit).unwrap();
+        // verify runs `man` for each Documentation= page: give it the generated ones.
+        let man1 = dir.path().join("man/man1");
+        std::fs::create_dir_all(&man1).unwrap();
+        let pages = Command::new(BIN)
+            .args(["manpage", "--dir"])
+            .arg(&man1)
+            .status()
+            .unwrap();
+        assert!(pages.success(), "sentinel manpage --dir");
         let out = Command::new("systemd-analyze")
             .arg("verify")
             .arg(&path)
+            .env("MANPATH", dir.path().join("man"))
             .output()
             .unwrap();
         let all = format!(

@@ -7,6 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use sentinel::model::Decision;
 use serde_json::Value;
 use support::{
     docker::{self, Container, IMAGE, StartEvents},
@@ -66,7 +67,7 @@ fn daemon_with_no_config_heals_labelled_unhealthy_containers_only() {
         seen_in_output |= iv
             .actions
             .iter()
-            .any(|a| a["container_id"] == labelled.id.as_str() && a["decision"] == "taken");
+            .any(|a| a.container_id == labelled.id && a.decision == Decision::Taken);
         if events.starts(&labelled.id) >= 1 && seen_in_output {
             restarted = true;
             break;
@@ -148,7 +149,7 @@ fn dry_run_records_the_decision_and_acts_on_nothing() {
         .iter()
         .rev()
         .find_map(|iv| iv.healing.clone());
-    assert_eq!(last.unwrap()["dry_run"], true);
+    assert!(last.unwrap().dry_run);
 }
 
 /// A bad config file stops `sentinel run` before anything is loaded, with one line naming the

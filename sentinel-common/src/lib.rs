@@ -70,13 +70,41 @@ pub mod counter {
     ];
 }
 
-/// Value of the single-slot per-CPU `COUNTERS` array. One slot for all counters so that a drain
-/// reads every counter of every CPU in one system call.
+/// The per-CPU record (`REC`, a one-slot per-CPU array): every global counter, the run-queue
+/// histogram and its exact sum, and the state of the slice running on the CPU. One lookup per
+/// event finds all of it. Every word has exactly one writing program (see sentinel-ebpf's
+/// maps.rs for why that makes plain adds safe).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct Counters {
-    pub values: [u64; counter::COUNT],
+pub struct CpuRecord {
+    pub counters: [u64; counter::COUNT],
+    pub runq_hist: [u64; HIST_BUCKETS],
+    /// Sum of every wait in `runq_hist`, in ns: exact, not estimated from the buckets.
+    pub runq_wait_ns: u64,
+    /// Start of the slice running on this CPU, in the run-queue source's clock (0: none yet).
+    pub since: u64,
+    /// Container slot of the running task; `NO_SLOT` for the idle task.
+    pub cur_slot: u32,
+    /// `cpu * container capacity`: this CPU's first entry in `CONTAINER_STATS` (set by the
+    /// loader before the programs attach).
+    pub slot_base: u32,
+    /// Last non-idle container seen on this CPU and its slot: the next event of the same
+    /// container (a fork, the next switch) needs no key-to-slot lookup.
+    pub last_key: ContainerKey,
+    pub last_slot: u32,
+    /// `cpu * DIRTY words per CPU`: this CPU's first word in `CONTAINER_DIRTY`.
+    pub dirty_base: u32,
+    /// `bpf_ktime_get_ns() - clock` on this CPU (wrapping; 0 when the clock is ktime itself),
+    /// refreshed about once a second by sched_switch: userspace turns CLOCK_MONOTONIC into
+    /// this CPU's clock with it, to credit the slice still running at a drain.
+    pub ktime_minus_clock: u64,
+    /// When `ktime_minus_clock` was last refreshed, in the clock (kernel bookkeeping).
+    pub calib_clock: u64,
 }
+
+/// `CpuRecord::cur_slot` / `last_slot` when there is no container slot (idle task, none yet,
+/// or the container table was full).
+pub const NO_SLOT: u32 = u32::MAX;
 
 /// Key of the per-CPU `IFACES` hash: one entry per (network namespace, interface).
 #[repr(C)]
@@ -103,8 +131,20 @@ pub const IFNAME_LEN: usize = 16;
 
 /// Default capacity of the per-(netns, interface) hash; `sentinel run --iface-capacity` overrides.
 pub const IFACE_MAP_CAPACITY: u32 = 4096;
-/// Capacity of the wakeup-timestamp hash (one entry per task waiting on a run queue).
+/// Capacity of the wakeup-timestamp hash (one entry per task waiting on a run queue), used only
+/// by the `hash` run-queue source.
 pub const RUNQ_START_CAPACITY: u32 = 32768;
+
+/// Where the run-queue wait of a task switching in comes from (global `RUNQ_SOURCE`).
+pub mod runq_source {
+    /// The kernel's own `task_struct.sched_info.last_queued` (set at enqueue, in the run
+    /// queue's clock), against that run queue's clock: no map operation on the hot path.
+    pub const SCHED_INFO: u32 = 0;
+    /// A wakeup timestamp (`bpf_ktime_get_ns`) in a hash shared by all CPUs, written by the
+    /// wakeup programs and taken by sched_switch: works on any kernel, costs two hash
+    /// operations per wait.
+    pub const HASH: u32 = 1;
+}
 
 /// Run-queue latency histogram: log2 buckets of nanoseconds, each split in 4 linear
 /// sub-buckets (25% resolution). Bucket `i < 4` holds the value `i`; for `i >= 8` the
@@ -112,22 +152,11 @@ pub const RUNQ_START_CAPACITY: u32 = 32768;
 pub const HIST_SUB_BITS: u32 = 2;
 pub const HIST_BUCKETS: usize = 256;
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct LatencyHist {
-    pub buckets: [u64; HIST_BUCKETS],
-}
-
 /// Histogram bucket of a latency in nanoseconds. Branch-free floor(log2) so the kernel side
 /// and this crate's tests use the very same arithmetic.
 #[inline(always)]
 pub fn hist_bucket(v: u64) -> usize {
-    if v < 4 {
-        return v as usize;
-    }
-    let msb = log2_floor(v);
-    let sub = (v >> (msb - HIST_SUB_BITS)) & 3;
-    (msb * 4 + sub as u32) as usize
+    hist_bucket_of_log2(v, log2_floor(v))
 }
 
 /// `[low, high)` nanosecond range of a bucket, for userspace.
@@ -161,7 +190,7 @@ pub fn log2_floor(mut v: u64) -> u32 {
     r | (v >> 1) as u32
 }
 
-/// Key of the per-container maps: a cgroup v2 id (`KEY_MODE_CGROUP`) or a mount namespace
+/// Key of a container: a cgroup v2 id (`KEY_MODE_CGROUP`) or a mount namespace
 /// inode (`KEY_MODE_MNTNS`), chosen by the loader from the host's cgroup layout.
 pub type ContainerKey = u64;
 pub const KEY_MODE_CGROUP: u32 = 0;
@@ -175,7 +204,8 @@ pub const NETNS_TCP_CAPACITY: u32 = 1024;
 /// quarter of the global histogram's size per entry); the last bucket holds everything above.
 pub const CONTAINER_HIST_BUCKETS: usize = 32;
 
-/// Value of the per-CPU `CONTAINERS` hash. Field order is the drain's order.
+/// One container's counters on one CPU: entry `slot_base + slot` of `CONTAINER_STATS`.
+/// Field order is the drain's order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct ContainerStats {
@@ -186,18 +216,21 @@ pub struct ContainerStats {
     pub exits: u64,
     pub abnormal_exits: u64,
     pub oom_kills: u64,
+    /// Sum of the waits in `runq_hist`, in ns (exact).
+    pub runq_wait_ns: u64,
     pub runq_hist: [u64; CONTAINER_HIST_BUCKETS],
 }
 
 /// Number of u64 fields of `ContainerStats` before `runq_hist`.
-pub const CONTAINER_SCALARS: usize = 7;
+pub const CONTAINER_SCALARS: usize = 8;
+/// Number of u64 fields of `ContainerStats`.
+pub const CONTAINER_FIELDS: usize = CONTAINER_SCALARS + CONTAINER_HIST_BUCKETS;
+/// Bits per word of the `CONTAINER_DIRTY` bitmap.
+pub const DIRTY_BITS: u32 = 64;
 
-/// Per-CPU record of the task currently on the CPU: when it got there and its container.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct OnCpu {
-    pub since_ns: u64,
-    pub key: ContainerKey,
+/// Words of the dirty bitmap per CPU for a container capacity.
+pub const fn dirty_words(capacity: u32) -> u32 {
+    capacity.div_ceil(DIRTY_BITS)
 }
 
 /// Value of the per-CPU `NETNS_TCP` hash, keyed by network namespace inode.
@@ -210,12 +243,30 @@ pub struct NetnsTcp {
 
 #[inline(always)]
 pub fn container_hist_bucket(ns: u64) -> usize {
-    let b = log2_floor(ns | 1) as usize;
+    container_bucket_of_log2(log2_floor(ns | 1))
+}
+
+/// The per-container bucket from `log2_floor(ns | 1)`, so a program that needs both buckets
+/// computes the logarithm once.
+#[inline(always)]
+pub fn container_bucket_of_log2(msb: u32) -> usize {
+    let b = msb as usize;
     if b < CONTAINER_HIST_BUCKETS {
         b
     } else {
         CONTAINER_HIST_BUCKETS - 1
     }
+}
+
+/// The global histogram's bucket from `v` and `log2_floor(v)` (see `hist_bucket`);
+/// `log2_floor(v | 1)` gives the same bucket, so one logarithm serves both histograms.
+#[inline(always)]
+pub fn hist_bucket_of_log2(v: u64, msb: u32) -> usize {
+    if v < 4 {
+        return v as usize;
+    }
+    let sub = (v >> (msb - HIST_SUB_BITS)) & 3;
+    (msb * 4 + sub as u32) as usize
 }
 
 /// Names of the read-only globals the loader sets before loading (struct member offsets
@@ -244,6 +295,14 @@ pub mod global {
     pub const MNT_NS_INUM: &str = "MNT_NS_INUM_OFF";
     /// `sock.__sk_common.skc_net.net`.
     pub const SOCK_NET: &str = "SOCK_NET_OFF";
+    /// `task_struct.sched_info.last_queued`.
+    pub const TASK_LAST_QUEUED: &str = "TASK_LAST_QUEUED_OFF";
+    /// `task_struct.se.cfs_rq`, `cfs_rq.rq`, `rq.clock`: the run queue's clock of a task's CPU.
+    pub const TASK_CFS_RQ: &str = "TASK_CFS_RQ_OFF";
+    pub const CFS_RQ_RQ: &str = "CFS_RQ_RQ_OFF";
+    pub const RQ_CLOCK: &str = "RQ_CLOCK_OFF";
+    /// One of `runq_source::*`.
+    pub const RUNQ_SOURCE: &str = "RUNQ_SOURCE";
 }
 
 /// TCP states as in include/net/tcp_states.h (stable ABI, exported to userspace).
@@ -257,13 +316,13 @@ pub mod tcp_state {
 #[cfg(feature = "user")]
 mod user_pod {
     use super::*;
-    unsafe impl aya::Pod for Counters {}
+    // SAFETY: each type is `#[repr(C)]` and derives `bytemuck::Pod`, which refuses padding
+    // and non-plain fields: any byte pattern the kernel writes is a valid value.
+    unsafe impl aya::Pod for CpuRecord {}
     unsafe impl aya::Pod for IfaceKey {}
     unsafe impl aya::Pod for IfaceStats {}
-    unsafe impl aya::Pod for LatencyHist {}
     unsafe impl aya::Pod for ContainerStats {}
     unsafe impl aya::Pod for NetnsTcp {}
-    unsafe impl aya::Pod for OnCpu {}
 }
 
 #[cfg(test)]
@@ -306,6 +365,13 @@ mod tests {
             core::mem::size_of::<ContainerStats>(),
             8 * (CONTAINER_SCALARS + CONTAINER_HIST_BUCKETS)
         );
+        for v in [0u64, 1, 2, 3, 4, 5, 1000, 1 << 20, u64::MAX] {
+            let msb = log2_floor(v | 1);
+            assert_eq!(container_bucket_of_log2(msb), container_hist_bucket(v));
+        }
+        assert_eq!(dirty_words(1), 1);
+        assert_eq!(dirty_words(64), 1);
+        assert_eq!(dirty_words(65), 2);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Container attribution: the key of a task's container, resolved in the kernel from the task.
+//! Container attribution: the key of a task's container, resolved in the kernel from the task,
+//! and the container's slot in the per-CPU counter arrays.
 //!
 //! cgroup v2 hosts: `task->cgroups->dfl_cgrp->kn->id`, the cgroup id (the inode of the cgroup's
 //! directory), which names systemd services too. cgroup v1 hosts (Docker with cgroupfs v1):
@@ -8,11 +9,12 @@
 //! past exit_task_namespaces).
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use sentinel_common::{ContainerKey, ContainerStats, KEY_MODE_CGROUP, counter};
+use sentinel_common::{ContainerKey, ContainerStats, CpuRecord, KEY_MODE_CGROUP, NO_SLOT, counter};
 
 use crate::maps::{
-    CGROUP_KN_OFF, CONTAINERS, CSS_SET_DFL_CGRP_OFF, KEY_MODE, KN_ID_OFF, MNT_NS_INUM_OFF,
-    NSPROXY_MNT_NS_OFF, TASK_CGROUPS_OFF, TASK_NSPROXY_OFF, ZERO_CONTAINER, count, field, global,
+    CGROUP_KN_OFF, CONTAINER_DIRTY, CONTAINER_FREE, CONTAINER_KEYS, CONTAINER_SLOTS,
+    CONTAINER_STATS, CSS_SET_DFL_CGRP_OFF, KEY_MODE, KN_ID_OFF, MNT_NS_INUM_OFF,
+    NSPROXY_MNT_NS_OFF, TASK_CGROUPS_OFF, TASK_NSPROXY_OFF, count_shared, field, global,
 };
 
 #[inline(always)]
@@ -46,19 +48,77 @@ pub fn container_key(task: *const u8) -> ContainerKey {
     }
 }
 
-/// The container's entry on this CPU, created on first use; `None` (counted as overflow) when
-/// the map is full.
+/// The slot of `key`, from this CPU's one-entry cache when the container is the last one seen
+/// here (the common case: a fork by the running task, a switch between two tasks of one
+/// container), else from `CONTAINER_SLOTS`, taking a free slot on the container's first event.
+/// `NO_SLOT` (counted as overflow) when every slot is taken.
 #[inline(always)]
-pub fn container_entry(key: ContainerKey) -> Option<*mut ContainerStats> {
-    if let Some(stats) = CONTAINERS.get_ptr_mut(&key) {
-        return Some(stats);
+pub fn slot_of(rec: *mut CpuRecord, key: ContainerKey) -> u32 {
+    unsafe {
+        if (*rec).last_key == key {
+            return (*rec).last_slot;
+        }
+        let slot = lookup_or_take(rec, key);
+        (*rec).last_key = key;
+        (*rec).last_slot = slot;
+        slot
     }
-    if let Some(zero) = ZERO_CONTAINER.get(0) {
-        let _ = CONTAINERS.insert(&key, zero, BPF_NOEXIST as u64);
+}
+
+#[inline(never)]
+fn lookup_or_take(rec: *const CpuRecord, key: ContainerKey) -> u32 {
+    if let Some(slot) = unsafe { CONTAINER_SLOTS.get(&key) } {
+        return *slot;
     }
-    let stats = CONTAINERS.get_ptr_mut(&key);
-    if stats.is_none() {
-        count(counter::CONTAINER_OVERFLOW, 1);
+    let Ok(Some(slot)) = CONTAINER_FREE.pop() else {
+        count_shared(counter::CONTAINER_OVERFLOW, 1);
+        return NO_SLOT;
+    };
+    // The key is in place before the slot can be found, so userspace never sees counts in a
+    // slot it cannot name.
+    if let Some(k) = CONTAINER_KEYS.get_ptr_mut(slot) {
+        unsafe { *k = key };
     }
-    stats
+    if CONTAINER_SLOTS
+        .insert(&key, &slot, BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        // Userspace learns of a slot from its dirty bits: mark it now, even if this event
+        // adds nothing to it, so no slot is ever taken without userspace seeing it.
+        mark_dirty(rec, slot);
+        return slot;
+    }
+    // Another CPU gave this container a slot meanwhile: use that one, hand ours back.
+    let _ = CONTAINER_FREE.push(slot, 0);
+    match unsafe { CONTAINER_SLOTS.get(&key) } {
+        Some(slot) => *slot,
+        None => {
+            count_shared(counter::CONTAINER_OVERFLOW, 1);
+            NO_SLOT
+        }
+    }
+}
+
+/// This CPU's counters of `slot` (`None` for `NO_SLOT`).
+#[inline(always)]
+pub fn stats(rec: *const CpuRecord, slot: u32) -> Option<*mut ContainerStats> {
+    if slot == NO_SLOT {
+        return None;
+    }
+    CONTAINER_STATS.get_ptr_mut(unsafe { (*rec).slot_base } + slot)
+}
+
+/// Marks this CPU's entry of `slot` as updated, after the update. Userspace swaps the word
+/// with 0, then reads the entries: stores stay in order (x86-64), so a bit it took covers every
+/// update stored before the bit. The store is unconditional: if userspace takes the word
+/// between this load and store, the store sets the bit again and the update is read next time
+/// (at worst a few other bits too: a spare read, never a missed one).
+#[inline(always)]
+pub fn mark_dirty(rec: *const CpuRecord, slot: u32) {
+    if let Some(word) = CONTAINER_DIRTY.get_ptr_mut(unsafe { (*rec).dirty_base } + slot / 64) {
+        unsafe {
+            let w = core::ptr::read_volatile(word);
+            core::ptr::write_volatile(word, w | (1u64 << (slot % 64)));
+        }
+    }
 }

@@ -1,26 +1,30 @@
 //! Every map, its capacity and the load-time globals, in one place.
 //!
-//! Concurrency: every increment is an atomic add (`lock add` once JITed). A per-CPU slot is
-//! written by one CPU only, but on that CPU a program running in process context (e.g.
-//! `net_dev_xmit` on a socket send) can be interrupted between its load and its store by a
-//! softirq running another of our programs (e.g. `netif_receive_skb` on loopback) that adds to
-//! the same slot. A plain `+=` would then lose one of the two increments; an atomic add cannot.
-//! The cost is a few ns on an uncontended, CPU-local cache line.
+//! Concurrency: every word of every map has exactly one writing program (the per-CPU record's
+//! `SCHED_SWITCH` counter only snt_sched_switch, an interface's rx fields only
+//! snt_netif_receive_skb, a container's `forks` only snt_sched_process_fork, ...), and a
+//! program never runs twice at once on one CPU (the kernel skips a nested run and counts it in
+//! the program's `recursion_misses`). A program can still be interrupted by *another* of our
+//! programs on the same CPU (a socket send's net_dev_xmit by the softirq's
+//! netif_receive_skb), but that one writes other words: a load-add-store of one 8-byte word
+//! cannot lose the other's update. So plain adds are safe and used on every hot path; the few
+//! words written by two programs (`TCP_RESETS`, the overflow counters, `NetnsTcp::resets`) keep
+//! an atomic add. Per-CPU state is only ever written by programs on that CPU, and userspace
+//! only reads it (an aligned 8-byte store is seen whole or not at all).
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, Queue},
 };
 use sentinel_common::{
-    CONTAINER_MAP_CAPACITY, ContainerKey, ContainerStats, Counters, IFACE_MAP_CAPACITY, IfaceKey,
-    IfaceStats, LatencyHist, NETNS_TCP_CAPACITY, NetnsTcp, OnCpu, RUNQ_START_CAPACITY,
+    CONTAINER_MAP_CAPACITY, ContainerKey, ContainerStats, CpuRecord, IFACE_MAP_CAPACITY, IfaceKey,
+    IfaceStats, NETNS_TCP_CAPACITY, NetnsTcp, RUNQ_START_CAPACITY,
 };
 
+/// Every global counter, the run-queue histogram and the running slice of each CPU.
 #[map]
-pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
-
-#[map]
-pub static RUNQ_HIST: PerCpuArray<LatencyHist> = PerCpuArray::with_max_entries(1, 0);
+pub static REC: PerCpuArray<CpuRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// Not an LRU: an LRU would silently evict entries that still hold undrained counts. When full,
 /// events go to the `IFACE_OVERFLOW_*` counters instead. Userspace may resize it at load time.
@@ -28,24 +32,44 @@ pub static RUNQ_HIST: PerCpuArray<LatencyHist> = PerCpuArray::with_max_entries(1
 pub static IFACES: PerCpuHashMap<IfaceKey, IfaceStats> =
     PerCpuHashMap::with_max_entries(IFACE_MAP_CAPACITY, 0);
 
-/// Wakeup timestamp (ns) of each task waiting on a run queue, keyed by task id. Shared by all
-/// CPUs: a task is often woken on one CPU and switched in on another.
+/// `hash` run-queue source only: wakeup timestamp (ns) of each task waiting on a run queue,
+/// keyed by task id, shared by all CPUs (a task is often woken on one CPU and switched in on
+/// another). Unused, and never touched, with the `sched_info` source.
 #[map]
 pub static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(RUNQ_START_CAPACITY, 0);
 
-/// Per-container values (not an LRU, for the same reason as IFACES; full -> CONTAINER_OVERFLOW).
-#[map]
-pub static CONTAINERS: PerCpuHashMap<ContainerKey, ContainerStats> =
-    PerCpuHashMap::with_max_entries(CONTAINER_MAP_CAPACITY, 0);
+// Containers. A container key (mount namespace inode or cgroup id) gets a slot once, from
+// `CONTAINER_FREE`; its counters live in plain arrays indexed by slot, one region per CPU
+// (`CpuRecord::slot_base`), which userspace maps into its memory: a drain reads only the slots
+// the dirty bitmap marks, with no system call. Userspace retires the slot of a gone container
+// (after draining it) and pushes it back on the free queue.
 
-/// Always-zero value to create CONTAINERS entries from: a 312-byte value would not fit the
-/// program's stack next to everything else.
+/// Container key -> slot. Written by the programs (first event of a container) and userspace
+/// (retiring a slot); read on a container's first event on a CPU after another container's.
 #[map]
-pub static ZERO_CONTAINER: PerCpuArray<ContainerStats> = PerCpuArray::with_max_entries(1, 0);
+pub static CONTAINER_SLOTS: HashMap<ContainerKey, u32> =
+    HashMap::with_max_entries(CONTAINER_MAP_CAPACITY, 0);
 
-/// The task currently on each CPU: since when, and its container.
+/// Free slots; filled with every slot by the loader before the programs attach.
 #[map]
-pub static ONCPU: PerCpuArray<OnCpu> = PerCpuArray::with_max_entries(1, 0);
+pub static CONTAINER_FREE: Queue<u32> = Queue::with_max_entries(CONTAINER_MAP_CAPACITY, 0);
+
+/// Key of each slot, written by the program that takes the slot before anyone can use it.
+#[map]
+pub static CONTAINER_KEYS: Array<ContainerKey> =
+    Array::with_max_entries(CONTAINER_MAP_CAPACITY, BPF_F_MMAPABLE);
+
+/// Counters of each (CPU, slot): entry `slot_base + slot`. The loader sizes it to
+/// possible CPUs x capacity.
+#[map]
+pub static CONTAINER_STATS: Array<ContainerStats> =
+    Array::with_max_entries(CONTAINER_MAP_CAPACITY, BPF_F_MMAPABLE);
+
+/// One bit per (CPU, slot), set after each update of that entry; userspace swaps each word
+/// with 0 and reads the entries whose bit was set. The loader sizes it to possible CPUs x
+/// `dirty_words(capacity)`.
+#[map]
+pub static CONTAINER_DIRTY: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// TCP retransmits and resets per network namespace (joined with containers in userspace).
 #[map]
@@ -95,6 +119,16 @@ pub static NSPROXY_MNT_NS_OFF: u32 = 0;
 pub static MNT_NS_INUM_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 pub static SOCK_NET_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_LAST_QUEUED_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_CFS_RQ_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static CFS_RQ_RQ_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static RQ_CLOCK_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+pub static RUNQ_SOURCE: u32 = 0;
 
 #[inline(always)]
 pub fn global(value: &'static u32) -> usize {
@@ -109,6 +143,7 @@ pub unsafe fn field<T: Copy>(base: *const u8, off: usize) -> T {
     unsafe { core::ptr::read_volatile(base.add(off) as *const T) }
 }
 
+/// For the few words with two writing programs (see the module comment).
 #[inline(always)]
 pub fn atomic_add(slot: *mut u64, value: u64) {
     // SAFETY: `slot` points into a live map value; map values are 8-byte aligned. The result
@@ -121,10 +156,33 @@ pub fn atomic_add(slot: *mut u64, value: u64) {
     }
 }
 
+/// A plain add to a word only one program writes (see the module comment).
+#[inline(always)]
+pub fn add(slot: *mut u64, value: u64) {
+    // SAFETY: `slot` points into a live map value; volatile so the add is not merged away.
+    unsafe { core::ptr::write_volatile(slot, core::ptr::read_volatile(slot) + value) }
+}
+
+/// This CPU's record.
+#[inline(always)]
+pub fn record() -> Option<*mut CpuRecord> {
+    REC.get_ptr_mut(0)
+}
+
+/// Adds to a counter that only the calling program writes.
 #[inline(always)]
 pub fn count(index: usize, value: u64) {
-    if let Some(counters) = COUNTERS.get_ptr_mut(0) {
+    if let Some(rec) = record() {
         // SAFETY: index is a constant below `counter::COUNT`.
-        atomic_add(unsafe { &raw mut (*counters).values[index] }, value);
+        add(unsafe { &raw mut (*rec).counters[index] }, value);
+    }
+}
+
+/// Adds to a counter that two programs write (the overflow and reset counters).
+#[inline(always)]
+pub fn count_shared(index: usize, value: u64) {
+    if let Some(rec) = record() {
+        // SAFETY: index is a constant below `counter::COUNT`.
+        atomic_add(unsafe { &raw mut (*rec).counters[index] }, value);
     }
 }

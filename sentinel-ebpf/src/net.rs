@@ -1,5 +1,7 @@
-//! Network hooks: packets and bytes per direction (globally and per (netns, interface)), TCP
-//! retransmits and connection state changes, dropped packets.
+//! Network hooks: packets and bytes per direction per (netns, interface), TCP retransmits and
+//! connection state changes, dropped packets. The host-wide packet and byte counters are not
+//! counted here: userspace derives them as the sum over interfaces plus the overflow counters,
+//! which is exact by construction and spares every packet a second add.
 //!
 //! Raw tracepoint arguments (include/trace/events/{net,tcp,sock,skb}.h, 6.1/6.12/6.18):
 //! net_dev_xmit(skb, rc, dev, skb_len); netif_receive_skb(skb); tcp_retransmit_skb(sk, skb, ...);
@@ -12,13 +14,15 @@ use aya_log_ebpf::warn;
 use sentinel_common::{IFNAME_LEN, IfaceKey, IfaceStats, NetnsTcp, counter, tcp_state};
 
 use crate::maps::{
-    COUNTERS, DEV_IFINDEX_OFF, DEV_NAME_OFF, DEV_ND_NET_OFF, HAS_NETNS, IFACES, NET_NS_INUM_OFF,
-    NETNS_TCP, SKB_DEV_OFF, SKB_LEN_OFF, SOCK_NET_OFF, atomic_add, count, field, global,
+    DEV_IFINDEX_OFF, DEV_NAME_OFF, DEV_ND_NET_OFF, HAS_NETNS, IFACES, NET_NS_INUM_OFF, NETNS_TCP,
+    SKB_DEV_OFF, SKB_LEN_OFF, SOCK_NET_OFF, add, atomic_add, count, count_shared, field, global,
+    record,
 };
 
 /// Adds one packet of `len` bytes to the device's (netns, ifindex) entry, creating it on first
-/// use; when the map is full the packet goes to the overflow counters instead, so the global
-/// counters always equal the sum over interfaces plus overflow.
+/// use; when the map is full the packet goes to the overflow counters instead, so the sum over
+/// interfaces plus overflow is every packet. The rx fields are written only by
+/// netif_receive_skb, the tx fields only by net_dev_xmit: plain adds (see maps.rs).
 #[inline(always)]
 fn account_iface<C: EbpfContext>(ctx: &C, dev: *const u8, len: u64, rx: bool) {
     let ifindex: u32 = unsafe { field(dev, global(&DEV_IFINDEX_OFF)) };
@@ -67,11 +71,11 @@ fn account_iface<C: EbpfContext>(ctx: &C, dev: *const u8, len: u64, rx: bool) {
     };
     unsafe {
         if rx {
-            atomic_add(&raw mut (*stats).rx_packets, 1);
-            atomic_add(&raw mut (*stats).rx_bytes, len);
+            add(&raw mut (*stats).rx_packets, 1);
+            add(&raw mut (*stats).rx_bytes, len);
         } else {
-            atomic_add(&raw mut (*stats).tx_packets, 1);
-            atomic_add(&raw mut (*stats).tx_bytes, len);
+            add(&raw mut (*stats).tx_packets, 1);
+            add(&raw mut (*stats).tx_bytes, len);
         }
     }
 }
@@ -89,11 +93,11 @@ fn overflow(rx: bool, len: u64) {
 
 #[inline(always)]
 fn overflowed_on_this_cpu() -> u64 {
-    match COUNTERS.get(0) {
-        Some(c) => {
-            c.values[counter::IFACE_OVERFLOW_RX_PACKETS]
-                + c.values[counter::IFACE_OVERFLOW_TX_PACKETS]
-        }
+    match record() {
+        Some(rec) => unsafe {
+            (*rec).counters[counter::IFACE_OVERFLOW_RX_PACKETS]
+                + (*rec).counters[counter::IFACE_OVERFLOW_TX_PACKETS]
+        },
         None => 0,
     }
 }
@@ -108,8 +112,6 @@ pub fn snt_net_dev_xmit(ctx: BtfTracePointContext) -> i32 {
     }
     let dev: *const u8 = ctx.arg(2);
     let len: u32 = ctx.arg(3);
-    count(counter::NET_TX_PACKETS, 1);
-    count(counter::NET_TX_BYTES, len as u64);
     if dev.is_null() {
         overflow(false, len as u64);
     } else {
@@ -123,8 +125,6 @@ pub fn snt_netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let len: u32 = unsafe { field(skb, global(&SKB_LEN_OFF)) };
     let dev: *const u8 = unsafe { field(skb, global(&SKB_DEV_OFF)) };
-    count(counter::NET_RX_PACKETS, 1);
-    count(counter::NET_RX_BYTES, len as u64);
     if dev.is_null() {
         overflow(true, len as u64);
     } else {
@@ -161,7 +161,7 @@ fn netns_tcp(netns: u32) -> Option<*mut NetnsTcp> {
     );
     let stats = NETNS_TCP.get_ptr_mut(&netns);
     if stats.is_none() {
-        count(counter::NETNS_TCP_OVERFLOW, 1);
+        count_shared(counter::NETNS_TCP_OVERFLOW, 1);
     }
     stats
 }
@@ -171,14 +171,16 @@ pub fn snt_tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     count(counter::TCP_RETRANSMITS, 1);
     let sk: *const u8 = ctx.arg(0);
     if let Some(stats) = netns_tcp(sock_netns(sk)) {
-        atomic_add(unsafe { &raw mut (*stats).retransmits }, 1);
+        add(unsafe { &raw mut (*stats).retransmits }, 1);
     }
     0
 }
 
 #[inline(always)]
 fn reset(sk: *const u8) {
-    count(counter::TCP_RESETS, 1);
+    // Two programs count resets (a process-context send can be interrupted by a softirq's
+    // receive): atomic adds.
+    count_shared(counter::TCP_RESETS, 1);
     if let Some(stats) = netns_tcp(sock_netns(sk)) {
         atomic_add(unsafe { &raw mut (*stats).resets }, 1);
     }

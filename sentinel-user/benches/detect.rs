@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
                     acc += d.update(&p, &Trainer::Inline, "bench", black_box(x)).score;
                 }
                 acc
-            })
+            });
         });
     }
     g.finish();
@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
                 n += e.observe_interval(black_box(iv)).len();
             }
             n
-        })
+        });
     });
     g.finish();
 }

@@ -1,6 +1,9 @@
-//! Userspace half of one drain: `Drain::apply` over a synthetic snapshot of N containers and
-//! 4096 interfaces on C CPUs, every value changed since the previous drain (the worst case).
-//! The kernel half, reading the maps, is measured on the real daemon by `cargo xtask bench`.
+//! Userspace half of one drain on C CPUs with N containers and 4096 interfaces, a fraction of
+//! the (CPU, container) entries changed since the previous drain: the scan of the dirty bitmap
+//! and the read of the changed entries (`ContainerArrays::read`, here over anonymous memory
+//! laid out like the kernel's memory-mapped arrays), then `Drain::apply` (every interface
+//! changed). The kernel half (the record and batched interface reads) is measured on the real
+//! daemon by `cargo xtask bench`.
 //!
 //! `cargo bench -p sentinel-user --bench drain`; the time is the thread's CPU time per drain,
 //! not wall time, so a busy machine (other jobs preempting the bench) does not inflate it.
@@ -8,79 +11,129 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use sentinel::collect::drain::{CONTAINER_FIELDS, Drain, RawSnapshot};
-use sentinel_common::{
-    Counters, HIST_BUCKETS, IFNAME_LEN, IfaceKey, IfaceStats, LatencyHist, OnCpu, counter,
+use sentinel::collect::{
+    bpf_sys::MappedArray,
+    drain::{Drain, KeyedRead, RawSnapshot},
+    slots::ContainerArrays,
 };
+use sentinel_common::{CONTAINER_FIELDS, CpuRecord, IFNAME_LEN, IfaceKey, NO_SLOT, dirty_words};
 
 const IFACES: usize = 4096;
 
-fn snapshot(containers: usize, cpus: usize, round: u64) -> RawSnapshot {
-    let mut name = [0u8; IFNAME_LEN];
-    name[..4].copy_from_slice(b"veth");
-    let iface = IfaceStats {
-        rx_packets: round,
-        rx_bytes: round * 64,
-        tx_packets: round,
-        tx_bytes: round * 64,
-        name,
-    };
-    RawSnapshot {
-        counters: vec![
-            Counters {
-                values: [round; counter::COUNT]
+struct Fixture {
+    arrays: ContainerArrays,
+    drain: Drain,
+    snap: RawSnapshot,
+    ncpu: usize,
+    containers: u32,
+    /// Every `stride`-th (CPU, container) entry changes between drains.
+    stride: usize,
+    round: u64,
+}
+
+impl Fixture {
+    fn new(ncpu: usize, containers: u32, changed_percent: usize) -> Self {
+        let layout = ContainerArrays::layout(ncpu, containers);
+        let map = |bytes| MappedArray::anonymous(bytes).expect("anonymous memory");
+        let arrays = ContainerArrays::new(
+            ncpu,
+            containers,
+            map(layout.keys_bytes),
+            map(layout.stats_bytes),
+            map(layout.dirty_bytes),
+        );
+        let [keys, _, _] = arrays.memory();
+        for slot in 0..containers as usize {
+            keys.store_word(slot, 1_000 + slot as u64);
+        }
+        let mut cpu: CpuRecord = bytemuck::Zeroable::zeroed();
+        cpu.cur_slot = NO_SLOT;
+        cpu.last_slot = NO_SLOT;
+        let mut name = [0u8; IFNAME_LEN];
+        name[..4].copy_from_slice(b"veth");
+        let mut ifaces = KeyedRead::default();
+        ifaces.clear(ncpu);
+        for i in 0..IFACES {
+            let key = IfaceKey {
+                netns: 4_026_531_840 + i as u32,
+                ifindex: 2,
             };
-            cpus
-        ],
-        hist: vec![
-            LatencyHist {
-                buckets: [round; HIST_BUCKETS]
-            };
-            cpus
-        ],
-        ifaces: (0..IFACES)
-            .map(|i| {
-                let key = IfaceKey {
-                    netns: 4_026_531_840 + i as u32,
-                    ifindex: 2,
-                };
-                (key, vec![iface; cpus])
-            })
-            .collect(),
-        containers: (0..containers)
-            .map(|i| (1000 + i as u64, vec![[round; CONTAINER_FIELDS]; cpus]))
-            .collect(),
-        netns_tcp: Vec::new(),
-        oncpu: vec![
-            OnCpu {
-                since_ns: round,
-                key: 1000
-            };
-            cpus
-        ],
-        oncpu_now_ns: round + 1_000_000,
+            ifaces.push(key, std::iter::repeat_n([0u64; 4], ncpu));
+        }
+        let snap = RawSnapshot {
+            cpus: vec![cpu; ncpu],
+            iface_names: vec![name; IFACES],
+            ifaces,
+            ..Default::default()
+        };
+        let mut f = Self {
+            arrays,
+            drain: Drain::new(),
+            snap,
+            ncpu,
+            containers,
+            stride: 100 / changed_percent,
+            round: 0,
+        };
+        // First drain: every entry once, so every slot is known.
+        f.change(1);
+        f.drain_once();
+        f
+    }
+
+    /// Plays the kernel: bumps every `stride`-th entry and marks it dirty; every interface.
+    fn change(&mut self, stride: usize) {
+        self.round += 1;
+        let [_, stats, dirty] = self.arrays.memory();
+        let words = dirty_words(self.containers) as usize;
+        let entries = self.ncpu * self.containers as usize;
+        for entry in (0..entries).step_by(stride) {
+            let (cpu, slot) = (
+                entry / self.containers as usize,
+                entry % self.containers as usize,
+            );
+            stats.store_word(entry * CONTAINER_FIELDS, self.round * 1000);
+            stats.store_word(entry * CONTAINER_FIELDS + 1, self.round);
+            let w = cpu * words + slot / 64;
+            dirty.store_word(w, dirty.word(w) | 1 << (slot % 64));
+        }
+        let round = self.round;
+        for v in &mut self.snap.ifaces.values {
+            *v = [round, round * 64, round, round * 64];
+        }
+    }
+
+    fn drain_once(&mut self) -> usize {
+        let freed = self.arrays.read(&mut self.snap);
+        let delta = self.drain.apply(&self.snap);
+        freed.len() + delta.containers.len() + delta.ifaces.len()
     }
 }
 
 fn drain(c: &mut Criterion) {
-    let mut group = c.benchmark_group("drain_apply");
+    let mut group = c.benchmark_group("drain");
     for cpus in [2usize, 16, 128] {
-        for containers in [1024usize, 10_000] {
-            // Two snapshots whose every value differs, applied alternately (the backwards
-            // step is the reset path, which does the same work).
-            let snaps = [snapshot(containers, cpus, 1), snapshot(containers, cpus, 2)];
-            let id = BenchmarkId::new(format!("{cpus}cpus"), format!("{containers}containers"));
-            group.bench_with_input(id, &snaps, |b, snaps| {
-                let mut drain = Drain::new();
-                drain.apply(&snaps[0]);
-                b.iter_custom(|iters| {
-                    let start = thread_cpu_time();
-                    for i in 0..iters {
-                        std::hint::black_box(drain.apply(&snaps[(i as usize + 1) % 2]));
-                    }
-                    thread_cpu_time().saturating_sub(start)
+        for containers in [1024u32, 10_000] {
+            for percent in [10usize, 100] {
+                let id = BenchmarkId::new(
+                    format!("{cpus}cpus"),
+                    format!("{containers}containers_{percent}pct_changed"),
+                );
+                group.bench_function(id, |b| {
+                    let mut f = Fixture::new(cpus, containers, percent);
+                    b.iter_custom(|iters| {
+                        let mut spent = Duration::ZERO;
+                        for _ in 0..iters {
+                            let stride = f.stride;
+                            f.change(stride);
+                            let start = thread_cpu_time();
+                            std::hint::black_box(f.drain_once());
+                            spent += thread_cpu_time().saturating_sub(start);
+                        }
+                        spent
+                    });
                 });
-            });
+            }
         }
     }
     group.finish();

@@ -9,10 +9,10 @@ use anyhow::{Result, anyhow};
 use tracing::info;
 
 use crate::{
-    daemon::SeriesStatus,
+    containers::docker::Watcher,
     detect::{AnomalyEvent, DetectConfig, DetectionEngine, EventKind},
-    heal::{ContainerAnomaly, HealEngine, HealSnapshot, config::HealConfig},
-    model::Interval,
+    heal::{ContainerAnomaly, HealEngine, config::HealConfig},
+    model::{Interval, SeriesStatus},
 };
 
 pub struct Analysis {
@@ -20,16 +20,20 @@ pub struct Analysis {
     heal: Option<HealEngine>,
     /// Raised and not yet cleared, by series.
     open: BTreeMap<String, AnomalyEvent>,
-    last_heal: Option<HealSnapshot>,
 }
 
 impl Analysis {
-    /// `heal` is `None` when healing is off (disabled in the config or no Docker). Must be
-    /// called inside the tokio runtime (the healing engine starts its Docker watcher).
-    pub fn new(detect: &DetectConfig, heal: Option<(&HealConfig, &Path)>) -> Result<Self> {
+    /// `heal` is `None` when healing is off (no Docker); `docker` is the shared Docker
+    /// watcher, whose events healing takes.
+    pub fn new(
+        detect: &DetectConfig,
+        heal: Option<(&HealConfig, &Path)>,
+        docker: &mut Watcher,
+    ) -> Result<Self> {
         let detect = detect.enabled.then(|| DetectionEngine::new(detect.clone()));
-        let heal = match heal {
-            Some((cfg, audit)) if cfg.enabled => {
+        let events = docker.events.take();
+        let heal = match (heal, events) {
+            (Some((cfg, audit)), Some(events)) if cfg.enabled => {
                 if let Some(dir) = audit.parent()
                     && !dir.as_os_str().is_empty()
                     && !dir.exists()
@@ -41,7 +45,13 @@ impl Analysis {
                         )
                     })?;
                 }
-                let engine = HealEngine::new(cfg.clone(), audit).map_err(|errors| {
+                let engine = HealEngine::new(
+                    cfg.clone(),
+                    audit,
+                    Box::new(events),
+                    docker.counters.clone(),
+                )
+                .map_err(|errors| {
                     let first = errors
                         .first()
                         .map(|e| format!("heal.{}: {}", e.key, e.message))
@@ -66,7 +76,6 @@ impl Analysis {
             detect,
             heal,
             open: BTreeMap::new(),
-            last_heal: None,
         })
     }
 
@@ -77,7 +86,7 @@ impl Analysis {
     /// Frequent, cheap healing work (Docker events, finished actions, breaker clocks).
     pub async fn tick(&mut self) {
         if let Some(heal) = &mut self.heal {
-            heal.tick().await;
+            heal.tick(Instant::now()).await;
         }
     }
 
@@ -113,50 +122,39 @@ impl Analysis {
                 .filter_map(|event| {
                     Some(ContainerAnomaly {
                         container_id: event.container_id.clone()?,
-                        signal: event.signal.clone(),
+                        // Container events carry a container signal; host series have no
+                        // container id and are filtered out above.
+                        signal: event.signal.parse().ok()?,
                         score: event.score,
                     })
                 })
                 .collect();
             heal.on_interval(Instant::now(), &anomalies).await;
-            let snapshot = heal.snapshot();
-            iv.actions = snapshot
-                .recent
-                .iter()
-                .filter_map(|r| serde_json::to_value(r).ok())
-                .collect();
-            iv.healing = serde_json::to_value(&snapshot).ok().map(|mut v| {
-                // The decisions are the interval's `actions`; not twice.
-                if let Some(map) = v.as_object_mut() {
-                    map.remove("recent");
-                }
-                v
-            });
-            self.last_heal = Some(snapshot);
+            let status = heal.snapshot(Instant::now());
+            // One Docker state: the interval says what healing acted on.
+            iv.docker = status.state.docker;
+            iv.healing = Some(status.state);
+            iv.actions = status.recent;
         }
     }
 
     /// Cancels in-flight actions (audited as cancelled, not as failures).
     pub async fn shutdown(&mut self) {
         if let Some(heal) = &mut self.heal {
-            heal.shutdown().await;
+            heal.shutdown(Instant::now()).await;
         }
     }
 
     pub fn series(&self) -> Vec<SeriesStatus> {
         self.detect
             .iter()
-            .flat_map(|engine| engine.series_states())
+            .flat_map(super::detect::engine::DetectionEngine::series_states)
             .map(|(name, state, score)| SeriesStatus {
                 name: name.to_string(),
                 state,
                 score,
             })
             .collect()
-    }
-
-    pub fn heal_snapshot(&self) -> Option<HealSnapshot> {
-        self.last_heal.clone()
     }
 }
 
@@ -166,7 +164,8 @@ mod tests {
 
     #[tokio::test]
     async fn detection_only_fills_the_interval_and_never_heals() {
-        let mut a = Analysis::new(&DetectConfig::default(), None).unwrap();
+        let mut a =
+            Analysis::new(&DetectConfig::default(), None, &mut Watcher::disabled()).unwrap();
         assert!(!a.healing());
         let mut iv = Interval::default();
         iv.counters.insert("sched_switch".into(), Some(100));

@@ -4,18 +4,21 @@
 //! `ok|warn|fail  <item>: <detail> [— what to do]`. `fail` means sentinel cannot run.
 
 use std::{
-    io::{Read, Write},
-    os::unix::net::UnixStream,
+    io::Write,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use serde::Serialize;
 
-use crate::collect::{
-    loader::{self, HOOKS},
-    offsets::{Offsets, VMLINUX_BTF},
-    tracefs,
+use crate::{
+    collect::{
+        loader::{self, HOOKS},
+        offsets::{Offsets, VMLINUX_BTF},
+        tracefs,
+    },
+    containers::docker,
+    privilege::{self, Cap, has as has_cap},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -87,15 +90,26 @@ pub struct Report {
 #[derive(Clone, Debug)]
 pub struct CheckOptions {
     pub btf_path: PathBuf,
-    pub docker_socket: PathBuf,
+    /// The Docker connection `sentinel run` would use (`[docker] host` of the config).
+    pub docker: docker::Settings,
     pub docker_timeout: Duration,
+}
+
+impl CheckOptions {
+    /// The checks of the host for this configuration.
+    pub fn for_config(cfg: &crate::config::Config) -> Self {
+        Self {
+            docker: docker::Settings::from_config(cfg),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
         Self {
             btf_path: PathBuf::from(VMLINUX_BTF),
-            docker_socket: docker_socket_path(std::env::var("DOCKER_HOST").ok().as_deref()),
+            docker: docker::Settings::default(),
             docker_timeout: Duration::from_secs(2),
         }
     }
@@ -106,7 +120,7 @@ pub fn run(opts: &CheckOptions) -> Report {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     let version = parse_kernel_version(&release);
-    let caps = loader::effective_capabilities().unwrap_or(0);
+    let caps = privilege::effective().unwrap_or(0);
     let mut items = vec![
         check_object(),
         check_kernel(&release, version),
@@ -116,10 +130,11 @@ pub fn run(opts: &CheckOptions) -> Report {
     items.extend(check_tracepoints(&opts.btf_path));
     items.push(check_privileges(caps));
     items.push(check_memlock(version, caps));
-    items.push(check_docker(&opts.docker_socket, opts.docker_timeout));
+    items.push(check_docker(&opts.docker, opts.docker_timeout));
     items.push(check_cgroup());
     items.push(check_lockdown());
     items.push(check_offsets(&opts.btf_path));
+    items.push(check_runq_source(&opts.btf_path));
     Report {
         ok: items.iter().all(|i| i.status != Status::Fail),
         items,
@@ -267,26 +282,17 @@ fn yes_no(b: bool) -> &'static str {
     if b { "present" } else { "missing" }
 }
 
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_SYS_RESOURCE: u32 = 24;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-fn has_cap(caps: u64, cap: u32) -> bool {
-    caps & (1u64 << cap) != 0
-}
+const CAP_SYS_ADMIN: Cap = Cap::CAP_SYS_ADMIN;
+const CAP_SYS_RESOURCE: Cap = Cap::CAP_SYS_RESOURCE;
+const CAP_PERFMON: Cap = Cap::CAP_PERFMON;
+const CAP_BPF: Cap = Cap::CAP_BPF;
 
 fn check_privileges(caps: u64) -> Item {
-    let names: Vec<&str> = [
-        (CAP_BPF, "CAP_BPF"),
-        (CAP_PERFMON, "CAP_PERFMON"),
-        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-        (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
-    ]
-    .iter()
-    .filter(|(c, _)| has_cap(caps, *c))
-    .map(|(_, n)| *n)
-    .collect();
+    let names: Vec<String> = [CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_RESOURCE]
+        .into_iter()
+        .filter(|c| has_cap(caps, *c))
+        .map(|c| c.to_string())
+        .collect();
     let have = if names.is_empty() {
         "none".to_string()
     } else {
@@ -347,62 +353,27 @@ fn check_memlock(version: Option<(u32, u32)>, caps: u64) -> Item {
     }
 }
 
-/// The unix socket of `$DOCKER_HOST` when it is a `unix://` address, else the default.
-pub fn docker_socket_path(docker_host: Option<&str>) -> PathBuf {
-    match docker_host.and_then(|h| h.strip_prefix("unix://")) {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => PathBuf::from("/var/run/docker.sock"),
-    }
-}
-
-fn check_docker(socket: &Path, timeout: Duration) -> Item {
+fn check_docker(settings: &docker::Settings, timeout: Duration) -> Item {
     let item = "docker";
-    let hint = "healing needs the Docker daemon: start it, or set DOCKER_HOST=unix:///path";
-    match docker_version(socket, timeout) {
+    let endpoint = settings.endpoint();
+    let hint = "healing needs the Docker daemon: start it, or set [docker] host in the config";
+    match docker::probe_version(settings, timeout) {
         Ok((version, api)) => Item::new(
             Status::Ok,
             item,
-            format!(
-                "{} reachable, Docker {version}, API {api}",
-                socket.display()
-            ),
+            format!("{endpoint} reachable, Docker {version}, API {api}"),
         ),
         // Sentinel collects without Docker; only healing needs it.
-        Err(e) => Item::new(Status::Warn, item, format!("{}: {e}", socket.display())).hint(hint),
+        Err(e) => {
+            let e = e.to_string();
+            let detail = if e.contains(&endpoint) {
+                e
+            } else {
+                format!("{endpoint}: {e}")
+            };
+            Item::new(Status::Warn, item, crate::sanitize::for_log(&detail)).hint(hint)
+        }
     }
-}
-
-/// `GET /version` over the unix socket with a plain HTTP/1.0 request (the response then ends
-/// at connection close, so no chunked decoding is needed). Returns (Version, ApiVersion).
-pub fn docker_version(socket: &Path, timeout: Duration) -> Result<(String, String), String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")
-        .map_err(|e| format!("request failed: {e}"))?;
-    let mut raw = Vec::new();
-    // A bounded read: a misbehaving peer cannot make the check hold unbounded memory.
-    stream
-        .take(1 << 20)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("no answer within {timeout:?}: {e}"))?;
-    parse_docker_version(&raw)
-}
-
-pub fn parse_docker_version(raw: &[u8]) -> Result<(String, String), String> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("answered {status:?}"));
-    }
-    let v: serde_json::Value =
-        serde_json::from_str(body.trim()).map_err(|e| format!("bad /version body: {e}"))?;
-    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_string();
-    Ok((field("Version"), field("ApiVersion")))
 }
 
 use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, FsType, TMPFS_MAGIC};
@@ -504,6 +475,33 @@ fn check_offsets(btf_path: &Path) -> Item {
     }
 }
 
+/// Which run-queue source `auto` picks here, and why not the kernel's own stamps when not.
+fn check_runq_source(btf_path: &Path) -> Item {
+    const ITEM: &str = "run-queue source";
+    let Ok(offsets) = Offsets::from_file(btf_path) else {
+        return Item::new(
+            Status::Warn,
+            ITEM,
+            "unknown: the kernel's BTF cannot be read",
+        );
+    };
+    match loader::sched_info_missing(&offsets) {
+        None => Item::new(
+            Status::Ok,
+            ITEM,
+            "sched_info: waits from the kernel's own enqueue stamps, no map operation per event",
+        ),
+        Some(why) => Item::new(
+            Status::Warn,
+            ITEM,
+            format!(
+                "hash: waits from a wakeup timestamp map (about 2 hash operations per wait); \
+                 sched_info unavailable: {why}"
+            ),
+        ),
+    }
+}
+
 /// Prints the report; returns whether sentinel can run.
 pub fn print(report: &Report, json: bool, out: &mut impl Write) -> std::io::Result<()> {
     if json {
@@ -544,28 +542,24 @@ mod tests {
         assert_eq!(parse_lockdown("none"), None);
     }
 
+    /// `sentinel check` asks the endpoint the config names, not only `$DOCKER_HOST`.
     #[test]
-    fn docker_host_and_version_response() {
-        assert_eq!(
-            docker_socket_path(Some("unix:///run/user/1000/docker.sock")),
-            PathBuf::from("/run/user/1000/docker.sock")
+    fn docker_item_names_the_configured_endpoint() {
+        let cfg = crate::config::parse(
+            "[docker]\nhost = \"unix:///nonexistent/sentinel-check.sock\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let opts = CheckOptions::for_config(&cfg);
+        let item = check_docker(&opts.docker, Duration::from_millis(500));
+        assert_eq!(item.status, Status::Warn);
+        assert!(
+            item.detail
+                .contains("unix:///nonexistent/sentinel-check.sock"),
+            "{}",
+            item.line()
         );
-        assert_eq!(
-            docker_socket_path(Some("tcp://10.0.0.1:2375")),
-            PathBuf::from("/var/run/docker.sock")
-        );
-        assert_eq!(
-            docker_socket_path(None),
-            PathBuf::from("/var/run/docker.sock")
-        );
-        let ok = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"Version\":\"20.10.24\",\"ApiVersion\":\"1.41\"}\n";
-        assert_eq!(
-            parse_docker_version(ok),
-            Ok(("20.10.24".to_string(), "1.41".to_string()))
-        );
-        let err = parse_docker_version(b"HTTP/1.0 404 Not Found\r\n\r\n").unwrap_err();
-        assert!(err.contains("404"), "{err}");
-        assert!(parse_docker_version(b"SSH-2.0").is_err());
+        assert!(!item.line().contains('\n'));
     }
 
     #[test]

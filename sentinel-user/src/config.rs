@@ -13,7 +13,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    collect::loader::KeyMode, detect::DetectConfig, export::OutputFormat, heal::config::HealConfig,
+    collect::loader::{KeyMode, RunqSource},
+    detect::DetectConfig,
+    export::OutputFormat,
+    heal::config::HealConfig,
 };
 
 /// Where `sentinel run` looks when `--config` is not given. A missing default file is not an
@@ -30,8 +33,19 @@ pub struct Config {
     pub collector: CollectorConfig,
     pub metrics: MetricsConfig,
     pub status: StatusConfig,
+    /// The Docker Engine API connection naming, healing and `sentinel check` share.
+    pub docker: DockerConfig,
     pub detect: DetectConfig,
     pub heal: HealConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerConfig {
+    /// Docker endpoint (`unix:///path`, `tcp://host:port`). Unset: `DOCKER_HOST`, then
+    /// `unix:///var/run/docker.sock`. `heal.docker_host` is its deprecated alias.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +81,8 @@ pub struct CollectorConfig {
     pub container_capacity: u32,
     /// How the kernel keys containers: `auto`, `cgroup` (cgroup v2 id) or `mntns`.
     pub container_key: KeyMode,
+    /// Where run-queue waits come from: `auto`, `sched_info` or `hash`.
+    pub runq_source: RunqSource,
 }
 
 impl Default for CollectorConfig {
@@ -75,6 +91,7 @@ impl Default for CollectorConfig {
             iface_capacity: sentinel_common::IFACE_MAP_CAPACITY,
             container_capacity: sentinel_common::CONTAINER_MAP_CAPACITY,
             container_key: KeyMode::Auto,
+            runq_source: RunqSource::Auto,
         }
     }
 }
@@ -189,6 +206,14 @@ impl Config {
             errors.push((
                 "status.socket".into(),
                 format!("{} is not an absolute path", self.status.socket.display()),
+            ));
+        }
+        if let Some(h) = &self.docker.host
+            && !(h.starts_with("unix://") || h.starts_with("tcp://") || h.starts_with("http://"))
+        {
+            errors.push((
+                "docker.host".into(),
+                format!("{:?} must start with unix://, tcp:// or http://", h),
             ));
         }
         if let Err(e) = self.detect.validate() {
@@ -311,12 +336,29 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         message: one_line(e.message()),
     };
     let de = toml::Deserializer::parse(text).map_err(|e| located(e, None))?;
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         // The path holds the file's own keys (e.g. a label name), which may contain anything.
         let key = (path != ".").then(|| printable(&path));
         located(e.into_inner(), key)
     })?;
+    if let Some(alias) = config.heal.docker_host.take() {
+        let key = "heal.docker_host".to_string();
+        if config.docker.host.as_ref().is_some_and(|h| *h != alias) {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: key_line(text, &key),
+                key: Some(key),
+                message: "deprecated alias of docker.host, which is set to another value: \
+                          keep only [docker] host"
+                    .into(),
+            });
+        }
+        tracing::warn!(
+            "config {file}: heal.docker_host is deprecated; use `host` in a [docker] table"
+        );
+        config.docker.host = Some(alias);
+    }
     if let Some((key, message)) = config.validate().into_iter().next() {
         return Err(ConfigError {
             file: file.to_string(),
@@ -363,38 +405,12 @@ fn key_line(text: &str, dotted: &str) -> Option<usize> {
 
 /// Error text on one line and bounded, whatever the input contained.
 fn one_line(message: &str) -> String {
-    let flat: String = message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let flat = flat.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > 300 {
-        let cut: String = flat.chars().take(300).collect();
-        format!("{cut}...")
-    } else {
-        flat
-    }
+    crate::sanitize::one_line(message, 300)
 }
 
 /// A key path from the file on one line: control characters escaped, length bounded.
 fn printable(key: &str) -> String {
-    let escaped: String = key
-        .chars()
-        .flat_map(|c| {
-            let esc: Vec<char> = if c.is_control() {
-                c.escape_debug().collect()
-            } else {
-                vec![c]
-            };
-            esc
-        })
-        .collect();
-    if escaped.chars().count() > 200 {
-        let cut: String = escaped.chars().take(200).collect();
-        format!("{cut}...")
-    } else {
-        escaped
-    }
+    crate::sanitize::printable(key, 200)
 }
 
 /// The documented example config, shipped in the repository; a test keeps it valid.
@@ -519,7 +535,7 @@ mod tests {
     fn key_paths_from_the_file_are_escaped_in_errors() {
         let e = err("[[heal.rules]]\nselector = { labels = { \"a\\u001b[2J\\nb\" = 1 } }\n");
         let s = e.to_string();
-        assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
+        assert!(!s.chars().any(char::is_control), "{s:?}");
         assert!(s.contains(r"labels.a\u{1b}[2J\nb"), "{s}");
         let long = format!(
             "[[heal.rules]]\nselector = {{ labels = {{ {} = 1 }} }}\n",
@@ -610,6 +626,34 @@ mod tests {
             let text = toml::to_string(&cfg).unwrap();
             proptest::prop_assert_eq!(parse(&text, "t.toml").unwrap(), cfg);
         }
+    }
+
+    /// One key for the one Docker connection; `heal.docker_host` still works, as an alias.
+    #[test]
+    fn docker_host_and_its_deprecated_alias() {
+        let cfg = parse("[docker]\nhost = \"tcp://127.0.0.1:2375\"\n", "t.toml").unwrap();
+        assert_eq!(cfg.docker.host.as_deref(), Some("tcp://127.0.0.1:2375"));
+        let cfg = parse("[heal]\ndocker_host = \"unix:///run/d.sock\"\n", "t.toml").unwrap();
+        assert_eq!(cfg.docker.host.as_deref(), Some("unix:///run/d.sock"));
+        assert_eq!(cfg.heal.docker_host, None, "moved, not read twice");
+        // `config show` prints the new key only.
+        let shown = toml::to_string(&cfg).unwrap();
+        assert!(
+            shown.contains("[docker]\nhost = \"unix:///run/d.sock\""),
+            "{shown}"
+        );
+        assert!(!shown.contains("docker_host"), "{shown}");
+        let same = "[docker]\nhost = \"unix:///a\"\n[heal]\ndocker_host = \"unix:///a\"\n";
+        assert_eq!(
+            parse(same, "t.toml").unwrap().docker.host.as_deref(),
+            Some("unix:///a")
+        );
+        let e = err("[docker]\nhost = \"unix:///a\"\n[heal]\ndocker_host = \"unix:///b\"\n");
+        assert_eq!(e.key.as_deref(), Some("heal.docker_host"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+        let e = err("[docker]\nhost = \"ssh://box\"\n");
+        assert_eq!(e.key.as_deref(), Some("docker.host"), "{e}");
+        assert!(e.to_string().contains("unix://"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use anyhow::{Context, Result};
@@ -27,57 +26,13 @@ use crate::{
         netns,
     },
     config::Config,
-    containers::{self, Attribution},
-    detect::SeriesState,
+    containers::{
+        Attribution,
+        docker::{self, Watcher},
+    },
     export::{OutputFormat, output::Output},
-    heal::HealSnapshot,
-    model::{CollectorHealth, DetectionSummary, Interval},
+    model::{CollectorHealth, DetectionSummary, Interval, PUBLIC_COUNTERS, Published},
 };
-
-/// The public counters (the JSON `counters` object); the rest are collector health.
-pub const PUBLIC_COUNTERS: [usize; 17] = [
-    counter::SCHED_SWITCH,
-    counter::SCHED_WAKEUP,
-    counter::SCHED_WAKEUP_NEW,
-    counter::PROCESS_FORK,
-    counter::PROCESS_EXEC,
-    counter::PROCESS_EXIT,
-    counter::OOM_KILLS,
-    counter::NET_TX_PACKETS,
-    counter::NET_TX_BYTES,
-    counter::NET_RX_PACKETS,
-    counter::NET_RX_BYTES,
-    counter::TCP_RETRANSMITS,
-    counter::TCP_CONN_OPENED,
-    counter::TCP_CONN_CLOSED,
-    counter::TCP_CONN_FAILED,
-    counter::TCP_RESETS,
-    counter::SKB_DROPS,
-];
-/// What the daemon publishes after every interval, for the metrics endpoint, the status
-/// socket and `sentinel top`. Readers take the latest (`tokio::sync::watch`): a slow reader
-/// never holds up the drain and never makes the daemon buffer.
-#[derive(Clone, Debug, Serialize)]
-pub struct Published {
-    pub interval: Interval,
-    /// Every series the detection engine tracks: name, life-cycle state, last score.
-    pub series: Vec<SeriesStatus>,
-    /// Healing engine state (breakers, counters, recent decisions); `None` when disabled.
-    pub heal: Option<HealSnapshot>,
-    /// The interval's raw run-queue latency histogram (log2 buckets, see `hist_bucket_range`),
-    /// for the Prometheus histogram; the JSON interval only carries its summary.
-    #[serde(skip)]
-    pub runq_hist: Vec<u64>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct SeriesStatus {
-    pub name: String,
-    pub state: SeriesState,
-    pub score: f64,
-}
-
-pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
 
 /// Period of the healing engine's own work between intervals.
 const HEAL_TICK: Duration = Duration::from_millis(250);
@@ -119,6 +74,8 @@ struct Pipeline {
     seq: u64,
     last: Instant,
     attribution: Attribution,
+    /// The Docker watcher (stopped when the pipeline is dropped).
+    _docker: Watcher,
     last_hist: Vec<u64>,
     analysis: Analysis,
     /// Last read of the programs' recursion misses (cumulative; refreshed now and then).
@@ -135,6 +92,9 @@ impl Pipeline {
         self.collector.snapshot(&mut self.snapshot)?;
         let system = self.host.sample();
         let delta = self.drain.apply(&self.snapshot);
+        for key in &self.snapshot.retired {
+            self.attribution.forget(key);
+        }
         self.last_hist.clear();
         self.last_hist.extend_from_slice(&delta.hist);
         let drain_us = started.elapsed().as_micros() as u64;
@@ -189,11 +149,11 @@ impl Pipeline {
             interval_ms: measured.as_secs_f64() * 1000.0,
             seq: self.seq,
             counters,
-            runqueue_latency_us: self.summarizer.summarize(&delta.hist),
+            runqueue_latency_us: self.summarizer.summarize(&delta.hist, delta.runq_wait_ns),
             interfaces: delta.ifaces,
             system,
             containers,
-            docker: self.attribution.docker_state().to_string(),
+            docker: self.attribution.docker_state(),
             anomalies: Vec::new(),
             detection: DetectionSummary::default(),
             healing: None,
@@ -206,10 +166,11 @@ impl Pipeline {
                 iface_entries: self.drain.iface_entries() as u64,
                 iface_capacity: u64::from(self.collector.iface_capacity),
                 container_overflow: delta.counters[counter::CONTAINER_OVERFLOW],
-                container_entries: self.drain.containers.len() as u64,
+                container_entries: self.collector.container_entries() as u64,
                 container_capacity: u64::from(self.collector.container_capacity),
                 reset: delta.reset,
                 drain_us,
+                runq_source: self.collector.runq_source.as_str().to_string(),
                 // Filled in by the run loop, which owns the output.
                 output_dropped: 0,
                 recursion_misses: self.recursion_misses.clone(),
@@ -222,7 +183,6 @@ impl Pipeline {
         Published {
             interval: iv.clone(),
             series: self.analysis.series(),
-            heal: self.analysis.heal_snapshot(),
             runq_hist: self.last_hist.clone(),
         }
     }
@@ -260,13 +220,11 @@ impl Pipeline {
                 Err(e) => warn!("{e:#}"),
             }
         }
+        // A gone container's slot is given back over the next drains, after a last read
+        // (the collector reports it in `RawSnapshot::retired`, then it is forgotten).
         for key in self.attribution.gone(self.drain.containers.idle(1)) {
-            match self.collector.remove_container(&key) {
-                Ok(()) => {
-                    self.drain.forget_container(&key);
-                    self.attribution.forget(&key);
-                }
-                Err(e) => warn!("{e:#}"),
+            if let Err(e) = self.collector.retire_container(key) {
+                warn!("{e:#}");
             }
         }
     }
@@ -296,10 +254,20 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     // Capabilities are per thread: drop them before any other thread starts (the detector's
     // training thread, the output writer), or those threads would keep them.
     if opts.drop_capabilities {
-        match crate::privilege::drop_all_but(&[crate::privilege::CAP_SYS_PTRACE]) {
+        // CAP_SYS_PTRACE for /proc/PID/ns/*; CAP_BPF too where the kernel checks it on every
+        // map read (Linux 5.10). Then one read proves the maps are still readable.
+        let mut keep = vec![crate::privilege::Cap::CAP_SYS_PTRACE];
+        if collector.map_reads_need_privilege()? {
+            keep.push(crate::privilege::Cap::CAP_BPF);
+        }
+        match crate::privilege::drop_all_but(&keep) {
             Ok(eff) => info!("capabilities dropped after attach: CapEff {eff:016x}"),
             Err(e) => warn!("{e:#}; keeping the start-up capabilities"),
         }
+        collector.probe_read().context(
+            "the BPF maps cannot be read after dropping capabilities: run without \
+             --drop-capabilities",
+        )?;
     }
     let mut kernel_log = collector.take_logger().and_then(|logger| {
         // SAFETY: the logger owns its ring buffer's fd and keeps it open as long as the
@@ -312,10 +280,16 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             }
         }
     });
+    // One Docker connection for naming and healing (and one state for both).
+    let mut docker = if opts.docker {
+        Watcher::spawn(docker::Settings::from_config(&opts.config), true)
+    } else {
+        Watcher::disabled()
+    };
     let heal = opts
         .docker
         .then_some((&opts.config.heal, opts.config.daemon.audit_log.as_path()));
-    let analysis = Analysis::new(&opts.config.detect, heal)?;
+    let analysis = Analysis::new(&opts.config.detect, heal, &mut docker)?;
     let loaded_at = Instant::now();
     let mut host = HostSampler::default();
     host.prime();
@@ -327,14 +301,8 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         snapshot: RawSnapshot::default(),
         seq: 0,
         last: loaded_at,
-        attribution: Attribution::new(
-            opts.load.key_mode,
-            if opts.docker {
-                containers::docker::spawn_watcher()
-            } else {
-                containers::docker::disabled_view()
-            },
-        ),
+        attribution: Attribution::new(opts.load.key_mode, docker.view.clone()),
+        _docker: docker,
         last_hist: Vec::new(),
         analysis,
         recursion_misses: Default::default(),
@@ -353,6 +321,17 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     // Exporters (metrics endpoint, status socket) subscribe here: `publish.subscribe()`.
     exporters.start(publish.subscribe());
     info!(interval = ?opts.interval, "sentinel running");
+    // systemd (Type=notify): ready once the programs are attached and the exporters bound; the
+    // watchdog is pinged from this loop, so a stuck drain stops the pings.
+    let mut service = crate::service::Notifier::from_env();
+    service.ready(&format!(
+        "running: interval {:?}, {} program(s) not attached",
+        opts.interval,
+        disabled.len()
+    ));
+    let mut watchdog = service
+        .ping_every()
+        .map(|every| tokio::time::interval_at(tokio::time::Instant::now(), every));
 
     let reason = loop {
         let stop = tokio::select! {
@@ -367,6 +346,10 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
                 continue;
             }
             _ = sleep_until(deadline.unwrap_or(start)), if deadline.is_some() => Some("duration elapsed"),
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                service.watchdog();
+                continue;
+            }
             _ = heal_tick.tick(), if healing => {
                 p.analysis.tick().await;
                 continue;
@@ -397,6 +380,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         }
     };
     info!("stopping ({reason}): detaching programs");
+    service.stopping(reason);
     exporters.stop();
     p.analysis.shutdown().await;
     p.collector.detach();

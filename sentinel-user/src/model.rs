@@ -1,10 +1,62 @@
-//! The hand-off types between stages. `Interval` is the spine: one drained period of kernel
-//! counters, per-interface deltas, run-queue latency and system gauges. Every later stage
-//! (exporters, detection, healing) reads it; none reaches back into the collector.
+//! The hand-off types between stages, both ways. `Interval` is the spine: one drained period of
+//! kernel counters, per-interface deltas, run-queue latency and system gauges. Every later stage
+//! (exporters, detection, healing) reads it; none reaches back into the collector. Detection and
+//! healing hand their results back in the same interval, typed (`AnomalyRecord`, `HealState`,
+//! `AuditRecord`); JSON is only the exporters' business. `Published` is what the daemon hands
+//! to the exporters after every interval.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
+use sentinel_common::counter;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::detect::SeriesState;
+
+/// The public counters (the JSON `counters` object); the rest are collector health.
+pub const PUBLIC_COUNTERS: [usize; 17] = [
+    counter::SCHED_SWITCH,
+    counter::SCHED_WAKEUP,
+    counter::SCHED_WAKEUP_NEW,
+    counter::PROCESS_FORK,
+    counter::PROCESS_EXEC,
+    counter::PROCESS_EXIT,
+    counter::OOM_KILLS,
+    counter::NET_TX_PACKETS,
+    counter::NET_TX_BYTES,
+    counter::NET_RX_PACKETS,
+    counter::NET_RX_BYTES,
+    counter::TCP_RETRANSMITS,
+    counter::TCP_CONN_OPENED,
+    counter::TCP_CONN_CLOSED,
+    counter::TCP_CONN_FAILED,
+    counter::TCP_RESETS,
+    counter::SKB_DROPS,
+];
+
+/// What the daemon publishes after every interval, for the metrics endpoint, the status
+/// socket and `sentinel top`. Readers take the latest (`tokio::sync::watch`): a slow reader
+/// never holds up the drain and never makes the daemon buffer. Healing's state and decisions
+/// travel inside the interval (`healing`, `actions`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Published {
+    pub interval: Interval,
+    /// Every series the detection engine tracks: name, life-cycle state, last score.
+    pub series: Vec<SeriesStatus>,
+    /// The interval's raw run-queue latency histogram (log2 buckets, see `hist_bucket_range`),
+    /// for the Prometheus histogram; the JSON interval only carries its summary.
+    #[serde(skip)]
+    pub runq_hist: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SeriesStatus {
+    pub name: String,
+    pub state: SeriesState,
+    pub score: f64,
+}
+
+pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
 
 /// One drained interval, exactly as printed by `sentinel run --output json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -25,10 +77,10 @@ pub struct Interval {
     /// first.
     #[serde(default)]
     pub containers: Vec<ContainerDelta>,
-    /// Docker Engine API state: `up`, `unreachable` (names may be stale, ids still exact), or
-    /// `disabled`.
+    /// Docker Engine API state: `up`, `unreachable` (names may be stale, ids still exact),
+    /// `connecting` or `disabled`. The one state naming and healing share.
     #[serde(default)]
-    pub docker: String,
+    pub docker: DockerState,
     pub collector: CollectorHealth,
     /// Anomaly events raised or cleared in this interval (detection engine).
     #[serde(default)]
@@ -39,21 +91,27 @@ pub struct Interval {
     /// Healing engine state: Docker connectivity (`up` / `monitor_only`), breakers, counters.
     /// Absent when healing is disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub healing: Option<serde_json::Value>,
-    /// Healing decisions (audit records) made since the previous interval.
+    pub healing: Option<HealState>,
+    /// The most recent healing decisions (audit records, `heal.recent_actions` of them).
     #[serde(default)]
-    pub actions: Vec<serde_json::Value>,
+    pub actions: Vec<AuditRecord>,
     /// Cumulative kernel totals, only on the final interval of a run (after every program was
     /// detached): the sum of all intervals' deltas equals these exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_totals: Option<BTreeMap<String, u64>>,
 }
 
+/// Run-queue waits of an interval, in microseconds. Percentiles come from the histogram
+/// (within 12.5% globally, 2x per container); `mean` and `sum` from the kernel's exact sum.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LatencySummary {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+    #[serde(default)]
+    pub mean: f64,
+    #[serde(default)]
+    pub sum: f64,
     pub count: u64,
 }
 
@@ -98,6 +156,20 @@ pub struct ContainerDelta {
     pub tx_bytes: u64,
     pub tcp_retransmits: u64,
     pub tcp_resets: u64,
+    /// Whom the container's tasks waited behind for a CPU in the interval, the 3 largest first
+    /// (other containers, `host`; see `contention.rs` for the estimate and its limits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contention: Vec<ContendedBy>,
+    /// Seconds its tasks waited behind its own other tasks.
+    #[serde(default)]
+    pub contention_self_seconds: f64,
+}
+
+/// One contender of a container: who held the CPU while it waited, and for how long.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContendedBy {
+    pub container: String,
+    pub seconds: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -119,6 +191,10 @@ pub struct AnomalyRecord {
     /// Series name: a host series (`sched_switch`, `system.cpu_percent`, ...) or a container
     /// series (`container.<name>.<signal>`).
     pub series: String,
+    /// The signal measured: the host series name, or the container signal (`cpu`,
+    /// `runq_latency`, ...), so that no reader has to take the series name apart.
+    #[serde(default)]
+    pub signal: String,
     /// Container id when the series is a container's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
@@ -165,6 +241,9 @@ pub struct CollectorHealth {
     pub reset: bool,
     /// Time the drain itself took, microseconds.
     pub drain_us: u64,
+    /// Where run-queue waits come from: `sched_info` (the kernel's own stamp) or `hash`.
+    #[serde(default)]
+    pub runq_source: String,
     /// Interval lines not written to stdout since start because its reader was too slow (the
     /// drain never waits for it).
     #[serde(default)]
@@ -175,4 +254,250 @@ pub struct CollectorHealth {
     /// Refreshed every `RECURSION_MISSES_EVERY` intervals; empty before the first read.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub recursion_misses: BTreeMap<String, u64>,
+}
+
+/// Docker Engine API connectivity: one state, shared by container naming, healing and the
+/// interval output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DockerState {
+    /// Not connected yet since start (first attempt in progress).
+    Connecting,
+    Up,
+    /// Unreachable: names may be stale; healing is monitor-only.
+    Unreachable,
+    /// Not contacted at all (`--no-docker`, `daemon.docker = false`).
+    #[default]
+    Disabled,
+}
+
+impl DockerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DockerState::Connecting => "connecting",
+            DockerState::Up => "up",
+            DockerState::Unreachable => "unreachable",
+            DockerState::Disabled => "disabled",
+        }
+    }
+
+    /// The same state as healing names it: unreachable is `monitor_only`.
+    pub fn heal_str(self) -> &'static str {
+        match self {
+            DockerState::Unreachable => "monitor_only",
+            other => other.as_str(),
+        }
+    }
+}
+
+impl PartialEq<&str> for DockerState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for DockerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `healing.docker` says `monitor_only` where the interval says `unreachable`: same state.
+mod heal_docker {
+    use super::DockerState;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &DockerState, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.heal_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<DockerState, D::Error> {
+        let s = String::deserialize(de)?;
+        Ok(match s.as_str() {
+            "up" => DockerState::Up,
+            "monitor_only" | "unreachable" => DockerState::Unreachable,
+            "connecting" => DockerState::Connecting,
+            _ => DockerState::Disabled,
+        })
+    }
+}
+
+/// A circuit breaker's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "CLOSED",
+            BreakerState::Open => "OPEN",
+            BreakerState::HalfOpen => "HALF_OPEN",
+        }
+    }
+}
+
+/// What kind of Docker action a rule takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Restart,
+    Stop,
+    Start,
+    Kill,
+    Exec,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Restart => "restart",
+            ActionKind::Stop => "stop",
+            ActionKind::Start => "start",
+            ActionKind::Kill => "kill",
+            ActionKind::Exec => "exec",
+        }
+    }
+}
+
+/// The `decision` of an audit record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// About to act; written before the action runs.
+    Intent,
+    /// Acted, Docker did it.
+    Taken,
+    /// Acted, it failed.
+    Failed,
+    /// Not acted: `reason` says which check refused.
+    Skipped,
+    /// Dropped before acting (permit wait), no breaker effect.
+    NotRecorded,
+    /// Cancelled at shutdown.
+    Cancelled,
+    /// A breaker changed state.
+    Breaker,
+    /// Docker connectivity changed.
+    Docker,
+    /// Storm guard started or ended.
+    Alert,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Intent => "intent",
+            Decision::Taken => "taken",
+            Decision::Failed => "failed",
+            Decision::Skipped => "skipped",
+            Decision::NotRecorded => "not_recorded",
+            Decision::Cancelled => "cancelled",
+            Decision::Breaker => "breaker",
+            Decision::Docker => "docker",
+            Decision::Alert => "alert",
+        }
+    }
+}
+
+/// One healing decision: a line of the audit log and an entry of the interval's `actions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// RFC 3339 UTC wall-clock time of the decision.
+    pub ts: String,
+    pub container_id: String,
+    pub container_name: String,
+    pub decision: Decision,
+    /// Why: the trigger (intent), `done`, the error kind (failed), the gate's reason
+    /// (skipped), the transition's reason (breaker), ...
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// State of the container's breaker after this decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_breaker: Option<BreakerState>,
+    /// For `breaker` lines: previous state and the OPEN wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<BreakerState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// A circuit breaker as status and metrics show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BreakerView {
+    pub state: BreakerState,
+    pub failures_in_window: usize,
+    pub wait_secs: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_remaining_secs: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerBreaker {
+    pub container_id: String,
+    pub container_name: String,
+    #[serde(flatten)]
+    pub view: BreakerView,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealCounters {
+    pub actions_taken: u64,
+    pub actions_failed: u64,
+    pub skipped: u64,
+    pub not_recorded: u64,
+    pub audit_write_errors: u64,
+    pub dropped_events: u64,
+    pub docker_reconnects: u64,
+    /// Evaluation passes cut short by their time budget (Docker slow or hung, D3).
+    pub passes_cut_short: u64,
+}
+
+/// The healing engine's state: the `healing` object of the interval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealState {
+    /// `up`, `monitor_only` (Docker unreachable), `connecting` or `disabled`.
+    #[serde(with = "heal_docker")]
+    pub docker: DockerState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    pub dry_run: bool,
+    pub global_breaker: BreakerView,
+    pub breakers: Vec<ContainerBreaker>,
+    pub actions_in_global_window: usize,
+    pub in_flight: usize,
+    pub permits_available: usize,
+    pub permits_total: usize,
+    pub counters: HealCounters,
+}
+
+/// Healing as `sentinel status` shows it: the state and the recent decisions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealStatus {
+    #[serde(flatten)]
+    pub state: HealState,
+    /// Last decisions, oldest first.
+    #[serde(default)]
+    pub recent: Vec<AuditRecord>,
 }

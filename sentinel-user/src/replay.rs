@@ -15,7 +15,8 @@ use crate::model::Interval;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// CSV `timestamp,value` (header optional), or JSON lines of `sentinel run --output json`.
+    /// CSV `timestamp,value` (header optional), or JSON lines of `sentinel run --output json`;
+    /// `-` reads standard input.
     #[arg(long)]
     pub input: PathBuf,
     /// Output CSV (default: standard output).
@@ -74,8 +75,21 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     if let Some(d) = args.detector {
         cfg.detector = d.into();
     }
-    let input = File::open(&args.input)
-        .with_context(|| format!("{}: cannot open", args.input.display()))?;
+    // `-` is standard input, as for most Unix filters (`sentinel run --output json | ...`).
+    let stdin = args.input.as_os_str() == "-";
+    let input: Box<dyn std::io::Read> = if stdin {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(
+            File::open(&args.input)
+                .with_context(|| format!("{}: cannot open", args.input.display()))?,
+        )
+    };
+    let name = if stdin {
+        Path::new("<stdin>")
+    } else {
+        args.input.as_path()
+    };
     let out: Box<dyn Write> = match &args.output {
         Some(p) => {
             Box::new(File::create(p).with_context(|| format!("{}: cannot create", p.display()))?)
@@ -86,7 +100,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     replay(
         &cfg,
         BufReader::new(input),
-        &args.input,
+        name,
         args.metric.as_deref(),
         &mut out,
     )?;
@@ -156,10 +170,10 @@ pub fn replay(
             .from_reader(input);
         for (i, rec) in r.records().enumerate() {
             let rec = rec.map_err(|e| {
-                let line = e.position().map_or(i as u64 + 1, |p| p.line());
+                let line = e.position().map_or(i as u64 + 1, csv::Position::line);
                 anyhow!("{p}:{line}: {e}")
             })?;
-            let line = rec.position().map_or(i as u64 + 1, |p| p.line());
+            let line = rec.position().map_or(i as u64 + 1, csv::Position::line);
             if rec.len() != 2 {
                 bail!(
                     "{p}:{line}: expected 2 fields (timestamp,value), found {}",

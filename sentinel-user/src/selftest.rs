@@ -18,11 +18,11 @@ use std::{
 
 use anyhow::{Context, Result};
 use sentinel::collect::{
-    caps,
     drain::{Drain, DrainDelta, RawSnapshot},
     loader::{Collector, HOOKS, LoadOptions},
     netns, offsets, tracefs,
 };
+use sentinel::privilege;
 use sentinel_common::counter;
 
 #[derive(clap::Args)]
@@ -164,14 +164,14 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
     }
 
     let mut reader = Reader::default();
-    reader.step(&collector)?; // baseline
+    reader.step(&mut collector)?; // baseline
 
     // Possible versus online CPUs: per-CPU values must come one per possible CPU.
     let possible = cpu_count("/sys/devices/system/cpu/possible");
     let online = cpu_count("/sys/devices/system/cpu/online");
     let mut probe = RawSnapshot::default();
     collector.snapshot(&mut probe)?;
-    let values = probe.counters.len();
+    let values = probe.cpus.len();
     let sized_ok = Some(values) == possible;
     let spread_ok = !args.cpu_hotplug || matches!((possible, online), (Some(p), Some(o)) if p > o);
     r.line(
@@ -189,15 +189,21 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
         ),
     );
 
-    reader.step(&collector)?;
+    reader.step(&mut collector)?;
     ping_pong(2_000);
-    let d = reader.step(&collector)?;
+    let d = reader.step(&mut collector)?;
     let switches = d.counters[counter::SCHED_SWITCH];
     let wakeups = d.counters[counter::SCHED_WAKEUP];
+    let waits: u64 = d.hist.iter().sum();
     r.line(
         "sched_switch",
-        switches >= 2_000 && wakeups > 0,
-        format!("2000 pipe round trips: sched_switch={switches} sched_wakeup={wakeups}"),
+        switches >= 2_000 && wakeups > 0 && waits > 0,
+        format!(
+            "2000 pipe round trips: sched_switch={switches} sched_wakeup={wakeups} run-queue \
+             waits={waits} (source {}, {} us in all)",
+            collector.runq_source.as_str(),
+            d.runq_wait_ns / 1000
+        ),
     );
 
     const PROCS: u64 = 20;
@@ -210,7 +216,7 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
             spawned += 1;
         }
     }
-    let d = reader.step(&collector)?;
+    let d = reader.step(&mut collector)?;
     let (fork, exec, exit) = (
         d.counters[counter::PROCESS_FORK],
         d.counters[counter::PROCESS_EXEC],
@@ -224,7 +230,7 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
 
     const DATAGRAMS: u64 = 1_000;
     udp_over_lo(DATAGRAMS)?;
-    let d = reader.step(&collector)?;
+    let d = reader.step(&mut collector)?;
     let own = netns::own_namespace();
     let lo = d
         .ifaces
@@ -245,7 +251,7 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
 
     const DROPS: u64 = 100;
     udp_to_closed_port(DROPS)?;
-    let d = reader.step(&collector)?;
+    let d = reader.step(&mut collector)?;
     let drops = d.counters[counter::SKB_DROPS];
     r.line(
         "skb_drops",
@@ -255,7 +261,7 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
 
     const CONNECTS: u64 = 10;
     let refused = tcp_to_closed_port(CONNECTS)?;
-    let d = reader.step(&collector)?;
+    let d = reader.step(&mut collector)?;
     let (resets, failed) = (
         d.counters[counter::TCP_RESETS],
         d.counters[counter::TCP_CONN_FAILED],
@@ -269,7 +275,7 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
     );
 
     tcp_connection()?;
-    let d = reader.step(&collector)?;
+    let d = reader.step(&mut collector)?;
     let (opened, closed) = (
         d.counters[counter::TCP_CONN_OPENED],
         d.counters[counter::TCP_CONN_CLOSED],
@@ -283,7 +289,7 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
     if args.oom {
         match oom_kill() {
             Ok(status) => {
-                let d = reader.step(&collector)?;
+                let d = reader.step(&mut collector)?;
                 let kills = d.counters[counter::OOM_KILLS];
                 r.line(
                     "oom_kill",
@@ -297,7 +303,7 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
 
     if args.cpu_hotplug {
         let before = *reader.drain.cumulative();
-        let result = cpu_offline_online(|| reader.step(&collector));
+        let result = cpu_offline_online(|| reader.step(&mut collector));
         let after = *reader.drain.cumulative();
         let kept = (0..counter::COUNT).all(|i| after[i] >= before[i]);
         match result {
@@ -314,22 +320,31 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
     }
 
     if args.drop_caps {
-        let dropped = caps::drop_all();
-        let eff = caps::effective();
+        // The daemon's own drop (`--drop-capabilities`), minus CAP_SYS_PTRACE (the selftest
+        // reads no /proc/PID/ns): nothing, or CAP_BPF where map reads need it (Linux 5.10).
+        let need_bpf = collector.map_reads_need_privilege()?;
+        let keep: &[privilege::Cap] = if need_bpf {
+            &[privilege::Cap::CAP_BPF]
+        } else {
+            &[]
+        };
+        let expected = keep.iter().fold(0u64, |m, c| m | c.bitmask());
+        let dropped = privilege::drop_all_but(keep);
+        let eff = privilege::effective();
         udp_over_lo(DATAGRAMS)?;
-        let drained = reader.step(&collector);
+        let drained = reader.step(&mut collector);
         let counted = drained
             .as_ref()
             .map(|d| d.counters[counter::NET_TX_PACKETS])
             .unwrap_or(0);
         r.line(
             "caps_dropped",
-            dropped.is_ok() && eff == Some(0) && counted >= DATAGRAMS,
+            dropped.is_ok() && eff == Some(expected) && counted >= DATAGRAMS,
             format!(
-                "drop: {} CapEff={} then {DATAGRAMS} datagrams drained: net_tx_packets={counted}{}",
+                "drop (map reads need CAP_BPF: {need_bpf}): {} CapEff={} then {DATAGRAMS} datagrams drained: net_tx_packets={counted}{}",
                 dropped
                     .as_ref()
-                    .map_or_else(|e| format!("{e:#}"), |()| "ok".into()),
+                    .map_or_else(|e| format!("{e:#}"), |_| "ok".into()),
                 eff.map_or("?".into(), |e| format!("{e:016x}")),
                 drained.err().map_or(String::new(), |e| format!(" ({e:#})"))
             ),
@@ -436,7 +451,7 @@ struct Reader {
 }
 
 impl Reader {
-    fn step(&mut self, collector: &Collector) -> Result<DrainDelta> {
+    fn step(&mut self, collector: &mut Collector) -> Result<DrainDelta> {
         collector.snapshot(&mut self.snap)?;
         Ok(self.drain.apply(&self.snap))
     }

@@ -672,7 +672,7 @@ pub fn check(h: &Histories, lim: &Limits) -> Report {
                 .iter()
                 .any(|&(g0, g1)| g0 <= a.t + TOL && g1 >= since - TOL) =>
             {
-                unobservable += 1
+                unobservable += 1;
             }
             None => r.fail(
                 4,
@@ -908,7 +908,7 @@ fn check_breakers(
         }
         r.stat(&format!("breaker_{from}->{to}"), 1);
         let next = match (cur, to) {
-            (St::Closed, "OPEN") | (St::HalfOpen { .. }, "OPEN") => {
+            (St::Closed | St::HalfOpen { .. }, "OPEN") => {
                 let Some(wait) = a.wait_secs else {
                     r.fail(
                         3,

@@ -5,6 +5,7 @@
 pub mod chaos;
 pub mod docker;
 pub mod netns;
+pub mod nspawn;
 pub mod sentinel;
 
 /// True when the environment can run privileged tests. Under `CI=true` a missing requirement is

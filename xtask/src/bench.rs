@@ -7,6 +7,8 @@
 //! - `userspace`: the daemon's CPU time and resident memory, idle and under each storm.
 //! - `soak`: resident memory at a 10 ms interval over a long run.
 //! - `drain`: the daemon's own drain time with its kernel maps filled.
+//! - `containers`: the daemon's CPU time with 1000 live containers.
+//! - `runq`: run-queue waits against the kernel's run_delay and bpftrace's runqlat.
 //!
 //! The workloads are this binary's hidden `bench worker ...` subcommands. Nothing here asserts a
 //! timing: results are printed and written as a markdown report.
@@ -58,6 +60,8 @@ enum Part {
     Userspace,
     Soak,
     Drain,
+    Containers,
+    Runq,
 }
 
 /// What every part needs: paths, sizes, the report being written.
@@ -119,7 +123,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let header = header(&ctx, &args)?;
     ctx.section(&header);
     if want(Part::Kernel) {
-        kernel::per_event(&mut ctx)?;
+        // Both run-queue sources on this one kernel (the daemon picks sched_info here).
+        for source in ["sched_info", "hash"] {
+            kernel::per_event(&mut ctx, source)?;
+        }
     }
     if want(Part::Slowdown) {
         let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
@@ -130,6 +137,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if want(Part::Drain) {
         kernel::drain(&mut ctx)?;
+    }
+    if want(Part::Containers) {
+        kernel::live_containers(&mut ctx)?;
+    }
+    if want(Part::Runq) {
+        kernel::runq_agreement(&mut ctx)?;
     }
     if want(Part::Soak) && !args.smoke && args.soak_secs > 0 {
         measure::soak(&mut ctx, Duration::from_secs(args.soak_secs))?;
@@ -190,7 +203,7 @@ fn header(ctx: &Ctx, args: &BenchArgs) -> Result<String> {
         .unwrap_or("?")
         .trim()
         .to_string();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let rev = std::process::Command::new("git")
         .current_dir(&ctx.root)
         .args(["rev-parse", "--short", "HEAD"])

@@ -80,7 +80,9 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         bail!("cargo fuzz run {t}: {status}");
     }
     let artifacts = fuzz.join("artifacts").join(t);
-    let crashes = fs::read_dir(&artifacts).map(|d| d.count()).unwrap_or(0);
+    let crashes = fs::read_dir(&artifacts)
+        .map(std::iter::Iterator::count)
+        .unwrap_or(0);
     if crashes > 0 {
         bail!("{crashes} crash input(s) in {}", artifacts.display());
     }

@@ -3,6 +3,7 @@
 mod bench;
 mod build_ebpf;
 mod chaos;
+mod dist;
 mod fuzz;
 mod nab;
 mod nab_cv;
@@ -39,6 +40,9 @@ enum Command {
     /// Chaos soak (FAULT-MATRIX S1): seeded faults against sentinel and a private dockerd,
     /// judged by the history checker.
     Chaos(chaos::ChaosArgs),
+    /// Release artifacts under target/dist/: the static binary's tarball, the Debian package,
+    /// the container image, SHA256SUMS.
+    Dist(dist::DistArgs),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Command::Soak(args) => soak(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Chaos(args) => chaos::run(&args),
+        Command::Dist(args) => dist::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,6 +83,8 @@ fn main() -> ExitCode {
 fn test(opts: &TestOptions) -> anyhow::Result<()> {
     packages::ensure(packages::TEST_PACKAGES)?;
     build_ebpf::run(&build_ebpf::Options { release: true })?;
+    // tests/dist.rs installs, loads and unpacks these (the static build is reused by vmtest).
+    dist::build()?;
     let root = build_ebpf::workspace_root();
     // One test thread per binary: the privileged tests measure the host's kernel counters and
     // must not disturb each other.

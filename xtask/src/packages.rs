@@ -10,7 +10,9 @@ use crate::build_ebpf::{status, step};
 
 /// Everything the privileged tests use: network namespaces, mounts, a Docker engine and a
 /// local busybox image (no pulls), Prometheus and tmux for the operations tests, QEMU for the
-/// kernel portability matrix.
+/// kernel portability matrix, systemd-nspawn and mmdebstrap to run the unit under a real
+/// systemd (tests/systemd.rs), man-db to check the man pages, lintian and logrotate for the
+/// Debian package (tests/dist.rs).
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -22,6 +24,11 @@ pub const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "qemu-system-x86",
     "stress-ng",
+    "systemd-container",
+    "mmdebstrap",
+    "man-db",
+    "lintian",
+    "logrotate",
 ];
 
 fn installed(package: &str) -> bool {

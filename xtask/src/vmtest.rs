@@ -1,5 +1,5 @@
-//! `cargo xtask vmtest`: the kernel portability matrix. Boots Debian 12's 6.1 and 6.12 cloud
-//! kernels under QEMU (TCG: nested KVM does not work on the CI machines) with a BusyBox
+//! `cargo xtask vmtest`: the kernel portability matrix. Boots Debian 12's 6.1 and 6.12 and
+//! Debian 11's 5.10 cloud kernels under QEMU (TCG: nested KVM does not work on the CI machines) with a BusyBox
 //! initramfs holding a static `sentinel`, runs `sentinel selftest` in each guest and on the host
 //! kernel, and prints one `VMTEST <kernel> <check> PASS|FAIL <detail>` line per check plus a
 //! `VMTEST-RESULT` line per kernel. Fails if any check fails or a guest gives no summary.
@@ -41,13 +41,23 @@ pub struct VmtestArgs {
     /// Extra kernel command-line parameters for every guest, e.g. `lockdown=confidentiality`.
     #[arg(long, default_value = "")]
     append: String,
+    /// Boot the binary users download: built by `cargo xtask dist` and unpacked from its
+    /// tarball.
+    #[arg(long, conflicts_with = "dynamic")]
+    from_dist: bool,
 }
 
-/// Debian 12 kernel series to test: package name prefix and suffix around a numeric part;
-/// the newest package of each series is picked from `apt-cache search`, never hard-coded.
-const SERIES: [(&str, &str); 2] = [
-    ("linux-image-6.1.0-", "-cloud-amd64-unsigned"),
-    ("linux-image-6.12.", "+deb12-cloud-amd64-unsigned"),
+/// Kernel series to test: package name prefix and suffix around a numeric part, and the
+/// Debian suite that has them (`None`: the host's own apt sources, Debian 12). The newest
+/// package of each series is picked from `apt-cache search`, never hard-coded.
+const SERIES: [(&str, &str, Option<&str>); 3] = [
+    (
+        "linux-image-5.10.0-",
+        "-cloud-amd64-unsigned",
+        Some("bullseye"),
+    ),
+    ("linux-image-6.1.0-", "-cloud-amd64-unsigned", None),
+    ("linux-image-6.12.", "+deb12-cloud-amd64-unsigned", None),
 ];
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -68,13 +78,21 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
     fs::create_dir_all(&work)?;
     need_tool("qemu-system-x86_64", "apt-get install qemu-system-x86")?;
 
-    let sentinel = build_sentinel(&root, args.dynamic)?;
+    let sentinel = if args.from_dist {
+        from_dist(&work)?
+    } else {
+        build_sentinel(&root, args.dynamic)?
+    };
     // (name, image, extra kernel parameters)
     let mut kernels: Vec<(String, PathBuf, &str)> = Vec::new();
     if !args.no_debian {
-        for (prefix, suffix) in SERIES {
-            let pkg = newest_package(prefix, suffix)?;
-            let image = fetch_kernel(&work, &pkg)?;
+        for (prefix, suffix, suite) in SERIES {
+            let apt = match suite {
+                Some(suite) => Apt::private(&work, suite)?,
+                None => Apt::host(),
+            };
+            let pkg = newest_package(&apt, prefix, suffix)?;
+            let image = fetch_kernel(&work, &apt, &pkg)?;
             kernels.push((pkg, image, ""));
         }
         // Row P7: the newest kernel again under kernel lockdown (what Secure Boot imposes).
@@ -239,6 +257,28 @@ fn build_sentinel(root: &Path, dynamic: bool) -> Result<BuiltSentinel> {
     })
 }
 
+/// The static binary as shipped: `cargo xtask dist`'s tarball, unpacked.
+fn from_dist(work: &Path) -> Result<BuiltSentinel> {
+    let tarball = crate::dist::build()?.tarball;
+    let dir = work.join("dist");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    output(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&dir),
+        "unpacking the dist tarball",
+    )?;
+    let top = crate::dist::tarball_name();
+    Ok(BuiltSentinel {
+        binary: dir.join(top.trim_end_matches(".tar.gz")).join("sentinel"),
+        libs: Vec::new(),
+        how: "static (musl), unpacked from the dist tarball",
+    })
+}
+
 /// The numeric part between `prefix` and `suffix`, compared as a version (6.12.9 < 6.12.10).
 fn series_key(name: &str, prefix: &str, suffix: &str) -> Option<Vec<u64>> {
     let middle = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
@@ -248,10 +288,125 @@ fn series_key(name: &str, prefix: &str, suffix: &str) -> Option<Vec<u64>> {
         .collect::<Option<Vec<u64>>>()
 }
 
-fn newest_package(prefix: &str, suffix: &str) -> Result<String> {
+/// apt with the host's sources, or with a private sources list and state for another suite
+/// of the same Debian package source (the host's own apt configuration is never changed).
+struct Apt {
+    options: Vec<String>,
+}
+
+impl Apt {
+    fn host() -> Self {
+        Self {
+            options: Vec::new(),
+        }
+    }
+
+    /// `suite` (e.g. `bullseye`) from the Debian archive the host's sources name (its main
+    /// suite only: the archive serves it, not every security pocket); the lists are refreshed
+    /// once a day.
+    fn private(work: &Path, suite: &str) -> Result<Self> {
+        let dir = work.join(format!("apt-{suite}"));
+        let lists = dir.join("lists");
+        fs::create_dir_all(lists.join("partial"))?;
+        fs::create_dir_all(dir.join("cache/archives/partial"))?;
+        let archive = debian_archive()?;
+        let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+        let sources = format!("deb [signed-by={keyring}] {archive} {suite} main\n");
+        let list = dir.join("sources.list");
+        fs::write(&list, sources)?;
+        let apt = Self {
+            options: vec![
+                format!("Dir::Etc::sourcelist={}", list.display()),
+                "Dir::Etc::sourceparts=/dev/null".into(),
+                format!("Dir::State::lists={}", lists.display()),
+                format!("Dir::Cache={}", dir.join("cache").display()),
+                "Dir::State::status=/dev/null".into(),
+            ],
+        };
+        let fresh = fs::metadata(lists.join("lock"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(86_400));
+        if !fresh {
+            step(&format!(
+                "apt-get update for Debian {suite} (private lists)"
+            ));
+            output(apt.command("apt-get").arg("update"), "apt-get update")?;
+        }
+        Ok(apt)
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(tool);
+        for o in &self.options {
+            cmd.args(["-o", o]);
+        }
+        cmd
+    }
+}
+
+/// The Debian archive URI of the host's apt sources (deb822 or one-line format), e.g.
+/// `http://deb.debian.org/debian`: the one that serves a release suite such as `bookworm`.
+fn debian_archive() -> Result<String> {
+    let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".sources") || name.ends_with(".list") {
+                texts.push(fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    texts
+        .iter()
+        .flat_map(|t| source_entries(t))
+        .find(|(uri, suites)| uri.contains("debian") && suites.iter().any(|s| !s.contains('-')))
+        .map(|(uri, _)| uri)
+        .ok_or_else(|| {
+            anyhow!("no Debian archive in the host's apt sources (/etc/apt/sources.list[.d])")
+        })
+}
+
+/// (URI, suites) of every `deb` source in one file, deb822 stanzas or one-line entries.
+fn source_entries(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace().peekable();
+        if words.next() == Some("deb") {
+            // deb [options] URI suite components...
+            let rest: Vec<&str> = words
+                .skip_while(|w| w.starts_with('[') || w.ends_with(']'))
+                .collect();
+            if rest.len() >= 2 {
+                out.push((rest[0].to_string(), vec![rest[1].to_string()]));
+            }
+        }
+    }
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .map(|v| v.trim().to_string())
+            })
+        };
+        let deb = field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+        if let (true, Some(uris), Some(suites)) = (deb, field("URIs"), field("Suites")) {
+            let suites: Vec<String> = suites.split_whitespace().map(String::from).collect();
+            for uri in uris.split_whitespace() {
+                out.push((uri.to_string(), suites.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn newest_package(apt: &Apt, prefix: &str, suffix: &str) -> Result<String> {
     let pattern = format!("^{}", prefix.replace('.', "\\.").replace('+', "\\+"));
     let listing = output(
-        Command::new("apt-cache").args(["search", "--names-only", &pattern]),
+        apt.command("apt-cache")
+            .args(["search", "--names-only", &pattern]),
         "apt-cache search",
     )?;
     listing
@@ -261,14 +416,12 @@ fn newest_package(prefix: &str, suffix: &str) -> Result<String> {
         .max()
         .map(|(_, n)| n)
         .ok_or_else(|| {
-            anyhow!(
-                "no package {prefix}*{suffix} in the apt sources (Debian 12): run `apt-get update`"
-            )
+            anyhow!("no package {prefix}*{suffix} in the apt sources: run `apt-get update`")
         })
 }
 
 /// Downloads the package (once) and extracts its vmlinuz (once).
-fn fetch_kernel(work: &Path, pkg: &str) -> Result<PathBuf> {
+fn fetch_kernel(work: &Path, apt: &Apt, pkg: &str) -> Result<PathBuf> {
     let image = work.join("kernels").join(format!("{pkg}.vmlinuz"));
     if image.is_file() {
         return Ok(image);
@@ -289,7 +442,7 @@ fn fetch_kernel(work: &Path, pkg: &str) -> Result<PathBuf> {
         None => {
             step(&format!("apt-get download {pkg}"));
             output(
-                Command::new("apt-get")
+                apt.command("apt-get")
                     .args(["download", pkg])
                     .current_dir(&debs),
                 "apt-get download",
@@ -635,7 +788,7 @@ mod tests {
 
     #[test]
     fn newest_kernel_by_version_not_by_text() {
-        let (p, s) = SERIES[1];
+        let (p, s, _) = SERIES[2];
         let mut names = [
             "linux-image-6.12.9+deb12-cloud-amd64-unsigned",
             "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
@@ -652,10 +805,48 @@ mod tests {
         assert_eq!(
             series_key(
                 "linux-image-6.1.0-56-cloud-amd64-unsigned",
+                SERIES[1].0,
+                SERIES[1].1
+            ),
+            Some(vec![56])
+        );
+        assert_eq!(
+            series_key(
+                "linux-image-5.10.0-46-cloud-amd64-unsigned",
                 SERIES[0].0,
                 SERIES[0].1
             ),
-            Some(vec![56])
+            Some(vec![46])
+        );
+    }
+
+    #[test]
+    fn debian_archives_are_found_in_both_source_formats() {
+        let deb822 = "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\n\
+                      URIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n\
+                      Components: main\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\n\
+                      Suites: bookworm-security\nComponents: main\n";
+        assert_eq!(
+            source_entries(deb822),
+            vec![
+                (
+                    "http://deb.debian.org/debian".to_string(),
+                    vec!["bookworm".to_string(), "bookworm-updates".to_string()]
+                ),
+                (
+                    "http://deb.debian.org/debian-security".to_string(),
+                    vec!["bookworm-security".to_string()]
+                ),
+            ]
+        );
+        let one_line = "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://mirror/debian bookworm main\n\
+                        deb-src http://mirror/debian bookworm main\n";
+        assert_eq!(
+            source_entries(one_line),
+            vec![(
+                "http://mirror/debian".to_string(),
+                vec!["bookworm".to_string()]
+            )]
         );
     }
 

@@ -1,40 +1,119 @@
 //! Turns cumulative per-CPU kernel values into exact per-interval deltas.
 //!
 //! Why no event is lost or counted twice: the kernel maps are never reset. Each drain reads the
-//! cumulative value of every (key, CPU) slot and subtracts the value read by the previous
-//! drain, which it keeps. The deltas therefore telescope: over any run their sum is the last
-//! value read minus the first baseline, and the baseline is zero because sentinel creates its
-//! maps empty. An increment racing with a read shows up in exactly one of two consecutive
-//! reads. A value that goes backwards is a reset (a map re-created under us), not a 2^64 spike:
-//! the delta is then the new absolute value and the interval is flagged. Removing a key from a
-//! keyed map is the one place a count could vanish: only keys that were drained and then stayed
-//! idle for a whole interval are removed (see `KeyedDrain::idle`).
+//! cumulative value of every (key, CPU) slot it needs and subtracts the value read by the
+//! previous drain, which it keeps (flat, one array per map, not a map of vectors). The deltas
+//! therefore telescope: over any run their sum is the last value read minus the first
+//! baseline, and the baseline is zero because sentinel creates its maps empty. An increment
+//! racing with a read shows up in exactly one of two consecutive reads. A value that goes
+//! backwards is a reset (a map re-created under us), not a 2^64 spike: the delta is then the
+//! new absolute value and the interval is flagged.
+//!
+//! What a drain costs: the per-CPU records (one read), the interface and TCP maps (a few
+//! batched reads, whatever their size), and only the container entries whose dirty bit is set,
+//! i.e. those that changed. Removing a key is the one place a count could vanish: interface
+//! and TCP keys are removed only after being drained and idle for a whole interval, and a
+//! container's slot is read one last time before it is freed (see `slots.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use hdrhistogram::Histogram;
 use sentinel_common::{
-    CONTAINER_HIST_BUCKETS, CONTAINER_SCALARS, ContainerKey, Counters, HIST_BUCKETS, IDLE_KEY,
-    IfaceKey, IfaceStats, LatencyHist, OnCpu, counter, hist_bucket_range,
+    CONTAINER_FIELDS, ContainerKey, CpuRecord, HIST_BUCKETS, IFNAME_LEN, IfaceKey, NO_SLOT,
+    counter, hist_bucket_range,
 };
 
 use crate::model::{IfaceDelta, LatencySummary};
 
-/// `ContainerStats` as plain u64 fields (scalars, then the histogram).
-pub const CONTAINER_FIELDS: usize = CONTAINER_SCALARS + CONTAINER_HIST_BUCKETS;
+/// Field indices of a container's `[u64; CONTAINER_FIELDS]` (sentinel-common's
+/// `ContainerStats` order).
+pub mod field {
+    pub const CPU_NS: usize = 0;
+    pub const SWITCHES: usize = 1;
+    pub const FORKS: usize = 2;
+    pub const EXECS: usize = 3;
+    pub const EXITS: usize = 4;
+    pub const ABNORMAL_EXITS: usize = 5;
+    pub const OOM_KILLS: usize = 6;
+    pub const RUNQ_WAIT_NS: usize = 7;
+}
 
-/// Everything one drain reads from the kernel, per CPU.
+/// One (CPU, container slot) entry as read from the kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotRead {
+    pub cpu: u32,
+    pub slot: u32,
+    pub key: ContainerKey,
+    pub values: [u64; CONTAINER_FIELDS],
+}
+
+/// Every entry of a keyed per-CPU map: `values[i * ncpu + cpu]` belongs to `keys[i]`.
+#[derive(Clone, Debug)]
+pub struct KeyedRead<K, const N: usize> {
+    pub ncpu: usize,
+    pub keys: Vec<K>,
+    pub values: Vec<[u64; N]>,
+}
+
+impl<K, const N: usize> Default for KeyedRead<K, N> {
+    fn default() -> Self {
+        Self {
+            ncpu: 0,
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+}
+
+impl<K, const N: usize> KeyedRead<K, N> {
+    pub fn clear(&mut self, ncpu: usize) {
+        self.ncpu = ncpu;
+        self.keys.clear();
+        self.values.clear();
+    }
+
+    pub fn push(&mut self, key: K, per_cpu: impl IntoIterator<Item = [u64; N]>) {
+        self.keys.push(key);
+        let before = self.values.len();
+        self.values.extend(per_cpu);
+        // Every key has exactly `ncpu` values (a short read is padded with zeros).
+        self.values.resize(before + self.ncpu, [0; N]);
+    }
+
+    fn per_cpu(&self, i: usize) -> &[[u64; N]] {
+        &self.values[i * self.ncpu..(i + 1) * self.ncpu]
+    }
+}
+
+/// Everything one drain reads from the kernel.
 #[derive(Clone, Debug, Default)]
 pub struct RawSnapshot {
-    pub counters: Vec<Counters>,
-    pub hist: Vec<LatencyHist>,
-    pub ifaces: Vec<(IfaceKey, Vec<IfaceStats>)>,
-    pub containers: Vec<(ContainerKey, Vec<[u64; CONTAINER_FIELDS]>)>,
-    pub netns_tcp: Vec<(u32, Vec<[u64; 2]>)>,
-    /// Per CPU, the slice running when the snapshot was taken (empty once detached).
-    pub oncpu: Vec<OnCpu>,
-    /// CLOCK_MONOTONIC just before `oncpu` was read.
-    pub oncpu_now_ns: u64,
+    /// Each possible CPU's record: counters, run-queue histogram, the slice running there.
+    pub cpus: Vec<CpuRecord>,
+    /// CLOCK_MONOTONIC just before `cpus` was read; 0 once the programs are detached (no
+    /// slice runs on then).
+    pub now_ns: u64,
+    pub ifaces: KeyedRead<IfaceKey, 4>,
+    /// Device name of each `ifaces` key (the first CPU's that has one).
+    pub iface_names: Vec<[u8; IFNAME_LEN]>,
+    pub netns_tcp: KeyedRead<u32, 2>,
+    /// Container entries that changed since the last drain (and the last read of freed slots).
+    pub containers: Vec<SlotRead>,
+    /// Capacity of the container slot table (entries per CPU).
+    pub container_capacity: u32,
+    /// Containers whose last slot was freed in this drain: forget them.
+    pub retired: Vec<ContainerKey>,
+    /// Per CPU, the container of the slice running there (`None`: the idle task or none).
+    pub running: Vec<Option<ContainerKey>>,
+}
+
+/// One container's deltas over the interval, and how its CPU time and waits split over CPUs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerActivity {
+    pub key: ContainerKey,
+    pub values: [u64; CONTAINER_FIELDS],
+    /// `(cpu, on-CPU ns, run-queue wait ns)` for each CPU where either is non-zero.
+    pub per_cpu: Vec<(u32, u64, u64)>,
 }
 
 /// Deltas of one interval.
@@ -42,10 +121,12 @@ pub struct RawSnapshot {
 pub struct DrainDelta {
     pub counters: [u64; counter::COUNT],
     pub hist: [u64; HIST_BUCKETS],
+    /// Sum of the waits in `hist`, ns (exact).
+    pub runq_wait_ns: u64,
     /// Interfaces with any activity in the interval, sorted by key.
     pub ifaces: Vec<IfaceDelta>,
     /// Containers (keys) with any activity in the interval, sorted by key.
-    pub containers: Vec<(ContainerKey, [u64; CONTAINER_FIELDS])>,
+    pub containers: Vec<ContainerActivity>,
     pub netns_tcp: Vec<(u32, [u64; 2])>,
     pub reset: bool,
 }
@@ -66,95 +147,239 @@ pub fn counter_delta(prev: u64, cur: u64, reset: &mut bool) -> u64 {
 }
 
 /// Per-(key, CPU) deltas of a keyed per-CPU map whose values are `N` monotonic u64 counters.
-/// Bounded by the kernel map: a key lives here only while it is in the kernel map.
+/// Bounded by the kernel map: a key lives here only while it is in the kernel map. Previous
+/// values are kept flat (`prev[index * ncpu + cpu]`), reused through a free list.
 pub struct KeyedDrain<K, const N: usize> {
-    prev: HashMap<K, KeyedPrev<N>>,
-}
-
-struct KeyedPrev<const N: usize> {
-    per_cpu: Vec<[u64; N]>,
-    /// Consecutive drains without any change.
-    idle_drains: u32,
+    index: HashMap<K, usize>,
+    ncpu: usize,
+    prev: Vec<[u64; N]>,
+    /// Per index: consecutive drains without any change, and the drain that last saw it.
+    idle_drains: Vec<u32>,
+    seen: Vec<u64>,
+    keys: Vec<Option<K>>,
+    free: Vec<usize>,
+    generation: u64,
 }
 
 impl<K, const N: usize> Default for KeyedDrain<K, N> {
     fn default() -> Self {
         Self {
-            prev: HashMap::new(),
+            index: HashMap::new(),
+            ncpu: 0,
+            prev: Vec::new(),
+            idle_drains: Vec::new(),
+            seen: Vec::new(),
+            keys: Vec::new(),
+            free: Vec::new(),
+            generation: 0,
         }
     }
 }
 
 impl<K: Copy + Eq + std::hash::Hash + Ord, const N: usize> KeyedDrain<K, N> {
     /// Deltas of the keys with any change, sorted by key.
-    pub fn apply(
-        &mut self,
-        entries: &[(K, Vec<[u64; N]>)],
-        reset: &mut bool,
-    ) -> Vec<(K, [u64; N])> {
+    pub fn apply(&mut self, read: &KeyedRead<K, N>, reset: &mut bool) -> Vec<(K, [u64; N])> {
+        if read.ncpu != self.ncpu && !read.keys.is_empty() {
+            // The CPU count is fixed for a run; a change means a new map: start over.
+            *self = Self {
+                ncpu: read.ncpu,
+                ..Self::default()
+            };
+        }
+        self.generation += 1;
         let mut out = Vec::new();
-        for (key, per_cpu) in entries {
-            let prev = self.prev.entry(*key).or_insert_with(|| KeyedPrev {
-                per_cpu: Vec::new(),
-                idle_drains: 0,
-            });
+        for (i, key) in read.keys.iter().enumerate() {
+            let idx = self.index_of(*key);
+            self.seen[idx] = self.generation;
             let mut sums = [0u64; N];
-            for (cpu, cur) in per_cpu.iter().enumerate() {
-                let before = prev.per_cpu.get(cpu).copied().unwrap_or([0; N]);
+            let prev = &mut self.prev[idx * self.ncpu..(idx + 1) * self.ncpu];
+            for (before, cur) in prev.iter_mut().zip(read.per_cpu(i)) {
                 for j in 0..N {
                     sums[j] = sums[j].wrapping_add(counter_delta(before[j], cur[j], reset));
                 }
+                *before = *cur;
             }
-            prev.per_cpu.clone_from(per_cpu);
             if sums == [0; N] {
-                prev.idle_drains = prev.idle_drains.saturating_add(1);
+                self.idle_drains[idx] = self.idle_drains[idx].saturating_add(1);
             } else {
-                prev.idle_drains = 0;
+                self.idle_drains[idx] = 0;
                 out.push((*key, sums));
             }
         }
         // A key no longer in the kernel map has no previous value any more.
-        if self.prev.len() > entries.len() {
-            let live: HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
-            self.prev.retain(|k, _| live.contains(k));
+        if self.index.len() > read.keys.len() {
+            let gone: Vec<K> = self
+                .index
+                .iter()
+                .filter(|(_, idx)| self.seen[**idx] != self.generation)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in gone {
+                self.forget(&key);
+            }
         }
         out.sort_by_key(|(k, _)| *k);
         out
     }
 
+    fn index_of(&mut self, key: K) -> usize {
+        if let Some(&idx) = self.index.get(&key) {
+            return idx;
+        }
+        let idx = match self.free.pop() {
+            Some(idx) => {
+                self.prev[idx * self.ncpu..(idx + 1) * self.ncpu].fill([0; N]);
+                idx
+            }
+            None => {
+                self.prev.resize(self.prev.len() + self.ncpu, [0; N]);
+                self.idle_drains.push(0);
+                self.seen.push(0);
+                self.keys.push(None);
+                self.keys.len() - 1
+            }
+        };
+        self.idle_drains[idx] = 0;
+        self.keys[idx] = Some(key);
+        self.index.insert(key, idx);
+        idx
+    }
+
     /// Keys idle for at least `drains` drains: only these may be removed from the kernel map,
     /// because a removal can race with an increment only on an entry still in use.
     pub fn idle(&self, drains: u32) -> impl Iterator<Item = K> + '_ {
-        self.prev
+        self.index
             .iter()
-            .filter(move |(_, p)| p.idle_drains >= drains)
+            .filter(move |(_, idx)| self.idle_drains[**idx] >= drains)
             .map(|(k, _)| *k)
     }
 
     pub fn len(&self) -> usize {
-        self.prev.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.prev.is_empty()
+        self.index.is_empty()
     }
 
     pub fn forget(&mut self, key: &K) {
-        self.prev.remove(key);
+        if let Some(idx) = self.index.remove(key) {
+            self.keys[idx] = None;
+            self.free.push(idx);
+        }
+    }
+}
+
+/// Per-(CPU, slot) deltas of the container arrays, summed per container key.
+#[derive(Default)]
+pub struct ContainerDrain {
+    capacity: usize,
+    /// `prev[cpu * capacity + slot]`, grown as CPUs appear.
+    prev: Vec<[u64; CONTAINER_FIELDS]>,
+    /// Per key: consecutive drains without any change.
+    idle_drains: HashMap<ContainerKey, u32>,
+}
+
+impl ContainerDrain {
+    fn apply(
+        &mut self,
+        capacity: u32,
+        reads: &[SlotRead],
+        reset: &mut bool,
+    ) -> Vec<ContainerActivity> {
+        let capacity = capacity as usize;
+        if capacity != self.capacity {
+            *self = Self {
+                capacity,
+                ..Self::default()
+            };
+        }
+        let mut by_key: HashMap<ContainerKey, ContainerActivity> = HashMap::new();
+        for r in reads {
+            let (cpu, slot) = (r.cpu as usize, r.slot as usize);
+            if slot >= capacity {
+                continue;
+            }
+            let at = cpu * capacity + slot;
+            if at >= self.prev.len() {
+                self.prev
+                    .resize((cpu + 1) * capacity, [0; CONTAINER_FIELDS]);
+            }
+            let before = &mut self.prev[at];
+            let mut d = [0u64; CONTAINER_FIELDS];
+            for j in 0..CONTAINER_FIELDS {
+                d[j] = counter_delta(before[j], r.values[j], reset);
+            }
+            *before = r.values;
+            if d == [0; CONTAINER_FIELDS] {
+                continue;
+            }
+            let entry = by_key.entry(r.key).or_insert_with(|| ContainerActivity {
+                key: r.key,
+                values: [0; CONTAINER_FIELDS],
+                per_cpu: Vec::new(),
+            });
+            for (sum, add) in entry.values.iter_mut().zip(d) {
+                *sum = sum.wrapping_add(add);
+            }
+            let (cpu_ns, wait_ns) = (d[field::CPU_NS], d[field::RUNQ_WAIT_NS]);
+            if cpu_ns != 0 || wait_ns != 0 {
+                add_per_cpu(&mut entry.per_cpu, r.cpu, cpu_ns, wait_ns);
+            }
+        }
+        for idle in self.idle_drains.values_mut() {
+            *idle = idle.saturating_add(1);
+        }
+        for key in by_key.keys() {
+            self.idle_drains.insert(*key, 0);
+        }
+        let mut out: Vec<ContainerActivity> = by_key.into_values().collect();
+        out.sort_by_key(|c| c.key);
+        out
+    }
+
+    /// Keys seen before and unchanged for at least `drains` drains.
+    pub fn idle(&self, drains: u32) -> impl Iterator<Item = ContainerKey> + '_ {
+        self.idle_drains
+            .iter()
+            .filter(move |(_, idle)| **idle >= drains)
+            .map(|(k, _)| *k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.idle_drains.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.idle_drains.is_empty()
+    }
+
+    fn forget(&mut self, key: &ContainerKey) {
+        self.idle_drains.remove(key);
+    }
+}
+
+fn add_per_cpu(per_cpu: &mut Vec<(u32, u64, u64)>, cpu: u32, cpu_ns: u64, wait_ns: u64) {
+    match per_cpu.iter_mut().find(|(c, _, _)| *c == cpu) {
+        Some(e) => {
+            e.1 += cpu_ns;
+            e.2 += wait_ns;
+        }
+        None => per_cpu.push((cpu, cpu_ns, wait_ns)),
     }
 }
 
 /// Previous reads, one per (key, CPU).
 #[derive(Default)]
 pub struct Drain {
-    prev_counters: Vec<Counters>,
-    prev_hist: Vec<LatencyHist>,
+    prev_cpus: Vec<CpuRecord>,
     pub ifaces: KeyedDrain<IfaceKey, 4>,
     iface_names: HashMap<IfaceKey, String>,
-    pub containers: KeyedDrain<ContainerKey, CONTAINER_FIELDS>,
+    pub containers: ContainerDrain,
     pub netns_tcp: KeyedDrain<u32, 2>,
     running: RunningSlices,
-    /// Sum of the latest cumulative reads over CPUs (the kernel's total since load).
+    /// Totals since load: the kernel's own sums for the counters it keeps, the sum of every
+    /// delta for those userspace derives (see `derive_network_counters`).
     cumulative: [u64; counter::COUNT],
 }
 
@@ -166,57 +391,33 @@ impl Drain {
     pub fn apply(&mut self, snap: &RawSnapshot) -> DrainDelta {
         let mut reset = false;
         let mut counters = [0u64; counter::COUNT];
-        self.cumulative = [0; counter::COUNT];
-        for (cpu, cur) in snap.counters.iter().enumerate() {
-            let prev = self
-                .prev_counters
-                .get(cpu)
-                .map(|p| p.values)
-                .unwrap_or([0; counter::COUNT]);
-            for i in 0..counter::COUNT {
-                counters[i] =
-                    counters[i].wrapping_add(counter_delta(prev[i], cur.values[i], &mut reset));
-                self.cumulative[i] = self.cumulative[i].wrapping_add(cur.values[i]);
-            }
-        }
-        self.prev_counters.clone_from(&snap.counters);
-
         let mut hist = [0u64; HIST_BUCKETS];
-        for (cpu, cur) in snap.hist.iter().enumerate() {
-            let prev = self.prev_hist.get(cpu).map(|p| &p.buckets);
-            for (b, slot) in hist.iter_mut().enumerate() {
-                let before = prev.map_or(0, |p| p[b]);
-                *slot += counter_delta(before, cur.buckets[b], &mut reset);
+        let mut runq_wait_ns = 0u64;
+        let zero: CpuRecord = bytemuck::Zeroable::zeroed();
+        for (cpu, cur) in snap.cpus.iter().enumerate() {
+            let prev = self.prev_cpus.get(cpu).unwrap_or(&zero);
+            for (i, sum) in counters.iter_mut().enumerate() {
+                *sum =
+                    sum.wrapping_add(counter_delta(prev.counters[i], cur.counters[i], &mut reset));
             }
+            for (b, slot) in hist.iter_mut().enumerate() {
+                *slot += counter_delta(prev.runq_hist[b], cur.runq_hist[b], &mut reset);
+            }
+            runq_wait_ns += counter_delta(prev.runq_wait_ns, cur.runq_wait_ns, &mut reset);
         }
-        self.prev_hist.clone_from(&snap.hist);
+        self.prev_cpus.clone_from(&snap.cpus);
 
-        let iface_values: Vec<(IfaceKey, Vec<[u64; 4]>)> = snap
-            .ifaces
-            .iter()
-            .map(|(k, per_cpu)| {
-                (
-                    *k,
-                    per_cpu
-                        .iter()
-                        .map(|s| [s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes])
-                        .collect(),
-                )
-            })
-            .collect();
-        let changed = self.ifaces.apply(&iface_values, &mut reset);
-        for (key, per_cpu) in &snap.ifaces {
-            if !self.iface_names.contains_key(key)
-                && let Some(stats) = per_cpu.iter().find(|s| s.name[0] != 0)
-            {
-                self.iface_names.insert(*key, ifname(&stats.name));
+        let changed = self.ifaces.apply(&snap.ifaces, &mut reset);
+        for (key, name) in snap.ifaces.keys.iter().zip(&snap.iface_names) {
+            if name[0] != 0 && !self.iface_names.contains_key(key) {
+                self.iface_names.insert(*key, ifname(name));
             }
         }
         if self.iface_names.len() > self.ifaces.len() {
-            let live: HashSet<IfaceKey> = snap.ifaces.iter().map(|(k, _)| *k).collect();
-            self.iface_names.retain(|k, _| live.contains(k));
+            let ifaces = &self.ifaces;
+            self.iface_names.retain(|k, _| ifaces.index.contains_key(k));
         }
-        let ifaces = changed
+        let ifaces: Vec<IfaceDelta> = changed
             .into_iter()
             .map(|(key, d)| IfaceDelta {
                 netns: key.netns,
@@ -228,13 +429,29 @@ impl Drain {
                 tx_bytes: d[3],
             })
             .collect();
-        let mut containers = self.containers.apply(&snap.containers, &mut reset);
-        self.running
-            .credit(snap.oncpu_now_ns, &snap.oncpu, &mut containers);
+        derive_network_counters(&mut counters, &ifaces);
+        for (i, total) in self.cumulative.iter_mut().enumerate() {
+            *total = if is_derived(i) {
+                total.wrapping_add(counters[i])
+            } else {
+                snap.cpus
+                    .iter()
+                    .fold(0u64, |sum, c| sum.wrapping_add(c.counters[i]))
+            };
+        }
+
+        let mut containers =
+            self.containers
+                .apply(snap.container_capacity, &snap.containers, &mut reset);
+        self.running.credit(snap, &mut containers);
+        for key in &snap.retired {
+            self.forget_container(key);
+        }
         let netns_tcp = self.netns_tcp.apply(&snap.netns_tcp, &mut reset);
         DrainDelta {
             counters,
             hist,
+            runq_wait_ns,
             ifaces,
             containers,
             netns_tcp,
@@ -242,7 +459,7 @@ impl Drain {
         }
     }
 
-    /// Sum over CPUs of the latest cumulative counter values.
+    /// Totals since load (see `cumulative`).
     pub fn cumulative(&self) -> &[u64; counter::COUNT] {
         &self.cumulative
     }
@@ -266,6 +483,26 @@ impl Drain {
     }
 }
 
+/// The host-wide packet and byte counters are not counted by the kernel (it would cost every
+/// packet a second add): they are the sum over interfaces plus what found the interface map
+/// full, which is every packet exactly once.
+fn derive_network_counters(counters: &mut [u64; counter::COUNT], ifaces: &[IfaceDelta]) {
+    use counter::*;
+    let sum = |f: fn(&IfaceDelta) -> u64| ifaces.iter().map(f).sum::<u64>();
+    counters[NET_RX_PACKETS] = sum(|i| i.rx_packets) + counters[IFACE_OVERFLOW_RX_PACKETS];
+    counters[NET_RX_BYTES] = sum(|i| i.rx_bytes) + counters[IFACE_OVERFLOW_RX_BYTES];
+    counters[NET_TX_PACKETS] = sum(|i| i.tx_packets) + counters[IFACE_OVERFLOW_TX_PACKETS];
+    counters[NET_TX_BYTES] = sum(|i| i.tx_bytes) + counters[IFACE_OVERFLOW_TX_BYTES];
+}
+
+fn is_derived(index: usize) -> bool {
+    use counter::*;
+    matches!(
+        index,
+        NET_RX_PACKETS | NET_RX_BYTES | NET_TX_PACKETS | NET_TX_BYTES
+    )
+}
+
 /// Credits on-CPU time of slices that are still running at a drain.
 ///
 /// The kernel adds a slice's time to its container only when the task leaves the CPU, so a
@@ -275,6 +512,10 @@ impl Drain {
 /// credited before is owed back by that container, paid from its next kernel deltas. Every
 /// slice is counted exactly once over the run: the credits and the debt cancel. A debt is
 /// bounded by one slice per CPU and dropped with the container.
+///
+/// The slice start is in the CPU's clock (the run queue's, with the `sched_info` source);
+/// the record's `ktime_minus_clock` turns CLOCK_MONOTONIC into that clock. An offset that
+/// drifted a little only moves time between two intervals: the debt still cancels it.
 #[derive(Default)]
 struct RunningSlices {
     per_cpu: Vec<Option<Slice>>,
@@ -283,84 +524,99 @@ struct RunningSlices {
 
 #[derive(Clone, Copy)]
 struct Slice {
-    since_ns: u64,
+    since: u64,
     key: ContainerKey,
     credited: u64,
 }
 
 impl RunningSlices {
-    fn credit(
-        &mut self,
-        now_ns: u64,
-        oncpu: &[OnCpu],
-        containers: &mut Vec<(ContainerKey, [u64; CONTAINER_FIELDS])>,
-    ) {
-        if oncpu.is_empty() || now_ns == 0 {
+    fn credit(&mut self, snap: &RawSnapshot, containers: &mut Vec<ContainerActivity>) {
+        if snap.cpus.is_empty() || snap.now_ns == 0 {
             // Detached: no slice runs on; the debt is still paid from the final deltas.
             self.pay_debt(containers);
             return;
         }
-        self.per_cpu.resize(oncpu.len(), None);
-        for (slot, cur) in self.per_cpu.iter_mut().zip(oncpu) {
+        self.per_cpu.resize(snap.cpus.len(), None);
+        for (cpu, (slot, cur)) in self.per_cpu.iter_mut().zip(&snap.cpus).enumerate() {
             if let Some(prev) = *slot
-                && prev.since_ns != cur.since_ns
+                && prev.since != cur.since
             {
                 // Ended since the last drain: the kernel counted all of it.
                 *self.debt.entry(prev.key).or_default() += prev.credited;
                 *slot = None;
             }
-            if cur.since_ns == 0 || cur.key == IDLE_KEY || cur.since_ns > now_ns {
-                // No slice yet, the idle task, or one that began after the clock was read.
+            let now = snap.now_ns.wrapping_sub(cur.ktime_minus_clock);
+            let key = snap.running.get(cpu).copied().flatten();
+            let Some(key) = key.filter(|_| cur.cur_slot != NO_SLOT) else {
+                continue; // the idle task
+            };
+            if cur.since == 0 || cur.since > now {
+                // No slice yet, or one that began after the clock was read.
                 continue;
             }
-            let slice = slot.get_or_insert(Slice {
-                since_ns: cur.since_ns,
-                key: cur.key,
+            let s = slot.get_or_insert(Slice {
+                since: cur.since,
+                key,
                 credited: 0,
             });
-            let running = now_ns - cur.since_ns;
-            let add = running.saturating_sub(slice.credited);
-            slice.credited = slice.credited.max(running);
+            let running = now - cur.since;
+            let add = running.saturating_sub(s.credited);
+            s.credited = s.credited.max(running);
             if add > 0 {
-                add_cpu_ns(containers, slice.key, add);
+                add_cpu_ns(containers, s.key, cpu as u32, add);
             }
         }
         self.pay_debt(containers);
     }
 
-    fn pay_debt(&mut self, containers: &mut [(ContainerKey, [u64; CONTAINER_FIELDS])]) {
+    fn pay_debt(&mut self, containers: &mut [ContainerActivity]) {
         if self.debt.is_empty() {
             return;
         }
-        for (key, d) in containers.iter_mut() {
-            if let Some(owed) = self.debt.get_mut(key) {
-                let paid = (*owed).min(d[0]);
-                d[0] -= paid;
+        for c in containers.iter_mut() {
+            if let Some(owed) = self.debt.get_mut(&c.key) {
+                let paid = (*owed).min(c.values[field::CPU_NS]);
+                c.values[field::CPU_NS] -= paid;
                 *owed -= paid;
+                // The per-CPU split pays from the largest share first; it stays a split of
+                // the container's total.
+                let mut left = paid;
+                c.per_cpu.sort_by_key(|e| std::cmp::Reverse(e.1));
+                for e in &mut c.per_cpu {
+                    let take = left.min(e.1);
+                    e.1 -= take;
+                    left -= take;
+                }
+                c.per_cpu.retain(|e| e.1 != 0 || e.2 != 0);
+                c.per_cpu.sort_by_key(|e| e.0);
             }
         }
         self.debt.retain(|_, owed| *owed > 0);
     }
 
-    /// Forgets the debt of a container whose entry was removed.
+    /// Forgets the debt of a container whose slots were all freed.
     fn forget(&mut self, key: &ContainerKey) {
         self.debt.remove(key);
     }
 }
 
-fn add_cpu_ns(
-    containers: &mut Vec<(ContainerKey, [u64; CONTAINER_FIELDS])>,
-    key: ContainerKey,
-    ns: u64,
-) {
-    match containers.binary_search_by(|(k, _)| k.cmp(&key)) {
-        Ok(i) => containers[i].1[0] += ns,
+fn add_cpu_ns(containers: &mut Vec<ContainerActivity>, key: ContainerKey, cpu: u32, ns: u64) {
+    let i = match containers.binary_search_by(|c| c.key.cmp(&key)) {
+        Ok(i) => i,
         Err(i) => {
-            let mut d = [0; CONTAINER_FIELDS];
-            d[0] = ns;
-            containers.insert(i, (key, d));
+            containers.insert(
+                i,
+                ContainerActivity {
+                    key,
+                    values: [0; CONTAINER_FIELDS],
+                    per_cpu: Vec::new(),
+                },
+            );
+            i
         }
-    }
+    };
+    containers[i].values[field::CPU_NS] += ns;
+    add_per_cpu(&mut containers[i].per_cpu, cpu, ns, 0);
 }
 
 fn ifname(raw: &[u8]) -> String {
@@ -384,7 +640,8 @@ impl Default for LatencySummarizer {
 }
 
 impl LatencySummarizer {
-    pub fn summarize(&mut self, buckets: &[u64; HIST_BUCKETS]) -> LatencySummary {
+    /// `sum_ns` is the kernel's exact sum of the waits, for the mean.
+    pub fn summarize(&mut self, buckets: &[u64; HIST_BUCKETS], sum_ns: u64) -> LatencySummary {
         self.hist.reset();
         let mut count = 0u64;
         for (idx, &n) in buckets.iter().enumerate() {
@@ -397,28 +654,48 @@ impl LatencySummarizer {
             let _ = self.hist.record_n(mid, n);
             count += n;
         }
-        self.finish(count)
+        self.finish(count, sum_ns)
     }
 }
 
 impl LatencySummarizer {
-    /// Summarises a per-container histogram (plain log2 buckets, 2x resolution).
-    pub fn summarize_log2(&mut self, buckets: &[u64]) -> LatencySummary {
-        self.hist.reset();
-        let mut count = 0u64;
-        for (b, &n) in buckets.iter().enumerate() {
-            if n == 0 {
-                continue;
-            }
+    /// Summarises a per-container histogram (plain log2 buckets, 2x resolution), each value
+    /// at its bucket's midpoint as for the global one, straight from the 32 buckets: with a
+    /// thousand containers an hdrhistogram reset and walk per container was most of the
+    /// daemon's time per interval.
+    pub fn summarize_log2(&mut self, buckets: &[u64], sum_ns: u64) -> LatencySummary {
+        let count = buckets.iter().fold(0u64, |s, n| s.saturating_add(*n));
+        let Some(top) = buckets.iter().rposition(|&n| n > 0) else {
+            return LatencySummary::default();
+        };
+        let mid = |b: usize| {
             let low = 1u64 << b;
-            let mid = (low + low / 2).clamp(1, self.hist.high());
-            let _ = self.hist.record_n(mid, n);
-            count += n;
+            low + low / 2
+        };
+        let at = |q: f64| {
+            // The rank hdrhistogram uses: the value below which a share q of the count lies.
+            let rank = ((q * count as f64) + 0.5).max(1.0) as u64;
+            let mut seen = 0u64;
+            for (b, &n) in buckets.iter().enumerate() {
+                seen = seen.saturating_add(n);
+                if seen >= rank {
+                    return mid(b);
+                }
+            }
+            mid(top)
+        };
+        let us = |ns: u64| ns as f64 / 1000.0;
+        LatencySummary {
+            p50: us(at(0.50)),
+            p99: us(at(0.99)),
+            max: us(mid(top)),
+            mean: sum_ns as f64 / count as f64 / 1000.0,
+            sum: sum_ns as f64 / 1000.0,
+            count,
         }
-        self.finish(count)
     }
 
-    fn finish(&self, count: u64) -> LatencySummary {
+    fn finish(&self, count: u64, sum_ns: u64) -> LatencySummary {
         if count == 0 {
             return LatencySummary::default();
         }
@@ -427,6 +704,8 @@ impl LatencySummarizer {
             p50: us(self.hist.value_at_quantile(0.50)),
             p99: us(self.hist.value_at_quantile(0.99)),
             max: us(self.hist.max()),
+            mean: sum_ns as f64 / count as f64 / 1000.0,
+            sum: sum_ns as f64 / 1000.0,
             count,
         }
     }
@@ -435,21 +714,21 @@ impl LatencySummarizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sentinel_common::hist_bucket;
+    use sentinel_common::{CONTAINER_HIST_BUCKETS, hist_bucket};
 
-    fn counters(values: &[(usize, u64)]) -> Counters {
-        let mut c = Counters {
-            values: [0; counter::COUNT],
-        };
+    fn cpu(values: &[(usize, u64)]) -> CpuRecord {
+        let mut c: CpuRecord = bytemuck::Zeroable::zeroed();
+        c.cur_slot = NO_SLOT;
         for &(i, v) in values {
-            c.values[i] = v;
+            c.counters[i] = v;
         }
         c
     }
 
-    fn snap(per_cpu: Vec<Counters>) -> RawSnapshot {
+    fn snap(cpus: Vec<CpuRecord>) -> RawSnapshot {
         RawSnapshot {
-            counters: per_cpu,
+            cpus,
+            container_capacity: 8,
             ..Default::default()
         }
     }
@@ -458,21 +737,22 @@ mod tests {
     fn deltas_telescope_to_the_final_cumulative_count() {
         let mut drain = Drain::new();
         let mut total = 0u64;
-        let mut cpu = [0u64; 3];
+        let mut per_cpu = [0u64; 3];
         for step in 1..=200u64 {
-            for (i, c) in cpu.iter_mut().enumerate() {
+            for (i, c) in per_cpu.iter_mut().enumerate() {
                 *c += step * (i as u64 + 1) % 7;
             }
             let s = snap(
-                cpu.iter()
-                    .map(|&v| counters(&[(counter::SCHED_SWITCH, v)]))
+                per_cpu
+                    .iter()
+                    .map(|&v| cpu(&[(counter::SCHED_SWITCH, v)]))
                     .collect(),
             );
             let d = drain.apply(&s);
             assert!(!d.reset);
             total += d.counters[counter::SCHED_SWITCH];
         }
-        assert_eq!(total, cpu.iter().sum::<u64>());
+        assert_eq!(total, per_cpu.iter().sum::<u64>());
         assert_eq!(drain.cumulative()[counter::SCHED_SWITCH], total);
     }
 
@@ -482,8 +762,8 @@ mod tests {
         assert_eq!(counter_delta(u64::MAX - 2, 5, &mut reset), 8);
         assert!(!reset);
         let mut drain = Drain::new();
-        drain.apply(&snap(vec![counters(&[(0, u64::MAX - 10)])]));
-        let d = drain.apply(&snap(vec![counters(&[(0, 4)])]));
+        drain.apply(&snap(vec![cpu(&[(0, u64::MAX - 10)])]));
+        let d = drain.apply(&snap(vec![cpu(&[(0, 4)])]));
         assert_eq!(d.counters[0], 15);
         assert!(!d.reset);
     }
@@ -491,11 +771,11 @@ mod tests {
     #[test]
     fn a_decrease_is_a_reset_not_a_huge_delta() {
         let mut drain = Drain::new();
-        drain.apply(&snap(vec![counters(&[(0, 1_000_000)])]));
-        let d = drain.apply(&snap(vec![counters(&[(0, 40)])]));
+        drain.apply(&snap(vec![cpu(&[(0, 1_000_000)])]));
+        let d = drain.apply(&snap(vec![cpu(&[(0, 40)])]));
         assert!(d.reset);
         assert_eq!(d.counters[0], 40);
-        let d = drain.apply(&snap(vec![counters(&[(0, 45)])]));
+        let d = drain.apply(&snap(vec![cpu(&[(0, 45)])]));
         assert!(!d.reset);
         assert_eq!(d.counters[0], 5);
     }
@@ -514,7 +794,7 @@ mod tests {
             7,
         ];
         for v in values {
-            let d = drain.apply(&snap(vec![counters(&[(0, v)])]));
+            let d = drain.apply(&snap(vec![cpu(&[(0, v)])]));
             assert!(
                 d.counters[0] <= 1 << 63,
                 "value {v} gave delta {}",
@@ -523,24 +803,25 @@ mod tests {
         }
     }
 
+    fn iface_read(entries: &[(IfaceKey, Vec<[u64; 4]>)], ncpu: usize) -> KeyedRead<IfaceKey, 4> {
+        let mut r = KeyedRead::default();
+        r.clear(ncpu);
+        for (k, v) in entries {
+            r.push(*k, v.iter().copied());
+        }
+        r
+    }
+
     #[test]
     fn new_cpu_or_key_starts_from_zero_and_gone_keys_are_forgotten() {
         let key = IfaceKey {
             netns: 7,
             ifindex: 1,
         };
-        let stats = |rx| IfaceStats {
-            rx_packets: rx,
-            rx_bytes: rx * 100,
-            tx_packets: 0,
-            tx_bytes: 0,
-            name: *b"lo\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
-        };
         let mut drain = Drain::new();
-        let mut s = RawSnapshot {
-            ifaces: vec![(key, vec![stats(3), stats(4)])],
-            ..Default::default()
-        };
+        let mut s = snap(vec![]);
+        s.ifaces = iface_read(&[(key, vec![[3, 300, 0, 0], [4, 400, 0, 0]])], 2);
+        s.iface_names = vec![*b"lo\0\0\0\0\0\0\0\0\0\0\0\0\0\0"];
         let d = drain.apply(&s);
         assert_eq!(d.ifaces.len(), 1);
         assert_eq!(d.ifaces[0].rx_packets, 7);
@@ -548,112 +829,291 @@ mod tests {
         let d = drain.apply(&s);
         assert!(d.ifaces.is_empty(), "idle interfaces are not reported");
         assert_eq!(drain.idle_ifaces(1).collect::<Vec<_>>(), vec![key]);
-        s.ifaces.clear();
+        s.ifaces = iface_read(&[], 2);
+        s.iface_names.clear();
         drain.apply(&s);
         assert_eq!(drain.iface_entries(), 0);
     }
 
     #[test]
-    fn keyed_drain_sums_cpus_and_reports_only_changed_keys() {
+    fn keyed_drain_sums_cpus_reports_only_changed_keys_and_reuses_forgotten_rows() {
         let mut kd: KeyedDrain<u64, 2> = KeyedDrain::default();
         let mut reset = false;
+        let read = |e: &[(u64, [[u64; 2]; 2])]| {
+            let mut r = KeyedRead::default();
+            r.clear(2);
+            for (k, v) in e {
+                r.push(*k, v.iter().copied());
+            }
+            r
+        };
         let d = kd.apply(
-            &[(1, vec![[1, 2], [3, 4]]), (2, vec![[0, 0], [0, 0]])],
+            &read(&[(1, [[1, 2], [3, 4]]), (2, [[0, 0], [0, 0]])]),
             &mut reset,
         );
         assert_eq!(d, vec![(1, [4, 6])]);
         let d = kd.apply(
-            &[(1, vec![[1, 2], [5, 4]]), (2, vec![[0, 0], [0, 9]])],
+            &read(&[(1, [[1, 2], [5, 4]]), (2, [[0, 0], [0, 9]])]),
             &mut reset,
         );
         assert_eq!(d, vec![(1, [2, 0]), (2, [0, 9])]);
         assert!(!reset);
-        let d = kd.apply(&[(1, vec![[1, 2], [5, 4]])], &mut reset);
+        let d = kd.apply(&read(&[(1, [[1, 2], [5, 4]])]), &mut reset);
         assert!(d.is_empty());
         assert_eq!(kd.len(), 1, "key 2 left the kernel map, so it is forgotten");
         assert_eq!(kd.idle(1).collect::<Vec<_>>(), vec![1]);
+        // A new key takes key 2's row: it starts from zero, not from key 2's last values.
+        let d = kd.apply(
+            &read(&[(1, [[1, 2], [5, 4]]), (3, [[0, 1], [0, 0]])]),
+            &mut reset,
+        );
+        assert_eq!(d, vec![(3, [0, 1])]);
+        assert!(!reset);
     }
 
     #[test]
-    fn latency_summary_matches_recorded_buckets() {
-        let mut buckets = [0u64; HIST_BUCKETS];
-        buckets[hist_bucket(10_000)] += 98; // 10 us
-        buckets[hist_bucket(2_000_000)] += 2; // 2 ms
-        let s = LatencySummarizer::default().summarize(&buckets);
+    fn network_totals_are_the_interfaces_plus_overflow_and_telescope() {
+        let key = IfaceKey {
+            netns: 1,
+            ifindex: 1,
+        };
+        let mut drain = Drain::new();
+        let mut sum = 0;
+        for step in 1..=5u64 {
+            let mut s = snap(vec![cpu(&[(counter::IFACE_OVERFLOW_TX_PACKETS, step)])]);
+            s.ifaces = iface_read(&[(key, vec![[0, 0, 10 * step, 100 * step]])], 1);
+            s.iface_names = vec![[0; IFNAME_LEN]];
+            let d = drain.apply(&s);
+            assert_eq!(d.counters[counter::NET_TX_PACKETS], 11);
+            assert_eq!(d.counters[counter::NET_TX_BYTES], 100);
+            sum += d.counters[counter::NET_TX_PACKETS];
+        }
+        assert_eq!(drain.cumulative()[counter::NET_TX_PACKETS], sum);
+        assert_eq!(sum, 55);
+    }
+
+    #[test]
+    fn container_summary_reads_its_log2_buckets() {
+        let mut buckets = [0u64; CONTAINER_HIST_BUCKETS];
+        buckets[10] = 98; // 1024..2048 ns
+        buckets[20] = 2; // about 1 ms
+        let s = LatencySummarizer::default().summarize_log2(&buckets, 3_000_000);
         assert_eq!(s.count, 100);
-        assert!((8.0..=12.5).contains(&s.p50), "p50 {}", s.p50);
-        assert!((1600.0..=2500.0).contains(&s.p99), "p99 {}", s.p99);
-        assert!(s.max >= s.p99);
+        assert!((s.p50 - 1.536).abs() < 1e-9, "p50 {}", s.p50);
+        assert!((s.p99 - 1572.864).abs() < 1e-9, "p99 {}", s.p99);
+        assert!((s.max - 1572.864).abs() < 1e-9);
+        assert!((s.mean - 30.0).abs() < 1e-9);
+        let one = {
+            let mut b = [0u64; CONTAINER_HIST_BUCKETS];
+            b[3] = 1;
+            LatencySummarizer::default().summarize_log2(&b, 11)
+        };
+        assert_eq!(
+            (one.p50, one.p99, one.max, one.count),
+            (0.012, 0.012, 0.012, 1)
+        );
         assert_eq!(
             LatencySummarizer::default()
-                .summarize(&[0; HIST_BUCKETS])
+                .summarize_log2(&[0; CONTAINER_HIST_BUCKETS], 0)
                 .count,
             0
         );
     }
 
-    fn running_snap(now: u64, oncpu: &[(u64, u64)], cpu_ns: &[(u64, u64)]) -> RawSnapshot {
-        RawSnapshot {
-            oncpu: oncpu
+    #[test]
+    fn latency_summary_matches_recorded_buckets_and_the_exact_mean() {
+        let mut buckets = [0u64; HIST_BUCKETS];
+        buckets[hist_bucket(10_000)] += 98; // 10 us
+        buckets[hist_bucket(2_000_000)] += 2; // 2 ms
+        let sum = 98 * 10_000 + 2 * 2_000_000;
+        let s = LatencySummarizer::default().summarize(&buckets, sum);
+        assert_eq!(s.count, 100);
+        assert!((8.0..=12.5).contains(&s.p50), "p50 {}", s.p50);
+        assert!((1600.0..=2500.0).contains(&s.p99), "p99 {}", s.p99);
+        assert!(s.max >= s.p99);
+        assert!((s.mean - 49.8).abs() < 1e-9, "mean {}", s.mean);
+        assert!((s.sum - 4980.0).abs() < 1e-9);
+        assert_eq!(
+            LatencySummarizer::default()
+                .summarize(&[0; HIST_BUCKETS], 0)
+                .count,
+            0
+        );
+    }
+
+    fn slot(cpu: u32, slot: u32, key: ContainerKey, f: &[(usize, u64)]) -> SlotRead {
+        let mut values = [0u64; CONTAINER_FIELDS];
+        for &(i, v) in f {
+            values[i] = v;
+        }
+        SlotRead {
+            cpu,
+            slot,
+            key,
+            values,
+        }
+    }
+
+    fn activity(d: &DrainDelta, key: ContainerKey) -> Option<&ContainerActivity> {
+        d.containers.iter().find(|c| c.key == key)
+    }
+
+    #[test]
+    fn container_deltas_sum_cpus_and_slots_per_key_with_the_per_cpu_split() {
+        let mut drain = Drain::new();
+        let mut s = snap(vec![]);
+        s.containers = vec![
+            slot(0, 1, 7, &[(field::CPU_NS, 100), (field::RUNQ_WAIT_NS, 5)]),
+            slot(1, 1, 7, &[(field::CPU_NS, 50), (field::FORKS, 2)]),
+            // A second slot of the same key (a recycled key before the old slot was freed).
+            slot(1, 3, 7, &[(field::CPU_NS, 1)]),
+            slot(0, 2, 9, &[(field::EXECS, 4)]),
+        ];
+        let d = drain.apply(&s);
+        let c = activity(&d, 7).unwrap();
+        assert_eq!(c.values[field::CPU_NS], 151);
+        assert_eq!(c.values[field::FORKS], 2);
+        assert_eq!(c.per_cpu, vec![(0, 100, 5), (1, 51, 0)]);
+        assert_eq!(activity(&d, 9).unwrap().values[field::EXECS], 4);
+        assert!(activity(&d, 9).unwrap().per_cpu.is_empty());
+        // Only what changed is read the next time; an unchanged read adds nothing.
+        s.containers = vec![slot(
+            0,
+            1,
+            7,
+            &[(field::CPU_NS, 130), (field::RUNQ_WAIT_NS, 5)],
+        )];
+        let d = drain.apply(&s);
+        assert_eq!(activity(&d, 7).unwrap().values[field::CPU_NS], 30);
+        assert!(activity(&d, 9).is_none());
+        assert_eq!(drain.containers.idle(1).collect::<Vec<_>>(), vec![9]);
+    }
+
+    /// Exactness under slot reuse: whatever the order of reads, retirements and reuse, the
+    /// deltas of each key add up to what the kernel counted for it.
+    #[test]
+    fn container_deltas_telescope_across_slot_reuse() {
+        let mut drain = Drain::new();
+        // Kernel state: cumulative value of (cpu, slot) and the owner of each slot.
+        let mut kernel = [[0u64; 4]; 2];
+        let mut counted: HashMap<ContainerKey, u64> = HashMap::new();
+        let mut reported: HashMap<ContainerKey, u64> = HashMap::new();
+        let mut owner = [10u64, 11, 12, 13];
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for step in 0..500 {
+            let mut dirty = Vec::new();
+            for _ in 0..(next() % 6) {
+                let (c, s) = ((next() % 2) as usize, (next() % 4) as usize);
+                let n = next() % 1000;
+                kernel[c][s] += n;
+                *counted.entry(owner[s]).or_default() += n;
+                dirty.push((c, s));
+            }
+            // Every 50 drains a slot is retired: read on every CPU, then reused by a new key.
+            let retire = (step % 50 == 49).then(|| (next() % 4) as usize);
+            if let Some(s) = retire {
+                dirty.extend([(0, s), (1, s)]);
+            }
+            dirty.sort_unstable();
+            dirty.dedup();
+            let mut snap = snap(vec![]);
+            snap.containers = dirty
                 .iter()
-                .map(|&(since_ns, key)| OnCpu { since_ns, key })
+                .map(|&(c, s)| slot(c as u32, s as u32, owner[s], &[(0, kernel[c][s])]))
+                .collect();
+            let d = drain.apply(&snap);
+            for c in &d.containers {
+                *reported.entry(c.key).or_default() += c.values[0];
+            }
+            if let Some(s) = retire {
+                owner[s] = 100 + step as u64;
+            }
+        }
+        assert_eq!(reported, counted);
+    }
+
+    fn running(
+        now: u64,
+        oncpu: &[(u64, Option<ContainerKey>)],
+        cpu_ns: &[(u64, u64)],
+    ) -> RawSnapshot {
+        RawSnapshot {
+            cpus: oncpu
+                .iter()
+                .map(|&(since, key)| {
+                    let mut c = cpu(&[]);
+                    c.since = since;
+                    c.cur_slot = if key.is_some() { 1 } else { NO_SLOT };
+                    c
+                })
                 .collect(),
-            oncpu_now_ns: now,
+            running: oncpu.iter().map(|(_, k)| *k).collect(),
+            now_ns: now,
+            container_capacity: 16,
             containers: cpu_ns
                 .iter()
-                .map(|&(key, ns)| {
-                    let mut v = [0u64; CONTAINER_FIELDS];
-                    v[0] = ns;
-                    (key, vec![v])
-                })
+                .map(|&(key, ns)| slot(0, key as u32, key, &[(field::CPU_NS, ns)]))
                 .collect(),
             ..Default::default()
         }
     }
 
     fn cpu_of(delta: &DrainDelta, key: u64) -> u64 {
-        delta
-            .containers
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map_or(0, |(_, d)| d[0])
+        activity(delta, key).map_or(0, |c| c.values[field::CPU_NS])
     }
 
     #[test]
     fn a_running_slice_is_credited_as_it_runs_and_counted_once_when_it_ends() {
         let mut drain = Drain::new();
         // Container 7 got the CPU at t=100 and is still on it at t=300 and t=500.
-        let d1 = drain.apply(&running_snap(300, &[(100, 7)], &[]));
-        let d2 = drain.apply(&running_snap(500, &[(100, 7)], &[]));
+        let d1 = drain.apply(&running(300, &[(100, Some(7))], &[]));
+        let d2 = drain.apply(&running(500, &[(100, Some(7))], &[]));
         assert_eq!((cpu_of(&d1, 7), cpu_of(&d2, 7)), (200, 200));
+        assert_eq!(activity(&d1, 7).unwrap().per_cpu, vec![(0, 200, 0)]);
         // It left at t=600 (the kernel added the whole slice, 500 ns); container 9 runs since.
-        let d3 = drain.apply(&running_snap(700, &[(600, 9)], &[(7, 500)]));
+        let d3 = drain.apply(&running(700, &[(600, Some(9))], &[(7, 500)]));
         assert_eq!(cpu_of(&d3, 7), 100, "only the part not credited before");
+        assert_eq!(activity(&d3, 7).unwrap().per_cpu, vec![(0, 100, 0)]);
         assert_eq!(cpu_of(&d3, 9), 100);
         let total_7: u64 = [&d1, &d2, &d3].iter().map(|d| cpu_of(d, 7)).sum();
         assert_eq!(total_7, 500, "the slice, exactly once");
     }
 
     #[test]
+    fn the_running_slice_is_read_in_the_cpus_clock() {
+        let mut drain = Drain::new();
+        // The CPU's clock runs 1_000 behind CLOCK_MONOTONIC: at monotonic 1_300 it reads 300.
+        let mut s = running(1_300, &[(100, Some(7))], &[]);
+        s.cpus[0].ktime_minus_clock = 1_000;
+        assert_eq!(cpu_of(&drain.apply(&s), 7), 200);
+    }
+
+    #[test]
     fn debt_is_paid_from_later_deltas_and_idle_is_never_credited() {
         let mut drain = Drain::new();
-        let d1 = drain.apply(&running_snap(1_000, &[(0, 7), (400, IDLE_KEY)], &[]));
+        let d1 = drain.apply(&running(1_000, &[(0, Some(7)), (400, None)], &[]));
         assert!(d1.containers.is_empty(), "no slice yet and the idle task");
-        let d2 = drain.apply(&running_snap(2_000, &[(1_500, 7), (400, IDLE_KEY)], &[]));
+        let d2 = drain.apply(&running(2_000, &[(1_500, Some(7)), (400, None)], &[]));
         assert_eq!(cpu_of(&d2, 7), 500);
-        // The slice ended after the ONCPU read but before the CONTAINERS read of the previous
-        // drain would have seen it: here the kernel delta shows up one drain late, in pieces.
-        let d3 = drain.apply(&running_snap(3_000, &[(2_600, 8)], &[(7, 300)]));
+        // The slice ended after the record read but before the previous drain's container
+        // read would have seen it: the kernel delta shows up one drain late, in pieces.
+        let d3 = drain.apply(&running(3_000, &[(2_600, Some(8))], &[(7, 300)]));
         assert_eq!(cpu_of(&d3, 7), 0, "300 of the 500 owed paid");
-        let d4 = drain.apply(&running_snap(4_000, &[(2_600, 8)], &[(7, 1_100)]));
+        let d4 = drain.apply(&running(4_000, &[(2_600, Some(8))], &[(7, 1_100)]));
         assert_eq!(
             cpu_of(&d4, 7),
             600,
             "the remaining 200 owed paid, then counted"
         );
         // Detached: nothing more is credited.
-        let mut detached = running_snap(5_000, &[], &[(7, 1_100), (8, 0)]);
-        detached.oncpu.clear();
+        let mut detached = running(0, &[], &[(7, 1_100), (8, 0)]);
+        detached.cpus.clear();
         let d5 = drain.apply(&detached);
         assert_eq!(cpu_of(&d5, 8), 0);
     }

@@ -2,24 +2,26 @@
 //! (a hook that fails disables its signal with one warning, the rest keeps running) and keeps
 //! the maps so they can still be read after the programs are detached.
 
-use std::{
-    collections::HashSet,
-    path::{Path, PathBuf},
-};
+use std::{os::fd::AsFd, path::PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Queue},
     programs::BtfTracePoint,
 };
 use sentinel_common::{
-    ContainerKey, ContainerStats, Counters, IfaceKey, IfaceStats, LatencyHist, NetnsTcp, OnCpu,
-    counter, global,
+    CONTAINER_FIELDS, ContainerKey, CpuRecord, IDLE_KEY, IFNAME_LEN, IfaceKey, IfaceStats, NO_SLOT,
+    NetnsTcp, counter, dirty_words, global, runq_source,
 };
 use tracing::{info, warn};
 
-use super::{drain::RawSnapshot, offsets::Offsets};
+use super::{
+    bpf_sys::{BatchReader, MappedArray, delete},
+    drain::RawSnapshot,
+    offsets::Offsets,
+    slots::ContainerArrays,
+};
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded 8-byte aligned, so the
 /// `sentinel` binary is the only file to deploy.
@@ -179,6 +181,88 @@ impl KeyMode {
     }
 }
 
+/// Where the run-queue wait of a task comes from; see sentinel-ebpf's sched.rs.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RunqSource {
+    /// `sched_info` where the kernel keeps it, `hash` otherwise.
+    #[default]
+    Auto,
+    /// The kernel's own enqueue stamp against its run queue's clock: no map operation.
+    #[value(name = "sched_info")]
+    SchedInfo,
+    /// A wakeup timestamp in a hash map shared by all CPUs (any kernel).
+    Hash,
+}
+
+impl RunqSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunqSource::Auto => "auto",
+            RunqSource::SchedInfo => "sched_info",
+            RunqSource::Hash => "hash",
+        }
+    }
+
+    /// The source to use on this kernel: `auto` picks `sched_info` when the kernel has it; a
+    /// forced `sched_info` it lacks is an error naming what is missing.
+    pub fn resolve(self, offsets: &Offsets) -> Result<RunqSource> {
+        match (self, sched_info_missing(offsets)) {
+            (RunqSource::Auto | RunqSource::SchedInfo, None) => Ok(RunqSource::SchedInfo),
+            (RunqSource::Auto, Some(_)) | (RunqSource::Hash, _) => Ok(RunqSource::Hash),
+            (RunqSource::SchedInfo, Some(why)) => {
+                bail!("run-queue source sched_info is not available on this kernel: {why}")
+            }
+        }
+    }
+
+    fn as_global(self) -> u32 {
+        match self {
+            RunqSource::Hash => runq_source::HASH,
+            _ => runq_source::SCHED_INFO,
+        }
+    }
+}
+
+/// Why the `sched_info` source cannot be used here, or `None` when it can: the kernel must
+/// have the members in BTF and keep the stamps (CONFIG_SCHED_INFO; before 5.14 also
+/// CONFIG_SCHEDSTATS or delay accounting), which `/proc/self/schedstat` shows: this process has
+/// run, so a kernel that keeps them reports a non-zero number of timeslices.
+pub fn sched_info_missing(offsets: &Offsets) -> Option<String> {
+    if let Err(e) = &offsets.sched_info {
+        return Some(e.clone());
+    }
+    match std::fs::read_to_string("/proc/self/schedstat") {
+        Err(e) => Some(format!(
+            "/proc/self/schedstat: {e} (kernel without CONFIG_SCHED_INFO)"
+        )),
+        Ok(text) => {
+            let slices = text
+                .split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse::<u64>().ok());
+            match slices {
+                Some(n) if n > 0 => None,
+                _ => Some(
+                    "the kernel does not keep run-queue stamps (/proc/self/schedstat reads 0: \
+                     before Linux 5.14 that needs CONFIG_SCHEDSTATS or delay accounting)"
+                        .to_string(),
+                ),
+            }
+        }
+    }
+}
+
 /// True when /sys/fs/cgroup itself is a cgroup2 mount (no v1 controllers in use).
 pub fn cgroup2_only() -> bool {
     nix::sys::statfs::statfs("/sys/fs/cgroup")
@@ -194,6 +278,7 @@ pub struct LoadOptions {
     pub iface_capacity: u32,
     pub container_capacity: u32,
     pub key_mode: KeyMode,
+    pub runq_source: RunqSource,
     /// Test hook: attach these tracepoints under a name that does not exist, to show that a
     /// missing tracepoint degrades one signal and not the daemon.
     pub simulate_missing: Vec<String>,
@@ -209,6 +294,7 @@ impl Default for LoadOptions {
             iface_capacity: sentinel_common::IFACE_MAP_CAPACITY,
             container_capacity: sentinel_common::CONTAINER_MAP_CAPACITY,
             key_mode: KeyMode::Auto,
+            runq_source: RunqSource::Auto,
             simulate_missing: Vec::new(),
             simulate_verifier_reject: false,
         }
@@ -226,14 +312,18 @@ pub struct Collector {
     /// Programs and links; `None` once detached. Dropping it detaches and unloads everything
     /// (links are file-descriptor based, nothing is pinned, so even SIGKILL leaves nothing).
     ebpf: Option<Ebpf>,
-    counters: PerCpuArray<MapData, Counters>,
-    hist: PerCpuArray<MapData, LatencyHist>,
-    ifaces: PerCpuHashMap<MapData, IfaceKey, IfaceStats>,
-    containers: PerCpuHashMap<MapData, ContainerKey, ContainerStats>,
-    netns_tcp: PerCpuHashMap<MapData, u32, NetnsTcp>,
-    oncpu: PerCpuArray<MapData, OnCpu>,
+    records: PerCpuArray<MapData, CpuRecord>,
+    ifaces: MapData,
+    iface_reader: BatchReader,
+    netns_tcp: MapData,
+    netns_reader: BatchReader,
+    containers: ContainerMaps,
+    /// Possible CPUs (the per-CPU maps have a value for each).
+    ncpu: usize,
     pub container_capacity: u32,
     pub key_mode: KeyMode,
+    /// The run-queue source in use (never `Auto`).
+    pub runq_source: RunqSource,
     pub disabled: Vec<DisabledHook>,
     pub iface_capacity: u32,
     pub offsets: Offsets,
@@ -263,6 +353,10 @@ impl Collector {
         let tracefs = super::tracefs::ensure_mounted();
         let key_mode = opts.key_mode.resolve();
         info!(mode = key_mode.describe(), "container key");
+        let runq_source = opts.runq_source.resolve(&offsets)?;
+        info!(source = runq_source.as_str(), "run-queue latency");
+        let ncpu = possible_cpus()?;
+        let capacity = opts.container_capacity.max(1);
 
         // Far past the end of struct sock: the verifier refuses the load through the BTF pointer.
         let sock_net = if opts.simulate_verifier_reject {
@@ -270,33 +364,18 @@ impl Collector {
         } else {
             offsets.sock_net
         };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(global::TASK_PID, &offsets.task_pid, true)
-            .override_global(global::TASK_STATE, &offsets.task_state, true)
-            .override_global(global::SKB_LEN, &offsets.skb_len, true)
-            .override_global(global::SKB_DEV, &offsets.skb_dev, true)
-            .override_global(global::DEV_IFINDEX, &offsets.dev_ifindex, true)
-            .override_global(global::DEV_NAME, &offsets.dev_name, true)
-            .override_global(global::DEV_ND_NET, &offsets.dev_nd_net, true)
-            .override_global(global::NET_NS_INUM, &offsets.net_ns_inum, true)
-            .override_global(global::HAS_NETNS, &u32::from(offsets.has_netns), true)
-            .override_global(global::TASK_TGID, &offsets.task_tgid, true)
-            .override_global(global::TASK_EXIT_CODE, &offsets.task_exit_code, true)
-            .override_global(global::TASK_CGROUPS, &offsets.task_cgroups, true)
-            .override_global(global::CSS_SET_DFL_CGRP, &offsets.css_set_dfl_cgrp, true)
-            .override_global(global::CGROUP_KN, &offsets.cgroup_kn, true)
-            .override_global(global::KERNFS_NODE_ID, &offsets.kernfs_node_id, true)
-            .override_global(global::TASK_NSPROXY, &offsets.task_nsproxy, true)
-            .override_global(global::NSPROXY_MNT_NS, &offsets.nsproxy_mnt_ns, true)
-            .override_global(global::MNT_NS_INUM, &offsets.mnt_ns_inum, true)
-            .override_global(global::SOCK_NET, &sock_net, true)
-            .override_global(global::KEY_MODE, &key_mode.as_global(), true)
+        let mut loader = ebpf_loader(&offsets, key_mode, runq_source, sock_net);
+        loader
             .map_max_entries("IFACES", opts.iface_capacity)
-            .map_max_entries("CONTAINERS", opts.container_capacity)
-            .load(EBPF_OBJECT)
-            .map_err(|e| {
-                permission_hint(anyhow!(e).context("cannot create sentinel's BPF maps"))
-            })?;
+            .map_max_entries("CONTAINER_SLOTS", capacity)
+            .map_max_entries("CONTAINER_FREE", capacity)
+            .map_max_entries("CONTAINER_KEYS", capacity)
+            .map_max_entries("CONTAINER_STATS", stats_entries(ncpu, capacity)?)
+            .map_max_entries("CONTAINER_DIRTY", ncpu as u32 * dirty_words(capacity));
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+            permission_hint(anyhow!(e).context("cannot create sentinel's BPF maps"))
+        })?;
+        init_maps(&mut ebpf, ncpu, capacity)?;
 
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -363,22 +442,30 @@ impl Collector {
             "eBPF programs attached (BTF tracepoints)"
         );
 
-        let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
-        let hist = PerCpuArray::try_from(take(&mut ebpf, "RUNQ_HIST")?)?;
-        let ifaces = PerCpuHashMap::try_from(take(&mut ebpf, "IFACES")?)?;
-        let containers = PerCpuHashMap::try_from(take(&mut ebpf, "CONTAINERS")?)?;
-        let netns_tcp = PerCpuHashMap::try_from(take(&mut ebpf, "NETNS_TCP")?)?;
-        let oncpu = PerCpuArray::try_from(take(&mut ebpf, "ONCPU")?)?;
+        let records = PerCpuArray::try_from(take(&mut ebpf, "REC")?)?;
+        let ifaces = map_data(take(&mut ebpf, "IFACES")?)?;
+        let netns_tcp = map_data(take(&mut ebpf, "NETNS_TCP")?)?;
+        let containers = ContainerMaps::take(&mut ebpf, ncpu, capacity)?;
         Ok(Self {
             ebpf: Some(ebpf),
-            counters,
-            hist,
+            records,
             ifaces,
-            containers,
+            iface_reader: BatchReader::new(
+                std::mem::size_of::<IfaceKey>(),
+                per_cpu_stride::<IfaceStats>(ncpu),
+                opts.iface_capacity as usize,
+            ),
             netns_tcp,
-            oncpu,
-            container_capacity: opts.container_capacity,
+            netns_reader: BatchReader::new(
+                4,
+                per_cpu_stride::<NetnsTcp>(ncpu),
+                sentinel_common::NETNS_TCP_CAPACITY as usize,
+            ),
+            containers,
+            ncpu,
+            container_capacity: capacity,
             key_mode,
+            runq_source,
             disabled,
             iface_capacity: opts.iface_capacity,
             offsets,
@@ -436,98 +523,267 @@ impl Collector {
             .collect()
     }
 
-    /// Reads every per-CPU value of every map. Each map is read with single lookups that copy
-    /// all CPUs' slots at once; an increment racing with the copy lands in this read or the
-    /// next one, never in both and never in neither.
-    pub fn snapshot(&self, out: &mut RawSnapshot) -> Result<()> {
-        // The running slices are read first, with the clock read before them, so a slice
-        // seen as running was still running at `oncpu_now_ns` and the kernel's CONTAINERS
-        // read that follows holds every slice that had ended (see `RunningSlices`). Once
-        // detached, nothing runs any more: no running slice is read.
-        out.oncpu.clear();
-        if self.ebpf.is_some() {
-            out.oncpu_now_ns = monotonic_ns();
-            out.oncpu.extend(
-                self.oncpu
-                    .get(&0, 0)
-                    .context("reading ONCPU")?
-                    .iter()
-                    .copied(),
-            );
-        }
-        out.counters.clear();
-        out.counters.extend(
-            self.counters
+    /// Reads what changed since the last drain: every CPU's record (one system call), the
+    /// interface and TCP maps (batched reads), and the container entries whose dirty bit is set
+    /// (from memory, no system call). An increment racing with a read lands in this read or
+    /// the next one, never in both and never in neither.
+    pub fn snapshot(&mut self, out: &mut RawSnapshot) -> Result<()> {
+        // The records first, with the clock read before them, so a slice seen as running was
+        // still running at `now_ns` and the container read that follows holds every slice that
+        // had ended (see `RunningSlices`). Once detached, nothing runs any more.
+        let attached = self.ebpf.is_some();
+        out.now_ns = if attached { monotonic_ns() } else { 0 };
+        out.cpus.clear();
+        out.cpus.extend(
+            self.records
                 .get(&0, 0)
-                .context("reading COUNTERS")?
+                .context("reading the per-CPU records (REC)")?
                 .iter()
                 .copied(),
         );
-        out.hist.clear();
-        out.hist.extend(
-            self.hist
-                .get(&0, 0)
-                .context("reading RUNQ_HIST")?
-                .iter()
-                .copied(),
-        );
-        out.ifaces.clear();
-        for item in self.ifaces.iter() {
-            match item {
-                Ok((key, values)) => out.ifaces.push((key, values.iter().copied().collect())),
-                // A key deleted between get_next_key and lookup: nothing to read.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("reading IFACES"),
-            }
-        }
-        read_keyed(&self.containers, &mut out.containers, "CONTAINERS", |s| {
-            bytemuck::cast(*s)
-        })?;
-        read_keyed(&self.netns_tcp, &mut out.netns_tcp, "NETNS_TCP", |s| {
-            [s.retransmits, s.resets]
-        })?;
-        Ok(())
+        let ncpu = self.ncpu;
+        out.ifaces.clear(ncpu);
+        out.iface_names.clear();
+        let (ifaces, names) = (&mut out.ifaces, &mut out.iface_names);
+        self.iface_reader
+            .read(self.ifaces.fd().as_fd(), |key, values| {
+                let key: IfaceKey = bytemuck::pod_read_unaligned(key);
+                let mut name = [0u8; IFNAME_LEN];
+                ifaces.push(
+                    key,
+                    per_cpu_values::<IfaceStats>(values, ncpu).map(|s| {
+                        if name[0] == 0 {
+                            name = s.name;
+                        }
+                        [s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes]
+                    }),
+                );
+                names.push(name);
+            })
+            .context("reading IFACES")?;
+        out.netns_tcp.clear(ncpu);
+        let tcp = &mut out.netns_tcp;
+        self.netns_reader
+            .read(self.netns_tcp.fd().as_fd(), |key, values| {
+                let key: u32 = bytemuck::pod_read_unaligned(key);
+                tcp.push(
+                    key,
+                    per_cpu_values::<NetnsTcp>(values, ncpu).map(|s| [s.retransmits, s.resets]),
+                );
+            })
+            .context("reading NETNS_TCP")?;
+        self.containers.read(out)
     }
 
-    /// Removes a gone container's entry (after it was drained and stayed idle).
-    pub fn remove_container(&mut self, key: &ContainerKey) -> Result<()> {
-        match self.containers.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).context("removing a gone container from CONTAINERS"),
-        }
+    /// Whether map reads through the descriptors this process holds need CAP_BPF on this
+    /// kernel. Linux 5.10 checks it on every bpf() command when unprivileged BPF is disabled
+    /// (Debian's default); later kernels check it where objects are created. A child process
+    /// drops every capability and reads a map through the descriptor it inherited: the answer
+    /// comes from the running kernel, not from a version number. Call it while the process has
+    /// one thread (fork).
+    pub fn map_reads_need_privilege(&self) -> Result<bool> {
+        super::bpf_sys::reads_need_privilege(self.ifaces.fd().as_fd())
+            .context("probing whether map reads need CAP_BPF")
+    }
+
+    /// One read of every map, after the capabilities were dropped: a failure is the daemon's
+    /// one error line, not an interval of zeros.
+    pub fn probe_read(&mut self) -> Result<()> {
+        self.records
+            .get(&0, 0)
+            .context("reading the per-CPU records (REC)")?;
+        let ncpu = self.ncpu;
+        self.iface_reader
+            .read(self.ifaces.fd().as_fd(), |_, v| {
+                let _ = per_cpu_values::<IfaceStats>(v, ncpu).count();
+            })
+            .context("reading IFACES")
+    }
+
+    /// Starts giving back the slot of a container that is gone and idle (see `slots.rs`); its
+    /// last counts are still drained before the slot is free.
+    pub fn retire_container(&mut self, key: ContainerKey) -> Result<()> {
+        self.containers.retire(key)
+    }
+
+    /// Containers holding a slot.
+    pub fn container_entries(&self) -> usize {
+        self.containers.arrays.in_use()
     }
 
     pub fn remove_netns_tcp(&mut self, key: &u32) -> Result<()> {
-        match self.netns_tcp.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).context("removing a gone namespace from NETNS_TCP"),
-        }
+        delete(self.netns_tcp.fd().as_fd(), bytemuck::bytes_of(key))
+            .context("removing a gone namespace from NETNS_TCP")
     }
 
     /// Removes an interface entry whose namespace or device is gone (after it was drained).
     pub fn remove_iface(&mut self, key: &IfaceKey) -> Result<()> {
-        match self.ifaces.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).context("removing a gone interface from IFACES"),
-        }
+        delete(self.ifaces.fd().as_fd(), bytemuck::bytes_of(key))
+            .context("removing a gone interface from IFACES")
     }
 }
 
-fn read_keyed<K: aya::Pod, V: aya::Pod, const N: usize>(
-    map: &PerCpuHashMap<MapData, K, V>,
-    out: &mut Vec<(K, Vec<[u64; N]>)>,
-    name: &str,
-    convert: impl Fn(&V) -> [u64; N],
-) -> Result<()> {
-    out.clear();
-    for item in map.iter() {
-        match item {
-            Ok((key, values)) => out.push((key, values.iter().map(&convert).collect())),
-            Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+/// The container maps, user side: the key-to-slot hash and the free queue (system calls, only
+/// when a container is retired), and the memory-mapped arrays a drain reads.
+struct ContainerMaps {
+    slots: BpfHashMap<MapData, ContainerKey, u32>,
+    free: Queue<MapData, u32>,
+    arrays: ContainerArrays,
+}
+
+impl ContainerMaps {
+    fn take(ebpf: &mut Ebpf, ncpu: usize, capacity: u32) -> Result<Self> {
+        let slots = BpfHashMap::try_from(take(ebpf, "CONTAINER_SLOTS")?)?;
+        let free = Queue::try_from(take(ebpf, "CONTAINER_FREE")?)?;
+        let layout = ContainerArrays::layout(ncpu, capacity);
+        let mut map = |name: &str, bytes: usize, writable: bool| -> Result<MappedArray> {
+            let data = map_data(take(ebpf, name)?)?;
+            MappedArray::map(data.fd().as_fd(), bytes, writable)
+                .with_context(|| format!("cannot map {name} into memory (Linux 5.5+)"))
+        };
+        let keys = map("CONTAINER_KEYS", layout.keys_bytes, false)?;
+        let stats = map("CONTAINER_STATS", layout.stats_bytes, false)?;
+        let dirty = map("CONTAINER_DIRTY", layout.dirty_bytes, true)?;
+        Ok(Self {
+            slots,
+            free,
+            arrays: ContainerArrays::new(ncpu, capacity, keys, stats, dirty),
+        })
+    }
+
+    fn read(&mut self, out: &mut RawSnapshot) -> Result<()> {
+        for slot in self.arrays.read(out) {
+            self.free
+                .push(slot, 0)
+                .context("giving a slot back to CONTAINER_FREE")?;
         }
+        Ok(())
+    }
+
+    fn retire(&mut self, key: ContainerKey) -> Result<()> {
+        if self.arrays.begin_retire(key) {
+            match self.slots.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(e).context("removing a gone container from CONTAINER_SLOTS");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An `EbpfLoader` with every load-time global set: the struct offsets of this kernel, the
+/// container key mode and the run-queue source. The bench loads its floor programs with it
+/// too, so they read the same fields as the daemon's.
+pub fn ebpf_loader(
+    offsets: &Offsets,
+    key_mode: KeyMode,
+    runq_source: RunqSource,
+    sock_net: u32,
+) -> EbpfLoader<'static> {
+    let si = offsets.sched_info.clone().unwrap_or_default();
+    let globals: [(&str, u32); 25] = [
+        (global::TASK_PID, offsets.task_pid),
+        (global::TASK_STATE, offsets.task_state),
+        (global::SKB_LEN, offsets.skb_len),
+        (global::SKB_DEV, offsets.skb_dev),
+        (global::DEV_IFINDEX, offsets.dev_ifindex),
+        (global::DEV_NAME, offsets.dev_name),
+        (global::DEV_ND_NET, offsets.dev_nd_net),
+        (global::NET_NS_INUM, offsets.net_ns_inum),
+        (global::HAS_NETNS, u32::from(offsets.has_netns)),
+        (global::TASK_TGID, offsets.task_tgid),
+        (global::TASK_EXIT_CODE, offsets.task_exit_code),
+        (global::TASK_CGROUPS, offsets.task_cgroups),
+        (global::CSS_SET_DFL_CGRP, offsets.css_set_dfl_cgrp),
+        (global::CGROUP_KN, offsets.cgroup_kn),
+        (global::KERNFS_NODE_ID, offsets.kernfs_node_id),
+        (global::TASK_NSPROXY, offsets.task_nsproxy),
+        (global::NSPROXY_MNT_NS, offsets.nsproxy_mnt_ns),
+        (global::MNT_NS_INUM, offsets.mnt_ns_inum),
+        (global::SOCK_NET, sock_net),
+        (global::KEY_MODE, key_mode.as_global()),
+        (global::TASK_LAST_QUEUED, si.task_last_queued),
+        (global::TASK_CFS_RQ, si.task_cfs_rq),
+        (global::CFS_RQ_RQ, si.cfs_rq_rq),
+        (global::RQ_CLOCK, si.rq_clock),
+        (global::RUNQ_SOURCE, runq_source.as_global()),
+    ];
+    // The loader borrows each value for as long as it lives: one small leak per load.
+    let globals: &'static [(&str, u32); 25] = Box::leak(Box::new(globals));
+    let mut loader = EbpfLoader::new();
+    for (name, value) in globals {
+        loader.override_global(name, value, true);
+    }
+    loader
+}
+
+/// Sets up the maps before any program attaches: each CPU's record knows its region of the
+/// container arrays, and every slot is free.
+pub fn init_maps(ebpf: &mut Ebpf, ncpu: usize, capacity: u32) -> Result<()> {
+    let mut records: PerCpuArray<&mut MapData, CpuRecord> = PerCpuArray::try_from(
+        ebpf.map_mut("REC")
+            .ok_or_else(|| anyhow!("map REC missing from the eBPF object"))?,
+    )?;
+    let words = dirty_words(capacity);
+    let values: Vec<CpuRecord> = (0..ncpu)
+        .map(|cpu| {
+            let mut r: CpuRecord = bytemuck::Zeroable::zeroed();
+            r.cur_slot = NO_SLOT;
+            r.last_slot = NO_SLOT;
+            r.last_key = IDLE_KEY;
+            r.slot_base = cpu as u32 * capacity;
+            r.dirty_base = cpu as u32 * words;
+            r
+        })
+        .collect();
+    records
+        .set(0, PerCpuValues::try_from(values)?, 0)
+        .context("initialising the per-CPU records")?;
+    let mut free: Queue<&mut MapData, u32> = Queue::try_from(
+        ebpf.map_mut("CONTAINER_FREE")
+            .ok_or_else(|| anyhow!("map CONTAINER_FREE missing from the eBPF object"))?,
+    )?;
+    for slot in 0..capacity {
+        free.push(slot, 0)
+            .context("filling the container slot queue")?;
     }
     Ok(())
+}
+
+fn stats_entries(ncpu: usize, capacity: u32) -> Result<u32> {
+    u32::try_from(ncpu as u64 * u64::from(capacity))
+        .ok()
+        .filter(|n| u64::from(*n) * (CONTAINER_FIELDS as u64 * 8) < 1 << 36)
+        .ok_or_else(|| {
+            anyhow!("container capacity {capacity} x {ncpu} CPUs is too large for the kernel map")
+        })
+}
+
+/// Possible CPUs: every per-CPU map has a value for each.
+pub fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(path, e)| anyhow!("cannot read {path}: {e}"))
+}
+
+/// Bytes per key in a batched read of a per-CPU map: each CPU's value rounded up to 8 bytes.
+fn per_cpu_stride<V>(ncpu: usize) -> usize {
+    std::mem::size_of::<V>().div_ceil(8) * 8 * ncpu
+}
+
+fn per_cpu_values<V: bytemuck::Pod>(bytes: &[u8], ncpu: usize) -> impl Iterator<Item = V> + '_ {
+    let stride = std::mem::size_of::<V>().div_ceil(8) * 8;
+    (0..ncpu).map(move |cpu| {
+        bytemuck::pod_read_unaligned(&bytes[cpu * stride..cpu * stride + std::mem::size_of::<V>()])
+    })
+}
+
+fn map_data(map: aya::maps::Map) -> Result<MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(d) | Map::PerCpuArray(d) | Map::HashMap(d) | Map::PerCpuHashMap(d) => Ok(d),
+        other => Err(anyhow!("unexpected map type {other:?}")),
+    }
 }
 
 fn attach(ebpf: &mut Ebpf, hook: &Hook, target: &str, btf: &Btf) -> Result<()> {
@@ -631,14 +887,6 @@ pub fn loaded_sentinel_programs() -> Vec<(u32, String)> {
             name.starts_with(PROGRAM_PREFIX).then(|| (info.id(), name))
         })
         .collect()
-}
-
-pub fn hook_names() -> HashSet<&'static str> {
-    HOOKS.iter().map(|h| h.tracepoint).collect()
-}
-
-pub fn btf_available(path: &Path) -> bool {
-    path.exists()
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The collector: load and attach the eBPF programs, drain their maps into `Interval`s.
 
-pub mod caps;
+pub mod bpf_sys;
 pub mod drain;
 pub mod host;
 pub mod instance;
 pub mod loader;
 pub mod netns;
 pub mod offsets;
+pub mod slots;
 pub mod tracefs;

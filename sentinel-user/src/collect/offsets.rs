@@ -10,7 +10,7 @@ use btf_rs::{Btf, Type};
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Byte offsets of the members the programs read. See sentinel-common's `global` names.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Offsets {
     pub task_pid: u32,
     pub task_state: u32,
@@ -36,6 +36,31 @@ pub struct Offsets {
     pub mnt_ns_inum: u32,
     /// `sock.__sk_common.skc_net.net`.
     pub sock_net: u32,
+    /// What the `sched_info` run-queue source reads, or why this kernel's BTF lacks it.
+    pub sched_info: Result<SchedInfoOffsets, String>,
+}
+
+/// `task->sched_info.last_queued` and the run queue's clock `task->se.cfs_rq->rq->clock`
+/// (the `rq` back pointer exists with CONFIG_FAIR_GROUP_SCHED).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedInfoOffsets {
+    pub task_last_queued: u32,
+    pub task_cfs_rq: u32,
+    pub cfs_rq_rq: u32,
+    pub rq_clock: u32,
+}
+
+impl SchedInfoOffsets {
+    fn from_btf(btf: &Btf) -> Result<Self> {
+        Ok(Self {
+            task_last_queued: member_offset(btf, "task_struct", &["sched_info", "last_queued"])?,
+            task_cfs_rq: member_offset(btf, "task_struct", &["se", "cfs_rq"])
+                .context("no CONFIG_FAIR_GROUP_SCHED")?,
+            cfs_rq_rq: member_offset(btf, "cfs_rq", &["rq"])
+                .context("no CONFIG_FAIR_GROUP_SCHED")?,
+            rq_clock: member_offset(btf, "rq", &["clock"])?,
+        })
+    }
 }
 
 impl Offsets {
@@ -85,6 +110,7 @@ impl Offsets {
             } else {
                 0
             },
+            sched_info: SchedInfoOffsets::from_btf(btf).map_err(|e| format!("{e:#}")),
         })
     }
 }
@@ -190,6 +216,10 @@ mod tests {
         );
         assert!(offsets.dev_name < offsets.dev_ifindex || offsets.dev_ifindex > 0);
         assert!(offsets.has_netns);
+        let si = offsets
+            .sched_info
+            .expect("this kernel has sched_info and a cfs_rq->rq pointer");
+        assert!(si.task_last_queued > 0 && si.task_cfs_rq > 0 && si.rq_clock > 0);
         let missing = member_offset(
             &Btf::from_file(path).unwrap(),
             "task_struct",

@@ -7,11 +7,11 @@ pub mod procfs;
 
 use std::collections::HashMap;
 
-use sentinel_common::{CONTAINER_SCALARS, ContainerKey};
+use sentinel_common::{CONTAINER_FIELDS, CONTAINER_SCALARS, ContainerKey};
 
 use crate::{
     collect::{
-        drain::{CONTAINER_FIELDS, LatencySummarizer},
+        drain::{ContainerActivity, LatencySummarizer, field},
         loader::KeyMode,
     },
     model::{ContainerDelta, IfaceDelta},
@@ -31,6 +31,50 @@ pub struct Attribution {
     pub docker: SharedView,
 }
 
+/// Contenders listed per container (the largest).
+pub const CONTENDERS_LISTED: usize = 3;
+
+/// Puts each container's contenders, by name, on its record.
+fn name_contenders(
+    out: &mut [ContainerDelta],
+    waited: &HashMap<ContainerKey, crate::contention::Waited>,
+) {
+    use crate::contention::Contender;
+    let names: HashMap<ContainerKey, String> =
+        out.iter().map(|c| (c.key, c.name.clone())).collect();
+    let secs = |ns: u64| ns as f64 / 1e9;
+    for c in out.iter_mut() {
+        let Some(w) = waited.get(&c.key) else {
+            continue;
+        };
+        c.contention_self_seconds = secs(w.own);
+        // By name: waits nothing of ours explains join the host's own (interrupts, kernel
+        // threads and the host's processes are all `host`).
+        let mut by_name: Vec<(String, u64)> = Vec::new();
+        for (who, ns) in &w.behind {
+            let name = match who {
+                Contender::Container(k) => {
+                    names.get(k).cloned().unwrap_or_else(|| format!("gone-{k}"))
+                }
+                Contender::Unaccounted => "host".to_string(),
+            };
+            match by_name.iter_mut().find(|(n, _)| *n == name) {
+                Some(e) => e.1 += ns,
+                None => by_name.push((name, *ns)),
+            }
+        }
+        by_name.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        c.contention = by_name
+            .into_iter()
+            .take(CONTENDERS_LISTED)
+            .map(|(container, ns)| crate::model::ContendedBy {
+                container,
+                seconds: secs(ns),
+            })
+            .collect();
+    }
+}
+
 /// Drains between /proc scans for a key that could not be resolved.
 const UNRESOLVED_RETRY: u32 = 10;
 
@@ -44,17 +88,17 @@ impl Attribution {
         }
     }
 
-    pub fn docker_state(&self) -> &'static str {
+    pub fn docker_state(&self) -> crate::model::DockerState {
         self.docker
             .read()
-            .map(|v| v.state.as_str())
-            .unwrap_or("unknown")
+            .map(|v| v.state)
+            .unwrap_or(crate::model::DockerState::Unreachable)
     }
 
     /// Builds the interval's container list from the kernel deltas.
     pub fn containers(
         &mut self,
-        deltas: &[(ContainerKey, [u64; CONTAINER_FIELDS])],
+        deltas: &[ContainerActivity],
         ifaces: &[IfaceDelta],
         netns_tcp: &[(u32, [u64; 2])],
         interval_ns: u64,
@@ -62,13 +106,14 @@ impl Attribution {
     ) -> Vec<ContainerDelta> {
         let mut out = self.containers_for(deltas, ifaces, netns_tcp, interval_ns, summarizer);
         self.add_network_only(&mut out, ifaces, netns_tcp, summarizer);
+        name_contenders(&mut out, &crate::contention::attribute(deltas));
         out.sort_by(|a, b| b.cpu_ns.cmp(&a.cpu_ns).then(a.key.cmp(&b.key)));
         out
     }
 
     fn containers_for(
         &mut self,
-        deltas: &[(ContainerKey, [u64; CONTAINER_FIELDS])],
+        deltas: &[ContainerActivity],
         ifaces: &[IfaceDelta],
         netns_tcp: &[(u32, [u64; 2])],
         interval_ns: u64,
@@ -77,7 +122,7 @@ impl Attribution {
         let unresolved = &mut self.unresolved;
         let unknown: Vec<ContainerKey> = deltas
             .iter()
-            .map(|(k, _)| *k)
+            .map(|c| c.key)
             .filter(|k| *k != 0 && !self.identities.contains_key(k))
             .filter(|k| match unresolved.get_mut(k) {
                 Some(wait) if *wait > 0 => {
@@ -101,7 +146,8 @@ impl Attribution {
         let view = self.docker.read().ok();
         let out: Vec<ContainerDelta> = deltas
             .iter()
-            .map(|(key, d)| {
+            .map(|activity| {
+                let (key, d) = (&activity.key, &activity.values);
                 let identity = self.identities.get(key);
                 let id = identity
                     .and_then(|i| i.docker_id.clone())
@@ -119,19 +165,20 @@ impl Attribution {
                     name,
                     image: meta.map(|m| m.image.clone()).unwrap_or_default(),
                     key: *key,
-                    cpu_ns: d[0],
+                    cpu_ns: d[field::CPU_NS],
                     cpu_percent: if interval_ns > 0 {
-                        100.0 * d[0] as f64 / interval_ns as f64
+                        100.0 * d[field::CPU_NS] as f64 / interval_ns as f64
                     } else {
                         0.0
                     },
-                    ctx_switches: d[1],
-                    runqueue_latency_us: summarizer.summarize_log2(&d[CONTAINER_SCALARS..]),
-                    forks: d[2],
-                    execs: d[3],
-                    exits: d[4],
-                    abnormal_exits: d[5],
-                    oom_kills: d[6],
+                    ctx_switches: d[field::SWITCHES],
+                    runqueue_latency_us: summarizer
+                        .summarize_log2(&d[CONTAINER_SCALARS..], d[field::RUNQ_WAIT_NS]),
+                    forks: d[field::FORKS],
+                    execs: d[field::EXECS],
+                    exits: d[field::EXITS],
+                    abnormal_exits: d[field::ABNORMAL_EXITS],
+                    oom_kills: d[field::OOM_KILLS],
                     ..Default::default()
                 };
                 if let Some(netns) = identity.and_then(|i| i.netns) {
@@ -181,8 +228,12 @@ impl Attribution {
                 continue;
             }
             self.identities.insert(key, identity);
-            let zero = [0u64; CONTAINER_FIELDS];
-            let mut extra = self.containers_for(&[(key, zero)], ifaces, netns_tcp, 0, summarizer);
+            let zero = ContainerActivity {
+                key,
+                values: [0u64; CONTAINER_FIELDS],
+                per_cpu: Vec::new(),
+            };
+            let mut extra = self.containers_for(&[zero], ifaces, netns_tcp, 0, summarizer);
             out.append(&mut extra);
         }
     }

@@ -278,6 +278,7 @@ impl AnomalyEvent {
             }
             .to_string(),
             series: self.series.clone(),
+            signal: self.signal.clone(),
             container_id: self.container_id.clone(),
             value: self.value,
             baseline: self.baseline,
@@ -379,7 +380,7 @@ fn for_each_series(iv: &Interval, mut f: impl FnMut(Obs<'_>)) {
             signal: name,
             container_id: None,
             value,
-        })
+        });
     };
     for (name, v) in &iv.counters {
         if let Some(v) = v {

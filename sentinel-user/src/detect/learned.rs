@@ -305,11 +305,17 @@ impl ModelSlot {
         match result {
             Ok(f) => {
                 self.model.store(Some(Arc::new(f)));
-                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *self
+                    .failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
             }
             Err(e) => {
                 // Keep serving the previous model if there is one; the failure stays visible.
-                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                *self
+                    .failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
             }
         }
         self.busy.store(false, Ordering::Release);
@@ -318,7 +324,7 @@ impl ModelSlot {
     pub fn failure(&self) -> Option<String> {
         self.failure
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 }

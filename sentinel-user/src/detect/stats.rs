@@ -234,7 +234,7 @@ impl Novelty {
         self.counts[slot] = seen.saturating_add(1);
         self.blocks += 1;
         if self.blocks.is_multiple_of(NOVELTY_DECAY_BLOCKS) {
-            for c in self.counts.iter_mut() {
+            for c in &mut self.counts {
                 *c /= 2;
             }
         }

@@ -30,8 +30,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     collect::loader::HOOKS,
-    daemon::{PUBLIC_COUNTERS, Published, PublishedRx},
-    heal::{DockerState, HealSnapshot, breaker::BreakerState},
+    model::{
+        BreakerState, Decision, DockerState, HealState, PUBLIC_COUNTERS, Published, PublishedRx,
+    },
 };
 
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
@@ -109,7 +110,10 @@ impl Metrics {
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         // A panic while holding the lock cannot leave half an interval behind that matters
         // more than losing metrics altogether: keep serving.
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut guard)
     }
 
@@ -310,6 +314,7 @@ struct State {
     counter_resets: u64,
     attached: Vec<(&'static str, bool)>,
     recursion_misses: BTreeMap<String, u64>,
+    runq_source: String,
     runq_buckets: Vec<u64>,
     runq_sum_seconds: f64,
     drain_buckets: [u64; DRAIN_BUCKETS.len() + 1],
@@ -321,8 +326,8 @@ struct State {
     anomalies: BTreeMap<(String, String, String), u64>,
     detection: crate::model::DetectionSummary,
     /// Healing decisions by (decision, action).
-    decisions: BTreeMap<(String, String), u64>,
-    heal: Option<HealSnapshot>,
+    decisions: BTreeMap<(Option<Decision>, &'static str), u64>,
+    heal: Option<HealState>,
 }
 
 impl State {
@@ -345,6 +350,7 @@ impl State {
             counter_resets: 0,
             attached: HOOKS.iter().map(|h| (h.program, false)).collect(),
             recursion_misses: BTreeMap::new(),
+            runq_source: String::new(),
             runq_buckets: vec![0; HIST_BUCKETS],
             runq_sum_seconds: 0.0,
             drain_buckets: [0; DRAIN_BUCKETS.len() + 1],
@@ -395,14 +401,15 @@ impl State {
         if !c.recursion_misses.is_empty() {
             self.recursion_misses.clone_from(&c.recursion_misses);
         }
+        self.runq_source.clone_from(&c.runq_source);
         for (idx, &n) in p.runq_hist.iter().enumerate().take(HIST_BUCKETS) {
             if n == 0 || (4..8).contains(&idx) {
                 continue;
             }
             self.runq_buckets[idx] += n;
-            let (low, high) = hist_bucket_range(idx);
-            self.runq_sum_seconds += n as f64 * (low as f64 + (high - low) as f64 / 2.0) / 1e9;
         }
+        // The kernel's exact sum, not bucket midpoints.
+        self.runq_sum_seconds += iv.runqueue_latency_us.sum / 1e6;
         let drain = c.drain_us as f64 / 1e6;
         let slot = DRAIN_BUCKETS
             .iter()
@@ -427,31 +434,30 @@ impl State {
         }
         self.observe_containers(p);
         for a in iv.anomalies.iter().filter(|a| a.kind == "raised") {
-            // Container series are `container.<name>.<signal>`: the name is not a label here
-            // (unbounded); the signal is.
-            let (scope, signal) = match a.series.strip_prefix("container.") {
-                Some(rest) => ("container", rest.rsplit('.').next().unwrap_or(rest)),
-                None => ("host", a.series.as_str()),
+            // The container's name is not a label here (unbounded); the signal is.
+            let scope = if a.series.starts_with("container.") {
+                "container"
+            } else {
+                "host"
             };
-            let key = (scope.to_string(), signal.to_string(), a.severity.clone());
+            let key = (scope.to_string(), a.signal.clone(), a.severity.clone());
             let other = (scope.to_string(), "other".to_string(), a.severity.clone());
             *bounded_entry(&mut self.anomalies, key, other) += 1;
         }
         self.detection = iv.detection.clone();
         for a in &iv.actions {
-            let get = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-            let key = (get("decision"), get("action"));
-            let other = ("other".to_string(), "other".to_string());
-            *bounded_entry(&mut self.decisions, key, other) += 1;
+            let key = (Some(a.decision), a.action.map_or("", |k| k.as_str()));
+            *bounded_entry(&mut self.decisions, key, (None, "other")) += 1;
         }
-        self.heal = p.heal.clone();
+        self.heal.clone_from(&iv.healing);
     }
 
     /// Containers with a breaker are always exported (the ones healing manages); the rest
     /// compete for the top N by activity (on-CPU milliseconds plus packets).
     fn observe_containers(&mut self, p: &Published) {
         let managed: std::collections::HashSet<&str> = p
-            .heal
+            .interval
+            .healing
             .iter()
             .flat_map(|h| h.breakers.iter().map(|b| b.container_id.as_str()))
             .collect();
@@ -577,7 +583,10 @@ fn emit_gauge(m: prometheus_client::encoding::MetricEncoder, v: f64) -> std::fmt
 
 impl Collector for StateCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         family(
             &mut enc,
             "sentinel_build_info",
@@ -807,6 +816,16 @@ impl Collector for StateCollector {
         )?;
         family(
             &mut enc,
+            "sentinel_runq_source",
+            "Where run-queue waits come from: sched_info (the kernel's own enqueue stamp) or \
+             hash (a wakeup timestamp map); 1 for the one in use.",
+            MetricType::Gauge,
+            (!s.runq_source.is_empty())
+                .then(|| (vec![("source", s.runq_source.as_str().into())], 1.0)),
+            emit_gauge,
+        )?;
+        family(
+            &mut enc,
             "sentinel_bpf_recursion_misses",
             "Runs of the program the kernel skipped because another BPF program was running on \
              that CPU: events counted nowhere (Linux 5.12+; absent before).",
@@ -873,8 +892,11 @@ impl Collector for StateCollector {
             s.decisions.iter().map(|((decision, action), v)| {
                 (
                     vec![
-                        ("decision", decision.as_str().into()),
-                        ("action", action.as_str().into()),
+                        (
+                            "decision",
+                            decision.map_or("other", Decision::as_str).into(),
+                        ),
+                        ("action", (*action).into()),
                     ],
                     *v,
                 )
@@ -1161,7 +1183,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AnomalyRecord, ContainerDelta, IfaceDelta, Interval};
+    use crate::model::{AnomalyRecord, AuditRecord, ContainerDelta, IfaceDelta, Interval};
     use sentinel_common::hist_bucket;
 
     fn published(seq: u64) -> Published {
@@ -1182,7 +1204,6 @@ mod tests {
         Published {
             interval: iv,
             series: Vec::new(),
-            heal: None,
             runq_hist: hist,
         }
     }
@@ -1215,17 +1236,21 @@ mod tests {
             AnomalyRecord {
                 kind: "raised".into(),
                 series: "container.web.cpu".into(),
+                signal: "cpu".into(),
                 severity: "critical".into(),
                 ..Default::default()
             },
             AnomalyRecord {
                 kind: "cleared".into(),
                 series: "sched_switch".into(),
+                signal: "sched_switch".into(),
                 severity: "warning".into(),
                 ..Default::default()
             },
         ];
-        p.interval.actions = vec![serde_json::json!({"decision": "taken", "action": "restart"})];
+        let mut taken = AuditRecord::new("id", "web", Decision::Taken, "done");
+        taken.action = Some(crate::model::ActionKind::Restart);
+        p.interval.actions = vec![taken];
         m.observe(&p);
         let text = m.encode();
         assert!(text.contains("sentinel_sched_switch_total 20\n"), "{text}");

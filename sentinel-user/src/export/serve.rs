@@ -13,7 +13,7 @@ use super::{
     prometheus::{self, Metrics, MetricsConfig},
     status::{self, ServerInfo},
 };
-use crate::daemon::PublishedRx;
+use crate::model::PublishedRx;
 
 #[derive(Clone, Debug)]
 pub struct ExportOptions {

@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 use tokio::{io::AsyncWriteExt, net::UnixListener};
 use tracing::{debug, info, warn};
 
-use crate::{
-    daemon::{Published, PublishedRx},
-    model::Interval,
+use crate::model::{
+    AuditRecord, HealState, HealStatus, Interval, Published, PublishedRx, SeriesStatus,
 };
+pub use crate::sanitize::printable as sanitize;
 
 pub const DEFAULT_SOCKET: &str = "/run/sentinel/sentinel.sock";
 /// A client that does not read its snapshot within this long is dropped.
@@ -54,7 +54,7 @@ pub struct StatusSnapshot {
     pub series: Vec<SeriesView>,
     /// Healing engine state (breakers, counters, recent decisions); `null` when disabled.
     #[serde(default)]
-    pub heal: Option<serde_json::Value>,
+    pub heal: Option<HealStatus>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -71,8 +71,16 @@ struct StatusOut<'a> {
     #[serde(flatten)]
     info: &'a ServerInfo,
     latest: Option<&'a Interval>,
-    series: &'a [crate::daemon::SeriesStatus],
-    heal: Option<&'a crate::heal::HealSnapshot>,
+    series: &'a [SeriesStatus],
+    heal: Option<HealOut<'a>>,
+}
+
+/// `HealStatus`, borrowed from the interval: its `healing` state and its `actions`.
+#[derive(Serialize)]
+struct HealOut<'a> {
+    #[serde(flatten)]
+    state: &'a HealState,
+    recent: &'a [AuditRecord],
 }
 
 /// The JSON document a client receives.
@@ -81,7 +89,12 @@ pub fn document(info: &ServerInfo, published: Option<&Published>) -> serde_json:
         info,
         latest: published.map(|p| &p.interval),
         series: published.map(|p| p.series.as_slice()).unwrap_or_default(),
-        heal: published.and_then(|p| p.heal.as_ref()),
+        heal: published.and_then(|p| {
+            p.interval.healing.as_ref().map(|state| HealOut {
+                state,
+                recent: &p.interval.actions,
+            })
+        }),
     };
     let mut body = serde_json::to_vec(&out)?;
     body.push(b'\n');
@@ -229,72 +242,51 @@ pub struct BreakerLine {
 }
 
 /// The per-container breakers of a healing snapshot, the global one first (as `*`).
-pub fn breakers(heal: &serde_json::Value) -> Vec<BreakerLine> {
-    let mut out = Vec::new();
-    if let Some(g) = heal.get("global_breaker") {
-        out.push(BreakerLine {
-            container: "* (global)".into(),
-            state: str_of(g, "state"),
-            failures: g
-                .get("failures_in_window")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0),
-        });
-    }
-    for b in heal
-        .get("breakers")
-        .and_then(|b| b.as_array())
-        .into_iter()
-        .flatten()
-    {
-        let name = str_of(b, "container_name");
-        out.push(BreakerLine {
-            container: if name.is_empty() {
-                str_of(b, "container_id").chars().take(12).collect()
-            } else {
-                name
-            },
-            state: str_of(b, "state"),
-            failures: b
-                .get("failures_in_window")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0),
-        });
-    }
-    out
+pub fn breakers(heal: &HealState) -> Vec<BreakerLine> {
+    let global = BreakerLine {
+        container: "* (global)".into(),
+        state: heal.global_breaker.state.as_str().to_string(),
+        failures: heal.global_breaker.failures_in_window as u64,
+    };
+    let per = heal.breakers.iter().map(|b| BreakerLine {
+        container: if b.container_name.is_empty() {
+            sanitize(&b.container_id, 12)
+        } else {
+            sanitize(&b.container_name, 120)
+        },
+        state: b.view.state.as_str().to_string(),
+        failures: b.view.failures_in_window as u64,
+    });
+    std::iter::once(global).chain(per).collect()
 }
 
 /// The last healing decisions, newest last, one line each (already sanitised).
-pub fn recent_actions(heal: &serde_json::Value) -> Vec<String> {
-    heal.get("recent")
-        .and_then(|r| r.as_array())
-        .into_iter()
-        .flatten()
+pub fn recent_actions(recent: &[AuditRecord]) -> Vec<String> {
+    recent
+        .iter()
         .map(|r| {
             let mut line = format!(
                 "{} {} {}",
-                str_of(r, "ts").get(11..19).unwrap_or_default(),
-                str_of(r, "container_name"),
-                str_of(r, "decision")
+                r.ts.get(11..19).unwrap_or_default(),
+                r.container_name,
+                r.decision.as_str()
             );
-            for key in ["action", "outcome", "reason"] {
-                let v = str_of(r, key);
+            for v in [
+                r.action.map(super::super::model::ActionKind::as_str),
+                r.outcome.as_deref(),
+                Some(r.reason.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            {
                 if !v.is_empty() {
                     line.push(' ');
-                    line.push_str(&v);
+                    line.push_str(v);
                 }
             }
             sanitize(&line, 160)
         })
         .collect()
-}
-
-fn str_of(v: &serde_json::Value, key: &str) -> String {
-    match v.get(key) {
-        Some(serde_json::Value::String(s)) => sanitize(s, 120),
-        Some(serde_json::Value::Null) | None => String::new(),
-        Some(other) => sanitize(&other.to_string(), 120),
-    }
 }
 
 /// `sentinel status`: a readable summary (every string from containers is sanitised).
@@ -332,7 +324,7 @@ pub fn render_text(s: &StatusSnapshot) -> String {
         c.container_capacity,
         c.iface_overflow_packets + c.runq_start_overflow + c.container_overflow,
         sanitize(&c.disabled.join(","), 400),
-        sanitize(&iv.docker, 40)
+        iv.docker
     );
     for ct in iv.containers.iter().take(5) {
         let _ = writeln!(
@@ -366,18 +358,18 @@ pub fn render_text(s: &StatusSnapshot) -> String {
             let _ = writeln!(
                 out,
                 "healing    docker {} dry_run {} in_flight {}",
-                str_of(h, "docker"),
-                str_of(h, "dry_run"),
-                str_of(h, "in_flight")
+                h.state.docker.heal_str(),
+                h.state.dry_run,
+                h.state.in_flight
             );
-            for b in breakers(h) {
+            for b in breakers(&h.state) {
                 let _ = writeln!(
                     out,
                     "breaker    {} {} failures {}",
                     b.container, b.state, b.failures
                 );
             }
-            for a in recent_actions(h).iter().rev().take(10).rev() {
+            for a in recent_actions(&h.recent).iter().rev().take(10).rev() {
                 let _ = writeln!(out, "action     {a}");
             }
         }
@@ -386,31 +378,9 @@ pub fn render_text(s: &StatusSnapshot) -> String {
     out
 }
 
-/// Makes text from the kernel, containers or other stages safe for a terminal: control
-/// characters (ANSI escapes, newlines, carriage returns) become U+FFFD and length is capped.
-pub fn sanitize(s: &str, max_chars: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .take(max_chars)
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect();
-    if s.chars().count() > max_chars {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sanitize_strips_escapes_and_newlines() {
-        let s = sanitize("eth0\x1b[2J\nrm -rf\r", 100);
-        assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
-        assert!(s.starts_with("eth0"));
-        assert_eq!(sanitize("abcdef", 3), "abc…");
-    }
 
     #[test]
     fn runtime_directory_is_private() {
@@ -441,7 +411,6 @@ mod tests {
         let published = Published {
             interval: iv.clone(),
             series: Vec::new(),
-            heal: None,
             runq_hist: Vec::new(),
         };
         let body = document(&info, Some(&published)).unwrap();
@@ -460,23 +429,34 @@ mod tests {
 
     #[test]
     fn heal_breakers_and_actions_are_read_and_sanitised() {
-        let heal = serde_json::json!({
+        let heal: HealStatus = serde_json::from_value(serde_json::json!({
             "docker": "up",
+            "dry_run": false,
             "global_breaker": {"state": "CLOSED", "failures_in_window": 0, "wait_secs": 1.0},
             "breakers": [{"container_id": "abc", "container_name": "web\u{1b}]0;x\u{7}",
                           "state": "OPEN", "failures_in_window": 3, "wait_secs": 30.0}],
+            "actions_in_global_window": 0, "in_flight": 0, "permits_available": 2,
+            "permits_total": 2, "counters": crate::model::HealCounters::default(),
             "recent": [{"ts": "2026-11-23T15:00:01Z", "container_id": "abc",
                         "container_name": "web", "decision": "taken", "reason": "anomaly",
                         "action": "restart", "outcome": "ok"}]
-        });
-        let b = breakers(&heal);
+        }))
+        .unwrap();
+        let b = breakers(&heal.state);
         assert_eq!(b.len(), 2);
         assert_eq!(b[1].state, "OPEN");
         assert_eq!(b[1].failures, 3);
-        assert!(!b[1].container.chars().any(|c| c.is_control()));
+        assert!(!b[1].container.chars().any(char::is_control));
         assert_eq!(
-            recent_actions(&heal),
+            recent_actions(&heal.recent),
             vec!["15:00:01 web taken restart ok anomaly"]
         );
+        // The JSON says `monitor_only` where the interval says `unreachable`: one state.
+        let mut state = heal.state.clone();
+        state.docker = crate::model::DockerState::Unreachable;
+        let v = serde_json::to_value(&state).unwrap();
+        assert_eq!(v["docker"], "monitor_only");
+        let back: HealState = serde_json::from_value(v).unwrap();
+        assert_eq!(back, state);
     }
 }

@@ -2,7 +2,8 @@
 
 use std::fmt::Write;
 
-use crate::model::Interval;
+use crate::model::{Decision, Interval};
+use crate::sanitize::printable as safe;
 
 pub fn line(iv: &Interval) -> String {
     let c = |name: &str| match iv.counters.get(name) {
@@ -95,15 +96,14 @@ pub fn line(iv: &Interval) -> String {
     for a in &iv.actions {
         // Only this interval's decisions would be news; the list is the recent ones, so show
         // the decisions that acted or failed, compactly.
-        let field = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("");
-        if matches!(field("decision"), "taken" | "failed") && field("ts") >= iv.ts.as_str() {
+        if matches!(a.decision, Decision::Taken | Decision::Failed) && a.ts >= iv.ts {
             let _ = write!(
                 s,
                 "\n  heal {} {} {} ({})",
-                field("decision"),
-                field("action"),
-                safe(field("container_name"), 40),
-                safe(field("reason"), 60)
+                a.decision.as_str(),
+                a.action.map_or("", |k| k.as_str()),
+                safe(&a.container_name, 40),
+                safe(&a.reason, 60)
             );
         }
     }
@@ -112,24 +112,6 @@ pub fn line(iv: &Interval) -> String {
 
 /// Containers listed under the host line in text output.
 const TEXT_CONTAINERS: usize = 5;
-
-/// A workload-controlled string made safe for a terminal: control characters (escape
-/// sequences, newlines) are shown escaped, and the length is bounded.
-pub fn safe(raw: &str, max_chars: usize) -> String {
-    let mut out = String::new();
-    for (i, ch) in raw.chars().enumerate() {
-        if i == max_chars {
-            out.push('~');
-            break;
-        }
-        if ch.is_control() {
-            out.extend(ch.escape_default());
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
 
 /// 1234567 -> "1.2M": the line has to stay readable at a glance.
 fn human(v: u64) -> String {

@@ -176,7 +176,7 @@ fn draw_header(f: &mut Frame, area: Rect, view: &View) {
         let docker = s
             .latest
             .as_ref()
-            .map(|iv| sanitize(&iv.docker, 20))
+            .map(|iv| iv.docker.as_str().to_string())
             .unwrap_or_default();
         let ts = s
             .latest
@@ -341,7 +341,7 @@ fn draw_heal(f: &mut Frame, breakers: Rect, actions: Rect, snap: &StatusSnapshot
         );
         return;
     };
-    let lines: Vec<Line> = status::breakers(h)
+    let lines: Vec<Line> = status::breakers(&h.state)
         .into_iter()
         .map(|b| {
             let color = match b.state.as_str() {
@@ -356,7 +356,7 @@ fn draw_heal(f: &mut Frame, breakers: Rect, actions: Rect, snap: &StatusSnapshot
         })
         .collect();
     f.render_widget(Paragraph::new(lines).block(block("Breakers")), breakers);
-    let recent = status::recent_actions(h);
+    let recent = status::recent_actions(&h.recent);
     let height = usize::from(actions.height.saturating_sub(2));
     let lines: Vec<Line> = recent
         .iter()
@@ -431,7 +431,7 @@ mod tests {
             seq,
             interval_ms: 1000.0,
             ts: "2026-11-23T15:00:01Z".into(),
-            docker: "up".into(),
+            docker: crate::model::DockerState::Up,
             ..Default::default()
         };
         iv.counters.insert("sched_switch".into(), Some(1500 + seq));
@@ -444,12 +444,18 @@ mod tests {
         });
         StatusSnapshot {
             latest: Some(iv),
-            heal: Some(serde_json::json!({
-                "global_breaker": {"state": "CLOSED", "failures_in_window": 0},
-                "breakers": [{"container_id": "ab", "container_name": "web", "state": "OPEN",
-                              "failures_in_window": 3}],
-                "recent": []
-            })),
+            heal: Some(
+                serde_json::from_value(serde_json::json!({
+                    "docker": "up", "dry_run": false,
+                    "global_breaker": {"state": "CLOSED", "failures_in_window": 0, "wait_secs": 60.0},
+                    "breakers": [{"container_id": "ab", "container_name": "web", "state": "OPEN",
+                                  "failures_in_window": 3, "wait_secs": 60.0}],
+                    "actions_in_global_window": 0, "in_flight": 0, "permits_available": 2,
+                    "permits_total": 2, "counters": crate::model::HealCounters::default(),
+                    "recent": []
+                }))
+                .unwrap(),
+            ),
             ..Default::default()
         }
     }
@@ -465,7 +471,11 @@ mod tests {
         let mut terminal = Terminal::new(TestBackend::new(160, 50)).unwrap();
         terminal.draw(|f| draw(f, &view)).unwrap();
         let buffer = terminal.backend().buffer();
-        let text: String = buffer.content().iter().map(|c| c.symbol()).collect();
+        let text: String = buffer
+            .content()
+            .iter()
+            .map(ratatui::buffer::Cell::symbol)
+            .collect();
         for expected in [
             "Host",
             "sched switch/s",
@@ -478,7 +488,7 @@ mod tests {
         }
         assert!(text.contains("evil"));
         assert!(
-            !text.chars().any(|c| c.is_control()),
+            !text.chars().any(char::is_control),
             "control characters reached the screen buffer"
         );
         assert!(

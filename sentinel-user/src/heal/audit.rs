@@ -6,66 +6,49 @@
 //!
 //! Fail-safe: the engine writes the `intent` line before it acts; if that write fails, it does
 //! not act (an action that cannot be audited is not taken) and `write_errors` counts it.
+//!
+//! Replay: at start-up `read_past` reads the log's tail back, so that a restart of sentinel
+//! resets neither limits nor OPEN breakers.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::breaker::BreakerState;
+use super::config::{HealConfig, secs};
+use super::gate::Restored;
+pub use crate::model::AuditRecord;
+use crate::model::Decision;
+pub use crate::sanitize::{for_log, truncate};
 
 /// Longest name or id kept in a record, bytes.
 pub const MAX_NAME: usize = 256;
 /// Longest free-text field (Docker error message, reason detail), bytes.
 pub const MAX_TEXT: usize = 2048;
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct AuditRecord {
-    /// RFC 3339 UTC wall-clock time of the decision.
-    pub ts: String,
-    pub container_id: String,
-    pub container_name: String,
-    /// `intent` (about to act), `taken` (acted, success), `failed` (acted, failed),
-    /// `skipped` (not acted, see `reason`), `not_recorded` (dropped before acting, no breaker
-    /// effect), `cancelled` (shutdown), `breaker` (state change), `docker` (connectivity),
-    /// `alert` (storm guard).
-    pub decision: String,
-    pub reason: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    /// State of the container's breaker after this decision.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub breaker: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub global_breaker: Option<String>,
-    /// For `breaker` lines: previous state and the OPEN wait.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait_secs: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub dry_run: bool,
-}
-
 impl AuditRecord {
-    pub fn new(id: &str, name: &str, decision: &str, reason: &str) -> Self {
+    pub fn new(id: &str, name: &str, decision: Decision, reason: &str) -> Self {
         Self {
             ts: now_rfc3339(),
             container_id: truncate(id, MAX_NAME),
             container_name: truncate(name, MAX_NAME),
-            decision: decision.to_string(),
+            decision,
             reason: truncate(reason, MAX_TEXT),
-            ..Self::default()
+            rule: None,
+            action: None,
+            outcome: None,
+            duration_ms: None,
+            breaker: None,
+            global_breaker: None,
+            from: None,
+            wait_secs: None,
+            exit_code: None,
+            error: None,
+            dry_run: false,
         }
     }
 }
@@ -82,14 +65,9 @@ impl AuditRecord {
         if self.reason.len() > MAX_TEXT {
             self.reason = truncate(&self.reason, MAX_TEXT);
         }
-        for f in [
-            &mut self.rule,
-            &mut self.outcome,
-            &mut self.error,
-            &mut self.action,
-        ]
-        .into_iter()
-        .flatten()
+        for f in [&mut self.rule, &mut self.outcome, &mut self.error]
+            .into_iter()
+            .flatten()
         {
             if f.len() > MAX_TEXT {
                 *f = truncate(f, MAX_TEXT);
@@ -103,23 +81,6 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-/// Cut `s` to at most `max` bytes on a char boundary, saying how much was dropped.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...[{} bytes truncated]", &s[..end], s.len() - end)
-}
-
-/// Safe for a log line: bounded and with control characters (newlines, ESC) escaped.
-pub fn for_log(s: &str) -> String {
-    truncate(s, MAX_NAME).escape_debug().to_string()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +97,6 @@ pub struct AuditLog {
     recent: VecDeque<AuditRecord>,
     recent_cap: usize,
     write_errors: u64,
-    lines: u64,
 }
 
 impl AuditLog {
@@ -150,12 +110,7 @@ impl AuditLog {
             recent: VecDeque::new(),
             recent_cap,
             write_errors: 0,
-            lines: 0,
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Append one line. The whole line goes out in one `write_all` on an O_APPEND file, so
@@ -176,17 +131,14 @@ impl AuditLog {
                 Err(e) => Err(e),
             },
         };
-        if self.recent_cap > 0 && rec.decision != "intent" {
+        if self.recent_cap > 0 && rec.decision != Decision::Intent {
             if self.recent.len() == self.recent_cap {
                 self.recent.pop_front();
             }
             self.recent.push_back(rec);
         }
         match res {
-            Ok(()) => {
-                self.lines += 1;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(source) => {
                 self.write_errors += 1;
                 // Drop the handle so the next write reopens (e.g. after log rotation).
@@ -206,10 +158,6 @@ impl AuditLog {
     pub fn write_errors(&self) -> u64 {
         self.write_errors
     }
-
-    pub fn lines(&self) -> u64 {
-        self.lines
-    }
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
@@ -219,6 +167,101 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .append(true)
         .mode(0o600)
         .open(path)
+}
+
+/// Longest bytes of an existing audit log read back at start-up (its tail).
+const PAST_TAIL: u64 = 4 << 20;
+
+/// A breaker restored OPEN: container id, name, seconds left of its wait.
+type Reopened = (String, String, f64);
+
+/// What earlier sentinel processes decided, from the tail of the audit log: the actions
+/// (`intent` lines) and the breakers last OPEN or HALF_OPEN, within the longest window any
+/// limit looks back. Unreadable or foreign lines are skipped. Also returns, for the audit,
+/// each restored OPEN breaker with the seconds left of its wait.
+pub fn read_past(
+    path: &Path,
+    cfg: &HealConfig,
+    now: Instant,
+    wall: SystemTime,
+) -> (BTreeMap<String, Restored>, Vec<Reopened>) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut past: BTreeMap<String, Restored> = BTreeMap::new();
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (past, Vec::new());
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(PAST_TAIL);
+    let mut text = String::new();
+    if f.seek(SeekFrom::Start(start)).is_err()
+        || f.take(PAST_TAIL).read_to_string(&mut text).is_err()
+    {
+        return (past, Vec::new());
+    }
+    let horizon = cfg
+        .rules
+        .iter()
+        .map(|r| r.limit_window_secs.max(r.cooldown_secs))
+        .chain([
+            cfg.global_cap.window_secs,
+            cfg.backoff.reset_after_secs,
+            cfg.breaker.open_max_secs,
+        ])
+        .fold(0.0, f64::max);
+    // (name, opened at, wait) per container whose breaker was last OPEN or HALF_OPEN.
+    let mut breakers: BTreeMap<String, (String, Instant, Duration)> = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(r) = serde_json::from_str::<AuditRecord>(line) else {
+            continue;
+        };
+        let Ok(ts) = humantime::parse_rfc3339_weak(&r.ts) else {
+            continue;
+        };
+        let age = wall.duration_since(ts).unwrap_or(Duration::ZERO);
+        if age.as_secs_f64() > horizon || r.container_id.is_empty() {
+            continue;
+        }
+        let Some(at) = now.checked_sub(age) else {
+            continue;
+        };
+        match r.decision {
+            Decision::Intent => {
+                if let Some(rule) = cfg
+                    .rules
+                    .iter()
+                    .position(|x| Some(&x.name) == r.rule.as_ref())
+                {
+                    past.entry(r.container_id)
+                        .or_default()
+                        .actions
+                        .push((rule, at));
+                }
+            }
+            Decision::Breaker => match r.breaker {
+                Some(BreakerState::Open) => {
+                    let wait = secs(r.wait_secs.unwrap_or(cfg.breaker.open_secs));
+                    breakers.insert(r.container_id, (r.container_name, at, wait));
+                }
+                // HALF_OPEN: restored as OPEN whose wait has elapsed (one trial, not CLOSED).
+                Some(BreakerState::HalfOpen) => {
+                    if let Some(b) = breakers.get_mut(&r.container_id) {
+                        b.1 = at.checked_sub(b.2).unwrap_or(at);
+                    }
+                }
+                _ => {
+                    breakers.remove(&r.container_id);
+                }
+            },
+            _ => {}
+        }
+    }
+    let mut reopened = Vec::new();
+    for (id, (name, at, wait)) in breakers {
+        let left = (at + wait).saturating_duration_since(now).as_secs_f64();
+        past.entry(id.clone()).or_default().open = Some((at, wait));
+        reopened.push((id, name, left));
+    }
+    (past, reopened)
 }
 
 #[cfg(test)]
@@ -232,11 +275,16 @@ mod tests {
         let mut log = AuditLog::open(&path, 4);
         let huge = "x".repeat(1 << 20);
         let evil = "a\"b\nc\u{1b}[31mred\u{1b}[0m\r\u{0}tгue";
-        let mut r = AuditRecord::new(evil, &huge, "skipped", evil);
+        let mut r = AuditRecord::new(evil, &huge, Decision::Skipped, evil);
         r.error = Some(huge.clone());
         log.write(r).unwrap();
-        log.write(AuditRecord::new("id2", "n", "skipped", "not_labelled"))
-            .unwrap();
+        log.write(AuditRecord::new(
+            "id2",
+            "n",
+            Decision::Skipped,
+            "not_labelled",
+        ))
+        .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -264,24 +312,171 @@ mod tests {
         // /dev/full accepts the open and fails every write with ENOSPC.
         let mut log = AuditLog::open(Path::new("/dev/full"), 4);
         assert!(
-            log.write(AuditRecord::new("a", "b", "intent", "x"))
+            log.write(AuditRecord::new("a", "b", Decision::Intent, "x"))
                 .is_err()
         );
         assert_eq!(log.write_errors(), 1);
         let mut missing = AuditLog::open(Path::new("/nonexistent-dir/audit.jsonl"), 4);
         assert!(
             missing
-                .write(AuditRecord::new("a", "b", "intent", "x"))
+                .write(AuditRecord::new("a", "b", Decision::Intent, "x"))
                 .is_err()
         );
         assert_eq!(missing.write_errors(), 1);
     }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+    use crate::heal::breaker::BreakerState;
+    use crate::heal::gate::{Consent, Facts, Gate, Request, SkipReason, Verdict};
+    use std::time::{Duration, Instant, SystemTime};
+
+    fn line(id: &str, age_secs: f64, decision: &str, extra: &str) -> String {
+        let ts = time::OffsetDateTime::now_utc() - time::Duration::seconds_f64(age_secs);
+        let ts = ts
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        format!(
+            r#"{{"ts":"{ts}","container_id":"{id}","container_name":"n","decision":"{decision}","reason":"r"{extra}}}"#
+        )
+    }
+
+    fn req(id: &str, limit: u32) -> Request<'_> {
+        Request {
+            container_id: id,
+            rule: 0,
+            cooldown: Duration::ZERO,
+            rule_limit: (limit, Duration::from_secs(60)),
+            facts: Facts {
+                consent: Consent::Labelled,
+                stopped_by_operator: false,
+                restart_policy_active: false,
+            },
+            docker_up: true,
+            dry_run: false,
+        }
+    }
+
+    /// Regression (chaos soak, seed 7): a SIGKILLed and restarted sentinel forgot its
+    /// actions and breakers, and restarted a flapper 6 times within 60 s (rule limit 4).
+    #[test]
+    fn restart_keeps_limits_and_open_breakers_from_the_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rule = r#","rule":"autoheal","action":"restart""#;
+        let lines = [
+            line("old", 4000.0, "intent", rule),
+            line("a", 40.0, "intent", rule),
+            line("a", 30.0, "intent", rule),
+            line("a", 20.0, "intent", rule),
+            line("a", 5.0, "intent", rule),
+            line("b", 3.0, "intent", rule),
+            line(
+                "b",
+                2.0,
+                "breaker",
+                r#","from":"CLOSED","breaker":"OPEN","wait_secs":16.0"#,
+            ),
+            line(
+                "c",
+                30.0,
+                "breaker",
+                r#","from":"CLOSED","breaker":"OPEN","wait_secs":4.0"#,
+            ),
+            line(
+                "c",
+                20.0,
+                "breaker",
+                r#","from":"OPEN","breaker":"HALF_OPEN""#,
+            ),
+            line(
+                "c",
+                10.0,
+                "breaker",
+                r#","from":"HALF_OPEN","breaker":"CLOSED""#,
+            ),
+            "not json".to_string(),
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let mut cfg = HealConfig::default();
+        cfg.rules[0].max_actions = 4;
+        cfg.rules[0].limit_window_secs = 60.0;
+        cfg.backoff.initial_secs = 1.0;
+        cfg.backoff.max_secs = 1.0;
+        cfg.grace_secs = 1.0;
+        let now = Instant::now();
+        let (past, reopened) = read_past(&path, &cfg, now, SystemTime::now());
+        assert_eq!(past["a"].actions.len(), 4);
+        assert!(!past.contains_key("old"), "older than every window");
+        assert!(
+            past.get("c").is_none_or(|r| r.open.is_none()),
+            "closed since"
+        );
+        assert_eq!(reopened.len(), 1);
+        assert_eq!(reopened[0].0, "b");
+        assert!(
+            reopened[0].2 > 12.0 && reopened[0].2 <= 14.5,
+            "{reopened:?}"
+        );
+        let mut gate = Gate::new(&cfg);
+        gate.restore(&past);
+        assert_eq!(
+            gate.decide(now, &req("a", 4)),
+            Verdict::Skip(SkipReason::RuleLimit)
+        );
+        assert_eq!(gate.breaker_state("b"), Some(BreakerState::Open));
+        assert_eq!(
+            gate.decide(now + Duration::from_secs(2), &req("b", 4)),
+            Verdict::Skip(SkipReason::BreakerOpen)
+        );
+        assert!(matches!(
+            gate.decide(now, &req("fresh", 4)),
+            Verdict::Allow(_)
+        ));
+    }
 
     #[test]
-    fn truncate_respects_char_boundaries() {
-        let s = "ж".repeat(10);
-        let t = truncate(&s, 5);
-        assert!(t.starts_with("жж"));
-        assert!(t.contains("truncated"));
+    fn replay_skips_foreign_lines_and_reads_half_open_as_open_with_its_wait_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let lines = [
+            line("a", 10.0, "intent", r#","rule":"nonexistent""#),
+            line("a", 10.0, "bogus", r#","rule":"autoheal""#),
+            line("b", 20.0, "breaker", r#","from":"CLOSED","breaker":"OPEN","wait_secs":60.0"#),
+            line("b", 5.0, "breaker", r#","from":"OPEN","breaker":"HALF_OPEN""#),
+            r#"{"ts":"not a time","container_id":"c","container_name":"n","decision":"intent","reason":"r","rule":"autoheal"}"#.to_string(),
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let cfg = HealConfig::default();
+        let now = Instant::now();
+        let (past, reopened) = read_past(&path, &cfg, now, SystemTime::now());
+        assert!(
+            past.get("a").is_none_or(|r| r.actions.is_empty()),
+            "unknown rule / decision"
+        );
+        assert!(!past.contains_key("c"), "bad timestamp");
+        assert_eq!(reopened.len(), 1);
+        assert_eq!(reopened[0].0, "b");
+        assert!(
+            reopened[0].2 < 1.0,
+            "HALF_OPEN: its wait is over: {reopened:?}"
+        );
+        let mut gate = Gate::new(&cfg);
+        gate.restore(&past);
+        gate.tick(now);
+        assert_eq!(gate.breaker_state("b"), Some(BreakerState::HalfOpen));
+    }
+
+    #[test]
+    fn replay_of_a_missing_log_is_empty() {
+        let (past, reopened) = read_past(
+            Path::new("/nonexistent/audit.jsonl"),
+            &HealConfig::default(),
+            Instant::now(),
+            SystemTime::now(),
+        );
+        assert!(past.is_empty() && reopened.is_empty());
     }
 }

@@ -18,23 +18,7 @@ use serde::Serialize;
 
 use super::config::{BreakerConfig, secs};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum BreakerState {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-impl BreakerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "CLOSED",
-            BreakerState::Open => "OPEN",
-            BreakerState::HalfOpen => "HALF_OPEN",
-        }
-    }
-}
+pub use crate::model::BreakerState;
 
 /// What an action's result means for a breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

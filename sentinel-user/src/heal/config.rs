@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::{detect::engine::CONTAINER_SIGNALS, model::ActionKind};
+
 /// The whole healing configuration (`[heal]` in the TOML file).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,8 +28,9 @@ pub struct HealConfig {
     pub allow_image_label: bool,
     /// Decide and audit everything, act on nothing.
     pub dry_run: bool,
-    /// Docker endpoint (`unix:///path` or `tcp://host:port`). Unset: `DOCKER_HOST`, then
-    /// `unix:///var/run/docker.sock`.
+    /// Deprecated alias of `[docker] host`: the config loader moves it there (with one
+    /// warning), so nothing reads it here.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub docker_host: Option<String>,
     /// Time-out of every Docker API call that is not an action (inspect, list, ping), seconds.
     pub api_timeout_secs: f64,
@@ -150,7 +153,7 @@ pub enum Trigger {
     Unhealthy,
     /// An anomaly on `signal` for this container, sustained for `intervals` intervals.
     Anomaly {
-        signal: String,
+        signal: Signal,
         #[serde(default = "one")]
         intervals: u32,
     },
@@ -211,13 +214,13 @@ fn default_signal() -> String {
 }
 
 impl ActionConfig {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ActionKind {
         match self {
-            ActionConfig::Restart { .. } => "restart",
-            ActionConfig::Stop { .. } => "stop",
-            ActionConfig::Start => "start",
-            ActionConfig::Kill { .. } => "kill",
-            ActionConfig::Exec { .. } => "exec",
+            ActionConfig::Restart { .. } => ActionKind::Restart,
+            ActionConfig::Stop { .. } => ActionKind::Stop,
+            ActionConfig::Start => ActionKind::Start,
+            ActionConfig::Kill { .. } => ActionKind::Kill,
+            ActionConfig::Exec { .. } => ActionKind::Exec,
         }
     }
 }
@@ -494,10 +497,7 @@ impl HealConfig {
             );
             match &r.trigger {
                 Trigger::Unhealthy | Trigger::Died { .. } => {}
-                Trigger::Anomaly { signal, intervals } => {
-                    if signal.is_empty() {
-                        c.err(format!("{k}.trigger.signal"), "must not be empty");
-                    }
+                Trigger::Anomaly { intervals, .. } => {
                     c.urange(
                         &format!("{k}.trigger.intervals"),
                         (*intervals).into(),
@@ -553,12 +553,6 @@ impl HealConfig {
         if c.0.is_empty() { Ok(()) } else { Err(c.0) }
     }
 
-    pub fn grace(&self) -> Duration {
-        secs(self.grace_secs)
-    }
-    pub fn verify(&self) -> Duration {
-        secs(self.verify_secs)
-    }
     pub fn action_timeout(&self) -> Duration {
         secs(self.action_timeout_secs)
     }
@@ -579,6 +573,55 @@ fn valid_signal(s: &str) -> bool {
         && s.len() <= 10
         && s.chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+')
+}
+
+/// A per-container signal the detection engine scores, by name. Only the names detection
+/// defines (`detect::engine::CONTAINER_SIGNALS`, the one list) parse: a typo in a rule is a
+/// config error listing the allowed names, not a trigger that never fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Signal(&'static str);
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::str::FromStr for Signal {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        CONTAINER_SIGNALS
+            .iter()
+            .find(|&&name| name == s)
+            .map(|&name| Signal(name))
+            .ok_or_else(|| {
+                format!(
+                    "unknown signal {:?}: expected one of {}",
+                    crate::sanitize::truncate(s, 64),
+                    CONTAINER_SIGNALS.join(", ")
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for Signal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Signal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// A probe target: `http://HOST:PORT/path` where HOST is a literal IP that is loopback or in a
@@ -648,7 +691,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.rules.len(), 1);
         assert_eq!(c.rules[0].trigger, Trigger::Unhealthy);
-        assert_eq!(c.rules[0].action.kind(), "restart");
+        assert_eq!(c.rules[0].action.kind(), ActionKind::Restart);
         assert_eq!(c.label, "sentinel.heal");
         assert!(!c.allow_image_label);
     }
@@ -714,7 +757,7 @@ mod tests {
             ..RuleConfig::autoheal()
         });
         let errs = c.validate().unwrap_err();
-        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let text: Vec<String> = errs.iter().map(std::string::ToString::to_string).collect();
         assert!(
             text.iter()
                 .any(|t| t.starts_with("heal.max_concurrent_actions:") && t.contains("1..=64")),
@@ -729,6 +772,31 @@ mod tests {
             text.iter()
                 .any(|t| t.starts_with("heal.rules[1].trigger.url:") && t.contains("8.8.8.8")),
             "{text:?}"
+        );
+    }
+
+    /// An anomaly trigger names a signal detection defines; a typo is an error listing them.
+    #[test]
+    fn anomaly_signal_is_one_of_the_detected_signals() {
+        for name in CONTAINER_SIGNALS {
+            let src = format!(
+                "[[rules]]\nname = \"r\"\ntrigger = {{ kind = \"anomaly\", signal = \"{name}\" }}\naction = {{ kind = \"restart\" }}\n"
+            );
+            let c: HealConfig = toml::from_str(&src).unwrap();
+            assert!(
+                matches!(c.rules[0].trigger, Trigger::Anomaly { signal, .. } if signal.as_str() == name)
+            );
+        }
+        let typo = "[[rules]]\nname = \"r\"\ntrigger = { kind = \"anomaly\", signal = \"cpuu\" }\naction = { kind = \"restart\" }\n";
+        let e = toml::from_str::<HealConfig>(typo).unwrap_err().to_string();
+        assert!(
+            e.contains("cpuu") && e.contains(&CONTAINER_SIGNALS.join(", ")),
+            "{e}"
+        );
+        assert!("".parse::<Signal>().is_err());
+        assert_eq!(
+            "runq_latency".parse::<Signal>().unwrap().to_string(),
+            "runq_latency"
         );
     }
 

@@ -4,8 +4,11 @@
 //!
 //! Order of the checks (first match wins, so the audit names the most fundamental reason):
 //! docker_unreachable, not_labelled / label_from_image, stopped_by_operator,
-//! docker_restart_policy_active, action_in_flight, grace_period, cooldown, rule_limit, backoff,
+//! docker_restart_policy_active, storm_guard (and the storm hold, which is not a refusal but a
+//! "not yet": `Verdict::Hold`), action_in_flight, grace_period, cooldown, rule_limit, backoff,
 //! rate_cap, breaker_open, global_breaker_open, dry_run.
+//! The storm guard counts the containers an evaluation found due (`observe_storm`, once per
+//! evaluation, before its decisions); `decide` then refuses or holds with the rest.
 //! Breakers come last because asking a HALF_OPEN breaker takes a trial slot; a later refusal
 //! would have to give it back.
 //!
@@ -24,6 +27,7 @@ use serde::Serialize;
 use super::backoff::{Backoff, RateCap};
 use super::breaker::{Breaker, BreakerState, Outcome, Transition, Trial};
 use super::config::{HealConfig, secs};
+pub use crate::model::BreakerView;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,7 +47,6 @@ pub enum SkipReason {
     GlobalBreakerOpen,
     DryRun,
     StormGuard,
-    AuditUnavailable,
 }
 
 impl SkipReason {
@@ -64,7 +67,6 @@ impl SkipReason {
             SkipReason::GlobalBreakerOpen => "global_breaker_open",
             SkipReason::DryRun => "dry_run",
             SkipReason::StormGuard => "storm_guard",
-            SkipReason::AuditUnavailable => "audit_unavailable",
         }
     }
 }
@@ -107,9 +109,12 @@ pub struct Grant {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub enum Decision {
+pub enum Verdict {
     Allow(Grant),
     Skip(SkipReason),
+    /// Due, but held until this instant so that containers tripping together are counted
+    /// first (the storm hold): ask again then. Not audited.
+    Hold(Instant),
 }
 
 /// How an allowed action ended, as the breakers see it.
@@ -159,23 +164,12 @@ struct ContainerGate {
     pending: Option<Pending>,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct BreakerView {
-    pub state: BreakerState,
-    pub failures_in_window: usize,
-    pub wait_secs: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub open_remaining_secs: Option<f64>,
-}
-
-impl BreakerView {
-    fn of(b: &Breaker, now: Instant) -> Self {
-        Self {
-            state: b.state(),
-            failures_in_window: b.failures(),
-            wait_secs: b.wait().as_secs_f64(),
-            open_remaining_secs: b.open_remaining(now).map(|d| d.as_secs_f64()),
-        }
+fn view_of(b: &Breaker, now: Instant) -> BreakerView {
+    BreakerView {
+        state: b.state(),
+        failures_in_window: b.failures(),
+        wait_secs: b.wait().as_secs_f64(),
+        open_remaining_secs: b.open_remaining(now).map(|d| d.as_secs_f64()),
     }
 }
 
@@ -184,6 +178,7 @@ pub struct Gate {
     containers: HashMap<String, ContainerGate>,
     global_breaker: Breaker,
     global_cap: RateCap,
+    storm: StormGuard,
 }
 
 impl Gate {
@@ -193,7 +188,23 @@ impl Gate {
             containers: HashMap::new(),
             global_breaker: Breaker::new(&cfg.global_breaker),
             global_cap: RateCap::new(&cfg.global_cap),
+            storm: StormGuard::new(cfg),
         }
+    }
+
+    /// One evaluation's view of the storm (D8): `due` are opted-in containers with a firing
+    /// rule that the gate's first checks would let through (labelled, not stopped by an
+    /// operator, not being restarted by Docker), `quiet` evaluated containers with none,
+    /// `labelled` how many opted-in containers exist. `decide` then refuses (`storm_guard`)
+    /// or holds accordingly. The verdict says when a storm starts or ends (one alert each).
+    pub fn observe_storm(
+        &mut self,
+        now: Instant,
+        due: &[&str],
+        quiet: &[&str],
+        labelled: usize,
+    ) -> StormVerdict {
+        self.storm.observe(&self.cfg, now, due, quiet, labelled)
     }
 
     fn entry(&mut self, id: &str) -> &mut ContainerGate {
@@ -249,36 +260,48 @@ impl Gate {
     }
 
     /// Decide, and on Allow (or dry_run) book the action against cooldown, back-off and caps.
-    pub fn decide(&mut self, now: Instant, req: &Request<'_>) -> Decision {
-        use SkipReason::*;
+    pub fn decide(&mut self, now: Instant, req: &Request<'_>) -> Verdict {
+        use SkipReason::{
+            ActionInFlight, Backoff, BreakerOpen, Cooldown, DockerRestartPolicyActive,
+            DockerUnreachable, DryRun, GlobalBreakerOpen, GracePeriod, LabelFromImage, NotLabelled,
+            RateCap, RuleLimit, StoppedByOperator,
+        };
         if !req.docker_up {
-            return Decision::Skip(DockerUnreachable);
+            return Verdict::Skip(DockerUnreachable);
         }
         match req.facts.consent {
             Consent::Labelled => {}
-            Consent::NotLabelled => return Decision::Skip(NotLabelled),
-            Consent::LabelFromImage => return Decision::Skip(LabelFromImage),
+            Consent::NotLabelled => return Verdict::Skip(NotLabelled),
+            Consent::LabelFromImage => return Verdict::Skip(LabelFromImage),
         }
         if req.facts.stopped_by_operator {
-            return Decision::Skip(StoppedByOperator);
+            return Verdict::Skip(StoppedByOperator);
         }
         if req.facts.restart_policy_active {
-            return Decision::Skip(DockerRestartPolicyActive);
+            return Verdict::Skip(DockerRestartPolicyActive);
+        }
+        if self.storm.in_storm {
+            return Verdict::Skip(SkipReason::StormGuard);
+        }
+        if !self.storm.ready(now, req.container_id)
+            && let Some(at) = self.storm.ready_at(req.container_id)
+        {
+            return Verdict::Hold(at);
         }
         let grace = secs(self.cfg.grace_secs);
         let c = self.entry(req.container_id);
         if c.in_flight {
-            return Decision::Skip(ActionInFlight);
+            return Verdict::Skip(ActionInFlight);
         }
         if let Some(end) = c.last_end
             && now < end + grace
         {
-            return Decision::Skip(GracePeriod);
+            return Verdict::Skip(GracePeriod);
         }
         if let Some(&last) = c.rule_last.get(&req.rule)
             && now < last + req.cooldown
         {
-            return Decision::Skip(Cooldown);
+            return Verdict::Skip(Cooldown);
         }
         let (max, window) = req.rule_limit;
         if max > 0 {
@@ -287,29 +310,25 @@ impl Gate {
                 .entry(req.rule)
                 .or_insert_with(|| super::backoff::RateCap::with(max, window));
             if !cap.allows(now) {
-                return Decision::Skip(RuleLimit);
+                return Verdict::Skip(RuleLimit);
             }
         }
         if c.backoff.check(now).is_err() {
-            return Decision::Skip(Backoff);
+            return Verdict::Skip(Backoff);
         }
         if !self.global_cap.allows(now) {
-            return Decision::Skip(RateCap);
+            return Verdict::Skip(RateCap);
         }
         let c = self
             .containers
             .get_mut(req.container_id)
             .expect("entry created above");
-        let container_trial = match c.breaker.try_begin(now) {
-            Ok(t) => t,
-            Err(_) => return Decision::Skip(BreakerOpen),
+        let Ok(container_trial) = c.breaker.try_begin(now) else {
+            return Verdict::Skip(BreakerOpen);
         };
-        let global_trial = match self.global_breaker.try_begin(now) {
-            Ok(t) => t,
-            Err(_) => {
-                c.breaker.record(now, container_trial, Outcome::Neutral);
-                return Decision::Skip(GlobalBreakerOpen);
-            }
+        let Ok(global_trial) = self.global_breaker.try_begin(now) else {
+            c.breaker.record(now, container_trial, Outcome::Neutral);
+            return Verdict::Skip(GlobalBreakerOpen);
         };
         // Book the action: a dry run books it too, so its audit shows the cadence a real run
         // would have, but it never touches the breakers.
@@ -324,10 +343,10 @@ impl Gate {
             self.global_breaker
                 .record(now, global_trial, Outcome::Neutral);
             c.last_end = Some(now);
-            return Decision::Skip(DryRun);
+            return Verdict::Skip(DryRun);
         }
         c.in_flight = true;
-        Decision::Allow(Grant {
+        Verdict::Allow(Grant {
             container: container_trial,
             global: global_trial,
         })
@@ -448,6 +467,7 @@ impl Gate {
     /// Drop everything known about a container (it was destroyed). A pending verify settles as
     /// neutral for the global breaker.
     pub fn forget(&mut self, now: Instant, id: &str) {
+        self.storm.forget(id);
         if let Some(c) = self.containers.remove(id)
             && let Some(p) = c.pending
         {
@@ -476,10 +496,10 @@ impl Gate {
         let mut v: Vec<(String, BreakerView)> = self
             .containers
             .iter()
-            .map(|(id, c)| (id.clone(), BreakerView::of(&c.breaker, now)))
+            .map(|(id, c)| (id.clone(), view_of(&c.breaker, now)))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
-        (BreakerView::of(&self.global_breaker, now), v)
+        (view_of(&self.global_breaker, now), v)
     }
 
     pub fn actions_in_global_window(&mut self, now: Instant) -> usize {
@@ -583,10 +603,6 @@ impl StormGuard {
     pub fn forget(&mut self, id: &str) {
         self.due_since.remove(id);
     }
-
-    pub fn tracked(&self) -> usize {
-        self.due_since.len()
-    }
 }
 
 #[cfg(test)]
@@ -638,32 +654,90 @@ mod tests {
         r.facts.consent = Consent::NotLabelled;
         assert_eq!(
             g.decide(now, &r),
-            Decision::Skip(SkipReason::DockerUnreachable)
+            Verdict::Skip(SkipReason::DockerUnreachable)
         );
         r.docker_up = true;
-        assert_eq!(g.decide(now, &r), Decision::Skip(SkipReason::NotLabelled));
+        assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::NotLabelled));
         r.facts.consent = Consent::LabelFromImage;
-        assert_eq!(
-            g.decide(now, &r),
-            Decision::Skip(SkipReason::LabelFromImage)
-        );
+        assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::LabelFromImage));
         r.facts.consent = Consent::Labelled;
         r.facts.stopped_by_operator = true;
         assert_eq!(
             g.decide(now, &r),
-            Decision::Skip(SkipReason::StoppedByOperator)
+            Verdict::Skip(SkipReason::StoppedByOperator)
         );
         r.facts.stopped_by_operator = false;
         r.facts.restart_policy_active = true;
         assert_eq!(
             g.decide(now, &r),
-            Decision::Skip(SkipReason::DockerRestartPolicyActive)
+            Verdict::Skip(SkipReason::DockerRestartPolicyActive)
         );
         r.facts.restart_policy_active = false;
         r.dry_run = true;
-        assert_eq!(g.decide(now, &r), Decision::Skip(SkipReason::DryRun));
-        assert_eq!(g.decide(now, &r), Decision::Skip(SkipReason::GracePeriod));
+        assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::DryRun));
+        assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::GracePeriod));
         assert_eq!(g.breaker_state("a"), Some(BreakerState::Closed));
+    }
+
+    /// D8: the storm guard is the gate's: after the container facts (a stopped container is
+    /// still `stopped_by_operator`), before every limit (so a storm is what the audit says).
+    #[test]
+    fn storm_is_decided_by_the_gate_after_the_facts_and_before_the_limits() {
+        let cfg = HealConfig {
+            storm_min_containers: 2,
+            ..test_cfg()
+        };
+        let mut g = Gate::new(&cfg);
+        let now = Instant::now();
+        let v = g.observe_storm(now, &["a", "b", "c"], &[], 4);
+        assert_eq!((v.storm, v.changed, v.tripped), (true, Some(true), 3));
+        let mut r = req("a", Duration::ZERO);
+        assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::StormGuard));
+        r.facts.stopped_by_operator = true;
+        assert_eq!(
+            g.decide(now, &r),
+            Verdict::Skip(SkipReason::StoppedByOperator)
+        );
+        r.facts.stopped_by_operator = false;
+        r.docker_up = false;
+        assert_eq!(
+            g.decide(now, &r),
+            Verdict::Skip(SkipReason::DockerUnreachable)
+        );
+        // Over: healing resumes, once.
+        let v = g.observe_storm(now, &[], &["a", "b", "c"], 4);
+        assert_eq!((v.storm, v.changed), (false, Some(false)));
+        assert!(matches!(
+            g.decide(now, &req("a", Duration::ZERO)),
+            Verdict::Allow(_)
+        ));
+    }
+
+    /// The storm hold is a "not yet", not a refusal: nothing is booked, and the container is
+    /// allowed once the hold is over.
+    #[test]
+    fn the_storm_hold_is_not_a_refusal() {
+        let cfg = HealConfig {
+            storm_hold_secs: 1.0,
+            ..test_cfg()
+        };
+        let mut g = Gate::new(&cfg);
+        let t0 = Instant::now();
+        g.observe_storm(t0, &["a"], &[], 10);
+        let at = t0 + Duration::from_secs(1);
+        assert_eq!(g.decide(t0, &req("a", Duration::ZERO)), Verdict::Hold(at));
+        assert_eq!(g.tracked(), 0, "a hold books nothing");
+        assert!(matches!(
+            g.decide(at, &req("a", Duration::ZERO)),
+            Verdict::Allow(_)
+        ));
+        // Forgetting a container drops its storm state too.
+        g.observe_storm(at, &["b"], &[], 10);
+        g.forget(at, "b");
+        assert!(matches!(
+            g.decide(at, &req("b", Duration::ZERO)),
+            Verdict::Allow(_)
+        ));
     }
 
     #[test]
@@ -683,7 +757,7 @@ mod tests {
             for t in g.on_trigger(now, "a") {
                 log.push(t.transition.to);
             }
-            if let Decision::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
+            if let Verdict::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
                 acted += 1;
                 g.finish(now, "a", grant, Finished::Done);
             }
@@ -739,7 +813,7 @@ mod tests {
         assert!(g.ready(ms(7000), "x"));
         assert_eq!(g.ready_at("x"), Some(ms(7000)));
         g.forget("x");
-        assert_eq!(g.tracked(), 0);
+        assert_eq!(g.ready_at("x"), None);
     }
 
     proptest! {
@@ -792,7 +866,7 @@ mod tests {
                 g.tick(now);
                 let id = ids[who as usize];
                 g.on_trigger(now, id);
-                if let Decision::Allow(grant) = g.decide(now, &req(id, cooldown)) {
+                if let Verdict::Allow(grant) = g.decide(now, &req(id, cooldown)) {
                     if let Some(&l) = last.get(id) {
                         prop_assert!(now >= l + cooldown, "acted inside cooldown");
                     }
@@ -820,13 +894,13 @@ mod tests {
             for (dt, fail) in pre {
                 now += Duration::from_millis(dt);
                 g.tick(now);
-                if let Decision::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
+                if let Verdict::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
                     g.finish(now, "a", grant, if fail { Finished::ContainerFailure } else { Finished::Neutral });
                 }
             }
             g.tick(now);
             let before = (g.breaker_state("a").unwrap_or(BreakerState::Closed), g.global_state(), g.view(now).1.first().map_or(0, |v| v.1.failures_in_window));
-            if let Decision::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
+            if let Verdict::Allow(grant) = g.decide(now, &req("a", Duration::ZERO)) {
                 g.finish(now, "a", grant, Finished::Neutral);
             }
             let after = (g.breaker_state("a").unwrap_or(BreakerState::Closed), g.global_state(), g.view(now).1.first().map_or(0, |v| v.1.failures_in_window));

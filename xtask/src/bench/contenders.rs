@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Btf, Ebpf,
     programs::{BtfTracePoint, Program, RawTracePoint, TracePoint},
 };
 
@@ -72,10 +72,34 @@ pub const FLOORS: &[(&str, &str, &str, &str)] = &[
         "sched_switch",
     ),
     (
-        "snt_floor_swpcpu",
-        "tp_btf + per-container entry + 2 atomic adds",
+        "snt_floor_swrq",
+        "tp_btf + last_queued and run-queue clock",
         "sched",
         "sched_switch",
+    ),
+    (
+        "snt_floor_swkey",
+        "tp_btf + container key + slot lookup",
+        "sched",
+        "sched_switch",
+    ),
+    (
+        "snt_floor_swslot",
+        "tp_btf + record + slot entry + dirty mark",
+        "sched",
+        "sched_switch",
+    ),
+    (
+        "snt_floor_xmitif",
+        "tp_btf + interface lookup",
+        "net",
+        "net_dev_xmit",
+    ),
+    (
+        "snt_floor_recvif",
+        "tp_btf + interface lookup",
+        "net",
+        "netif_receive_skb",
     ),
 ];
 
@@ -328,11 +352,23 @@ fn wait_for(running: &mut Running, file: &Path, needle: &str, timeout: Duration)
 }
 
 /// Loads and attaches the floor programs selected by `pick(program, kind)` from the eBPF
-/// object (the daemon never attaches them).
+/// object (the daemon never attaches them), with the daemon's load-time globals, so the
+/// decomposition programs read the same kernel fields. Their own maps get what makes their
+/// lookups hit, as the daemon's do on a running host: an entry for the interface key they
+/// use, and this host's container key.
 pub fn load_floor(ctx: &Ctx, pick: impl Fn(&str, &str) -> bool) -> Result<Floor> {
-    let mut ebpf = EbpfLoader::new()
+    use sentinel::collect::{loader, offsets::Offsets};
+    let offsets = Offsets::from_file(std::path::Path::new(
+        sentinel::collect::offsets::VMLINUX_BTF,
+    ))?;
+    let key_mode = loader::KeyMode::Auto.resolve();
+    let source = loader::RunqSource::Auto.resolve(&offsets)?;
+    let ncpu = loader::possible_cpus()?;
+    let mut ebpf = loader::ebpf_loader(&offsets, key_mode, source, offsets.sock_net)
         .load_file(&ctx.ebpf_object)
         .with_context(|| format!("loading {}", ctx.ebpf_object.display()))?;
+    loader::init_maps(&mut ebpf, ncpu, sentinel_common::CONTAINER_MAP_CAPACITY)?;
+    prime_floor_maps(&mut ebpf, ncpu, key_mode)?;
     let btf = Btf::from_sys_fs().context("kernel BTF")?;
     let mut programs = Vec::new();
     for &(name, kind, category, tracepoint) in FLOORS {
@@ -356,6 +392,40 @@ pub fn load_floor(ctx: &Ctx, pick: impl Fn(&str, &str) -> bool) -> Result<Floor>
         _ebpf: ebpf,
         programs,
     })
+}
+
+fn prime_floor_maps(
+    ebpf: &mut Ebpf,
+    ncpu: usize,
+    key_mode: sentinel::collect::loader::KeyMode,
+) -> Result<()> {
+    use aya::maps::{HashMap as BpfHashMap, PerCpuHashMap, PerCpuValues};
+    use sentinel_common::{IFNAME_LEN, IfaceKey, IfaceStats};
+    let mut ifaces: PerCpuHashMap<_, IfaceKey, IfaceStats> =
+        PerCpuHashMap::try_from(ebpf.map_mut("IFACES").context("IFACES missing")?)?;
+    let zero = IfaceStats {
+        rx_packets: 0,
+        rx_bytes: 0,
+        tx_packets: 0,
+        tx_bytes: 0,
+        name: [0; IFNAME_LEN],
+    };
+    ifaces.insert(
+        IfaceKey {
+            netns: 0,
+            ifindex: 1,
+        },
+        PerCpuValues::try_from(vec![zero; ncpu])?,
+        0,
+    )?;
+    let mut slots: BpfHashMap<_, u64, u32> = BpfHashMap::try_from(
+        ebpf.map_mut("CONTAINER_SLOTS")
+            .context("CONTAINER_SLOTS missing")?,
+    )?;
+    if let Some(key) = sentinel::containers::procfs::key_of_pid(key_mode, std::process::id()) {
+        slots.insert(key, 0, 0)?;
+    }
+    Ok(())
 }
 
 fn attach_btf(p: &mut BtfTracePoint, tracepoint: &str, btf: &Btf) -> Result<()> {

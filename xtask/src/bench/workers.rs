@@ -25,11 +25,15 @@ pub enum Worker {
     /// fork + exec + wait of /bin/true.
     #[command(hide = true)]
     Forkexec { count: u64 },
+    /// `count` child processes, each in its own mount namespace, each waking every 300 ms;
+    /// they die with this process.
+    #[command(hide = true)]
+    Sleepers { count: u32 },
 }
 
 /// The CPU the workloads are pinned to (the last one, the first is where IRQs tend to go).
 pub fn bench_cpu() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1
 }
 
 pub fn run(worker: Worker) -> Result<()> {
@@ -39,12 +43,47 @@ pub fn run(worker: Worker) -> Result<()> {
         Worker::Pong => return pong(),
         Worker::Udp { datagrams } => udp(datagrams)?,
         Worker::Forkexec { count } => forkexec(count)?,
+        Worker::Sleepers { count } => return sleepers(count),
     };
     // Includes the start-up before the clock runs (a few ms at most, the same for every run).
     let cpu = cpu_ns().saturating_sub(cpu0);
     println!("elapsed_ns={}", elapsed.as_nanos());
     println!("cpu_ns={cpu}");
     Ok(())
+}
+
+fn sleepers(count: u32) -> Result<()> {
+    for i in 0..count {
+        // SAFETY: this process is single-threaded here; the child only makes system calls.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            bail!("fork: {}", std::io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: plain system calls in the child.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    libc::_exit(1);
+                }
+                // 270-330 ms, so the wake-ups spread over the interval.
+                let period_ns = 270_000_000 + (i as i64 * 7_919_000) % 60_000_000;
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: period_ns,
+                };
+                loop {
+                    libc::nanosleep(&ts, std::ptr::null_mut());
+                }
+            }
+        }
+    }
+    loop {
+        // SAFETY: waits for any child; the sleepers never exit on their own.
+        if unsafe { libc::wait(std::ptr::null_mut()) } < 0 {
+            return Ok(());
+        }
+    }
 }
 
 /// User + system CPU time of this process and its waited-for children (the pong process, the

@@ -153,7 +153,8 @@ fn dry_run_records_the_decision_and_acts_on_nothing() {
 }
 
 /// A bad config file stops `sentinel run` before anything is loaded, with one line naming the
-/// file, line and key; `sentinel config check` says the same.
+/// file, line and key, and exit status 78 (EX_CONFIG, which the unit does not restart);
+/// `sentinel config check` says the same with exit status 1.
 #[test]
 fn bad_config_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,16 +164,16 @@ fn bad_config_is_refused_before_anything_starts() {
         "[daemon]\ninterval = \"250ms\"\n\n[heal]\ndry_runn = true\n",
     )
     .unwrap();
-    for args in [
-        vec!["run", "--config", path.to_str().unwrap()],
-        vec!["config", "check", path.to_str().unwrap()],
+    for (args, code) in [
+        (vec!["run", "--config", path.to_str().unwrap()], 78),
+        (vec!["config", "check", path.to_str().unwrap()], 1),
     ] {
         let out = std::process::Command::new(BIN)
             .args(&args)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
         assert!(
             stderr.contains("line 5") && stderr.contains("heal.dry_runn"),

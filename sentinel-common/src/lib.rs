@@ -70,6 +70,248 @@ pub mod counter {
     ];
 }
 
+/// The signal registry: every kernel hook and every global counter, with what the rest of the
+/// project derives from them (the loader's hook list, the public JSON counters, the overflow
+/// counters surfaced per map, the bench's floor programs). Adding a global counter is an index in
+/// `counter`, a row in `COUNTERS` and the add in its program; adding a hook is a row in `HOOKS`
+/// and its program.
+pub mod registry {
+    use super::counter::*;
+
+    /// How a global counter reaches users.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        /// In the interval's `counters` and `/metrics` (`null` when its hook is detached).
+        Public,
+        /// Events that found a bounded map full: counted, never lost silently; surfaced per map.
+        Overflow { map: &'static str },
+        /// A byte count that goes with an overflow counter (kept for exact totals).
+        OverflowBytes,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub struct Counter {
+        pub index: usize,
+        pub kind: Kind,
+        /// The program that counts it (`None`: derived in userspace from other counters).
+        pub program: Option<&'static str>,
+    }
+
+    const fn c(index: usize, kind: Kind, program: Option<&'static str>) -> Counter {
+        Counter {
+            index,
+            kind,
+            program,
+        }
+    }
+
+    const P: Kind = Kind::Public;
+
+    /// Every counter of `counter::NAMES`, in index order.
+    pub const COUNTERS: [Counter; COUNT] = [
+        c(SCHED_SWITCH, P, Some("snt_sched_switch")),
+        c(SCHED_WAKEUP, P, Some("snt_sched_wakeup")),
+        c(SCHED_WAKEUP_NEW, P, Some("snt_sched_wakeup_new")),
+        c(PROCESS_FORK, P, Some("snt_sched_process_fork")),
+        c(PROCESS_EXEC, P, Some("snt_sched_process_exec")),
+        c(PROCESS_EXIT, P, Some("snt_sched_process_exit")),
+        c(OOM_KILLS, P, Some("snt_oom_mark_victim")),
+        // The host-wide packet and byte counts are the interfaces' sums plus overflow.
+        c(NET_TX_PACKETS, P, Some("snt_net_dev_xmit")),
+        c(NET_TX_BYTES, P, Some("snt_net_dev_xmit")),
+        c(NET_RX_PACKETS, P, Some("snt_netif_receive_skb")),
+        c(NET_RX_BYTES, P, Some("snt_netif_receive_skb")),
+        c(TCP_RETRANSMITS, P, Some("snt_tcp_retransmit_skb")),
+        c(TCP_CONN_OPENED, P, Some("snt_inet_sock_set_state")),
+        c(TCP_CONN_CLOSED, P, Some("snt_inet_sock_set_state")),
+        c(TCP_CONN_FAILED, P, Some("snt_inet_sock_set_state")),
+        c(SKB_DROPS, P, Some("snt_kfree_skb")),
+        c(
+            IFACE_OVERFLOW_TX_PACKETS,
+            Kind::Overflow { map: "ifaces" },
+            Some("snt_net_dev_xmit"),
+        ),
+        c(
+            IFACE_OVERFLOW_TX_BYTES,
+            Kind::OverflowBytes,
+            Some("snt_net_dev_xmit"),
+        ),
+        c(
+            IFACE_OVERFLOW_RX_PACKETS,
+            Kind::Overflow { map: "ifaces" },
+            Some("snt_netif_receive_skb"),
+        ),
+        c(
+            IFACE_OVERFLOW_RX_BYTES,
+            Kind::OverflowBytes,
+            Some("snt_netif_receive_skb"),
+        ),
+        c(
+            RUNQ_START_OVERFLOW,
+            Kind::Overflow { map: "runq_start" },
+            Some("snt_sched_switch"),
+        ),
+        c(TCP_RESETS, P, Some("snt_tcp_send_reset")),
+        c(
+            CONTAINER_OVERFLOW,
+            Kind::Overflow { map: "containers" },
+            None,
+        ),
+        c(
+            NETNS_TCP_OVERFLOW,
+            Kind::Overflow { map: "netns_tcp" },
+            None,
+        ),
+    ];
+
+    const fn count_public() -> usize {
+        let (mut i, mut n) = (0, 0);
+        while i < COUNT {
+            if matches!(COUNTERS[i].kind, Kind::Public) {
+                n += 1;
+            }
+            i += 1;
+        }
+        n
+    }
+
+    /// How many counters are public.
+    pub const PUBLIC_COUNT: usize = count_public();
+
+    /// The public counters in index order (the JSON `counters` object).
+    pub const PUBLIC: [usize; PUBLIC_COUNT] = {
+        let mut out = [0; PUBLIC_COUNT];
+        let (mut i, mut n) = (0, 0);
+        while i < COUNT {
+            if matches!(COUNTERS[i].kind, Kind::Public) {
+                out[n] = i;
+                n += 1;
+            }
+            i += 1;
+        }
+        out
+    };
+
+    /// The maps whose overflow is counted, each once, in registry order.
+    pub const OVERFLOW_MAPS: [&str; 4] = ["ifaces", "runq_start", "containers", "netns_tcp"];
+
+    /// One kernel hook: its program and tracepoint, and the bench's floor programs on it.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Hook {
+        /// Program (function) name in the object; also its name in `bpftool prog`.
+        pub program: &'static str,
+        /// Tracepoint category and name, as under tracefs `events/`.
+        pub category: &'static str,
+        pub tracepoint: &'static str,
+        /// The bench's floor program on the same hook (one per-CPU add), if any.
+        pub floor: Option<&'static str>,
+        /// The floor plus the one keyed lookup the hook's signal needs, if it needs one.
+        pub floor_lookup: Option<&'static str>,
+        /// Counters that are meaningless (reported as null) when this hook is not attached,
+        /// beyond those whose `program` it is (a second program counting the same thing).
+        pub also: &'static [usize],
+    }
+
+    const fn h(
+        program: &'static str,
+        category: &'static str,
+        tracepoint: &'static str,
+        floor: Option<&'static str>,
+    ) -> Hook {
+        Hook {
+            program,
+            category,
+            tracepoint,
+            floor,
+            floor_lookup: None,
+            also: &[],
+        }
+    }
+
+    /// Every hook, in the order the daemon attaches them.
+    pub const HOOKS: [Hook; 14] = [
+        h(
+            "snt_sched_switch",
+            "sched",
+            "sched_switch",
+            Some("snt_floor_sw"),
+        ),
+        h(
+            "snt_sched_wakeup",
+            "sched",
+            "sched_wakeup",
+            Some("snt_floor_wk"),
+        ),
+        h(
+            "snt_sched_wakeup_new",
+            "sched",
+            "sched_wakeup_new",
+            Some("snt_floor_wkn"),
+        ),
+        h(
+            "snt_sched_process_fork",
+            "sched",
+            "sched_process_fork",
+            Some("snt_floor_fork"),
+        ),
+        h(
+            "snt_sched_process_exec",
+            "sched",
+            "sched_process_exec",
+            Some("snt_floor_exec"),
+        ),
+        h(
+            "snt_sched_process_exit",
+            "sched",
+            "sched_process_exit",
+            Some("snt_floor_exit"),
+        ),
+        h("snt_oom_mark_victim", "oom", "mark_victim", None),
+        Hook {
+            floor_lookup: Some("snt_floor_xmitif"),
+            ..h(
+                "snt_net_dev_xmit",
+                "net",
+                "net_dev_xmit",
+                Some("snt_floor_xmit"),
+            )
+        },
+        Hook {
+            floor_lookup: Some("snt_floor_recvif"),
+            ..h(
+                "snt_netif_receive_skb",
+                "net",
+                "netif_receive_skb",
+                Some("snt_floor_recv"),
+            )
+        },
+        h("snt_tcp_retransmit_skb", "tcp", "tcp_retransmit_skb", None),
+        h(
+            "snt_inet_sock_set_state",
+            "sock",
+            "inet_sock_set_state",
+            None,
+        ),
+        h("snt_kfree_skb", "skb", "kfree_skb", Some("snt_floor_kfree")),
+        h("snt_tcp_send_reset", "tcp", "tcp_send_reset", None),
+        Hook {
+            also: &[TCP_RESETS],
+            ..h("snt_tcp_receive_reset", "tcp", "tcp_receive_reset", None)
+        },
+    ];
+
+    impl Hook {
+        /// The counters this hook feeds: meaningless when it is detached.
+        pub fn counters(&self) -> impl Iterator<Item = usize> + '_ {
+            COUNTERS
+                .iter()
+                .filter(move |c| c.program == Some(self.program))
+                .map(|c| c.index)
+                .chain(self.also.iter().copied())
+        }
+    }
+}
+
 /// The per-CPU record (`REC`, a one-slot per-CPU array): every global counter, the run-queue
 /// histogram and its exact sum, and the state of the slice running on the CPU. One lookup per
 /// event finds all of it. Every word has exactly one writing program (see sentinel-ebpf's
@@ -372,6 +614,41 @@ mod tests {
         assert_eq!(dirty_words(1), 1);
         assert_eq!(dirty_words(64), 1);
         assert_eq!(dirty_words(65), 2);
+    }
+
+    #[test]
+    fn the_registry_covers_every_counter_and_hook_once() {
+        for (i, c) in registry::COUNTERS.iter().enumerate() {
+            assert_eq!(c.index, i, "COUNTERS is in index order");
+            if let Some(p) = c.program {
+                assert!(
+                    registry::HOOKS.iter().any(|h| h.program == p),
+                    "{p} is a hook"
+                );
+            }
+            if let registry::Kind::Overflow { map } = c.kind {
+                assert!(registry::OVERFLOW_MAPS.contains(&map));
+            }
+        }
+        for map in registry::OVERFLOW_MAPS {
+            assert!(
+                registry::COUNTERS
+                    .iter()
+                    .any(|c| c.kind == (registry::Kind::Overflow { map })),
+                "{map} has an overflow counter"
+            );
+        }
+        assert_eq!(registry::PUBLIC.len(), 17);
+        assert!(
+            registry::PUBLIC
+                .iter()
+                .all(|&i| registry::COUNTERS[i].kind == registry::Kind::Public)
+        );
+        let resets: usize = registry::HOOKS
+            .iter()
+            .filter(|h| h.counters().any(|i| i == counter::TCP_RESETS))
+            .count();
+        assert_eq!(resets, 2, "either reset hook missing nulls tcp_resets");
     }
 
     #[test]

@@ -255,9 +255,8 @@ fn check_tracepoints(btf_path: &Path) -> Vec<Item> {
         } else {
             items.push(Item::new(Status::Warn, name, where_).hint(format!(
                     "sentinel runs without {} (program {} stays detached)",
-                    hook.counters
-                        .iter()
-                        .map(|&i| sentinel_common::counter::NAMES[i])
+                    hook.counters()
+                        .map(|i| sentinel_common::counter::NAMES[i])
                         .collect::<Vec<_>>()
                         .join(", "),
                     hook.program

@@ -90,13 +90,11 @@ pub fn attribute(activity: &[ContainerActivity]) -> HashMap<ContainerKey, Waited
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sentinel_common::CONTAINER_FIELDS;
 
     fn act(key: ContainerKey, per_cpu: &[(u32, u64, u64)]) -> ContainerActivity {
         ContainerActivity {
-            key,
-            values: [0; CONTAINER_FIELDS],
             per_cpu: per_cpu.to_vec(),
+            ..ContainerActivity::zero(key)
         }
     }
 

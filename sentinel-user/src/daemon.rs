@@ -34,6 +34,23 @@ use crate::{
     model::{CollectorHealth, DetectionSummary, Interval, PUBLIC_COUNTERS, Published},
 };
 
+/// Overflow events of the interval per map, from the signal registry: every map that can
+/// overflow is listed, so a new one is surfaced without touching the exporters.
+fn overflow_by_map(counters: &[u64; counter::COUNT]) -> std::collections::BTreeMap<String, u64> {
+    use sentinel_common::registry::{COUNTERS, Kind, OVERFLOW_MAPS};
+    OVERFLOW_MAPS
+        .iter()
+        .map(|&map| {
+            let n = COUNTERS
+                .iter()
+                .filter(|c| c.kind == (Kind::Overflow { map }))
+                .map(|c| counters[c.index])
+                .sum();
+            (map.to_string(), n)
+        })
+        .collect()
+}
+
 /// Period of the healing engine's own work between intervals.
 const HEAL_TICK: Duration = Duration::from_millis(250);
 /// Retire the entries of gone interfaces every this many intervals.
@@ -160,6 +177,7 @@ impl Pipeline {
             actions: Vec::new(),
             collector: CollectorHealth {
                 disabled: self.collector.disabled_programs(),
+                overflow: overflow_by_map(&delta.counters),
                 iface_overflow_packets: delta.counters[counter::IFACE_OVERFLOW_RX_PACKETS]
                     + delta.counters[counter::IFACE_OVERFLOW_TX_PACKETS],
                 runq_start_overflow: delta.counters[counter::RUNQ_START_OVERFLOW],

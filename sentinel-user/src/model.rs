@@ -7,32 +7,15 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use sentinel_common::counter;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::detect::SeriesState;
 
-/// The public counters (the JSON `counters` object); the rest are collector health.
-pub const PUBLIC_COUNTERS: [usize; 17] = [
-    counter::SCHED_SWITCH,
-    counter::SCHED_WAKEUP,
-    counter::SCHED_WAKEUP_NEW,
-    counter::PROCESS_FORK,
-    counter::PROCESS_EXEC,
-    counter::PROCESS_EXIT,
-    counter::OOM_KILLS,
-    counter::NET_TX_PACKETS,
-    counter::NET_TX_BYTES,
-    counter::NET_RX_PACKETS,
-    counter::NET_RX_BYTES,
-    counter::TCP_RETRANSMITS,
-    counter::TCP_CONN_OPENED,
-    counter::TCP_CONN_CLOSED,
-    counter::TCP_CONN_FAILED,
-    counter::TCP_RESETS,
-    counter::SKB_DROPS,
-];
+/// The public counters (the JSON `counters` object), as the signal registry lists them; the
+/// rest are collector health.
+pub const PUBLIC_COUNTERS: [usize; sentinel_common::registry::PUBLIC_COUNT] =
+    sentinel_common::registry::PUBLIC;
 
 /// What the daemon publishes after every interval, for the metrics endpoint, the status
 /// socket and `sentinel top`. Readers take the latest (`tokio::sync::watch`): a slow reader
@@ -224,7 +207,11 @@ pub struct DetectionSummary {
 pub struct CollectorHealth {
     /// Signals whose hook did not attach, by program name.
     pub disabled: Vec<String>,
-    /// Events that found a bounded kernel map full (counted, never silently lost).
+    /// Events that found a bounded kernel map full, per map (counted, never silently lost):
+    /// every map of the signal registry's `OVERFLOW_MAPS`, 0 included.
+    #[serde(default)]
+    pub overflow: BTreeMap<String, u64>,
+    /// The same for the interface and run-queue maps, as earlier versions reported them.
     pub iface_overflow_packets: u64,
     pub runq_start_overflow: u64,
     /// Interface entries currently held in the kernel map, and its capacity.

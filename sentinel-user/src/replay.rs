@@ -196,11 +196,11 @@ pub fn replay(
 /// A field echoed in an error, bounded: an unclosed quote makes the rest of the file one field.
 fn shown(v: &str) -> String {
     const MAX: usize = 60;
+    let quoted = format!("\"{}\"", crate::sanitize::printable(v, MAX));
     if v.chars().count() > MAX {
-        let cut: String = v.chars().take(MAX).collect();
-        format!("{cut:?}... ({} bytes)", v.len())
+        format!("{quoted} ({} bytes)", v.len())
     } else {
-        format!("{v:?}")
+        quoted
     }
 }
 

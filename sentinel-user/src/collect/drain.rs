@@ -19,24 +19,11 @@ use std::collections::HashMap;
 
 use hdrhistogram::Histogram;
 use sentinel_common::{
-    CONTAINER_FIELDS, ContainerKey, CpuRecord, HIST_BUCKETS, IFNAME_LEN, IfaceKey, NO_SLOT,
-    counter, hist_bucket_range,
+    CONTAINER_FIELDS, ContainerKey, ContainerStats, CpuRecord, HIST_BUCKETS, IFNAME_LEN, IfaceKey,
+    NO_SLOT, counter, hist_bucket_range,
 };
 
 use crate::model::{IfaceDelta, LatencySummary};
-
-/// Field indices of a container's `[u64; CONTAINER_FIELDS]` (sentinel-common's
-/// `ContainerStats` order).
-pub mod field {
-    pub const CPU_NS: usize = 0;
-    pub const SWITCHES: usize = 1;
-    pub const FORKS: usize = 2;
-    pub const EXECS: usize = 3;
-    pub const EXITS: usize = 4;
-    pub const ABNORMAL_EXITS: usize = 5;
-    pub const OOM_KILLS: usize = 6;
-    pub const RUNQ_WAIT_NS: usize = 7;
-}
 
 /// One (CPU, container slot) entry as read from the kernel.
 #[derive(Clone, Copy, Debug)]
@@ -107,11 +94,12 @@ pub struct RawSnapshot {
     pub running: Vec<Option<ContainerKey>>,
 }
 
-/// One container's deltas over the interval, and how its CPU time and waits split over CPUs.
-#[derive(Clone, Debug, PartialEq)]
+/// One container's deltas over the interval (the kernel's own typed record, each field a
+/// delta), and how its CPU time and waits split over CPUs.
+#[derive(Clone, Debug)]
 pub struct ContainerActivity {
     pub key: ContainerKey,
-    pub values: [u64; CONTAINER_FIELDS],
+    pub stats: ContainerStats,
     /// `(cpu, on-CPU ns, run-queue wait ns)` for each CPU where either is non-zero.
     pub per_cpu: Vec<(u32, u64, u64)>,
 }
@@ -270,6 +258,16 @@ impl<K: Copy + Eq + std::hash::Hash + Ord, const N: usize> KeyedDrain<K, N> {
     }
 }
 
+impl ContainerActivity {
+    pub fn zero(key: ContainerKey) -> Self {
+        Self {
+            key,
+            stats: bytemuck::Zeroable::zeroed(),
+            per_cpu: Vec::new(),
+        }
+    }
+}
+
 /// Per-(CPU, slot) deltas of the container arrays, summed per container key.
 #[derive(Default)]
 pub struct ContainerDrain {
@@ -314,15 +312,15 @@ impl ContainerDrain {
             if d == [0; CONTAINER_FIELDS] {
                 continue;
             }
-            let entry = by_key.entry(r.key).or_insert_with(|| ContainerActivity {
-                key: r.key,
-                values: [0; CONTAINER_FIELDS],
-                per_cpu: Vec::new(),
-            });
-            for (sum, add) in entry.values.iter_mut().zip(d) {
+            let entry = by_key
+                .entry(r.key)
+                .or_insert_with(|| ContainerActivity::zero(r.key));
+            let sums: &mut [u64; CONTAINER_FIELDS] = bytemuck::cast_mut(&mut entry.stats);
+            for (sum, add) in sums.iter_mut().zip(d) {
                 *sum = sum.wrapping_add(add);
             }
-            let (cpu_ns, wait_ns) = (d[field::CPU_NS], d[field::RUNQ_WAIT_NS]);
+            let d: ContainerStats = bytemuck::cast(d);
+            let (cpu_ns, wait_ns) = (d.cpu_ns, d.runq_wait_ns);
             if cpu_ns != 0 || wait_ns != 0 {
                 add_per_cpu(&mut entry.per_cpu, r.cpu, cpu_ns, wait_ns);
             }
@@ -575,8 +573,8 @@ impl RunningSlices {
         }
         for c in containers.iter_mut() {
             if let Some(owed) = self.debt.get_mut(&c.key) {
-                let paid = (*owed).min(c.values[field::CPU_NS]);
-                c.values[field::CPU_NS] -= paid;
+                let paid = (*owed).min(c.stats.cpu_ns);
+                c.stats.cpu_ns -= paid;
                 *owed -= paid;
                 // The per-CPU split pays from the largest share first; it stays a split of
                 // the container's total.
@@ -604,18 +602,11 @@ fn add_cpu_ns(containers: &mut Vec<ContainerActivity>, key: ContainerKey, cpu: u
     let i = match containers.binary_search_by(|c| c.key.cmp(&key)) {
         Ok(i) => i,
         Err(i) => {
-            containers.insert(
-                i,
-                ContainerActivity {
-                    key,
-                    values: [0; CONTAINER_FIELDS],
-                    per_cpu: Vec::new(),
-                },
-            );
+            containers.insert(i, ContainerActivity::zero(key));
             i
         }
     };
-    containers[i].values[field::CPU_NS] += ns;
+    containers[i].stats.cpu_ns += ns;
     add_per_cpu(&mut containers[i].per_cpu, cpu, ns, 0);
 }
 
@@ -941,6 +932,12 @@ mod tests {
         );
     }
 
+    /// Field positions of `ContainerStats`, for building raw kernel reads.
+    const CPU_NS: usize = 0;
+    const FORKS: usize = 2;
+    const EXECS: usize = 3;
+    const RUNQ_WAIT_NS: usize = 7;
+
     fn slot(cpu: u32, slot: u32, key: ContainerKey, f: &[(usize, u64)]) -> SlotRead {
         let mut values = [0u64; CONTAINER_FIELDS];
         for &(i, v) in f {
@@ -963,28 +960,23 @@ mod tests {
         let mut drain = Drain::new();
         let mut s = snap(vec![]);
         s.containers = vec![
-            slot(0, 1, 7, &[(field::CPU_NS, 100), (field::RUNQ_WAIT_NS, 5)]),
-            slot(1, 1, 7, &[(field::CPU_NS, 50), (field::FORKS, 2)]),
+            slot(0, 1, 7, &[(CPU_NS, 100), (RUNQ_WAIT_NS, 5)]),
+            slot(1, 1, 7, &[(CPU_NS, 50), (FORKS, 2)]),
             // A second slot of the same key (a recycled key before the old slot was freed).
-            slot(1, 3, 7, &[(field::CPU_NS, 1)]),
-            slot(0, 2, 9, &[(field::EXECS, 4)]),
+            slot(1, 3, 7, &[(CPU_NS, 1)]),
+            slot(0, 2, 9, &[(EXECS, 4)]),
         ];
         let d = drain.apply(&s);
         let c = activity(&d, 7).unwrap();
-        assert_eq!(c.values[field::CPU_NS], 151);
-        assert_eq!(c.values[field::FORKS], 2);
+        assert_eq!(c.stats.cpu_ns, 151);
+        assert_eq!(c.stats.forks, 2);
         assert_eq!(c.per_cpu, vec![(0, 100, 5), (1, 51, 0)]);
-        assert_eq!(activity(&d, 9).unwrap().values[field::EXECS], 4);
+        assert_eq!(activity(&d, 9).unwrap().stats.execs, 4);
         assert!(activity(&d, 9).unwrap().per_cpu.is_empty());
         // Only what changed is read the next time; an unchanged read adds nothing.
-        s.containers = vec![slot(
-            0,
-            1,
-            7,
-            &[(field::CPU_NS, 130), (field::RUNQ_WAIT_NS, 5)],
-        )];
+        s.containers = vec![slot(0, 1, 7, &[(CPU_NS, 130), (RUNQ_WAIT_NS, 5)])];
         let d = drain.apply(&s);
-        assert_eq!(activity(&d, 7).unwrap().values[field::CPU_NS], 30);
+        assert_eq!(activity(&d, 7).unwrap().stats.cpu_ns, 30);
         assert!(activity(&d, 9).is_none());
         assert_eq!(drain.containers.idle(1).collect::<Vec<_>>(), vec![9]);
     }
@@ -1029,7 +1021,7 @@ mod tests {
                 .collect();
             let d = drain.apply(&snap);
             for c in &d.containers {
-                *reported.entry(c.key).or_default() += c.values[0];
+                *reported.entry(c.key).or_default() += c.stats.cpu_ns;
             }
             if let Some(s) = retire {
                 owner[s] = 100 + step as u64;
@@ -1058,14 +1050,14 @@ mod tests {
             container_capacity: 16,
             containers: cpu_ns
                 .iter()
-                .map(|&(key, ns)| slot(0, key as u32, key, &[(field::CPU_NS, ns)]))
+                .map(|&(key, ns)| slot(0, key as u32, key, &[(CPU_NS, ns)]))
                 .collect(),
             ..Default::default()
         }
     }
 
     fn cpu_of(delta: &DrainDelta, key: u64) -> u64 {
-        activity(delta, key).map_or(0, |c| c.values[field::CPU_NS])
+        activity(delta, key).map_or(0, |c| c.stats.cpu_ns)
     }
 
     #[test]

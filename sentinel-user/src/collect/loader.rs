@@ -33,108 +33,8 @@ pub fn ebpf_object_embedded() -> bool {
     !EBPF_OBJECT.is_empty()
 }
 
-/// One kernel hook and the counters it feeds.
-#[derive(Debug)]
-pub struct Hook {
-    /// Program (function) name in the object; also its name in the kernel's program list.
-    pub program: &'static str,
-    /// Tracepoint category and name, as under tracefs `events/`.
-    pub category: &'static str,
-    pub tracepoint: &'static str,
-    /// Counters that are meaningless (reported as null) when this hook is not attached.
-    pub counters: &'static [usize],
-}
-
-pub const HOOKS: &[Hook] = &[
-    Hook {
-        program: "snt_sched_switch",
-        category: "sched",
-        tracepoint: "sched_switch",
-        counters: &[counter::SCHED_SWITCH],
-    },
-    Hook {
-        program: "snt_sched_wakeup",
-        category: "sched",
-        tracepoint: "sched_wakeup",
-        counters: &[counter::SCHED_WAKEUP],
-    },
-    Hook {
-        program: "snt_sched_wakeup_new",
-        category: "sched",
-        tracepoint: "sched_wakeup_new",
-        counters: &[counter::SCHED_WAKEUP_NEW],
-    },
-    Hook {
-        program: "snt_sched_process_fork",
-        category: "sched",
-        tracepoint: "sched_process_fork",
-        counters: &[counter::PROCESS_FORK],
-    },
-    Hook {
-        program: "snt_sched_process_exec",
-        category: "sched",
-        tracepoint: "sched_process_exec",
-        counters: &[counter::PROCESS_EXEC],
-    },
-    Hook {
-        program: "snt_sched_process_exit",
-        category: "sched",
-        tracepoint: "sched_process_exit",
-        counters: &[counter::PROCESS_EXIT],
-    },
-    Hook {
-        program: "snt_oom_mark_victim",
-        category: "oom",
-        tracepoint: "mark_victim",
-        counters: &[counter::OOM_KILLS],
-    },
-    Hook {
-        program: "snt_net_dev_xmit",
-        category: "net",
-        tracepoint: "net_dev_xmit",
-        counters: &[counter::NET_TX_PACKETS, counter::NET_TX_BYTES],
-    },
-    Hook {
-        program: "snt_netif_receive_skb",
-        category: "net",
-        tracepoint: "netif_receive_skb",
-        counters: &[counter::NET_RX_PACKETS, counter::NET_RX_BYTES],
-    },
-    Hook {
-        program: "snt_tcp_retransmit_skb",
-        category: "tcp",
-        tracepoint: "tcp_retransmit_skb",
-        counters: &[counter::TCP_RETRANSMITS],
-    },
-    Hook {
-        program: "snt_inet_sock_set_state",
-        category: "sock",
-        tracepoint: "inet_sock_set_state",
-        counters: &[
-            counter::TCP_CONN_OPENED,
-            counter::TCP_CONN_CLOSED,
-            counter::TCP_CONN_FAILED,
-        ],
-    },
-    Hook {
-        program: "snt_kfree_skb",
-        category: "skb",
-        tracepoint: "kfree_skb",
-        counters: &[counter::SKB_DROPS],
-    },
-    Hook {
-        program: "snt_tcp_send_reset",
-        category: "tcp",
-        tracepoint: "tcp_send_reset",
-        counters: &[counter::TCP_RESETS],
-    },
-    Hook {
-        program: "snt_tcp_receive_reset",
-        category: "tcp",
-        tracepoint: "tcp_receive_reset",
-        counters: &[counter::TCP_RESETS],
-    },
-];
+/// Every kernel hook, in the order they are attached (the signal registry in sentinel-common).
+pub use sentinel_common::registry::{HOOKS, Hook};
 
 /// How the kernel side keys containers; see sentinel-ebpf/src/container.rs.
 #[derive(
@@ -386,7 +286,7 @@ impl Collector {
         };
         let mut disabled = Vec::new();
         let mut attached = 0;
-        for hook in HOOKS {
+        for hook in &HOOKS {
             let target = if opts
                 .simulate_missing
                 .iter()
@@ -412,8 +312,7 @@ impl Collector {
                         ),
                         _ => bounded(&format!("{e:#}"), 2048),
                     };
-                    let names: Vec<&str> =
-                        hook.counters.iter().map(|&i| counter::NAMES[i]).collect();
+                    let names: Vec<&str> = hook.counters().map(|i| counter::NAMES[i]).collect();
                     warn!(
                         program = hook.program,
                         "hook {}:{target} not attached, signal disabled ({}): {reason}",
@@ -490,7 +389,7 @@ impl Collector {
         self.disabled.iter().any(|d| {
             HOOKS
                 .iter()
-                .any(|h| h.program == d.program && h.counters.contains(&counter_index))
+                .any(|h| h.program == d.program && h.counters().any(|i| i == counter_index))
         })
     }
 

@@ -24,6 +24,7 @@ use std::{
 use bollard::{
     Docker,
     errors::Error as BollardError,
+    models::ContainerSummary,
     query_parameters::{EventsOptions, ListContainersOptions},
 };
 use futures_util::StreamExt;
@@ -260,20 +261,26 @@ impl DockerClient {
         ))
     }
 
-    /// Every container (running or not) with what naming shows.
-    async fn containers(&self) -> Result<HashMap<String, ContainerMeta>, DockerError> {
+    /// `GET /containers/json` of every container, running or not: what naming and healing
+    /// both read.
+    pub(crate) async fn list_all(&self) -> Result<Vec<ContainerSummary>, DockerError> {
         let opts = ListContainersOptions {
             all: true,
             ..Default::default()
         };
-        let list = self
-            .bounded(
-                "GET",
-                "/containers/json",
-                self.docker.list_containers(Some(opts)),
-            )
-            .await?;
-        Ok(list
+        self.bounded(
+            "GET",
+            "/containers/json",
+            self.docker.list_containers(Some(opts)),
+        )
+        .await
+    }
+
+    /// Every container (running or not) with what naming shows.
+    async fn containers(&self) -> Result<HashMap<String, ContainerMeta>, DockerError> {
+        Ok(self
+            .list_all()
+            .await?
             .into_iter()
             .filter_map(|c| {
                 let id = c.id?;

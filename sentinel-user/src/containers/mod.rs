@@ -7,11 +7,11 @@ pub mod procfs;
 
 use std::collections::HashMap;
 
-use sentinel_common::{CONTAINER_FIELDS, CONTAINER_SCALARS, ContainerKey};
+use sentinel_common::ContainerKey;
 
 use crate::{
     collect::{
-        drain::{ContainerActivity, LatencySummarizer, field},
+        drain::{ContainerActivity, LatencySummarizer},
         loader::KeyMode,
     },
     model::{ContainerDelta, IfaceDelta},
@@ -147,7 +147,7 @@ impl Attribution {
         let out: Vec<ContainerDelta> = deltas
             .iter()
             .map(|activity| {
-                let (key, d) = (&activity.key, &activity.values);
+                let (key, d) = (&activity.key, &activity.stats);
                 let identity = self.identities.get(key);
                 let id = identity
                     .and_then(|i| i.docker_id.clone())
@@ -165,20 +165,19 @@ impl Attribution {
                     name,
                     image: meta.map(|m| m.image.clone()).unwrap_or_default(),
                     key: *key,
-                    cpu_ns: d[field::CPU_NS],
+                    cpu_ns: d.cpu_ns,
                     cpu_percent: if interval_ns > 0 {
-                        100.0 * d[field::CPU_NS] as f64 / interval_ns as f64
+                        100.0 * d.cpu_ns as f64 / interval_ns as f64
                     } else {
                         0.0
                     },
-                    ctx_switches: d[field::SWITCHES],
-                    runqueue_latency_us: summarizer
-                        .summarize_log2(&d[CONTAINER_SCALARS..], d[field::RUNQ_WAIT_NS]),
-                    forks: d[field::FORKS],
-                    execs: d[field::EXECS],
-                    exits: d[field::EXITS],
-                    abnormal_exits: d[field::ABNORMAL_EXITS],
-                    oom_kills: d[field::OOM_KILLS],
+                    ctx_switches: d.switches,
+                    runqueue_latency_us: summarizer.summarize_log2(&d.runq_hist, d.runq_wait_ns),
+                    forks: d.forks,
+                    execs: d.execs,
+                    exits: d.exits,
+                    abnormal_exits: d.abnormal_exits,
+                    oom_kills: d.oom_kills,
                     ..Default::default()
                 };
                 if let Some(netns) = identity.and_then(|i| i.netns) {
@@ -228,11 +227,7 @@ impl Attribution {
                 continue;
             }
             self.identities.insert(key, identity);
-            let zero = ContainerActivity {
-                key,
-                values: [0u64; CONTAINER_FIELDS],
-                per_cpu: Vec::new(),
-            };
+            let zero = ContainerActivity::zero(key);
             let mut extra = self.containers_for(&[zero], ifaces, netns_tcp, 0, summarizer);
             out.append(&mut extra);
         }

@@ -308,7 +308,8 @@ struct State {
     system: Option<crate::model::SystemGauges>,
     interval_seconds: f64,
     last_interval_unix: f64,
-    overflow: [u64; 3],
+    /// Overflow events since start per map (the signal registry's `OVERFLOW_MAPS`).
+    overflow: BTreeMap<String, u64>,
     map_entries: [u64; 2],
     map_capacity: [u64; 2],
     counter_resets: u64,
@@ -344,7 +345,10 @@ impl State {
             system: None,
             interval_seconds: 0.0,
             last_interval_unix: 0.0,
-            overflow: [0; 3],
+            overflow: sentinel_common::registry::OVERFLOW_MAPS
+                .iter()
+                .map(|m| ((*m).to_string(), 0))
+                .collect(),
             map_entries: [0; 2],
             map_capacity: [0; 2],
             counter_resets: 0,
@@ -389,9 +393,9 @@ impl State {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         let c = &iv.collector;
-        self.overflow[0] += c.iface_overflow_packets;
-        self.overflow[1] += c.runq_start_overflow;
-        self.overflow[2] += c.container_overflow;
+        for (map, n) in &c.overflow {
+            *self.overflow.entry(map.clone()).or_default() += n;
+        }
         self.map_entries = [c.iface_entries, c.container_entries];
         self.map_capacity = [c.iface_capacity, c.container_capacity];
         self.counter_resets += u64::from(c.reset);
@@ -769,11 +773,9 @@ impl Collector for StateCollector {
             "sentinel_map_overflow",
             "Events that found a bounded kernel map full (counted, never silently lost).",
             MetricType::Counter,
-            [
-                (vec![("map", "ifaces".into())], s.overflow[0]),
-                (vec![("map", "runq_start".into())], s.overflow[1]),
-                (vec![("map", "containers".into())], s.overflow[2]),
-            ],
+            s.overflow
+                .iter()
+                .map(|(map, n)| (vec![("map", map.as_str().into())], *n)),
             emit_counter,
         )?;
         family(

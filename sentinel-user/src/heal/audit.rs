@@ -307,6 +307,30 @@ mod tests {
         assert_eq!(log.recent().count(), 2);
     }
 
+    /// The interval's `actions`: the last N decisions, oldest first, intents left out (the
+    /// `taken`/`failed` line that follows says more).
+    #[test]
+    fn recent_keeps_the_last_decisions_without_intents() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::open(&dir.path().join("a.jsonl"), 2);
+        for (i, d) in [
+            Decision::Intent,
+            Decision::Taken,
+            Decision::Skipped,
+            Decision::Failed,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            log.write(AuditRecord::new(&format!("c{i}"), "n", d, "r"))
+                .unwrap();
+        }
+        let recent: Vec<Decision> = log.recent().map(|r| r.decision).collect();
+        assert_eq!(recent, [Decision::Skipped, Decision::Failed]);
+        let text = std::fs::read_to_string(dir.path().join("a.jsonl")).unwrap();
+        assert_eq!(text.lines().count(), 4, "the file keeps every line");
+    }
+
     #[test]
     fn write_failure_is_reported_and_counted() {
         // /dev/full accepts the open and fails every write with ENOSPC.

@@ -800,6 +800,24 @@ mod tests {
         );
     }
 
+    /// A signal is written back as its name, and the deprecated alias is not written at all.
+    #[test]
+    fn signals_round_trip_and_the_alias_is_not_written() {
+        let mut c = HealConfig::default();
+        c.rules.push(RuleConfig {
+            name: "cpu".into(),
+            trigger: Trigger::Anomaly {
+                signal: "tcp_retrans".parse().unwrap(),
+                intervals: 2,
+            },
+            ..RuleConfig::autoheal()
+        });
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("signal = \"tcp_retrans\""), "{text}");
+        assert!(!text.contains("docker_host"), "{text}");
+        assert_eq!(toml::from_str::<HealConfig>(&text).unwrap(), c);
+    }
+
     #[test]
     fn probe_urls() {
         assert!(parse_probe_url("http://127.0.0.1:8080/h").is_ok());

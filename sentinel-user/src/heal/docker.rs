@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    InspectContainerOptions, KillContainerOptions, ListContainersOptions, RestartContainerOptions,
-    StartContainerOptions, StopContainerOptions,
+    InspectContainerOptions, KillContainerOptions, RestartContainerOptions, StartContainerOptions,
+    StopContainerOptions,
 };
 use futures_util::StreamExt;
 
@@ -211,18 +211,10 @@ impl DockerClient {
 
     /// All containers (running or not), summarised.
     pub async fn list(&self) -> Result<Vec<Summary>, DockerError> {
-        let opts = ListContainersOptions {
-            all: true,
-            ..Default::default()
-        };
-        let v = self
-            .bounded(
-                "GET",
-                "/containers/json",
-                self.docker.list_containers(Some(opts)),
-            )
-            .await?;
-        Ok(v.into_iter()
+        Ok(self
+            .list_all()
+            .await?
+            .into_iter()
             .filter_map(|c| {
                 Some(Summary {
                     id: c.id?,

@@ -294,6 +294,9 @@ impl Link for FakeLink {
     }
 }
 
+/// Opt-in values that must not opt in (FAULT-MATRIX L3), plus a 1 MiB one built by the caller.
+pub const HOSTILE_VALUES: [&str; 7] = ["TRUE", "yes", "true ", "true\n", "tгue", "1", ""];
+
 /// The label every test opts in with.
 pub const LABEL: &str = "sentinel.heal";
 pub const OPT_IN: (&str, &str) = (LABEL, "true");

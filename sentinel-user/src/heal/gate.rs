@@ -740,6 +740,24 @@ mod tests {
         ));
     }
 
+    /// A dry run books the action (cooldown, back-off, caps) so its audit shows a real run's
+    /// cadence, and never touches a breaker.
+    #[test]
+    fn a_dry_run_books_the_action_and_leaves_the_breakers_alone() {
+        let mut g = Gate::new(&test_cfg());
+        let now = Instant::now();
+        let mut r = req("a", Duration::from_secs(30));
+        r.dry_run = true;
+        assert_eq!(g.decide(now, &r), Verdict::Skip(SkipReason::DryRun));
+        let later = now + Duration::from_secs(5);
+        assert_eq!(g.decide(later, &r), Verdict::Skip(SkipReason::Cooldown));
+        assert_eq!(g.actions_in_global_window(later), 1);
+        let (global, per) = g.view(later);
+        assert_eq!(global.failures_in_window, 0);
+        assert_eq!(per[0].1.state, BreakerState::Closed);
+        assert!(!g.in_flight("a"));
+    }
+
     #[test]
     fn flapper_opens_breaker_then_one_trial() {
         let cfg = test_cfg();

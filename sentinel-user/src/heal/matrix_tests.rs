@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::config::{ActionConfig, RuleConfig, Trigger};
 use super::docker::DockerError;
-use super::fake::{AfterStart, Harness, OPT_IN, test_cfg};
+use super::fake::{AfterStart, HOSTILE_VALUES, Harness, OPT_IN, test_cfg};
 use super::{ContainerAnomaly, DockerState};
 use crate::model::{BreakerState, Decision};
 
@@ -41,6 +41,47 @@ fn anomaly(id: &str, signal: &str) -> ContainerAnomaly {
         signal: signal.parse().unwrap(),
         score: 1.0,
     }
+}
+
+/// The next action on `id` fails for the container (a server error): one breaker failure.
+fn fail_once(h: &Harness, id: &str) {
+    h.docker.fail_next(
+        id,
+        DockerError::Api {
+            status: 500,
+            message: "boom".into(),
+        },
+    );
+}
+
+/// Settings where one failure opens a container's breaker for `open_secs`.
+fn one_failure_opens(open_secs: f64) -> crate::heal::config::HealConfig {
+    let mut cfg = test_cfg();
+    cfg.breaker.failure_threshold = 1;
+    cfg.breaker.open_secs = open_secs;
+    cfg.backoff.initial_secs = 0.0;
+    cfg.grace_secs = 0.0;
+    cfg
+}
+
+/// Docker did nothing to `id`, and the audit says why exactly once.
+fn left_alone(h: &Harness, id: &str, reason: &str) {
+    assert!(h.docker.actions_on(id).is_empty(), "{:?}", h.audit());
+    assert_eq!(
+        h.count(id, Decision::Skipped, Some(reason)),
+        1,
+        "{:?}",
+        h.audit()
+    );
+}
+
+/// `id` stopped with this exit code.
+fn exited(h: &Harness, id: &str, code: i64) {
+    h.docker.set(id, |c| {
+        c.running = false;
+        c.status = "exited".into();
+        c.exit_code = code;
+    });
 }
 
 fn sick(h: &Harness, id: &str) {
@@ -89,11 +130,7 @@ async fn d1_nothing_is_acted_on_before_docker_first_answers() {
     let id = h.docker.add("web", &[OPT_IN], "unhealthy");
     h.run_with(3 * S, &[anomaly(&id, "cpu")]).await;
     assert_eq!(h.snapshot().state.docker, DockerState::Connecting);
-    assert_eq!(h.docker.actions(), 0);
-    assert_eq!(
-        h.count(&id, Decision::Skipped, Some("docker_unreachable")),
-        1
-    );
+    left_alone(&h, &id, "docker_unreachable");
 }
 
 // ---- D2 Docker stopped mid-run, then back -----------------------------------------------
@@ -255,18 +292,10 @@ async fn d4_container_gone_under_an_action_is_a_clean_failure_and_its_state_is_f
 async fn d5_a_container_stopped_by_an_operator_is_left_alone_until_started_again() {
     let mut h = Harness::new(test_cfg());
     let id = h.docker.add("web", &[OPT_IN], "unhealthy");
-    h.docker.set(&id, |c| {
-        c.running = false;
-        c.status = "exited".into();
-        c.exit_code = 0;
-    });
+    exited(&h, &id, 0);
     h.docker.event(&id, "stop", h.now);
     h.run(60 * S).await;
-    assert_eq!(h.docker.actions(), 0);
-    assert_eq!(
-        h.count(&id, Decision::Skipped, Some("stopped_by_operator")),
-        1
-    );
+    left_alone(&h, &id, "stopped_by_operator");
     // Someone else starts it; it is unhealthy: now it is sentinel's again.
     h.docker.set(&id, |c| {
         c.running = true;
@@ -281,17 +310,9 @@ async fn d5_a_container_stopped_by_an_operator_is_left_alone_until_started_again
 async fn d5_a_stop_seen_only_as_its_exit_code_is_an_operator_stop_too() {
     let mut h = Harness::new(test_cfg());
     let id = h.docker.add("web", &[OPT_IN], "unhealthy");
-    h.docker.set(&id, |c| {
-        c.running = false;
-        c.status = "exited".into();
-        c.exit_code = 143;
-    });
+    exited(&h, &id, 143);
     h.run(10 * S).await;
-    assert_eq!(h.docker.actions(), 0);
-    assert_eq!(
-        h.count(&id, Decision::Skipped, Some("stopped_by_operator")),
-        1
-    );
+    left_alone(&h, &id, "stopped_by_operator");
 }
 
 #[tokio::test(start_paused = true)]
@@ -328,11 +349,7 @@ async fn d6_a_container_docker_is_restarting_is_left_to_docker() {
         c.restart_policy = "always".into();
     });
     h.run(20 * S).await;
-    assert_eq!(h.docker.actions(), 0);
-    assert_eq!(
-        h.count(&id, Decision::Skipped, Some("docker_restart_policy_active")),
-        1
-    );
+    left_alone(&h, &id, "docker_restart_policy_active");
 }
 
 #[tokio::test(start_paused = true)]
@@ -608,22 +625,12 @@ async fn d11_shutdown_cancels_in_flight_actions_without_blaming_anyone() {
 
 #[tokio::test(start_paused = true)]
 async fn d11_a_half_open_trial_that_never_reports_reopens_the_breaker() {
-    let mut cfg = test_cfg();
-    cfg.breaker.failure_threshold = 1;
-    cfg.breaker.open_secs = 2.0;
+    let mut cfg = one_failure_opens(2.0);
     cfg.breaker.half_open_max_wait_secs = 3.0;
     cfg.action_timeout_secs = 100.0;
-    cfg.backoff.initial_secs = 0.0;
-    cfg.grace_secs = 0.0;
     let mut h = Harness::new(cfg);
     let id = h.docker.add("web", &[OPT_IN], "unhealthy");
-    h.docker.fail_next(
-        &id,
-        DockerError::Api {
-            status: 500,
-            message: "boom".into(),
-        },
-    );
+    fail_once(&h, &id);
     h.run(S).await;
     h.docker.action_delay(1000 * S);
     h.run(8 * S).await;
@@ -647,18 +654,9 @@ async fn d11_a_half_open_trial_that_never_reports_reopens_the_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn d12_an_open_breaker_half_opens_on_time_with_no_trigger_at_all() {
-    let mut cfg = test_cfg();
-    cfg.breaker.failure_threshold = 1;
-    cfg.breaker.open_secs = 10.0;
-    let mut h = Harness::new(cfg);
+    let mut h = Harness::new(one_failure_opens(10.0));
     let id = h.docker.add("web", &[OPT_IN], "unhealthy");
-    h.docker.fail_next(
-        &id,
-        DockerError::Api {
-            status: 500,
-            message: "boom".into(),
-        },
-    );
+    fail_once(&h, &id);
     h.run(S).await;
     let opened = h.now;
     assert_eq!(
@@ -682,20 +680,9 @@ async fn d12_an_open_breaker_half_opens_on_time_with_no_trigger_at_all() {
 
 #[tokio::test(start_paused = true)]
 async fn d12_a_successful_trial_closes_the_breaker_after_its_verify_window() {
-    let mut cfg = test_cfg();
-    cfg.breaker.failure_threshold = 1;
-    cfg.breaker.open_secs = 2.0;
-    cfg.backoff.initial_secs = 0.0;
-    cfg.grace_secs = 0.0;
-    let mut h = Harness::new(cfg);
+    let mut h = Harness::new(one_failure_opens(2.0));
     let id = h.docker.add("web", &[OPT_IN], "unhealthy");
-    h.docker.fail_next(
-        &id,
-        DockerError::Api {
-            status: 500,
-            message: "boom".into(),
-        },
-    );
+    fail_once(&h, &id);
     h.run(12 * S).await;
     let states: Vec<BreakerState> = h.breaker_path(&id).into_iter().map(|p| p.0).collect();
     assert_eq!(
@@ -831,18 +818,9 @@ async fn l2_an_opt_in_inherited_from_the_image_is_refused_unless_allowed() {
 async fn l3_only_the_exact_value_true_opts_in() {
     let mut h = Harness::new(test_cfg());
     let huge = "true".repeat(1 << 18);
-    let values = [
-        "TRUE",
-        "yes",
-        "true ",
-        "true\n",
-        "tгue",
-        "1",
-        "",
-        huge.as_str(),
-    ];
-    let ids: Vec<String> = values
+    let ids: Vec<String> = HOSTILE_VALUES
         .iter()
+        .chain([&huge.as_str()])
         .enumerate()
         .map(|(i, v)| {
             h.docker
@@ -1140,22 +1118,14 @@ async fn a_die_followed_by_a_stop_event_is_read_as_an_operator_stop() {
     let mut h = Harness::new(cfg);
     let id = h.docker.add("worker", &[OPT_IN], "none");
     h.run(S).await;
-    h.docker.set(&id, |c| {
-        c.running = false;
-        c.status = "exited".into();
-        c.exit_code = 1;
-    });
+    exited(&h, &id, 1);
     // `docker stop` sends die, then stop: the die is judged only after the stop was seen.
     h.docker.event(&id, "die", h.now);
     h.advance(Duration::from_millis(100)).await;
     h.tick().await;
     h.docker.event(&id, "stop", h.now);
     h.run(5 * S).await;
-    assert_eq!(h.docker.actions(), 0);
-    assert_eq!(
-        h.count(&id, Decision::Skipped, Some("stopped_by_operator")),
-        1
-    );
+    left_alone(&h, &id, "stopped_by_operator");
 }
 
 #[tokio::test(start_paused = true)]

@@ -219,16 +219,10 @@ mod tests {
         let k = "sentinel.heal";
         assert_eq!(consent(&cfg, &info(&[(k, "true")], &[])), Consent::Labelled);
         let huge = "true".repeat(1 << 18);
-        for v in [
-            "TRUE",
-            "yes",
-            "true ",
-            "true\n",
-            "tгue",
-            "1",
-            "",
-            huge.as_str(),
-        ] {
+        for v in crate::heal::fake::HOSTILE_VALUES
+            .into_iter()
+            .chain([huge.as_str()])
+        {
             assert_eq!(
                 consent(&cfg, &info(&[(k, v)], &[])),
                 Consent::NotLabelled,
@@ -370,6 +364,22 @@ mod tests {
         );
         s.forget("a");
         assert!(s.anomaly.is_empty());
+    }
+
+    #[test]
+    fn selectors_need_every_label_and_a_listed_name() {
+        let i = info(&[("app", "web"), ("tier", "front")], &[]);
+        let sel = |labels: &[(&str, &str)], names: &[&str]| Selector {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            names: names.iter().map(ToString::to_string).collect(),
+        };
+        assert!(selects(&sel(&[], &[]), &i), "empty: every container");
+        assert!(selects(&sel(&[("app", "web")], &["web"]), &i));
+        assert!(!selects(&sel(&[("app", "web"), ("tier", "back")], &[]), &i));
+        assert!(!selects(&sel(&[], &["api"]), &i), "names is an allow-list");
     }
 
     #[test]

@@ -28,34 +28,11 @@ use super::{
     workers::{WORKLOADS, Workload},
 };
 
-/// Sentinel's programs in the order the daemon loads them (its HOOKS list), with the floor
-/// program on the same hook and, for the network hooks, the floor plus the one keyed lookup
-/// their signal needs. The kernel cuts program names at 15 characters, which makes e.g. the
-/// three `snt_sched_process_*` alike; the load order tells them apart.
-const SENTINEL: &[(&str, Option<&str>, Option<&str>)] = &[
-    ("snt_sched_switch", Some("snt_floor_sw"), None),
-    ("snt_sched_wakeup", Some("snt_floor_wk"), None),
-    ("snt_sched_wakeup_new", Some("snt_floor_wkn"), None),
-    ("snt_sched_process_fork", Some("snt_floor_fork"), None),
-    ("snt_sched_process_exec", Some("snt_floor_exec"), None),
-    ("snt_sched_process_exit", Some("snt_floor_exit"), None),
-    ("snt_oom_mark_victim", None, None),
-    (
-        "snt_net_dev_xmit",
-        Some("snt_floor_xmit"),
-        Some("snt_floor_xmitif"),
-    ),
-    (
-        "snt_netif_receive_skb",
-        Some("snt_floor_recv"),
-        Some("snt_floor_recvif"),
-    ),
-    ("snt_tcp_retransmit_skb", None, None),
-    ("snt_inet_sock_set_state", None, None),
-    ("snt_kfree_skb", Some("snt_floor_kfree"), None),
-    ("snt_tcp_send_reset", None, None),
-    ("snt_tcp_receive_reset", None, None),
-];
+/// Sentinel's programs in the order the daemon loads them, with the floor program on the same
+/// hook and, for the network hooks, the floor plus the one keyed lookup their signal needs:
+/// the signal registry's hook list. The kernel cuts program names at 15 characters, which
+/// makes e.g. the three `snt_sched_process_*` alike; the load order tells them apart.
+use sentinel_common::registry::HOOKS as SENTINEL;
 
 /// BPF object ids (programs or maps) a process holds, from its fdinfo.
 fn held_ids(pid: u32, field: &str) -> BTreeSet<u32> {
@@ -115,9 +92,9 @@ fn sentinel_programs(pid: u32) -> HashMap<u32, &'static str> {
         let Some(kname) = names.get(&id) else {
             continue;
         };
-        for (full, _, _) in expected.by_ref() {
-            if full.starts_with(kname.as_str()) {
-                out.insert(id, *full);
+        for hook in expected.by_ref() {
+            if hook.program.starts_with(kname.as_str()) {
+                out.insert(id, hook.program);
                 break;
             }
         }
@@ -170,13 +147,12 @@ pub fn per_event(ctx: &mut Ctx, source: &str) -> Result<()> {
         "## Kernel cost per event, run-queue source `{source}`\n\n`kernel.bpf_stats_enabled` on (BPF_ENABLE_STATS descriptor), sentinel (`--runq-source {source}`) and the floor programs attached at the same time, one run of each workload. ns/run = run_time_ns / run_cnt over the workloads (stats overhead included in both). The floor is one per-CPU array add on the same hook (tp_btf); for the network hooks, whose signal needs one keyed lookup (the interface), also the floor plus that lookup. Load average: {la0} before, {la1} after.\n\n| hook | sentinel program | runs | sentinel ns/run | floor ns/run | ratio | floor + lookup ns/run | ratio to it |\n|---|---|---:|---:|---:|---:|---:|---:|"
     )?;
     let mut by_name: Vec<(&str, u32)> = names.iter().map(|(id, n)| (*n, *id)).collect();
-    by_name.sort_by_key(|(n, _)| SENTINEL.iter().position(|(s, _, _)| s == n));
+    by_name.sort_by_key(|(n, _)| SENTINEL.iter().position(|h| h.program == *n));
     for (name, id) in by_name {
-        let (_, floor, lookup) = SENTINEL
+        let (floor, lookup) = SENTINEL
             .iter()
-            .find(|(s, _, _)| *s == name)
-            .copied()
-            .unwrap_or((name, None, None));
+            .find(|h| h.program == name)
+            .map_or((None, None), |h| (h.floor, h.floor_lookup));
         let hook = name.trim_start_matches("snt_");
         let Some((n, ns)) = per_run(&total, id) else {
             writeln!(s, "| {hook} | {name} | 0 | - | - | - | - | - |")?;
@@ -209,8 +185,8 @@ pub fn per_event(ctx: &mut Ctx, source: &str) -> Result<()> {
         let ours = sum(&mut names.keys().copied());
         let floors = sum(&mut SENTINEL
             .iter()
-            .filter(|(p, _, _)| names.values().any(|n| n == p))
-            .filter_map(|(_, f, _)| f.and_then(floor_id)));
+            .filter(|h| names.values().any(|n| *n == h.program))
+            .filter_map(|h| h.floor.and_then(floor_id)));
         writeln!(
             s,
             "\nAll programs per ping-pong round trip ({trips:.0} round trips): sentinel **{ours:.0} ns**, the floor programs on the same hooks {floors:.0} ns: **{:.2}x**.",

@@ -1,8 +1,8 @@
 //! Per-series calibration of raw channel values into surprise (`-ln` of a tail probability,
 //! nats) and the map of surprise to a score in [0, 1]. Calibration makes the scores of a flat
 //! gauge and a bursty counter comparable, so that one threshold serves all series. (HTM's
-//! Gaussian "anomaly likelihood" of a short mean was tried in its place and on top; it lost
-//! under cross-validation, see DETECTION.md.)
+//! Gaussian "anomaly likelihood" of a short mean was tried in its place, on top and as a gate;
+//! it lost under cross-validation, see DETECTION.md.)
 
 /// Natural log of the upper Gaussian tail `Q(z) = P(Z > z)`, accurate to ~1e-7 relative and
 /// finite for every finite `z` (no underflow: the exponent is kept in log space).

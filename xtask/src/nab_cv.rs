@@ -29,20 +29,12 @@ pub fn category(file: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// SplitMix64: fixed seed, same shuffle on every machine and run.
-struct Rng(u64);
+/// The detector's SplitMix64: a fixed seed gives the same shuffle on every machine and run.
+struct Rng(sentinel::detect::learned::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.0.next_u64() % n as u64) as usize
     }
 }
 
@@ -67,7 +59,7 @@ pub fn by_file(
     for f in files {
         by_cat.entry(category(f)).or_default().push(f.clone());
     }
-    let mut rng = Rng(seed);
+    let mut rng = Rng(sentinel::detect::learned::Rng(seed));
     let mut held: Vec<Vec<PathBuf>> = vec![Vec::new(); k];
     let mut next = 0;
     for list in by_cat.values_mut() {

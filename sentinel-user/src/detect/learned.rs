@@ -106,12 +106,12 @@ impl ForestParams {
     }
 }
 
-/// SplitMix64: tiny, fast, and fully determined by its seed.
+/// SplitMix64: tiny, fast, and fully determined by its seed (also the NAB folds' shuffle).
 #[derive(Clone, Copy, Debug)]
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -681,9 +681,12 @@ fn top_renders_host_and_containers_in_tmux() {
         screen.contains("Busiest containers"),
         "container section missing"
     );
+    assert!(screen.contains("SLOWED BY"), "slowed-by column missing");
+    // Its own row: the name in the first column (another row may name it as the contender it
+    // waited behind, in SLOWED BY).
     let row = screen
         .lines()
-        .find(|l| l.contains(&busy.name))
+        .find(|l| l.trim_start_matches('│').starts_with(busy.name.as_str()))
         .unwrap_or_else(|| panic!("no row for container {}", busy.name));
     assert!(
         row.contains("sentinel-test-busybox"),

@@ -27,8 +27,10 @@ use crate::{
     },
     config::Config,
     containers::{
-        Attribution,
+        Attribution, Runtimes,
         docker::{self, Watcher},
+        layout::Runtime,
+        roster::RosterHandle,
     },
     export::{OutputFormat, output::Output},
     model::{CollectorHealth, DetectionSummary, Interval, PUBLIC_COUNTERS, Published},
@@ -91,7 +93,7 @@ struct Pipeline {
     seq: u64,
     last: Instant,
     attribution: Attribution,
-    /// The Docker watcher (stopped when the pipeline is dropped).
+    /// The runtime watchers (stopped when the pipeline is dropped).
     _docker: Watcher,
     last_hist: Vec<u64>,
     analysis: Analysis,
@@ -171,6 +173,7 @@ impl Pipeline {
             system,
             containers,
             docker: self.attribution.docker_state(),
+            runtimes: self.attribution.runtimes.states(),
             anomalies: Vec::new(),
             detection: DetectionSummary::default(),
             healing: None,
@@ -298,12 +301,17 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             }
         }
     });
+    // Every container with a process, scanned off the drain (after the capabilities were
+    // dropped: the thread inherits what is left). Runtime events make it scan at once.
+    let roster = RosterHandle::spawn(opts.load.key_mode);
     // One Docker connection for naming and healing (and one state for both).
+    let settings = docker::Settings::from_config(&opts.config);
     let mut docker = if opts.docker {
-        Watcher::spawn(docker::Settings::from_config(&opts.config), true)
+        Watcher::spawn_for(Runtime::Docker, settings, true, roster.poker())
     } else {
         Watcher::disabled()
     };
+    let runtimes = Runtimes::docker_only(docker.view.clone());
     let heal = opts
         .docker
         .then_some((&opts.config.heal, opts.config.daemon.audit_log.as_path()));
@@ -319,7 +327,7 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         snapshot: RawSnapshot::default(),
         seq: 0,
         last: loaded_at,
-        attribution: Attribution::new(opts.load.key_mode, docker.view.clone()),
+        attribution: Attribution::new(opts.load.key_mode, runtimes, roster),
         _docker: docker,
         last_hist: Vec::new(),
         analysis,

@@ -282,6 +282,10 @@ const CONTAINER_COUNTERS: [(&str, &str); 13] = [
 struct ContainerTotals {
     name: String,
     image: String,
+    /// Runtime, and Kubernetes pod and namespace (empty when none owns it).
+    runtime: String,
+    pod: String,
+    namespace: String,
     totals: [f64; CONTAINER_COUNTERS.len()],
 }
 
@@ -481,6 +485,9 @@ impl State {
             self.containers.observe(key, activity, pinned, |t| {
                 t.name.clone_from(&ct.name);
                 t.image.clone_from(&ct.image);
+                t.runtime.clone_from(&ct.runtime);
+                t.pod.clone_from(&ct.pod);
+                t.namespace.clone_from(&ct.namespace);
                 let deltas = [
                     ct.cpu_ns as f64 / 1e9,
                     ct.ctx_switches as f64,
@@ -719,6 +726,9 @@ impl Collector for StateCollector {
                         vec![
                             ("container", container_label(&t.name, id).into()),
                             ("image", t.image.clone().into()),
+                            ("runtime", t.runtime.clone().into()),
+                            ("pod", t.pod.clone().into()),
+                            ("namespace", t.namespace.clone().into()),
                         ],
                         t.totals[idx],
                     )

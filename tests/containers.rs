@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use sentinel::model::{ContainerDelta, Interval};
 use support::{
     docker::{self, Container, IMAGE, PrivateDockerd},
+    runtimes::{Containerd, Podman},
     sentinel::{BIN, SentinelRun},
 };
 
@@ -372,6 +373,39 @@ fn the_victim_names_the_aggressor_on_its_cpu_not_the_bystander() {
     }
 }
 
+/// CPU time of the cgroup at `path` (relative to the hierarchy root), in ns: cgroup v1
+/// cpuacct, else v2 cpu.stat.
+fn cgroup_cpu_ns_at(path: &str) -> u64 {
+    let path = path.trim_start_matches('/');
+    for root in ["cpuacct", "cpu,cpuacct"] {
+        if let Ok(text) =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/{root}/{path}/cpuacct.usage"))
+        {
+            return text.trim().parse().expect("cpuacct.usage");
+        }
+    }
+    let stat = std::fs::read_to_string(format!("/sys/fs/cgroup/{path}/cpu.stat"))
+        .unwrap_or_else(|e| panic!("no CPU accounting for cgroup {path}: {e}"));
+    let usec: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .expect("usage_usec")
+        .parse()
+        .unwrap();
+    usec * 1000
+}
+
+/// The cgroup path (name=systemd or v2) of a process.
+fn cgroup_of(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains(":name=systemd:"))
+        .or_else(|| text.lines().find(|l| l.starts_with("0::")))
+        .expect("a cgroup line");
+    line.splitn(3, ':').nth(2).unwrap().to_string()
+}
+
 fn status_json(run: &SentinelRun) -> serde_json::Value {
     let out = std::process::Command::new(BIN)
         .args(["status", "--json", "--status-socket"])
@@ -567,5 +601,180 @@ fn a_container_recreated_ten_times_under_its_name_is_named_with_its_own_cpu() {
             .iter()
             .any(|s| old.iter().any(|id| s.contains(&id[..12]))),
         "a detector series named after an old container: {series:?}"
+    );
+}
+
+/// Issue 19: a podman container (rootful, a private podman whose API service sentinel finds
+/// through `CONTAINER_HOST`) is named by podman, runtime `podman`, with its CPU within 15% of
+/// its own cgroup's accounting. About 30 s (podman's start-up included).
+#[test]
+fn a_podman_container_is_named_by_podman_with_its_cpu() {
+    if !support::require_root("podman") || !Podman::available() {
+        return;
+    }
+    let podman = Podman::start();
+    let id = podman.run("snt-podman-spin", &["sh", "-c", "while :; do :; done"]);
+    let pid: u32 = podman
+        .podman(&["inspect", "-f", "{{.State.Pid}}", &id])
+        .stdout
+        .iter()
+        .map(|b| *b as char)
+        .collect::<String>()
+        .trim()
+        .parse()
+        .expect("podman container pid");
+    let cgroup = cgroup_of(pid);
+    let mut run = SentinelRun::start_with_env(
+        &["--interval", "500ms", "--no-metrics"],
+        &[("CONTAINER_HOST", &podman.host())],
+    );
+    let mut named = false;
+    for _ in 0..20 {
+        let iv = run.next_interval(FIRST);
+        if iv
+            .runtimes
+            .get("podman")
+            .is_some_and(|s| s.as_str() == "up")
+            && of(&iv, &id).is_some_and(|c| c.name == "snt-podman-spin")
+        {
+            named = true;
+            break;
+        }
+    }
+    assert!(
+        named,
+        "named through podman's API; podman log:\n{}",
+        podman.log()
+    );
+    let (cg0, t0) = (cgroup_cpu_ns_at(&cgroup), Instant::now());
+    let window: Vec<Interval> = (0..8).map(|_| run.next_interval(FIRST)).collect();
+    let (cg1, t1) = (cgroup_cpu_ns_at(&cgroup), Instant::now());
+    let done = run.stop();
+    assert!(done.status.success(), "{}", done.stderr);
+    let mine: Vec<&ContainerDelta> = window.iter().filter_map(|iv| of(iv, &id)).collect();
+    assert_eq!(mine.len(), window.len(), "in every interval");
+    for c in &mine {
+        assert_eq!(
+            (c.name.as_str(), c.runtime.as_str()),
+            ("snt-podman-spin", "podman")
+        );
+        assert!(c.image.contains("sentinel-test-busybox"), "{c:?}");
+    }
+    let reported = mine.iter().map(|c| c.cpu_percent).sum::<f64>() / mine.len() as f64;
+    let cgroup_pct = 100.0 * (cg1 - cg0) as f64 / (t1 - t0).as_nanos() as f64;
+    eprintln!(
+        "podman {}: cgroup {cgroup}; cpu {reported:.1}% vs the cgroup's {cgroup_pct:.1}%",
+        podman.version()
+    );
+    assert!(
+        (reported - cgroup_pct).abs() / cgroup_pct <= 0.15,
+        "{reported}% vs cgroup {cgroup_pct}%"
+    );
+}
+
+/// Issue 19: containers run with `ctr` in a private containerd (found through
+/// `CONTAINERD_ADDRESS`). In namespace `k8s.io` with the kubelet's pod labels, at `ctr`'s
+/// own cgroup path and at a kubelet-style `kubepods/besteffort/pod<uid>/<id>` path: shown as
+/// that pod in that namespace, runtime `containerd`, with its CPU (within 15% of its cgroup's).
+/// In `default` without labels: named by its id. In `moby` (Docker's namespace): left to
+/// Docker, so not named by containerd. About 25 s.
+#[test]
+fn containerd_containers_are_shown_as_their_kubernetes_pods() {
+    if !support::require_root("containerd") || !Containerd::available() || !docker::ensure() {
+        return;
+    }
+    let ctd = Containerd::start();
+    for ns in ["k8s.io", "default", "moby"] {
+        ctd.import_image(ns);
+    }
+    let spin = ["sh", "-c", "while :; do :; done"];
+    let pod_labels = |pod: &'static str| {
+        [
+            ("io.kubernetes.pod.name", pod),
+            ("io.kubernetes.pod.namespace", "team-a"),
+        ]
+    };
+    ctd.run("k8s.io", "bars-k8s", &pod_labels("bars"), None, &spin);
+    let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    ctd.run(
+        "k8s.io",
+        "web-1",
+        &pod_labels("web"),
+        Some(&format!("/kubepods/besteffort/pod{uid}/web-1")),
+        &["sleep", "1000"],
+    );
+    ctd.run("default", "plain", &[], None, &["sleep", "1000"]);
+    ctd.run("moby", "snt-moby", &[], None, &["sleep", "1000"]);
+    let cgroup = cgroup_of(ctd.pid("k8s.io", "bars-k8s"));
+    let mut run = SentinelRun::start_with_env(
+        &["--interval", "500ms", "--no-metrics"],
+        &[("CONTAINERD_ADDRESS", ctd.socket().to_str().unwrap())],
+    );
+    let ready = |iv: &Interval| {
+        iv.runtimes
+            .get("containerd")
+            .is_some_and(|s| s.as_str() == "up")
+            && ["bars-k8s", "web-1", "plain"]
+                .iter()
+                .all(|id| of(iv, id).is_some_and(|c| c.runtime == "containerd"))
+    };
+    let mut seen = false;
+    for _ in 0..20 {
+        if ready(&run.next_interval(FIRST)) {
+            seen = true;
+            break;
+        }
+    }
+    assert!(
+        seen,
+        "containerd's containers named; containerd log:\n{}",
+        ctd.log()
+    );
+    let (cg0, t0) = (cgroup_cpu_ns_at(&cgroup), Instant::now());
+    let window: Vec<Interval> = (0..8).map(|_| run.next_interval(FIRST)).collect();
+    let (cg1, t1) = (cgroup_cpu_ns_at(&cgroup), Instant::now());
+    let done = run.stop();
+    assert!(done.status.success(), "{}", done.stderr);
+    for iv in &window {
+        let bars = of(iv, "bars-k8s").expect("bars-k8s listed");
+        assert_eq!(
+            (
+                bars.pod.as_str(),
+                bars.namespace.as_str(),
+                bars.name.as_str()
+            ),
+            ("bars", "team-a", "team-a/bars/bars-k8s")
+        );
+        assert!(bars.image.contains("sentinel-test-busybox"), "{bars:?}");
+        let web = of(iv, "web-1").expect("the kubelet-style cgroup listed (idle)");
+        assert_eq!(
+            (web.pod.as_str(), web.namespace.as_str()),
+            ("web", "team-a")
+        );
+        let plain = of(iv, "plain").expect("default namespace listed");
+        assert_eq!((plain.name.as_str(), plain.pod.as_str()), ("plain", ""));
+        assert!(
+            of(iv, "snt-moby").is_none()
+                && !iv
+                    .containers
+                    .iter()
+                    .any(|c| c.name.contains("snt-moby") && c.runtime == "containerd"),
+            "Docker's namespace is Docker's to name"
+        );
+    }
+    let reported = window
+        .iter()
+        .filter_map(|iv| of(iv, "bars-k8s"))
+        .map(|c| c.cpu_percent)
+        .sum::<f64>()
+        / window.len() as f64;
+    let cgroup_pct = 100.0 * (cg1 - cg0) as f64 / (t1 - t0).as_nanos() as f64;
+    eprintln!(
+        "containerd {}: bars-k8s at {cgroup}: cpu {reported:.1}% vs the cgroup's {cgroup_pct:.1}%",
+        ctd.version()
+    );
+    assert!(
+        (reported - cgroup_pct).abs() / cgroup_pct <= 0.15,
+        "{reported}% vs cgroup {cgroup_pct}%"
     );
 }

@@ -28,6 +28,7 @@ use crate::{
     config::Config,
     containers::{
         Attribution, Runtimes,
+        containerd::{self, ContainerdWatcher},
         docker::{self, Watcher},
         layout::Runtime,
         roster::RosterHandle,
@@ -95,6 +96,8 @@ struct Pipeline {
     attribution: Attribution,
     /// The runtime watchers (stopped when the pipeline is dropped).
     _docker: Watcher,
+    _podman: Watcher,
+    _containerd: ContainerdWatcher,
     last_hist: Vec<u64>,
     analysis: Analysis,
     /// Last read of the programs' recursion misses (cumulative; refreshed now and then).
@@ -307,11 +310,26 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     // One Docker connection for naming and healing (and one state for both).
     let settings = docker::Settings::from_config(&opts.config);
     let mut docker = if opts.docker {
-        Watcher::spawn_for(Runtime::Docker, settings, true, roster.poker())
+        Watcher::spawn_for(Runtime::Docker, settings.clone(), true, roster.poker())
     } else {
         Watcher::disabled()
     };
-    let runtimes = Runtimes::docker_only(docker.view.clone());
+    // The optional runtimes, for naming only: absent (no socket) is a state, not an error.
+    let podman = Watcher::spawn_for(
+        Runtime::Podman,
+        docker::Settings {
+            host: Some(docker::podman_endpoint()),
+            ..settings
+        },
+        false,
+        roster.poker(),
+    );
+    let containerd = ContainerdWatcher::spawn(containerd::address(), roster.poker());
+    let runtimes = Runtimes {
+        docker: docker.view.clone(),
+        podman: Some(podman.view.clone()),
+        containerd: Some(containerd.view.clone()),
+    };
     let heal = opts
         .docker
         .then_some((&opts.config.heal, opts.config.daemon.audit_log.as_path()));
@@ -329,6 +347,8 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         last: loaded_at,
         attribution: Attribution::new(opts.load.key_mode, runtimes, roster),
         _docker: docker,
+        _podman: podman,
+        _containerd: containerd,
         last_hist: Vec::new(),
         analysis,
         recursion_misses: Default::default(),

@@ -10,6 +10,7 @@
 //! re-resolved from /proc before it names anything again (a recycled mount namespace inode or
 //! cgroup id is never attributed to the container that had it before).
 
+pub mod containerd;
 pub mod docker;
 pub mod layout;
 pub mod procfs;
@@ -655,5 +656,71 @@ mod tests {
         assert_eq!(names, vec![("spin", 1_000_000), ("sleep", 0)]);
         assert_eq!(out[1].key, K2);
         assert_eq!(out[1].runtime, "docker");
+    }
+
+    #[test]
+    fn runtimes_name_by_the_layout_and_report_their_states() {
+        let id = hex('e');
+        let containerd = docker::view(DockerState::Up);
+        containerd.write().unwrap().replace(HashMap::from([
+            (
+                "bars-k8s".to_string(),
+                containerd::describe(
+                    "bars-k8s",
+                    "k8s.io",
+                    "busybox",
+                    &HashMap::from([
+                        (K8S_POD.to_string(), "bars".to_string()),
+                        (K8S_NAMESPACE.to_string(), "team-a".to_string()),
+                    ]),
+                ),
+            ),
+            (
+                id.clone(),
+                containerd::describe(&id, "k8s.io", "nginx", &HashMap::new()),
+            ),
+        ]));
+        let podman = docker::view(DockerState::Disabled);
+        podman.write().unwrap().absent = true;
+        let r = Runtimes {
+            docker: docker::view(DockerState::Up),
+            podman: Some(podman),
+            containerd: Some(containerd),
+        };
+        let named = |path: &str| {
+            r.named(&Identity {
+                owner: layout::parse(path),
+                cgroup: path.into(),
+                netns: None,
+            })
+        };
+        let ctr = named("/k8s.io/bars-k8s").expect("confirmed by containerd");
+        assert_eq!(
+            (ctr.runtime, ctr.pod.as_str(), ctr.namespace.as_str()),
+            ("containerd", "bars", "team-a")
+        );
+        // The same id in another containerd namespace is not the same container.
+        assert_eq!(named("/default/bars-k8s"), None);
+        // Kubernetes' cgroupfs layout: the runtime comes from the lookup.
+        let pod = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        assert_eq!(
+            named(&format!("/kubepods/besteffort/pod{pod}/{id}"))
+                .unwrap()
+                .runtime,
+            "containerd"
+        );
+        // CRI-O: named by id, runtime from the path.
+        let crio = named(&format!("/kubepods.slice/crio-{id}.scope")).unwrap();
+        assert_eq!((crio.name.as_str(), crio.runtime), (&id[..12], "crio"));
+        // A podman container podman cannot be asked about: its id, runtime podman.
+        assert_eq!(
+            named(&format!("/libpod_parent/libpod-{id}"))
+                .unwrap()
+                .runtime,
+            "podman"
+        );
+        let states = r.states();
+        assert_eq!(states["podman"], RuntimeState::Absent);
+        assert_eq!(states["containerd"], RuntimeState::Up);
     }
 }

@@ -54,13 +54,9 @@ fn small_windows() -> DetectConfig {
         "slow_window=16",
         "long_window=64",
         "refractory=5",
-        "novelty_block=2",
         "downsample=1",
         "shingle=4",
         "train_window=16",
-        "retrain_every=16",
-        "trees=4",
-        "tree_sample=8",
         "raise_after=1",
         "clear_after=2",
     ]

@@ -11,7 +11,10 @@
 //! (it is in that task's on-CPU time), kernel threads run in the host's namespaces and count as
 //! `host`, and a wait on a CPU where nothing of ours ran (only the idle task, or only programs
 //! past their exit) is put on `host`. Within one interval the split is by CPU time, not by the
-//! exact overlap: a container that ran only while nobody waited still gets a share.
+//! exact overlap: a container that ran only while nobody waited still gets a share. Per CPU only
+//! the `RUNNERS_NAMED` longest runners are named; the shares of the others are summed as
+//! `spread` (a contender's share on a CPU where it is not among them is in that sum), which
+//! keeps the cost linear in the containers rather than quadratic.
 
 use std::collections::HashMap;
 
@@ -26,6 +29,9 @@ pub struct Waited {
     pub behind: Vec<(Contender, u64)>,
     /// ns behind its own tasks.
     pub own: u64,
+    /// ns behind containers that were not among the `RUNNERS_NAMED` longest runners of the
+    /// CPU it waited on: shares too small to name, kept so every ns is accounted for.
+    pub spread: u64,
 }
 
 /// Who a container waited behind.
@@ -36,41 +42,71 @@ pub enum Contender {
     Unaccounted,
 }
 
+/// Runners named per CPU, the longest first. Naming every runner for every waiter costs
+/// (waiters x runners) per CPU: a million shares at 1000 busy containers. The top three
+/// contenders a record lists come from the longest runners, so the rest are summed instead.
+pub const RUNNERS_NAMED: usize = 8;
+
+/// One CPU's runners: the longest by name, the total of all.
+#[derive(Default)]
+struct CpuRunners {
+    longest: Vec<(ContainerKey, u64)>,
+    total: u128,
+}
+
 /// Splits every container's per-CPU waits among the containers that ran on the same CPU.
 pub fn attribute(activity: &[ContainerActivity]) -> HashMap<ContainerKey, Waited> {
-    // On-CPU time per CPU: total, and per container.
-    let mut ran: HashMap<u32, Vec<(ContainerKey, u64)>> = HashMap::new();
+    let mut ran: HashMap<u32, CpuRunners> = HashMap::new();
     for c in activity {
         for &(cpu, cpu_ns, _) in &c.per_cpu {
             if cpu_ns > 0 {
-                ran.entry(cpu).or_default().push((c.key, cpu_ns));
+                let r = ran.entry(cpu).or_default();
+                r.longest.push((c.key, cpu_ns));
+                r.total += u128::from(cpu_ns);
             }
         }
+    }
+    for r in ran.values_mut() {
+        // Longest first; ties by key, so the names kept are deterministic.
+        let order =
+            |a: &(ContainerKey, u64), b: &(ContainerKey, u64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+        if r.longest.len() > RUNNERS_NAMED {
+            r.longest.select_nth_unstable_by(RUNNERS_NAMED, order);
+            r.longest.truncate(RUNNERS_NAMED);
+        }
+        r.longest.sort_unstable_by(order);
     }
     let mut out = HashMap::new();
     for c in activity {
         let mut waited = Waited::default();
-        let mut behind: HashMap<Contender, u128> = HashMap::new();
-        for &(cpu, _, wait_ns) in &c.per_cpu {
+        let mut behind: Vec<(Contender, u128)> = Vec::new();
+        let mut give = |who: Contender, ns: u128| match behind.iter_mut().find(|e| e.0 == who) {
+            Some(e) => e.1 += ns,
+            None => behind.push((who, ns)),
+        };
+        for &(cpu, own_ns, wait_ns) in &c.per_cpu {
             if wait_ns == 0 {
                 continue;
             }
-            let runners = ran.get(&cpu).map_or(&[][..], Vec::as_slice);
-            let total: u128 = runners.iter().map(|(_, ns)| u128::from(*ns)).sum();
-            if total == 0 {
-                *behind.entry(Contender::Unaccounted).or_default() += u128::from(wait_ns);
+            let wait = u128::from(wait_ns);
+            let Some(runners) = ran.get(&cpu).filter(|r| r.total > 0) else {
+                give(Contender::Unaccounted, wait);
                 continue;
-            }
-            for &(key, ns) in runners {
-                let share = u128::from(wait_ns) * u128::from(ns) / total;
-                if key == c.key {
-                    waited.own += share as u64;
-                } else {
-                    *behind.entry(Contender::Container(key)).or_default() += share;
+            };
+            let own = wait * u128::from(own_ns) / runners.total;
+            let mut named = own;
+            for &(key, ns) in &runners.longest {
+                if key != c.key {
+                    let share = wait * u128::from(ns) / runners.total;
+                    give(Contender::Container(key), share);
+                    named += share;
                 }
             }
+            waited.own += own as u64;
+            // What the unnamed runners' shares come to (rounding included).
+            waited.spread += wait.saturating_sub(named) as u64;
         }
-        if waited.own == 0 && behind.is_empty() {
+        if waited.own == 0 && waited.spread == 0 && behind.is_empty() {
             continue;
         }
         waited.behind = behind
@@ -134,7 +170,40 @@ mod tests {
             ]
         );
         assert_eq!(w.own, 0);
-        let total: u64 = w.behind.iter().map(|(_, ns)| ns).sum::<u64>() + w.own;
+        let total: u64 = w.behind.iter().map(|(_, ns)| ns).sum::<u64>() + w.own + w.spread;
         assert_eq!(total, 950, "every ns of waiting is given to someone");
+    }
+
+    #[test]
+    fn only_the_longest_runners_are_named_and_the_rest_is_summed() {
+        // The victim (1) waited 10 000 ns on CPU 0 behind 30 other containers: keys 100..130
+        // ran 1000, 2000, ... 30 000 ns there; the victim itself ran 5000.
+        let mut activity = vec![act(1, &[(0, 5000, 10_000)])];
+        for i in 0..30u64 {
+            activity.push(act(100 + i, &[(0, 1000 * (i + 1), 0)]));
+        }
+        let total_ran: u64 = 5000 + (1..=30).map(|i| 1000 * i).sum::<u64>();
+        let w = &attribute(&activity)[&1];
+        assert_eq!(w.behind.len(), RUNNERS_NAMED);
+        assert_eq!(
+            w.behind[0],
+            (Contender::Container(129), 10_000 * 30_000 / total_ran),
+            "the longest runner's share is exact"
+        );
+        assert!(
+            w.behind
+                .iter()
+                .all(|(c, _)| *c >= Contender::Container(122)),
+            "the eight longest are named: {:?}",
+            w.behind
+        );
+        assert_eq!(
+            w.own,
+            10_000 * 5000 / total_ran,
+            "its own share is exact though it is not named"
+        );
+        assert!(w.spread > 0);
+        let total: u64 = w.behind.iter().map(|(_, ns)| ns).sum::<u64>() + w.own + w.spread;
+        assert_eq!(total, 10_000, "every ns of waiting is given to someone");
     }
 }

@@ -142,12 +142,14 @@ impl Container {
             std::thread::sleep(Duration::from_millis(100));
         };
         let c = Container { nspawn, leader };
-        // systemctl cannot connect until systemd has set up its private socket; then --wait
-        // returns once the boot is over.
+        // systemctl cannot connect until systemd has set up its private socket (it prints
+        // nothing or "offline" and "Failed to connect to bus" then); once it can, --wait
+        // returns when the boot is over.
         let state = loop {
             let out = c.exec(&["systemctl", "is-system-running", "--wait"]);
             let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if !state.is_empty() || Instant::now() > deadline {
+            let connected = !text(&out).contains("Failed to connect");
+            if (connected && !state.is_empty()) || Instant::now() > deadline {
                 break state;
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -6,6 +6,7 @@ mod chaos;
 mod dist;
 mod fuzz;
 mod nab;
+mod nab_cv;
 mod packages;
 mod vmtest;
 

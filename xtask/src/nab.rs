@@ -1,10 +1,14 @@
 //! `cargo xtask nab`: builds sentinel (release), replays every NAB file through each detector,
-//! scores the results with `shared/tools/nab_score.py` and prints/writes the table.
+//! scores the results with `shared/tools/nab_score.py` and prints/writes the table. With
+//! `--cv` it also cross-validates the threshold (see [`crate::nab_cv`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::nab_cv::{self, Fold};
 
 #[derive(Debug, clap::Args)]
 pub struct NabArgs {
@@ -28,6 +32,16 @@ pub struct NabArgs {
     /// Where results and the table go (relative to the repository root).
     #[arg(long, default_value = "target/nab")]
     pub out: PathBuf,
+    /// Also cross-validate: thresholds optimised on training folds, scored on held-out ones
+    /// (k folds by file, stratified by category, and one fold per labelled category).
+    #[arg(long)]
+    pub cv: bool,
+    /// Folds of the by-file cross-validation.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Seed of the by-file fold assignment (fixed, so that runs are comparable).
+    #[arg(long, default_value_t = 0x5e47_1e1a)]
+    pub cv_seed: u64,
 }
 
 const PROFILES: [(&str, &str); 3] = [
@@ -63,15 +77,151 @@ fn csv_files(data: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Anomaly windows per file, from `combined_windows.json`.
+fn window_counts(labels: &Path) -> Result<BTreeMap<PathBuf, usize>> {
+    let text = std::fs::read(labels).with_context(|| format!("{}", labels.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("{}", labels.display()))?;
+    let map = v
+        .as_object()
+        .ok_or_else(|| anyhow!("{}: not a JSON object", labels.display()))?;
+    Ok(map
+        .iter()
+        .map(|(k, w)| (PathBuf::from(k), w.as_array().map_or(0, Vec::len)))
+        .collect())
+}
+
+/// Paths of the scorer inputs.
+struct Scorer {
+    script: PathBuf,
+    data: PathBuf,
+    labels: PathBuf,
+}
+
+impl Scorer {
+    /// Scores `results` (all files, or the `files` subset through a list file written to
+    /// `list`); `thresholds` fixes each profile's threshold instead of optimising it.
+    fn score(
+        &self,
+        results: &Path,
+        files: Option<(&[PathBuf], &Path)>,
+        thresholds: Option<&[Option<f64>; 3]>,
+    ) -> Result<serde_json::Value> {
+        let mut cmd = Command::new("python3");
+        cmd.arg(&self.script)
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--labels")
+            .arg(&self.labels)
+            .arg("--results")
+            .arg(results)
+            .arg("--json");
+        if let Some((files, list)) = files {
+            let mut text = String::new();
+            for f in files {
+                text.push_str(&f.to_string_lossy());
+                text.push('\n');
+            }
+            std::fs::write(list, text)?;
+            cmd.arg("--files").arg(list);
+        }
+        for (i, t) in thresholds.into_iter().flatten().enumerate() {
+            // None: the training folds were best with no detection at all.
+            let t = t.map_or_else(|| "inf".to_string(), |t| t.to_string());
+            cmd.arg("--threshold").arg(format!("{}={t}", PROFILES[i].0));
+        }
+        let o = cmd.output().context("running nab_score.py")?;
+        if !o.status.success() {
+            bail!(
+                "nab_score.py failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&o.stdout)?)
+    }
+}
+
+fn normalized(v: &serde_json::Value, profile: usize) -> f64 {
+    v["profiles"][PROFILES[profile].0]["normalized"]
+        .as_f64()
+        .unwrap_or(f64::NAN)
+}
+
+/// One fold's outcome: the thresholds chosen on its training files, and per profile the
+/// training (in-sample) and held-out scores.
+struct FoldResult {
+    name: String,
+    test_files: usize,
+    test_windows: usize,
+    thresholds: [Option<f64>; 3],
+    train: [f64; 3],
+    held_out: [f64; 3],
+}
+
+fn cross_validate(
+    scorer: &Scorer,
+    results: &Path,
+    folds: &[Fold],
+    windows: &BTreeMap<PathBuf, usize>,
+) -> Result<Vec<FoldResult>> {
+    let list = results.join("cv-files.txt");
+    let mut out = Vec::new();
+    for fold in folds {
+        let train = scorer.score(results, Some((&fold.train, &list)), None)?;
+        let thresholds: [Option<f64>; 3] =
+            std::array::from_fn(|i| train["profiles"][PROFILES[i].0]["threshold"].as_f64());
+        let test = scorer.score(results, Some((&fold.test, &list)), Some(&thresholds))?;
+        out.push(FoldResult {
+            name: fold.name.clone(),
+            test_files: fold.test.len(),
+            test_windows: fold.test.iter().filter_map(|f| windows.get(f)).sum(),
+            thresholds,
+            train: std::array::from_fn(|i| normalized(&train, i)),
+            held_out: std::array::from_fn(|i| normalized(&test, i)),
+        });
+    }
+    let _ = std::fs::remove_file(&list);
+    Ok(out)
+}
+
+/// `mean ± sd [min, max]` of the held-out scores of one profile.
+fn held_out_cell(folds: &[FoldResult], profile: usize) -> String {
+    let xs: Vec<f64> = folds.iter().map(|f| f.held_out[profile]).collect();
+    let (m, sd, lo, hi) = nab_cv::spread(&xs);
+    format!("{m:.1} ± {sd:.1} [{lo:.1}, {hi:.1}]")
+}
+
+fn mean_of(folds: &[FoldResult], pick: impl Fn(&FoldResult) -> f64) -> f64 {
+    folds.iter().map(pick).sum::<f64>() / folds.len() as f64
+}
+
 pub fn run(args: NabArgs) -> Result<()> {
     let root = repo_root();
     let data = root.join(&args.data);
-    let scorer = args
-        .scorer
-        .clone()
-        .map_or_else(|| data.join("../../tools/nab_score.py"), |s| root.join(s));
+    let scorer = Scorer {
+        script: args
+            .scorer
+            .clone()
+            .map_or_else(|| data.join("../../tools/nab_score.py"), |s| root.join(s)),
+        data: data.clone(),
+        labels: data.join("combined_windows.json"),
+    };
     let out = root.join(&args.out);
-    let labels = data.join("combined_windows.json");
+
+    let files = csv_files(&data)?;
+    if files.is_empty() {
+        bail!("{}: no <category>/<file>.csv found", data.display());
+    }
+    let windows = window_counts(&scorer.labels)?;
+    // Fold assignment first: a bad --folds fails before anything is built.
+    let folds = if args.cv {
+        let mut f = nab_cv::by_file(&files, &windows, args.folds, args.cv_seed)?;
+        let by_file = f.len();
+        f.extend(nab_cv::by_category(&files, &windows)?);
+        Some((f, by_file))
+    } else {
+        None
+    };
 
     let status = Command::new(env!("CARGO"))
         .current_dir(&root)
@@ -89,12 +239,9 @@ pub fn run(args: NabArgs) -> Result<()> {
         bail!("cargo build failed");
     }
     let sentinel = root.join("target/release/sentinel");
-    let files = csv_files(&data)?;
-    if files.is_empty() {
-        bail!("{}: no <category>/<file>.csv found", data.display());
-    }
 
     let mut rows = Vec::new();
+    let mut cv_rows = Vec::new();
     for det in &args.detectors {
         let dir = out.join(det);
         let _ = std::fs::remove_dir_all(&dir);
@@ -116,25 +263,11 @@ pub fn run(args: NabArgs) -> Result<()> {
                 bail!("sentinel replay failed on {}", f.display());
             }
         }
-        let o = Command::new("python3")
-            .arg(&scorer)
-            .arg("--data")
-            .arg(&data)
-            .arg("--labels")
-            .arg(&labels)
-            .arg("--results")
-            .arg(&dir)
-            .arg("--json")
-            .output()
-            .context("running nab_score.py")?;
-        if !o.status.success() {
-            bail!(
-                "nab_score.py failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+        let v = scorer.score(&dir, None, None)?;
+        std::fs::write(dir.join("score.json"), serde_json::to_vec_pretty(&v)?)?;
+        if let Some((folds, _)) = &folds {
+            cv_rows.push((det.clone(), cross_validate(&scorer, &dir, folds, &windows)?));
         }
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-        std::fs::write(dir.join("score.json"), &o.stdout)?;
         rows.push((det.clone(), v));
     }
 
@@ -143,14 +276,12 @@ pub fn run(args: NabArgs) -> Result<()> {
          |---|---|---|---|---|---|---|\n",
     );
     for (det, v) in &rows {
-        let p = &v["profiles"];
-        let cell = |k: &str| p[k]["normalized"].as_f64().unwrap_or(f64::NAN);
-        let s = &p["standard"];
+        let s = &v["profiles"]["standard"];
         table.push_str(&format!(
             "| {det} | {:.1} | {:.1} | {:.1} | {}/{} | {} | {:.4} |\n",
-            cell(PROFILES[0].0),
-            cell(PROFILES[1].0),
-            cell(PROFILES[2].0),
+            normalized(v, 0),
+            normalized(v, 1),
+            normalized(v, 2),
             s["windows_detected"],
             s["windows"],
             s["fp_detections"],
@@ -160,5 +291,66 @@ pub fn run(args: NabArgs) -> Result<()> {
     print!("{table}");
     std::fs::write(out.join("table.md"), &table)?;
     eprintln!("wrote {}", out.join("table.md").display());
+
+    if let Some((_, by_file)) = &folds {
+        let cv = cv_tables(&rows, &cv_rows, *by_file, args.folds, args.cv_seed);
+        print!("\n{cv}");
+        std::fs::write(out.join("cv.md"), &cv)?;
+        eprintln!("wrote {}", out.join("cv.md").display());
+    }
     Ok(())
+}
+
+/// The cross-validation summary (per detector and profile: in-sample, mean training score
+/// over the folds, held-out mean ± sd [min, max] per scheme) and the per-fold detail.
+fn cv_tables(
+    rows: &[(String, serde_json::Value)],
+    cv_rows: &[(String, Vec<FoldResult>)],
+    by_file: usize,
+    k: usize,
+    seed: u64,
+) -> String {
+    let mut t = format!(
+        "Cross-validation: thresholds optimised on the training folds, applied unchanged to the \
+         held-out fold. By file: {k} folds stratified by category (seed {seed:#x}); by \
+         category: each labelled category held out in turn, the files without windows in \
+         every fold.\n\n\
+         | detector | profile | in-sample | by file: train | by file: held-out mean ± sd [min, max] | by category: train | by category: held-out mean ± sd [min, max] |\n\
+         |---|---|---|---|---|---|---|\n"
+    );
+    for ((det, v), (_, folds)) in rows.iter().zip(cv_rows) {
+        let (files, cats) = folds.split_at(by_file);
+        for (p, (_, label)) in PROFILES.iter().enumerate() {
+            t.push_str(&format!(
+                "| {det} | {label} | {:.1} | {:.1} | {} | {:.1} | {} |\n",
+                normalized(v, p),
+                mean_of(files, |f| f.train[p]),
+                held_out_cell(files, p),
+                mean_of(cats, |f| f.train[p]),
+                held_out_cell(cats, p),
+            ));
+        }
+    }
+    t.push_str(
+        "\n| detector | fold | held-out files (windows) | thresholds std / low FP / low FN | held-out std / low FP / low FN |\n\
+         |---|---|---|---|---|\n",
+    );
+    let thr = |t: Option<f64>| t.map_or_else(|| "none".to_string(), |t| format!("{t:.4}"));
+    for (det, folds) in cv_rows {
+        for f in folds {
+            t.push_str(&format!(
+                "| {det} | {} | {} ({}) | {} / {} / {} | {:.1} / {:.1} / {:.1} |\n",
+                f.name,
+                f.test_files,
+                f.test_windows,
+                thr(f.thresholds[0]),
+                thr(f.thresholds[1]),
+                thr(f.thresholds[2]),
+                f.held_out[0],
+                f.held_out[1],
+                f.held_out[2],
+            ));
+        }
+    }
+    t
 }

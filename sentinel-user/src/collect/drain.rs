@@ -276,6 +276,8 @@ pub struct ContainerDrain {
     prev: Vec<[u64; CONTAINER_FIELDS]>,
     /// Per key: consecutive drains without any change.
     idle_drains: HashMap<ContainerKey, u32>,
+    /// Per slot: its record's index in the drain being built (reused from drain to drain).
+    slot_entry: Vec<u32>,
 }
 
 impl ContainerDrain {
@@ -292,7 +294,11 @@ impl ContainerDrain {
                 ..Self::default()
             };
         }
-        let mut by_key: HashMap<ContainerKey, ContainerActivity> = HashMap::new();
+        // Entries are gathered per slot (an index, no hashing of 320-byte records), then
+        // merged per key: a key holds more than one slot only while one is being retired.
+        let mut out: Vec<ContainerActivity> = Vec::new();
+        self.slot_entry.clear();
+        self.slot_entry.resize(capacity, u32::MAX);
         for r in reads {
             let (cpu, slot) = (r.cpu as usize, r.slot as usize);
             if slot >= capacity {
@@ -312,9 +318,14 @@ impl ContainerDrain {
             if d == [0; CONTAINER_FIELDS] {
                 continue;
             }
-            let entry = by_key
-                .entry(r.key)
-                .or_insert_with(|| ContainerActivity::zero(r.key));
+            let index = &mut self.slot_entry[slot];
+            // A slot read on two CPUs with another key in between cannot happen (a slot has
+            // one key until it is freed), but a stale index must never add to another key.
+            if *index == u32::MAX || out[*index as usize].key != r.key {
+                *index = out.len() as u32;
+                out.push(ContainerActivity::zero(r.key));
+            }
+            let entry = &mut out[*index as usize];
             let sums: &mut [u64; CONTAINER_FIELDS] = bytemuck::cast_mut(&mut entry.stats);
             for (sum, add) in sums.iter_mut().zip(d) {
                 *sum = sum.wrapping_add(add);
@@ -325,15 +336,31 @@ impl ContainerDrain {
                 add_per_cpu(&mut entry.per_cpu, r.cpu, cpu_ns, wait_ns);
             }
         }
+        // Sorted by key through an index, so each record moves once.
+        let mut order: Vec<(ContainerKey, u32)> = out
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.key, i as u32))
+            .collect();
+        order.sort_unstable();
+        let mut taken: Vec<Option<ContainerActivity>> = out.into_iter().map(Some).collect();
+        let mut sorted: Vec<ContainerActivity> = Vec::with_capacity(order.len());
+        for (key, i) in order {
+            let Some(next) = taken[i as usize].take() else {
+                continue;
+            };
+            match sorted.last_mut() {
+                Some(last) if last.key == key => merge_activity(last, next),
+                _ => sorted.push(next),
+            }
+        }
         for idle in self.idle_drains.values_mut() {
             *idle = idle.saturating_add(1);
         }
-        for key in by_key.keys() {
-            self.idle_drains.insert(*key, 0);
+        for c in &sorted {
+            self.idle_drains.insert(c.key, 0);
         }
-        let mut out: Vec<ContainerActivity> = by_key.into_values().collect();
-        out.sort_by_key(|c| c.key);
-        out
+        sorted
     }
 
     /// Keys seen before and unchanged for at least `drains` drains.
@@ -354,6 +381,18 @@ impl ContainerDrain {
 
     fn forget(&mut self, key: &ContainerKey) {
         self.idle_drains.remove(key);
+    }
+}
+
+/// Adds the deltas of another slot of the same key.
+fn merge_activity(into: &mut ContainerActivity, other: ContainerActivity) {
+    let sums: &mut [u64; CONTAINER_FIELDS] = bytemuck::cast_mut(&mut into.stats);
+    let adds: [u64; CONTAINER_FIELDS] = bytemuck::cast(other.stats);
+    for (sum, add) in sums.iter_mut().zip(adds) {
+        *sum = sum.wrapping_add(add);
+    }
+    for (cpu, cpu_ns, wait_ns) in other.per_cpu {
+        add_per_cpu(&mut into.per_cpu, cpu, cpu_ns, wait_ns);
     }
 }
 

@@ -183,23 +183,25 @@ fn name_contenders(
     waited: &HashMap<ContainerKey, crate::contention::Waited>,
 ) {
     use crate::contention::Contender;
-    let names: HashMap<ContainerKey, String> =
-        out.iter().map(|c| (c.key, c.name.clone())).collect();
+    let index: HashMap<ContainerKey, usize> =
+        out.iter().enumerate().map(|(i, c)| (c.key, i)).collect();
     let secs = |ns: u64| ns as f64 / 1e9;
-    for c in out.iter_mut() {
+    // Named in a first pass (names borrowed), put on the records in a second.
+    let mut named: Vec<(usize, f64, Vec<crate::model::ContendedBy>)> = Vec::new();
+    for (i, c) in out.iter().enumerate() {
         let Some(w) = waited.get(&c.key) else {
             continue;
         };
-        c.contention_self_seconds = secs(w.own);
         // By name: waits nothing of ours explains join the host's own (interrupts, kernel
         // threads and the host's processes are all `host`).
-        let mut by_name: Vec<(String, u64)> = Vec::new();
+        let mut by_name: Vec<(std::borrow::Cow<str>, u64)> = Vec::new();
         for (who, ns) in &w.behind {
             let name = match who {
-                Contender::Container(k) => {
-                    names.get(k).cloned().unwrap_or_else(|| format!("gone-{k}"))
-                }
-                Contender::Unaccounted => "host".to_string(),
+                Contender::Container(k) => match index.get(k) {
+                    Some(&j) => std::borrow::Cow::Borrowed(out[j].name.as_str()),
+                    None => std::borrow::Cow::Owned(format!("gone-{k}")),
+                },
+                Contender::Unaccounted => std::borrow::Cow::Borrowed("host"),
             };
             match by_name.iter_mut().find(|(n, _)| *n == name) {
                 Some(e) => e.1 += ns,
@@ -207,14 +209,19 @@ fn name_contenders(
             }
         }
         by_name.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        c.contention = by_name
+        let listed = by_name
             .into_iter()
             .take(CONTENDERS_LISTED)
             .map(|(container, ns)| crate::model::ContendedBy {
-                container,
+                container: container.into_owned(),
                 seconds: secs(ns),
             })
             .collect();
+        named.push((i, secs(w.own), listed));
+    }
+    for (i, own, listed) in named {
+        out[i].contention_self_seconds = own;
+        out[i].contention = listed;
     }
 }
 

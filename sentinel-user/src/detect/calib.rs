@@ -1,7 +1,8 @@
-//! Per-series calibration of a raw score (the "likelihood" stage): a short mean of the raw
-//! score is compared with the long-run mean and spread of that short mean, and the Gaussian
-//! tail probability is log-mapped to [0, 1]. This makes scores of a flat gauge and a bursty
-//! counter comparable, so that one threshold serves all series.
+//! Per-series calibration of raw channel values into surprise (`-ln` of a tail probability,
+//! nats) and the map of surprise to a score in [0, 1]. Calibration makes the scores of a flat
+//! gauge and a bursty counter comparable, so that one threshold serves all series. (HTM's
+//! Gaussian "anomaly likelihood" of a short mean was tried in its place, on top and as a gate;
+//! it lost under cross-validation, see DETECTION.md.)
 
 /// Natural log of the upper Gaussian tail `Q(z) = P(Z > z)`, accurate to ~1e-7 relative and
 /// finite for every finite `z` (no underflow: the exponent is kept in log space).
@@ -51,54 +52,15 @@ pub fn surprise_score(s: f64) -> f64 {
     (s / (s + HALF_SCORE_SURPRISE)).clamp(0.0, 1.0)
 }
 
-/// Parameters shared by every calibrator of an engine (kept out of the per-series state).
+/// Horizons shared by the calibrators of an engine (kept out of the per-series state).
 #[derive(Clone, Copy, Debug)]
 pub struct CalibParams {
+    /// EW weight of a short mean.
     pub a_short: f64,
+    /// EW weight of the long-run estimates.
     pub a_long: f64,
-    pub spread_floor: f64,
     /// Samples before scores are emitted.
     pub learn: u32,
-}
-
-/// Constant-size incremental calibrator (no stored history).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Likelihood {
-    short: f64,
-    mean: f64,
-    var: f64,
-    n: u32,
-}
-
-impl Likelihood {
-    /// Feeds one raw score (>= 0; non-finite values are treated as 0) and returns the
-    /// calibrated score in [0, 1]. The current sample is judged against the history before it.
-    pub fn update(&mut self, p: &CalibParams, raw: f64) -> f64 {
-        let raw = if raw.is_finite() {
-            raw.clamp(0.0, 1e6)
-        } else {
-            0.0
-        };
-        if self.n == 0 {
-            self.short = raw;
-            self.mean = raw;
-        } else {
-            self.short += p.a_short * (raw - self.short);
-        }
-        let sd = self.var.sqrt().max(p.spread_floor);
-        let score = if self.n >= p.learn {
-            tail_score((self.short - self.mean) / sd)
-        } else {
-            0.0
-        };
-        // Early on the long-run estimates are plain averages, later exponentially weighted.
-        let a = (1.0 / f64::from(self.n + 1)).max(p.a_long);
-        let d = self.short - self.mean;
-        self.mean += a * d;
-        self.var = (1.0 - a) * (self.var + a * d * d);
-        self.n = self.n.saturating_add(1);
-        score
-    }
 }
 
 #[cfg(test)]

@@ -32,16 +32,10 @@ pub struct DetectConfig {
     pub fast_window: u32,
     /// Horizon of the slow baseline and of the noise scale, in rows.
     pub slow_window: u32,
-    /// Rows averaged before a raw score is compared with its own history (likelihood stage).
+    /// Horizon of the short means (seasonal residual, novelty surprise), in rows.
     pub short_window: u32,
     /// Horizon of the raw-score history (mean and spread) in the likelihood stage, in rows.
     pub long_window: u32,
-    /// Floor on the spread of raw scores, so that a series that has been quiet cannot alarm on
-    /// a blip.
-    pub spread_floor: f64,
-    /// Strength (as a Gaussian z) of a value just past `range_margin` beyond the range; more beyond scores
-    /// higher.
-    pub range_z: f64,
     /// Values are judged against the running range as it stood between `range_lag` and twice
     /// that many rows earlier, so that a value creeping out of the range row by row counts by
     /// its full distance; spikes against the smaller of the current residual scale and the
@@ -64,23 +58,13 @@ pub struct DetectConfig {
     pub rearm_margin: f64,
     /// Enables the pattern-novelty channel of the statistical detector.
     pub novelty: bool,
-    /// Rows per block of the pattern-novelty channel.
-    pub novelty_block: u32,
-    /// Quantisation levels of the pattern-novelty channel (a power of two).
-    pub novelty_levels: u32,
-    /// Blocks per context of the pattern-novelty channel.
-    pub novelty_context: u32,
     /// Enables the seasonal channel of the statistical detector (residual against the value
     /// one detected period earlier).
     pub seasonal: bool,
-    /// Rows per block mean of the seasonal channel's period search.
-    pub season_block: u32,
     /// Values kept by the seasonal channel; periods up to half of it are found.
     pub season_buffer: u32,
     /// Autocorrelation a lag needs to be taken as the period.
     pub season_min_acf: f64,
-    /// Rows averaged in the seasonal residual before calibration.
-    pub season_short: u32,
     /// The learned detector works on means of this many rows.
     pub downsample: u32,
     /// Values (block means) per shingle fed to the learned detector.
@@ -98,14 +82,6 @@ pub struct DetectConfig {
     /// Exceedance threshold of the pattern-memory channel's calibration, in ln(1 + d/scale)
     /// of the nearest-neighbour distance against its usual value.
     pub pattern_threshold: f64,
-    /// Retrain the learned model every this many rows.
-    pub retrain_every: u32,
-    /// Trees in the isolation forest.
-    pub trees: u32,
-    /// Shingles sampled per tree.
-    pub tree_sample: u32,
-    /// Seed of the learned detector (fixed so that replay is reproducible).
-    pub seed: u64,
     /// Anomaly events: a series counts as anomalous on an interval when its (unshaped) score is
     /// at least this. 0.3 is a surprise of ~4.9 nats (tail ~7e-3 per interval); with
     /// `raise_after` = 2 an isolated blip never raises, a sustained shift does.
@@ -120,6 +96,120 @@ pub struct DetectConfig {
     /// with its state, so memory stays bounded under container churn; an event still open
     /// for it is cleared.
     pub series_ttl: u32,
+    // Settings removed in this release (DETECTION.md, "Removed settings"): accepted with one
+    // deprecation warning each and ignored; rejected as unknown keys in the next release.
+    #[serde(default, skip_serializing, deserialize_with = "removed::spread_floor")]
+    pub spread_floor: Removed,
+    #[serde(default, skip_serializing, deserialize_with = "removed::range_z")]
+    pub range_z: Removed,
+    #[serde(default, skip_serializing, deserialize_with = "removed::season_short")]
+    pub season_short: Removed,
+    #[serde(default, skip_serializing, deserialize_with = "removed::season_block")]
+    pub season_block: Removed,
+    #[serde(default, skip_serializing, deserialize_with = "removed::novelty_block")]
+    pub novelty_block: Removed,
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "removed::novelty_levels"
+    )]
+    pub novelty_levels: Removed,
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "removed::novelty_context"
+    )]
+    pub novelty_context: Removed,
+    #[serde(default, skip_serializing, deserialize_with = "removed::retrain_every")]
+    pub retrain_every: Removed,
+    #[serde(default, skip_serializing, deserialize_with = "removed::trees")]
+    pub trees: Removed,
+    #[serde(default, skip_serializing, deserialize_with = "removed::tree_sample")]
+    pub tree_sample: Removed,
+    #[serde(default, skip_serializing, deserialize_with = "removed::seed")]
+    pub seed: Removed,
+}
+
+/// A removed setting found in a config: its value is ignored. Two configs that differ only in
+/// removed settings are equal (`config show` drops them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Removed(bool);
+
+impl Removed {
+    /// The key was present.
+    pub fn present(self) -> bool {
+        self.0
+    }
+}
+
+impl PartialEq for Removed {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// One deserializer per removed key: accepts any value, ignores it and logs one warning naming
+/// the key (once per parse, not per series or row).
+mod removed {
+    use super::Removed;
+    use serde::{Deserialize, Deserializer, de::IgnoredAny};
+
+    fn accept<'de, D: Deserializer<'de>>(
+        d: D,
+        key: &str,
+        instead: &str,
+    ) -> Result<Removed, D::Error> {
+        IgnoredAny::deserialize(d)?;
+        tracing::warn!(
+            "detect.{key} is deprecated and ignored ({instead}); it will be rejected in the next release: remove it from the config"
+        );
+        Ok(Removed(true))
+    }
+
+    macro_rules! removed {
+        ($($key:ident: $instead:literal;)*) => {$(
+            pub fn $key<'de, D: Deserializer<'de>>(d: D) -> Result<Removed, D::Error> {
+                accept(d, stringify!($key), $instead)
+            }
+        )*};
+    }
+
+    removed! {
+        spread_floor: "it had no effect";
+        range_z: "a new extreme just past range_margin is a fixed 3-sigma event";
+        season_short: "the seasonal residual is averaged over short_window rows";
+        season_block: "the period search uses blocks of 4 rows";
+        novelty_block: "the novelty channel uses blocks of 4 rows";
+        novelty_levels: "the novelty channel quantises on 8 levels";
+        novelty_context: "the novelty context is 6 blocks";
+        retrain_every: "the forest is retrained every train_window rows";
+        trees: "the forest has 32 trees";
+        tree_sample: "each tree samples 64 shingles";
+        seed: "the forest's seed is fixed";
+    }
+}
+
+impl DetectConfig {
+    /// The removed settings present in this config (each was warned about when parsed).
+    pub fn removed_keys(&self) -> Vec<&'static str> {
+        [
+            ("spread_floor", self.spread_floor),
+            ("range_z", self.range_z),
+            ("season_short", self.season_short),
+            ("season_block", self.season_block),
+            ("novelty_block", self.novelty_block),
+            ("novelty_levels", self.novelty_levels),
+            ("novelty_context", self.novelty_context),
+            ("retrain_every", self.retrain_every),
+            ("trees", self.trees),
+            ("tree_sample", self.tree_sample),
+            ("seed", self.seed),
+        ]
+        .into_iter()
+        .filter(|(_, r)| r.present())
+        .map(|(k, _)| k)
+        .collect()
+    }
 }
 
 impl Default for DetectConfig {
@@ -132,9 +222,7 @@ impl Default for DetectConfig {
             slow_window: 300,
             short_window: 10,
             long_window: 20_000,
-            spread_floor: 0.1,
             scale_floor: 0.01,
-            range_z: 3.0,
             range_lag: 50,
             range_margin: 0.1,
             pot_threshold: 1.5,
@@ -143,14 +231,9 @@ impl Default for DetectConfig {
             refractory: 200,
             rearm_margin: 0.05,
             novelty: true,
-            novelty_block: 4,
-            novelty_levels: 8,
-            novelty_context: 6,
             seasonal: true,
-            season_block: 4,
             season_buffer: 1024,
             season_min_acf: 0.7,
-            season_short: 10,
             downsample: 4,
             shingle: 8,
             train_window: 256,
@@ -158,15 +241,22 @@ impl Default for DetectConfig {
             pattern: true,
             pattern_shingle: 4,
             pattern_threshold: 1.0,
-            retrain_every: 256,
-            trees: 32,
-            tree_sample: 64,
-            seed: 0x5e47_1e1a,
             event_threshold: 0.3,
             raise_after: 2,
             clear_after: 10,
             max_series: 4096,
             series_ttl: 300,
+            spread_floor: Removed::default(),
+            range_z: Removed::default(),
+            season_short: Removed::default(),
+            season_block: Removed::default(),
+            novelty_block: Removed::default(),
+            novelty_levels: Removed::default(),
+            novelty_context: Removed::default(),
+            retrain_every: Removed::default(),
+            trees: Removed::default(),
+            tree_sample: Removed::default(),
+            seed: Removed::default(),
         }
     }
 }
@@ -199,9 +289,7 @@ impl DetectConfig {
         check_u("slow_window", self.slow_window, 2, 1_000_000)?;
         check_u("short_window", self.short_window, 1, 10_000)?;
         check_u("long_window", self.long_window, 10, 10_000_000)?;
-        check_f("spread_floor", self.spread_floor, 0.0, 10.0)?;
         check_f("scale_floor", self.scale_floor, 0.0, 1.0)?;
-        check_f("range_z", self.range_z, 0.0, 40.0)?;
         check_u("range_lag", self.range_lag, 1, 1_000_000)?;
         check_f("range_margin", self.range_margin, 0.0, 10.0)?;
         check_f("pot_threshold", self.pot_threshold, 0.0, 100.0)?;
@@ -209,28 +297,14 @@ impl DetectConfig {
         check_f("arm_level", self.arm_level, 0.0, 1.0)?;
         check_u("refractory", self.refractory, 0, 1_000_000)?;
         check_f("rearm_margin", self.rearm_margin, 0.0, 1.0)?;
-        check_u("novelty_block", self.novelty_block, 1, 10_000)?;
-        check_u("novelty_levels", self.novelty_levels, 2, 256)?;
-        if !self.novelty_levels.is_power_of_two() {
-            return Err(format!(
-                "detect.novelty_levels = {} must be a power of two in [2, 256]",
-                self.novelty_levels
-            ));
-        }
-        check_u("novelty_context", self.novelty_context, 1, 16)?;
-        check_u("season_block", self.season_block, 1, 10_000)?;
         check_u("season_buffer", self.season_buffer, 64, 65_536)?;
         check_f("season_min_acf", self.season_min_acf, 0.0, 1.0)?;
-        check_u("season_short", self.season_short, 1, 10_000)?;
         check_u("downsample", self.downsample, 1, 10_000)?;
         check_u("shingle", self.shingle, 1, 64)?;
         check_u("train_window", self.train_window, 16, 65_536)?;
         check_f("learned_threshold", self.learned_threshold, 0.0, 100.0)?;
         check_u("pattern_shingle", self.pattern_shingle, 1, 64)?;
         check_f("pattern_threshold", self.pattern_threshold, 0.0, 100.0)?;
-        check_u("retrain_every", self.retrain_every, 1, 10_000_000)?;
-        check_u("trees", self.trees, 1, 1024)?;
-        check_u("tree_sample", self.tree_sample, 4, 4096)?;
         check_f("event_threshold", self.event_threshold, 0.0, 1.0)?;
         check_u("raise_after", self.raise_after, 1, 100_000)?;
         check_u("clear_after", self.clear_after, 1, 100_000)?;
@@ -275,10 +349,10 @@ mod tests {
             "{e}"
         );
         let c = DetectConfig {
-            spread_floor: f64::NAN,
+            scale_floor: f64::NAN,
             ..DetectConfig::default()
         };
-        assert!(c.validate().unwrap_err().contains("spread_floor"));
+        assert!(c.validate().unwrap_err().contains("scale_floor"));
     }
 
     #[test]
@@ -287,6 +361,69 @@ mod tests {
         assert_eq!(c.warmup, 7);
         assert_eq!(c.refractory, DetectConfig::default().refractory);
         assert!(serde_json::from_str::<DetectConfig>(r#"{"warmpu": 7}"#).is_err());
+    }
+
+    /// Log lines written while `f` runs.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Capture(Arc::new(Mutex::new(Vec::new())));
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .finish();
+        let v = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        (v, text)
+    }
+
+    #[test]
+    fn removed_keys_are_accepted_ignored_and_warned_about_once_each() {
+        let text = "[detect]\nwarmup = 7\nspread_floor = 0.2\ntrees = 4\nseed = 1\n";
+        let (cfg, log) = logged(|| crate::config::parse(text, "t.toml"));
+        let cfg = cfg.expect("removed keys are not an error").detect;
+        assert_eq!(cfg.removed_keys(), ["spread_floor", "trees", "seed"]);
+        assert_eq!(
+            cfg,
+            DetectConfig {
+                warmup: 7,
+                ..DetectConfig::default()
+            }
+        );
+        assert_eq!(log.lines().count(), 3, "{log}");
+        for key in ["spread_floor", "trees", "seed"] {
+            let line = format!("detect.{key} is deprecated and ignored");
+            assert_eq!(log.matches(&line).count(), 1, "{log}");
+        }
+        // `config show` leaves them out.
+        let shown = toml::to_string(&cfg).unwrap();
+        assert!(
+            !shown.contains("trees") && shown.contains("warmup"),
+            "{shown}"
+        );
+        // Replay's --set goes through the same parser.
+        let (c, log) = logged(|| {
+            crate::replay::apply_overrides(&DetectConfig::default(), &["range_z=2.5".into()])
+        });
+        assert_eq!(c.unwrap().removed_keys(), ["range_z"]);
+        assert_eq!(
+            log.matches("detect.range_z is deprecated").count(),
+            1,
+            "{log}"
+        );
+        // Keys that never existed are still rejected.
+        assert!(crate::config::parse("[detect]\nrange_zz = 1\n", "t.toml").is_err());
     }
 
     #[test]

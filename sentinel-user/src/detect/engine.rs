@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use super::config::{DetectConfig, DetectorKind};
 use super::learned::{ForestParams, LearnedDetector, LearnedStatus, Trainer};
-use super::lifecycle::{EventKind, Hysteresis, SeriesState, Shaper, ShaperParams};
+use super::lifecycle::{
+    EventKind, EventParams, Evidence, Hysteresis, SeriesState, Shaper, ShaperParams,
+};
 use super::stats::{StatDetector, StatParams};
 use crate::model::{AnomalyRecord, ContainerDelta, DetectionSummary, Interval};
 
@@ -21,8 +23,7 @@ pub struct Params {
     pub forest: ForestParams,
     pub shaper: ShaperParams,
     pub event_threshold: f64,
-    pub raise_after: u32,
-    pub clear_after: u32,
+    pub events: EventParams,
 }
 
 impl Params {
@@ -38,8 +39,12 @@ impl Params {
                 margin: c.rearm_margin,
             },
             event_threshold: c.event_threshold,
-            raise_after: c.raise_after,
-            clear_after: c.clear_after,
+            events: EventParams {
+                raise_after: c.raise_after,
+                clear_after: c.clear_after,
+                refractory: c.refractory,
+                margin: c.rearm_margin,
+            },
         }
     }
 }
@@ -72,6 +77,8 @@ pub struct SeriesDetector {
     fallback_logged: bool,
     /// Fallback log lines emitted so far (for tests and status).
     fallback_logs: u32,
+    /// The learned score at the last block end.
+    learned_prev: f64,
 }
 
 impl SeriesDetector {
@@ -91,6 +98,7 @@ impl SeriesDetector {
             level: 0.0,
             fallback_logged: false,
             fallback_logs: 0,
+            learned_prev: 0.0,
         }
     }
 
@@ -132,24 +140,37 @@ impl SeriesDetector {
         let stat = self.stat.update(&p.stat, x);
         let learned = self.learned.as_mut().map(|l| {
             let s = l.update(&p.forest, trainer, x.clamp(-1e100, 1e100));
-            (s, l.status(&p.forest))
+            // The learned score is new once per block of `downsample` rows, and a novel block
+            // stays in the shingles of the next few blocks: their scores, high but falling,
+            // echo one observation. A block-end score is a new observation when it is higher
+            // than the one before.
+            let new = l.fresh() && s > self.learned_prev;
+            if l.fresh() {
+                self.learned_prev = s;
+            }
+            (s, l.status(&p.forest), new)
         });
 
-        let (state, level) = if self.stat.seen() <= p.warmup {
-            (SeriesState::WarmingUp, 0.0)
+        // `own`: the part of the score observed on this row; the rest of `level` repeats an
+        // observation already counted (see `Evidence::Hold`).
+        let (state, level, own) = if self.stat.seen() <= p.warmup {
+            (SeriesState::WarmingUp, 0.0, 0.0)
         } else {
             match (p.kind, learned) {
-                (DetectorKind::Statistical, _) | (_, None) => (SeriesState::Ready, stat.score),
-                (kind, Some((ls, LearnedStatus::Ready))) => {
-                    let fused = match kind {
-                        DetectorKind::Learned => ls,
-                        _ => stat.score.max(ls),
-                    };
-                    (SeriesState::Ready, fused)
+                (DetectorKind::Statistical, _) | (_, None) => {
+                    (SeriesState::Ready, stat.score, stat.own)
                 }
-                (_, Some((_, status))) => {
+                (kind, Some((ls, LearnedStatus::Ready, new))) => {
+                    let (stat_part, stat_own) = match kind {
+                        DetectorKind::Learned => (0.0, 0.0),
+                        _ => (stat.score, stat.own),
+                    };
+                    let own = if new { stat_own.max(ls) } else { stat_own };
+                    (SeriesState::Ready, stat_part.max(ls), own)
+                }
+                (_, Some((_, status, _))) => {
                     self.log_fallback(name, &status);
-                    (SeriesState::Fallback, stat.score)
+                    (SeriesState::Fallback, stat.score, stat.own)
                 }
             }
         };
@@ -168,9 +189,14 @@ impl SeriesDetector {
             (0.0, None)
         } else {
             let score = self.shaper.shape(&p.shaper, level);
-            let event = self
-                .hyst
-                .update(level >= p.event_threshold, p.raise_after, p.clear_after);
+            let evidence = if level < p.event_threshold {
+                Evidence::Normal
+            } else if own >= p.event_threshold {
+                Evidence::Anomalous
+            } else {
+                Evidence::Hold
+            };
+            let event = self.hyst.update(&p.events, evidence, level);
             (score, event)
         };
         Step {
@@ -704,6 +730,56 @@ mod tests {
     }
 
     #[test]
+    fn one_novel_block_does_not_raise_an_event_by_itself() {
+        // The learned detector alone: its score is new once per block of `downsample` rows,
+        // held in between, and a novel block echoes in the shingles of the next few blocks.
+        let cfg = DetectConfig {
+            detector: DetectorKind::Learned,
+            raise_after: 2,
+            ..DetectConfig::default()
+        };
+        let p = Params::new(&cfg);
+        let ds = u64::from(cfg.downsample);
+        let mut d = SeriesDetector::new(&p);
+        let trainer = Trainer::Inline;
+        let mut i = 0u64;
+        // Ready, settled, and at a block start.
+        while d.state() != SeriesState::Ready || i < 3000 || !i.is_multiple_of(ds) {
+            d.update(&p, &trainer, "x", noisy(i));
+            i += 1;
+        }
+        // Feeds `blocks` novel blocks, then normal rows; returns the longest run of rows at
+        // the event threshold and the events raised.
+        let mut novel = |d: &mut SeriesDetector, blocks: u64| {
+            let (mut run, mut longest, mut raised) = (0, 0, 0);
+            for k in 0..blocks * ds + 40 {
+                let x = if k < blocks * ds { 400.0 } else { noisy(i) };
+                let s = d.update(&p, &trainer, "x", x);
+                i += 1;
+                run = if s.level >= p.event_threshold {
+                    run + 1
+                } else {
+                    0
+                };
+                longest = longest.max(run);
+                raised += usize::from(s.event == Some(EventKind::Raised));
+            }
+            (longest, raised)
+        };
+        let (longest, raised) = novel(&mut d, 1);
+        // Counted row by row, the held score and its echo would meet `raise_after` (four
+        // times over).
+        assert!(
+            longest >= 4 * cfg.raise_after,
+            "score held for {longest} rows"
+        );
+        assert_eq!(raised, 0, "one novel block raised an event");
+        // Two novel blocks in a row are two observations: one event.
+        let (_, raised) = novel(&mut d, 2);
+        assert_eq!(raised, 1);
+    }
+
+    #[test]
     fn learned_fallback_is_visible() {
         // A constant series cannot train an isolation forest: the learned detector is
         // unavailable and the series reports `fallback`, scored by the statistical detector.
@@ -883,6 +959,37 @@ mod tests {
                 "system.mem_used_percent"
             ]
         );
+    }
+
+    #[test]
+    fn one_incident_raises_one_event_in_the_engine() {
+        // An incident whose score dips long enough for the event to clear (clear_after 10),
+        // then comes back: one raised event, as replay reports one alarm. Without the
+        // refractory span (refractory 0) the same input raises two.
+        let raised = |refractory: u32| {
+            let mut e = inline_engine(DetectConfig {
+                warmup: 400,
+                detector: DetectorKind::Statistical,
+                refractory,
+                ..DetectConfig::default()
+            });
+            let mut n = 0;
+            for i in 0..2200u64 {
+                let cpu = if (2000..2003).contains(&i) || (2080..2083).contains(&i) {
+                    400.0
+                } else {
+                    noisy(i)
+                };
+                let evs = e.observe_interval(&interval(i, cpu));
+                n += evs
+                    .iter()
+                    .filter(|ev| ev.series == "system.cpu_percent" && ev.kind == EventKind::Raised)
+                    .count();
+            }
+            n
+        };
+        assert_eq!(raised(DetectConfig::default().refractory), 1);
+        assert_eq!(raised(0), 2);
     }
 
     fn container(id: &str, name: &str, cpu: f64) -> ContainerDelta {

@@ -364,7 +364,18 @@ struct DaemonMaps {
 impl DaemonMaps {
     fn open(pid: u32, cpus: usize, capacity: u32) -> Result<Self> {
         let mut found: HashMap<String, MapData> = HashMap::new();
-        for id in held_ids(pid, "map_id:") {
+        // The daemon closes the descriptors of the arrays it has mapped into memory; its
+        // programs still name them.
+        let progs = held_ids(pid, "prog_id:");
+        let mut ids = held_ids(pid, "map_id:");
+        for prog in aya::programs::loaded_programs().flatten() {
+            if progs.contains(&prog.id())
+                && let Ok(Some(maps)) = prog.map_ids()
+            {
+                ids.extend(maps);
+            }
+        }
+        for id in ids {
             let Ok(info) = MapInfo::from_id(id) else {
                 continue;
             };
@@ -408,7 +419,11 @@ impl DaemonMaps {
         for i in 0..containers {
             // Keys no process has: far above any mount namespace inode or cgroup id in use.
             let key = 0x5e00_0000_0000 + u64::from(i);
-            let slot = self.free.pop(0).context("taking a container slot")?;
+            // The host's own containers hold a few slots already: "full" takes what is left
+            // (the report shows the entries the daemon actually saw).
+            let Ok(slot) = self.free.pop(0) else {
+                break;
+            };
             self.keys.set(slot, key, 0)?;
             self.slots.insert(key, slot, 0)?;
             taken.push(slot);

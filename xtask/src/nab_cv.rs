@@ -1,0 +1,270 @@
+//! Cross-validation of the NAB score (`cargo xtask nab --cv`): the threshold of each profile is
+//! optimised on the training files only and applied unchanged to the held-out files, so that
+//! the held-out figure says how a detector does on series it was not fitted to.
+//!
+//! Two schemes:
+//! * by file: k folds with a fixed seed, stratified by category (each category's files are
+//!   spread evenly over the folds), every file held out exactly once;
+//! * by category: each category that has anomaly windows is held out in turn; categories
+//!   without windows (NAB's artificialNoAnomaly) stay in every training and every test set,
+//!   where they can only cost false positives.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+/// One fold: the threshold is chosen on `train` and applied to `test`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fold {
+    pub name: String,
+    pub train: Vec<PathBuf>,
+    pub test: Vec<PathBuf>,
+}
+
+/// The category of `<category>/<file>.csv`.
+pub fn category(file: &Path) -> String {
+    file.parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The detector's SplitMix64: a fixed seed gives the same shuffle on every machine and run.
+struct Rng(sentinel::detect::learned::Rng);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        (self.0.next_u64() % n as u64) as usize
+    }
+}
+
+/// `k` folds by file, stratified by category: the files of each category (in name order) are
+/// shuffled with `seed` and dealt round-robin, each category starting at the fold after the
+/// one where the previous category stopped, so fold sizes differ by at most one and every
+/// category's share differs by at most one between folds. `windows` gives each file's window
+/// count; every fold must hold out at least one window (else its score is undefined).
+pub fn by_file(
+    files: &[PathBuf],
+    windows: &BTreeMap<PathBuf, usize>,
+    k: usize,
+    seed: u64,
+) -> Result<Vec<Fold>> {
+    if k < 2 || k > files.len() {
+        bail!(
+            "--folds {k}: needs 2..={} (the number of files)",
+            files.len()
+        );
+    }
+    let mut by_cat: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for f in files {
+        by_cat.entry(category(f)).or_default().push(f.clone());
+    }
+    let mut rng = Rng(sentinel::detect::learned::Rng(seed));
+    let mut held: Vec<Vec<PathBuf>> = vec![Vec::new(); k];
+    let mut next = 0;
+    for list in by_cat.values_mut() {
+        list.sort();
+        // Fisher-Yates.
+        for i in (1..list.len()).rev() {
+            let j = rng.below(i + 1);
+            list.swap(i, j);
+        }
+        for f in list.iter() {
+            held[next].push(f.clone());
+            next = (next + 1) % k;
+        }
+    }
+    let mut folds = Vec::with_capacity(k);
+    for (i, test) in held.into_iter().enumerate() {
+        let mut test = test;
+        test.sort();
+        if test
+            .iter()
+            .map(|f| windows.get(f).copied().unwrap_or(0))
+            .sum::<usize>()
+            == 0
+        {
+            bail!(
+                "--folds {k}: fold {} holds out no anomaly window; use fewer folds",
+                i + 1
+            );
+        }
+        let train = files
+            .iter()
+            .filter(|f| !test.contains(f))
+            .cloned()
+            .collect();
+        folds.push(Fold {
+            name: format!("file fold {}", i + 1),
+            train,
+            test,
+        });
+    }
+    Ok(folds)
+}
+
+/// One fold per category that has windows: that category is held out; categories without
+/// windows are in every training and test set.
+pub fn by_category(files: &[PathBuf], windows: &BTreeMap<PathBuf, usize>) -> Result<Vec<Fold>> {
+    let mut wins: BTreeMap<String, usize> = BTreeMap::new();
+    for f in files {
+        *wins.entry(category(f)).or_default() += windows.get(f).copied().unwrap_or(0);
+    }
+    let labelled: Vec<&String> = wins
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, _)| c)
+        .collect();
+    if labelled.len() < 2 {
+        bail!("by-category folds need at least two categories with windows");
+    }
+    Ok(labelled
+        .iter()
+        .map(|cat| {
+            let (mut train, mut test) = (Vec::new(), Vec::new());
+            for f in files {
+                let c = category(f);
+                if &&c == cat {
+                    test.push(f.clone());
+                } else if wins[&c] == 0 {
+                    train.push(f.clone());
+                    test.push(f.clone());
+                } else {
+                    train.push(f.clone());
+                }
+            }
+            Fold {
+                name: format!("held out: {cat}"),
+                train,
+                test,
+            }
+        })
+        .collect())
+}
+
+/// Mean, sample standard deviation, minimum and maximum.
+pub fn spread(xs: &[f64]) -> (f64, f64, f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (mean, var.sqrt(), min, max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of the shared NAB subset: 5 files without windows, 6 + 17 + 7 with.
+    fn corpus() -> (Vec<PathBuf>, BTreeMap<PathBuf, usize>) {
+        let mut files = Vec::new();
+        let mut windows = BTreeMap::new();
+        for (cat, n, w) in [
+            ("artificialNoAnomaly", 5, 0),
+            ("artificialWithAnomaly", 6, 1),
+            ("realAWSCloudwatch", 17, 2),
+            ("realKnownCause", 7, 3),
+        ] {
+            for i in 0..n {
+                let f = PathBuf::from(format!("{cat}/f{i:02}.csv"));
+                windows.insert(f.clone(), w);
+                files.push(f);
+            }
+        }
+        (files, windows)
+    }
+
+    #[test]
+    fn file_folds_are_deterministic_stratified_and_hold_each_file_out_once() {
+        let (files, windows) = corpus();
+        let folds = by_file(&files, &windows, 5, 42).unwrap();
+        assert_eq!(folds, by_file(&files, &windows, 5, 42).unwrap());
+        // Another seed deals the files differently (the seed is used).
+        assert_ne!(folds, by_file(&files, &windows, 5, 43).unwrap());
+        assert_eq!(folds.len(), 5);
+        let mut held: BTreeMap<&PathBuf, usize> = BTreeMap::new();
+        for fold in &folds {
+            for f in &fold.test {
+                *held.entry(f).or_default() += 1;
+                assert!(!fold.train.contains(f), "{} in train and test", f.display());
+            }
+            assert_eq!(fold.train.len() + fold.test.len(), files.len());
+            // Stratified: each category's share of a fold is within one of its even share.
+            let mut per_cat: BTreeMap<String, usize> = BTreeMap::new();
+            for f in &fold.test {
+                *per_cat.entry(category(f)).or_default() += 1;
+            }
+            for (cat, total) in [
+                ("artificialNoAnomaly", 5),
+                ("artificialWithAnomaly", 6),
+                ("realAWSCloudwatch", 17),
+                ("realKnownCause", 7),
+            ] {
+                let got = per_cat.get(cat).copied().unwrap_or(0);
+                assert!(
+                    got == total / 5 || got == total.div_ceil(5),
+                    "{}: {got} of {cat}",
+                    fold.name
+                );
+            }
+        }
+        assert_eq!(held.len(), files.len());
+        assert!(held.values().all(|&n| n == 1));
+        // Fold sizes differ by at most one.
+        let sizes: Vec<usize> = folds.iter().map(|f| f.test.len()).collect();
+        assert!(
+            sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+            "{sizes:?}"
+        );
+    }
+
+    #[test]
+    fn file_folds_reject_bad_k_and_folds_without_windows() {
+        let (files, windows) = corpus();
+        assert!(by_file(&files, &windows, 1, 0).is_err());
+        assert!(by_file(&files, &windows, 36, 0).is_err());
+        // 35 folds of one file: the no-anomaly files would be folds without a window.
+        assert!(by_file(&files, &windows, 35, 0).is_err());
+    }
+
+    #[test]
+    fn category_folds_hold_out_each_labelled_category_and_keep_the_rest() {
+        let (files, windows) = corpus();
+        let folds = by_category(&files, &windows).unwrap();
+        let names: Vec<&str> = folds.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "held out: artificialWithAnomaly",
+                "held out: realAWSCloudwatch",
+                "held out: realKnownCause"
+            ]
+        );
+        for fold in &folds {
+            let held = fold.name.trim_start_matches("held out: ");
+            for f in &files {
+                let c = category(f);
+                let (tr, te) = (fold.train.contains(f), fold.test.contains(f));
+                if c == "artificialNoAnomaly" {
+                    assert!(tr && te, "{}: {}", fold.name, f.display());
+                } else if c == held {
+                    assert!(!tr && te, "{}: {}", fold.name, f.display());
+                } else {
+                    assert!(tr && !te, "{}: {}", fold.name, f.display());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn spread_is_mean_sd_min_max() {
+        let (m, sd, lo, hi) = spread(&[1.0, 2.0, 3.0]);
+        assert_eq!((m, lo, hi), (2.0, 1.0, 3.0));
+        assert!((sd - 1.0).abs() < 1e-12);
+    }
+}

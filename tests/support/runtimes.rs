@@ -342,16 +342,21 @@ impl Containerd {
     }
 }
 
+/// Every namespace the tests run containers in: all are cleaned up on drop (a task left
+/// behind keeps its runc state, shared by every containerd of the host, and the next run's
+/// `ctr run` of the same id fails).
+const NAMESPACES: [&str; 3] = ["default", "k8s.io", "moby"];
+
 impl Drop for Containerd {
     fn drop(&mut self) {
-        for ns in ["default", "k8s.io"] {
+        for ns in NAMESPACES {
             let tasks = self.ctr(ns, &["tasks", "ls", "-q"]);
             for id in String::from_utf8_lossy(&tasks.stdout).lines() {
                 let _ = self.ctr(ns, &["tasks", "kill", "-s", "KILL", id]);
             }
         }
         std::thread::sleep(Duration::from_millis(300));
-        for ns in ["default", "k8s.io"] {
+        for ns in NAMESPACES {
             let tasks = self.ctr(ns, &["tasks", "ls", "-q"]);
             for id in String::from_utf8_lossy(&tasks.stdout).lines() {
                 let _ = self.ctr(ns, &["tasks", "delete", "-f", id]);

@@ -176,9 +176,29 @@ impl Analysis {
             iv.detection = engine.summary();
         }
         if let Some(heal) = &mut self.heal {
+            // Healing stays Docker-only: another runtime's container is never handed to it
+            // (the audit says so once per container).
+            let other_runtime = |id: &str| {
+                iv.containers
+                    .iter()
+                    .find(|c| c.id == id && !c.runtime.is_empty() && c.runtime != "docker")
+            };
+            for event in self.open.values() {
+                if let Some(id) = &event.container_id
+                    && let Some(c) = other_runtime(id)
+                {
+                    heal.not_docker(id, &c.name, &c.runtime, &event.signal);
+                }
+            }
             let anomalies: Vec<ContainerAnomaly> = self
                 .open
                 .values()
+                .filter(|event| {
+                    event
+                        .container_id
+                        .as_deref()
+                        .is_none_or(|id| other_runtime(id).is_none())
+                })
                 .filter_map(|event| {
                     Some(ContainerAnomaly {
                         container_id: event.container_id.clone()?,

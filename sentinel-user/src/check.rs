@@ -131,6 +131,8 @@ pub fn run(opts: &CheckOptions) -> Report {
     items.push(check_privileges(caps));
     items.push(check_memlock(version, caps));
     items.push(check_docker(&opts.docker, opts.docker_timeout));
+    items.push(check_podman(&opts.docker, opts.docker_timeout));
+    items.push(check_containerd());
     items.push(check_cgroup());
     items.push(check_lockdown());
     items.push(check_offsets(&opts.btf_path));
@@ -372,6 +374,72 @@ fn check_docker(settings: &docker::Settings, timeout: Duration) -> Item {
             };
             Item::new(Status::Warn, item, crate::sanitize::for_log(&detail)).hint(hint)
         }
+    }
+}
+
+/// Podman is optional: no socket is fine (its containers are named by id), a socket that does
+/// not answer is a warning.
+fn check_podman(settings: &docker::Settings, timeout: Duration) -> Item {
+    let item = "podman";
+    let endpoint = docker::podman_endpoint();
+    if docker::unix_socket(&endpoint).is_some_and(|p| !p.exists()) {
+        return Item::new(
+            Status::Ok,
+            item,
+            format!("no API socket at {endpoint}: podman containers, if any, are named by id"),
+        )
+        .hint("start podman.socket (or `podman system service`), or set CONTAINER_HOST");
+    }
+    let settings = docker::Settings {
+        host: Some(endpoint.clone()),
+        ..settings.clone()
+    };
+    match docker::probe_version(&settings, timeout) {
+        Ok((version, api)) => Item::new(
+            Status::Ok,
+            item,
+            format!(
+                "{endpoint} reachable, Docker-compatible API {api} ({version}): podman containers are named"
+            ),
+        ),
+        Err(e) => Item::new(
+            Status::Warn,
+            item,
+            crate::sanitize::for_log(&format!("{endpoint}: {e}")),
+        )
+        .hint("podman containers are named by id until its API answers"),
+    }
+}
+
+/// containerd is optional like podman (every namespace but Docker's `moby` is named).
+fn check_containerd() -> Item {
+    let item = "containerd";
+    let path = crate::containers::containerd::address();
+    match crate::containers::containerd::probe(&path) {
+        Ok(None) => Item::new(
+            Status::Ok,
+            item,
+            format!(
+                "no API socket at {}: containerd containers, if any, are named by id",
+                path.display()
+            ),
+        )
+        .hint("set CONTAINERD_ADDRESS if containerd listens elsewhere"),
+        Ok(Some(version)) => Item::new(
+            Status::Ok,
+            item,
+            format!(
+                "{} reachable, containerd {}: its containers and Kubernetes pods are named",
+                path.display(),
+                crate::sanitize::for_log(&version)
+            ),
+        ),
+        Err(e) => Item::new(
+            Status::Warn,
+            item,
+            crate::sanitize::for_log(&format!("{}: {e}", path.display())),
+        )
+        .hint("containerd containers are named by id until its API answers"),
     }
 }
 

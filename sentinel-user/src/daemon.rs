@@ -27,8 +27,11 @@ use crate::{
     },
     config::Config,
     containers::{
-        Attribution,
+        Attribution, Runtimes,
+        containerd::{self, ContainerdWatcher},
         docker::{self, Watcher},
+        layout::Runtime,
+        roster::RosterHandle,
     },
     export::{OutputFormat, output::Output},
     model::{CollectorHealth, DetectionSummary, Interval, PUBLIC_COUNTERS, Published},
@@ -91,8 +94,10 @@ struct Pipeline {
     seq: u64,
     last: Instant,
     attribution: Attribution,
-    /// The Docker watcher (stopped when the pipeline is dropped).
+    /// The runtime watchers (stopped when the pipeline is dropped).
     _docker: Watcher,
+    _podman: Watcher,
+    _containerd: ContainerdWatcher,
     last_hist: Vec<u64>,
     analysis: Analysis,
     /// Last read of the programs' recursion misses (cumulative; refreshed now and then).
@@ -171,6 +176,7 @@ impl Pipeline {
             system,
             containers,
             docker: self.attribution.docker_state(),
+            runtimes: self.attribution.runtimes.states(),
             anomalies: Vec::new(),
             detection: DetectionSummary::default(),
             healing: None,
@@ -309,11 +315,31 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
             }
         }
     });
+    // Every container with a process, scanned off the drain (after the capabilities were
+    // dropped: the thread inherits what is left). Runtime events make it scan at once.
+    let roster = RosterHandle::spawn(opts.load.key_mode);
     // One Docker connection for naming and healing (and one state for both).
+    let settings = docker::Settings::from_config(&opts.config);
     let mut docker = if opts.docker {
-        Watcher::spawn(docker::Settings::from_config(&opts.config), true)
+        Watcher::spawn_for(Runtime::Docker, settings.clone(), true, roster.poker())
     } else {
         Watcher::disabled()
+    };
+    // The optional runtimes, for naming only: absent (no socket) is a state, not an error.
+    let podman = Watcher::spawn_for(
+        Runtime::Podman,
+        docker::Settings {
+            host: Some(docker::podman_endpoint()),
+            ..settings
+        },
+        false,
+        roster.poker(),
+    );
+    let containerd = ContainerdWatcher::spawn(containerd::address(), roster.poker());
+    let runtimes = Runtimes {
+        docker: docker.view.clone(),
+        podman: Some(podman.view.clone()),
+        containerd: Some(containerd.view.clone()),
     };
     let heal = opts
         .docker
@@ -330,8 +356,10 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
         snapshot: RawSnapshot::default(),
         seq: 0,
         last: loaded_at,
-        attribution: Attribution::new(opts.load.key_mode, docker.view.clone()),
+        attribution: Attribution::new(opts.load.key_mode, runtimes, roster),
         _docker: docker,
+        _podman: podman,
+        _containerd: containerd,
         last_hist: Vec::new(),
         analysis,
         recursion_misses: Default::default(),

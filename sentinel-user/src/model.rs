@@ -56,14 +56,18 @@ pub struct Interval {
     pub runqueue_latency_us: LatencySummary,
     pub interfaces: Vec<IfaceDelta>,
     pub system: SystemGauges,
-    /// Containers (or, without Docker, cgroups) with kernel activity in the interval, busiest
-    /// first.
+    /// Every running container (idle ones with zeros), and other cgroups with kernel activity
+    /// in the interval, busiest first.
     #[serde(default)]
     pub containers: Vec<ContainerDelta>,
     /// Docker Engine API state: `up`, `unreachable` (names may be stale, ids still exact),
     /// `connecting` or `disabled`. The one state naming and healing share.
     #[serde(default)]
     pub docker: DockerState,
+    /// The other runtimes' API states, by runtime (`podman`, `containerd`): `absent` (no
+    /// socket), `connecting`, `up`, `unreachable`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runtimes: BTreeMap<String, RuntimeState>,
     pub collector: CollectorHealth,
     /// Anomaly events raised or cleared in this interval (detection engine).
     #[serde(default)]
@@ -113,11 +117,22 @@ pub struct IfaceDelta {
 /// One container's activity over the interval.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ContainerDelta {
-    /// Docker container id (64 hex), or empty for a non-Docker cgroup / the host.
+    /// The runtime's container id (64 hex for Docker, podman, containerd under Kubernetes and
+    /// CRI-O), or empty for a cgroup no runtime owns / the host.
     pub id: String,
-    /// Container name, or the cgroup path (`host` for the host's own namespace).
+    /// Container name (`<namespace>/<pod>/<container>` for a Kubernetes container), or the
+    /// cgroup path (`host` for the host's own namespace).
     pub name: String,
     pub image: String,
+    /// The runtime that owns the container: `docker`, `podman`, `containerd`, `crio`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runtime: String,
+    /// Kubernetes pod name and namespace, when Kubernetes owns the container (a pod's sandbox,
+    /// the `pause` container, included).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
     /// Kernel key: cgroup id or mount namespace inode (see `sentinel run --container-key`).
     pub key: u64,
     pub cpu_ns: u64,
@@ -297,6 +312,36 @@ impl PartialEq<&str> for DockerState {
 }
 
 impl std::fmt::Display for DockerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// API state of an optional runtime (podman, containerd).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeState {
+    /// Its socket is not there: not installed or not started here.
+    #[default]
+    Absent,
+    Connecting,
+    Up,
+    /// The socket is there but does not answer: names may be stale, ids stay exact.
+    Unreachable,
+}
+
+impl RuntimeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeState::Absent => "absent",
+            RuntimeState::Connecting => "connecting",
+            RuntimeState::Up => "up",
+            RuntimeState::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl std::fmt::Display for RuntimeState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }

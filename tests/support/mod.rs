@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod docker;
 pub mod netns;
 pub mod nspawn;
+pub mod runtimes;
 pub mod sentinel;
 
 /// True when the environment can run privileged tests. Under `CI=true` a missing requirement is

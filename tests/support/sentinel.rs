@@ -125,6 +125,14 @@ impl SentinelRun {
         }
     }
 
+    /// Takes the intervals already printed and not read yet, without waiting: what follows
+    /// ended after this call.
+    pub fn drain_pending(&mut self) -> Vec<Interval> {
+        let pending: Vec<Interval> = self.lines.try_iter().collect();
+        self.intervals.extend(pending.iter().cloned());
+        pending
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }

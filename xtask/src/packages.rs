@@ -12,7 +12,8 @@ use crate::build_ebpf::{status, step};
 /// local busybox image (no pulls), Prometheus and tmux for the operations tests, QEMU for the
 /// kernel portability matrix, systemd-nspawn and mmdebstrap to run the unit under a real
 /// systemd (tests/systemd.rs), man-db to check the man pages, lintian and logrotate for the
-/// Debian package (tests/dist.rs).
+/// Debian package (tests/dist.rs), podman for the runtime tests (containerd comes with
+/// docker.io), and protoc, which the containerd client's build needs.
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -29,6 +30,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "man-db",
     "lintian",
     "logrotate",
+    "podman",
+    "protobuf-compiler",
 ];
 
 fn installed(package: &str) -> bool {

@@ -31,6 +31,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::{layout::Runtime, roster::Poke};
 use crate::sanitize::{for_log, truncate};
 
 pub use crate::model::DockerState;
@@ -48,6 +49,18 @@ pub const PING_EVERY: Duration = Duration::from_secs(2);
 
 /// Longest Docker message kept in an error.
 const MAX_MESSAGE: usize = 1024;
+
+/// Podman's rootful API socket (`podman.socket`, or `podman system service`).
+pub const PODMAN_DEFAULT_HOST: &str = "unix:///run/podman/podman.sock";
+
+/// Podman's endpoint: `CONTAINER_HOST` (the variable podman's own remote client reads), else
+/// the rootful socket. Podman serves Docker's API there too, which bollard speaks.
+pub fn podman_endpoint() -> String {
+    std::env::var("CONTAINER_HOST")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| PODMAN_DEFAULT_HOST.to_string())
+}
 
 /// Where to connect: `[docker] host`, then `DOCKER_HOST`, then the default unix socket.
 pub fn endpoint(host: Option<&str>) -> String {
@@ -290,11 +303,20 @@ impl DockerClient {
                     .unwrap_or_default()
                     .trim_start_matches('/')
                     .to_string();
+                let labels: BTreeMap<String, String> =
+                    c.labels.unwrap_or_default().into_iter().collect();
                 let meta = ContainerMeta {
                     name,
                     image: c.image.unwrap_or_default(),
-                    labels: c.labels.unwrap_or_default().into_iter().collect(),
+                    // Docker as the kubelet's runtime (cri-dockerd) sets the same labels.
+                    pod: labels.get(super::K8S_POD).cloned().unwrap_or_default(),
+                    namespace: labels
+                        .get(super::K8S_NAMESPACE)
+                        .cloned()
+                        .unwrap_or_default(),
+                    labels,
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    scope: String::new(),
                 };
                 Some((id, meta))
             })
@@ -308,25 +330,81 @@ pub struct ContainerMeta {
     pub image: String,
     pub labels: BTreeMap<String, String>,
     pub state: String,
+    /// Kubernetes pod name and namespace (`io.kubernetes.pod.*` labels), when it owns the
+    /// container.
+    pub pod: String,
+    pub namespace: String,
+    /// containerd's namespace of the container (empty for Docker and podman).
+    pub scope: String,
 }
 
+/// How long the names of containers that left a runtime's list are kept: the last counts of a
+/// container that just went (its final exits) are named, not shown under a bare id.
+pub const GONE_NAMES_KEPT: Duration = Duration::from_secs(60);
+/// At most this many recently gone containers are remembered (a churn storm cannot grow it).
+const GONE_NAMES_MAX: usize = 1024;
+
 /// What the drain reads: id -> metadata, and the connection state. Bounded by the number of
-/// containers Docker reports (the last listing replaces the whole map); while Docker is
-/// unreachable the last known names are kept.
+/// containers the runtime reports (the last listing replaces the whole map) plus
+/// `GONE_NAMES_MAX`; while the runtime is unreachable the last known names are kept.
 #[derive(Debug)]
 pub struct DockerView {
     pub state: DockerState,
     pub containers: HashMap<String, ContainerMeta>,
+    /// Containers that left the list lately, with when (see [`GONE_NAMES_KEPT`]).
+    pub recently_gone: HashMap<String, (ContainerMeta, Instant)>,
     pub api_version: String,
+    /// The runtime socket was not there when last looked at: the runtime is not installed or
+    /// not started (a state of its own, not a failure).
+    pub absent: bool,
+}
+
+impl DockerView {
+    /// Replaces the listing; containers that left it are kept a while as recently gone.
+    pub fn replace(&mut self, containers: HashMap<String, ContainerMeta>) {
+        let now = Instant::now();
+        let old = std::mem::replace(&mut self.containers, containers);
+        for (id, meta) in old {
+            if !self.containers.contains_key(&id) {
+                self.recently_gone.insert(id, (meta, now));
+            }
+        }
+        self.recently_gone.retain(|id, (_, at)| {
+            now.duration_since(*at) < GONE_NAMES_KEPT && !self.containers.contains_key(id)
+        });
+        if self.recently_gone.len() > GONE_NAMES_MAX {
+            let mut by_age: Vec<(Instant, String)> = self
+                .recently_gone
+                .iter()
+                .map(|(id, (_, at))| (*at, id.clone()))
+                .collect();
+            by_age.sort();
+            for (_, id) in by_age
+                .into_iter()
+                .take(self.recently_gone.len() - GONE_NAMES_MAX)
+            {
+                self.recently_gone.remove(&id);
+            }
+        }
+    }
+
+    /// A listed container, else one that left the list lately.
+    pub fn get(&self, id: &str) -> Option<&ContainerMeta> {
+        self.containers
+            .get(id)
+            .or_else(|| self.recently_gone.get(id).map(|(m, _)| m))
+    }
 }
 
 pub type SharedView = Arc<RwLock<DockerView>>;
 
-fn view(state: DockerState) -> SharedView {
+pub(crate) fn view(state: DockerState) -> SharedView {
     Arc::new(RwLock::new(DockerView {
         state,
         containers: HashMap::new(),
+        recently_gone: HashMap::new(),
         api_version: String::new(),
+        absent: false,
     }))
 }
 
@@ -380,6 +458,13 @@ impl Watcher {
     /// Starts the watcher. With `heal_events`, healing gets the connection and the container
     /// events through `events`. Must be called inside a tokio runtime.
     pub fn spawn(settings: Settings, heal_events: bool) -> Self {
+        Self::spawn_for(Runtime::Docker, settings, heal_events, Poke::none())
+    }
+
+    /// The watcher of `runtime`'s Docker-compatible API (Docker's own, or podman's): every
+    /// container event also pokes the roster, so a container that started or went is seen by
+    /// the next drain.
+    pub fn spawn_for(runtime: Runtime, settings: Settings, heal_events: bool, poke: Poke) -> Self {
         let shared = view(DockerState::Connecting);
         let counters: Arc<WatchCounters> = Arc::default();
         // Capacity for bursts of events; connectivity messages wait for room, events are
@@ -390,7 +475,16 @@ impl Watcher {
         } else {
             (None, None)
         };
-        let task = tokio::spawn(watch(settings, shared.clone(), tx, counters.clone()));
+        let task = tokio::spawn(watch(
+            Watched {
+                runtime,
+                settings,
+                poke,
+            },
+            shared.clone(),
+            tx,
+            counters.clone(),
+        ));
         Self {
             view: shared,
             events: rx,
@@ -416,19 +510,59 @@ impl Drop for Watcher {
     }
 }
 
+/// What one watcher watches.
+struct Watched {
+    runtime: Runtime,
+    settings: Settings,
+    poke: Poke,
+}
+
+/// How often an optional runtime whose socket is missing is looked for again.
+pub const ABSENT_RECHECK: Duration = Duration::from_secs(30);
+
+/// The socket path of a `unix://` endpoint.
+pub fn unix_socket(endpoint: &str) -> Option<&std::path::Path> {
+    endpoint.strip_prefix("unix://").map(std::path::Path::new)
+}
+
 /// The watcher's loop: one session per connection, one log line per transition.
 async fn watch(
-    settings: Settings,
+    w: Watched,
     view: SharedView,
     tx: Option<mpsc::Sender<WatchMsg>>,
     counters: Arc<WatchCounters>,
 ) {
-    let mut wait = settings.reconnect_initial;
+    let mut wait = w.settings.reconnect_initial;
     loop {
-        let reason = match connect(&settings).await {
+        // Podman is optional: no socket means not installed or not started, not a failure.
+        if w.runtime != Runtime::Docker
+            && unix_socket(&w.settings.endpoint()).is_some_and(|p| !p.exists())
+        {
+            let was_absent = {
+                let mut v = view
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                v.state = DockerState::Disabled;
+                std::mem::replace(&mut v.absent, true)
+            };
+            if !was_absent {
+                info!(
+                    endpoint = %w.settings.endpoint(),
+                    "{}: no API socket; its containers are named by id (looked for again every {}s)",
+                    w.runtime,
+                    ABSENT_RECHECK.as_secs()
+                );
+            }
+            tokio::time::sleep(ABSENT_RECHECK).await;
+            continue;
+        }
+        view.write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .absent = false;
+        let reason = match connect(&w.settings).await {
             Ok(client) => {
-                wait = settings.reconnect_initial;
-                session(&client, &view, tx.as_ref(), &counters).await
+                wait = w.settings.reconnect_initial;
+                session(&w, &client, &view, tx.as_ref(), &counters).await
             }
             Err(e) => e.to_string(),
         };
@@ -445,11 +579,20 @@ async fn watch(
         };
         if was != DockerState::Unreachable {
             // Once per transition, for naming and healing together (D1).
-            warn!(
-                reason = %for_log(&reason),
-                "Docker unreachable: containers are named from cgroup paths and healing is \
-                 monitor-only until it returns"
-            );
+            if w.runtime == Runtime::Docker {
+                warn!(
+                    reason = %for_log(&reason),
+                    "Docker unreachable: containers are named from cgroup paths and healing is \
+                     monitor-only until it returns"
+                );
+            } else {
+                warn!(
+                    reason = %for_log(&reason),
+                    runtime = %w.runtime,
+                    "{} unreachable: its containers are named by id until it returns",
+                    w.runtime
+                );
+            }
         }
         if let Some(tx) = &tx
             && tx.send(WatchMsg::Disconnected(reason)).await.is_err()
@@ -458,13 +601,14 @@ async fn watch(
         }
         counters.reconnects.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(settings.reconnect_max);
+        wait = (wait * 2).min(w.settings.reconnect_max);
     }
 }
 
 /// One connection: subscribe, list, announce, then follow events and ping until something
 /// fails. Returns why it ended.
 async fn session(
+    w: &Watched,
     client: &DockerClient,
     view: &SharedView,
     tx: Option<&mpsc::Sender<WatchMsg>>,
@@ -487,16 +631,26 @@ async fn session(
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if v.state != DockerState::Up {
-            info!(
-                endpoint = %client.endpoint,
-                api_version = %client.api_version,
-                "Docker reachable: naming containers, healing active"
-            );
+            if w.runtime == Runtime::Docker {
+                info!(
+                    endpoint = %client.endpoint,
+                    api_version = %client.api_version,
+                    "Docker reachable: naming containers, healing active"
+                );
+            } else {
+                info!(
+                    endpoint = %client.endpoint,
+                    api_version = %client.api_version,
+                    "{} reachable: naming its containers (healing stays Docker-only)",
+                    w.runtime
+                );
+            }
         }
         v.state = DockerState::Up;
         v.api_version.clone_from(&client.api_version);
-        v.containers = containers;
+        v.replace(containers);
     }
+    w.poke.poke();
     if let Some(tx) = tx
         && tx.send(WatchMsg::Connected(client.clone())).await.is_err()
     {
@@ -507,9 +661,12 @@ async fn session(
     loop {
         tokio::select! {
             ev = events.next() => match ev {
-                None => return "Docker closed the events stream".into(),
+                None => return format!("{} closed the events stream", w.runtime),
                 Some(Err(e)) => return truncate(&e.to_string(), MAX_MESSAGE),
                 Some(Ok(m)) => {
+                    // A container started, died or went: the roster scans /proc again now,
+                    // so a recycled key is re-resolved by the next drain.
+                    w.poke.poke();
                     if let Some(tx) = tx
                         && let Some(actor) = m.actor
                         && let Some(id) = actor.id
@@ -530,9 +687,10 @@ async fn session(
                         }
                     }
                     match client.containers().await {
-                        Ok(c) => view.write().unwrap_or_else(std::sync::PoisonError::into_inner).containers = c,
+                        Ok(c) => view.write().unwrap_or_else(std::sync::PoisonError::into_inner).replace(c),
                         Err(e) => return e.to_string(),
                     }
+                    w.poke.poke();
                 }
             },
             _ = ping.tick() => {

@@ -1,11 +1,25 @@
 //! Per-container signals: the kernel accounts events to a container key; this module says
-//! which container (or cgroup) a key is, and joins each container with its network namespace's
-//! traffic and TCP events.
+//! which container (or cgroup) a key is, names it through the runtime that owns it (Docker,
+//! podman, containerd; CRI-O by id), lists the running containers the kernel has not seen
+//! this interval, and joins each container with its network namespace's traffic and TCP
+//! events.
+//!
+//! A key is trusted only while /proc agrees: the roster (`roster.rs`, a scan off the drain,
+//! at once after every runtime event) says which container each live key belongs to now; a
+//! cached identity it contradicts is replaced, and one whose key no process has any more is
+//! re-resolved from /proc before it names anything again (a recycled mount namespace inode or
+//! cgroup id is never attributed to the container that had it before).
 
+pub mod containerd;
 pub mod docker;
+pub mod layout;
 pub mod procfs;
+pub mod roster;
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Instant,
+};
 
 use sentinel_common::ContainerKey;
 
@@ -14,21 +28,150 @@ use crate::{
         drain::{ContainerActivity, LatencySummarizer},
         loader::KeyMode,
     },
-    model::{ContainerDelta, IfaceDelta},
+    model::{ContainerDelta, DockerState, IfaceDelta, RuntimeState},
 };
 use docker::SharedView;
+use layout::{Owner, Runtime};
 use procfs::Identity;
+use roster::RosterHandle;
+
+/// The labels the kubelet sets on every container of a pod (the sandbox too).
+pub const K8S_POD: &str = "io.kubernetes.pod.name";
+pub const K8S_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const K8S_CONTAINER: &str = "io.kubernetes.container.name";
+
+/// The runtimes' views naming reads (each refreshed by its own watcher, off the drain).
+#[derive(Clone)]
+pub struct Runtimes {
+    pub docker: SharedView,
+    pub podman: Option<SharedView>,
+    pub containerd: Option<SharedView>,
+}
+
+/// What naming shows of a container.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Named {
+    id: String,
+    name: String,
+    image: String,
+    runtime: &'static str,
+    pod: String,
+    namespace: String,
+}
+
+impl Runtimes {
+    /// Docker only (tests, and hosts where the others are off).
+    pub fn docker_only(docker: SharedView) -> Self {
+        Self {
+            docker,
+            podman: None,
+            containerd: None,
+        }
+    }
+
+    fn view(&self, runtime: Runtime) -> Option<&SharedView> {
+        match runtime {
+            Runtime::Docker => Some(&self.docker),
+            Runtime::Podman => self.podman.as_ref(),
+            Runtime::Containerd => self.containerd.as_ref(),
+            // Debian has no CRI-O and sentinel no client for it: named by id.
+            Runtime::Crio => None,
+        }
+    }
+
+    /// The runtime that knows the container `owner` names, and what it says. A path that
+    /// names its runtime is looked up there only; Kubernetes' cgroupfs paths and `ctr`'s
+    /// `/<namespace>/<id>` in every runtime (containerd first: the kubelet's usual one).
+    fn lookup(&self, owner: &Owner) -> Option<Named> {
+        let order: &[Runtime] = match owner.runtime {
+            Some(Runtime::Docker) => &[Runtime::Docker],
+            Some(Runtime::Podman) => &[Runtime::Podman],
+            Some(Runtime::Containerd) => &[Runtime::Containerd],
+            Some(Runtime::Crio) => &[],
+            None => &[Runtime::Containerd, Runtime::Docker, Runtime::Podman],
+        };
+        order.iter().find_map(|&rt| {
+            let v = self.view(rt)?.read().ok()?;
+            let m = v.get(&owner.id)?;
+            if owner.scope.as_ref().is_some_and(|s| *s != m.scope) {
+                return None;
+            }
+            Some(Named {
+                id: owner.id.clone(),
+                name: m.name.clone(),
+                image: m.image.clone(),
+                runtime: rt.as_str(),
+                pod: m.pod.clone(),
+                namespace: m.namespace.clone(),
+            })
+        })
+    }
+
+    /// The states of the optional runtimes, for the interval.
+    pub fn states(&self) -> BTreeMap<String, RuntimeState> {
+        let mut out = BTreeMap::new();
+        for (rt, v) in [
+            (Runtime::Podman, &self.podman),
+            (Runtime::Containerd, &self.containerd),
+        ] {
+            let Some(v) = v else { continue };
+            let state = v
+                .read()
+                .map_or(RuntimeState::Unreachable, |v| match (v.absent, v.state) {
+                    (true, _) | (_, DockerState::Disabled) => RuntimeState::Absent,
+                    (_, DockerState::Connecting) => RuntimeState::Connecting,
+                    (_, DockerState::Up) => RuntimeState::Up,
+                    (_, DockerState::Unreachable) => RuntimeState::Unreachable,
+                });
+            out.insert(rt.as_str().to_string(), state);
+        }
+        out
+    }
+
+    /// How a key's identity is shown. `None` for a path that only might be a container
+    /// (`/<namespace>/<id>`) and that no runtime confirms: it is shown as a cgroup.
+    fn named(&self, identity: &Identity) -> Option<Named> {
+        let owner = identity.owner.as_ref()?;
+        if let Some(named) = self.lookup(owner) {
+            return Some(named);
+        }
+        if owner.candidate {
+            return None;
+        }
+        // No runtime knows it (yet, or any more, or it cannot be asked): its id.
+        Some(Named {
+            id: owner.id.clone(),
+            name: owner.id.chars().take(12).collect(),
+            runtime: owner.runtime.map_or("", Runtime::as_str),
+            ..Named::default()
+        })
+    }
+}
+
+/// A cached identity: when it was resolved, and whether the roster lost its key since (its
+/// container is gone; /proc is asked again before the key is named by it).
+#[derive(Clone, Debug)]
+struct Cached {
+    identity: Identity,
+    resolved: Instant,
+    stale: bool,
+}
 
 /// Key -> identity cache. Bounded: entries exist only for keys in the kernel map (the caller
 /// forgets keys it retires), and identities are looked up only for keys seen in a drain.
 pub struct Attribution {
     mode: KeyMode,
-    identities: HashMap<ContainerKey, Identity>,
+    identities: HashMap<ContainerKey, Cached>,
     /// Keys no process could be found for (their tasks exited before the drain), with the
     /// number of drains to wait before the next /proc scan for them: without it every drain
     /// would rescan /proc for keys that will never resolve. Bounded like `identities`.
     unresolved: HashMap<ContainerKey, u32>,
-    pub docker: SharedView,
+    pub runtimes: Runtimes,
+    roster: RosterHandle,
+    /// Roster generation the cache was last checked against.
+    checked: u64,
+    /// Cached identities the roster contradicted (a recycled key), since start.
+    pub reattributed: u64,
 }
 
 /// Contenders listed per container (the largest).
@@ -86,23 +229,28 @@ fn name_contenders(
 const UNRESOLVED_RETRY: u32 = 10;
 
 impl Attribution {
-    pub fn new(mode: KeyMode, docker: SharedView) -> Self {
+    pub fn new(mode: KeyMode, runtimes: Runtimes, roster: RosterHandle) -> Self {
         Self {
             mode: mode.resolve(),
             identities: HashMap::new(),
             unresolved: HashMap::new(),
-            docker,
+            runtimes,
+            roster,
+            checked: 0,
+            reattributed: 0,
         }
     }
 
-    pub fn docker_state(&self) -> crate::model::DockerState {
-        self.docker
+    pub fn docker_state(&self) -> DockerState {
+        self.runtimes
+            .docker
             .read()
             .map(|v| v.state)
-            .unwrap_or(crate::model::DockerState::Unreachable)
+            .unwrap_or(DockerState::Unreachable)
     }
 
-    /// Builds the interval's container list from the kernel deltas.
+    /// Builds the interval's container list from the kernel deltas, plus every running
+    /// container the kernel saw nothing of (with zeros).
     pub fn containers(
         &mut self,
         deltas: &[ContainerActivity],
@@ -111,11 +259,48 @@ impl Attribution {
         interval_ns: u64,
         summarizer: &mut LatencySummarizer,
     ) -> Vec<ContainerDelta> {
+        self.verify();
         let mut out = self.containers_for(deltas, ifaces, netns_tcp, interval_ns, summarizer);
         self.add_network_only(&mut out, ifaces, netns_tcp, summarizer);
+        self.add_listed(&mut out, summarizer);
         name_contenders(&mut out, &crate::contention::attribute(deltas));
         out.sort_by(|a, b| b.cpu_ns.cmp(&a.cpu_ns).then(a.key.cmp(&b.key)));
         out
+    }
+
+    /// Checks the cached identities against the newest roster scan (a no-op until the roster
+    /// scans again): a key the roster shows under another container takes that identity; a
+    /// container key no live process has is stale (re-resolved before it names anything).
+    fn verify(&mut self) {
+        let roster = self.roster.load();
+        if roster.generation == self.checked {
+            return;
+        }
+        self.checked = roster.generation;
+        for (key, cached) in &mut self.identities {
+            if cached.resolved >= roster.started {
+                // Resolved from /proc after the scan began: newer than the roster.
+                continue;
+            }
+            match roster.containers.get(key) {
+                Some(now) if same_container(&cached.identity, now) => cached.stale = false,
+                Some(now) => {
+                    tracing::debug!(
+                        key,
+                        was = ?cached.identity.owner.as_ref().map(|o| &o.id),
+                        now = ?now.owner.as_ref().map(|o| &o.id),
+                        "container key recycled: re-attributed"
+                    );
+                    cached.identity = now.clone();
+                    cached.resolved = roster.started;
+                    cached.stale = false;
+                    self.unresolved.remove(key);
+                    self.reattributed += 1;
+                }
+                None if cached.identity.owner.is_some() => cached.stale = true,
+                None => {}
+            }
+        }
     }
 
     fn containers_for(
@@ -127,10 +312,11 @@ impl Attribution {
         summarizer: &mut LatencySummarizer,
     ) -> Vec<ContainerDelta> {
         let unresolved = &mut self.unresolved;
+        let identities = &self.identities;
         let unknown: Vec<ContainerKey> = deltas
             .iter()
             .map(|c| c.key)
-            .filter(|k| *k != 0 && !self.identities.contains_key(k))
+            .filter(|k| *k != 0 && identities.get(k).is_none_or(|c| c.stale))
             .filter(|k| match unresolved.get_mut(k) {
                 Some(wait) if *wait > 0 => {
                     *wait -= 1;
@@ -140,53 +326,48 @@ impl Attribution {
             })
             .collect();
         if !unknown.is_empty() {
+            let resolved = Instant::now();
             let found = procfs::resolve(self.mode, &unknown);
             for key in &unknown {
                 if found.contains_key(key) {
                     self.unresolved.remove(key);
                 } else {
+                    // A stale identity keeps naming the key's last counts (its container's
+                    // final exits) until /proc or the roster says who has the key now.
                     self.unresolved.insert(*key, UNRESOLVED_RETRY);
                 }
             }
-            self.identities.extend(found);
+            self.identities
+                .extend(found.into_iter().map(|(key, identity)| {
+                    (
+                        key,
+                        Cached {
+                            identity,
+                            resolved,
+                            stale: false,
+                        },
+                    )
+                }));
         }
-        let view = self.docker.read().ok();
-        let out: Vec<ContainerDelta> = deltas
+        deltas
             .iter()
             .map(|activity| {
                 let (key, d) = (&activity.key, &activity.stats);
-                let identity = self.identities.get(key);
-                let id = identity
-                    .and_then(|i| i.docker_id.clone())
-                    .unwrap_or_default();
-                let meta = view.as_ref().and_then(|v| v.containers.get(&id));
-                let name = match (meta, identity) {
-                    (Some(m), _) => m.name.clone(),
-                    (None, Some(_)) if !id.is_empty() => id[..12].to_string(),
-                    (None, Some(i)) => i.cgroup.clone(),
-                    (None, None) if *key == 0 => "unresolved".to_string(),
-                    (None, None) => format!("gone-{key}"),
+                let identity = self.identities.get(key).map(|c| &c.identity);
+                let mut c = self.record(*key, identity);
+                c.cpu_ns = d.cpu_ns;
+                c.cpu_percent = if interval_ns > 0 {
+                    100.0 * d.cpu_ns as f64 / interval_ns as f64
+                } else {
+                    0.0
                 };
-                let mut c = ContainerDelta {
-                    id,
-                    name,
-                    image: meta.map(|m| m.image.clone()).unwrap_or_default(),
-                    key: *key,
-                    cpu_ns: d.cpu_ns,
-                    cpu_percent: if interval_ns > 0 {
-                        100.0 * d.cpu_ns as f64 / interval_ns as f64
-                    } else {
-                        0.0
-                    },
-                    ctx_switches: d.switches,
-                    runqueue_latency_us: summarizer.summarize_log2(&d.runq_hist, d.runq_wait_ns),
-                    forks: d.forks,
-                    execs: d.execs,
-                    exits: d.exits,
-                    abnormal_exits: d.abnormal_exits,
-                    oom_kills: d.oom_kills,
-                    ..Default::default()
-                };
+                c.ctx_switches = d.switches;
+                c.runqueue_latency_us = summarizer.summarize_log2(&d.runq_hist, d.runq_wait_ns);
+                c.forks = d.forks;
+                c.execs = d.execs;
+                c.exits = d.exits;
+                c.abnormal_exits = d.abnormal_exits;
+                c.oom_kills = d.oom_kills;
                 if let Some(netns) = identity.and_then(|i| i.netns) {
                     for i in ifaces.iter().filter(|i| i.netns == netns) {
                         c.rx_packets += i.rx_packets;
@@ -201,8 +382,29 @@ impl Attribution {
                 }
                 c
             })
-            .collect();
-        out
+            .collect()
+    }
+
+    /// A record with the key's identity and no activity.
+    fn record(&self, key: ContainerKey, identity: Option<&Identity>) -> ContainerDelta {
+        let named = identity.and_then(|i| self.runtimes.named(i));
+        let name = match (&named, identity) {
+            (Some(n), _) => n.name.clone(),
+            (None, Some(i)) => i.cgroup.clone(),
+            (None, None) if key == 0 => "unresolved".to_string(),
+            (None, None) => format!("gone-{key}"),
+        };
+        let n = named.unwrap_or_default();
+        ContainerDelta {
+            id: n.id,
+            name,
+            image: n.image,
+            runtime: n.runtime.to_string(),
+            pod: n.pod,
+            namespace: n.namespace,
+            key,
+            ..Default::default()
+        }
     }
 
     /// A container can have traffic in an interval without any scheduler event of its own (a
@@ -214,9 +416,9 @@ impl Attribution {
         netns_tcp: &[(u32, [u64; 2])],
         summarizer: &mut LatencySummarizer,
     ) {
-        let covered: std::collections::HashSet<u32> = out
+        let covered: HashSet<u32> = out
             .iter()
-            .filter_map(|c| self.identities.get(&c.key).and_then(|i| i.netns))
+            .filter_map(|c| self.identities.get(&c.key).and_then(|i| i.identity.netns))
             .collect();
         let mut missing: Vec<u32> = ifaces
             .iter()
@@ -229,14 +431,49 @@ impl Attribution {
         if missing.is_empty() {
             return;
         }
+        let resolved = Instant::now();
         for (_, (key, identity)) in procfs::resolve_by_netns(self.mode, &missing) {
             if out.iter().any(|c| c.key == key) {
                 continue;
             }
-            self.identities.insert(key, identity);
+            self.identities.insert(
+                key,
+                Cached {
+                    identity,
+                    resolved,
+                    stale: false,
+                },
+            );
             let zero = ContainerActivity::zero(key);
             let mut extra = self.containers_for(&[zero], ifaces, netns_tcp, 0, summarizer);
             out.append(&mut extra);
+        }
+    }
+
+    /// Every container the roster found running and the kernel showed nothing of in this
+    /// interval: listed with zeros, so an idle container is visibly idle, not missing.
+    fn add_listed(&self, out: &mut Vec<ContainerDelta>, summarizer: &mut LatencySummarizer) {
+        let roster = self.roster.load();
+        if roster.containers.is_empty() {
+            return;
+        }
+        let keys: HashSet<ContainerKey> = out.iter().map(|c| c.key).collect();
+        let ids: HashSet<String> = out
+            .iter()
+            .filter(|c| !c.id.is_empty())
+            .map(|c| c.id.clone())
+            .collect();
+        let zeros = [0u64; sentinel_common::CONTAINER_HIST_BUCKETS];
+        for (key, identity) in &roster.containers {
+            if keys.contains(key) || self.runtimes.named(identity).is_none() {
+                continue;
+            }
+            let mut c = self.record(*key, Some(identity));
+            if c.id.is_empty() || ids.contains(&c.id) {
+                continue;
+            }
+            c.runqueue_latency_us = summarizer.summarize_log2(&zeros, 0);
+            out.push(c);
         }
     }
 
@@ -254,5 +491,243 @@ impl Attribution {
     pub fn forget(&mut self, key: &ContainerKey) {
         self.identities.remove(key);
         self.unresolved.remove(key);
+    }
+}
+
+/// Both identities name the same container (or both none).
+fn same_container(a: &Identity, b: &Identity) -> bool {
+    match (&a.owner, &b.owner) {
+        (Some(x), Some(y)) => x.id == y.id && x.runtime == y.runtime,
+        (None, None) => a.cgroup == b.cgroup,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containers::docker::ContainerMeta;
+
+    /// Keys no process on this machine has (mount namespace inodes are far below).
+    const K: ContainerKey = u64::MAX - 7;
+    const K2: ContainerKey = u64::MAX - 8;
+
+    fn hex(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
+    fn identity(id: &str, runtime: Runtime) -> Identity {
+        Identity {
+            owner: Some(Owner {
+                runtime: Some(runtime),
+                id: id.to_string(),
+                ..Owner::default()
+            }),
+            cgroup: format!("/docker/{id}"),
+            netns: None,
+        }
+    }
+
+    fn docker_with(names: &[(&str, &str)]) -> SharedView {
+        let v = docker::view(DockerState::Up);
+        v.write().unwrap().replace(
+            names
+                .iter()
+                .map(|(id, name)| {
+                    (
+                        (*id).to_string(),
+                        ContainerMeta {
+                            name: (*name).to_string(),
+                            image: "img".into(),
+                            ..ContainerMeta::default()
+                        },
+                    )
+                })
+                .collect(),
+        );
+        v
+    }
+
+    fn busy(key: ContainerKey) -> ContainerActivity {
+        let mut activity = ContainerActivity::zero(key);
+        activity.stats.cpu_ns = 1_000_000;
+        activity
+    }
+
+    fn interval(a: &mut Attribution, deltas: &[ContainerActivity]) -> Vec<ContainerDelta> {
+        a.containers(
+            deltas,
+            &[],
+            &[],
+            1_000_000_000,
+            &mut LatencySummarizer::default(),
+        )
+    }
+
+    /// Issue 17.2: a key the kernel hands to the next container (`docker rm -f web; docker
+    /// run --name web`) is named after the new container as soon as the roster sees it, and
+    /// the gone one's last counts keep its name, never a bare id.
+    #[test]
+    fn a_recycled_key_follows_the_new_container() {
+        let (old, new) = (hex('a'), hex('b'));
+        let view = docker_with(&[(&old, "web")]);
+        let roster = RosterHandle::fixed(roster::Roster {
+            generation: 0,
+            started: Instant::now(),
+            containers: HashMap::new(),
+            took: std::time::Duration::ZERO,
+        });
+        roster.publish(HashMap::from([(K, identity(&old, Runtime::Docker))]));
+        let mut a = Attribution::new(KeyMode::Mntns, Runtimes::docker_only(view.clone()), roster);
+        // Cached the way the drain caches it, before the roster's next scan.
+        a.identities.insert(
+            K,
+            Cached {
+                identity: identity(&old, Runtime::Docker),
+                resolved: Instant::now()
+                    .checked_sub(std::time::Duration::from_secs(5))
+                    .expect("uptime over 5 s"),
+                stale: false,
+            },
+        );
+        let out = interval(&mut a, &[busy(K)]);
+        assert_eq!(
+            (out[0].id.as_str(), out[0].name.as_str()),
+            (old.as_str(), "web")
+        );
+        // The old container dies: Docker drops it, the roster finds no process with K.
+        view.write().unwrap().replace(HashMap::new());
+        a.roster.publish(HashMap::new());
+        let out = interval(&mut a, &[busy(K)]);
+        assert_eq!(out[0].id, old, "the final counts are the old container's");
+        assert_eq!(
+            out[0].name, "web",
+            "named from the recently gone, not a bare id"
+        );
+        // The new `web` starts with the same key: the roster has it under the new id.
+        view.write().unwrap().replace(
+            docker_with(&[(&new, "web")])
+                .read()
+                .unwrap()
+                .containers
+                .clone(),
+        );
+        a.roster
+            .publish(HashMap::from([(K, identity(&new, Runtime::Docker))]));
+        let out = interval(&mut a, &[busy(K)]);
+        assert_eq!(
+            (out[0].id.as_str(), out[0].name.as_str()),
+            (new.as_str(), "web")
+        );
+        assert_eq!(out[0].cpu_ns, 1_000_000);
+        assert_eq!(a.reattributed, 1);
+        assert!(
+            !out.iter().any(|c| c.id == old),
+            "no ghost of the old container: {out:?}"
+        );
+    }
+
+    /// Issue 17.1: a running container the kernel saw nothing of is listed with zeros; a
+    /// `ctr`-style candidate path no runtime confirms is not.
+    #[test]
+    fn idle_containers_are_listed_with_zeros() {
+        let (busy_id, idle_id) = (hex('c'), hex('d'));
+        let view = docker_with(&[(&busy_id, "spin"), (&idle_id, "sleep")]);
+        let roster = RosterHandle::fixed(roster::Roster {
+            generation: 0,
+            started: Instant::now(),
+            containers: HashMap::new(),
+            took: std::time::Duration::ZERO,
+        });
+        let candidate = Identity {
+            owner: layout::parse("/k8s.io/unknown"),
+            cgroup: "/k8s.io/unknown".into(),
+            netns: None,
+        };
+        roster.publish(HashMap::from([
+            (K, identity(&busy_id, Runtime::Docker)),
+            (K2, identity(&idle_id, Runtime::Docker)),
+            (K2 - 1, candidate),
+        ]));
+        let mut a = Attribution::new(KeyMode::Mntns, Runtimes::docker_only(view), roster);
+        a.identities.insert(
+            K,
+            Cached {
+                identity: identity(&busy_id, Runtime::Docker),
+                resolved: Instant::now(),
+                stale: false,
+            },
+        );
+        let out = interval(&mut a, &[busy(K)]);
+        let names: Vec<(&str, u64)> = out.iter().map(|c| (c.name.as_str(), c.cpu_ns)).collect();
+        assert_eq!(names, vec![("spin", 1_000_000), ("sleep", 0)]);
+        assert_eq!(out[1].key, K2);
+        assert_eq!(out[1].runtime, "docker");
+    }
+
+    #[test]
+    fn runtimes_name_by_the_layout_and_report_their_states() {
+        let id = hex('e');
+        let containerd = docker::view(DockerState::Up);
+        containerd.write().unwrap().replace(HashMap::from([
+            (
+                "bars-k8s".to_string(),
+                containerd::describe(
+                    "bars-k8s",
+                    "k8s.io",
+                    "busybox",
+                    &HashMap::from([
+                        (K8S_POD.to_string(), "bars".to_string()),
+                        (K8S_NAMESPACE.to_string(), "team-a".to_string()),
+                    ]),
+                ),
+            ),
+            (
+                id.clone(),
+                containerd::describe(&id, "k8s.io", "nginx", &HashMap::new()),
+            ),
+        ]));
+        let podman = docker::view(DockerState::Disabled);
+        podman.write().unwrap().absent = true;
+        let r = Runtimes {
+            docker: docker::view(DockerState::Up),
+            podman: Some(podman),
+            containerd: Some(containerd),
+        };
+        let named = |path: &str| {
+            r.named(&Identity {
+                owner: layout::parse(path),
+                cgroup: path.into(),
+                netns: None,
+            })
+        };
+        let ctr = named("/k8s.io/bars-k8s").expect("confirmed by containerd");
+        assert_eq!(
+            (ctr.runtime, ctr.pod.as_str(), ctr.namespace.as_str()),
+            ("containerd", "bars", "team-a")
+        );
+        // The same id in another containerd namespace is not the same container.
+        assert_eq!(named("/default/bars-k8s"), None);
+        // Kubernetes' cgroupfs layout: the runtime comes from the lookup.
+        let pod = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        assert_eq!(
+            named(&format!("/kubepods/besteffort/pod{pod}/{id}"))
+                .unwrap()
+                .runtime,
+            "containerd"
+        );
+        // CRI-O: named by id, runtime from the path.
+        let crio = named(&format!("/kubepods.slice/crio-{id}.scope")).unwrap();
+        assert_eq!((crio.name.as_str(), crio.runtime), (&id[..12], "crio"));
+        // A podman container podman cannot be asked about: its id, runtime podman.
+        assert_eq!(
+            named(&format!("/libpod_parent/libpod-{id}"))
+                .unwrap()
+                .runtime,
+            "podman"
+        );
+        let states = r.states();
+        assert_eq!(states["podman"], RuntimeState::Absent);
+        assert_eq!(states["containerd"], RuntimeState::Up);
     }
 }

@@ -1,17 +1,19 @@
 //! Who is behind a kernel container key, from procfs alone: a process with that key, its
-//! cgroup path (which names the Docker container on both cgroup v1 and v2) and its network
-//! namespace. Works without Docker, so hosts without it still get per-cgroup accounting.
+//! cgroup path (which names the runtime and the container on cgroup v1, hybrid and v2 hosts,
+//! see `layout.rs`) and its network namespace. Works without any runtime's API, so hosts
+//! without one still get per-cgroup accounting.
 
 use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::Path};
 
 use sentinel_common::ContainerKey;
 
+use super::layout::{self, Owner};
 use crate::collect::loader::KeyMode;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
-    /// Docker container id from the cgroup path, if any.
-    pub docker_id: Option<String>,
+    /// The container the cgroup path names (runtime, id, pod), if any.
+    pub owner: Option<Owner>,
     /// cgroup path (v2 path, or the v1 `name=systemd`/`cpu` path), or `host`.
     pub cgroup: String,
     /// Network namespace inode of a process with this key.
@@ -66,7 +68,9 @@ fn identity_of(
         cgroup_path(&cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
     };
     Identity {
-        docker_id: docker_id(&cgroups),
+        owner: (Some(key) != host_key)
+            .then(|| layout::owner_of(&cgroups))
+            .flatten(),
         cgroup,
         netns: netns_of_pid(pid),
     }
@@ -121,6 +125,27 @@ pub fn resolve_by_netns(mode: KeyMode, wanted: &[u32]) -> HashMap<u32, (Containe
     found
 }
 
+/// Scans /proc once: every key of a live process that belongs to a container (a recognised
+/// cgroup layout), with the identity of one of its processes. For the roster, off the drain.
+pub fn containers(mode: KeyMode) -> HashMap<ContainerKey, Identity> {
+    let host_key = key_of_pid(mode, std::process::id());
+    let mut seen = std::collections::HashSet::new();
+    let mut found = HashMap::new();
+    for pid in pids() {
+        let Some(key) = key_of_pid(mode, pid) else {
+            continue;
+        };
+        if Some(key) == host_key || !seen.insert(key) {
+            continue;
+        }
+        let identity = identity_of(mode, pid, key, host_key);
+        if identity.owner.is_some() {
+            found.insert(key, identity);
+        }
+    }
+    found
+}
+
 /// Keys some live process has right now (for retiring gone containers' kernel entries).
 pub fn live_keys(mode: KeyMode) -> std::collections::HashSet<ContainerKey> {
     pids().filter_map(|pid| key_of_pid(mode, pid)).collect()
@@ -145,44 +170,9 @@ pub fn cgroup_path(text: &str, v2: bool) -> Option<String> {
     fallback
 }
 
-/// A 64-hex Docker container id in a cgroup file: `/docker/<id>` (cgroupfs) or
-/// `docker-<id>.scope` (systemd driver).
-pub fn docker_id(cgroups: &str) -> Option<String> {
-    for line in cgroups.lines() {
-        for segment in line.rsplit('/') {
-            let candidate = segment
-                .strip_prefix("docker-")
-                .map(|s| s.trim_end_matches(".scope"))
-                .unwrap_or(segment);
-            if candidate.len() == 64
-                && candidate.bytes().all(|b| b.is_ascii_hexdigit())
-                && line.contains("docker")
-            {
-                return Some(candidate.to_string());
-            }
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ID: &str = "3f3d755988785b343fbda30f0d03263e3f3d755988785b343fbda30f0d03263e";
-
-    #[test]
-    fn finds_docker_ids_in_v1_and_v2_paths() {
-        let v1 = format!("9:name=systemd:/docker/{ID}\n4:memory:/docker/{ID}\n0::/\n");
-        assert_eq!(docker_id(&v1).as_deref(), Some(ID));
-        let v2 = format!("0::/system.slice/docker-{ID}.scope\n");
-        assert_eq!(docker_id(&v2).as_deref(), Some(ID));
-        assert_eq!(docker_id("0::/system.slice/ssh.service\n"), None);
-        assert_eq!(
-            docker_id(&format!("4:memory:/process_api/{}\n", &ID[..32])),
-            None
-        );
-    }
 
     #[test]
     fn picks_the_cgroup_path_for_the_mode() {

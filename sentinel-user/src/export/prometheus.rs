@@ -319,6 +319,10 @@ struct ContainerTotals {
     id: String,
     name: String,
     image: String,
+    /// Runtime, and Kubernetes pod and namespace (empty when none owns it).
+    runtime: String,
+    pod: String,
+    namespace: String,
     totals: [f64; CONTAINER_COUNTERS.len()],
     /// Run-queue latency p99 of the last interval it was seen in, seconds.
     runq_p99_seconds: f64,
@@ -631,11 +635,16 @@ impl State {
                 // A container's labels stay those it was first exported with: a record that
                 // lost its name or image (a gone container whose key lingers) must not move
                 // its counters to a new label set.
-                if t.name.is_empty() {
-                    t.name.clone_from(&ct.name);
-                }
-                if t.image.is_empty() {
-                    t.image.clone_from(&ct.image);
+                for (label, now) in [
+                    (&mut t.name, &ct.name),
+                    (&mut t.image, &ct.image),
+                    (&mut t.runtime, &ct.runtime),
+                    (&mut t.pod, &ct.pod),
+                    (&mut t.namespace, &ct.namespace),
+                ] {
+                    if label.is_empty() {
+                        label.clone_from(now);
+                    }
                 }
                 t.runq_p99_seconds = ct.runqueue_latency_us.p99 / 1e6;
                 let deltas = [
@@ -890,6 +899,16 @@ impl Collector for StateCollector {
         let row = |key: &String, t: &ContainerTotals| -> Labels<'static> {
             let mut l = who_labels(key);
             l.push(("image", t.image.clone().into()));
+            // Where known only: an empty label is the same as none to Prometheus.
+            for (name, value) in [
+                ("runtime", &t.runtime),
+                ("pod", &t.pod),
+                ("namespace", &t.namespace),
+            ] {
+                if !value.is_empty() {
+                    l.push((name, value.clone().into()));
+                }
+            }
             l
         };
         for (idx, (stem, help)) in CONTAINER_COUNTERS.iter().enumerate() {

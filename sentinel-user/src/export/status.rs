@@ -326,10 +326,23 @@ pub fn render_text(s: &StatusSnapshot) -> String {
         sanitize(&c.disabled.join(","), 400),
         iv.docker
     );
+    if !iv.runtimes.is_empty() {
+        let states: Vec<String> = iv
+            .runtimes
+            .iter()
+            .map(|(rt, st)| format!("{} {st}", sanitize(rt, 20)))
+            .collect();
+        let _ = writeln!(out, "runtimes   {}", states.join(", "));
+    }
     for ct in iv.containers.iter().take(5) {
+        let runtime = if ct.runtime.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", sanitize(&ct.runtime, 16))
+        };
         let _ = writeln!(
             out,
-            "container  {} ({}) cpu {:.1}% runq p99 {:.0}us rx {}p tx {}p retx {}",
+            "container  {} ({}){runtime} cpu {:.1}% runq p99 {:.0}us rx {}p tx {}p retx {}",
             sanitize(&ct.name, 64),
             sanitize(&ct.image, 64),
             ct.cpu_percent,

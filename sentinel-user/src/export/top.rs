@@ -27,7 +27,7 @@ use ratatui::{
 };
 
 use super::status::{self, StatusSnapshot, sanitize};
-use crate::model::Interval;
+use crate::model::{Interval, RuntimeState};
 
 /// Points kept per sparkline (the widest terminal shows the most recent ones).
 const HISTORY: usize = 240;
@@ -176,7 +176,18 @@ fn draw_header(f: &mut Frame, area: Rect, view: &View) {
         let docker = s
             .latest
             .as_ref()
-            .map(|iv| iv.docker.as_str().to_string())
+            .map(|iv| {
+                // The other runtimes only where they are not absent.
+                let mut st = iv.docker.as_str().to_string();
+                for (rt, state) in iv
+                    .runtimes
+                    .iter()
+                    .filter(|(_, s)| **s != RuntimeState::Absent)
+                {
+                    st.push_str(&format!(" {} {state}", sanitize(rt, 20)));
+                }
+                st
+            })
             .unwrap_or_default();
         let ts = s
             .latest
@@ -265,6 +276,7 @@ fn draw_containers(f: &mut Frame, area: Rect, iv: &Interval) {
         [
             "CONTAINER",
             "IMAGE",
+            "RUNTIME",
             "CPU%",
             "RUNQ p99",
             "SLOWED BY",
@@ -281,6 +293,7 @@ fn draw_containers(f: &mut Frame, area: Rect, iv: &Interval) {
         Row::new([
             sanitize(&c.name, 40),
             sanitize(&c.image, 30),
+            sanitize(&c.runtime, 10),
             format!("{:.1}", c.cpu_percent),
             micros(c.runqueue_latency_us.p99),
             slowed_by_cell(c),
@@ -295,6 +308,7 @@ fn draw_containers(f: &mut Frame, area: Rect, iv: &Interval) {
     let widths = [
         Constraint::Fill(3),
         Constraint::Fill(2),
+        Constraint::Length(10),
         Constraint::Length(6),
         Constraint::Length(9),
         Constraint::Fill(2),

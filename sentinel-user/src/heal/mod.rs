@@ -51,6 +51,7 @@ mod lifecycle;
 mod matrix_tests;
 mod pass;
 pub(crate) mod probe;
+mod runtimes;
 pub(crate) mod triggers;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -146,6 +147,8 @@ pub struct HealEngine {
     slow_until: Option<Instant>,
     /// Containers whose state came from the audit log: the first full pass drops the gone.
     restored_ids: Vec<String>,
+    /// Containers of other runtimes whose anomaly was audited as not Docker's (once each).
+    not_docker: runtimes::NotDocker,
 }
 
 impl HealEngine {
@@ -179,6 +182,7 @@ impl HealEngine {
         Ok(Self {
             gate,
             restored_ids,
+            not_docker: runtimes::NotDocker::default(),
             audit,
             exec: Executor::new(
                 cfg.max_concurrent_actions,

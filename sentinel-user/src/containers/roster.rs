@@ -1,0 +1,192 @@
+//! The roster: every container that has a process right now, by kernel key, from one /proc
+//! scan on a thread of its own, so that the drain lists idle containers and checks the
+//! identities it caches without reading /proc itself.
+//!
+//! The scan runs every [`REFRESH`] and at once when a runtime reports a container event
+//! (start, die, destroy: [`Poke`]). Each scan is published whole with a generation number and
+//! the time it started; the drain compares its cached identities with the newest scan (see
+//! `Attribution::verify`): a key the kernel recycled (a mount namespace inode handed to the
+//! next container, a reused cgroup id) shows up there under another container, or under none.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use sentinel_common::ContainerKey;
+
+use super::procfs::{self, Identity};
+use crate::collect::loader::KeyMode;
+
+/// Longest time between two scans without any runtime event.
+pub const REFRESH: Duration = Duration::from_secs(2);
+
+/// One /proc scan: the keys of live containers and who they are.
+#[derive(Debug)]
+pub struct Roster {
+    /// 0 before the first scan.
+    pub generation: u64,
+    /// When the scan began: an identity resolved after this is newer than the scan.
+    pub started: Instant,
+    /// Keys of live processes that belong to a container (a recognised cgroup layout, see
+    /// `layout.rs`), each with the identity of one of its processes.
+    pub containers: HashMap<ContainerKey, Identity>,
+    /// How long the scan took.
+    pub took: Duration,
+}
+
+impl Roster {
+    fn empty() -> Self {
+        Self {
+            generation: 0,
+            started: Instant::now(),
+            containers: HashMap::new(),
+            took: Duration::ZERO,
+        }
+    }
+}
+
+/// Asks the roster for a scan now (a runtime saw a container start, die or go). Never blocks:
+/// a scan already asked for covers this one too.
+#[derive(Clone, Debug)]
+pub struct Poke(Option<SyncSender<()>>);
+
+impl Poke {
+    /// A poke that goes nowhere (tests, `sentinel check`).
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub fn poke(&self) {
+        if let Some(tx) = &self.0 {
+            // Full: a scan is already asked for; disconnected: the roster stopped.
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+/// The scanning thread and the latest scan (the thread stops when this is dropped).
+pub struct RosterHandle {
+    current: Arc<ArcSwap<Roster>>,
+    poke: SyncSender<()>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RosterHandle {
+    /// Starts the scanning thread. Threads inherit the capabilities of their creator: start it
+    /// after the daemon dropped its own.
+    pub fn spawn(mode: KeyMode) -> Self {
+        let current = Arc::new(ArcSwap::from_pointee(Roster::empty()));
+        let (poke, rx) = sync_channel(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (current, stop) = (current.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("sentinel-roster".into())
+                .spawn(move || scan_loop(mode, &current, &rx, &stop))
+                .map_err(|e| tracing::warn!("cannot start the container roster thread: {e}"))
+                .ok()
+        };
+        Self {
+            current,
+            poke,
+            stop,
+            thread,
+        }
+    }
+
+    /// A roster that never scans (unit tests).
+    #[cfg(test)]
+    pub fn fixed(roster: Roster) -> Self {
+        let (poke, _rx) = sync_channel(1);
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(roster)),
+            poke,
+            stop: Arc::new(AtomicBool::new(true)),
+            thread: None,
+        }
+    }
+
+    /// Replaces the published scan (unit tests play the scanner).
+    #[cfg(test)]
+    pub fn publish(&self, containers: HashMap<ContainerKey, Identity>) {
+        let generation = self.current.load().generation + 1;
+        self.current.store(Arc::new(Roster {
+            generation,
+            started: Instant::now(),
+            containers,
+            took: Duration::ZERO,
+        }));
+    }
+
+    pub fn poker(&self) -> Poke {
+        Poke(Some(self.poke.clone()))
+    }
+
+    /// The newest scan.
+    pub fn load(&self) -> Arc<Roster> {
+        self.current.load_full()
+    }
+}
+
+impl Drop for RosterHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.poke.try_send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn scan_loop(mode: KeyMode, current: &ArcSwap<Roster>, rx: &Receiver<()>, stop: &AtomicBool) {
+    let mut generation = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let containers = procfs::containers(mode);
+        generation += 1;
+        current.store(Arc::new(Roster {
+            generation,
+            started,
+            containers,
+            took: started.elapsed(),
+        }));
+        match rx.recv_timeout(REFRESH) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_at_once_when_poked_and_stops_when_dropped() {
+        let roster = RosterHandle::spawn(KeyMode::Mntns);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while roster.load().generation == 0 {
+            assert!(Instant::now() < deadline, "no first scan");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let first = roster.load().generation;
+        let poked = Instant::now();
+        roster.poker().poke();
+        while roster.load().generation == first {
+            // Well before REFRESH: the poke, not the timer.
+            assert!(poked.elapsed() < REFRESH * 3 / 4, "poke ignored");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Poke::none().poke();
+        drop(roster);
+    }
+}

@@ -37,6 +37,9 @@ pub fn run(opts: &Options) -> Result<()> {
     let root = workspace_root();
     ensure_rust_src()?;
     let linker = ensure_bpf_linker()?;
+    // The `sentinel` binary that embeds this object builds containerd's gRPC client, whose
+    // build script runs `protoc`: install it now, so the README's next command just works.
+    crate::packages::ensure(&["protobuf-compiler"])?;
     let profile = if opts.release { "release" } else { "debug" };
     step(&format!("building sentinel-ebpf ({profile}) for {TARGET}"));
     let mut cmd = nightly_cargo();

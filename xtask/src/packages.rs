@@ -50,7 +50,7 @@ pub fn ensure(packages: &[&str]) -> Result<()> {
     }
     if !is_root() {
         bail!(
-            "the tests need these Debian packages: {} (run `apt-get install {}` as root)",
+            "these Debian packages are needed: {} (run `apt-get install {}` as root)",
             missing.join(" "),
             missing.join(" ")
         );

@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+#[cfg(feature = "containerd")]
 use containerd_client::{
     services::v1::{
         ListContainersRequest, ListNamespacesRequest, SubscribeRequest,
@@ -22,6 +23,7 @@ use containerd_client::{
     },
     tonic::{Request, transport::Channel},
 };
+#[cfg(feature = "containerd")]
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
@@ -43,10 +45,12 @@ pub const DOCKER_NAMESPACE: &str = "moby";
 pub const RELIST_EVERY: Duration = Duration::from_secs(10);
 
 /// Bound on every call (connect, version, list).
+#[cfg(feature = "containerd")]
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// At most this many containers are kept per listing (the view is bounded whatever a
 /// runtime reports).
+#[cfg(feature = "containerd")]
 const MAX_CONTAINERS: usize = 65_536;
 
 /// The label containerd's CRI plugin puts on a pod's sandbox (its `pause` container).
@@ -59,6 +63,7 @@ pub fn address() -> PathBuf {
         .map_or_else(|| PathBuf::from(DEFAULT_ADDRESS), PathBuf::from)
 }
 
+#[cfg(feature = "containerd")]
 fn with_namespace<T>(msg: T, ns: &str) -> Request<T> {
     let mut req = Request::new(msg);
     if let Ok(v) = ns.parse() {
@@ -67,6 +72,7 @@ fn with_namespace<T>(msg: T, ns: &str) -> Request<T> {
     req
 }
 
+#[cfg(feature = "containerd")]
 async fn bounded<T, E: std::fmt::Display>(
     what: &str,
     fut: impl Future<Output = Result<T, E>>,
@@ -81,6 +87,7 @@ async fn bounded<T, E: std::fmt::Display>(
     }
 }
 
+#[cfg(feature = "containerd")]
 /// Connects and reads the version (the liveness proof): `(channel, version)`.
 pub async fn connect(path: &std::path::Path) -> Result<(Channel, String), String> {
     let channel = bounded(
@@ -141,6 +148,7 @@ pub fn describe(
     }
 }
 
+#[cfg(feature = "containerd")]
 /// Every container of every namespace but Docker's.
 async fn list_all(channel: &Channel) -> Result<HashMap<String, ContainerMeta>, String> {
     let namespaces = bounded(
@@ -230,6 +238,7 @@ async fn watch(path: PathBuf, view: SharedView, poke: Poke) {
     }
 }
 
+#[cfg(feature = "containerd")]
 /// One connection: subscribe to events, list, then list again on events and every
 /// `RELIST_EVERY`. Returns why it ended.
 async fn session(path: &std::path::Path, view: &SharedView, poke: &Poke) -> String {
@@ -309,7 +318,28 @@ pub fn probe(path: &std::path::Path) -> Result<Option<String>, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    runtime.block_on(async { connect(path).await.map(|(_, v)| Some(v)) })
+    #[cfg(feature = "containerd")]
+    return runtime.block_on(async { connect(path).await.map(|(_, v)| Some(v)) });
+    #[cfg(not(feature = "containerd"))]
+    {
+        drop(runtime);
+        Err(NOT_BUILT.to_string())
+    }
+}
+
+/// Without the `containerd` feature (the developer tools' build of the library) there is no
+/// gRPC client: the watcher reports every session as failed with this reason.
+#[cfg(not(feature = "containerd"))]
+const NOT_BUILT: &str =
+    "this build of sentinel has no containerd client (cargo feature `containerd`)";
+
+#[cfg(not(feature = "containerd"))]
+#[expect(
+    clippy::unused_async,
+    reason = "stands in for the gRPC session, which the watcher awaits"
+)]
+async fn session(_path: &std::path::Path, _view: &SharedView, _poke: &Poke) -> String {
+    NOT_BUILT.to_string()
 }
 
 #[cfg(test)]
@@ -379,6 +409,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "containerd")]
     #[tokio::test]
     async fn a_socket_that_does_not_speak_grpc_is_an_error_in_bounded_time() {
         let dir = tempfile::tempdir().unwrap();

@@ -142,13 +142,13 @@ impl Container {
             std::thread::sleep(Duration::from_millis(100));
         };
         let c = Container { nspawn, leader };
-        // systemctl cannot connect until systemd has set up its private socket (it prints
-        // nothing or "offline" and "Failed to connect to bus" then); once it can, --wait
-        // returns when the boot is over.
+        // systemctl cannot connect until systemd has set up its private socket: it prints
+        // nothing, or "offline" (with or without "Failed to connect to bus": both were seen
+        // in CI) then; once it can, --wait returns when the boot is over.
         let state = loop {
             let out = c.exec(&["systemctl", "is-system-running", "--wait"]);
             let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            let connected = !text(&out).contains("Failed to connect");
+            let connected = !text(&out).contains("Failed to connect") && state != "offline";
             if (connected && !state.is_empty()) || Instant::now() > deadline {
                 break state;
             }

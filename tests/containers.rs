@@ -485,9 +485,14 @@ fn idle_and_busy_containers_are_listed_in_every_interval_status_and_top() {
     );
     println!("{screen}");
     for name in [&spin.name, &idle.name] {
+        // Its own row: the name in the first column (another row may name it in SLOWED BY).
         let row = screen
             .lines()
-            .find(|l| l.contains(name.as_str()))
+            .find(|l| {
+                l.trim_start_matches('│')
+                    .trim_start()
+                    .starts_with(name.as_str())
+            })
             .unwrap_or_else(|| panic!("no top row for {name}:\n{screen}"));
         assert!(row.contains("docker"), "runtime column: {row}");
     }

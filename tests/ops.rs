@@ -621,53 +621,9 @@ fn top_renders_host_and_containers_in_tmux() {
     let mut run = SentinelRun::start(&["--interval", "500ms", "--no-metrics"]);
     run.next_interval(FIRST);
     let socket = socket_of(&run);
-    let session = format!("snt-ops-top-{}", std::process::id());
-    let _ = Command::new("tmux")
-        .args(["kill-session", "-t", &session])
-        .status();
-    let cmd = format!(
-        "{BIN} top --refresh 500ms --status-socket {}",
-        socket.display()
-    );
-    let ok = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "160",
-            "-y",
-            "50",
-            &cmd,
-        ])
-        .env("TERM", "xterm-256color")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tmux new-session");
-    struct Kill(String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .args(["kill-session", "-t", &self.0])
-                .status();
-        }
-    }
-    let _kill = Kill(session.clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut screen = String::new();
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(700));
-        let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &session])
-            .output()
-            .unwrap();
-        screen = String::from_utf8_lossy(&out.stdout).into_owned();
-        if screen.contains("Host") && screen.contains(&busy.name) {
-            break;
-        }
-    }
+    let (screen, quit) = support::runtimes::top_session(BIN, &socket, |s| {
+        s.contains("Host") && s.contains(&busy.name)
+    });
     println!("{screen}");
     let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ops-top-capture.txt");
     let _ = std::fs::write(&capture, &screen);
@@ -693,16 +649,7 @@ fn top_renders_host_and_containers_in_tmux() {
         "row without its image: {row}"
     );
     // `q` quits and restores the terminal.
-    let _ = Command::new("tmux")
-        .args(["send-keys", "-t", &session, "q"])
-        .status();
-    std::thread::sleep(Duration::from_millis(500));
-    let alive = Command::new("tmux")
-        .args(["has-session", "-t", &session])
-        .status()
-        .unwrap()
-        .success();
-    assert!(!alive, "top did not quit on q");
+    assert!(quit, "top did not quit on q");
     let finished = run.stop();
     assert!(finished.status.success(), "{}", finished.stderr);
 }

@@ -378,6 +378,11 @@ impl Drop for Containerd {
 /// `sentinel top` in a tmux pane of 160x50, captured until `done(screen)` or 30 s; `q` quits
 /// it. Returns the last screen.
 pub fn top_screen(bin: &str, socket: &Path, done: impl Fn(&str) -> bool) -> String {
+    top_session(bin, socket, done).0
+}
+
+/// As [`top_screen`], and whether `top` quit on `q` (its tmux session ended by itself).
+pub fn top_session(bin: &str, socket: &Path, done: impl Fn(&str) -> bool) -> (String, bool) {
     let session = format!("snt-top-{}-{}", std::process::id(), rand_suffix());
     let cmd = format!(
         "{bin} top --refresh 500ms --status-socket {}",
@@ -425,7 +430,13 @@ pub fn top_screen(bin: &str, socket: &Path, done: impl Fn(&str) -> bool) -> Stri
     let _ = Command::new("tmux")
         .args(["send-keys", "-t", &session, "q"])
         .status();
-    screen
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = Command::new("tmux")
+        .args(["has-session", "-t", &session])
+        .status()
+        .unwrap()
+        .success();
+    (screen, !alive)
 }
 
 fn rand_suffix() -> u32 {

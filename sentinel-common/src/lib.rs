@@ -342,13 +342,26 @@ pub struct CpuRecord {
     pub ktime_minus_clock: u64,
     /// When `ktime_minus_clock` was last refreshed, in the clock (kernel bookkeeping).
     pub calib_clock: u64,
+    /// Last interface seen on this CPU (`IfaceKey::packed`) and its slot: the next packet of
+    /// the same interface needs no key-to-slot lookup (trusted only while `IFACE_KEYS` still
+    /// names the key there, see sentinel-ebpf's net.rs). Never `NO_SLOT` once set: a packet
+    /// that found the table full is not cached, so it tries again.
+    pub iface_last_key: u64,
+    pub iface_last_slot: u32,
+    /// `cpu * interface capacity`: this CPU's first entry in `IFACE_STATS`.
+    pub iface_slot_base: u32,
+    /// This CPU's first word of each of its two bitmaps in `IFACE_DIRTY`: one per direction,
+    /// so each word has one writing program (netif_receive_skb or net_dev_xmit; the kernel
+    /// has no atomic OR before 5.12).
+    pub iface_rx_dirty_base: u32,
+    pub iface_tx_dirty_base: u32,
 }
 
 /// `CpuRecord::cur_slot` / `last_slot` when there is no container slot (idle task, none yet,
 /// or the container table was full).
 pub const NO_SLOT: u32 = u32::MAX;
 
-/// Key of the per-CPU `IFACES` hash: one entry per (network namespace, interface).
+/// An interface: one slot per (network namespace, interface), like a container's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct IfaceKey {
@@ -357,8 +370,25 @@ pub struct IfaceKey {
     pub ifindex: u32,
 }
 
-/// Value of the per-CPU `IFACES` hash. `name` is copied from the device once, when the entry is
-/// created on a CPU (the slow path), so userspace can name interfaces of any namespace.
+impl IfaceKey {
+    /// The key as stored in `IFACE_SLOTS` and `IFACE_KEYS`: one u64, so interfaces and
+    /// containers share the slot machinery. Never 0 for a real device (ifindex starts at 1),
+    /// which makes 0 the "no interface yet" value of a CPU's cache.
+    #[inline(always)]
+    pub const fn packed(self) -> u64 {
+        ((self.netns as u64) << 32) | self.ifindex as u64
+    }
+
+    pub const fn unpack(v: u64) -> Self {
+        Self {
+            netns: (v >> 32) as u32,
+            ifindex: v as u32,
+        }
+    }
+}
+
+/// One interface's counters on one CPU: entry `iface_slot_base + slot` of `IFACE_STATS`. The
+/// rx fields are written only by netif_receive_skb, the tx fields only by net_dev_xmit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct IfaceStats {
@@ -366,12 +396,14 @@ pub struct IfaceStats {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
-    pub name: [u8; IFNAME_LEN],
 }
+
+/// Number of u64 fields of `IfaceStats`.
+pub const IFACE_FIELDS: usize = 4;
 
 pub const IFNAME_LEN: usize = 16;
 
-/// Default capacity of the per-(netns, interface) hash; `sentinel run --iface-capacity` overrides.
+/// Default capacity of the interface slot table; `sentinel run --iface-capacity` overrides.
 pub const IFACE_MAP_CAPACITY: u32 = 4096;
 /// Capacity of the wakeup-timestamp hash (one entry per task waiting on a run queue), used only
 /// by the `hash` run-queue source.

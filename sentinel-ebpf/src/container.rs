@@ -8,7 +8,7 @@
 //! mode from the host's cgroup layout. A key of 0 means "could not be resolved" (e.g. a task
 //! past exit_task_namespaces).
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::maps::{Array, HashMap, Queue};
 use sentinel_common::{ContainerKey, ContainerStats, CpuRecord, KEY_MODE_CGROUP, NO_SLOT, counter};
 
 use crate::maps::{
@@ -16,6 +16,7 @@ use crate::maps::{
     CONTAINER_STATS, CSS_SET_DFL_CGRP_OFF, KEY_MODE, KN_ID_OFF, MNT_NS_INUM_OFF,
     NSPROXY_MNT_NS_OFF, TASK_CGROUPS_OFF, TASK_NSPROXY_OFF, count_shared, field, global,
 };
+use crate::slots;
 
 #[inline(always)]
 pub fn container_key(task: *const u8) -> ContainerKey {
@@ -65,60 +66,49 @@ pub fn slot_of(rec: *mut CpuRecord, key: ContainerKey) -> u32 {
     }
 }
 
-#[inline(never)]
+#[inline(always)]
 fn lookup_or_take(rec: *const CpuRecord, key: ContainerKey) -> u32 {
-    if let Some(slot) = unsafe { CONTAINER_SLOTS.get(&key) } {
-        return *slot;
-    }
-    let Ok(Some(slot)) = CONTAINER_FREE.pop() else {
+    let slot = slots::lookup_or_take::<Containers>(key, unsafe { (*rec).dirty_base }, |_| {});
+    if slot == NO_SLOT {
         count_shared(counter::CONTAINER_OVERFLOW, 1);
-        return NO_SLOT;
-    };
-    // The key is in place before the slot can be found, so userspace never sees counts in a
-    // slot it cannot name.
-    if let Some(k) = CONTAINER_KEYS.get_ptr_mut(slot) {
-        unsafe { *k = key };
     }
-    if CONTAINER_SLOTS
-        .insert(&key, &slot, BPF_NOEXIST as u64)
-        .is_ok()
-    {
-        // Userspace learns of a slot from its dirty bits: mark it now, even if this event
-        // adds nothing to it, so no slot is ever taken without userspace seeing it.
-        mark_dirty(rec, slot);
-        return slot;
-    }
-    // Another CPU gave this container a slot meanwhile: use that one, hand ours back.
-    let _ = CONTAINER_FREE.push(slot, 0);
-    match unsafe { CONTAINER_SLOTS.get(&key) } {
-        Some(slot) => *slot,
-        None => {
-            count_shared(counter::CONTAINER_OVERFLOW, 1);
-            NO_SLOT
-        }
-    }
+    slot
 }
 
 /// This CPU's counters of `slot` (`None` for `NO_SLOT`).
 #[inline(always)]
 pub fn stats(rec: *const CpuRecord, slot: u32) -> Option<*mut ContainerStats> {
-    if slot == NO_SLOT {
-        return None;
-    }
-    CONTAINER_STATS.get_ptr_mut(unsafe { (*rec).slot_base } + slot)
+    slots::stats::<Containers>(unsafe { (*rec).slot_base }, slot)
 }
 
-/// Marks this CPU's entry of `slot` as updated, after the update. Userspace swaps the word
-/// with 0, then reads the entries: stores stay in order (x86-64), so a bit it took covers every
-/// update stored before the bit. The store is unconditional: if userspace takes the word
-/// between this load and store, the store sets the bit again and the update is read next time
-/// (at worst a few other bits too: a spare read, never a missed one).
+/// Marks this CPU's entry of `slot` as updated, after the update (see `slots::mark_dirty`).
 #[inline(always)]
 pub fn mark_dirty(rec: *const CpuRecord, slot: u32) {
-    if let Some(word) = CONTAINER_DIRTY.get_ptr_mut(unsafe { (*rec).dirty_base } + slot / 64) {
-        unsafe {
-            let w = core::ptr::read_volatile(word);
-            core::ptr::write_volatile(word, w | (1u64 << (slot % 64)));
-        }
+    slots::mark_dirty::<Containers>(unsafe { (*rec).dirty_base }, slot)
+}
+
+pub struct Containers;
+
+impl slots::Table for Containers {
+    type Stats = ContainerStats;
+    #[inline(always)]
+    fn slots() -> &'static HashMap<u64, u32> {
+        &CONTAINER_SLOTS
+    }
+    #[inline(always)]
+    fn free() -> &'static Queue<u32> {
+        &CONTAINER_FREE
+    }
+    #[inline(always)]
+    fn keys() -> &'static Array<u64> {
+        &CONTAINER_KEYS
+    }
+    #[inline(always)]
+    fn stats() -> &'static Array<ContainerStats> {
+        &CONTAINER_STATS
+    }
+    #[inline(always)]
+    fn dirty() -> &'static Array<u64> {
+        &CONTAINER_DIRTY
     }
 }

@@ -14,9 +14,11 @@ use sentinel_common::{IfaceKey, counter};
 use crate::{
     container::{container_key, mark_dirty, stats},
     maps::{
-        CFS_RQ_RQ_OFF, CONTAINER_SLOTS, IFACES, RQ_CLOCK_OFF, TASK_CFS_RQ_OFF,
-        TASK_LAST_QUEUED_OFF, add, field, global, record,
+        CFS_RQ_RQ_OFF, CONTAINER_SLOTS, RQ_CLOCK_OFF, TASK_CFS_RQ_OFF, TASK_LAST_QUEUED_OFF, add,
+        field, global, record,
     },
+    net::{Ifaces, iface_slot},
+    slots,
 };
 
 #[map]
@@ -197,15 +199,31 @@ pub fn snt_floor_swslot(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Floor + a (netns, ifindex) entry lookup and two adds: the one keyed lookup the network
-/// programs need, their reference cost. The key is fixed, so the entry is the bench's own.
+/// Floor + the interface attribution the network programs need: the per-CPU record, its
+/// one-entry interface cache (a hit after the first packet: the key is fixed, the slot the
+/// bench's own), the slot's entry, two adds and the dirty mark.
 #[inline(always)]
 fn iface_lookup(rx: bool) -> i32 {
+    let Some(rec) = record() else {
+        return bump();
+    };
     let key = IfaceKey {
         netns: 0,
         ifindex: 1,
+    }
+    .packed();
+    let slot = iface_slot(rec, key, rx, |_| {});
+    let (base, dirty_base) = unsafe {
+        (
+            (*rec).iface_slot_base,
+            if rx {
+                (*rec).iface_rx_dirty_base
+            } else {
+                (*rec).iface_tx_dirty_base
+            },
+        )
     };
-    match IFACES.get_ptr_mut(&key) {
+    match slots::stats::<Ifaces>(base, slot) {
         Some(stats) => unsafe {
             if rx {
                 add(&raw mut (*stats).rx_packets, 1);
@@ -214,6 +232,7 @@ fn iface_lookup(rx: bool) -> i32 {
                 add(&raw mut (*stats).tx_packets, 1);
                 add(&raw mut (*stats).tx_bytes, 64);
             }
+            slots::mark_dirty::<Ifaces>(dirty_base, slot);
         },
         None => {
             bump();

@@ -10,6 +10,7 @@ mod floor;
 mod maps;
 mod net;
 mod sched;
+mod slots;
 
 #[cfg(not(test))]
 #[panic_handler]

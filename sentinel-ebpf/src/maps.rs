@@ -1,7 +1,7 @@
 //! Every map, its capacity and the load-time globals, in one place.
 //!
 //! Concurrency: every word of every map has exactly one writing program (the per-CPU record's
-//! `SCHED_SWITCH` counter only snt_sched_switch, an interface's rx fields only
+//! `SCHED_SWITCH` counter only snt_sched_switch, an interface entry's rx fields only
 //! snt_netif_receive_skb, a container's `forks` only snt_sched_process_fork, ...), and a
 //! program never runs twice at once on one CPU (the kernel skips a nested run and counts it in
 //! the program's `recursion_misses`). A program can still be interrupted by *another* of our
@@ -18,7 +18,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, Queue},
 };
 use sentinel_common::{
-    CONTAINER_MAP_CAPACITY, ContainerKey, ContainerStats, CpuRecord, IFACE_MAP_CAPACITY, IfaceKey,
+    CONTAINER_MAP_CAPACITY, ContainerKey, ContainerStats, CpuRecord, IFACE_MAP_CAPACITY, IFNAME_LEN,
     IfaceStats, NETNS_TCP_CAPACITY, NetnsTcp, RUNQ_START_CAPACITY,
 };
 
@@ -26,11 +26,38 @@ use sentinel_common::{
 #[map]
 pub static REC: PerCpuArray<CpuRecord> = PerCpuArray::with_max_entries(1, 0);
 
-/// Not an LRU: an LRU would silently evict entries that still hold undrained counts. When full,
-/// events go to the `IFACE_OVERFLOW_*` counters instead. Userspace may resize it at load time.
+// Interfaces, in the same design as containers (below): a (netns, ifindex) key
+// (`IfaceKey::packed`) gets a slot once; packets count in per-CPU array entries that userspace
+// maps into its memory and reads only when marked dirty. Not an LRU: an LRU would silently
+// evict slots that still hold undrained counts. When every slot is taken, packets go to the
+// `IFACE_OVERFLOW_*` counters instead. The loader sizes every map from the capacity.
+
+/// Interface key -> slot.
 #[map]
-pub static IFACES: PerCpuHashMap<IfaceKey, IfaceStats> =
-    PerCpuHashMap::with_max_entries(IFACE_MAP_CAPACITY, 0);
+pub static IFACE_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(IFACE_MAP_CAPACITY, 0);
+
+/// Free interface slots; filled with every slot by the loader before the programs attach.
+#[map]
+pub static IFACE_FREE: Queue<u32> = Queue::with_max_entries(IFACE_MAP_CAPACITY, 0);
+
+/// Key of each interface slot.
+#[map]
+pub static IFACE_KEYS: Array<u64> = Array::with_max_entries(IFACE_MAP_CAPACITY, BPF_F_MMAPABLE);
+
+/// Device name of each interface slot, copied once, when the slot is taken, before the key can
+/// find it: userspace names interfaces of any namespace without asking the kernel.
+#[map]
+pub static IFACE_NAMES: Array<[u8; IFNAME_LEN]> =
+    Array::with_max_entries(IFACE_MAP_CAPACITY, BPF_F_MMAPABLE);
+
+/// Counters of each (CPU, interface slot): entry `iface_slot_base + slot`.
+#[map]
+pub static IFACE_STATS: Array<IfaceStats> =
+    Array::with_max_entries(IFACE_MAP_CAPACITY, BPF_F_MMAPABLE);
+
+/// Dirty bits of `IFACE_STATS`, as `CONTAINER_DIRTY`'s.
+#[map]
+pub static IFACE_DIRTY: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// `hash` run-queue source only: wakeup timestamp (ns) of each task waiting on a run queue,
 /// keyed by task id, shared by all CPUs (a task is often woken on one CPU and switched in on

@@ -8,23 +8,34 @@
 //! inet_sock_set_state(sk, oldstate, newstate); kfree_skb(skb, location, reason, ...).
 
 use aya_ebpf::{
-    EbpfContext, bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext,
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    macros::btf_tracepoint,
+    maps::{Array, HashMap, Queue},
+    programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
-use sentinel_common::{IFNAME_LEN, IfaceKey, IfaceStats, NetnsTcp, counter, tcp_state};
+use sentinel_common::{CpuRecord, IfaceKey, IfaceStats, NO_SLOT, NetnsTcp, counter, tcp_state};
 
-use crate::maps::{
-    DEV_IFINDEX_OFF, DEV_NAME_OFF, DEV_ND_NET_OFF, HAS_NETNS, IFACES, NET_NS_INUM_OFF, NETNS_TCP,
-    SKB_DEV_OFF, SKB_LEN_OFF, SOCK_NET_OFF, add, atomic_add, count, count_shared, field, global,
-    record,
+use crate::{
+    maps::{
+        DEV_IFINDEX_OFF, DEV_NAME_OFF, DEV_ND_NET_OFF, HAS_NETNS, IFACE_DIRTY, IFACE_FREE,
+        IFACE_KEYS, IFACE_NAMES, IFACE_SLOTS, IFACE_STATS, NET_NS_INUM_OFF, NETNS_TCP, SKB_DEV_OFF,
+        SKB_LEN_OFF, SOCK_NET_OFF, add, atomic_add, count, count_shared, field, global, record,
+    },
+    slots,
 };
 
-/// Adds one packet of `len` bytes to the device's (netns, ifindex) entry, creating it on first
-/// use; when the map is full the packet goes to the overflow counters instead, so the sum over
-/// interfaces plus overflow is every packet. The rx fields are written only by
-/// netif_receive_skb, the tx fields only by net_dev_xmit: plain adds (see maps.rs).
+/// Adds one packet of `len` bytes to the device's (netns, ifindex) slot, taking a slot on the
+/// interface's first packet; when every slot is taken the packet goes to the overflow counters
+/// instead, so the sum over interfaces plus overflow is every packet. The rx fields (and rx
+/// dirty bits) are written only by netif_receive_skb, the tx ones only by net_dev_xmit: plain
+/// adds (see maps.rs).
 #[inline(always)]
 fn account_iface<C: EbpfContext>(ctx: &C, dev: *const u8, len: u64, rx: bool) {
+    let Some(rec) = record() else {
+        return;
+    };
     let ifindex: u32 = unsafe { field(dev, global(&DEV_IFINDEX_OFF)) };
     let mut netns = 0u32;
     if global(&HAS_NETNS) != 0 {
@@ -33,41 +44,35 @@ fn account_iface<C: EbpfContext>(ctx: &C, dev: *const u8, len: u64, rx: bool) {
             netns = unsafe { field(net, global(&NET_NS_INUM_OFF)) };
         }
     }
-    let key = IfaceKey { netns, ifindex };
-    let stats = match IFACES.get_ptr_mut(&key) {
-        Some(stats) => stats,
-        None => {
-            // Slow path, once per (interface, CPU): copy the device name for userspace.
-            let mut fresh = IfaceStats {
-                rx_packets: 0,
-                rx_bytes: 0,
-                tx_packets: 0,
-                tx_bytes: 0,
-                name: [0; IFNAME_LEN],
-            };
-            fresh.name = unsafe { field(dev, global(&DEV_NAME_OFF)) };
-            // NOEXIST: if an interrupting program created it meanwhile, keep that one.
-            let _ = IFACES.insert(&key, &fresh, BPF_NOEXIST as u64);
-            match IFACES.get_ptr_mut(&key) {
-                Some(stats) => stats,
-                None => {
-                    overflow(rx, len);
-                    // Logged at the 1st, 2nd, 4th, 8th ... overflow on this CPU, so a full
-                    // map is visible in the logs without flooding them.
-                    let n = overflowed_on_this_cpu();
-                    if n & n.wrapping_sub(1) == 0 {
-                        warn!(
-                            ctx,
-                            "per-interface map full: netns {} ifindex {} counted as overflow ({} on this CPU)",
-                            netns,
-                            ifindex,
-                            n
-                        );
-                    }
-                    return;
-                }
-            }
+    let key = IfaceKey { netns, ifindex }.packed();
+    let slot = iface_slot(rec, key, rx, |slot| {
+        // Once per interface: the device name for userspace.
+        if let Some(name) = IFACE_NAMES.get_ptr_mut(slot) {
+            unsafe { *name = field(dev, global(&DEV_NAME_OFF)) };
         }
+    });
+    let dirty_base = unsafe {
+        if rx {
+            (*rec).iface_rx_dirty_base
+        } else {
+            (*rec).iface_tx_dirty_base
+        }
+    };
+    let Some(stats) = slots::stats::<Ifaces>(unsafe { (*rec).iface_slot_base }, slot) else {
+        overflow(rx, len);
+        // Logged at the 1st, 2nd, 4th, 8th ... overflow on this CPU, so a full table is
+        // visible in the logs without flooding them.
+        let n = overflowed_on_this_cpu();
+        if n & n.wrapping_sub(1) == 0 {
+            warn!(
+                ctx,
+                "per-interface map full: netns {} ifindex {} counted as overflow ({} on this CPU)",
+                netns,
+                ifindex,
+                n
+            );
+        }
+        return;
     };
     unsafe {
         if rx {
@@ -77,6 +82,67 @@ fn account_iface<C: EbpfContext>(ctx: &C, dev: *const u8, len: u64, rx: bool) {
             add(&raw mut (*stats).tx_packets, 1);
             add(&raw mut (*stats).tx_bytes, len);
         }
+    }
+    slots::mark_dirty::<Ifaces>(dirty_base, slot);
+}
+
+/// The slot of interface `key` (`IfaceKey::packed`), from this CPU's one-entry cache when it is
+/// the last interface seen here (a burst of packets on one device), else from `IFACE_SLOTS`,
+/// taking a free slot (and running `on_take`) on the interface's first packet. `NO_SLOT` when
+/// every slot is taken; that is not cached, so the next packet tries again.
+///
+/// A cache hit is trusted only while the slot still names the key in `IFACE_KEYS`: userspace
+/// overwrites a retiring slot's key with 0 (no device has ifindex 0) when it removes the key
+/// from `IFACE_SLOTS`, and frees the slot only drains later (collect/slots.rs), so a stale
+/// entry on a CPU that saw no packet since can neither count into the slot after its last
+/// read nor into the slot of the interface that takes it next; nor does it keep the slot
+/// from being freed (a quiet CPU may keep its cache for ever).
+#[inline(always)]
+pub fn iface_slot(rec: *mut CpuRecord, key: u64, rx: bool, on_take: impl FnOnce(u32)) -> u32 {
+    unsafe {
+        if (*rec).iface_last_key == key {
+            let slot = (*rec).iface_last_slot;
+            if IFACE_KEYS.get(slot).is_some_and(|k| *k == key) {
+                return slot;
+            }
+        }
+        let dirty_base = if rx {
+            (*rec).iface_rx_dirty_base
+        } else {
+            (*rec).iface_tx_dirty_base
+        };
+        let slot = slots::lookup_or_take::<Ifaces>(key, dirty_base, on_take);
+        if slot != NO_SLOT {
+            (*rec).iface_last_key = key;
+            (*rec).iface_last_slot = slot;
+        }
+        slot
+    }
+}
+
+pub struct Ifaces;
+
+impl slots::Table for Ifaces {
+    type Stats = IfaceStats;
+    #[inline(always)]
+    fn slots() -> &'static HashMap<u64, u32> {
+        &IFACE_SLOTS
+    }
+    #[inline(always)]
+    fn free() -> &'static Queue<u32> {
+        &IFACE_FREE
+    }
+    #[inline(always)]
+    fn keys() -> &'static Array<u64> {
+        &IFACE_KEYS
+    }
+    #[inline(always)]
+    fn stats() -> &'static Array<IfaceStats> {
+        &IFACE_STATS
+    }
+    #[inline(always)]
+    fn dirty() -> &'static Array<u64> {
+        &IFACE_DIRTY
     }
 }
 

@@ -1,9 +1,9 @@
 //! Userspace half of one drain on C CPUs with N containers and 4096 interfaces, a fraction of
-//! the (CPU, container) entries changed since the previous drain: the scan of the dirty bitmap
-//! and the read of the changed entries (`ContainerArrays::read`, here over anonymous memory
-//! laid out like the kernel's memory-mapped arrays), then `Drain::apply` (every interface
-//! changed). The kernel half (the record and batched interface reads) is measured on the real
-//! daemon by `cargo xtask bench`.
+//! the (CPU, container) entries and every (CPU, interface) entry changed since the previous
+//! drain: the scan of the dirty bitmaps and the read of the changed entries
+//! (`ContainerArrays::read`, `IfaceArrays::read`, here over anonymous memory laid out like the
+//! kernel's memory-mapped arrays), then `Drain::apply`. The system calls (the records, the TCP
+//! map) are measured on the real daemon by `cargo xtask bench`.
 //!
 //! `cargo bench -p sentinel-user --bench drain`; the time is the thread's CPU time per drain,
 //! not wall time, so a busy machine (other jobs preempting the bench) does not inflate it.
@@ -13,15 +13,16 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sentinel::collect::{
     bpf_sys::MappedArray,
-    drain::{Drain, KeyedRead, RawSnapshot},
-    slots::ContainerArrays,
+    drain::{Drain, RawSnapshot},
+    slots::{ContainerArrays, IfaceArrays},
 };
-use sentinel_common::{CONTAINER_FIELDS, CpuRecord, IFNAME_LEN, IfaceKey, NO_SLOT, dirty_words};
+use sentinel_common::{CONTAINER_FIELDS, CpuRecord, IFACE_FIELDS, IfaceKey, NO_SLOT, dirty_words};
 
-const IFACES: usize = 4096;
+const IFACES: u32 = 4096;
 
 struct Fixture {
     arrays: ContainerArrays,
+    ifaces: IfaceArrays,
     drain: Drain,
     snap: RawSnapshot,
     ncpu: usize,
@@ -46,28 +47,39 @@ impl Fixture {
         for slot in 0..containers as usize {
             keys.store_word(slot, 1_000 + slot as u64);
         }
+        let (ilayout, names) = IfaceArrays::layout(ncpu, IFACES);
+        let ifaces = IfaceArrays::new(
+            ncpu,
+            IFACES,
+            [
+                map(ilayout.keys_bytes),
+                map(ilayout.stats_bytes),
+                map(ilayout.dirty_bytes),
+                map(names),
+            ],
+        );
+        let [ikeys, _, _] = ifaces.arrays().memory();
+        for slot in 0..IFACES {
+            let key = IfaceKey {
+                netns: 4_026_531_840 + slot,
+                ifindex: 2,
+            };
+            ikeys.store_word(slot as usize, key.packed());
+            ifaces
+                .names()
+                .store_word(slot as usize * 2, u64::from_le_bytes(*b"veth\0\0\0\0"));
+        }
         let mut cpu: CpuRecord = bytemuck::Zeroable::zeroed();
         cpu.cur_slot = NO_SLOT;
         cpu.last_slot = NO_SLOT;
-        let mut name = [0u8; IFNAME_LEN];
-        name[..4].copy_from_slice(b"veth");
-        let mut ifaces = KeyedRead::default();
-        ifaces.clear(ncpu);
-        for i in 0..IFACES {
-            let key = IfaceKey {
-                netns: 4_026_531_840 + i as u32,
-                ifindex: 2,
-            };
-            ifaces.push(key, std::iter::repeat_n([0u64; 4], ncpu));
-        }
+        cpu.iface_last_slot = NO_SLOT;
         let snap = RawSnapshot {
             cpus: vec![cpu; ncpu],
-            iface_names: vec![name; IFACES],
-            ifaces,
             ..Default::default()
         };
         let mut f = Self {
             arrays,
+            ifaces,
             drain: Drain::new(),
             snap,
             ncpu,
@@ -98,15 +110,29 @@ impl Fixture {
             dirty.store_word(w, dirty.word(w) | 1 << (slot % 64));
         }
         let round = self.round;
-        for v in &mut self.snap.ifaces.values {
-            *v = [round, round * 64, round, round * 64];
+        let a = self.ifaces.arrays();
+        let [_, istats, idirty] = a.memory();
+        for cpu in 0..self.ncpu {
+            for slot in 0..IFACES {
+                let at = (cpu * IFACES as usize + slot as usize) * IFACE_FIELDS;
+                for (f, v) in [round, round * 64, round, round * 64]
+                    .into_iter()
+                    .enumerate()
+                {
+                    istats.store_word(at + f, v);
+                }
+                for set in 0..IfaceArrays::SETS {
+                    let w = a.dirty_word(cpu, set, slot);
+                    idirty.store_word(w, idirty.word(w) | 1 << (slot % 64));
+                }
+            }
         }
     }
 
     fn drain_once(&mut self) -> usize {
-        let freed = self.arrays.read(&mut self.snap);
+        let freed = self.arrays.read(&mut self.snap).len() + self.ifaces.read(&mut self.snap).len();
         let delta = self.drain.apply(&self.snap);
-        freed.len() + delta.containers.len() + delta.ifaces.len()
+        freed + delta.containers.len() + delta.ifaces.len()
     }
 }
 

@@ -211,9 +211,9 @@ impl Pipeline {
         }
     }
 
-    /// Removes interface entries whose namespace (or, in the host namespace, device) is gone.
-    /// Only entries idle for a whole interval are candidates: their counts were all drained,
-    /// so removing them loses nothing.
+    /// Retires the interfaces whose namespace (or, in the host namespace, device) is gone.
+    /// Only interfaces idle for a whole interval are candidates; their slots are read a last
+    /// time before they are freed (collect/slots.rs), so retiring them loses nothing.
     fn retire_gone_interfaces(&mut self) {
         let host = netns::own_namespace();
         // The /proc scan (a stat per process) only when an idle entry of another namespace
@@ -237,10 +237,11 @@ impl Pipeline {
                 }
             })
             .collect();
+        // Like a container's, the slot is given back over the next drains, after a last read
+        // (the collector reports it in `RawSnapshot::ifaces_retired`, then it is forgotten).
         for key in gone {
-            match self.collector.remove_iface(&key) {
-                Ok(()) => self.drain.forget_iface(&key),
-                Err(e) => warn!("{e:#}"),
+            if let Err(e) = self.collector.retire_iface(key) {
+                warn!("{e:#}");
             }
         }
         let gone_tcp: Vec<u32> = self

@@ -19,19 +19,21 @@ use std::collections::HashMap;
 
 use hdrhistogram::Histogram;
 use sentinel_common::{
-    CONTAINER_FIELDS, ContainerKey, ContainerStats, CpuRecord, HIST_BUCKETS, IFNAME_LEN, IfaceKey,
-    NO_SLOT, counter, hist_bucket_range,
+    CONTAINER_FIELDS, ContainerKey, ContainerStats, CpuRecord, HIST_BUCKETS, IFACE_FIELDS,
+    IFNAME_LEN, IfaceKey, NO_SLOT, counter, hist_bucket_range,
 };
 
 use crate::model::{IfaceDelta, LatencySummary};
 
-/// One (CPU, container slot) entry as read from the kernel.
+/// One (CPU, slot) entry of a key-to-slot table (containers by default, interfaces with
+/// `IFACE_FIELDS`) as read from the kernel.
 #[derive(Clone, Copy, Debug)]
-pub struct SlotRead {
+pub struct SlotRead<const N: usize = CONTAINER_FIELDS> {
     pub cpu: u32,
     pub slot: u32,
-    pub key: ContainerKey,
-    pub values: [u64; CONTAINER_FIELDS],
+    /// The container key, or the interface's `IfaceKey::packed`.
+    pub key: u64,
+    pub values: [u64; N],
 }
 
 /// Every entry of a keyed per-CPU map: `values[i * ncpu + cpu]` belongs to `keys[i]`.
@@ -80,9 +82,14 @@ pub struct RawSnapshot {
     /// CLOCK_MONOTONIC just before `cpus` was read; 0 once the programs are detached (no
     /// slice runs on then).
     pub now_ns: u64,
-    pub ifaces: KeyedRead<IfaceKey, 4>,
-    /// Device name of each `ifaces` key (the first CPU's that has one).
-    pub iface_names: Vec<[u8; IFNAME_LEN]>,
+    /// Interface entries that changed since the last drain (and the last read of freed slots).
+    pub ifaces: Vec<SlotRead<IFACE_FIELDS>>,
+    /// Device name of each interface whose slot was learned in this read.
+    pub iface_names: Vec<(IfaceKey, [u8; IFNAME_LEN])>,
+    /// Capacity of the interface slot table (entries per CPU).
+    pub iface_capacity: u32,
+    /// Interfaces whose last slot was freed in this drain: forget them.
+    pub ifaces_retired: Vec<IfaceKey>,
     pub netns_tcp: KeyedRead<u32, 2>,
     /// Container entries that changed since the last drain (and the last read of freed slots).
     pub containers: Vec<SlotRead>,
@@ -268,14 +275,96 @@ impl ContainerActivity {
     }
 }
 
+/// Previous values of a key-to-slot table's entries (`prev[cpu * capacity + slot]`, grown as
+/// CPUs appear), kept across owners: a freed slot's next owner counts from where the last
+/// read of the old one left it, so each owner's deltas are exactly its own counts.
+#[derive(Default)]
+pub struct SlotDeltas<const N: usize> {
+    capacity: usize,
+    prev: Vec<[u64; N]>,
+}
+
+impl<const N: usize> SlotDeltas<N> {
+    /// Starts over when the capacity changed (a new map); returns whether it did.
+    fn set_capacity(&mut self, capacity: u32) -> bool {
+        let changed = capacity as usize != self.capacity;
+        if changed {
+            self.capacity = capacity as usize;
+            self.prev.clear();
+        }
+        changed
+    }
+
+    /// Delta of one entry since its last read (`None` for a slot past the capacity).
+    fn delta(&mut self, r: &SlotRead<N>, reset: &mut bool) -> Option<[u64; N]> {
+        let (cpu, slot) = (r.cpu as usize, r.slot as usize);
+        if slot >= self.capacity {
+            return None;
+        }
+        let at = cpu * self.capacity + slot;
+        if at >= self.prev.len() {
+            self.prev.resize((cpu + 1) * self.capacity, [0; N]);
+        }
+        let before = &mut self.prev[at];
+        let mut d = [0u64; N];
+        for j in 0..N {
+            d[j] = counter_delta(before[j], r.values[j], reset);
+        }
+        *before = r.values;
+        Some(d)
+    }
+}
+
+/// Per key of a slot table: consecutive drains without any change (what may be retired).
+pub struct IdleKeys<K> {
+    drains: HashMap<K, u32>,
+}
+
+impl<K> Default for IdleKeys<K> {
+    fn default() -> Self {
+        Self {
+            drains: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash> IdleKeys<K> {
+    /// Ends a drain: every known key is a drain older, the `changed` ones are fresh.
+    fn tick(&mut self, changed: impl IntoIterator<Item = K>) {
+        for idle in self.drains.values_mut() {
+            *idle = idle.saturating_add(1);
+        }
+        for key in changed {
+            self.drains.insert(key, 0);
+        }
+    }
+
+    /// Keys seen before and unchanged for at least `drains` drains.
+    pub fn idle(&self, drains: u32) -> impl Iterator<Item = K> + '_ {
+        self.drains
+            .iter()
+            .filter(move |(_, idle)| **idle >= drains)
+            .map(|(k, _)| *k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.drains.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.drains.is_empty()
+    }
+
+    fn forget(&mut self, key: &K) {
+        self.drains.remove(key);
+    }
+}
+
 /// Per-(CPU, slot) deltas of the container arrays, summed per container key.
 #[derive(Default)]
 pub struct ContainerDrain {
-    capacity: usize,
-    /// `prev[cpu * capacity + slot]`, grown as CPUs appear.
-    prev: Vec<[u64; CONTAINER_FIELDS]>,
-    /// Per key: consecutive drains without any change.
-    idle_drains: HashMap<ContainerKey, u32>,
+    prev: SlotDeltas<CONTAINER_FIELDS>,
+    keys: IdleKeys<ContainerKey>,
     /// Per slot: its record's index in the drain being built (reused from drain to drain).
     slot_entry: Vec<u32>,
 }
@@ -287,38 +376,23 @@ impl ContainerDrain {
         reads: &[SlotRead],
         reset: &mut bool,
     ) -> Vec<ContainerActivity> {
-        let capacity = capacity as usize;
-        if capacity != self.capacity {
-            *self = Self {
-                capacity,
-                ..Self::default()
-            };
+        if self.prev.set_capacity(capacity) {
+            self.keys = IdleKeys::default();
         }
+        let capacity = capacity as usize;
         // Entries are gathered per slot (an index, no hashing of 320-byte records), then
         // merged per key: a key holds more than one slot only while one is being retired.
         let mut out: Vec<ContainerActivity> = Vec::new();
         self.slot_entry.clear();
         self.slot_entry.resize(capacity, u32::MAX);
         for r in reads {
-            let (cpu, slot) = (r.cpu as usize, r.slot as usize);
-            if slot >= capacity {
+            let Some(d) = self.prev.delta(r, reset) else {
                 continue;
-            }
-            let at = cpu * capacity + slot;
-            if at >= self.prev.len() {
-                self.prev
-                    .resize((cpu + 1) * capacity, [0; CONTAINER_FIELDS]);
-            }
-            let before = &mut self.prev[at];
-            let mut d = [0u64; CONTAINER_FIELDS];
-            for j in 0..CONTAINER_FIELDS {
-                d[j] = counter_delta(before[j], r.values[j], reset);
-            }
-            *before = r.values;
+            };
             if d == [0; CONTAINER_FIELDS] {
                 continue;
             }
-            let index = &mut self.slot_entry[slot];
+            let index = &mut self.slot_entry[r.slot as usize];
             // A slot read on two CPUs with another key in between cannot happen (a slot has
             // one key until it is freed), but a stale index must never add to another key.
             if *index == u32::MAX || out[*index as usize].key != r.key {
@@ -354,33 +428,17 @@ impl ContainerDrain {
                 _ => sorted.push(next),
             }
         }
-        for idle in self.idle_drains.values_mut() {
-            *idle = idle.saturating_add(1);
-        }
-        for c in &sorted {
-            self.idle_drains.insert(c.key, 0);
-        }
+        self.keys.tick(sorted.iter().map(|c| c.key));
         sorted
     }
 
-    /// Keys seen before and unchanged for at least `drains` drains.
+    /// Containers unchanged for at least `drains` drains.
     pub fn idle(&self, drains: u32) -> impl Iterator<Item = ContainerKey> + '_ {
-        self.idle_drains
-            .iter()
-            .filter(move |(_, idle)| **idle >= drains)
-            .map(|(k, _)| *k)
-    }
-
-    pub fn len(&self) -> usize {
-        self.idle_drains.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.idle_drains.is_empty()
+        self.keys.idle(drains)
     }
 
     fn forget(&mut self, key: &ContainerKey) {
-        self.idle_drains.remove(key);
+        self.keys.forget(key);
     }
 }
 
@@ -406,12 +464,78 @@ fn add_per_cpu(per_cpu: &mut Vec<(u32, u64, u64)>, cpu: u32, cpu_ns: u64, wait_n
     }
 }
 
+/// Per-(CPU, slot) deltas of the interface arrays, summed per interface, and each
+/// interface's name (read once, when its slot is learned).
+#[derive(Default)]
+pub struct IfaceDrain {
+    prev: SlotDeltas<IFACE_FIELDS>,
+    /// Every interface holding a slot.
+    pub idle: IdleKeys<IfaceKey>,
+    names: HashMap<IfaceKey, String>,
+}
+
+impl IfaceDrain {
+    fn apply(&mut self, snap: &RawSnapshot, reset: &mut bool) -> Vec<IfaceDelta> {
+        if self.prev.set_capacity(snap.iface_capacity) {
+            self.idle = IdleKeys::default();
+        }
+        for (key, name) in &snap.iface_names {
+            if name[0] != 0 {
+                self.names.entry(*key).or_insert_with(|| ifname(name));
+            }
+        }
+        let mut sums: Vec<(IfaceKey, [u64; IFACE_FIELDS])> = Vec::new();
+        for r in &snap.ifaces {
+            let Some(d) = self.prev.delta(r, reset) else {
+                continue;
+            };
+            let key = IfaceKey::unpack(r.key);
+            // Known from its first read on, even one with nothing in it (a slot is marked
+            // dirty when taken), so an idle interface can be retired.
+            self.idle.drains.entry(key).or_insert(0);
+            if d != [0; IFACE_FIELDS] {
+                sums.push((key, d));
+            }
+        }
+        // A key has one slot but several CPUs (and, while an old slot is retired, two slots).
+        sums.sort_unstable_by_key(|(k, _)| *k);
+        let mut merged: Vec<(IfaceKey, [u64; IFACE_FIELDS])> = Vec::with_capacity(sums.len());
+        for (key, d) in sums {
+            match merged.last_mut() {
+                Some((last, total)) if *last == key => {
+                    for (t, v) in total.iter_mut().zip(d) {
+                        *t = t.wrapping_add(v);
+                    }
+                }
+                _ => merged.push((key, d)),
+            }
+        }
+        self.idle.tick(merged.iter().map(|(k, _)| *k));
+        let out = merged
+            .into_iter()
+            .map(|(key, d)| IfaceDelta {
+                netns: key.netns,
+                ifindex: key.ifindex,
+                name: self.names.get(&key).cloned().unwrap_or_default(),
+                rx_packets: d[0],
+                rx_bytes: d[1],
+                tx_packets: d[2],
+                tx_bytes: d[3],
+            })
+            .collect();
+        for key in &snap.ifaces_retired {
+            self.idle.forget(key);
+            self.names.remove(key);
+        }
+        out
+    }
+}
+
 /// Previous reads, one per (key, CPU).
 #[derive(Default)]
 pub struct Drain {
     prev_cpus: Vec<CpuRecord>,
-    pub ifaces: KeyedDrain<IfaceKey, 4>,
-    iface_names: HashMap<IfaceKey, String>,
+    pub ifaces: IfaceDrain,
     pub containers: ContainerDrain,
     pub netns_tcp: KeyedDrain<u32, 2>,
     running: RunningSlices,
@@ -444,28 +568,7 @@ impl Drain {
         }
         self.prev_cpus.clone_from(&snap.cpus);
 
-        let changed = self.ifaces.apply(&snap.ifaces, &mut reset);
-        for (key, name) in snap.ifaces.keys.iter().zip(&snap.iface_names) {
-            if name[0] != 0 && !self.iface_names.contains_key(key) {
-                self.iface_names.insert(*key, ifname(name));
-            }
-        }
-        if self.iface_names.len() > self.ifaces.len() {
-            let ifaces = &self.ifaces;
-            self.iface_names.retain(|k, _| ifaces.index.contains_key(k));
-        }
-        let ifaces: Vec<IfaceDelta> = changed
-            .into_iter()
-            .map(|(key, d)| IfaceDelta {
-                netns: key.netns,
-                ifindex: key.ifindex,
-                name: self.iface_names.get(&key).cloned().unwrap_or_default(),
-                rx_packets: d[0],
-                rx_bytes: d[1],
-                tx_packets: d[2],
-                tx_bytes: d[3],
-            })
-            .collect();
+        let ifaces = self.ifaces.apply(snap, &mut reset);
         derive_network_counters(&mut counters, &ifaces);
         for (i, total) in self.cumulative.iter_mut().enumerate() {
             *total = if is_derived(i) {
@@ -502,21 +605,17 @@ impl Drain {
     }
 
     pub fn idle_ifaces(&self, drains: u32) -> impl Iterator<Item = IfaceKey> + '_ {
-        self.ifaces.idle(drains)
+        self.ifaces.idle.idle(drains)
     }
 
+    /// Interfaces holding a slot.
     pub fn iface_entries(&self) -> usize {
-        self.ifaces.len()
+        self.ifaces.idle.len()
     }
 
     pub fn forget_container(&mut self, key: &ContainerKey) {
         self.containers.forget(key);
         self.running.forget(key);
-    }
-
-    pub fn forget_iface(&mut self, key: &IfaceKey) {
-        self.ifaces.forget(key);
-        self.iface_names.remove(key);
     }
 }
 
@@ -833,36 +932,146 @@ mod tests {
         }
     }
 
-    fn iface_read(entries: &[(IfaceKey, Vec<[u64; 4]>)], ncpu: usize) -> KeyedRead<IfaceKey, 4> {
-        let mut r = KeyedRead::default();
-        r.clear(ncpu);
-        for (k, v) in entries {
-            r.push(*k, v.iter().copied());
-        }
-        r
+    /// `(cpu, slot, key, values)` entries of the interface arrays, as read.
+    fn iface_reads(entries: &[(u32, u32, IfaceKey, [u64; 4])]) -> Vec<SlotRead<IFACE_FIELDS>> {
+        entries
+            .iter()
+            .map(|&(cpu, slot, key, values)| SlotRead {
+                cpu,
+                slot,
+                key: key.packed(),
+                values,
+            })
+            .collect()
     }
 
     #[test]
-    fn new_cpu_or_key_starts_from_zero_and_gone_keys_are_forgotten() {
+    fn interfaces_sum_cpus_are_named_once_and_retired_ones_are_forgotten() {
         let key = IfaceKey {
             netns: 7,
             ifindex: 1,
         };
         let mut drain = Drain::new();
         let mut s = snap(vec![]);
-        s.ifaces = iface_read(&[(key, vec![[3, 300, 0, 0], [4, 400, 0, 0]])], 2);
-        s.iface_names = vec![*b"lo\0\0\0\0\0\0\0\0\0\0\0\0\0\0"];
+        s.iface_capacity = 4;
+        s.ifaces = iface_reads(&[(0, 2, key, [3, 300, 0, 0]), (1, 2, key, [4, 400, 0, 0])]);
+        s.iface_names = vec![(key, *b"lo\0\0\0\0\0\0\0\0\0\0\0\0\0\0")];
         let d = drain.apply(&s);
         assert_eq!(d.ifaces.len(), 1);
-        assert_eq!(d.ifaces[0].rx_packets, 7);
+        assert_eq!((d.ifaces[0].rx_packets, d.ifaces[0].rx_bytes), (7, 700));
         assert_eq!(d.ifaces[0].name, "lo");
+        // The name is read once; later drains still carry it.
+        s.iface_names.clear();
+        s.ifaces = iface_reads(&[(1, 2, key, [5, 450, 1, 60])]);
+        let d = drain.apply(&s);
+        assert_eq!(
+            (
+                d.ifaces[0].rx_packets,
+                d.ifaces[0].tx_bytes,
+                &*d.ifaces[0].name
+            ),
+            (1, 60, "lo")
+        );
+        s.ifaces.clear();
         let d = drain.apply(&s);
         assert!(d.ifaces.is_empty(), "idle interfaces are not reported");
         assert_eq!(drain.idle_ifaces(1).collect::<Vec<_>>(), vec![key]);
-        s.ifaces = iface_read(&[], 2);
-        s.iface_names.clear();
+        assert_eq!(drain.iface_entries(), 1);
+        s.ifaces_retired = vec![key];
         drain.apply(&s);
         assert_eq!(drain.iface_entries(), 0);
+    }
+
+    /// Exactness under slot reuse, as for containers: whatever the order of reads,
+    /// retirements and reuse, each interface's deltas add up to what the kernel counted for
+    /// it, and the host totals to every packet (interfaces plus overflow).
+    #[test]
+    fn interface_deltas_telescope_across_slot_reuse() {
+        let mut drain = Drain::new();
+        let mut kernel = [[[0u64; 4]; 4]; 2];
+        let mut owner: [IfaceKey; 4] = std::array::from_fn(|i| IfaceKey {
+            netns: 1,
+            ifindex: i as u32 + 1,
+        });
+        let mut counted: HashMap<IfaceKey, [u64; 4]> = HashMap::new();
+        let mut reported: HashMap<IfaceKey, [u64; 4]> = HashMap::new();
+        let (mut overflow, mut all_packets, mut host_packets) = (0u64, 0u64, 0u64);
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for step in 0..500u64 {
+            let mut dirty = Vec::new();
+            for _ in 0..(next() % 6) {
+                let (c, sl, f) = (
+                    (next() % 2) as usize,
+                    (next() % 4) as usize,
+                    (next() % 2) as usize * 2,
+                );
+                let len = next() % 1500;
+                kernel[c][sl][f] += 1;
+                kernel[c][sl][f + 1] += len;
+                let e = counted.entry(owner[sl]).or_default();
+                e[f] += 1;
+                e[f + 1] += len;
+                all_packets += 1;
+                dirty.push((c, sl));
+            }
+            overflow += next() % 3;
+            let retire = (step % 50 == 49).then(|| (next() % 4) as usize);
+            if let Some(sl) = retire {
+                dirty.extend([(0, sl), (1, sl)]);
+            }
+            dirty.sort_unstable();
+            dirty.dedup();
+            let mut s = snap(vec![cpu(&[(counter::IFACE_OVERFLOW_TX_PACKETS, overflow)])]);
+            s.iface_capacity = 4;
+            s.ifaces = dirty
+                .iter()
+                .map(|&(c, sl)| SlotRead {
+                    cpu: c as u32,
+                    slot: sl as u32,
+                    key: owner[sl].packed(),
+                    values: kernel[c][sl],
+                })
+                .collect();
+            if let Some(sl) = retire {
+                s.ifaces_retired = vec![owner[sl]];
+            }
+            let d = drain.apply(&s);
+            for i in &d.ifaces {
+                let e = reported
+                    .entry(IfaceKey {
+                        netns: i.netns,
+                        ifindex: i.ifindex,
+                    })
+                    .or_default();
+                for (sum, v) in
+                    e.iter_mut()
+                        .zip([i.rx_packets, i.rx_bytes, i.tx_packets, i.tx_bytes])
+                {
+                    *sum += v;
+                }
+            }
+            host_packets +=
+                d.counters[counter::NET_RX_PACKETS] + d.counters[counter::NET_TX_PACKETS];
+            if let Some(sl) = retire {
+                owner[sl] = IfaceKey {
+                    netns: 2 + step as u32,
+                    ifindex: 1,
+                };
+            }
+        }
+        assert_eq!(reported, counted);
+        assert_eq!(host_packets, all_packets + overflow);
+        assert_eq!(
+            drain.cumulative()[counter::NET_RX_PACKETS]
+                + drain.cumulative()[counter::NET_TX_PACKETS],
+            host_packets
+        );
     }
 
     #[test]
@@ -911,8 +1120,8 @@ mod tests {
         let mut sum = 0;
         for step in 1..=5u64 {
             let mut s = snap(vec![cpu(&[(counter::IFACE_OVERFLOW_TX_PACKETS, step)])]);
-            s.ifaces = iface_read(&[(key, vec![[0, 0, 10 * step, 100 * step]])], 1);
-            s.iface_names = vec![[0; IFNAME_LEN]];
+            s.iface_capacity = 1;
+            s.ifaces = iface_reads(&[(0, 0, key, [0, 0, 10 * step, 100 * step])]);
             let d = drain.apply(&s);
             assert_eq!(d.counters[counter::NET_TX_PACKETS], 11);
             assert_eq!(d.counters[counter::NET_TX_BYTES], 100);

@@ -11,8 +11,8 @@ use aya::{
     programs::BtfTracePoint,
 };
 use sentinel_common::{
-    CONTAINER_FIELDS, ContainerKey, CpuRecord, IDLE_KEY, IFNAME_LEN, IfaceKey, IfaceStats, NO_SLOT,
-    NetnsTcp, counter, dirty_words, global, runq_source,
+    CONTAINER_FIELDS, ContainerKey, CpuRecord, IDLE_KEY, IFACE_FIELDS, IfaceKey, NO_SLOT, NetnsTcp,
+    counter, dirty_words, global, runq_source,
 };
 use tracing::{info, warn};
 
@@ -20,7 +20,7 @@ use super::{
     bpf_sys::{BatchReader, MappedArray, delete},
     drain::RawSnapshot,
     offsets::Offsets,
-    slots::ContainerArrays,
+    slots::{ContainerArrays, IfaceArrays},
 };
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded 8-byte aligned, so the
@@ -213,11 +213,10 @@ pub struct Collector {
     /// (links are file-descriptor based, nothing is pinned, so even SIGKILL leaves nothing).
     ebpf: Option<Ebpf>,
     records: PerCpuArray<MapData, CpuRecord>,
-    ifaces: MapData,
-    iface_reader: BatchReader,
+    ifaces: TableMaps<IfaceArrays>,
     netns_tcp: MapData,
     netns_reader: BatchReader,
-    containers: ContainerMaps,
+    containers: TableMaps<ContainerArrays>,
     /// Possible CPUs (the per-CPU maps have a value for each).
     ncpu: usize,
     pub container_capacity: u32,
@@ -264,18 +263,13 @@ impl Collector {
         } else {
             offsets.sock_net
         };
+        let iface_capacity = opts.iface_capacity.max(1);
         let mut loader = ebpf_loader(&offsets, key_mode, runq_source, sock_net);
-        loader
-            .map_max_entries("IFACES", opts.iface_capacity)
-            .map_max_entries("CONTAINER_SLOTS", capacity)
-            .map_max_entries("CONTAINER_FREE", capacity)
-            .map_max_entries("CONTAINER_KEYS", capacity)
-            .map_max_entries("CONTAINER_STATS", stats_entries(ncpu, capacity)?)
-            .map_max_entries("CONTAINER_DIRTY", ncpu as u32 * dirty_words(capacity));
+        size_maps(&mut loader, ncpu, capacity, iface_capacity)?;
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             permission_hint(anyhow!(e).context("cannot create sentinel's BPF maps"))
         })?;
-        init_maps(&mut ebpf, ncpu, capacity)?;
+        init_maps(&mut ebpf, ncpu, capacity, iface_capacity)?;
 
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -342,18 +336,34 @@ impl Collector {
         );
 
         let records = PerCpuArray::try_from(take(&mut ebpf, "REC")?)?;
-        let ifaces = map_data(take(&mut ebpf, "IFACES")?)?;
         let netns_tcp = map_data(take(&mut ebpf, "NETNS_TCP")?)?;
-        let containers = ContainerMaps::take(&mut ebpf, ncpu, capacity)?;
+        let containers = TableMaps::take(&mut ebpf, "CONTAINER", |map| {
+            let layout = ContainerArrays::layout(ncpu, capacity);
+            Ok(ContainerArrays::new(
+                ncpu,
+                capacity,
+                map("KEYS", layout.keys_bytes, false)?,
+                map("STATS", layout.stats_bytes, false)?,
+                map("DIRTY", layout.dirty_bytes, true)?,
+            ))
+        })?;
+        let ifaces = TableMaps::take(&mut ebpf, "IFACE", |map| {
+            let (layout, names_bytes) = IfaceArrays::layout(ncpu, iface_capacity);
+            Ok(IfaceArrays::new(
+                ncpu,
+                iface_capacity,
+                [
+                    map("KEYS", layout.keys_bytes, true)?,
+                    map("STATS", layout.stats_bytes, false)?,
+                    map("DIRTY", layout.dirty_bytes, true)?,
+                    map("NAMES", names_bytes, false)?,
+                ],
+            ))
+        })?;
         Ok(Self {
             ebpf: Some(ebpf),
             records,
             ifaces,
-            iface_reader: BatchReader::new(
-                std::mem::size_of::<IfaceKey>(),
-                per_cpu_stride::<IfaceStats>(ncpu),
-                opts.iface_capacity as usize,
-            ),
             netns_tcp,
             netns_reader: BatchReader::new(
                 4,
@@ -366,7 +376,7 @@ impl Collector {
             key_mode,
             runq_source,
             disabled,
-            iface_capacity: opts.iface_capacity,
+            iface_capacity,
             offsets,
             logger,
             _instance: instance,
@@ -422,8 +432,8 @@ impl Collector {
             .collect()
     }
 
-    /// Reads what changed since the last drain: every CPU's record (one system call), the
-    /// interface and TCP maps (batched reads), and the container entries whose dirty bit is set
+    /// Reads what changed since the last drain: every CPU's record (one system call), the TCP
+    /// map (batched reads), and the interface and container entries whose dirty bit is set
     /// (from memory, no system call). An increment racing with a read lands in this read or
     /// the next one, never in both and never in neither.
     pub fn snapshot(&mut self, out: &mut RawSnapshot) -> Result<()> {
@@ -441,25 +451,7 @@ impl Collector {
                 .copied(),
         );
         let ncpu = self.ncpu;
-        out.ifaces.clear(ncpu);
-        out.iface_names.clear();
-        let (ifaces, names) = (&mut out.ifaces, &mut out.iface_names);
-        self.iface_reader
-            .read(self.ifaces.fd().as_fd(), |key, values| {
-                let key: IfaceKey = bytemuck::pod_read_unaligned(key);
-                let mut name = [0u8; IFNAME_LEN];
-                ifaces.push(
-                    key,
-                    per_cpu_values::<IfaceStats>(values, ncpu).map(|s| {
-                        if name[0] == 0 {
-                            name = s.name;
-                        }
-                        [s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes]
-                    }),
-                );
-                names.push(name);
-            })
-            .context("reading IFACES")?;
+        self.ifaces.read(out)?;
         out.netns_tcp.clear(ncpu);
         let tcp = &mut out.netns_tcp;
         self.netns_reader
@@ -481,7 +473,7 @@ impl Collector {
     /// comes from the running kernel, not from a version number. Call it while the process has
     /// one thread (fork).
     pub fn map_reads_need_privilege(&self) -> Result<bool> {
-        super::bpf_sys::reads_need_privilege(self.ifaces.fd().as_fd())
+        super::bpf_sys::reads_need_privilege(self.netns_tcp.fd().as_fd())
             .context("probing whether map reads need CAP_BPF")
     }
 
@@ -492,11 +484,11 @@ impl Collector {
             .get(&0, 0)
             .context("reading the per-CPU records (REC)")?;
         let ncpu = self.ncpu;
-        self.iface_reader
-            .read(self.ifaces.fd().as_fd(), |_, v| {
-                let _ = per_cpu_values::<IfaceStats>(v, ncpu).count();
+        self.netns_reader
+            .read(self.netns_tcp.fd().as_fd(), |_, v| {
+                let _ = per_cpu_values::<NetnsTcp>(v, ncpu).count();
             })
-            .context("reading IFACES")
+            .context("reading NETNS_TCP")
     }
 
     /// Starts giving back the slot of a container that is gone and idle (see `slots.rs`); its
@@ -510,43 +502,75 @@ impl Collector {
         self.containers.arrays.in_use()
     }
 
+    /// Starts giving back the slot of an interface whose namespace or device is gone and
+    /// that is idle; its last counts are still drained before the slot is free.
+    pub fn retire_iface(&mut self, key: IfaceKey) -> Result<()> {
+        self.ifaces.retire(key.packed())
+    }
+
     pub fn remove_netns_tcp(&mut self, key: &u32) -> Result<()> {
         delete(self.netns_tcp.fd().as_fd(), bytemuck::bytes_of(key))
             .context("removing a gone namespace from NETNS_TCP")
     }
+}
 
-    /// Removes an interface entry whose namespace or device is gone (after it was drained).
-    pub fn remove_iface(&mut self, key: &IfaceKey) -> Result<()> {
-        delete(self.ifaces.fd().as_fd(), bytemuck::bytes_of(key))
-            .context("removing a gone interface from IFACES")
+/// A key-to-slot table's maps, user side (containers or interfaces): the key-to-slot hash and
+/// the free queue (system calls, only when a key is retired), and the memory-mapped arrays a
+/// drain reads.
+struct TableMaps<A> {
+    name: &'static str,
+    slots: BpfHashMap<MapData, u64, u32>,
+    free: Queue<MapData, u32>,
+    arrays: A,
+}
+
+/// What `TableMaps` needs of its arrays.
+trait Arrays {
+    /// Fills the snapshot's part; returns the slots freed.
+    fn read(&mut self, out: &mut RawSnapshot) -> Vec<u32>;
+    fn begin_retire(&mut self, key: u64) -> bool;
+}
+
+impl Arrays for ContainerArrays {
+    fn read(&mut self, out: &mut RawSnapshot) -> Vec<u32> {
+        ContainerArrays::read(self, out)
+    }
+    fn begin_retire(&mut self, key: u64) -> bool {
+        ContainerArrays::begin_retire(self, key)
     }
 }
 
-/// The container maps, user side: the key-to-slot hash and the free queue (system calls, only
-/// when a container is retired), and the memory-mapped arrays a drain reads.
-struct ContainerMaps {
-    slots: BpfHashMap<MapData, ContainerKey, u32>,
-    free: Queue<MapData, u32>,
-    arrays: ContainerArrays,
+impl Arrays for IfaceArrays {
+    fn read(&mut self, out: &mut RawSnapshot) -> Vec<u32> {
+        IfaceArrays::read(self, out)
+    }
+    fn begin_retire(&mut self, key: u64) -> bool {
+        IfaceArrays::begin_retire(self, IfaceKey::unpack(key))
+    }
 }
 
-impl ContainerMaps {
-    fn take(ebpf: &mut Ebpf, ncpu: usize, capacity: u32) -> Result<Self> {
-        let slots = BpfHashMap::try_from(take(ebpf, "CONTAINER_SLOTS")?)?;
-        let free = Queue::try_from(take(ebpf, "CONTAINER_FREE")?)?;
-        let layout = ContainerArrays::layout(ncpu, capacity);
-        let mut map = |name: &str, bytes: usize, writable: bool| -> Result<MappedArray> {
-            let data = map_data(take(ebpf, name)?)?;
+type MapArray<'a> = dyn FnMut(&str, usize, bool) -> Result<MappedArray> + 'a;
+
+impl<A: Arrays> TableMaps<A> {
+    /// Takes `{prefix}_SLOTS` and `{prefix}_FREE`; `arrays` maps the arrays by suffix.
+    fn take(
+        ebpf: &mut Ebpf,
+        prefix: &'static str,
+        arrays: impl FnOnce(&mut MapArray<'_>) -> Result<A>,
+    ) -> Result<Self> {
+        let slots = BpfHashMap::try_from(take(ebpf, &format!("{prefix}_SLOTS"))?)?;
+        let free = Queue::try_from(take(ebpf, &format!("{prefix}_FREE"))?)?;
+        let mut map = |suffix: &str, bytes: usize, writable: bool| -> Result<MappedArray> {
+            let name = format!("{prefix}_{suffix}");
+            let data = map_data(take(ebpf, &name)?)?;
             MappedArray::map(data.fd().as_fd(), bytes, writable)
                 .with_context(|| format!("cannot map {name} into memory (Linux 5.5+)"))
         };
-        let keys = map("CONTAINER_KEYS", layout.keys_bytes, false)?;
-        let stats = map("CONTAINER_STATS", layout.stats_bytes, false)?;
-        let dirty = map("CONTAINER_DIRTY", layout.dirty_bytes, true)?;
         Ok(Self {
+            name: prefix,
             slots,
             free,
-            arrays: ContainerArrays::new(ncpu, capacity, keys, stats, dirty),
+            arrays: arrays(&mut map)?,
         })
     }
 
@@ -554,17 +578,18 @@ impl ContainerMaps {
         for slot in self.arrays.read(out) {
             self.free
                 .push(slot, 0)
-                .context("giving a slot back to CONTAINER_FREE")?;
+                .with_context(|| format!("giving a slot back to {}_FREE", self.name))?;
         }
         Ok(())
     }
 
-    fn retire(&mut self, key: ContainerKey) -> Result<()> {
+    fn retire(&mut self, key: u64) -> Result<()> {
         if self.arrays.begin_retire(key) {
             match self.slots.remove(&key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => {
-                    return Err(e).context("removing a gone container from CONTAINER_SLOTS");
+                    return Err(e)
+                        .with_context(|| format!("removing a gone key from {}_SLOTS", self.name));
                 }
             }
         }
@@ -618,14 +643,47 @@ pub fn ebpf_loader(
     loader
 }
 
+/// Sizes the key-to-slot tables' maps for `ncpu` CPUs (the daemon and the bench's floor
+/// programs alike, so the floor's entries are where the daemon's are).
+pub fn size_maps(
+    loader: &mut EbpfLoader<'_>,
+    ncpu: usize,
+    capacity: u32,
+    iface_capacity: u32,
+) -> Result<()> {
+    loader
+        .map_max_entries("CONTAINER_SLOTS", capacity)
+        .map_max_entries("CONTAINER_FREE", capacity)
+        .map_max_entries("CONTAINER_KEYS", capacity)
+        .map_max_entries(
+            "CONTAINER_STATS",
+            stats_entries::<CONTAINER_FIELDS>("container", ncpu, capacity)?,
+        )
+        .map_max_entries("CONTAINER_DIRTY", ncpu as u32 * dirty_words(capacity))
+        .map_max_entries("IFACE_SLOTS", iface_capacity)
+        .map_max_entries("IFACE_FREE", iface_capacity)
+        .map_max_entries("IFACE_KEYS", iface_capacity)
+        .map_max_entries("IFACE_NAMES", iface_capacity)
+        .map_max_entries(
+            "IFACE_STATS",
+            stats_entries::<IFACE_FIELDS>("interface", ncpu, iface_capacity)?,
+        )
+        .map_max_entries(
+            "IFACE_DIRTY",
+            ncpu as u32 * IfaceArrays::SETS * dirty_words(iface_capacity),
+        );
+    Ok(())
+}
+
 /// Sets up the maps before any program attaches: each CPU's record knows its region of the
-/// container arrays, and every slot is free.
-pub fn init_maps(ebpf: &mut Ebpf, ncpu: usize, capacity: u32) -> Result<()> {
+/// container and interface arrays, and every slot is free.
+pub fn init_maps(ebpf: &mut Ebpf, ncpu: usize, capacity: u32, iface_capacity: u32) -> Result<()> {
     let mut records: PerCpuArray<&mut MapData, CpuRecord> = PerCpuArray::try_from(
         ebpf.map_mut("REC")
             .ok_or_else(|| anyhow!("map REC missing from the eBPF object"))?,
     )?;
     let words = dirty_words(capacity);
+    let iface_words = dirty_words(iface_capacity);
     let values: Vec<CpuRecord> = (0..ncpu)
         .map(|cpu| {
             let mut r: CpuRecord = bytemuck::Zeroable::zeroed();
@@ -634,29 +692,36 @@ pub fn init_maps(ebpf: &mut Ebpf, ncpu: usize, capacity: u32) -> Result<()> {
             r.last_key = IDLE_KEY;
             r.slot_base = cpu as u32 * capacity;
             r.dirty_base = cpu as u32 * words;
+            r.iface_last_key = 0;
+            r.iface_last_slot = NO_SLOT;
+            r.iface_slot_base = cpu as u32 * iface_capacity;
+            r.iface_rx_dirty_base = (cpu as u32 * IfaceArrays::SETS) * iface_words;
+            r.iface_tx_dirty_base = r.iface_rx_dirty_base + iface_words;
             r
         })
         .collect();
     records
         .set(0, PerCpuValues::try_from(values)?, 0)
         .context("initialising the per-CPU records")?;
-    let mut free: Queue<&mut MapData, u32> = Queue::try_from(
-        ebpf.map_mut("CONTAINER_FREE")
-            .ok_or_else(|| anyhow!("map CONTAINER_FREE missing from the eBPF object"))?,
-    )?;
-    for slot in 0..capacity {
-        free.push(slot, 0)
-            .context("filling the container slot queue")?;
+    for (name, capacity) in [("CONTAINER_FREE", capacity), ("IFACE_FREE", iface_capacity)] {
+        let mut free: Queue<&mut MapData, u32> = Queue::try_from(
+            ebpf.map_mut(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?,
+        )?;
+        for slot in 0..capacity {
+            free.push(slot, 0)
+                .with_context(|| format!("filling the slot queue {name}"))?;
+        }
     }
     Ok(())
 }
 
-fn stats_entries(ncpu: usize, capacity: u32) -> Result<u32> {
+fn stats_entries<const N: usize>(what: &str, ncpu: usize, capacity: u32) -> Result<u32> {
     u32::try_from(ncpu as u64 * u64::from(capacity))
         .ok()
-        .filter(|n| u64::from(*n) * (CONTAINER_FIELDS as u64 * 8) < 1 << 36)
+        .filter(|n| u64::from(*n) * (N as u64 * 8) < 1 << 36)
         .ok_or_else(|| {
-            anyhow!("container capacity {capacity} x {ncpu} CPUs is too large for the kernel map")
+            anyhow!("{what} capacity {capacity} x {ncpu} CPUs is too large for the kernel map")
         })
 }
 

@@ -91,13 +91,13 @@ pub const FLOORS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "snt_floor_xmitif",
-        "tp_btf + interface lookup",
+        "tp_btf + interface cache + slot",
         "net",
         "net_dev_xmit",
     ),
     (
         "snt_floor_recvif",
-        "tp_btf + interface lookup",
+        "tp_btf + interface cache + slot",
         "net",
         "netif_receive_skb",
     ),
@@ -354,8 +354,8 @@ fn wait_for(running: &mut Running, file: &Path, needle: &str, timeout: Duration)
 /// Loads and attaches the floor programs selected by `pick(program, kind)` from the eBPF
 /// object (the daemon never attaches them), with the daemon's load-time globals, so the
 /// decomposition programs read the same kernel fields. Their own maps get what makes their
-/// lookups hit, as the daemon's do on a running host: an entry for the interface key they
-/// use, and this host's container key.
+/// lookups hit, as the daemon's do on a running host: this host's container key (the
+/// interface floors take their slot on their first packet).
 pub fn load_floor(ctx: &Ctx, pick: impl Fn(&str, &str) -> bool) -> Result<Floor> {
     use sentinel::collect::{loader, offsets::Offsets};
     let offsets = Offsets::from_file(std::path::Path::new(
@@ -364,11 +364,23 @@ pub fn load_floor(ctx: &Ctx, pick: impl Fn(&str, &str) -> bool) -> Result<Floor>
     let key_mode = loader::KeyMode::Auto.resolve();
     let source = loader::RunqSource::Auto.resolve(&offsets)?;
     let ncpu = loader::possible_cpus()?;
-    let mut ebpf = loader::ebpf_loader(&offsets, key_mode, source, offsets.sock_net)
+    let mut bpf_loader = loader::ebpf_loader(&offsets, key_mode, source, offsets.sock_net);
+    loader::size_maps(
+        &mut bpf_loader,
+        ncpu,
+        sentinel_common::CONTAINER_MAP_CAPACITY,
+        sentinel_common::IFACE_MAP_CAPACITY,
+    )?;
+    let mut ebpf = bpf_loader
         .load_file(&ctx.ebpf_object)
         .with_context(|| format!("loading {}", ctx.ebpf_object.display()))?;
-    loader::init_maps(&mut ebpf, ncpu, sentinel_common::CONTAINER_MAP_CAPACITY)?;
-    prime_floor_maps(&mut ebpf, ncpu, key_mode)?;
+    loader::init_maps(
+        &mut ebpf,
+        ncpu,
+        sentinel_common::CONTAINER_MAP_CAPACITY,
+        sentinel_common::IFACE_MAP_CAPACITY,
+    )?;
+    prime_floor_maps(&mut ebpf, key_mode)?;
     let btf = Btf::from_sys_fs().context("kernel BTF")?;
     let mut programs = Vec::new();
     for &(name, kind, category, tracepoint) in FLOORS {
@@ -394,30 +406,10 @@ pub fn load_floor(ctx: &Ctx, pick: impl Fn(&str, &str) -> bool) -> Result<Floor>
     })
 }
 
-fn prime_floor_maps(
-    ebpf: &mut Ebpf,
-    ncpu: usize,
-    key_mode: sentinel::collect::loader::KeyMode,
-) -> Result<()> {
-    use aya::maps::{HashMap as BpfHashMap, PerCpuHashMap, PerCpuValues};
-    use sentinel_common::{IFNAME_LEN, IfaceKey, IfaceStats};
-    let mut ifaces: PerCpuHashMap<_, IfaceKey, IfaceStats> =
-        PerCpuHashMap::try_from(ebpf.map_mut("IFACES").context("IFACES missing")?)?;
-    let zero = IfaceStats {
-        rx_packets: 0,
-        rx_bytes: 0,
-        tx_packets: 0,
-        tx_bytes: 0,
-        name: [0; IFNAME_LEN],
-    };
-    ifaces.insert(
-        IfaceKey {
-            netns: 0,
-            ifindex: 1,
-        },
-        PerCpuValues::try_from(vec![zero; ncpu])?,
-        0,
-    )?;
+fn prime_floor_maps(ebpf: &mut Ebpf, key_mode: sentinel::collect::loader::KeyMode) -> Result<()> {
+    use aya::maps::HashMap as BpfHashMap;
+    // The interface floor takes its slot from the free queue on its first packet, as the
+    // daemon does, and finds it in the CPU's cache from then on.
     let mut slots: BpfHashMap<_, u64, u32> = BpfHashMap::try_from(
         ebpf.map_mut("CONTAINER_SLOTS")
             .context("CONTAINER_SLOTS missing")?,

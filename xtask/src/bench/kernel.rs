@@ -15,11 +15,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow};
-use aya::maps::{
-    Array, HashMap as BpfHashMap, MapData, MapInfo, PerCpuHashMap, PerCpuValues, Queue,
-};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapInfo, Queue};
 use sentinel::collect::bpf_sys::MappedArray;
-use sentinel_common::{CONTAINER_FIELDS, IfaceKey, IfaceStats, dirty_words};
+use sentinel_common::{CONTAINER_FIELDS, IFACE_FIELDS, IfaceKey, dirty_words};
 
 use super::{
     Ctx,
@@ -267,7 +265,7 @@ pub fn drain(ctx: &mut Ctx) -> Result<()> {
     ];
     let window = if ctx.smoke { 4 } else { 15 };
     let mut s = String::from(
-        "## Drain cost\n\n`collector.drain_us` of `sentinel run --interval 1s --output json` (one drain: read the per-CPU records, the interface and TCP maps in batches, the container entries marked dirty; sample /proc; compute the deltas), maps filled from outside with entries whose values change between drains (every interface; the given share of the (CPU, container) entries). First 3 intervals skipped. Daemon CPU = schedstat run time of all its threads over the window / seconds (drain, output, attribution: everything it does per interval).\n\n| case | CPUs | container entries | interface entries | drains | drain median (us, wall) | min-max (us) | daemon CPU per 1 s interval (us) | load avg |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "## Drain cost\n\n`collector.drain_us` of `sentinel run --interval 1s --output json` (one drain: read the per-CPU records and the TCP map, the container and interface entries marked dirty; sample /proc; compute the deltas), maps filled from outside with entries whose values change between drains (every interface; the given share of the (CPU, container) entries). First 3 intervals skipped. Daemon CPU = schedstat run time of all its threads over the window / seconds (drain, output, attribution: everything it does per interval).\n\n| case | CPUs | container entries | interface entries | drains | drain median (us, wall) | min-max (us) | daemon CPU per 1 s interval (us) | load avg |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let cpus = sentinel::collect::loader::possible_cpus()?;
     for (label, containers, ifaces, percent) in cases {
@@ -286,7 +284,7 @@ pub fn drain(ctx: &mut Ctx) -> Result<()> {
         let pid = running.pid().unwrap_or(0);
         let stop = Arc::new(AtomicBool::new(false));
         let injector = if containers + ifaces > 0 {
-            let maps = DaemonMaps::open(pid, cpus, ccap)?;
+            let maps = DaemonMaps::open(pid, cpus, ccap, icap)?;
             let flag = stop.clone();
             Some(std::thread::spawn(move || {
                 maps.inject(containers, ifaces, percent, &flag)
@@ -349,20 +347,103 @@ fn drain_figures(running: &contenders::Running) -> (Vec<f64>, u64, u64) {
     (drains, ce, ie)
 }
 
-/// The daemon's maps, opened by id from its file descriptors, to fill them from outside.
-struct DaemonMaps {
+/// One of the daemon's key-to-slot tables (containers or interfaces), opened from outside.
+struct Table {
     slots: BpfHashMap<MapData, u64, u32>,
     free: Queue<MapData, u32>,
     keys: Array<MapData, u64>,
     stats: MappedArray,
     dirty: MappedArray,
-    ifaces: PerCpuHashMap<MapData, IfaceKey, IfaceStats>,
-    cpus: usize,
+    /// u64 counters per entry, dirty bitmaps per CPU, entries per CPU.
+    fields: usize,
+    sets: usize,
     capacity: u32,
 }
 
+impl Table {
+    fn open(
+        found: &mut HashMap<String, MapData>,
+        prefix: &str,
+        fields: usize,
+        sets: u32,
+        cpus: usize,
+        capacity: u32,
+    ) -> Result<Self> {
+        let mut take = |suffix: &str| {
+            let name = format!("{prefix}_{suffix}");
+            found
+                .remove(&name)
+                .with_context(|| format!("the daemon holds no {name} map"))
+        };
+        let words = dirty_words(capacity) as usize;
+        let stats = MappedArray::map(
+            take("STATS")?.fd().as_fd(),
+            cpus * capacity as usize * fields * 8,
+            true,
+        )?;
+        let dirty = MappedArray::map(
+            take("DIRTY")?.fd().as_fd(),
+            cpus * sets as usize * words * 8,
+            true,
+        )?;
+        Ok(Self {
+            slots: BpfHashMap::try_from(aya::maps::Map::HashMap(take("SLOTS")?))?,
+            free: Queue::try_from(aya::maps::Map::Queue(take("FREE")?))?,
+            keys: Array::try_from(aya::maps::Map::Array(take("KEYS")?))?,
+            stats,
+            dirty,
+            fields,
+            sets: sets as usize,
+            capacity,
+        })
+    }
+
+    /// Takes up to `count` slots the way the kernel does (a free slot, its key, the key's
+    /// entry), for keys `base + i`. The host's own keys hold a few slots already: "full"
+    /// takes what is left (the report shows the entries the daemon actually saw).
+    fn take(&mut self, count: u32, base: u64) -> Result<Vec<u32>> {
+        let mut taken = Vec::new();
+        for i in 0..count {
+            let key = base + u64::from(i);
+            let Ok(slot) = self.free.pop(0) else {
+                break;
+            };
+            self.keys.set(slot, key, 0)?;
+            self.slots.insert(key, slot, 0)?;
+            taken.push(slot);
+        }
+        Ok(taken)
+    }
+
+    /// Bumps every `stride`-th (CPU, slot) entry of `taken` and marks it dirty.
+    fn bump(&self, cpus: usize, taken: &[u32], stride: usize, round: u64) {
+        let words = dirty_words(self.capacity) as usize;
+        for (n, (cpu, slot)) in (0..cpus)
+            .flat_map(|c| taken.iter().map(move |s| (c, *s as usize)))
+            .enumerate()
+        {
+            if n % stride != 0 {
+                continue;
+            }
+            let entry = (cpu * self.capacity as usize + slot) * self.fields;
+            self.stats.store_word(entry, round * 1000);
+            self.stats.store_word(entry + 1, round);
+            let w = cpu * self.sets * words + slot / 64;
+            self.dirty
+                .store_word(w, self.dirty.word(w) | 1 << (slot % 64));
+        }
+    }
+}
+
+/// The daemon's maps, opened by id from its file descriptors, to fill them from outside.
+struct DaemonMaps {
+    containers: Table,
+    ifaces: Table,
+    cpus: usize,
+}
+
 impl DaemonMaps {
-    fn open(pid: u32, cpus: usize, capacity: u32) -> Result<Self> {
+    fn open(pid: u32, cpus: usize, capacity: u32, iface_capacity: u32) -> Result<Self> {
         let mut found: HashMap<String, MapData> = HashMap::new();
         // The daemon closes the descriptors of the arrays it has mapped into memory; its
         // programs still name them.
@@ -383,31 +464,23 @@ impl DaemonMaps {
                 found.insert(name.to_string(), MapData::from_id(id)?);
             }
         }
-        let mut take = |name: &str| {
-            found
-                .remove(name)
-                .with_context(|| format!("the daemon holds no {name} map"))
-        };
-        let layout = sentinel::collect::slots::ContainerArrays::layout(cpus, capacity);
-        let stats = take("CONTAINER_STATS")?;
-        let dirty = take("CONTAINER_DIRTY")?;
-        let stats = MappedArray::map(stats.fd().as_fd(), layout.stats_bytes, true)?;
-        let dirty = MappedArray::map(dirty.fd().as_fd(), layout.dirty_bytes, true)?;
         Ok(Self {
-            slots: BpfHashMap::try_from(aya::maps::Map::HashMap(take("CONTAINER_SLOTS")?))?,
-            free: Queue::try_from(aya::maps::Map::Queue(take("CONTAINER_FREE")?))?,
-            keys: Array::try_from(aya::maps::Map::Array(take("CONTAINER_KEYS")?))?,
-            stats,
-            dirty,
-            ifaces: PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(take("IFACES")?))?,
+            containers: Table::open(&mut found, "CONTAINER", CONTAINER_FIELDS, 1, cpus, capacity)?,
+            ifaces: Table::open(
+                &mut found,
+                "IFACE",
+                IFACE_FIELDS,
+                sentinel::collect::slots::IfaceArrays::SETS,
+                cpus,
+                iface_capacity,
+            )?,
             cpus,
-            capacity,
         })
     }
 
-    /// Takes `containers` slots the way the kernel does (a free slot, its key, the key's
-    /// entry), then every 0.5 s bumps `percent`% of the (CPU, container) entries and marks
-    /// them dirty, and every interface.
+    /// Takes `containers` container slots and `ifaces` interface slots, then every 0.5 s
+    /// bumps `percent`% of the (CPU, container) entries and every (CPU, interface) entry,
+    /// and marks them dirty.
     fn inject(
         mut self,
         containers: u32,
@@ -415,54 +488,22 @@ impl DaemonMaps {
         percent: usize,
         stop: &AtomicBool,
     ) -> Result<()> {
-        let mut taken = Vec::new();
-        for i in 0..containers {
-            // Keys no process has: far above any mount namespace inode or cgroup id in use.
-            let key = 0x5e00_0000_0000 + u64::from(i);
-            // The host's own containers hold a few slots already: "full" takes what is left
-            // (the report shows the entries the daemon actually saw).
-            let Ok(slot) = self.free.pop(0) else {
-                break;
-            };
-            self.keys.set(slot, key, 0)?;
-            self.slots.insert(key, slot, 0)?;
-            taken.push(slot);
-        }
-        let words = dirty_words(self.capacity) as usize;
+        // Keys no process or device has: far above any mount namespace inode or cgroup id in
+        // use, and namespaces 0x7fff_0000.. with ifindex 1.
+        let taken = self.containers.take(containers, 0x5e00_0000_0000)?;
+        let itaken = self.ifaces.take(
+            ifaces,
+            IfaceKey {
+                netns: 0x7fff_0000,
+                ifindex: 1,
+            }
+            .packed(),
+        )?;
         let stride = 100 / percent.max(1);
         let mut round = 1u64;
         while !stop.load(Ordering::Relaxed) {
-            for (n, (cpu, slot)) in (0..self.cpus)
-                .flat_map(|c| taken.iter().map(move |s| (c, *s as usize)))
-                .enumerate()
-            {
-                if n % stride != 0 {
-                    continue;
-                }
-                let entry = (cpu * self.capacity as usize + slot) * CONTAINER_FIELDS;
-                self.stats.store_word(entry, round * 1000);
-                self.stats.store_word(entry + 1, round);
-                let w = cpu * words + slot / 64;
-                self.dirty
-                    .store_word(w, self.dirty.word(w) | 1 << (slot % 64));
-            }
-            let mut name = [0u8; sentinel_common::IFNAME_LEN];
-            name[..9].copy_from_slice(b"snt-bench");
-            let istats = IfaceStats {
-                rx_packets: round,
-                rx_bytes: round * 64,
-                tx_packets: round,
-                tx_bytes: round * 64,
-                name,
-            };
-            for i in 0..ifaces {
-                let values = PerCpuValues::try_from(vec![istats; self.cpus])?;
-                let key = IfaceKey {
-                    netns: 0x7fff_0000 + i,
-                    ifindex: 1,
-                };
-                let _ = self.ifaces.insert(key, values, 0);
-            }
+            self.containers.bump(self.cpus, &taken, stride, round);
+            self.ifaces.bump(self.cpus, &itaken, 1, round);
             round += 1;
             for _ in 0..5 {
                 if stop.load(Ordering::Relaxed) {

@@ -62,15 +62,26 @@ fn identity_of(
     host_key: Option<ContainerKey>,
 ) -> Identity {
     let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let cgroup = if Some(key) == host_key {
+    let host = Some(key) == host_key;
+    let owner = (!host).then(|| layout::owner_of(&cgroups)).flatten();
+    identity_from(mode, pid, host, &cgroups, owner)
+}
+
+/// The identity of `pid`, whose `/proc/PID/cgroup` is `cgroups` and whose container is `owner`.
+fn identity_from(
+    mode: KeyMode,
+    pid: u32,
+    host: bool,
+    cgroups: &str,
+    owner: Option<Owner>,
+) -> Identity {
+    let cgroup = if host {
         "host".to_string()
     } else {
-        cgroup_path(&cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
+        cgroup_path(cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
     };
     Identity {
-        owner: (Some(key) != host_key)
-            .then(|| layout::owner_of(&cgroups))
-            .flatten(),
+        owner,
         cgroup,
         netns: netns_of_pid(pid),
     }
@@ -125,28 +136,39 @@ pub fn resolve_by_netns(mode: KeyMode, wanted: &[u32]) -> HashMap<u32, (Containe
     found
 }
 
-/// Scans /proc once: every key of a live process that belongs to a container (a recognised
-/// cgroup layout), with the identity of one of its processes. For the roster, off the drain.
-pub fn containers(mode: KeyMode) -> HashMap<ContainerKey, Identity> {
+/// Scans /proc once: every key of a live process (`live`, the host's too), and those that
+/// belong to a container (a recognised cgroup layout), each with the identity of one of its
+/// processes. For the roster, off the drain.
+pub fn containers(
+    mode: KeyMode,
+) -> (
+    std::collections::HashSet<ContainerKey>,
+    HashMap<ContainerKey, Identity>,
+) {
     let host_key = key_of_pid(mode, std::process::id());
-    let mut seen = std::collections::HashSet::new();
+    let mut live = std::collections::HashSet::new();
     let mut found = HashMap::new();
     for pid in pids() {
         let Some(key) = key_of_pid(mode, pid) else {
             continue;
         };
-        if Some(key) == host_key || !seen.insert(key) {
+        if !live.insert(key) || Some(key) == host_key {
             continue;
         }
-        let identity = identity_of(mode, pid, key, host_key);
-        if identity.owner.is_some() {
-            found.insert(key, identity);
+        // Most keys of a busy host are no container's: their cgroup says so, and the rest of
+        // the identity (the network namespace, a stat) is read only for containers.
+        let Ok(cgroups) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        if let Some(owner) = layout::owner_of(&cgroups) {
+            found.insert(key, identity_from(mode, pid, false, &cgroups, Some(owner)));
         }
     }
-    found
+    (live, found)
 }
 
-/// Keys some live process has right now (for retiring gone containers' kernel entries).
+/// Keys some live process has right now (for retiring gone containers' kernel entries when no
+/// roster scans).
 pub fn live_keys(mode: KeyMode) -> std::collections::HashSet<ContainerKey> {
     pids().filter_map(|pid| key_of_pid(mode, pid)).collect()
 }
@@ -192,5 +214,10 @@ mod tests {
         let ids = resolve(mode, &[me]);
         assert!(ids[&me].netns.is_some());
         assert!(live_keys(mode).contains(&me));
+        let (live, _) = containers(mode);
+        assert!(
+            live.contains(&me),
+            "the roster's live keys include the host's"
+        );
     }
 }

@@ -9,7 +9,7 @@
 //! next container, a reused cgroup id) shows up there under another container, or under none.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -38,6 +38,9 @@ pub struct Roster {
     /// Keys of live processes that belong to a container (a recognised cgroup layout, see
     /// `layout.rs`), each with the identity of one of its processes.
     pub containers: HashMap<ContainerKey, Identity>,
+    /// Keys of every live process, containers or not (the drain retires a kernel entry whose
+    /// key is not here without scanning /proc itself).
+    pub live: HashSet<ContainerKey>,
     /// How long the scan took.
     pub took: Duration,
 }
@@ -48,6 +51,7 @@ impl Roster {
             generation: 0,
             started: Instant::now(),
             containers: HashMap::new(),
+            live: HashSet::new(),
             took: Duration::ZERO,
         }
     }
@@ -78,12 +82,16 @@ pub struct RosterHandle {
     poke: SyncSender<()>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Scans are published (the thread started, or a unit test publishes them).
+    scans: bool,
 }
 
 impl RosterHandle {
     /// Starts the scanning thread. Threads inherit the capabilities of their creator: start it
     /// after the daemon dropped its own.
     pub fn spawn(mode: KeyMode) -> Self {
+        // Once: `Auto` would ask the filesystem (a statfs) for every process of every scan.
+        let mode = mode.resolve();
         let current = Arc::new(ArcSwap::from_pointee(Roster::empty()));
         let (poke, rx) = sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
@@ -99,32 +107,42 @@ impl RosterHandle {
             current,
             poke,
             stop,
+            scans: thread.is_some(),
             thread,
         }
     }
 
-    /// A roster that never scans (unit tests).
+    /// A roster whose scans the unit test publishes (no thread), starting empty.
     #[cfg(test)]
-    pub fn fixed(roster: Roster) -> Self {
+    pub fn fixed() -> Self {
         let (poke, _rx) = sync_channel(1);
         Self {
-            current: Arc::new(ArcSwap::from_pointee(roster)),
+            current: Arc::new(ArcSwap::from_pointee(Roster::empty())),
             poke,
             stop: Arc::new(AtomicBool::new(true)),
             thread: None,
+            scans: true,
         }
     }
 
-    /// Replaces the published scan (unit tests play the scanner).
+    /// Replaces the published scan (unit tests play the scanner): `containers` are the live
+    /// keys.
     #[cfg(test)]
     pub fn publish(&self, containers: HashMap<ContainerKey, Identity>) {
         let generation = self.current.load().generation + 1;
         self.current.store(Arc::new(Roster {
             generation,
             started: Instant::now(),
+            live: containers.keys().copied().collect(),
             containers,
             took: Duration::ZERO,
         }));
+    }
+
+    /// Whether scans are published at all (false: the thread could not start, and whoever
+    /// needs live keys must scan /proc itself).
+    pub fn scans(&self) -> bool {
+        self.scans
     }
 
     pub fn poker(&self) -> Poke {
@@ -151,12 +169,13 @@ fn scan_loop(mode: KeyMode, current: &ArcSwap<Roster>, rx: &Receiver<()>, stop: 
     let mut generation = 0;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let containers = procfs::containers(mode);
+        let (live, containers) = procfs::containers(mode);
         generation += 1;
         current.store(Arc::new(Roster {
             generation,
             started,
             containers,
+            live,
             took: started.elapsed(),
         }));
         match rx.recv_timeout(REFRESH) {

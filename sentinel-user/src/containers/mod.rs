@@ -508,7 +508,8 @@ impl Attribution {
         for key in idle {
             let since = self.idle_since.entry(key).or_insert((now, call));
             since.1 = call;
-            if roster.generation > 0 && since.0 < roster.started && !roster.live.contains(&key) {
+            if roster.generation > 0 && since.0 < roster.started && !roster.live.contains_key(&key)
+            {
                 gone.push(key);
             }
         }

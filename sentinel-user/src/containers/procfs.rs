@@ -136,23 +136,46 @@ pub fn resolve_by_netns(mode: KeyMode, wanted: &[u32]) -> HashMap<u32, (Containe
     found
 }
 
-/// Scans /proc once: every key of a live process (`live`, the host's too), and those that
-/// belong to a container (a recognised cgroup layout), each with the identity of one of its
-/// processes. For the roster, off the drain.
+/// Scans /proc once: every key of a live process (`live`, the host's too, each with the
+/// process it was found by: the first in /proc's order), and those that belong to a container
+/// (a recognised cgroup layout), each with the identity of one of its processes. For the
+/// roster, off the drain.
+///
+/// With `previous` (the last scan), a key found by the same process as
+/// last time keeps last time's verdict without reading that process's cgroup again (most of a
+/// scan's cost at 1000 keys); a recycled key is found by another process and read afresh.
 pub fn containers(
     mode: KeyMode,
-) -> (
-    std::collections::HashSet<ContainerKey>,
-    HashMap<ContainerKey, Identity>,
-) {
-    let host_key = key_of_pid(mode, std::process::id());
-    let mut live = std::collections::HashSet::new();
+    previous: Option<&super::roster::Roster>,
+) -> (HashMap<ContainerKey, u32>, HashMap<ContainerKey, Identity>) {
+    scan(mode, previous, key_of_pid(mode, std::process::id()))
+}
+
+/// [`containers`], with the host's key given (unit tests treat the host's like any other).
+fn scan(
+    mode: KeyMode,
+    previous: Option<&super::roster::Roster>,
+    host_key: Option<ContainerKey>,
+) -> (HashMap<ContainerKey, u32>, HashMap<ContainerKey, Identity>) {
+    let mut live = HashMap::new();
     let mut found = HashMap::new();
     for pid in pids() {
         let Some(key) = key_of_pid(mode, pid) else {
             continue;
         };
-        if !live.insert(key) || Some(key) == host_key {
+        if live.contains_key(&key) {
+            continue;
+        }
+        live.insert(key, pid);
+        if Some(key) == host_key {
+            continue;
+        }
+        if let Some(last) = previous
+            && last.live.get(&key) == Some(&pid)
+        {
+            if let Some(identity) = last.containers.get(&key) {
+                found.insert(key, identity.clone());
+            }
             continue;
         }
         // Most keys of a busy host are no container's: their cgroup says so, and the rest of
@@ -214,10 +237,39 @@ mod tests {
         let ids = resolve(mode, &[me]);
         assert!(ids[&me].netns.is_some());
         assert!(live_keys(mode).contains(&me));
-        let (live, _) = containers(mode);
+        let (live, _) = containers(mode, None);
         assert!(
-            live.contains(&me),
+            live.contains_key(&me),
             "the roster's live keys include the host's"
+        );
+    }
+
+    /// A key found by the same process as in the last scan keeps that scan's verdict (its
+    /// cgroup is not read again); found by another process, it is read afresh.
+    #[test]
+    fn a_key_found_by_the_same_process_keeps_the_last_verdict() {
+        let mode = KeyMode::Mntns;
+        let me = key_of_pid(mode, std::process::id()).expect("own key");
+        // This process's key as if it were a container's (no host key).
+        let (live, _) = scan(mode, None, None);
+        let by = live[&me];
+        let marked = Identity {
+            owner: layout::parse(&format!("/docker/{}", "f".repeat(64))),
+            cgroup: "marked".into(),
+            netns: None,
+        };
+        assert!(marked.owner.is_some());
+        let mut last = super::super::roster::Roster::empty();
+        last.live = HashMap::from([(me, by)]);
+        last.containers = HashMap::from([(me, marked.clone())]);
+        let (_, found) = scan(mode, Some(&last), None);
+        assert_eq!(found.get(&me), Some(&marked), "kept without a read");
+        last.live = HashMap::from([(me, u32::MAX)]);
+        let (_, found) = scan(mode, Some(&last), None);
+        assert_ne!(
+            found.get(&me),
+            Some(&marked),
+            "another process: read afresh"
         );
     }
 }

@@ -9,7 +9,7 @@
 //! next container, a reused cgroup id) shows up there under another container, or under none.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -28,6 +28,11 @@ use crate::collect::loader::KeyMode;
 /// Longest time between two scans without any runtime event.
 pub const REFRESH: Duration = Duration::from_secs(2);
 
+/// Every this many scans, every key's cgroup is read again, even where the process that has
+/// the key is the one of the last scan (which then keeps its verdict): a process moved to
+/// another cgroup after it made its mount namespace is seen within this many refreshes.
+const REREAD_EVERY: u64 = 5;
+
 /// One /proc scan: the keys of live containers and who they are.
 #[derive(Debug)]
 pub struct Roster {
@@ -39,19 +44,19 @@ pub struct Roster {
     /// `layout.rs`), each with the identity of one of its processes.
     pub containers: HashMap<ContainerKey, Identity>,
     /// Keys of every live process, containers or not (the drain retires a kernel entry whose
-    /// key is not here without scanning /proc itself).
-    pub live: HashSet<ContainerKey>,
+    /// key is not here without scanning /proc itself), each with the process it was found by.
+    pub live: HashMap<ContainerKey, u32>,
     /// How long the scan took.
     pub took: Duration,
 }
 
 impl Roster {
-    fn empty() -> Self {
+    pub(super) fn empty() -> Self {
         Self {
             generation: 0,
             started: Instant::now(),
             containers: HashMap::new(),
-            live: HashSet::new(),
+            live: HashMap::new(),
             took: Duration::ZERO,
         }
     }
@@ -133,7 +138,7 @@ impl RosterHandle {
         self.current.store(Arc::new(Roster {
             generation,
             started: Instant::now(),
-            live: containers.keys().copied().collect(),
+            live: containers.keys().map(|k| (*k, 0)).collect(),
             containers,
             took: Duration::ZERO,
         }));
@@ -169,7 +174,10 @@ fn scan_loop(mode: KeyMode, current: &ArcSwap<Roster>, rx: &Receiver<()>, stop: 
     let mut generation = 0;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let (live, containers) = procfs::containers(mode);
+        let last = current.load_full();
+        let previous = (generation % REREAD_EVERY != 0).then_some(&*last);
+        let (live, containers) = procfs::containers(mode, previous);
+        drop(last);
         generation += 1;
         current.store(Arc::new(Roster {
             generation,

@@ -296,8 +296,9 @@ pub struct ModelSlot {
     model: ArcSwapOption<Forest>,
     /// A training job for this slot is queued or running (no pile-up).
     busy: AtomicBool,
-    /// Last training failure, if the latest attempt failed.
-    failure: Mutex<Option<String>>,
+    /// Last training failure, if the latest attempt failed (shared: a series without a model
+    /// reports it on every update).
+    failure: Mutex<Option<Arc<str>>>,
 }
 
 impl ModelSlot {
@@ -315,13 +316,13 @@ impl ModelSlot {
                 *self
                     .failure
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.into());
             }
         }
         self.busy.store(false, Ordering::Release);
     }
 
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<Arc<str>> {
         self.failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -391,7 +392,7 @@ pub enum LearnedStatus {
     WarmingUp,
     Ready,
     /// No usable model (training failed or the detector is disabled).
-    Unavailable(String),
+    Unavailable(Arc<str>),
 }
 
 /// Per-series state of the learned detector: a bounded ring of recent values, the model slot
@@ -533,8 +534,7 @@ impl LearnedDetector {
     }
 
     pub fn status(&self, p: &ForestParams) -> LearnedStatus {
-        // Called on every update: the failure (a lock and a String clone) only matters while
-        // there is no model.
+        // Called on every update: the failure (a lock) only matters while there is no model.
         if self.slot.model.load().is_some() {
             return if self.scored > p.calib.learn {
                 LearnedStatus::Ready

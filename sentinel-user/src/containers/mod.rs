@@ -170,6 +170,11 @@ pub struct Attribution {
     roster: RosterHandle,
     /// Roster generation the cache was last checked against.
     checked: u64,
+    /// Keys idle in the kernel map, since when (the first drain that found them idle) and the
+    /// last `gone` call that found them idle still. Bounded like `identities`.
+    idle_since: HashMap<ContainerKey, (Instant, u64)>,
+    /// `gone` calls so far.
+    gone_calls: u64,
     /// Cached identities the roster contradicted (a recycled key), since start.
     pub reattributed: u64,
 }
@@ -237,6 +242,8 @@ impl Attribution {
             runtimes,
             roster,
             checked: 0,
+            idle_since: HashMap::new(),
+            gone_calls: 0,
             reattributed: 0,
         }
     }
@@ -478,19 +485,43 @@ impl Attribution {
     }
 
     /// Keys whose container is gone (no live process has them): their kernel entries may be
-    /// removed once idle.
-    pub fn gone(&self, idle: impl Iterator<Item = ContainerKey>) -> Vec<ContainerKey> {
-        let idle: Vec<ContainerKey> = idle.collect();
-        if idle.is_empty() {
-            return idle;
+    /// removed once idle. Judged by the roster's scan, not one of our own per drain (at 1000
+    /// idle containers that was a stat per process every interval): a key goes when a scan
+    /// that began after the key was already idle did not find it. Its last events came before
+    /// that, so a process that made them and still lives was there to be found; a key whose
+    /// first process started during the scan is not judged by it. A gone container leaves
+    /// within one roster refresh (or at once after a runtime's event, which asks for a scan).
+    pub fn gone(&mut self, idle: impl Iterator<Item = ContainerKey>) -> Vec<ContainerKey> {
+        if !self.roster.scans() {
+            let idle: Vec<ContainerKey> = idle.collect();
+            if idle.is_empty() {
+                return idle;
+            }
+            let live = procfs::live_keys(self.mode);
+            return idle.into_iter().filter(|k| !live.contains(k)).collect();
         }
-        let live = procfs::live_keys(self.mode);
-        idle.into_iter().filter(|k| !live.contains(k)).collect()
+        let roster = self.roster.load();
+        let now = Instant::now();
+        self.gone_calls += 1;
+        let call = self.gone_calls;
+        let mut gone = Vec::new();
+        for key in idle {
+            let since = self.idle_since.entry(key).or_insert((now, call));
+            since.1 = call;
+            if roster.generation > 0 && since.0 < roster.started && !roster.live.contains_key(&key)
+            {
+                gone.push(key);
+            }
+        }
+        // A key active again starts a new idle stretch when it next goes idle.
+        self.idle_since.retain(|_, (_, last)| *last == call);
+        gone
     }
 
     pub fn forget(&mut self, key: &ContainerKey) {
         self.identities.remove(key);
         self.unresolved.remove(key);
+        self.idle_since.remove(key);
     }
 }
 
@@ -571,12 +602,7 @@ mod tests {
     fn a_recycled_key_follows_the_new_container() {
         let (old, new) = (hex('a'), hex('b'));
         let view = docker_with(&[(&old, "web")]);
-        let roster = RosterHandle::fixed(roster::Roster {
-            generation: 0,
-            started: Instant::now(),
-            containers: HashMap::new(),
-            took: std::time::Duration::ZERO,
-        });
+        let roster = RosterHandle::fixed();
         roster.publish(HashMap::from([(K, identity(&old, Runtime::Docker))]));
         let mut a = Attribution::new(KeyMode::Mntns, Runtimes::docker_only(view.clone()), roster);
         // Cached the way the drain caches it, before the roster's next scan.
@@ -627,18 +653,47 @@ mod tests {
         );
     }
 
+    /// Idle keys are retired by the roster's scans (no /proc scan per drain): only by a scan
+    /// that began after the key was already idle, never while a scan finds the key, and a key
+    /// that was active again starts over.
+    #[test]
+    fn idle_keys_go_by_a_roster_scan_newer_than_their_idleness() {
+        let tick = || std::thread::sleep(std::time::Duration::from_millis(2));
+        let view = docker_with(&[]);
+        let roster = RosterHandle::fixed();
+        let live = HashMap::from([(K, identity(&hex('a'), Runtime::Docker))]);
+        let mut a = Attribution::new(KeyMode::Mntns, Runtimes::docker_only(view), roster);
+        // No scan published yet: nothing is judged.
+        assert!(a.gone([K, K2].into_iter()).is_empty());
+        a.roster.publish(live.clone());
+        tick();
+        // K2 was idle before this scan began, and the scan has no process with it.
+        assert_eq!(a.gone([K, K2].into_iter()), vec![K2]);
+        // K2 active in this drain (not idle), then idle again: the scan above is older than
+        // its new idle stretch, so it is not judged by it.
+        assert!(a.gone([K].into_iter()).is_empty());
+        tick();
+        assert!(a.gone([K, K2].into_iter()).is_empty());
+        tick();
+        a.roster.publish(live.clone());
+        tick();
+        assert_eq!(a.gone([K, K2].into_iter()), vec![K2]);
+        // K stays as long as the scans find it, however long idle.
+        a.roster.publish(live);
+        tick();
+        assert!(!a.gone([K].into_iter()).contains(&K));
+        // Forgotten (its slot given back): no idle stretch is kept for it.
+        a.forget(&K2);
+        assert!(!a.idle_since.contains_key(&K2));
+    }
+
     /// Issue 17.1: a running container the kernel saw nothing of is listed with zeros; a
     /// `ctr`-style candidate path no runtime confirms is not.
     #[test]
     fn idle_containers_are_listed_with_zeros() {
         let (busy_id, idle_id) = (hex('c'), hex('d'));
         let view = docker_with(&[(&busy_id, "spin"), (&idle_id, "sleep")]);
-        let roster = RosterHandle::fixed(roster::Roster {
-            generation: 0,
-            started: Instant::now(),
-            containers: HashMap::new(),
-            took: std::time::Duration::ZERO,
-        });
+        let roster = RosterHandle::fixed();
         let candidate = Identity {
             owner: layout::parse("/k8s.io/unknown"),
             cgroup: "/k8s.io/unknown".into(),

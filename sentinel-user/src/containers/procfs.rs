@@ -62,15 +62,26 @@ fn identity_of(
     host_key: Option<ContainerKey>,
 ) -> Identity {
     let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let cgroup = if Some(key) == host_key {
+    let host = Some(key) == host_key;
+    let owner = (!host).then(|| layout::owner_of(&cgroups)).flatten();
+    identity_from(mode, pid, host, &cgroups, owner)
+}
+
+/// The identity of `pid`, whose `/proc/PID/cgroup` is `cgroups` and whose container is `owner`.
+fn identity_from(
+    mode: KeyMode,
+    pid: u32,
+    host: bool,
+    cgroups: &str,
+    owner: Option<Owner>,
+) -> Identity {
+    let cgroup = if host {
         "host".to_string()
     } else {
-        cgroup_path(&cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
+        cgroup_path(cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
     };
     Identity {
-        owner: (Some(key) != host_key)
-            .then(|| layout::owner_of(&cgroups))
-            .flatten(),
+        owner,
         cgroup,
         netns: netns_of_pid(pid),
     }
@@ -125,28 +136,62 @@ pub fn resolve_by_netns(mode: KeyMode, wanted: &[u32]) -> HashMap<u32, (Containe
     found
 }
 
-/// Scans /proc once: every key of a live process that belongs to a container (a recognised
-/// cgroup layout), with the identity of one of its processes. For the roster, off the drain.
-pub fn containers(mode: KeyMode) -> HashMap<ContainerKey, Identity> {
-    let host_key = key_of_pid(mode, std::process::id());
-    let mut seen = std::collections::HashSet::new();
+/// Scans /proc once: every key of a live process (`live`, the host's too, each with the
+/// process it was found by: the first in /proc's order), and those that belong to a container
+/// (a recognised cgroup layout), each with the identity of one of its processes. For the
+/// roster, off the drain.
+///
+/// With `previous` (the last scan), a key found by the same process as
+/// last time keeps last time's verdict without reading that process's cgroup again (most of a
+/// scan's cost at 1000 keys); a recycled key is found by another process and read afresh.
+pub fn containers(
+    mode: KeyMode,
+    previous: Option<&super::roster::Roster>,
+) -> (HashMap<ContainerKey, u32>, HashMap<ContainerKey, Identity>) {
+    scan(mode, previous, key_of_pid(mode, std::process::id()))
+}
+
+/// [`containers`], with the host's key given (unit tests treat the host's like any other).
+fn scan(
+    mode: KeyMode,
+    previous: Option<&super::roster::Roster>,
+    host_key: Option<ContainerKey>,
+) -> (HashMap<ContainerKey, u32>, HashMap<ContainerKey, Identity>) {
+    let mut live = HashMap::new();
     let mut found = HashMap::new();
     for pid in pids() {
         let Some(key) = key_of_pid(mode, pid) else {
             continue;
         };
-        if Some(key) == host_key || !seen.insert(key) {
+        if live.contains_key(&key) {
             continue;
         }
-        let identity = identity_of(mode, pid, key, host_key);
-        if identity.owner.is_some() {
-            found.insert(key, identity);
+        live.insert(key, pid);
+        if Some(key) == host_key {
+            continue;
+        }
+        if let Some(last) = previous
+            && last.live.get(&key) == Some(&pid)
+        {
+            if let Some(identity) = last.containers.get(&key) {
+                found.insert(key, identity.clone());
+            }
+            continue;
+        }
+        // Most keys of a busy host are no container's: their cgroup says so, and the rest of
+        // the identity (the network namespace, a stat) is read only for containers.
+        let Ok(cgroups) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        if let Some(owner) = layout::owner_of(&cgroups) {
+            found.insert(key, identity_from(mode, pid, false, &cgroups, Some(owner)));
         }
     }
-    found
+    (live, found)
 }
 
-/// Keys some live process has right now (for retiring gone containers' kernel entries).
+/// Keys some live process has right now (for retiring gone containers' kernel entries when no
+/// roster scans).
 pub fn live_keys(mode: KeyMode) -> std::collections::HashSet<ContainerKey> {
     pids().filter_map(|pid| key_of_pid(mode, pid)).collect()
 }
@@ -192,5 +237,39 @@ mod tests {
         let ids = resolve(mode, &[me]);
         assert!(ids[&me].netns.is_some());
         assert!(live_keys(mode).contains(&me));
+        let (live, _) = containers(mode, None);
+        assert!(
+            live.contains_key(&me),
+            "the roster's live keys include the host's"
+        );
+    }
+
+    /// A key found by the same process as in the last scan keeps that scan's verdict (its
+    /// cgroup is not read again); found by another process, it is read afresh.
+    #[test]
+    fn a_key_found_by_the_same_process_keeps_the_last_verdict() {
+        let mode = KeyMode::Mntns;
+        let me = key_of_pid(mode, std::process::id()).expect("own key");
+        // This process's key as if it were a container's (no host key).
+        let (live, _) = scan(mode, None, None);
+        let by = live[&me];
+        let marked = Identity {
+            owner: layout::parse(&format!("/docker/{}", "f".repeat(64))),
+            cgroup: "marked".into(),
+            netns: None,
+        };
+        assert!(marked.owner.is_some());
+        let mut last = super::super::roster::Roster::empty();
+        last.live = HashMap::from([(me, by)]);
+        last.containers = HashMap::from([(me, marked.clone())]);
+        let (_, found) = scan(mode, Some(&last), None);
+        assert_eq!(found.get(&me), Some(&marked), "kept without a read");
+        last.live = HashMap::from([(me, u32::MAX)]);
+        let (_, found) = scan(mode, Some(&last), None);
+        assert_ne!(
+            found.get(&me),
+            Some(&marked),
+            "another process: read afresh"
+        );
     }
 }

@@ -28,6 +28,11 @@ use crate::collect::loader::KeyMode;
 /// Longest time between two scans without any runtime event.
 pub const REFRESH: Duration = Duration::from_secs(2);
 
+/// Every this many scans, every key's cgroup is read again, even where the process that has
+/// the key is the one of the last scan (which then keeps its verdict): a process moved to
+/// another cgroup after it made its mount namespace is seen within this many refreshes.
+const REREAD_EVERY: u64 = 5;
+
 /// One /proc scan: the keys of live containers and who they are.
 #[derive(Debug)]
 pub struct Roster {
@@ -38,16 +43,20 @@ pub struct Roster {
     /// Keys of live processes that belong to a container (a recognised cgroup layout, see
     /// `layout.rs`), each with the identity of one of its processes.
     pub containers: HashMap<ContainerKey, Identity>,
+    /// Keys of every live process, containers or not (the drain retires a kernel entry whose
+    /// key is not here without scanning /proc itself), each with the process it was found by.
+    pub live: HashMap<ContainerKey, u32>,
     /// How long the scan took.
     pub took: Duration,
 }
 
 impl Roster {
-    fn empty() -> Self {
+    pub(super) fn empty() -> Self {
         Self {
             generation: 0,
             started: Instant::now(),
             containers: HashMap::new(),
+            live: HashMap::new(),
             took: Duration::ZERO,
         }
     }
@@ -78,12 +87,16 @@ pub struct RosterHandle {
     poke: SyncSender<()>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Scans are published (the thread started, or a unit test publishes them).
+    scans: bool,
 }
 
 impl RosterHandle {
     /// Starts the scanning thread. Threads inherit the capabilities of their creator: start it
     /// after the daemon dropped its own.
     pub fn spawn(mode: KeyMode) -> Self {
+        // Once: `Auto` would ask the filesystem (a statfs) for every process of every scan.
+        let mode = mode.resolve();
         let current = Arc::new(ArcSwap::from_pointee(Roster::empty()));
         let (poke, rx) = sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
@@ -99,32 +112,42 @@ impl RosterHandle {
             current,
             poke,
             stop,
+            scans: thread.is_some(),
             thread,
         }
     }
 
-    /// A roster that never scans (unit tests).
+    /// A roster whose scans the unit test publishes (no thread), starting empty.
     #[cfg(test)]
-    pub fn fixed(roster: Roster) -> Self {
+    pub fn fixed() -> Self {
         let (poke, _rx) = sync_channel(1);
         Self {
-            current: Arc::new(ArcSwap::from_pointee(roster)),
+            current: Arc::new(ArcSwap::from_pointee(Roster::empty())),
             poke,
             stop: Arc::new(AtomicBool::new(true)),
             thread: None,
+            scans: true,
         }
     }
 
-    /// Replaces the published scan (unit tests play the scanner).
+    /// Replaces the published scan (unit tests play the scanner): `containers` are the live
+    /// keys.
     #[cfg(test)]
     pub fn publish(&self, containers: HashMap<ContainerKey, Identity>) {
         let generation = self.current.load().generation + 1;
         self.current.store(Arc::new(Roster {
             generation,
             started: Instant::now(),
+            live: containers.keys().map(|k| (*k, 0)).collect(),
             containers,
             took: Duration::ZERO,
         }));
+    }
+
+    /// Whether scans are published at all (false: the thread could not start, and whoever
+    /// needs live keys must scan /proc itself).
+    pub fn scans(&self) -> bool {
+        self.scans
     }
 
     pub fn poker(&self) -> Poke {
@@ -151,12 +174,16 @@ fn scan_loop(mode: KeyMode, current: &ArcSwap<Roster>, rx: &Receiver<()>, stop: 
     let mut generation = 0;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let containers = procfs::containers(mode);
+        let last = current.load_full();
+        let previous = (generation % REREAD_EVERY != 0).then_some(&*last);
+        let (live, containers) = procfs::containers(mode, previous);
+        drop(last);
         generation += 1;
         current.store(Arc::new(Roster {
             generation,
             started,
             containers,
+            live,
             took: started.elapsed(),
         }));
         match rx.recv_timeout(REFRESH) {

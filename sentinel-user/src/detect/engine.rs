@@ -217,7 +217,7 @@ impl SeriesDetector {
         match status {
             LearnedStatus::Unavailable(reason) => tracing::warn!(
                 series = name,
-                reason = reason.as_str(),
+                reason = &**reason,
                 "learned detector unavailable; statistical detector only (fallback)"
             ),
             _ => tracing::info!(

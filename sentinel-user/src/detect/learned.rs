@@ -296,8 +296,9 @@ pub struct ModelSlot {
     model: ArcSwapOption<Forest>,
     /// A training job for this slot is queued or running (no pile-up).
     busy: AtomicBool,
-    /// Last training failure, if the latest attempt failed.
-    failure: Mutex<Option<String>>,
+    /// Last training failure, if the latest attempt failed (shared: a series without a model
+    /// reports it on every update).
+    failure: Mutex<Option<Arc<str>>>,
 }
 
 impl ModelSlot {
@@ -315,13 +316,13 @@ impl ModelSlot {
                 *self
                     .failure
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.into());
             }
         }
         self.busy.store(false, Ordering::Release);
     }
 
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<Arc<str>> {
         self.failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -391,7 +392,7 @@ pub enum LearnedStatus {
     WarmingUp,
     Ready,
     /// No usable model (training failed or the detector is disabled).
-    Unavailable(String),
+    Unavailable(Arc<str>),
 }
 
 /// Per-series state of the learned detector: a bounded ring of recent values, the model slot
@@ -433,6 +434,13 @@ struct PatternMemory {
     score: f64,
 }
 
+thread_local! {
+    /// Pattern memory's working space (the ring newest first, and one distance per
+    /// candidate): reused, so that an update allocates nothing once it has grown.
+    static SCRATCH: std::cell::RefCell<(Vec<f64>, Vec<f64>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 impl PatternMemory {
     /// `ring` holds `filled` block means, the newest at `newest`.
     fn update(&mut self, p: &PatternParams, ring: &[f64], newest: usize, filled: usize) -> f64 {
@@ -442,28 +450,37 @@ impl PatternMemory {
             return self.score;
         }
         // `age` 0 is the newest value; the latest pattern spans ages 0..sh, a candidate
-        // ending at age `e` spans e..e + sh and must not overlap it. Physical indices are
-        // walked down with one wrap check per value (no division in the inner loop).
-        let at = |age: usize| ring[(newest + cap - age) % cap];
+        // starting at age `e` spans e..e + sh and must not overlap it. The ring is copied
+        // newest first into a scratch buffer, so that every candidate is a contiguous
+        // stretch, and the distances are summed for all candidates at once, shingle position
+        // by position: each candidate's sum still adds the same terms in the same order (the
+        // result is bit for bit the one-candidate-at-a-time loop's), and the inner loop has
+        // no wrap check and vectorises.
+        let candidates = filled - 2 * sh + 1;
+        let best = SCRATCH.with(|scratch| {
+            let (by_age, d2) = &mut *scratch.borrow_mut();
+            by_age.clear();
+            by_age.extend(
+                ring[..=newest]
+                    .iter()
+                    .rev()
+                    .chain(ring[newest + 1..].iter().rev())
+                    .take(filled),
+            );
+            d2.clear();
+            d2.resize(candidates, 0.0);
+            for k in 0..sh {
+                let c = by_age[k];
+                for (acc, v) in d2.iter_mut().zip(&by_age[sh + k..sh + k + candidates]) {
+                    let d = c - v;
+                    *acc += d * d;
+                }
+            }
+            d2.iter().fold(f64::INFINITY, |best, &x| best.min(x))
+        });
         let mut cur = [0.0f64; MAX_SHINGLE];
         for (k, c) in cur[..sh].iter_mut().enumerate() {
-            *c = at(k);
-        }
-        let mut end = (newest + cap - sh) % cap;
-        let mut best = f64::INFINITY;
-        for _ in sh..=filled - sh {
-            let mut d2 = 0.0;
-            for (k, c) in cur[..sh].iter().enumerate() {
-                let v = if end >= k {
-                    ring[end - k]
-                } else {
-                    ring[end + cap - k]
-                };
-                let d = c - v;
-                d2 += d * d;
-            }
-            best = best.min(d2);
-            end = if end == 0 { cap - 1 } else { end - 1 };
+            *c = ring[(newest + cap - k) % cap];
         }
         let dist = best.sqrt();
         let level = cur[..sh].iter().map(|v| v.abs()).sum::<f64>() / sh as f64;
@@ -517,11 +534,17 @@ impl LearnedDetector {
     }
 
     pub fn status(&self, p: &ForestParams) -> LearnedStatus {
-        let has_model = self.slot.model.load().is_some();
+        // Called on every update: the failure (a lock) only matters while there is no model.
+        if self.slot.model.load().is_some() {
+            return if self.scored > p.calib.learn {
+                LearnedStatus::Ready
+            } else {
+                LearnedStatus::WarmingUp
+            };
+        }
         match self.slot.failure() {
-            Some(e) if !has_model => LearnedStatus::Unavailable(e),
-            _ if has_model && self.scored > p.calib.learn => LearnedStatus::Ready,
-            _ => LearnedStatus::WarmingUp,
+            Some(e) => LearnedStatus::Unavailable(e),
+            None => LearnedStatus::WarmingUp,
         }
     }
 

@@ -157,6 +157,9 @@ struct Tracked<V> {
     value: V,
     score: f64,
     pinned: bool,
+    /// Observed since the last `decay`: an entry its source still reports (a listed idle
+    /// container, with zeros) is kept whatever its score, so its counters never restart.
+    seen: bool,
 }
 
 /// Per-interval decay: an idle entry's score halves in about 7 intervals.
@@ -173,13 +176,16 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
         }
     }
 
-    /// Ages every score by one interval and forgets entries that went idle long ago.
+    /// Ages every score by one interval and forgets entries that went idle long ago and were
+    /// not observed in the last interval (bounded still: what is observed every interval is
+    /// what the interval lists).
     pub fn decay(&mut self) {
-        for t in self.entries.values_mut() {
+        self.entries.retain(|_, t| {
             t.score *= DECAY;
-        }
-        self.entries
-            .retain(|_, t| t.pinned || t.score >= FORGET_BELOW);
+            let keep = t.pinned || t.seen || t.score >= FORGET_BELOW;
+            t.seen = false;
+            keep
+        });
     }
 
     /// Unpins every entry `keep` rejects: a pin must be renewed by whoever set it, or an
@@ -197,9 +203,11 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
             value: V::default(),
             score: 0.0,
             pinned,
+            seen: true,
         });
         t.score += activity.max(0.0);
         t.pinned = pinned;
+        t.seen = true;
         update(&mut t.value);
     }
 
@@ -2001,6 +2009,71 @@ mod tests {
             m.encode()
                 .contains("sentinel_exporter_missed_intervals_total 3")
         );
+    }
+
+    /// Issue 17: a container listed idle (zeros) in every interval keeps its series and its
+    /// totals for as long as it is listed, far past the activity floor (no counter reset);
+    /// the busiest-N cap still holds, and once it is no longer listed it decays away.
+    #[test]
+    fn a_listed_idle_container_stays_exported_until_it_is_no_longer_listed() {
+        let m = Metrics::new(MetricsConfig {
+            top_interfaces: 3,
+            top_containers: 2,
+        });
+        let (idle, busy, third) = (long_id(1), long_id(2), long_id(3));
+        let row = |text: &str, name: &str| -> Option<String> {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("sentinel_container_cpu_seconds_total{")
+                        && l.contains(&format!("container=\"{name}\""))
+                })
+                .map(str::to_string)
+        };
+        let mut p = published(0);
+        p.interval.containers = vec![
+            container(&idle, "sleeper", 40),
+            container(&busy, "spin", 900),
+        ];
+        m.observe(&p);
+        let first = row(&m.encode(), "sleeper").expect("exported while active");
+        assert!(first.ends_with(" 0.04"), "{first}");
+        // 200 intervals (score 40 * 0.9^200 is far below the floor) listed with zeros.
+        for seq in 1..=200 {
+            let mut p = published(seq);
+            p.interval.containers = vec![
+                container(&busy, "spin", 900),
+                container(&idle, "sleeper", 0),
+            ];
+            m.observe(&p);
+        }
+        let text = m.encode();
+        assert_unique_series(&text);
+        assert_eq!(
+            row(&text, "sleeper").as_deref(),
+            Some(first.as_str()),
+            "{text}"
+        );
+        // The cap holds: a third, busier container takes the idle one's place in the top 2,
+        // though the idle one stays tracked (its totals kept for when it is back on top).
+        let mut p = published(201);
+        p.interval.containers = vec![
+            container(&busy, "spin", 900),
+            container(&third, "batch", 500),
+            container(&idle, "sleeper", 0),
+        ];
+        m.observe(&p);
+        let text = m.encode();
+        assert!(row(&text, "sleeper").is_none(), "{text}");
+        assert!(text.contains("sentinel_containers_tracked 3"), "{text}");
+        // No longer listed (gone): forgotten once its score is below the floor.
+        for seq in 202..=400 {
+            let mut p = published(seq);
+            p.interval.containers = vec![container(&busy, "spin", 900)];
+            m.observe(&p);
+        }
+        let text = m.encode();
+        assert!(text.contains("sentinel_containers_tracked 1"), "{text}");
+        assert!(row(&text, "sleeper").is_none(), "{text}");
     }
 
     #[test]

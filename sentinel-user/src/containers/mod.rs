@@ -270,7 +270,7 @@ impl Attribution {
         self.add_network_only(&mut out, ifaces, netns_tcp, summarizer);
         self.add_listed(&mut out, summarizer);
         name_contenders(&mut out, &crate::contention::attribute(deltas));
-        out.sort_by(|a, b| b.cpu_ns.cmp(&a.cpu_ns).then(a.key.cmp(&b.key)));
+        out.sort_by(|a, b| b.stats.cpu_ns.cmp(&a.stats.cpu_ns).then(a.key.cmp(&b.key)));
         out
     }
 
@@ -362,19 +362,13 @@ impl Attribution {
                 let (key, d) = (&activity.key, &activity.stats);
                 let identity = self.identities.get(key).map(|c| &c.identity);
                 let mut c = record(runtimes, Some(names), *key, identity);
-                c.cpu_ns = d.cpu_ns;
+                c.stats = *d;
                 c.cpu_percent = if interval_ns > 0 {
                     100.0 * d.cpu_ns as f64 / interval_ns as f64
                 } else {
                     0.0
                 };
-                c.ctx_switches = d.switches;
                 c.runqueue_latency_us = summarizer.summarize_log2(&d.runq_hist, d.runq_wait_ns);
-                c.forks = d.forks;
-                c.execs = d.execs;
-                c.exits = d.exits;
-                c.abnormal_exits = d.abnormal_exits;
-                c.oom_kills = d.oom_kills;
                 if let Some(netns) = identity.and_then(|i| i.netns) {
                     for i in ifaces.iter().filter(|i| i.netns == netns) {
                         c.rx_packets += i.rx_packets;
@@ -577,6 +571,16 @@ mod tests {
         v
     }
 
+    /// A roster that has not scanned yet (tests publish what it finds).
+    fn empty_roster() -> RosterHandle {
+        RosterHandle::fixed(roster::Roster {
+            generation: 0,
+            started: Instant::now(),
+            containers: HashMap::new(),
+            took: std::time::Duration::ZERO,
+        })
+    }
+
     fn busy(key: ContainerKey) -> ContainerActivity {
         let mut activity = ContainerActivity::zero(key);
         activity.stats.cpu_ns = 1_000_000;
@@ -600,12 +604,7 @@ mod tests {
     fn a_recycled_key_follows_the_new_container() {
         let (old, new) = (hex('a'), hex('b'));
         let view = docker_with(&[(&old, "web")]);
-        let roster = RosterHandle::fixed(roster::Roster {
-            generation: 0,
-            started: Instant::now(),
-            containers: HashMap::new(),
-            took: std::time::Duration::ZERO,
-        });
+        let roster = empty_roster();
         roster.publish(HashMap::from([(K, identity(&old, Runtime::Docker))]));
         let mut a = Attribution::new(KeyMode::Mntns, Runtimes::docker_only(view.clone()), roster);
         // Cached the way the drain caches it, before the roster's next scan.
@@ -648,7 +647,7 @@ mod tests {
             (out[0].id.as_str(), out[0].name.as_str()),
             (new.as_str(), "web")
         );
-        assert_eq!(out[0].cpu_ns, 1_000_000);
+        assert_eq!(out[0].stats.cpu_ns, 1_000_000);
         assert_eq!(a.reattributed, 1);
         assert!(
             !out.iter().any(|c| c.id == old),
@@ -664,12 +663,7 @@ mod tests {
     fn a_gone_container_keeps_its_name_after_the_runtimes_forget_it() {
         let (old, other) = (hex('a'), hex('f'));
         let view = docker_with(&[(&old, "web")]);
-        let roster = RosterHandle::fixed(roster::Roster {
-            generation: 0,
-            started: Instant::now(),
-            containers: HashMap::new(),
-            took: std::time::Duration::ZERO,
-        });
+        let roster = empty_roster();
         let mut a = Attribution::new(KeyMode::Mntns, Runtimes::docker_only(view.clone()), roster);
         a.identities.insert(
             K,
@@ -723,12 +717,7 @@ mod tests {
     fn idle_containers_are_listed_with_zeros() {
         let (busy_id, idle_id) = (hex('c'), hex('d'));
         let view = docker_with(&[(&busy_id, "spin"), (&idle_id, "sleep")]);
-        let roster = RosterHandle::fixed(roster::Roster {
-            generation: 0,
-            started: Instant::now(),
-            containers: HashMap::new(),
-            took: std::time::Duration::ZERO,
-        });
+        let roster = empty_roster();
         let candidate = Identity {
             owner: layout::parse("/k8s.io/unknown"),
             cgroup: "/k8s.io/unknown".into(),
@@ -749,7 +738,10 @@ mod tests {
             },
         );
         let out = interval(&mut a, &[busy(K)]);
-        let names: Vec<(&str, u64)> = out.iter().map(|c| (c.name.as_str(), c.cpu_ns)).collect();
+        let names: Vec<(&str, u64)> = out
+            .iter()
+            .map(|c| (c.name.as_str(), c.stats.cpu_ns))
+            .collect();
         assert_eq!(names, vec![("spin", 1_000_000), ("sleep", 0)]);
         assert_eq!(out[1].key, K2);
         assert_eq!(out[1].runtime, "docker");

@@ -31,7 +31,8 @@ use tracing::{debug, info, warn};
 use crate::{
     collect::loader::HOOKS,
     model::{
-        BreakerState, Decision, DockerState, HealState, PUBLIC_COUNTERS, Published, PublishedRx,
+        BreakerState, CONTAINER_SERIES, Decision, DockerState, HealState, PUBLIC_COUNTERS,
+        Published, PublishedRx,
     },
 };
 
@@ -262,65 +263,6 @@ struct IfaceTotals {
     tx_bytes: u64,
 }
 
-/// Per-container counter stems, exported as `sentinel_container_<stem>_total`.
-const CONTAINER_COUNTERS: [(&str, &str); 15] = [
-    (
-        "cpu_seconds",
-        "On-CPU time of the container's tasks, seconds.",
-    ),
-    (
-        "context_switches",
-        "Context switches of the container's tasks.",
-    ),
-    (
-        "forks",
-        "Processes started in the container (threads are not counted).",
-    ),
-    ("execs", "Programs executed in the container."),
-    ("exits", "Processes that exited in the container."),
-    (
-        "abnormal_exits",
-        "Processes that exited with a non-zero code or by a signal.",
-    ),
-    (
-        "oom_kills",
-        "Processes of the container killed by the OOM killer.",
-    ),
-    (
-        "net_rx_packets",
-        "Packets received in the container's network namespace.",
-    ),
-    (
-        "net_rx_bytes",
-        "Bytes received in the container's network namespace.",
-    ),
-    (
-        "net_tx_packets",
-        "Packets transmitted in the container's network namespace.",
-    ),
-    (
-        "net_tx_bytes",
-        "Bytes transmitted in the container's network namespace.",
-    ),
-    (
-        "tcp_retransmits",
-        "TCP retransmissions in the container's network namespace.",
-    ),
-    (
-        "tcp_resets",
-        "TCP resets in the container's network namespace.",
-    ),
-    (
-        "runqueue_wait_seconds",
-        "Time the container's tasks waited for a CPU (wakeup to on-CPU), seconds: the kernel's \
-         exact sum.",
-    ),
-    (
-        "runqueue_waits",
-        "Run-queue waits of the container's tasks (wakeup to on-CPU).",
-    ),
-];
-
 #[derive(Debug, Default)]
 struct ContainerTotals {
     /// Docker id (64 hex), empty for a cgroup or the host.
@@ -331,7 +273,8 @@ struct ContainerTotals {
     runtime: String,
     pod: String,
     namespace: String,
-    totals: [f64; CONTAINER_COUNTERS.len()],
+    /// Per `model::CONTAINER_SERIES` row, its running total.
+    totals: [f64; CONTAINER_SERIES.len()],
     /// Run-queue latency p99 of the last interval it was seen in, seconds.
     runq_p99_seconds: f64,
 }
@@ -627,7 +570,7 @@ impl State {
         self.contention.decay();
         for ct in &p.interval.containers {
             let key = container_key(ct);
-            let activity = ct.cpu_ns as f64 / 1e6 + (ct.rx_packets + ct.tx_packets) as f64;
+            let activity = ct.stats.cpu_ns as f64 / 1e6 + (ct.rx_packets + ct.tx_packets) as f64;
             let pinned = pinned_keys.contains(key.as_str());
             for by in &ct.contention {
                 // Scored in milliseconds waited, like CPU time above.
@@ -655,25 +598,8 @@ impl State {
                     }
                 }
                 t.runq_p99_seconds = ct.runqueue_latency_us.p99 / 1e6;
-                let deltas = [
-                    ct.cpu_ns as f64 / 1e9,
-                    ct.ctx_switches as f64,
-                    ct.forks as f64,
-                    ct.execs as f64,
-                    ct.exits as f64,
-                    ct.abnormal_exits as f64,
-                    ct.oom_kills as f64,
-                    ct.rx_packets as f64,
-                    ct.rx_bytes as f64,
-                    ct.tx_packets as f64,
-                    ct.tx_bytes as f64,
-                    ct.tcp_retransmits as f64,
-                    ct.tcp_resets as f64,
-                    ct.runqueue_latency_us.sum / 1e6,
-                    ct.runqueue_latency_us.count as f64,
-                ];
-                for (total, d) in t.totals.iter_mut().zip(deltas) {
-                    *total += d;
+                for (total, series) in t.totals.iter_mut().zip(&CONTAINER_SERIES) {
+                    *total += (series.read)(ct);
                 }
             });
         }
@@ -919,11 +845,14 @@ impl Collector for StateCollector {
             }
             l
         };
-        for (idx, (stem, help)) in CONTAINER_COUNTERS.iter().enumerate() {
+        for (idx, series) in CONTAINER_SERIES.iter().enumerate() {
             family(
                 &mut enc,
-                &format!("sentinel_container_{stem}"),
-                &format!("{help} Busiest, healing-managed and anomalous containers only."),
+                &format!("sentinel_container_{}", series.stem()),
+                &format!(
+                    "{} Busiest, healing-managed and anomalous containers only.",
+                    series.help
+                ),
                 MetricType::Counter,
                 unique_rows(
                     containers.iter().map(|(k, t)| (row(k, t), t.totals[idx])),
@@ -1705,7 +1634,10 @@ mod tests {
             id: id.into(),
             name: name.into(),
             image: "web:1".into(),
-            cpu_ns: cpu_ms * 1_000_000,
+            stats: sentinel_common::ContainerStats {
+                cpu_ns: cpu_ms * 1_000_000,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -2097,7 +2029,10 @@ mod tests {
                 id: format!("{i:064}"),
                 name: format!("c{i}\"\n"),
                 image: "nginx".into(),
-                cpu_ns: i * 1_000_000,
+                stats: sentinel_common::ContainerStats {
+                    cpu_ns: i * 1_000_000,
+                    ..Default::default()
+                },
                 ..Default::default()
             })
             .collect();

@@ -66,8 +66,8 @@ fn cpu_time_goes_to_the_spinning_container() {
     let (cg1, t1) = (cgroup_cpu_ns(&spinner.id), Instant::now());
     let done = run.stop();
     assert!(done.status.success(), "{}", done.stderr);
-    let spin_ns = sum(&window, &spinner.id, |c| c.cpu_ns);
-    let idle_ns = sum(&window, &idle.id, |c| c.cpu_ns);
+    let spin_ns = sum(&window, &spinner.id, |c| c.stats.cpu_ns);
+    let idle_ns = sum(&window, &idle.id, |c| c.stats.cpu_ns);
     let share = spin_ns as f64 / (spin_ns + idle_ns) as f64;
     let window_ms: f64 = window.iter().map(|iv| iv.interval_ms).sum();
     let sentinel_pct = 100.0 * spin_ns as f64 / (window_ms * 1e6);
@@ -177,10 +177,10 @@ fn forks_abnormal_exits_and_oom_kills_are_attributed() {
         (hog, done)
     };
     let (hog, done) = hog;
-    let forks = sum(&done.intervals, &c.id, |c| c.forks);
-    let exits = sum(&done.intervals, &c.id, |c| c.exits);
-    let abnormal = sum(&done.intervals, &c.id, |c| c.abnormal_exits);
-    let ooms = sum(&done.intervals, &hog.id, |c| c.oom_kills);
+    let forks = sum(&done.intervals, &c.id, |c| c.stats.forks);
+    let exits = sum(&done.intervals, &c.id, |c| c.stats.exits);
+    let abnormal = sum(&done.intervals, &c.id, |c| c.stats.abnormal_exits);
+    let ooms = sum(&done.intervals, &hog.id, |c| c.stats.oom_kills);
     let overhead = forks as i64 - (K as i64 + 1);
     eprintln!(
         "forks {forks} for {K}+1 subshells (overhead {overhead}: runc exec), exits {exits}, abnormal {abnormal}; oom kills of the hog {ooms}"
@@ -197,7 +197,7 @@ fn forks_abnormal_exits_and_oom_kills_are_attributed() {
     );
     assert!(ooms >= 1, "OOM kill attributed to the hog container");
     assert_eq!(
-        sum(&done.intervals, &c.id, |c| c.oom_kills),
+        sum(&done.intervals, &c.id, |c| c.stats.oom_kills),
         0,
         "not to the other one"
     );
@@ -468,14 +468,14 @@ fn idle_and_busy_containers_are_listed_in_every_interval_status_and_top() {
             ("snt-list-spin", "snt-list-idle")
         );
         assert_eq!((i.image.as_str(), i.runtime.as_str()), (IMAGE, "docker"));
-        assert!(i.cpu_ns < 1_000_000, "the sleeper is idle: {i:?}");
+        assert!(i.stats.cpu_ns < 1_000_000, "the sleeper is idle: {i:?}");
         assert!(i.key != 0, "listed with its kernel key");
     }
     assert!(
         window
             .iter()
             .skip(1)
-            .all(|iv| of(iv, &spin.id).unwrap().cpu_ns > 0),
+            .all(|iv| of(iv, &spin.id).unwrap().stats.cpu_ns > 0),
         "the spinner has CPU"
     );
     eprintln!("status lists {listed:?}");
@@ -528,8 +528,8 @@ fn a_container_recreated_ten_times_under_its_name_is_named_with_its_own_cpu() {
         let mut found = None;
         for n in 1..=2 {
             let iv = run.next_interval(FIRST);
-            if let Some(x) = of(&iv, &c.id).filter(|x| x.name == NAME && x.cpu_ns > 0) {
-                found = Some((n, x.key, x.cpu_ns));
+            if let Some(x) = of(&iv, &c.id).filter(|x| x.name == NAME && x.stats.cpu_ns > 0) {
+                found = Some((n, x.key, x.stats.cpu_ns));
                 break;
             }
         }
@@ -540,7 +540,7 @@ fn a_container_recreated_ten_times_under_its_name_is_named_with_its_own_cpu() {
                 &c.id[..12],
                 last.containers
                     .iter()
-                    .map(|x| (x.name.clone(), x.id.get(..12).map(str::to_string), x.key, x.cpu_ns))
+                    .map(|x| (x.name.clone(), x.id.get(..12).map(str::to_string), x.key, x.stats.cpu_ns))
                     .collect::<Vec<_>>()
             )
         });

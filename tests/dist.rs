@@ -572,7 +572,7 @@ fn the_image_loads_and_runs_with_the_documented_mounts() {
             )
         });
     assert_eq!(named.id, busy.id, "named with its own id");
-    assert!(named.cpu_ns > 0);
+    assert!(named.stats.cpu_ns > 0);
     assert!(
         ivs.iter().all(|iv| iv.docker == "up"),
         "Docker reachable through the socket"

@@ -486,19 +486,28 @@ pub const NETNS_TCP_CAPACITY: u32 = 1024;
 pub const CONTAINER_HIST_BUCKETS: usize = 32;
 
 /// One container's counters on one CPU: entry `slot_base + slot` of `CONTAINER_STATS`.
-/// Field order is the drain's order.
+/// Field order is the drain's order. Userspace carries it whole, as deltas, in its container
+/// record: with the `serde` feature its scalars are that record's JSON fields (names as
+/// renamed here), the run-queue fields are summarized there instead.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 pub struct ContainerStats {
     pub cpu_ns: u64,
+    #[cfg_attr(feature = "serde", serde(rename = "ctx_switches"))]
     pub switches: u64,
+    /// New processes (threads are not counted here).
     pub forks: u64,
     pub execs: u64,
+    /// Processes that exited, and those with a non-zero exit code or killed by a signal.
     pub exits: u64,
     pub abnormal_exits: u64,
     pub oom_kills: u64,
     /// Sum of the waits in `runq_hist`, in ns (exact).
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub runq_wait_ns: u64,
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub runq_hist: [u64; CONTAINER_HIST_BUCKETS],
 }
 

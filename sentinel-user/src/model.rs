@@ -7,6 +7,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
+use sentinel_common::ContainerStats;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -135,18 +136,14 @@ pub struct ContainerDelta {
     pub namespace: String,
     /// Kernel key: cgroup id or mount namespace inode (see `sentinel run --container-key`).
     pub key: u64,
-    pub cpu_ns: u64,
+    /// The kernel's typed record over the interval, whole (each field a delta): its scalars
+    /// are JSON fields of their own (`cpu_ns`, `ctx_switches`, `forks`, ...), its run-queue
+    /// histogram is summarized in `runqueue_latency_us`.
+    #[serde(flatten)]
+    pub stats: ContainerStats,
     /// On-CPU time as a percentage of one CPU over the interval.
     pub cpu_percent: f64,
-    pub ctx_switches: u64,
     pub runqueue_latency_us: LatencySummary,
-    /// New processes (threads are not counted here).
-    pub forks: u64,
-    pub execs: u64,
-    /// Processes that exited, and those with a non-zero exit code or killed by a signal.
-    pub exits: u64,
-    pub abnormal_exits: u64,
-    pub oom_kills: u64,
     /// Traffic and TCP events of the container's network namespace.
     pub rx_packets: u64,
     pub rx_bytes: u64,
@@ -162,6 +159,124 @@ pub struct ContainerDelta {
     #[serde(default)]
     pub contention_self_seconds: f64,
 }
+
+/// One per-container counter series: the one list the exporter's per-container families
+/// derive from (`sentinel_container_<name>[_<unit>]_total`, in this order). A new signal of
+/// the kernel's `ContainerStats` gets its row here; nothing else names it field by field.
+pub struct ContainerSeries {
+    pub name: &'static str,
+    /// The unit `read` returns, and the name's suffix (empty for a plain count).
+    pub unit: &'static str,
+    pub help: &'static str,
+    /// The interval's delta, in `unit`.
+    pub read: fn(&ContainerDelta) -> f64,
+}
+
+impl ContainerSeries {
+    /// The metric name's stem: `<name>` or `<name>_<unit>`.
+    pub fn stem(&self) -> String {
+        if self.unit.is_empty() {
+            self.name.to_string()
+        } else {
+            format!("{}_{}", self.name, self.unit)
+        }
+    }
+}
+
+/// Every per-container counter, in exposition order.
+pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
+    ContainerSeries {
+        name: "cpu",
+        unit: "seconds",
+        help: "On-CPU time of the container's tasks, seconds.",
+        read: |c| c.stats.cpu_ns as f64 / 1e9,
+    },
+    ContainerSeries {
+        name: "context_switches",
+        unit: "",
+        help: "Context switches of the container's tasks.",
+        read: |c| c.stats.switches as f64,
+    },
+    ContainerSeries {
+        name: "forks",
+        unit: "",
+        help: "Processes started in the container (threads are not counted).",
+        read: |c| c.stats.forks as f64,
+    },
+    ContainerSeries {
+        name: "execs",
+        unit: "",
+        help: "Programs executed in the container.",
+        read: |c| c.stats.execs as f64,
+    },
+    ContainerSeries {
+        name: "exits",
+        unit: "",
+        help: "Processes that exited in the container.",
+        read: |c| c.stats.exits as f64,
+    },
+    ContainerSeries {
+        name: "abnormal_exits",
+        unit: "",
+        help: "Processes that exited with a non-zero code or by a signal.",
+        read: |c| c.stats.abnormal_exits as f64,
+    },
+    ContainerSeries {
+        name: "oom_kills",
+        unit: "",
+        help: "Processes of the container killed by the OOM killer.",
+        read: |c| c.stats.oom_kills as f64,
+    },
+    ContainerSeries {
+        name: "net_rx_packets",
+        unit: "",
+        help: "Packets received in the container's network namespace.",
+        read: |c| c.rx_packets as f64,
+    },
+    ContainerSeries {
+        name: "net_rx_bytes",
+        unit: "",
+        help: "Bytes received in the container's network namespace.",
+        read: |c| c.rx_bytes as f64,
+    },
+    ContainerSeries {
+        name: "net_tx_packets",
+        unit: "",
+        help: "Packets transmitted in the container's network namespace.",
+        read: |c| c.tx_packets as f64,
+    },
+    ContainerSeries {
+        name: "net_tx_bytes",
+        unit: "",
+        help: "Bytes transmitted in the container's network namespace.",
+        read: |c| c.tx_bytes as f64,
+    },
+    ContainerSeries {
+        name: "tcp_retransmits",
+        unit: "",
+        help: "TCP retransmissions in the container's network namespace.",
+        read: |c| c.tcp_retransmits as f64,
+    },
+    ContainerSeries {
+        name: "tcp_resets",
+        unit: "",
+        help: "TCP resets in the container's network namespace.",
+        read: |c| c.tcp_resets as f64,
+    },
+    ContainerSeries {
+        name: "runqueue_wait",
+        unit: "seconds",
+        help: "Time the container's tasks waited for a CPU (wakeup to on-CPU), seconds: the \
+               kernel's exact sum.",
+        read: |c| c.runqueue_latency_us.sum / 1e6,
+    },
+    ContainerSeries {
+        name: "runqueue_waits",
+        unit: "",
+        help: "Run-queue waits of the container's tasks (wakeup to on-CPU).",
+        read: |c| c.runqueue_latency_us.count as f64,
+    },
+];
 
 /// One contender of a container: who held the CPU while it waited, and for how long.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -555,4 +670,86 @@ pub struct HealStatus {
     /// Last decisions, oldest first.
     #[serde(default)]
     pub recent: Vec<AuditRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A container record as sentinel wrote it before it carried the kernel's typed record
+    /// (field for field, in that order): it reads into `stats`, and writes back with the same
+    /// names and values.
+    const RECORD: &str = r#"{"id":"abc","name":"web","image":"nginx","runtime":"docker","pod":"p","namespace":"n","key":4026531832,"cpu_ns":102584666,"cpu_percent":10.25,"ctx_switches":44,"runqueue_latency_us":{"p50":49.152,"p99":12582.912,"max":12582.912,"mean":2356.85,"sum":108415.277,"count":46},"forks":1,"execs":2,"exits":3,"abnormal_exits":4,"oom_kills":5,"rx_packets":6,"rx_bytes":7,"tx_packets":8,"tx_bytes":9,"tcp_retransmits":10,"tcp_resets":11,"contention":[{"container":"host","seconds":0.5}],"contention_self_seconds":0.108415277}"#;
+
+    #[test]
+    fn container_record_json_is_unchanged_by_the_typed_kernel_record() {
+        let c: ContainerDelta = serde_json::from_str(RECORD).unwrap();
+        let s = c.stats;
+        assert_eq!(
+            [
+                s.cpu_ns,
+                s.switches,
+                s.forks,
+                s.execs,
+                s.exits,
+                s.abnormal_exits,
+                s.oom_kills
+            ],
+            [102_584_666, 44, 1, 2, 3, 4, 5]
+        );
+        assert_eq!((c.rx_bytes, c.tcp_resets), (7, 11));
+        let before: serde_json::Value = serde_json::from_str(RECORD).unwrap();
+        assert_eq!(serde_json::to_value(&c).unwrap(), before);
+        // The run-queue fields of the kernel's record are summarized, never written raw.
+        let written = serde_json::to_string(&c).unwrap();
+        assert!(!written.contains("runq_hist") && !written.contains("runq_wait_ns"));
+    }
+
+    /// The per-container `/metrics` families keep their names, in their order.
+    #[test]
+    fn container_series_keep_their_metric_names() {
+        let stems: Vec<String> = CONTAINER_SERIES.iter().map(ContainerSeries::stem).collect();
+        assert_eq!(
+            stems,
+            [
+                "cpu_seconds",
+                "context_switches",
+                "forks",
+                "execs",
+                "exits",
+                "abnormal_exits",
+                "oom_kills",
+                "net_rx_packets",
+                "net_rx_bytes",
+                "net_tx_packets",
+                "net_tx_bytes",
+                "tcp_retransmits",
+                "tcp_resets",
+                "runqueue_wait_seconds",
+                "runqueue_waits",
+            ]
+        );
+        let c: ContainerDelta = serde_json::from_str(RECORD).unwrap();
+        let read: Vec<f64> = CONTAINER_SERIES.iter().map(|s| (s.read)(&c)).collect();
+        let want = [
+            0.102_584_666,
+            44.0,
+            1.0,
+            2.0,
+            3.0,
+            4.0,
+            5.0,
+            6.0,
+            7.0,
+            8.0,
+            9.0,
+            10.0,
+            11.0,
+            0.108_415_277,
+            46.0,
+        ];
+        for (i, (got, want)) in read.iter().zip(want).enumerate() {
+            assert!((got - want).abs() < 1e-12, "{}: {got} != {want}", stems[i]);
+        }
+    }
 }

@@ -177,6 +177,11 @@ pub struct Attribution {
     gone_calls: u64,
     /// Cached identities the roster contradicted (a recycled key), since start.
     pub reattributed: u64,
+    /// What a runtime last said of each key's container: a gone container's last counts keep
+    /// its name and image once the runtimes have forgotten it (after `GONE_NAMES_KEPT`),
+    /// instead of a nameless record under its short id. Used only while the key's identity
+    /// still names the same container; bounded like `identities` (forgotten with the key).
+    names: HashMap<ContainerKey, Named>,
 }
 
 /// Contenders listed per container (the largest).
@@ -245,6 +250,7 @@ impl Attribution {
             idle_since: HashMap::new(),
             gone_calls: 0,
             reattributed: 0,
+            names: HashMap::new(),
         }
     }
 
@@ -271,7 +277,7 @@ impl Attribution {
         self.add_network_only(&mut out, ifaces, netns_tcp, summarizer);
         self.add_listed(&mut out, summarizer);
         name_contenders(&mut out, &crate::contention::attribute(deltas));
-        out.sort_by(|a, b| b.cpu_ns.cmp(&a.cpu_ns).then(a.key.cmp(&b.key)));
+        out.sort_by(|a, b| b.stats.cpu_ns.cmp(&a.stats.cpu_ns).then(a.key.cmp(&b.key)));
         out
     }
 
@@ -356,25 +362,20 @@ impl Attribution {
                     )
                 }));
         }
+        let (runtimes, names) = (&self.runtimes, &mut self.names);
         deltas
             .iter()
             .map(|activity| {
                 let (key, d) = (&activity.key, &activity.stats);
                 let identity = self.identities.get(key).map(|c| &c.identity);
-                let mut c = self.record(*key, identity);
-                c.cpu_ns = d.cpu_ns;
+                let mut c = record(runtimes, Some(names), *key, identity);
+                c.stats = *d;
                 c.cpu_percent = if interval_ns > 0 {
                     100.0 * d.cpu_ns as f64 / interval_ns as f64
                 } else {
                     0.0
                 };
-                c.ctx_switches = d.switches;
                 c.runqueue_latency_us = summarizer.summarize_log2(&d.runq_hist, d.runq_wait_ns);
-                c.forks = d.forks;
-                c.execs = d.execs;
-                c.exits = d.exits;
-                c.abnormal_exits = d.abnormal_exits;
-                c.oom_kills = d.oom_kills;
                 if let Some(netns) = identity.and_then(|i| i.netns) {
                     for i in ifaces.iter().filter(|i| i.netns == netns) {
                         c.rx_packets += i.rx_packets;
@@ -390,28 +391,6 @@ impl Attribution {
                 c
             })
             .collect()
-    }
-
-    /// A record with the key's identity and no activity.
-    fn record(&self, key: ContainerKey, identity: Option<&Identity>) -> ContainerDelta {
-        let named = identity.and_then(|i| self.runtimes.named(i));
-        let name = match (&named, identity) {
-            (Some(n), _) => n.name.clone(),
-            (None, Some(i)) => i.cgroup.clone(),
-            (None, None) if key == 0 => "unresolved".to_string(),
-            (None, None) => format!("gone-{key}"),
-        };
-        let n = named.unwrap_or_default();
-        ContainerDelta {
-            id: n.id,
-            name,
-            image: n.image,
-            runtime: n.runtime.to_string(),
-            pod: n.pod,
-            namespace: n.namespace,
-            key,
-            ..Default::default()
-        }
     }
 
     /// A container can have traffic in an interval without any scheduler event of its own (a
@@ -475,7 +454,7 @@ impl Attribution {
             if keys.contains(key) || self.runtimes.named(identity).is_none() {
                 continue;
             }
-            let mut c = self.record(*key, Some(identity));
+            let mut c = record(&self.runtimes, None, *key, Some(identity));
             if c.id.is_empty() || ids.contains(&c.id) {
                 continue;
             }
@@ -522,6 +501,50 @@ impl Attribution {
         self.identities.remove(key);
         self.unresolved.remove(key);
         self.idle_since.remove(key);
+        self.names.remove(key);
+    }
+}
+
+/// A record with the key's identity and no activity. With `names` (keys of the kernel map
+/// only, so that it stays bounded), what a runtime says is remembered, and a container no
+/// runtime knows any more is named by what it last said of the same container.
+fn record(
+    runtimes: &Runtimes,
+    names: Option<&mut HashMap<ContainerKey, Named>>,
+    key: ContainerKey,
+    identity: Option<&Identity>,
+) -> ContainerDelta {
+    let owner = identity.and_then(|i| i.owner.as_ref());
+    let named = match (owner.and_then(|o| runtimes.lookup(o)), names) {
+        (Some(now), Some(names)) => {
+            if names.get(&key) != Some(&now) {
+                names.insert(key, now.clone());
+            }
+            Some(now)
+        }
+        (Some(now), None) => Some(now),
+        (None, names) => names
+            .and_then(|names| names.get(&key))
+            .filter(|last| owner.is_some_and(|o| o.id == last.id))
+            .cloned()
+            .or_else(|| identity.and_then(|i| runtimes.named(i))),
+    };
+    let name = match (&named, identity) {
+        (Some(n), _) => n.name.clone(),
+        (None, Some(i)) => i.cgroup.clone(),
+        (None, None) if key == 0 => "unresolved".to_string(),
+        (None, None) => format!("gone-{key}"),
+    };
+    let n = named.unwrap_or_default();
+    ContainerDelta {
+        id: n.id,
+        name,
+        image: n.image,
+        runtime: n.runtime.to_string(),
+        pod: n.pod,
+        namespace: n.namespace,
+        key,
+        ..Default::default()
     }
 }
 
@@ -645,7 +668,7 @@ mod tests {
             (out[0].id.as_str(), out[0].name.as_str()),
             (new.as_str(), "web")
         );
-        assert_eq!(out[0].cpu_ns, 1_000_000);
+        assert_eq!(out[0].stats.cpu_ns, 1_000_000);
         assert_eq!(a.reattributed, 1);
         assert!(
             !out.iter().any(|c| c.id == old),
@@ -687,6 +710,62 @@ mod tests {
         assert!(!a.idle_since.contains_key(&K2));
     }
 
+    /// Issue 17: a gone container whose key still counts after every runtime forgot it (past
+    /// `GONE_NAMES_KEPT`) keeps the name and image it was shown with, never a nameless record
+    /// under its short id; the remembered name is never lent to another container, and it is
+    /// forgotten with the key.
+    #[test]
+    fn a_gone_container_keeps_its_name_after_the_runtimes_forget_it() {
+        let (old, other) = (hex('a'), hex('f'));
+        let view = docker_with(&[(&old, "web")]);
+        let roster = RosterHandle::fixed();
+        let mut a = Attribution::new(KeyMode::Mntns, Runtimes::docker_only(view.clone()), roster);
+        a.identities.insert(
+            K,
+            Cached {
+                identity: identity(&old, Runtime::Docker),
+                resolved: Instant::now(),
+                stale: false,
+            },
+        );
+        let out = interval(&mut a, &[busy(K)]);
+        assert_eq!(
+            (out[0].name.as_str(), out[0].image.as_str()),
+            ("web", "img")
+        );
+        // Removed, and its recently-gone name expired: only the attribution remembers it.
+        view.write().unwrap().replace(HashMap::new());
+        view.write().unwrap().recently_gone.clear();
+        for _ in 0..3 {
+            let out = interval(&mut a, &[busy(K)]);
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert_eq!(
+                (
+                    out[0].id.as_str(),
+                    out[0].name.as_str(),
+                    out[0].image.as_str()
+                ),
+                (old.as_str(), "web", "img"),
+                "{out:?}"
+            );
+            assert_eq!(out[0].runtime, "docker");
+        }
+        // The key re-attributed to another container no runtime knows yet: not named `web`.
+        a.identities.get_mut(&K).unwrap().identity = identity(&other, Runtime::Docker);
+        let out = interval(&mut a, &[busy(K)]);
+        assert_eq!(
+            (
+                out[0].id.as_str(),
+                out[0].name.as_str(),
+                out[0].image.as_str()
+            ),
+            (other.as_str(), &other[..12], "")
+        );
+        // The key retired: nothing of it is kept.
+        a.forget(&K);
+        assert!(!a.names.contains_key(&K));
+    }
+
     /// Issue 17.1: a running container the kernel saw nothing of is listed with zeros; a
     /// `ctr`-style candidate path no runtime confirms is not.
     #[test]
@@ -714,7 +793,10 @@ mod tests {
             },
         );
         let out = interval(&mut a, &[busy(K)]);
-        let names: Vec<(&str, u64)> = out.iter().map(|c| (c.name.as_str(), c.cpu_ns)).collect();
+        let names: Vec<(&str, u64)> = out
+            .iter()
+            .map(|c| (c.name.as_str(), c.stats.cpu_ns))
+            .collect();
         assert_eq!(names, vec![("spin", 1_000_000), ("sleep", 0)]);
         assert_eq!(out[1].key, K2);
         assert_eq!(out[1].runtime, "docker");

@@ -348,8 +348,8 @@ fn container_signal(c: &ContainerDelta, signal: &str) -> Option<Option<f64>> {
         "runq_latency" => (c.runqueue_latency_us.count > 0).then_some(c.runqueue_latency_us.p99),
         "tcp_retrans" => Some(c.tcp_retransmits as f64),
         "tcp_resets" => Some(c.tcp_resets as f64),
-        "abnormal_exits" => Some(c.abnormal_exits as f64),
-        "oom_kills" => Some(c.oom_kills as f64),
+        "abnormal_exits" => Some(c.stats.abnormal_exits as f64),
+        "oom_kills" => Some(c.stats.oom_kills as f64),
         _ => return None,
     })
 }

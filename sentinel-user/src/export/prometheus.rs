@@ -31,7 +31,8 @@ use tracing::{debug, info, warn};
 use crate::{
     collect::loader::HOOKS,
     model::{
-        BreakerState, Decision, DockerState, HealState, PUBLIC_COUNTERS, Published, PublishedRx,
+        BreakerState, CONTAINER_SERIES, Decision, DockerState, HealState, PUBLIC_COUNTERS,
+        Published, PublishedRx,
     },
 };
 
@@ -157,6 +158,9 @@ struct Tracked<V> {
     value: V,
     score: f64,
     pinned: bool,
+    /// Observed since the last `decay`: an entry its source still reports (a listed idle
+    /// container, with zeros) is kept whatever its score, so its counters never restart.
+    seen: bool,
 }
 
 /// Per-interval decay: an idle entry's score halves in about 7 intervals.
@@ -173,13 +177,16 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
         }
     }
 
-    /// Ages every score by one interval and forgets entries that went idle long ago.
+    /// Ages every score by one interval and forgets entries that went idle long ago and were
+    /// not observed in the last interval (bounded still: what is observed every interval is
+    /// what the interval lists).
     pub fn decay(&mut self) {
-        for t in self.entries.values_mut() {
+        self.entries.retain(|_, t| {
             t.score *= DECAY;
-        }
-        self.entries
-            .retain(|_, t| t.pinned || t.score >= FORGET_BELOW);
+            let keep = t.pinned || t.seen || t.score >= FORGET_BELOW;
+            t.seen = false;
+            keep
+        });
     }
 
     /// Unpins every entry `keep` rejects: a pin must be renewed by whoever set it, or an
@@ -197,9 +204,11 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
             value: V::default(),
             score: 0.0,
             pinned,
+            seen: true,
         });
         t.score += activity.max(0.0);
         t.pinned = pinned;
+        t.seen = true;
         update(&mut t.value);
     }
 
@@ -254,65 +263,6 @@ struct IfaceTotals {
     tx_bytes: u64,
 }
 
-/// Per-container counter stems, exported as `sentinel_container_<stem>_total`.
-const CONTAINER_COUNTERS: [(&str, &str); 15] = [
-    (
-        "cpu_seconds",
-        "On-CPU time of the container's tasks, seconds.",
-    ),
-    (
-        "context_switches",
-        "Context switches of the container's tasks.",
-    ),
-    (
-        "forks",
-        "Processes started in the container (threads are not counted).",
-    ),
-    ("execs", "Programs executed in the container."),
-    ("exits", "Processes that exited in the container."),
-    (
-        "abnormal_exits",
-        "Processes that exited with a non-zero code or by a signal.",
-    ),
-    (
-        "oom_kills",
-        "Processes of the container killed by the OOM killer.",
-    ),
-    (
-        "net_rx_packets",
-        "Packets received in the container's network namespace.",
-    ),
-    (
-        "net_rx_bytes",
-        "Bytes received in the container's network namespace.",
-    ),
-    (
-        "net_tx_packets",
-        "Packets transmitted in the container's network namespace.",
-    ),
-    (
-        "net_tx_bytes",
-        "Bytes transmitted in the container's network namespace.",
-    ),
-    (
-        "tcp_retransmits",
-        "TCP retransmissions in the container's network namespace.",
-    ),
-    (
-        "tcp_resets",
-        "TCP resets in the container's network namespace.",
-    ),
-    (
-        "runqueue_wait_seconds",
-        "Time the container's tasks waited for a CPU (wakeup to on-CPU), seconds: the kernel's \
-         exact sum.",
-    ),
-    (
-        "runqueue_waits",
-        "Run-queue waits of the container's tasks (wakeup to on-CPU).",
-    ),
-];
-
 #[derive(Debug, Default)]
 struct ContainerTotals {
     /// Docker id (64 hex), empty for a cgroup or the host.
@@ -323,7 +273,8 @@ struct ContainerTotals {
     runtime: String,
     pod: String,
     namespace: String,
-    totals: [f64; CONTAINER_COUNTERS.len()],
+    /// Per `model::CONTAINER_SERIES` row, its running total.
+    totals: [f64; CONTAINER_SERIES.len()],
     /// Run-queue latency p99 of the last interval it was seen in, seconds.
     runq_p99_seconds: f64,
 }
@@ -619,7 +570,7 @@ impl State {
         self.contention.decay();
         for ct in &p.interval.containers {
             let key = container_key(ct);
-            let activity = ct.cpu_ns as f64 / 1e6 + (ct.rx_packets + ct.tx_packets) as f64;
+            let activity = ct.stats.cpu_ns as f64 / 1e6 + (ct.rx_packets + ct.tx_packets) as f64;
             let pinned = pinned_keys.contains(key.as_str());
             for by in &ct.contention {
                 // Scored in milliseconds waited, like CPU time above.
@@ -647,25 +598,8 @@ impl State {
                     }
                 }
                 t.runq_p99_seconds = ct.runqueue_latency_us.p99 / 1e6;
-                let deltas = [
-                    ct.cpu_ns as f64 / 1e9,
-                    ct.ctx_switches as f64,
-                    ct.forks as f64,
-                    ct.execs as f64,
-                    ct.exits as f64,
-                    ct.abnormal_exits as f64,
-                    ct.oom_kills as f64,
-                    ct.rx_packets as f64,
-                    ct.rx_bytes as f64,
-                    ct.tx_packets as f64,
-                    ct.tx_bytes as f64,
-                    ct.tcp_retransmits as f64,
-                    ct.tcp_resets as f64,
-                    ct.runqueue_latency_us.sum / 1e6,
-                    ct.runqueue_latency_us.count as f64,
-                ];
-                for (total, d) in t.totals.iter_mut().zip(deltas) {
-                    *total += d;
+                for (total, series) in t.totals.iter_mut().zip(&CONTAINER_SERIES) {
+                    *total += (series.read)(ct);
                 }
             });
         }
@@ -911,11 +845,14 @@ impl Collector for StateCollector {
             }
             l
         };
-        for (idx, (stem, help)) in CONTAINER_COUNTERS.iter().enumerate() {
+        for (idx, series) in CONTAINER_SERIES.iter().enumerate() {
             family(
                 &mut enc,
-                &format!("sentinel_container_{stem}"),
-                &format!("{help} Busiest, healing-managed and anomalous containers only."),
+                &format!("sentinel_container_{}", series.stem()),
+                &format!(
+                    "{} Busiest, healing-managed and anomalous containers only.",
+                    series.help
+                ),
                 MetricType::Counter,
                 unique_rows(
                     containers.iter().map(|(k, t)| (row(k, t), t.totals[idx])),
@@ -1697,7 +1634,10 @@ mod tests {
             id: id.into(),
             name: name.into(),
             image: "web:1".into(),
-            cpu_ns: cpu_ms * 1_000_000,
+            stats: sentinel_common::ContainerStats {
+                cpu_ns: cpu_ms * 1_000_000,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -2003,6 +1943,71 @@ mod tests {
         );
     }
 
+    /// Issue 17: a container listed idle (zeros) in every interval keeps its series and its
+    /// totals for as long as it is listed, far past the activity floor (no counter reset);
+    /// the busiest-N cap still holds, and once it is no longer listed it decays away.
+    #[test]
+    fn a_listed_idle_container_stays_exported_until_it_is_no_longer_listed() {
+        let m = Metrics::new(MetricsConfig {
+            top_interfaces: 3,
+            top_containers: 2,
+        });
+        let (idle, busy, third) = (long_id(1), long_id(2), long_id(3));
+        let row = |text: &str, name: &str| -> Option<String> {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("sentinel_container_cpu_seconds_total{")
+                        && l.contains(&format!("container=\"{name}\""))
+                })
+                .map(str::to_string)
+        };
+        let mut p = published(0);
+        p.interval.containers = vec![
+            container(&idle, "sleeper", 40),
+            container(&busy, "spin", 900),
+        ];
+        m.observe(&p);
+        let first = row(&m.encode(), "sleeper").expect("exported while active");
+        assert!(first.ends_with(" 0.04"), "{first}");
+        // 200 intervals (score 40 * 0.9^200 is far below the floor) listed with zeros.
+        for seq in 1..=200 {
+            let mut p = published(seq);
+            p.interval.containers = vec![
+                container(&busy, "spin", 900),
+                container(&idle, "sleeper", 0),
+            ];
+            m.observe(&p);
+        }
+        let text = m.encode();
+        assert_unique_series(&text);
+        assert_eq!(
+            row(&text, "sleeper").as_deref(),
+            Some(first.as_str()),
+            "{text}"
+        );
+        // The cap holds: a third, busier container takes the idle one's place in the top 2,
+        // though the idle one stays tracked (its totals kept for when it is back on top).
+        let mut p = published(201);
+        p.interval.containers = vec![
+            container(&busy, "spin", 900),
+            container(&third, "batch", 500),
+            container(&idle, "sleeper", 0),
+        ];
+        m.observe(&p);
+        let text = m.encode();
+        assert!(row(&text, "sleeper").is_none(), "{text}");
+        assert!(text.contains("sentinel_containers_tracked 3"), "{text}");
+        // No longer listed (gone): forgotten once its score is below the floor.
+        for seq in 202..=400 {
+            let mut p = published(seq);
+            p.interval.containers = vec![container(&busy, "spin", 900)];
+            m.observe(&p);
+        }
+        let text = m.encode();
+        assert!(text.contains("sentinel_containers_tracked 1"), "{text}");
+        assert!(row(&text, "sleeper").is_none(), "{text}");
+    }
+
     #[test]
     fn interface_and_container_series_are_bounded_to_the_busiest() {
         let m = Metrics::new(MetricsConfig {
@@ -2024,7 +2029,10 @@ mod tests {
                 id: format!("{i:064}"),
                 name: format!("c{i}\"\n"),
                 image: "nginx".into(),
-                cpu_ns: i * 1_000_000,
+                stats: sentinel_common::ContainerStats {
+                    cpu_ns: i * 1_000_000,
+                    ..Default::default()
+                },
                 ..Default::default()
             })
             .collect();

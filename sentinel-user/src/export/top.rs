@@ -297,12 +297,12 @@ fn draw_containers(f: &mut Frame, area: Rect, iv: &Interval) {
             format!("{:.1}", c.cpu_percent),
             micros(c.runqueue_latency_us.p99),
             slowed_by_cell(c),
-            human(c.ctx_switches as f64),
-            c.forks.to_string(),
+            human(c.stats.switches as f64),
+            c.stats.forks.to_string(),
             human(c.rx_packets as f64),
             human(c.tx_packets as f64),
             c.tcp_retransmits.to_string(),
-            c.oom_kills.to_string(),
+            c.stats.oom_kills.to_string(),
         ])
     });
     let widths = [

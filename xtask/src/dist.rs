@@ -103,6 +103,9 @@ fn static_binary(root: &Path, stage: &Path) -> Result<PathBuf> {
             &format!("rustup target add {MUSL} (dist ships only a static binary)"),
         )?;
     }
+    // ring (the crypto of the https probes) compiles C and assembly for the target: cc finds
+    // Debian's musl-gcc.
+    crate::packages::ensure(&["musl-tools"])?;
     let mut cmd = Command::new(build_ebpf::cargo());
     cmd.current_dir(root).args([
         "build",

@@ -163,8 +163,9 @@ pub enum Trigger {
         #[serde(default)]
         oom_only: bool,
     },
-    /// HTTP GET of `url` failing (no answer, non-2xx/3xx) or slower than `max_latency_ms`, for
-    /// `intervals` consecutive intervals. Loopback or container addresses only.
+    /// HTTP(S) GET of `url` failing (no answer, non-2xx/3xx) or slower than `max_latency_ms`,
+    /// for `intervals` consecutive intervals. Loopback or container addresses only (names are
+    /// resolved, then checked).
     HttpProbe {
         url: String,
         #[serde(default = "default_probe_timeout")]
@@ -173,6 +174,10 @@ pub enum Trigger {
         max_latency_ms: Option<u64>,
         #[serde(default = "one")]
         intervals: u32,
+        /// PEM file of CA certificates trusted for an `https://` url on top of the system's
+        /// store (a private CA).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -510,9 +515,22 @@ impl HealConfig {
                     timeout_ms,
                     max_latency_ms,
                     intervals,
+                    ca_file,
                 } => {
-                    if let Err(m) = parse_probe_url(url) {
-                        c.err(format!("{k}.trigger.url"), m);
+                    match parse_probe_url(url) {
+                        Err(m) => c.err(format!("{k}.trigger.url"), m),
+                        Ok(t) => match ca_file {
+                            Some(_) if !t.https => c.err(
+                                format!("{k}.trigger.ca_file"),
+                                "only applies to an https:// url",
+                            ),
+                            Some(p) => {
+                                if let Err(m) = super::probe::read_ca_file(p) {
+                                    c.err(format!("{k}.trigger.ca_file"), m);
+                                }
+                            }
+                            None => {}
+                        },
                     }
                     c.urange(&format!("{k}.trigger.timeout_ms"), *timeout_ms, 1, 60_000);
                     if let Some(l) = max_latency_ms {
@@ -624,19 +642,42 @@ impl<'de> Deserialize<'de> for Signal {
     }
 }
 
-/// A probe target: `http://HOST:PORT/path` where HOST is a literal IP that is loopback or in a
-/// private/container range. Names are refused: resolving them would let DNS steer the probe.
+/// A probe target: `http[s]://HOST[:PORT][/path]`. HOST is a literal IP, which must be loopback
+/// or in a private/container range, or a name, resolved at each probe and used only for its
+/// addresses in those ranges: DNS cannot steer a probe elsewhere.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeTarget {
-    pub addr: std::net::SocketAddr,
-    pub host_header: String,
+    pub https: bool,
+    pub host: ProbeHost,
+    pub port: u16,
+    /// `HOST[:PORT]` as written: the Host header.
+    pub authority: String,
     pub path: String,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeHost {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl std::fmt::Display for ProbeHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeHost::Ip(ip) => ip.fmt(f),
+            ProbeHost::Name(n) => f.write_str(n),
+        }
+    }
+}
+
 pub fn parse_probe_url(url: &str) -> Result<ProbeTarget, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| "must start with http:// (https is not supported for probes)".to_string())?;
+    let (https, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err("must start with http:// or https://".into());
+    };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -644,41 +685,74 @@ pub fn parse_probe_url(url: &str) -> Result<ProbeTarget, String> {
     if path.chars().any(|c| c.is_control() || c == ' ') {
         return Err("path must not contain spaces or control characters".into());
     }
-    let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+    let (host, port, bracketed) = if let Some(h) = hostport.strip_prefix('[') {
         let (h, p) = h.split_once(']').ok_or("unterminated [ipv6] address")?;
-        (h, p.strip_prefix(':').unwrap_or(""))
+        (h, p.strip_prefix(':').unwrap_or(p), true)
     } else {
         match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, p),
-            None => (hostport, ""),
+            Some((h, p)) => (h, p, false),
+            None => (hostport, "", false),
         }
     };
-    let ip: IpAddr = host.parse().map_err(|_| {
-        format!("host {host:?} must be a literal IP address (loopback or container address)")
-    })?;
-    let port: u16 = if port.is_empty() {
-        80
-    } else {
-        port.parse()
-            .map_err(|_| format!("port {port:?} is not 1..=65535"))?
+    let port: u16 = match port {
+        "" if https => 443,
+        "" => 80,
+        p => p
+            .parse()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("port {p:?} is not 1..=65535"))?,
     };
-    if !probe_ip_allowed(ip) {
-        return Err(format!(
-            "{ip} is not allowed: only loopback (127.0.0.0/8, ::1) or container addresses (10/8, 172.16/12, 192.168/16, fc00::/7)"
-        ));
-    }
+    let host = match host.parse::<IpAddr>() {
+        Ok(ip) if !probe_ip_allowed(ip) => {
+            return Err(format!("{ip} is not allowed: only {PROBE_RANGES}"));
+        }
+        Ok(ip) => ProbeHost::Ip(ip),
+        Err(_) if !bracketed && valid_host_name(host) => ProbeHost::Name(host.to_ascii_lowercase()),
+        Err(_) => {
+            return Err(format!(
+                "host {:?} is neither an IP address nor a host name",
+                crate::sanitize::truncate(host, 64)
+            ));
+        }
+    };
     Ok(ProbeTarget {
-        addr: std::net::SocketAddr::new(ip, port),
-        host_header: hostport.to_string(),
+        https,
+        host,
+        port,
+        authority: hostport.to_string(),
         path: path.to_string(),
     })
 }
 
-fn probe_ip_allowed(ip: IpAddr) -> bool {
+/// What a probe may reach, for error messages.
+pub const PROBE_RANGES: &str =
+    "loopback (127.0.0.0/8, ::1) or container addresses (10/8, 172.16/12, 192.168/16, fc00::/7)";
+
+pub fn probe_ip_allowed(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
-        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => probe_ip_allowed(IpAddr::V4(v4)),
+            None => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+        },
     }
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+fn valid_host_name(h: &str) -> bool {
+    let h = h.strip_suffix('.').unwrap_or(h);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        // All digits and dots is a malformed IPv4 address, not a name.
+        && !h.chars().all(|c| c.is_ascii_digit() || c == '.')
 }
 
 #[cfg(test)]
@@ -753,6 +827,7 @@ mod tests {
                 timeout_ms: 100,
                 max_latency_ms: None,
                 intervals: 1,
+                ca_file: None,
             },
             ..RuleConfig::autoheal()
         });
@@ -823,12 +898,68 @@ mod tests {
         assert!(parse_probe_url("http://127.0.0.1:8080/h").is_ok());
         assert!(parse_probe_url("http://[::1]:80/").is_ok());
         assert!(parse_probe_url("http://172.17.0.2/").is_ok());
-        assert!(parse_probe_url("http://example.com/").is_err());
         assert!(parse_probe_url("http://1.1.1.1/").is_err());
-        assert!(parse_probe_url("https://127.0.0.1/").is_err());
+        assert!(parse_probe_url("http://[::ffff:1.1.1.1]/").is_err());
+        assert!(parse_probe_url("ftp://127.0.0.1/").is_err());
         assert!(parse_probe_url("http://127.0.0.1/a b").is_err());
+        assert!(parse_probe_url("http://127.0.0.1:0/").is_err());
+        assert!(parse_probe_url("http://user@127.0.0.1/").is_err());
+        assert!(parse_probe_url("http://999.1.1.1/").is_err());
+        assert!(parse_probe_url("http://-web/").is_err());
+        assert!(parse_probe_url("http://[localhost]/").is_err());
         let t = parse_probe_url("http://127.0.0.1:81").unwrap();
         assert_eq!(t.path, "/");
-        assert_eq!(t.addr.port(), 81);
+        assert_eq!(t.port, 81);
+        assert!(!t.https);
+        // Names are kept for resolution at probe time; https defaults to 443.
+        let t = parse_probe_url("https://Web-1.internal/health?full=1").unwrap();
+        assert_eq!(t.host, ProbeHost::Name("web-1.internal".into()));
+        assert_eq!((t.https, t.port), (true, 443));
+        assert_eq!(t.authority, "Web-1.internal");
+        assert_eq!(t.path, "/health?full=1");
+    }
+
+    /// `ca_file` is checked at load: it must exist, hold PEM certificates, and go with https.
+    #[test]
+    fn probe_ca_file_is_validated_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = |url: &str, ca: &std::path::Path| RuleConfig {
+            name: "p".into(),
+            trigger: Trigger::HttpProbe {
+                url: url.into(),
+                timeout_ms: 100,
+                max_latency_ms: None,
+                intervals: 1,
+                ca_file: Some(ca.to_path_buf()),
+            },
+            ..RuleConfig::autoheal()
+        };
+        let check = |r: RuleConfig| {
+            let c = HealConfig {
+                rules: vec![r],
+                ..HealConfig::default()
+            };
+            c.validate().map_err(|e| {
+                assert_eq!(e.len(), 1, "{e:?}");
+                format!("{}: {}", e[0].key, e[0].message)
+            })
+        };
+        let missing = dir.path().join("missing.pem");
+        let e = check(rule("https://localhost/", &missing)).unwrap_err();
+        assert!(e.starts_with("rules[0].trigger.ca_file: "), "{e}");
+        assert!(
+            e.contains("missing.pem") && e.contains("No such file"),
+            "{e}"
+        );
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let e = check(rule("https://localhost/", &junk)).unwrap_err();
+        assert!(e.contains("no PEM CERTIFICATE"), "{e}");
+        let good = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&good, cert.cert.pem()).unwrap();
+        check(rule("https://localhost/", &good)).unwrap();
+        let e = check(rule("http://localhost/", &good)).unwrap_err();
+        assert!(e.contains("only applies to an https:// url"), "{e}");
     }
 }

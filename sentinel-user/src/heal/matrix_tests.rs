@@ -1105,6 +1105,7 @@ async fn an_http_probe_rule_acts_on_its_named_container_after_k_failures() {
             timeout_ms: 200,
             max_latency_ms: None,
             intervals: 2,
+            ca_file: None,
         },
         action: ActionConfig::Restart {
             stop_timeout_secs: 1,

@@ -310,6 +310,7 @@ mod tests {
                     timeout_ms: 100,
                     max_latency_ms: None,
                     intervals: 2,
+                    ca_file: None,
                 },
                 ..RuleConfig::autoheal()
             },

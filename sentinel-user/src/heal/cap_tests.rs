@@ -179,6 +179,27 @@ async fn the_cap_is_lifted_after_n_calm_intervals_restoring_the_old_quota() {
     );
 }
 
+/// Seen against a real dockerd: the capped spinner waits for a CPU too, and its own
+/// `runq_latency` anomaly fires the rule for it (not protected: skipped). That must not count
+/// as its cap failing verification.
+#[tokio::test(start_paused = true)]
+async fn the_contenders_own_anomaly_does_not_fail_its_cap() {
+    let mut h = Harness::new(cap_cfg());
+    let (victim, noisy) = pair(&h, true, true);
+    let both = [slowed(&victim, "noisy"), slowed(&noisy, "latency")];
+    h.run_with(10 * S, &both).await;
+    assert_eq!(quota(&h, &noisy).0, 50_000);
+    assert_eq!(h.count(&noisy, Decision::Skipped, Some("not_protected")), 1);
+    let failures: usize = h
+        .snapshot()
+        .state
+        .breakers
+        .iter()
+        .map(|b| b.view.failures_in_window)
+        .sum();
+    assert_eq!(failures, 0, "{:?}", h.audit());
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_cap_is_lifted_on_shutdown() {
     let mut h = Harness::new(cap_cfg());

@@ -54,7 +54,11 @@ impl HealEngine {
             );
             return;
         }
-        self.last_skip.remove(&(info.id.clone(), rule));
+        if victim.is_none() {
+            // Not for a cap: its (contender, rule) key also dedups the contender's own skips as
+            // a waiting container (`not_protected`), which acting on it does not change.
+            self.last_skip.remove(&(info.id.clone(), rule));
+        }
         if let (
             Some(cpu),
             Some(reason),

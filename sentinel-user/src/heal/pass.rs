@@ -148,7 +148,9 @@ impl HealEngine {
                 match triggers::fires(idx, rule, &info, &self.streaks, stopped) {
                     None => quiet.push((info.id.clone(), idx)),
                     Some(trigger) if matches!(rule.action, ActionConfig::CapContender { .. }) => {
-                        fired_any = true;
+                        // Not `fired_any`: the action is on another container, so this firing
+                        // says nothing about an action on this one (a capped contender that
+                        // waits too must not fail its own cap's verification).
                         // The action is on the contender: the gate judges it (its consent, its
                         // breaker, its back-off), the waiting container only says why.
                         let name = match &rule.trigger {

@@ -205,7 +205,8 @@ pub mod registry {
         pub tracepoint: &'static str,
         /// The bench's floor program on the same hook (one per-CPU add), if any.
         pub floor: Option<&'static str>,
-        /// The floor plus the one keyed lookup the hook's signal needs, if it needs one.
+        /// The floor plus the one lookup the hook's signal needs, if it needs one (the interface's
+        /// entry on the network hooks, the task's container on exec and exit).
         pub floor_lookup: Option<&'static str>,
         /// Counters that are meaningless (reported as null) when this hook is not attached,
         /// beyond those whose `program` it is (a second program counting the same thing).
@@ -254,18 +255,24 @@ pub mod registry {
             "sched_process_fork",
             Some("snt_floor_fork"),
         ),
-        h(
-            "snt_sched_process_exec",
-            "sched",
-            "sched_process_exec",
-            Some("snt_floor_exec"),
-        ),
-        h(
-            "snt_sched_process_exit",
-            "sched",
-            "sched_process_exit",
-            Some("snt_floor_exit"),
-        ),
+        Hook {
+            floor_lookup: Some("snt_floor_execkey"),
+            ..h(
+                "snt_sched_process_exec",
+                "sched",
+                "sched_process_exec",
+                Some("snt_floor_exec"),
+            )
+        },
+        Hook {
+            floor_lookup: Some("snt_floor_exitkey"),
+            ..h(
+                "snt_sched_process_exit",
+                "sched",
+                "sched_process_exit",
+                Some("snt_floor_exit"),
+            )
+        },
         h("snt_oom_mark_victim", "oom", "mark_victim", None),
         Hook {
             floor_lookup: Some("snt_floor_xmitif"),

@@ -179,6 +179,30 @@ pub fn snt_floor_swkey(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Floor + the task's container key (`task->nsproxy->mnt_ns->ns.inum`, or the cgroup id's
+/// four loads): the one lookup exec and exit cannot spare, since a runtime's init joins a
+/// container and execs (or a process unshares and exits) without switching out in between, so
+/// the slot cached at switch-in may name the container it left. Their reference cost.
+#[inline(always)]
+fn task_key(ctx: &BtfTracePointContext) -> i32 {
+    let task: *const u8 = ctx.arg(0);
+    let key = container_key(task);
+    if let Some(s) = SNT_FLOOR.get_ptr_mut(0) {
+        add(s, key & 1);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn snt_floor_execkey(ctx: BtfTracePointContext) -> i32 {
+    task_key(&ctx)
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn snt_floor_exitkey(ctx: BtfTracePointContext) -> i32 {
+    task_key(&ctx)
+}
+
 /// Floor + the per-CPU record and one container entry by slot: the adds of a slice ending
 /// and the dirty mark (what a switch within one container pays for attribution).
 #[btf_tracepoint(function = "sched_switch")]

@@ -90,6 +90,18 @@ pub const FLOORS: &[(&str, &str, &str, &str)] = &[
         "sched_switch",
     ),
     (
+        "snt_floor_execkey",
+        "tp_btf + the task's container key",
+        "sched",
+        "sched_process_exec",
+    ),
+    (
+        "snt_floor_exitkey",
+        "tp_btf + the task's container key",
+        "sched",
+        "sched_process_exit",
+    ),
+    (
         "snt_floor_xmitif",
         "tp_btf + interface lookup",
         "net",

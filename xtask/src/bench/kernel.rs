@@ -29,7 +29,8 @@ use super::{
 };
 
 /// Sentinel's programs in the order the daemon loads them, with the floor program on the same
-/// hook and, for the network hooks, the floor plus the one keyed lookup their signal needs:
+/// hook and, where a hook's signal needs one lookup (the interface on the network hooks, the
+/// task's container on exec and exit), the floor plus that lookup:
 /// the signal registry's hook list. The kernel cuts program names at 15 characters, which
 /// makes e.g. the three `snt_sched_process_*` alike; the load order tells them apart.
 use sentinel_common::registry::HOOKS as SENTINEL;
@@ -104,17 +105,32 @@ fn sentinel_programs(pid: u32) -> HashMap<u32, &'static str> {
 
 /// ns/run of every sentinel program next to the floor on its hook, with the daemon using the
 /// run-queue source `source`; and all programs summed per ping-pong round trip.
-pub fn per_event(ctx: &mut Ctx, source: &str) -> Result<()> {
+/// `floors_first`: attach the floor programs before sentinel's, so on each hook they run
+/// first (see the caller).
+pub fn per_event(ctx: &mut Ctx, source: &str, floors_first: bool) -> Result<()> {
     // Run-time statistics only while this descriptor is open (5.8+), so they cannot stay on.
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .map_err(|e| anyhow!("cannot enable BPF run-time statistics: {e}"))?;
+    let early_floors = if floors_first {
+        Some(contenders::load_floor(ctx, |_, _| true)?)
+    } else {
+        None
+    };
     let sentinel = contenders::start_sentinel(
         ctx,
         "1s",
         &["--runq-source", source],
         &format!("kernel-{source}"),
     )?;
-    let floor_running = contenders::load_floor(ctx, |_, _| true)?;
+    let floor_running = match early_floors {
+        Some(f) => f,
+        None => contenders::load_floor(ctx, |_, _| true)?,
+    };
+    let order = if floors_first {
+        "floor programs attached first, then sentinel's (on each hook the floors run first)"
+    } else {
+        "sentinel's programs attached first, then the floors (on each hook sentinel's run first)"
+    };
     let names = sentinel_programs(sentinel.pid().unwrap_or(0));
     let la0 = loadavg();
     let mut per_workload: Vec<(Workload, Runs)> = Vec::new();
@@ -144,7 +160,7 @@ pub fn per_event(ctx: &mut Ctx, source: &str) -> Result<()> {
     let mut s = String::new();
     writeln!(
         s,
-        "## Kernel cost per event, run-queue source `{source}`\n\n`kernel.bpf_stats_enabled` on (BPF_ENABLE_STATS descriptor), sentinel (`--runq-source {source}`) and the floor programs attached at the same time, one run of each workload. ns/run = run_time_ns / run_cnt over the workloads (stats overhead included in both). The floor is one per-CPU array add on the same hook (tp_btf); for the network hooks, whose signal needs one keyed lookup (the interface), also the floor plus that lookup. Load average: {la0} before, {la1} after.\n\n| hook | sentinel program | runs | sentinel ns/run | floor ns/run | ratio | floor + lookup ns/run | ratio to it |\n|---|---|---:|---:|---:|---:|---:|---:|"
+        "## Kernel cost per event, run-queue source `{source}`, {order}\n\n`kernel.bpf_stats_enabled` on (BPF_ENABLE_STATS descriptor), sentinel (`--runq-source {source}`) and the floor programs attached at the same time ({order}), one run of each workload. ns/run = run_time_ns / run_cnt over the workloads (stats overhead included in both). The floor is one per-CPU array add on the same hook (tp_btf); where a hook's signal needs one lookup (the interface on the network hooks; on exec and exit the task's container, resolved from the task because a runtime's init joins a container and execs without switching out), also the floor plus that lookup. Load average: {la0} before, {la1} after.\n\n| hook | sentinel program | runs | sentinel ns/run | floor ns/run | ratio | floor + lookup ns/run | ratio to it |\n|---|---|---:|---:|---:|---:|---:|---:|"
     )?;
     let mut by_name: Vec<(&str, u32)> = names.iter().map(|(id, n)| (*n, *id)).collect();
     by_name.sort_by_key(|(n, _)| SENTINEL.iter().position(|h| h.program == *n));

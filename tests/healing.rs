@@ -590,6 +590,7 @@ async fn docker_stopped_mid_run_is_monitor_only_then_recovers() {
         signal: "cpu".parse().unwrap(),
         score: 9.0,
         slowed_by: None,
+        contender: None,
     });
     tokio::time::sleep(interval * 6).await;
     let a = d.audit();
@@ -642,6 +643,7 @@ async fn docker_missing_at_start_is_monitor_only_with_one_line() {
         signal: "cpu".parse().unwrap(),
         score: 9.0,
         slowed_by: None,
+        contender: None,
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
     let s = d.snapshot().unwrap();
@@ -784,6 +786,7 @@ async fn exec_action_records_exit_code() {
         signal: "cpu".parse().unwrap(),
         score: 5.0,
         slowed_by: None,
+        contender: None,
     });
     d.wait("exec outcome", Duration::from_secs(20), |d| {
         count(&d.audit(), &c.id, "failed", None) >= 1
@@ -830,6 +833,7 @@ async fn hanging_action_is_cut_off_and_permit_returned() {
         signal: "cpu".parse().unwrap(),
         score: 5.0,
         slowed_by: None,
+        contender: None,
     });
     d.wait("time-out line", Duration::from_secs(20), |d| {
         count(&d.audit(), &c.id, "failed", Some("timeout")) == 1
@@ -864,6 +868,7 @@ async fn hanging_action_is_cut_off_and_permit_returned() {
         signal: "cpu".parse().unwrap(),
         score: 5.0,
         slowed_by: None,
+        contender: None,
     });
     d.wait("next action", Duration::from_secs(20), |d| {
         count(&d.audit(), &c2.id, "taken", None) == 1
@@ -1085,6 +1090,7 @@ fn anomaly(id: &str) -> ContainerAnomaly {
         signal: "cpu".parse().unwrap(),
         score: 5.0,
         slowed_by: None,
+        contender: None,
     }
 }
 

@@ -200,24 +200,27 @@ impl Analysis {
                         .is_none_or(|id| other_runtime(id).is_none())
                 })
                 .filter_map(|event| {
+                    let by = (event.signal == RUNQ_SIGNAL)
+                        .then(|| {
+                            container_of(
+                                iv,
+                                event.container_id.as_deref(),
+                                &event.series,
+                                &event.signal,
+                            )
+                        })
+                        .flatten()
+                        .and_then(slowed_by);
                     Some(ContainerAnomaly {
                         container_id: event.container_id.clone()?,
                         // Container events carry a container signal; host series have no
                         // container id and are filtered out above.
                         signal: event.signal.parse().ok()?,
                         score: event.score,
-                        slowed_by: (event.signal == RUNQ_SIGNAL)
-                            .then(|| {
-                                container_of(
-                                    iv,
-                                    event.container_id.as_deref(),
-                                    &event.series,
-                                    &event.signal,
-                                )
-                            })
-                            .flatten()
-                            .and_then(slowed_by)
+                        slowed_by: by
+                            .as_ref()
                             .map(|by| format!("{} ({:.0}%)", by.container, by.share * 100.0)),
+                        contender: by.map(|by| by.container),
                     })
                 })
                 .collect();

@@ -510,6 +510,8 @@ pub enum ActionKind {
     Start,
     Kill,
     Exec,
+    /// Cap the CPU of the container a protected one waits behind (issue 20).
+    CapContender,
 }
 
 impl ActionKind {
@@ -520,6 +522,7 @@ impl ActionKind {
             ActionKind::Start => "start",
             ActionKind::Kill => "kill",
             ActionKind::Exec => "exec",
+            ActionKind::CapContender => "cap_contender",
         }
     }
 }
@@ -546,6 +549,8 @@ pub enum Decision {
     Docker,
     /// Storm guard started or ended.
     Alert,
+    /// A CPU cap sentinel set was lifted (the container's previous quota restored).
+    Lifted,
 }
 
 impl Decision {
@@ -560,6 +565,7 @@ impl Decision {
             Decision::Breaker => "breaker",
             Decision::Docker => "docker",
             Decision::Alert => "alert",
+            Decision::Lifted => "lifted",
         }
     }
 }
@@ -599,6 +605,20 @@ pub struct AuditRecord {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// `cap_contender` lines: the CPU quota set or restored, and the one it replaced, so a
+    /// later process can lift a cap this one could not (a crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuCap>,
+}
+
+/// A CFS bandwidth setting as Docker's `CpuQuota`/`CpuPeriod` (microseconds; quota 0 or -1 =
+/// unlimited), and the one it replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuCap {
+    pub quota: i64,
+    pub period: i64,
+    pub prev_quota: i64,
+    pub prev_period: i64,
 }
 
 /// A circuit breaker as status and metrics show it.

@@ -55,6 +55,7 @@ impl AuditRecord {
             exit_code: None,
             error: None,
             dry_run: false,
+            cpu: None,
         }
     }
 }
@@ -347,6 +348,42 @@ pub fn read_past(
         reopened.push((id, name, left));
     }
     (past, reopened)
+}
+
+/// CPU caps the audit log shows sentinel set and did not lift (a crash, or Docker away at
+/// shutdown): (container id, name, the cap with the quota it replaced). A cap counts as set
+/// from its `intent` line (the update may have reached Docker), and as gone after its `lifted`
+/// line or a failure that says Docker did not apply it. Unlike `read_past`, no time horizon: a
+/// cap is never too old to lift.
+pub fn unlifted_caps(path: &Path) -> Vec<(String, String, crate::model::CpuCap)> {
+    use crate::model::ActionKind;
+    let mut caps: BTreeMap<String, (String, crate::model::CpuCap)> = BTreeMap::new();
+    for line in read_tail(path).lines() {
+        let Ok(r) = serde_json::from_str::<AuditRecord>(line) else {
+            continue;
+        };
+        if r.action != Some(ActionKind::CapContender) || r.container_id.is_empty() {
+            continue;
+        }
+        match r.decision {
+            Decision::Intent => {
+                if let Some(cpu) = r.cpu {
+                    caps.insert(r.container_id, (r.container_name, cpu));
+                }
+            }
+            Decision::Lifted | Decision::NotRecorded => {
+                caps.remove(&r.container_id);
+            }
+            // A timed-out update may have been applied; a failed lift is still a cap.
+            Decision::Failed if r.reason != "timeout" && r.reason != "lift_failed" => {
+                caps.remove(&r.container_id);
+            }
+            _ => {}
+        }
+    }
+    caps.into_iter()
+        .map(|(id, (name, cpu))| (id, name, cpu))
+        .collect()
 }
 
 #[cfg(test)]

@@ -209,6 +209,31 @@ pub enum ActionConfig {
     Exec {
         cmd: Vec<String>,
     },
+    /// Noisy neighbours (issue 20): cap the CPU of the container that a `runq_latency` anomaly
+    /// names as the top contender, through Docker's `CpuQuota`/`CpuPeriod`. Only when the
+    /// waiting container carries `protect_label=true` and the contender the opt-in label. The
+    /// cap is lifted after `lift_after_intervals` intervals without the anomaly, on shutdown,
+    /// and at the next start-up if the audit log shows it was never lifted.
+    CapContender {
+        /// CPUs the contender may use while capped (quota = cpus x period).
+        cpus: f64,
+        #[serde(default = "default_cap_period")]
+        period_us: i64,
+        #[serde(default = "default_lift_after")]
+        lift_after_intervals: u32,
+        #[serde(default = "default_protect_label")]
+        protect_label: String,
+    },
+}
+
+fn default_cap_period() -> i64 {
+    100_000
+}
+fn default_lift_after() -> u32 {
+    3
+}
+pub fn default_protect_label() -> String {
+    "sentinel.protect".into()
 }
 
 fn default_stop_timeout() -> u32 {
@@ -219,6 +244,16 @@ fn default_signal() -> String {
 }
 
 impl ActionConfig {
+    /// A `cap_contender` action's (CpuQuota, CpuPeriod), microseconds.
+    pub fn cpu_quota(&self) -> Option<(i64, i64)> {
+        match self {
+            ActionConfig::CapContender {
+                cpus, period_us, ..
+            } => Some(((cpus * *period_us as f64).round() as i64, *period_us)),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> ActionKind {
         match self {
             ActionConfig::Restart { .. } => ActionKind::Restart,
@@ -226,6 +261,7 @@ impl ActionConfig {
             ActionConfig::Start => ActionKind::Start,
             ActionConfig::Kill { .. } => ActionKind::Kill,
             ActionConfig::Exec { .. } => ActionKind::Exec,
+            ActionConfig::CapContender { .. } => ActionKind::CapContender,
         }
     }
 }
@@ -564,6 +600,50 @@ impl HealConfig {
                 ActionConfig::Exec { cmd } => {
                     if cmd.is_empty() || cmd[0].is_empty() {
                         c.err(format!("{k}.action.cmd"), "must be a non-empty argv list");
+                    }
+                }
+                ActionConfig::CapContender {
+                    cpus,
+                    period_us,
+                    lift_after_intervals,
+                    protect_label,
+                } => {
+                    if !matches!(&r.trigger, Trigger::Anomaly { signal, .. } if signal.as_str() == "runq_latency")
+                    {
+                        c.err(
+                            format!("{k}.trigger"),
+                            "a cap_contender rule needs trigger kind \"anomaly\" on signal \"runq_latency\"",
+                        );
+                    }
+                    c.urange(
+                        &format!("{k}.action.period_us"),
+                        (*period_us).max(0) as u64,
+                        1000,
+                        1_000_000,
+                    );
+                    // Docker refuses a quota under 1 ms.
+                    let quota = cpus * *period_us as f64;
+                    if !(cpus.is_finite() && *cpus <= 1024.0 && quota >= 1000.0) {
+                        c.err(
+                            format!("{k}.action.cpus"),
+                            format!("{cpus} is outside the allowed range (cpus x period_us >= 1000 and cpus <= 1024)"),
+                        );
+                    }
+                    c.urange(
+                        &format!("{k}.action.lift_after_intervals"),
+                        (*lift_after_intervals).into(),
+                        1,
+                        10_000,
+                    );
+                    if protect_label.is_empty()
+                        || protect_label.len() > 256
+                        || protect_label.chars().any(char::is_control)
+                        || *protect_label == self.label
+                    {
+                        c.err(
+                            format!("{k}.action.protect_label"),
+                            "must be 1..=256 printable characters, not the opt-in label",
+                        );
                     }
                 }
             }

@@ -6,7 +6,9 @@
 //! API surface used (so it runs behind a socket proxy allowing exactly this): `GET /_ping`,
 //! `/version`, `/containers/json`, `/containers/{id}/json`, `/images/{id}/json`, `/events`;
 //! `POST /containers/{id}/restart|stop|start|kill`; `POST /containers/{id}/exec` and
-//! `/exec/{id}/start`, `GET /exec/{id}/json` only when an exec rule exists.
+//! `/exec/{id}/start`, `GET /exec/{id}/json` only when an exec rule exists;
+//! `POST /containers/{id}/update` only when a `cap_contender` rule exists (or a cap an earlier
+//! process left is lifted).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +44,14 @@ pub trait DockerApi: Send + Sync {
     ) -> BoxFuture<'static, Result<ActionDone, DockerError>>;
     /// Is the engine answering? Bounded by the API time-out.
     fn ping(&self) -> BoxFuture<'static, Result<(), DockerError>>;
+    /// Set a container's `CpuQuota`/`CpuPeriod` (lifting a cap: the values it replaced).
+    /// Bounded by the API time-out.
+    fn set_cpu(
+        &self,
+        id: String,
+        quota: i64,
+        period: i64,
+    ) -> BoxFuture<'static, Result<(), DockerError>>;
 }
 
 impl DockerApi for DockerClient {
@@ -65,6 +75,20 @@ impl DockerApi for DockerClient {
     fn ping(&self) -> BoxFuture<'static, Result<(), DockerError>> {
         let client = self.clone();
         Box::pin(async move { client.ping().await })
+    }
+
+    fn set_cpu(
+        &self,
+        id: String,
+        quota: i64,
+        period: i64,
+    ) -> BoxFuture<'static, Result<(), DockerError>> {
+        let client = self.clone();
+        Box::pin(async move {
+            let path = format!("/containers/{id}/update");
+            let update = client.update_cpu(&id, quota, period);
+            client.bounded("POST", &path, update).await
+        })
     }
 }
 
@@ -119,6 +143,9 @@ pub struct ContainerInfo {
     pub restart_policy: String,
     pub max_retry: i64,
     pub restart_count: i64,
+    /// `HostConfig.CpuQuota`/`CpuPeriod` (0 = not set).
+    pub cpu_quota: i64,
+    pub cpu_period: i64,
 }
 
 impl ContainerInfo {
@@ -190,6 +217,10 @@ impl DockerClient {
         {
             info.restart_policy = rp.name.unwrap_or(RestartPolicyNameEnum::EMPTY).to_string();
             info.max_retry = rp.maximum_retry_count.unwrap_or(0);
+        }
+        if let Some(h) = &c.host_config {
+            info.cpu_quota = h.cpu_quota.unwrap_or(0);
+            info.cpu_period = h.cpu_period.unwrap_or(0);
         }
         if let Some(image) = c.image.as_deref() {
             let ipath = format!("/images/{image}/json");
@@ -263,8 +294,30 @@ impl DockerClient {
                 d.kill_container(id, Some(o)).await.map_err(map)?;
             }
             ActionConfig::Exec { cmd } => return self.exec(id, cmd).await,
+            ActionConfig::CapContender { .. } => {
+                let (quota, period) = action.cpu_quota().unwrap_or_default();
+                self.update_cpu(id, quota, period).await.map_err(map)?;
+            }
         }
         Ok(ActionDone { exit_code: None })
+    }
+
+    /// `POST /containers/{id}/update` with the CPU bandwidth only. Docker ignores a quota of
+    /// 0 ("unchanged"), so an unlimited one is sent as -1, which it stores as such.
+    fn update_cpu(
+        &self,
+        id: &str,
+        quota: i64,
+        period: i64,
+    ) -> impl std::future::Future<Output = Result<(), BollardError>> + Send + 'static {
+        let body = bollard::models::ContainerUpdateBody {
+            cpu_quota: Some(if quota <= 0 { -1 } else { quota }),
+            cpu_period: (period > 0).then_some(period),
+            ..Default::default()
+        };
+        let docker = self.docker.clone();
+        let id = id.to_string();
+        async move { docker.update_container(&id, body).await }
     }
 
     async fn exec(&self, id: &str, cmd: &[String]) -> Result<ActionDone, DockerError> {

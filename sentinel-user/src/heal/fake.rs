@@ -42,6 +42,8 @@ struct State {
     calls_now: usize,
     calls_max: usize,
     link: VecDeque<LinkMsg>,
+    /// Containers whose CPU setting was restored (`set_cpu`), in order.
+    lifts: Vec<String>,
 }
 
 /// The fake engine. Cheap to clone; clones share one state.
@@ -144,6 +146,11 @@ impl FakeDocker {
         self.state().actions.len()
     }
 
+    /// `set_cpu` calls (cap lifts) on `id`.
+    pub fn lifts_on(&self, id: &str) -> usize {
+        self.state().lifts.iter().filter(|i| *i == id).count()
+    }
+
     pub fn calls_max(&self) -> usize {
         self.state().calls_max
     }
@@ -213,6 +220,11 @@ impl FakeDocker {
                     exit_code: Some(exec_exit.unwrap_or(0)),
                 });
             }
+            ActionConfig::CapContender { .. } => {
+                let (quota, period) = action.cpu_quota().unwrap_or_default();
+                c.cpu_quota = quota;
+                c.cpu_period = period;
+            }
         }
         Ok(ActionDone { exit_code: None })
     }
@@ -249,9 +261,18 @@ impl DockerApi for FakeDocker {
             if hung {
                 std::future::pending::<()>().await;
             }
-            self.info(id).ok_or_else(|| DockerError::ContainerGone {
-                message: format!("No such container: {id}"),
-            })
+            let by_name = || {
+                self.state()
+                    .containers
+                    .values()
+                    .find(|c| c.name == id)
+                    .cloned()
+            };
+            self.info(id)
+                .or_else(by_name)
+                .ok_or_else(|| DockerError::ContainerGone {
+                    message: format!("No such container: {id}"),
+                })
         })
     }
 
@@ -271,6 +292,37 @@ impl DockerApi for FakeDocker {
                 tokio::time::sleep(delay).await;
             }
             me.apply(&id, &action)
+        })
+    }
+
+    fn set_cpu(
+        &self,
+        id: String,
+        quota: i64,
+        period: i64,
+    ) -> BoxFuture<'static, Result<(), DockerError>> {
+        let me = self.clone();
+        Box::pin(async move {
+            let (_call, hung) = me.call();
+            if hung {
+                std::future::pending::<()>().await;
+            }
+            let mut s = me.state();
+            s.lifts.push(id.clone());
+            if let Some(e) = s.fail.get_mut(&id).and_then(VecDeque::pop_front) {
+                return Err(e);
+            }
+            let Some(c) = s.containers.get_mut(&id) else {
+                return Err(DockerError::ContainerGone {
+                    message: format!("No such container: {id}"),
+                });
+            };
+            // As Docker does: 0 means "unchanged", -1 unlimited.
+            c.cpu_quota = if quota <= 0 { -1 } else { quota };
+            if period > 0 {
+                c.cpu_period = period;
+            }
+            Ok(())
         })
     }
 

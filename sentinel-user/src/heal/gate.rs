@@ -47,6 +47,11 @@ pub enum SkipReason {
     GlobalBreakerOpen,
     DryRun,
     StormGuard,
+    /// `cap_contender`: the waiting container does not carry the protect label.
+    NotProtected,
+    /// `cap_contender`: the top contender is not a Docker container here (`host`, another
+    /// runtime, gone).
+    NoContender,
 }
 
 impl SkipReason {
@@ -67,6 +72,8 @@ impl SkipReason {
             SkipReason::GlobalBreakerOpen => "global_breaker_open",
             SkipReason::DryRun => "dry_run",
             SkipReason::StormGuard => "storm_guard",
+            SkipReason::NotProtected => "not_protected",
+            SkipReason::NoContender => "no_contender",
         }
     }
 }

@@ -6,26 +6,44 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::audit::{AuditRecord, MAX_TEXT, for_log, truncate};
-use super::docker::{ContainerInfo, DockerApi, DockerError};
+use super::cap::Cap;
+use super::config::ActionConfig;
+use super::docker::{DockerApi, DockerError};
 use super::executor::ExecOutcome;
 use super::gate::{Finished, Grant, ScopedTransition, SkipReason};
+use super::pass::Due;
 use super::{BreakerState, Decision, HealEngine, InFlight, OWN_EVENT_WINDOW};
+use crate::model::{ActionKind, CpuCap};
 
 impl HealEngine {
     pub(super) fn start_action(
         &mut self,
         now: Instant,
         api: &Arc<dyn DockerApi>,
-        info: &ContainerInfo,
-        rule: usize,
+        due: Due,
         grant: Grant,
-        trigger: &str,
     ) {
+        let Due {
+            info,
+            rule,
+            trigger,
+            victim,
+            ..
+        } = due;
+        let info = &info;
         let r = self.cfg.rules[rule].clone();
-        let mut rec = AuditRecord::new(&info.id, &info.name, Decision::Intent, trigger);
+        let mut rec = AuditRecord::new(&info.id, &info.name, Decision::Intent, &trigger);
         rec.rule = Some(r.name.clone());
         rec.action = Some(r.action.kind());
         rec.breaker = self.gate.breaker_state(&info.id);
+        // The quota it replaces goes into the intent line, so any later process can restore it.
+        let cpu = r.action.cpu_quota().map(|(quota, period)| CpuCap {
+            quota,
+            period,
+            prev_quota: info.cpu_quota,
+            prev_period: info.cpu_period,
+        });
+        rec.cpu = cpu;
         if !self.write_audit(rec) {
             // Fail safe: an action that cannot be audited is not taken.
             self.gate.finish(now, &info.id, grant, Finished::Neutral);
@@ -36,7 +54,31 @@ impl HealEngine {
             );
             return;
         }
-        self.last_skip.remove(&(info.id.clone(), rule));
+        if victim.is_none() {
+            // Not for a cap: its (contender, rule) key also dedups the contender's own skips as
+            // a waiting container (`not_protected`), which acting on it does not change.
+            self.last_skip.remove(&(info.id.clone(), rule));
+        }
+        if let (
+            Some(cpu),
+            Some(reason),
+            ActionConfig::CapContender {
+                lift_after_intervals,
+                ..
+            },
+        ) = (cpu, victim, &r.action)
+        {
+            // Booked before it runs: a cap cancelled half-way is lifted like any other.
+            let cap = Cap {
+                name: info.name.clone(),
+                reason: Some(reason),
+                lift_after: *lift_after_intervals,
+                calm: 0,
+                cpu,
+                lift_failed: false,
+            };
+            self.caps.insert(info.id.clone(), cap);
+        }
         let fut = self.exec.run(api.clone(), info.id.clone(), r.action);
         let handle = self.tasks.spawn(fut);
         self.inflight.insert(
@@ -163,6 +205,15 @@ impl HealEngine {
                 }
             }
         };
+        if action == ActionKind::CapContender {
+            rec.cpu = self.caps.get(&f.id).map(|c| c.cpu);
+            // Docker said no (not a time-out, after which the quota may be set): nothing to lift.
+            let unapplied = rec.decision == Decision::NotRecorded
+                || (rec.decision == Decision::Failed && rec.reason != "timeout");
+            if unapplied {
+                self.caps.remove(&f.id);
+            }
+        }
         let tr = self.gate.finish(now, &f.id, f.grant, how);
         if let Some(t) = self.containers.get_mut(&f.id) {
             t.own_until = Some(now + OWN_EVENT_WINDOW);

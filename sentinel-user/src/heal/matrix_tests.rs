@@ -41,6 +41,7 @@ fn anomaly(id: &str, signal: &str) -> ContainerAnomaly {
         signal: signal.parse().unwrap(),
         score: 1.0,
         slowed_by: None,
+        contender: None,
     }
 }
 

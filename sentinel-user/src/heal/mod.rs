@@ -40,6 +40,9 @@
 pub mod audit;
 pub mod backoff;
 pub mod breaker;
+mod cap;
+#[cfg(test)]
+mod cap_tests;
 pub mod config;
 pub mod docker;
 pub(crate) mod executor;
@@ -86,6 +89,9 @@ pub struct ContainerAnomaly {
     /// On `runq_latency`: the container's top contender in the interval and its share of the
     /// wait (`noisy 62%`), written into the trigger text of the decisions it leads to.
     pub slowed_by: Option<String>,
+    /// The top contender's name alone (a container name, or `host`): whom a `cap_contender`
+    /// rule caps.
+    pub contender: Option<String>,
 }
 
 /// What the engine learned about a container from Docker's events and inspections.
@@ -149,6 +155,8 @@ pub struct HealEngine {
     restored_ids: Vec<String>,
     /// Containers of other runtimes whose anomaly was audited as not Docker's (once each).
     not_docker: runtimes::NotDocker,
+    /// CPU caps set by `cap_contender` (or left by an earlier process), by container id.
+    caps: HashMap<String, cap::Cap>,
 }
 
 impl HealEngine {
@@ -171,6 +179,21 @@ impl HealEngine {
             audit::read_past(audit_path, &cfg, Instant::now(), SystemTime::now());
         gate.restore(&past);
         let restored_ids: Vec<String> = past.keys().cloned().collect();
+        // Caps an earlier process set and never lifted: lifted as soon as Docker answers.
+        let caps = audit::unlifted_caps(audit_path)
+            .into_iter()
+            .map(|(id, name, cpu)| {
+                let cap = cap::Cap {
+                    name,
+                    reason: None,
+                    lift_after: 0,
+                    calm: 0,
+                    cpu,
+                    lift_failed: false,
+                };
+                (id, cap)
+            })
+            .collect();
         let mut audit = AuditLog::open(audit_path, cfg.recent_actions);
         for (id, name, remaining) in reopened {
             let mut r = AuditRecord::new(&id, &name, Decision::Breaker, "restored");
@@ -181,6 +204,7 @@ impl HealEngine {
         }
         Ok(Self {
             gate,
+            caps,
             restored_ids,
             not_docker: runtimes::NotDocker::default(),
             audit,
@@ -277,6 +301,7 @@ impl HealEngine {
             .map(|a| (self.resolve_id(&a.container_id), a.signal))
             .collect();
         self.streaks.advance_anomalies(&self.cfg.rules, &hits);
+        self.advance_caps(&hits).await;
         self.streaks.slowed_by = anomalies
             .iter()
             .filter_map(|a| {
@@ -285,6 +310,13 @@ impl HealEngine {
                     (self.resolve_id(&a.container_id), a.signal),
                     crate::sanitize::truncate(by, 120),
                 ))
+            })
+            .collect();
+        self.streaks.contender = anomalies
+            .iter()
+            .filter_map(|a| {
+                let by = a.contender.as_ref()?;
+                Some(((self.resolve_id(&a.container_id), a.signal), by.clone()))
             })
             .collect();
         self.prober.launch(&self.cfg.rules);
@@ -296,12 +328,15 @@ impl HealEngine {
         self.window_count = self.gate.actions_in_global_window(now);
     }
 
-    /// Cancel in-flight actions (audited `cancelled_shutdown`, no breaker effect) and stop
-    /// listening to Docker.
+    /// Cancel in-flight actions (audited `cancelled_shutdown`, no breaker effect), lift the
+    /// CPU caps sentinel set, and stop listening to Docker.
     pub async fn shutdown(&mut self, now: Instant) {
         self.tasks.abort_all();
         while let Some(res) = self.tasks.join_next_with_id().await {
             self.settle_task(now, res);
+        }
+        if self.docker == DockerState::Up {
+            self.lift_all("shutdown").await;
         }
         self.prober.abort();
         self.link = None;

@@ -6,10 +6,20 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-use super::docker::{ContainerInfo, DockerError};
-use super::gate::{Consent, Facts, Verdict};
+use super::docker::{ContainerInfo, DockerApi, DockerError};
+use super::gate::{Consent, Facts, SkipReason, Verdict};
 use super::{HealEngine, triggers};
-use crate::heal::config::Trigger;
+use crate::heal::config::{ActionConfig, RuleConfig, Signal, Trigger};
+
+/// A (container, rule) the pass found due, as the gate and the life cycle see it.
+pub(super) struct Due {
+    pub info: ContainerInfo,
+    pub rule: usize,
+    pub trigger: String,
+    pub facts: Facts,
+    /// `cap_contender`: the protected container and its signal (`info` is the contender).
+    pub victim: Option<(String, Signal)>,
+}
 
 impl HealEngine {
     /// Time a pass over Docker may take: half an interval (so a hung Docker cannot stretch the
@@ -99,13 +109,8 @@ impl HealEngine {
         let Some(api) = self.api.clone() else {
             return;
         };
-        struct Cand {
-            info: ContainerInfo,
-            rule: usize,
-            trigger: String,
-            facts: Facts,
-        }
-        let mut cands: Vec<Cand> = Vec::new();
+        let mut cands: Vec<Due> = Vec::new();
+        let mut skips = Vec::new();
         let mut quiet: Vec<(String, usize)> = Vec::new();
         let mut quiet_ids: Vec<String> = Vec::new();
         for id in ids {
@@ -142,13 +147,49 @@ impl HealEngine {
                 }
                 match triggers::fires(idx, rule, &info, &self.streaks, stopped) {
                     None => quiet.push((info.id.clone(), idx)),
+                    Some(trigger) if matches!(rule.action, ActionConfig::CapContender { .. }) => {
+                        // Not `fired_any`: the action is on another container, so this firing
+                        // says nothing about an action on this one (a capped contender that
+                        // waits too must not fail its own cap's verification).
+                        // The action is on the contender: the gate judges it (its consent, its
+                        // breaker, its back-off), the waiting container only says why.
+                        let name = match &rule.trigger {
+                            Trigger::Anomaly { signal, .. } => {
+                                let key = (info.id.clone(), *signal);
+                                self.streaks.contender.get(&key).cloned()
+                            }
+                            _ => None,
+                        };
+                        match Self::cap_target(&*api, &info, rule, name).await {
+                            Err(reason) => skips.push((
+                                info.id.clone(),
+                                info.name.clone(),
+                                idx,
+                                reason,
+                                trigger,
+                            )),
+                            // Already capped: its lift is pending.
+                            Ok((target, _)) if self.caps.contains_key(&target.id) => {}
+                            Ok((target, signal)) => cands.push(Due {
+                                facts: Facts {
+                                    consent: triggers::consent(&self.cfg, &target),
+                                    stopped_by_operator: false,
+                                    restart_policy_active: target.restarting,
+                                },
+                                trigger: format!("{trigger}; protects {}", info.name),
+                                info: target,
+                                rule: idx,
+                                victim: Some((info.id.clone(), signal)),
+                            }),
+                        }
+                    }
                     Some(trigger) => {
                         fired_any = true;
                         let restart_policy_active = match rule.trigger {
                             Trigger::Died { .. } => info.policy_will_restart(),
                             _ => info.restarting,
                         };
-                        cands.push(Cand {
+                        cands.push(Due {
                             info: info.clone(),
                             rule: idx,
                             trigger,
@@ -157,6 +198,7 @@ impl HealEngine {
                                 stopped_by_operator: stopped,
                                 restart_policy_active,
                             },
+                            victim: None,
                         });
                     }
                 }
@@ -170,13 +212,16 @@ impl HealEngine {
                 self.audit_transitions(&tr);
             }
         }
+        for (id, name, rule, reason, trigger) in skips {
+            self.skip(&id, &name, rule, reason, &trigger);
+        }
         // A rule that no longer fires: the next skip for it is news again.
         for k in quiet {
             self.last_skip.remove(&k);
         }
         // Storm guard (D8), on every evaluation, event-driven or full: the gate counts the
         // containers it could act on, then decides each with that count in mind.
-        let actionable = |c: &Cand| {
+        let actionable = |c: &Due| {
             c.facts.consent == Consent::Labelled
                 && !c.facts.stopped_by_operator
                 && !c.facts.restart_policy_active
@@ -213,9 +258,39 @@ impl HealEngine {
                 }
                 Verdict::Allow(grant) => {
                     acted.insert(c.info.id.clone());
-                    self.start_action(now, &api, &c.info, c.rule, grant, &c.trigger);
+                    self.start_action(now, &api, c, grant);
                 }
             }
         }
+    }
+
+    /// Whom a `cap_contender` rule that fired for `victim` would cap: its top contender
+    /// (`name`, from the anomaly), when the victim carries the protect label and the contender
+    /// is a running Docker container here. No `self`: the engine is not `Sync`, and this awaits.
+    async fn cap_target(
+        api: &dyn DockerApi,
+        victim: &ContainerInfo,
+        rule: &RuleConfig,
+        name: Option<String>,
+    ) -> Result<(ContainerInfo, Signal), SkipReason> {
+        let (ActionConfig::CapContender { protect_label, .. }, Trigger::Anomaly { signal, .. }) =
+            (&rule.action, &rule.trigger)
+        else {
+            return Err(SkipReason::NoContender);
+        };
+        if victim.labels.get(protect_label).map(String::as_str) != Some("true") {
+            return Err(SkipReason::NotProtected);
+        }
+        let name = name
+            .filter(|n| !n.is_empty() && n != "host")
+            .ok_or(SkipReason::NoContender)?;
+        // Docker resolves a name (or an id prefix): only an exact name match is the contender.
+        let target = api
+            .inspect(&name)
+            .await
+            .ok()
+            .filter(|c| c.name == name && c.id != victim.id && c.running)
+            .ok_or(SkipReason::NoContender)?;
+        Ok((target, *signal))
     }
 }

@@ -45,6 +45,8 @@ pub struct Streaks {
     /// (container id, signal) -> whom the container waited behind in the latest interval, for
     /// the trigger text of a `runq_latency` anomaly (issue 20).
     pub slowed_by: HashMap<(String, Signal), String>,
+    /// (container id, signal) -> the name of that top contender alone (`cap_contender`).
+    pub contender: HashMap<(String, Signal), String>,
 }
 
 impl Streaks {
@@ -125,6 +127,7 @@ impl Streaks {
     pub fn forget(&mut self, id: &str) {
         self.anomaly.retain(|(c, _), _| c != id);
         self.slowed_by.retain(|(c, _), _| c != id);
+        self.contender.retain(|(c, _), _| c != id);
     }
 
     /// `anomaly: runq_latency for 3 intervals, slowed by noisy (62%)`: the contender where the

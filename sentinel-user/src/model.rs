@@ -170,6 +170,9 @@ pub struct ContainerSeries {
     pub help: &'static str,
     /// The interval's delta, in `unit`.
     pub read: fn(&ContainerDelta) -> f64,
+    /// The signal name detection and heal triggers watch this delta by
+    /// (`container.<name>.<watch>`, `signal = "<watch>"` in a rule); `None`: exported only.
+    pub watch: Option<&'static str>,
 }
 
 impl ContainerSeries {
@@ -190,78 +193,91 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         unit: "seconds",
         help: "On-CPU time of the container's tasks, seconds.",
         read: |c| c.stats.cpu_ns as f64 / 1e9,
+        watch: None,
     },
     ContainerSeries {
         name: "context_switches",
         unit: "",
         help: "Context switches of the container's tasks.",
         read: |c| c.stats.switches as f64,
+        watch: None,
     },
     ContainerSeries {
         name: "forks",
         unit: "",
         help: "Processes started in the container (threads are not counted).",
         read: |c| c.stats.forks as f64,
+        watch: None,
     },
     ContainerSeries {
         name: "execs",
         unit: "",
         help: "Programs executed in the container.",
         read: |c| c.stats.execs as f64,
+        watch: None,
     },
     ContainerSeries {
         name: "exits",
         unit: "",
         help: "Processes that exited in the container.",
         read: |c| c.stats.exits as f64,
+        watch: None,
     },
     ContainerSeries {
         name: "abnormal_exits",
         unit: "",
         help: "Processes that exited with a non-zero code or by a signal.",
         read: |c| c.stats.abnormal_exits as f64,
+        watch: Some("abnormal_exits"),
     },
     ContainerSeries {
         name: "oom_kills",
         unit: "",
         help: "Processes of the container killed by the OOM killer.",
         read: |c| c.stats.oom_kills as f64,
+        watch: Some("oom_kills"),
     },
     ContainerSeries {
         name: "net_rx_packets",
         unit: "",
         help: "Packets received in the container's network namespace.",
         read: |c| c.rx_packets as f64,
+        watch: None,
     },
     ContainerSeries {
         name: "net_rx_bytes",
         unit: "",
         help: "Bytes received in the container's network namespace.",
         read: |c| c.rx_bytes as f64,
+        watch: None,
     },
     ContainerSeries {
         name: "net_tx_packets",
         unit: "",
         help: "Packets transmitted in the container's network namespace.",
         read: |c| c.tx_packets as f64,
+        watch: None,
     },
     ContainerSeries {
         name: "net_tx_bytes",
         unit: "",
         help: "Bytes transmitted in the container's network namespace.",
         read: |c| c.tx_bytes as f64,
+        watch: None,
     },
     ContainerSeries {
         name: "tcp_retransmits",
         unit: "",
         help: "TCP retransmissions in the container's network namespace.",
         read: |c| c.tcp_retransmits as f64,
+        watch: Some("tcp_retrans"),
     },
     ContainerSeries {
         name: "tcp_resets",
         unit: "",
         help: "TCP resets in the container's network namespace.",
         read: |c| c.tcp_resets as f64,
+        watch: Some("tcp_resets"),
     },
     ContainerSeries {
         name: "runqueue_wait",
@@ -269,12 +285,14 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Time the container's tasks waited for a CPU (wakeup to on-CPU), seconds: the \
                kernel's exact sum.",
         read: |c| c.runqueue_latency_us.sum / 1e6,
+        watch: None,
     },
     ContainerSeries {
         name: "runqueue_waits",
         unit: "",
         help: "Run-queue waits of the container's tasks (wakeup to on-CPU).",
         read: |c| c.runqueue_latency_us.count as f64,
+        watch: None,
     },
 ];
 

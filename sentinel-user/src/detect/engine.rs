@@ -3,6 +3,7 @@
 //! `sentinel replay` drives [`SeriesDetector`] directly, so replay and the daemon share it.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use serde::Serialize;
 
@@ -12,7 +13,7 @@ use super::lifecycle::{
     EventKind, EventParams, Evidence, Hysteresis, SeriesState, Shaper, ShaperParams,
 };
 use super::stats::{StatDetector, StatParams};
-use crate::model::{AnomalyRecord, ContainerDelta, DetectionSummary, Interval};
+use crate::model::{AnomalyRecord, CONTAINER_SERIES, ContainerDelta, DetectionSummary, Interval};
 
 /// Everything derived from a validated [`DetectConfig`], shared by all series of an engine.
 #[derive(Clone, Debug)]
@@ -330,28 +331,54 @@ pub fn metric_value(iv: &Interval, name: &str) -> Option<Option<f64>> {
     Some(Some(v))
 }
 
-/// Per-container signals, in the order they are fed.
-pub const CONTAINER_SIGNALS: [&str; 6] = [
-    "cpu",
-    "runq_latency",
-    "tcp_retrans",
-    "tcp_resets",
-    "abnormal_exits",
-    "oom_kills",
-];
+/// How a watched per-container signal is read.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// Derived by detection (a share or a quantile, not a counter's delta); `None`: nothing
+    /// measured (no run-queue samples in the interval).
+    Derived(fn(&ContainerDelta) -> Option<f64>),
+    /// The delta of a `model::CONTAINER_SERIES` row marked `watch`.
+    Series(fn(&ContainerDelta) -> f64),
+}
+
+impl Reading {
+    fn value(self, c: &ContainerDelta) -> Option<f64> {
+        match self {
+            Reading::Derived(read) => read(c),
+            Reading::Series(read) => Some(read(c)),
+        }
+    }
+}
+
+/// Per-container signals, in the order they are fed: the CPU share and the run-queue p99,
+/// then every `model::CONTAINER_SERIES` row marked `watch`, so a watched kernel counter is one
+/// field of its row there, not a list here.
+static WATCHED: LazyLock<Vec<(&'static str, Reading)>> = LazyLock::new(|| {
+    let derived: [(&'static str, Reading); 2] = [
+        ("cpu", Reading::Derived(|c| Some(c.cpu_percent))),
+        (
+            "runq_latency",
+            Reading::Derived(|c| {
+                (c.runqueue_latency_us.count > 0).then_some(c.runqueue_latency_us.p99)
+            }),
+        ),
+    ];
+    let series = CONTAINER_SERIES
+        .iter()
+        .filter_map(|s| Some((s.watch?, Reading::Series(s.read))));
+    derived.into_iter().chain(series).collect()
+});
+
+/// The names of the per-container signals (series `container.<name>.<signal>`, heal
+/// triggers' `signal`), in the order they are fed.
+pub static CONTAINER_SIGNALS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| WATCHED.iter().map(|&(name, _)| name).collect());
 
 /// A container signal's value: `None` no such signal, `Some(None)` nothing measured (no
 /// run-queue samples in the interval).
 fn container_signal(c: &ContainerDelta, signal: &str) -> Option<Option<f64>> {
-    Some(match signal {
-        "cpu" => Some(c.cpu_percent),
-        "runq_latency" => (c.runqueue_latency_us.count > 0).then_some(c.runqueue_latency_us.p99),
-        "tcp_retrans" => Some(c.tcp_retransmits as f64),
-        "tcp_resets" => Some(c.tcp_resets as f64),
-        "abnormal_exits" => Some(c.stats.abnormal_exits as f64),
-        "oom_kills" => Some(c.stats.oom_kills as f64),
-        _ => return None,
-    })
+    let &(_, reading) = WATCHED.iter().find(|&&(name, _)| name == signal)?;
+    Some(reading.value(c))
 }
 
 /// The `<name>` in `container.<name>.<signal>`: the container name, else the short id, else
@@ -399,8 +426,8 @@ fn for_each_series(iv: &Interval, mut f: impl FnMut(Obs<'_>)) {
             continue;
         };
         let id = (!c.id.is_empty()).then_some(c.id.as_str());
-        for signal in CONTAINER_SIGNALS {
-            let Some(Some(value)) = container_signal(c, signal) else {
+        for &(signal, reading) in WATCHED.iter() {
+            let Some(value) = reading.value(c) else {
                 continue;
             };
             name.clear();
@@ -1067,6 +1094,47 @@ mod tests {
         assert_eq!(metric_value(&iv, "container.web.cpu"), Some(Some(12.5)));
         assert_eq!(metric_value(&iv, "container.gone.cpu"), Some(None));
         assert_eq!(metric_value(&iv, "container.web.nope"), None);
+    }
+
+    /// The watched per-container signals are the two detection derives plus exactly the
+    /// `CONTAINER_SERIES` rows marked `watch`, each read through its row: a watched kernel
+    /// counter needs no list of its own here.
+    #[test]
+    fn watched_container_signals_follow_the_series_rows() {
+        let marked: Vec<&str> = CONTAINER_SERIES.iter().filter_map(|s| s.watch).collect();
+        assert_eq!(CONTAINER_SIGNALS[..2], ["cpu", "runq_latency"]);
+        assert_eq!(CONTAINER_SIGNALS[2..], marked[..]);
+        for name in ["tcp_retrans", "tcp_resets", "abnormal_exits", "oom_kills"] {
+            assert!(marked.contains(&name), "{name} not watched: {marked:?}");
+        }
+        let mut c = container("abc123", "web", 1.0);
+        c.stats.oom_kills = 2;
+        c.tcp_resets = 5;
+        let mut iv = interval(0, 1.0);
+        iv.containers.push(c);
+        assert_eq!(
+            metric_value(&iv, "container.web.oom_kills"),
+            Some(Some(2.0))
+        );
+        assert_eq!(
+            metric_value(&iv, "container.web.tcp_resets"),
+            Some(Some(5.0))
+        );
+        assert_eq!(
+            metric_value(&iv, "container.web.tcp_retrans"),
+            Some(Some(3.0))
+        );
+        // An exported-only row is no detection signal.
+        assert_eq!(metric_value(&iv, "container.web.forks"), None);
+        let mut fed = Vec::new();
+        for_each_series(&iv, |o| {
+            if o.container_id.is_some() {
+                fed.push((o.signal.to_string(), o.value));
+            }
+        });
+        let signals: Vec<&str> = fed.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(signals, *CONTAINER_SIGNALS);
+        assert!(fed.contains(&("oom_kills".to_string(), 2.0)), "{fed:?}");
     }
 
     #[test]

@@ -933,7 +933,7 @@ mod tests {
     /// An anomaly trigger names a signal detection defines; a typo is an error listing them.
     #[test]
     fn anomaly_signal_is_one_of_the_detected_signals() {
-        for name in CONTAINER_SIGNALS {
+        for &name in CONTAINER_SIGNALS.iter() {
             let src = format!(
                 "[[rules]]\nname = \"r\"\ntrigger = {{ kind = \"anomaly\", signal = \"{name}\" }}\naction = {{ kind = \"restart\" }}\n"
             );

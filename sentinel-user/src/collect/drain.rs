@@ -996,13 +996,8 @@ mod tests {
         let mut counted: HashMap<IfaceKey, [u64; 4]> = HashMap::new();
         let mut reported: HashMap<IfaceKey, [u64; 4]> = HashMap::new();
         let (mut overflow, mut all_packets, mut host_packets) = (0u64, 0u64, 0u64);
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::detect::learned::Rng(0x9e37_79b9_7f4a_7c15u64);
+        let mut next = || rng.next_u64();
         for step in 0..500u64 {
             let mut dirty = Vec::new();
             for _ in 0..(next() % 6) {
@@ -1239,13 +1234,8 @@ mod tests {
         let mut counted: HashMap<ContainerKey, u64> = HashMap::new();
         let mut reported: HashMap<ContainerKey, u64> = HashMap::new();
         let mut owner = [10u64, 11, 12, 13];
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut rng = crate::detect::learned::Rng(0x2545_f491_4f6c_dd1du64);
+        let mut next = || rng.next_u64();
         for step in 0..500 {
             let mut dirty = Vec::new();
             for _ in 0..(next() % 6) {

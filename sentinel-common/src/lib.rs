@@ -330,7 +330,8 @@ pub struct CpuRecord {
     pub runq_hist: [u64; HIST_BUCKETS],
     /// Sum of every wait in `runq_hist`, in ns: exact, not estimated from the buckets.
     pub runq_wait_ns: u64,
-    /// Start of the slice running on this CPU, in the run-queue source's clock (0: none yet).
+    /// Start of the slice running on this CPU, in the CPU-time clock (0: none yet): the run
+    /// queue's `clock_task` with the `sched_info` source, `bpf_ktime_get_ns` with `hash`.
     pub since: u64,
     /// Container slot of the running task; `NO_SLOT` for the idle task.
     pub cur_slot: u32,
@@ -591,6 +592,9 @@ pub mod global {
     pub const TASK_CFS_RQ: &str = "TASK_CFS_RQ_OFF";
     pub const CFS_RQ_RQ: &str = "CFS_RQ_RQ_OFF";
     pub const RQ_CLOCK: &str = "RQ_CLOCK_OFF";
+    /// `rq.clock_task`: the run queue's clock less steal (and IRQ) time, the clock the kernel
+    /// charges a task's CPU time in (`se.sum_exec_runtime`, cgroup `cpu.stat`).
+    pub const RQ_CLOCK_TASK: &str = "RQ_CLOCK_TASK_OFF";
     /// One of `runq_source::*`.
     pub const RUNQ_SOURCE: &str = "RUNQ_SOURCE";
 }

@@ -155,6 +155,8 @@ pub static CFS_RQ_RQ_OFF: u32 = 0;
 #[unsafe(no_mangle)]
 pub static RQ_CLOCK_OFF: u32 = 0;
 #[unsafe(no_mangle)]
+pub static RQ_CLOCK_TASK_OFF: u32 = 0;
+#[unsafe(no_mangle)]
 pub static RUNQ_SOURCE: u32 = 0;
 
 #[inline(always)]

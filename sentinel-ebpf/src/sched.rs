@@ -23,6 +23,10 @@
 //! the task's run_delay but in no histogram (its length is gone by the time any tracepoint
 //! sees the task). BENCHMARKS.md measures how much that is under a storm.
 //!
+//! CPU time per container: each slice from switch-in to switch-out, in the run queue's
+//! `clock_task` with the `sched_info` source (what the kernel charges: a hypervisor's stolen
+//! time is not the container's), in `bpf_ktime_get_ns` with `hash` (stolen time included).
+//!
 //! `hash` source (kernels without SCHED_INFO or a cfs_rq->rq pointer, or forced by
 //! `--runq-source hash`): the wakeup programs store `bpf_ktime_get_ns` per task in the shared
 //! `RUNQ_START` hash and sched_switch takes it out; sched_process_exit drops the stamp of a
@@ -37,7 +41,7 @@ use sentinel_common::{
 use crate::{
     container::{container_key, mark_dirty, slot_of, stats},
     maps::{
-        CFS_RQ_RQ_OFF, RQ_CLOCK_OFF, RUNQ_SOURCE, RUNQ_START, TASK_CFS_RQ_OFF, TASK_EXIT_CODE_OFF,
+        CFS_RQ_RQ_OFF, RQ_CLOCK_OFF, RQ_CLOCK_TASK_OFF, RUNQ_SOURCE, RUNQ_START, TASK_CFS_RQ_OFF, TASK_EXIT_CODE_OFF,
         TASK_LAST_QUEUED_OFF, TASK_PID_OFF, TASK_STATE_OFF, TASK_TGID_OFF, add, count,
         count_shared, field, global, record,
     },
@@ -63,21 +67,28 @@ fn hash_source() -> bool {
     global(&RUNQ_SOURCE) as u32 == runq_source::HASH
 }
 
-/// The clock of the run queue of `task`'s CPU: `task->se.cfs_rq->rq->clock` (every task has a
+/// The clocks of the run queue of `task`'s CPU, `task->se.cfs_rq->rq`: `clock`, which
+/// `last_queued` is stamped in, and `clock_task`, which the kernel charges CPU time in
+/// (`clock` less steal and, with IRQ_TIME_ACCOUNTING, interrupt time): a slice measured in it
+/// is what `se.sum_exec_runtime` and the cgroup's `cpu.stat` grow by, so a container's CPU
+/// time agrees with `docker stats` on a host whose hypervisor steals time. Every task has a
 /// cfs_rq on its CPU, whatever its scheduling class; the `rq` back pointer exists with
-/// CONFIG_FAIR_GROUP_SCHED, which the loader checks in BTF).
+/// CONFIG_FAIR_GROUP_SCHED, which the loader checks in BTF. Both are (0, 0) without one.
 #[inline(always)]
-fn rq_clock(task: *const u8) -> u64 {
+fn rq_clocks(task: *const u8) -> (u64, u64) {
     unsafe {
         let cfs_rq: *const u8 = field(task, global(&TASK_CFS_RQ_OFF));
         if cfs_rq.is_null() {
-            return 0;
+            return (0, 0);
         }
         let rq: *const u8 = field(cfs_rq, global(&CFS_RQ_RQ_OFF));
         if rq.is_null() {
-            return 0;
+            return (0, 0);
         }
-        field::<u64>(rq, global(&RQ_CLOCK_OFF))
+        (
+            field::<u64>(rq, global(&RQ_CLOCK_OFF)),
+            field::<u64>(rq, global(&RQ_CLOCK_TASK_OFF)),
+        )
     }
 }
 
@@ -102,13 +113,15 @@ pub fn snt_sched_switch(ctx: BtfTracePointContext) -> i32 {
     unsafe {
         add(&raw mut (*rec).counters[counter::SCHED_SWITCH], 1);
         let hash = hash_source();
-        let now = if hash {
-            bpf_ktime_get_ns()
+        // `now` times waits, `cpu_now` slices (one clock with `hash`).
+        let (now, cpu_now) = if hash {
+            let now = bpf_ktime_get_ns();
+            (now, now)
         } else {
-            rq_clock(next)
+            rq_clocks(next)
         };
-        if now.wrapping_sub((*rec).calib_clock) > CALIBRATE_EVERY_NS {
-            calibrate(rec, now, hash);
+        if cpu_now.wrapping_sub((*rec).calib_clock) > CALIBRATE_EVERY_NS {
+            calibrate(rec, cpu_now, hash);
         }
         // The slice that ends goes to the container of the task leaving the CPU, whose slot
         // was cached when it arrived: no lookup.
@@ -117,11 +130,11 @@ pub fn snt_sched_switch(ctx: BtfTracePointContext) -> i32 {
         if since != 0
             && let Some(cs) = stats(rec, prev_slot)
         {
-            add(&raw mut (*cs).cpu_ns, now.saturating_sub(since));
+            add(&raw mut (*cs).cpu_ns, cpu_now.saturating_sub(since));
             add(&raw mut (*cs).switches, 1);
             mark_dirty(rec, prev_slot);
         }
-        (*rec).since = now;
+        (*rec).since = cpu_now;
         if hash && field::<u32>(prev, global(&TASK_STATE_OFF)) == TASK_RUNNING {
             // Preempted, still runnable: its wait starts now. Only the low 32 bits of the
             // state are read, which covers both `unsigned int __state` and the older `long`.
@@ -155,8 +168,10 @@ pub fn snt_sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Keeps this CPU's (run-queue clock, `bpf_ktime_get_ns`) offset for userspace, in one 8-byte
-/// store so it is never read half-written.
+/// Keeps this CPU's (CPU-time clock, `bpf_ktime_get_ns`) offset for userspace, in one 8-byte
+/// store so it is never read half-written. `clock_task` falls behind ktime by the time stolen
+/// since: the offset is refreshed every second, and a running slice credited a little too
+/// much at a drain is paid back when it ends (collect/drain.rs, `RunningSlices`).
 #[inline(never)]
 fn calibrate(rec: *mut CpuRecord, now: u64, hash: bool) {
     unsafe {

@@ -649,9 +649,10 @@ fn is_derived(index: usize) -> bool {
 /// slice is counted exactly once over the run: the credits and the debt cancel. A debt is
 /// bounded by one slice per CPU and dropped with the container.
 ///
-/// The slice start is in the CPU's clock (the run queue's, with the `sched_info` source);
-/// the record's `ktime_minus_clock` turns CLOCK_MONOTONIC into that clock. An offset that
-/// drifted a little only moves time between two intervals: the debt still cancels it.
+/// The slice start is in the CPU's CPU-time clock (the run queue's `clock_task`, which stolen
+/// time does not advance, with the `sched_info` source); the record's `ktime_minus_clock`
+/// turns CLOCK_MONOTONIC into that clock. An offset that drifted a little (time stolen since
+/// it was refreshed) only moves time between two intervals: the debt still cancels it.
 #[derive(Default)]
 struct RunningSlices {
     per_cpu: Vec<Option<Slice>>,

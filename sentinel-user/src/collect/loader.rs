@@ -607,7 +607,7 @@ pub fn ebpf_loader(
     sock_net: u32,
 ) -> EbpfLoader<'static> {
     let si = offsets.sched_info.clone().unwrap_or_default();
-    let globals: [(&str, u32); 25] = [
+    let globals: [(&str, u32); 26] = [
         (global::TASK_PID, offsets.task_pid),
         (global::TASK_STATE, offsets.task_state),
         (global::SKB_LEN, offsets.skb_len),
@@ -632,10 +632,11 @@ pub fn ebpf_loader(
         (global::TASK_CFS_RQ, si.task_cfs_rq),
         (global::CFS_RQ_RQ, si.cfs_rq_rq),
         (global::RQ_CLOCK, si.rq_clock),
+        (global::RQ_CLOCK_TASK, si.rq_clock_task),
         (global::RUNQ_SOURCE, runq_source.as_global()),
     ];
     // The loader borrows each value for as long as it lives: one small leak per load.
-    let globals: &'static [(&str, u32); 25] = Box::leak(Box::new(globals));
+    let globals: &'static [(&str, u32); 26] = Box::leak(Box::new(globals));
     let mut loader = EbpfLoader::new();
     for (name, value) in globals {
         loader.override_global(name, value, true);

@@ -48,6 +48,7 @@ pub struct SchedInfoOffsets {
     pub task_cfs_rq: u32,
     pub cfs_rq_rq: u32,
     pub rq_clock: u32,
+    pub rq_clock_task: u32,
 }
 
 impl SchedInfoOffsets {
@@ -59,6 +60,7 @@ impl SchedInfoOffsets {
             cfs_rq_rq: member_offset(btf, "cfs_rq", &["rq"])
                 .context("no CONFIG_FAIR_GROUP_SCHED")?,
             rq_clock: member_offset(btf, "rq", &["clock"])?,
+            rq_clock_task: member_offset(btf, "rq", &["clock_task"])?,
         })
     }
 }

@@ -24,7 +24,7 @@ fn iface_sum(intervals: &[Interval], netns: u32, name: &str) -> (u64, u64) {
     intervals
         .iter()
         .flat_map(|iv| &iv.interfaces)
-        .filter(|i| i.netns == netns && i.name == name)
+        .filter(|i| i.netns == netns && &*i.name == name)
         .fold((0, 0), |(rx, tx), i| (rx + i.rx_packets, tx + i.tx_packets))
 }
 

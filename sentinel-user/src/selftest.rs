@@ -235,7 +235,7 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
     let lo = d
         .ifaces
         .iter()
-        .find(|i| Some(i.netns) == own && i.name == "lo");
+        .find(|i| Some(i.netns) == own && &*i.name == "lo");
     let (lo_rx, lo_tx) = lo.map_or((0, 0), |i| (i.rx_packets, i.tx_packets));
     let (rx, tx) = (
         d.counters[counter::NET_RX_PACKETS],

@@ -15,7 +15,7 @@
 //! and TCP keys are removed only after being drained and idle for a whole interval, and a
 //! container's slot is read one last time before it is freed (see `slots.rs`).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 use sentinel_common::{
@@ -24,6 +24,11 @@ use sentinel_common::{
 };
 
 use crate::model::{IfaceDelta, LatencySummary};
+
+/// The drain's maps are keyed by kernel integers (container keys, interface keys, network
+/// namespaces) and looked up thousands of times per drain: foldhash (seeded per map, like
+/// hashbrown's default) costs a fraction of SipHash there.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One (CPU, slot) entry of a key-to-slot table (containers by default, interfaces with
 /// `IFACE_FIELDS`) as read from the kernel.
@@ -159,7 +164,7 @@ pub struct KeyedDrain<K, const N: usize> {
 impl<K, const N: usize> Default for KeyedDrain<K, N> {
     fn default() -> Self {
         Self {
-            index: HashMap::new(),
+            index: HashMap::default(),
             ncpu: 0,
             prev: Vec::new(),
             idle_drains: Vec::new(),
@@ -306,24 +311,36 @@ impl<const N: usize> SlotDeltas<N> {
             self.prev.resize((cpu + 1) * self.capacity, [0; N]);
         }
         let before = &mut self.prev[at];
+        // The common case first, branch-free (it vectorizes): every counter went forward.
         let mut d = [0u64; N];
+        let mut any_top_bit = 0u64;
         for j in 0..N {
-            d[j] = counter_delta(before[j], r.values[j], reset);
+            d[j] = r.values[j].wrapping_sub(before[j]);
+            any_top_bit |= d[j];
+        }
+        if any_top_bit > i64::MAX as u64 {
+            for j in 0..N {
+                d[j] = counter_delta(before[j], r.values[j], reset);
+            }
         }
         *before = r.values;
         Some(d)
     }
 }
 
-/// Per key of a slot table: consecutive drains without any change (what may be retired).
+/// Per key of a slot table: the drain that last saw it change, so a drain costs what changed,
+/// not every key known.
 pub struct IdleKeys<K> {
-    drains: HashMap<K, u32>,
+    /// Drains ended so far.
+    drain: u64,
+    changed_at: HashMap<K, u64>,
 }
 
 impl<K> Default for IdleKeys<K> {
     fn default() -> Self {
         Self {
-            drains: HashMap::new(),
+            drain: 0,
+            changed_at: HashMap::default(),
         }
     }
 }
@@ -331,32 +348,36 @@ impl<K> Default for IdleKeys<K> {
 impl<K: Copy + Eq + std::hash::Hash> IdleKeys<K> {
     /// Ends a drain: every known key is a drain older, the `changed` ones are fresh.
     fn tick(&mut self, changed: impl IntoIterator<Item = K>) {
-        for idle in self.drains.values_mut() {
-            *idle = idle.saturating_add(1);
-        }
+        self.drain += 1;
         for key in changed {
-            self.drains.insert(key, 0);
+            self.changed_at.insert(key, self.drain);
         }
+    }
+
+    /// Makes `key` known (unchanged in the drain being built) unless it already is.
+    fn know(&mut self, key: K) {
+        // As if it had changed in the drain before: one drain idle once this one ends.
+        self.changed_at.entry(key).or_insert(self.drain);
     }
 
     /// Keys seen before and unchanged for at least `drains` drains.
     pub fn idle(&self, drains: u32) -> impl Iterator<Item = K> + '_ {
-        self.drains
+        self.changed_at
             .iter()
-            .filter(move |(_, idle)| **idle >= drains)
+            .filter(move |(_, at)| self.drain - **at >= u64::from(drains))
             .map(|(k, _)| *k)
     }
 
     pub fn len(&self) -> usize {
-        self.drains.len()
+        self.changed_at.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.drains.is_empty()
+        self.changed_at.is_empty()
     }
 
     fn forget(&mut self, key: &K) {
-        self.drains.remove(key);
+        self.changed_at.remove(key);
     }
 }
 
@@ -471,61 +492,100 @@ pub struct IfaceDrain {
     prev: SlotDeltas<IFACE_FIELDS>,
     /// Every interface holding a slot.
     pub idle: IdleKeys<IfaceKey>,
-    names: HashMap<IfaceKey, String>,
+    names: HashMap<IfaceKey, Arc<str>>,
+    /// Per slot: the (packed) key it was last read with, 0 for none, and that key's name: a
+    /// key is made known to `idle` and named when its slot is first read with it, not at
+    /// every read.
+    slot_key: Vec<u64>,
+    slot_name: Vec<Arc<str>>,
+    /// Per slot: its sum's index in the drain being built (reused from drain to drain).
+    slot_entry: Vec<u32>,
 }
 
 impl IfaceDrain {
     fn apply(&mut self, snap: &RawSnapshot, reset: &mut bool) -> Vec<IfaceDelta> {
         if self.prev.set_capacity(snap.iface_capacity) {
             self.idle = IdleKeys::default();
+            self.slot_key.clear();
+            self.slot_name.clear();
         }
         for (key, name) in &snap.iface_names {
             if name[0] != 0 {
-                self.names.entry(*key).or_insert_with(|| ifname(name));
+                self.names
+                    .entry(*key)
+                    .or_insert_with(|| ifname(name).into());
             }
         }
-        let mut sums: Vec<(IfaceKey, [u64; IFACE_FIELDS])> = Vec::new();
+        let capacity = snap.iface_capacity as usize;
+        self.slot_key.resize(capacity, 0);
+        self.slot_name.resize(capacity, Arc::from(""));
+        self.slot_entry.clear();
+        self.slot_entry.resize(capacity, u32::MAX);
+        // Summed per slot first (an index, no hashing): a key has one slot but several CPUs.
+        let mut sums: Vec<(u64, u32, [u64; IFACE_FIELDS])> = Vec::new();
         for r in &snap.ifaces {
             let Some(d) = self.prev.delta(r, reset) else {
-                continue;
+                continue; // past the capacity
             };
-            let key = IfaceKey::unpack(r.key);
-            // Known from its first read on, even one with nothing in it (a slot is marked
-            // dirty when taken), so an idle interface can be retired.
-            self.idle.drains.entry(key).or_insert(0);
-            if d != [0; IFACE_FIELDS] {
-                sums.push((key, d));
+            let slot = r.slot as usize;
+            if self.slot_key[slot] != r.key {
+                // Known from its first read on, even one with nothing in it (a slot is marked
+                // dirty when taken), so an idle interface can be retired.
+                self.slot_key[slot] = r.key;
+                let key = IfaceKey::unpack(r.key);
+                self.idle.know(key);
+                self.slot_name[slot] = self.names.get(&key).cloned().unwrap_or_default();
+            }
+            if d == [0; IFACE_FIELDS] {
+                continue;
+            }
+            let index = &mut self.slot_entry[slot];
+            if *index == u32::MAX || sums[*index as usize].0 != r.key {
+                *index = sums.len() as u32;
+                sums.push((r.key, r.slot, [0; IFACE_FIELDS]));
+            }
+            for (t, v) in sums[*index as usize].2.iter_mut().zip(d) {
+                *t = t.wrapping_add(v);
             }
         }
-        // A key has one slot but several CPUs (and, while an old slot is retired, two slots).
-        sums.sort_unstable_by_key(|(k, _)| *k);
-        let mut merged: Vec<(IfaceKey, [u64; IFACE_FIELDS])> = Vec::with_capacity(sums.len());
-        for (key, d) in sums {
+        // The packed key sorts as `IfaceKey` does (netns, then ifindex). Two slots of one key
+        // (while an old one is retired) are merged here.
+        sums.sort_unstable_by_key(|(k, _, _)| *k);
+        let mut merged: Vec<(u64, u32, [u64; IFACE_FIELDS])> = Vec::with_capacity(sums.len());
+        for (key, slot, d) in sums {
             match merged.last_mut() {
-                Some((last, total)) if *last == key => {
+                Some((last, _, total)) if *last == key => {
                     for (t, v) in total.iter_mut().zip(d) {
                         *t = t.wrapping_add(v);
                     }
                 }
-                _ => merged.push((key, d)),
+                _ => merged.push((key, slot, d)),
             }
         }
-        self.idle.tick(merged.iter().map(|(k, _)| *k));
+        self.idle
+            .tick(merged.iter().map(|(k, _, _)| IfaceKey::unpack(*k)));
         let out = merged
             .into_iter()
-            .map(|(key, d)| IfaceDelta {
-                netns: key.netns,
-                ifindex: key.ifindex,
-                name: self.names.get(&key).cloned().unwrap_or_default(),
-                rx_packets: d[0],
-                rx_bytes: d[1],
-                tx_packets: d[2],
-                tx_bytes: d[3],
+            .map(|(key, slot, d)| {
+                let key = IfaceKey::unpack(key);
+                IfaceDelta {
+                    netns: key.netns,
+                    ifindex: key.ifindex,
+                    name: self.slot_name[slot as usize].clone(),
+                    rx_packets: d[0],
+                    rx_bytes: d[1],
+                    tx_packets: d[2],
+                    tx_bytes: d[3],
+                }
             })
             .collect();
         for key in &snap.ifaces_retired {
             self.idle.forget(key);
             self.names.remove(key);
+        }
+        if !snap.ifaces_retired.is_empty() {
+            // A retired key may come back on the slot it had: it must be made known again.
+            self.slot_key.fill(0);
         }
         out
     }
@@ -960,7 +1020,7 @@ mod tests {
         let d = drain.apply(&s);
         assert_eq!(d.ifaces.len(), 1);
         assert_eq!((d.ifaces[0].rx_packets, d.ifaces[0].rx_bytes), (7, 700));
-        assert_eq!(d.ifaces[0].name, "lo");
+        assert_eq!(&*d.ifaces[0].name, "lo");
         // The name is read once; later drains still carry it.
         s.iface_names.clear();
         s.ifaces = iface_reads(&[(1, 2, key, [5, 450, 1, 60])]);
@@ -981,6 +1041,19 @@ mod tests {
         s.ifaces_retired = vec![key];
         drain.apply(&s);
         assert_eq!(drain.iface_entries(), 0);
+        // The same interface back on the slot it had: known (and retirable) again, named.
+        s.ifaces_retired.clear();
+        s.iface_names = vec![(key, *b"lo\0\0\0\0\0\0\0\0\0\0\0\0\0\0")];
+        s.ifaces = iface_reads(&[(0, 2, key, [3, 300, 0, 0])]);
+        let d = drain.apply(&s);
+        assert!(d.ifaces.is_empty());
+        assert_eq!(drain.iface_entries(), 1);
+        assert_eq!(drain.idle_ifaces(1).collect::<Vec<_>>(), vec![key]);
+        s.iface_names.clear();
+        s.ifaces = iface_reads(&[(0, 2, key, [5, 320, 0, 0])]);
+        let d = drain.apply(&s);
+        assert_eq!((d.ifaces[0].rx_packets, &*d.ifaces[0].name), (2, "lo"));
+        assert_eq!(drain.idle_ifaces(1).count(), 0);
     }
 
     /// Exactness under slot reuse, as for containers: whatever the order of reads,
@@ -994,8 +1067,8 @@ mod tests {
             netns: 1,
             ifindex: i as u32 + 1,
         });
-        let mut counted: HashMap<IfaceKey, [u64; 4]> = HashMap::new();
-        let mut reported: HashMap<IfaceKey, [u64; 4]> = HashMap::new();
+        let mut counted: HashMap<IfaceKey, [u64; 4]> = HashMap::default();
+        let mut reported: HashMap<IfaceKey, [u64; 4]> = HashMap::default();
         let (mut overflow, mut all_packets, mut host_packets) = (0u64, 0u64, 0u64);
         let mut rng = crate::detect::learned::Rng(0x9e37_79b9_7f4a_7c15u64);
         let mut next = || rng.next_u64();
@@ -1232,8 +1305,8 @@ mod tests {
         let mut drain = Drain::new();
         // Kernel state: cumulative value of (cpu, slot) and the owner of each slot.
         let mut kernel = [[0u64; 4]; 2];
-        let mut counted: HashMap<ContainerKey, u64> = HashMap::new();
-        let mut reported: HashMap<ContainerKey, u64> = HashMap::new();
+        let mut counted: HashMap<ContainerKey, u64> = HashMap::default();
+        let mut reported: HashMap<ContainerKey, u64> = HashMap::default();
         let mut owner = [10u64, 11, 12, 13];
         let mut rng = crate::detect::learned::Rng(0x2545_f491_4f6c_dd1du64);
         let mut next = || rng.next_u64();

@@ -664,13 +664,7 @@ mod tests {
         assert_eq!(d.ifaces.len(), 1);
         let i = &d.ifaces[0];
         assert_eq!(
-            (
-                i.name.as_str(),
-                i.rx_packets,
-                i.rx_bytes,
-                i.tx_packets,
-                i.tx_bytes
-            ),
+            (&*i.name, i.rx_packets, i.rx_bytes, i.tx_packets, i.tx_bytes),
             ("veth-test", 1, 100, 1, 40)
         );
         // Gone: retiring starts although both CPUs still cache the slot, and the slot no

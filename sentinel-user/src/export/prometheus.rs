@@ -453,7 +453,7 @@ impl State {
             self.ifaces
                 .observe((i.netns, i.ifindex), packets, false, |t| {
                     if t.name.is_empty() {
-                        t.name.clone_from(&i.name);
+                        t.name = i.name.to_string();
                     }
                     t.rx_packets += i.rx_packets;
                     t.rx_bytes += i.rx_bytes;
@@ -2019,7 +2019,7 @@ mod tests {
             .map(|i| IfaceDelta {
                 netns: 1,
                 ifindex: i,
-                name: format!("veth{i}"),
+                name: format!("veth{i}").into(),
                 rx_packets: u64::from(i) * 100,
                 ..Default::default()
             })

@@ -1,21 +1,87 @@
 //! Cheap procfs/statvfs gauges, read once per interval: CPU busy %, memory used %, disk used %
 //! of the root filesystem, load1, and the kernel's own context-switch count.
 
-use std::fs;
+use std::{fs, os::unix::fs::FileExt};
 
 use crate::model::SystemGauges;
 
-#[derive(Default)]
 pub struct HostSampler {
     prev_cpu: Option<(u64, u64)>,
     prev_ctxt: Option<u64>,
+    stat: ProcFile,
+    meminfo: ProcFile,
+    loadavg: ProcFile,
+}
+
+impl Default for HostSampler {
+    fn default() -> Self {
+        Self {
+            prev_cpu: None,
+            prev_ctxt: None,
+            stat: ProcFile::new("/proc/stat"),
+            meminfo: ProcFile::new("/proc/meminfo"),
+            loadavg: ProcFile::new("/proc/loadavg"),
+        }
+    }
+}
+
+/// A procfs file kept open and read again from offset 0 each interval: the kernel regenerates
+/// it at every read from the start, and the path walk and open of a fresh descriptor cost more
+/// than the read itself once a second with cold caches.
+struct ProcFile {
+    path: String,
+    file: Option<fs::File>,
+    text: String,
+}
+
+impl ProcFile {
+    fn new(path: &str) -> Self {
+        Self {
+            path: path.to_string(),
+            file: None,
+            text: String::new(),
+        }
+    }
+
+    /// The file's current text; empty if it cannot be read (the descriptor is then opened
+    /// afresh next time).
+    fn read(&mut self) -> &str {
+        self.text.clear();
+        if self.file.is_none() {
+            self.file = fs::File::open(&self.path).ok();
+        }
+        let Some(file) = &self.file else {
+            return "";
+        };
+        let mut buf = std::mem::take(&mut self.text).into_bytes();
+        buf.resize(buf.capacity().max(4096), 0);
+        let mut len = 0;
+        loop {
+            match file.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(n) => {
+                    len += n;
+                    if len == buf.len() {
+                        buf.resize(buf.len() * 2, 0);
+                    }
+                }
+                Err(_) => {
+                    self.file = None;
+                    len = 0;
+                    break;
+                }
+            }
+        }
+        buf.truncate(len);
+        self.text = String::from_utf8(buf).unwrap_or_default();
+        &self.text
+    }
 }
 
 impl HostSampler {
     /// Unreadable sources give 0 and are not fatal: these gauges are context, not the core.
     pub fn sample(&mut self) -> SystemGauges {
-        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-        let (cpu, ctxt) = parse_stat(&stat);
+        let (cpu, ctxt) = parse_stat(self.stat.read());
         let cpu_percent = match (self.prev_cpu, cpu) {
             (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
                 100.0 * busy1.saturating_sub(busy0) as f64 / (total1 - total0) as f64
@@ -34,11 +100,9 @@ impl HostSampler {
         }
         SystemGauges {
             cpu_percent,
-            mem_used_percent: parse_meminfo(
-                &fs::read_to_string("/proc/meminfo").unwrap_or_default(),
-            ),
+            mem_used_percent: parse_meminfo(self.meminfo.read()),
             disk_used_percent: disk_used_percent("/"),
-            load1: parse_loadavg(&fs::read_to_string("/proc/loadavg").unwrap_or_default()),
+            load1: parse_loadavg(self.loadavg.read()),
             context_switches,
         }
     }
@@ -113,6 +177,27 @@ fn disk_used_percent(path: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_file_is_read_whole_and_afresh_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gauge");
+        let path = path.to_str().unwrap();
+        let long: String = (0..2500).map(|i| format!("{i}\n")).collect();
+        assert!(long.len() > 2 * 4096);
+        fs::write(path, &long).unwrap();
+        let mut f = ProcFile::new(path);
+        assert_eq!(f.read(), long);
+        fs::write(path, "short\n").unwrap();
+        assert_eq!(f.read(), "short\n");
+        assert_eq!(ProcFile::new("/nonexistent/gauge").read(), "");
+        // The real ones parse through a kept descriptor, twice.
+        let mut stat = ProcFile::new("/proc/stat");
+        for _ in 0..2 {
+            let (cpu, ctxt) = parse_stat(stat.read());
+            assert!(cpu.is_some() && ctxt.is_some());
+        }
+    }
 
     #[test]
     fn parses_proc_stat() {

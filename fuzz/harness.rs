@@ -147,8 +147,13 @@ fn replay_all(data: &[u8], metric: Option<&str>) -> Option<usize> {
 pub fn replay_csv(data: &[u8]) -> bool {
     let rows = replay_all(data, None);
     if let Some(n) = rows {
-        // At most one row per input line (a record may span lines inside quotes).
-        let lines = data.split(|&b| b == b'\n').count();
+        // At most one row per input line (a record may span lines inside quotes). A line ends
+        // as the csv reader ends one: at `\n`, `\r\n` or a lone `\r` (old Mac files).
+        let lines = data
+            .split(|&b| b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+            .map(|line| line.split(|&b| b == b'\r').count())
+            .sum::<usize>();
         assert!(n <= lines, "{n} rows from {lines} lines");
     }
     rows.is_some()

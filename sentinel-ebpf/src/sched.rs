@@ -41,9 +41,9 @@ use sentinel_common::{
 use crate::{
     container::{container_key, mark_dirty, slot_of, stats},
     maps::{
-        CFS_RQ_RQ_OFF, RQ_CLOCK_OFF, RQ_CLOCK_TASK_OFF, RUNQ_SOURCE, RUNQ_START, TASK_CFS_RQ_OFF, TASK_EXIT_CODE_OFF,
-        TASK_LAST_QUEUED_OFF, TASK_PID_OFF, TASK_STATE_OFF, TASK_TGID_OFF, add, count,
-        count_shared, field, global, record,
+        CFS_RQ_RQ_OFF, RQ_CLOCK_OFF, RQ_CLOCK_TASK_OFF, RUNQ_SOURCE, RUNQ_START, TASK_CFS_RQ_OFF,
+        TASK_EXIT_CODE_OFF, TASK_LAST_QUEUED_OFF, TASK_PID_OFF, TASK_STATE_OFF, TASK_TGID_OFF, add,
+        count, count_shared, field, global, record,
     },
 };
 

@@ -551,20 +551,18 @@ impl IfaceDrain {
         // The packed key sorts as `IfaceKey` does (netns, then ifindex). Two slots of one key
         // (while an old one is retired) are merged here.
         sums.sort_unstable_by_key(|(k, _, _)| *k);
-        let mut merged: Vec<(u64, u32, [u64; IFACE_FIELDS])> = Vec::with_capacity(sums.len());
-        for (key, slot, d) in sums {
-            match merged.last_mut() {
-                Some((last, _, total)) if *last == key => {
-                    for (t, v) in total.iter_mut().zip(d) {
-                        *t = t.wrapping_add(v);
-                    }
+        sums.dedup_by(|(key, _, d), (kept, _, total)| {
+            let same = key == kept;
+            if same {
+                for (t, v) in total.iter_mut().zip(*d) {
+                    *t = t.wrapping_add(v);
                 }
-                _ => merged.push((key, slot, d)),
             }
-        }
+            same
+        });
         self.idle
-            .tick(merged.iter().map(|(k, _, _)| IfaceKey::unpack(*k)));
-        let out = merged
+            .tick(sums.iter().map(|(k, _, _)| IfaceKey::unpack(*k)));
+        let out = sums
             .into_iter()
             .map(|(key, slot, d)| {
                 let key = IfaceKey::unpack(key);

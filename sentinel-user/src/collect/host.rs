@@ -1,7 +1,10 @@
 //! Cheap procfs/statvfs gauges, read once per interval: CPU busy %, memory used %, disk used %
 //! of the root filesystem, load1, and the kernel's own context-switch count.
 
-use std::{fs, os::unix::fs::FileExt};
+use std::{
+    fs,
+    io::{Read, Seek, SeekFrom},
+};
 
 use crate::model::SystemGauges;
 
@@ -50,30 +53,16 @@ impl ProcFile {
         if self.file.is_none() {
             self.file = fs::File::open(&self.path).ok();
         }
-        let Some(file) = &self.file else {
+        let Some(file) = &mut self.file else {
             return "";
         };
-        let mut buf = std::mem::take(&mut self.text).into_bytes();
-        buf.resize(buf.capacity().max(4096), 0);
-        let mut len = 0;
-        loop {
-            match file.read_at(&mut buf[len..], len as u64) {
-                Ok(0) => break,
-                Ok(n) => {
-                    len += n;
-                    if len == buf.len() {
-                        buf.resize(buf.len() * 2, 0);
-                    }
-                }
-                Err(_) => {
-                    self.file = None;
-                    len = 0;
-                    break;
-                }
-            }
+        let read = file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_string(&mut self.text));
+        if read.is_err() {
+            self.file = None;
+            self.text.clear();
         }
-        buf.truncate(len);
-        self.text = String::from_utf8(buf).unwrap_or_default();
         &self.text
     }
 }

@@ -11,7 +11,7 @@ use tracing::info;
 use crate::{
     containers::docker::Watcher,
     detect::{AnomalyEvent, DetectConfig, DetectionEngine, EventKind},
-    heal::{ContainerAnomaly, HealEngine, config::HealConfig},
+    heal::{ContainerAnomaly, Contender, HealEngine, config::HealConfig},
     model::{AnomalyRecord, ContainerDelta, Interval, SeriesStatus, SlowedBy},
 };
 
@@ -220,7 +220,11 @@ impl Analysis {
                         slowed_by: by
                             .as_ref()
                             .map(|by| format!("{} ({:.0}%)", by.container, by.share * 100.0)),
-                        contender: by.map(|by| by.container),
+                        contender: by.map(|by| Contender {
+                            wait_fraction: by.seconds / (iv.interval_ms / 1e3).max(1e-3),
+                            share: by.share,
+                            name: by.container,
+                        }),
                     })
                 })
                 .collect();

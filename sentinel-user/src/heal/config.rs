@@ -223,7 +223,22 @@ pub enum ActionConfig {
         lift_after_intervals: u32,
         #[serde(default = "default_protect_label")]
         protect_label: String,
+        /// The contender's share of the protected container's run-queue wait in the interval
+        /// (0..=1) at or above which it is capped: the main cause, not one of many.
+        #[serde(default = "default_min_share")]
+        min_share: f64,
+        /// The wait behind the contender, as a percentage of the interval, at or above which it
+        /// is capped: a neighbour that cost the protected container a sliver is left alone.
+        #[serde(default = "default_min_wait_percent")]
+        min_wait_percent: f64,
     },
+}
+
+fn default_min_share() -> f64 {
+    0.5
+}
+fn default_min_wait_percent() -> f64 {
+    1.0
 }
 
 fn default_cap_period() -> i64 {
@@ -607,6 +622,8 @@ impl HealConfig {
                     period_us,
                     lift_after_intervals,
                     protect_label,
+                    min_share,
+                    min_wait_percent,
                 } => {
                     if !matches!(&r.trigger, Trigger::Anomaly { signal, .. } if signal.as_str() == "runq_latency")
                     {
@@ -643,6 +660,20 @@ impl HealConfig {
                         c.err(
                             format!("{k}.action.protect_label"),
                             "must be 1..=256 printable characters, not the opt-in label",
+                        );
+                    }
+                    if !(*min_share > 0.0 && *min_share <= 1.0) {
+                        c.err(
+                            format!("{k}.action.min_share"),
+                            format!(
+                                "{min_share} is outside the allowed range (0 < min_share <= 1)"
+                            ),
+                        );
+                    }
+                    if !(0.0..=100.0).contains(min_wait_percent) {
+                        c.err(
+                            format!("{k}.action.min_wait_percent"),
+                            format!("{min_wait_percent} is outside the allowed range (0..=100)"),
                         );
                     }
                 }

@@ -52,6 +52,9 @@ pub enum SkipReason {
     /// `cap_contender`: the top contender is not a Docker container here (`host`, another
     /// runtime, gone).
     NoContender,
+    /// `cap_contender`: the top contender caused less of the wait than the rule's `min_share`
+    /// or `min_wait_percent`.
+    MinorContender,
 }
 
 impl SkipReason {
@@ -74,6 +77,7 @@ impl SkipReason {
             SkipReason::StormGuard => "storm_guard",
             SkipReason::NotProtected => "not_protected",
             SkipReason::NoContender => "no_contender",
+            SkipReason::MinorContender => "minor_contender",
         }
     }
 }

@@ -89,9 +89,19 @@ pub struct ContainerAnomaly {
     /// On `runq_latency`: the container's top contender in the interval and its share of the
     /// wait (`noisy 62%`), written into the trigger text of the decisions it leads to.
     pub slowed_by: Option<String>,
-    /// The top contender's name alone (a container name, or `host`): whom a `cap_contender`
-    /// rule caps.
-    pub contender: Option<String>,
+    /// The top contender (a container name, or `host`) and how much of the wait it caused:
+    /// whom a `cap_contender` rule caps, if it weighs enough.
+    pub contender: Option<Contender>,
+}
+
+/// A waiting container's top contender in one interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Contender {
+    pub name: String,
+    /// Its share of the container's whole run-queue wait (0..=1).
+    pub share: f64,
+    /// The wait behind it as a fraction of the interval's wall time (0..=1).
+    pub wait_fraction: f64,
 }
 
 /// What the engine learned about a container from Docker's events and inspections.
@@ -315,8 +325,8 @@ impl HealEngine {
         self.streaks.contender = anomalies
             .iter()
             .filter_map(|a| {
-                let by = a.contender.as_ref()?;
-                Some(((self.resolve_id(&a.container_id), a.signal), by.clone()))
+                let by = a.contender.clone()?;
+                Some(((self.resolve_id(&a.container_id), a.signal), by))
             })
             .collect();
         self.prober.launch(&self.cfg.rules);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::docker::{ContainerInfo, DockerApi, DockerError};
 use super::gate::{Consent, Facts, SkipReason, Verdict};
-use super::{HealEngine, triggers};
+use super::{Contender, HealEngine, triggers};
 use crate::heal::config::{ActionConfig, RuleConfig, Signal, Trigger};
 
 /// A (container, rule) the pass found due, as the gate and the life cycle see it.
@@ -264,26 +264,38 @@ impl HealEngine {
         }
     }
 
-    /// Whom a `cap_contender` rule that fired for `victim` would cap: its top contender
-    /// (`name`, from the anomaly), when the victim carries the protect label and the contender
-    /// is a running Docker container here. No `self`: the engine is not `Sync`, and this awaits.
+    /// Whom a `cap_contender` rule that fired for `victim` would cap: its top contender (from
+    /// the anomaly), when the victim carries the protect label, the contender caused at least
+    /// the rule's share of the wait, and it is a running Docker container here. No `self`: the
+    /// engine is not `Sync`, and this awaits.
     async fn cap_target(
         api: &dyn DockerApi,
         victim: &ContainerInfo,
         rule: &RuleConfig,
-        name: Option<String>,
+        contender: Option<Contender>,
     ) -> Result<(ContainerInfo, Signal), SkipReason> {
-        let (ActionConfig::CapContender { protect_label, .. }, Trigger::Anomaly { signal, .. }) =
-            (&rule.action, &rule.trigger)
+        let (
+            ActionConfig::CapContender {
+                protect_label,
+                min_share,
+                min_wait_percent,
+                ..
+            },
+            Trigger::Anomaly { signal, .. },
+        ) = (&rule.action, &rule.trigger)
         else {
             return Err(SkipReason::NoContender);
         };
         if victim.labels.get(protect_label).map(String::as_str) != Some("true") {
             return Err(SkipReason::NotProtected);
         }
-        let name = name
-            .filter(|n| !n.is_empty() && n != "host")
+        let by = contender
+            .filter(|c| !c.name.is_empty() && c.name != "host")
             .ok_or(SkipReason::NoContender)?;
+        if by.share < *min_share || by.wait_fraction * 100.0 < *min_wait_percent {
+            return Err(SkipReason::MinorContender);
+        }
+        let name = by.name;
         // Docker resolves a name (or an id prefix): only an exact name match is the contender.
         let target = api
             .inspect(&name)

@@ -45,8 +45,8 @@ pub struct Streaks {
     /// (container id, signal) -> whom the container waited behind in the latest interval, for
     /// the trigger text of a `runq_latency` anomaly (issue 20).
     pub slowed_by: HashMap<(String, Signal), String>,
-    /// (container id, signal) -> the name of that top contender alone (`cap_contender`).
-    pub contender: HashMap<(String, Signal), String>,
+    /// (container id, signal) -> that top contender and its weight (`cap_contender`).
+    pub contender: HashMap<(String, Signal), super::Contender>,
 }
 
 impl Streaks {

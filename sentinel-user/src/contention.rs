@@ -129,7 +129,7 @@ mod tests {
 
     fn act(key: ContainerKey, per_cpu: &[(u32, u64, u64)]) -> ContainerActivity {
         ContainerActivity {
-            per_cpu: per_cpu.to_vec(),
+            per_cpu: per_cpu.into(),
             ..ContainerActivity::zero(key)
         }
     }

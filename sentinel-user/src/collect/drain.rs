@@ -113,8 +113,12 @@ pub struct ContainerActivity {
     pub key: ContainerKey,
     pub stats: ContainerStats,
     /// `(cpu, on-CPU ns, run-queue wait ns)` for each CPU where either is non-zero.
-    pub per_cpu: Vec<(u32, u64, u64)>,
+    pub per_cpu: PerCpuSplit,
 }
+
+/// A container's per-CPU split; inline up to two CPUs (no allocation per container per
+/// drain on small hosts).
+pub type PerCpuSplit = smallvec::SmallVec<[(u32, u64, u64); 2]>;
 
 /// Deltas of one interval.
 #[derive(Clone, Debug)]
@@ -275,7 +279,7 @@ impl ContainerActivity {
         Self {
             key,
             stats: bytemuck::Zeroable::zeroed(),
-            per_cpu: Vec::new(),
+            per_cpu: PerCpuSplit::new(),
         }
     }
 }
@@ -403,7 +407,10 @@ impl ContainerDrain {
         let capacity = capacity as usize;
         // Entries are gathered per slot (an index, no hashing of 320-byte records), then
         // merged per key: a key holds more than one slot only while one is being retired.
-        let mut out: Vec<ContainerActivity> = Vec::new();
+        // Keys, sums and per-CPU splits apart, so sorting moves each 320-byte sum once.
+        let mut keys: Vec<ContainerKey> = Vec::new();
+        let mut sums: Vec<[u64; CONTAINER_FIELDS]> = Vec::new();
+        let mut splits: Vec<PerCpuSplit> = Vec::new();
         self.slot_entry.clear();
         self.slot_entry.resize(capacity, u32::MAX);
         for r in reads {
@@ -416,33 +423,34 @@ impl ContainerDrain {
             let index = &mut self.slot_entry[r.slot as usize];
             // A slot read on two CPUs with another key in between cannot happen (a slot has
             // one key until it is freed), but a stale index must never add to another key.
-            if *index == u32::MAX || out[*index as usize].key != r.key {
-                *index = out.len() as u32;
-                out.push(ContainerActivity::zero(r.key));
+            if *index == u32::MAX || keys[*index as usize] != r.key {
+                *index = keys.len() as u32;
+                keys.push(r.key);
+                sums.push([0; CONTAINER_FIELDS]);
+                splits.push(PerCpuSplit::new());
             }
-            let entry = &mut out[*index as usize];
-            let sums: &mut [u64; CONTAINER_FIELDS] = bytemuck::cast_mut(&mut entry.stats);
-            for (sum, add) in sums.iter_mut().zip(d) {
+            let i = *index as usize;
+            for (sum, add) in sums[i].iter_mut().zip(d) {
                 *sum = sum.wrapping_add(add);
             }
             let d: ContainerStats = bytemuck::cast(d);
             let (cpu_ns, wait_ns) = (d.cpu_ns, d.runq_wait_ns);
             if cpu_ns != 0 || wait_ns != 0 {
-                add_per_cpu(&mut entry.per_cpu, r.cpu, cpu_ns, wait_ns);
+                add_per_cpu(&mut splits[i], r.cpu, cpu_ns, wait_ns);
             }
         }
-        // Sorted by key through an index, so each record moves once.
-        let mut order: Vec<(ContainerKey, u32)> = out
+        let mut order: Vec<(ContainerKey, u32)> = keys
             .iter()
             .enumerate()
-            .map(|(i, c)| (c.key, i as u32))
+            .map(|(i, key)| (*key, i as u32))
             .collect();
         order.sort_unstable();
-        let mut taken: Vec<Option<ContainerActivity>> = out.into_iter().map(Some).collect();
         let mut sorted: Vec<ContainerActivity> = Vec::with_capacity(order.len());
         for (key, i) in order {
-            let Some(next) = taken[i as usize].take() else {
-                continue;
+            let next = ContainerActivity {
+                key,
+                stats: bytemuck::cast(sums[i as usize]),
+                per_cpu: std::mem::take(&mut splits[i as usize]),
             };
             match sorted.last_mut() {
                 Some(last) if last.key == key => merge_activity(last, next),
@@ -475,7 +483,7 @@ fn merge_activity(into: &mut ContainerActivity, other: ContainerActivity) {
     }
 }
 
-fn add_per_cpu(per_cpu: &mut Vec<(u32, u64, u64)>, cpu: u32, cpu_ns: u64, wait_ns: u64) {
+fn add_per_cpu(per_cpu: &mut PerCpuSplit, cpu: u32, cpu_ns: u64, wait_ns: u64) {
     match per_cpu.iter_mut().find(|(c, _, _)| *c == cpu) {
         Some(e) => {
             e.1 += cpu_ns;
@@ -548,35 +556,44 @@ impl IfaceDrain {
                 *t = t.wrapping_add(v);
             }
         }
-        // The packed key sorts as `IfaceKey` does (netns, then ifindex). Two slots of one key
-        // (while an old one is retired) are merged here.
-        sums.sort_unstable_by_key(|(k, _, _)| *k);
-        sums.dedup_by(|(key, _, d), (kept, _, total)| {
-            let same = key == kept;
-            if same {
-                for (t, v) in total.iter_mut().zip(*d) {
-                    *t = t.wrapping_add(v);
-                }
-            }
-            same
-        });
-        self.idle
-            .tick(sums.iter().map(|(k, _, _)| IfaceKey::unpack(*k)));
-        let out = sums
-            .into_iter()
-            .map(|(key, slot, d)| {
-                let key = IfaceKey::unpack(key);
-                IfaceDelta {
-                    netns: key.netns,
-                    ifindex: key.ifindex,
-                    name: self.slot_name[slot as usize].clone(),
-                    rx_packets: d[0],
-                    rx_bytes: d[1],
-                    tx_packets: d[2],
-                    tx_bytes: d[3],
-                }
-            })
+        // The packed key sorts as `IfaceKey` does (netns, then ifindex); sorted through a
+        // 16-byte index, so each sum moves once. Two slots of one key (while an old one is
+        // retired) are merged here.
+        let mut order: Vec<(u64, u32)> = sums
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _, _))| (*key, i as u32))
             .collect();
+        order.sort_unstable();
+        let mut out: Vec<IfaceDelta> = Vec::with_capacity(order.len());
+        let mut last_key = None;
+        for (key, i) in order {
+            let (_, slot, d) = &sums[i as usize];
+            if last_key == Some(key)
+                && let Some(total) = out.last_mut()
+            {
+                total.rx_packets = total.rx_packets.wrapping_add(d[0]);
+                total.rx_bytes = total.rx_bytes.wrapping_add(d[1]);
+                total.tx_packets = total.tx_packets.wrapping_add(d[2]);
+                total.tx_bytes = total.tx_bytes.wrapping_add(d[3]);
+                continue;
+            }
+            last_key = Some(key);
+            let unpacked = IfaceKey::unpack(key);
+            out.push(IfaceDelta {
+                netns: unpacked.netns,
+                ifindex: unpacked.ifindex,
+                name: self.slot_name[*slot as usize].clone(),
+                rx_packets: d[0],
+                rx_bytes: d[1],
+                tx_packets: d[2],
+                tx_bytes: d[3],
+            });
+        }
+        self.idle.tick(out.iter().map(|d| IfaceKey {
+            netns: d.netns,
+            ifindex: d.ifindex,
+        }));
         for key in &snap.ifaces_retired {
             self.idle.forget(key);
             self.names.remove(key);
@@ -1285,7 +1302,7 @@ mod tests {
         let c = activity(&d, 7).unwrap();
         assert_eq!(c.stats.cpu_ns, 151);
         assert_eq!(c.stats.forks, 2);
-        assert_eq!(c.per_cpu, vec![(0, 100, 5), (1, 51, 0)]);
+        assert_eq!(c.per_cpu.as_slice(), [(0, 100, 5), (1, 51, 0)]);
         assert_eq!(activity(&d, 9).unwrap().stats.execs, 4);
         assert!(activity(&d, 9).unwrap().per_cpu.is_empty());
         // Only what changed is read the next time; an unchanged read adds nothing.
@@ -1377,11 +1394,11 @@ mod tests {
         let d1 = drain.apply(&running(300, &[(100, Some(7))], &[]));
         let d2 = drain.apply(&running(500, &[(100, Some(7))], &[]));
         assert_eq!((cpu_of(&d1, 7), cpu_of(&d2, 7)), (200, 200));
-        assert_eq!(activity(&d1, 7).unwrap().per_cpu, vec![(0, 200, 0)]);
+        assert_eq!(activity(&d1, 7).unwrap().per_cpu.as_slice(), [(0, 200, 0)]);
         // It left at t=600 (the kernel added the whole slice, 500 ns); container 9 runs since.
         let d3 = drain.apply(&running(700, &[(600, Some(9))], &[(7, 500)]));
         assert_eq!(cpu_of(&d3, 7), 100, "only the part not credited before");
-        assert_eq!(activity(&d3, 7).unwrap().per_cpu, vec![(0, 100, 0)]);
+        assert_eq!(activity(&d3, 7).unwrap().per_cpu.as_slice(), [(0, 100, 0)]);
         assert_eq!(cpu_of(&d3, 9), 100);
         let total_7: u64 = [&d1, &d2, &d3].iter().map(|d| cpu_of(d, 7)).sum();
         assert_eq!(total_7, 500, "the slice, exactly once");

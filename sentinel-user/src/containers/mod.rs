@@ -182,6 +182,11 @@ pub struct Attribution {
     /// instead of a nameless record under its short id. Used only while the key's identity
     /// still names the same container; bounded like `identities` (forgotten with the key).
     names: HashMap<ContainerKey, Named>,
+    /// When the previous interval was attributed, and when this one began to be: a roster scan
+    /// that began after the previous one may name a key whose processes are gone by the drain
+    /// (a container that lived less than an interval, OOM-killed at start).
+    previous_call: Option<Instant>,
+    this_call: Option<Instant>,
 }
 
 /// Contenders listed per container (the largest).
@@ -251,6 +256,8 @@ impl Attribution {
             gone_calls: 0,
             reattributed: 0,
             names: HashMap::new(),
+            previous_call: None,
+            this_call: None,
         }
     }
 
@@ -272,6 +279,7 @@ impl Attribution {
         interval_ns: u64,
         summarizer: &mut LatencySummarizer,
     ) -> Vec<ContainerDelta> {
+        self.previous_call = self.this_call.replace(Instant::now());
         self.verify();
         let mut out = self.containers_for(deltas, ifaces, netns_tcp, interval_ns, summarizer);
         self.add_network_only(&mut out, ifaces, netns_tcp, summarizer);
@@ -340,7 +348,21 @@ impl Attribution {
             .collect();
         if !unknown.is_empty() {
             let resolved = Instant::now();
-            let found = procfs::resolve(self.mode, &unknown);
+            let mut found = procfs::resolve(self.mode, &unknown);
+            // Gone from /proc already: a roster scan that began within this interval saw the
+            // key's processes alive (it runs at once on a runtime's start event), so it names
+            // the container those counts came from. An older scan is not trusted: the key may
+            // have been recycled since.
+            let roster = self.roster.load();
+            if roster.generation > 0 && self.previous_call.is_none_or(|t| roster.started >= t) {
+                for key in &unknown {
+                    if !found.contains_key(key)
+                        && let Some(identity) = roster.containers.get(key)
+                    {
+                        found.insert(*key, identity.clone());
+                    }
+                }
+            }
             for key in &unknown {
                 if found.contains_key(key) {
                     self.unresolved.remove(key);
@@ -616,6 +638,51 @@ mod tests {
             1_000_000_000,
             &mut LatencySummarizer::default(),
         )
+    }
+
+    /// A container whose processes are gone before the drain looks for them in /proc (OOM-
+    /// killed at start; CI saw its OOM kill unnamed) is named from a roster scan that began
+    /// within the interval (the scan a runtime's start event asks for); a scan older than the
+    /// previous interval is not trusted for it (the key may have been recycled since).
+    #[test]
+    fn a_container_gone_before_the_drain_is_named_from_this_intervals_scan() {
+        let (hog, earlier) = (hex('c'), hex('d'));
+        let view = docker_with(&[(&hog, "hog"), (&earlier, "earlier")]);
+        let roster = RosterHandle::fixed();
+        let mut a = Attribution::new(KeyMode::Mntns, Runtimes::docker_only(view), roster);
+        // The scan below is older than the previous interval: K2 stays unnamed.
+        a.roster
+            .publish(HashMap::from([(K2, identity(&earlier, Runtime::Docker))]));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        interval(&mut a, &[]);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        // Within this interval: the start event's scan saw the hog alive; it died before the
+        // drain (no process has K or K2 in this test's /proc).
+        interval(&mut a, &[]);
+        a.roster
+            .publish(HashMap::from([(K, identity(&hog, Runtime::Docker))]));
+        let out = interval(&mut a, &[busy(K)]);
+        assert_eq!(
+            (out[0].id.as_str(), out[0].name.as_str()),
+            (hog.as_str(), "hog")
+        );
+        let mut a2 = {
+            let roster = RosterHandle::fixed();
+            roster.publish(HashMap::from([(K2, identity(&earlier, Runtime::Docker))]));
+            Attribution::new(
+                KeyMode::Mntns,
+                Runtimes::docker_only(docker_with(&[(&earlier, "earlier")])),
+                roster,
+            )
+        };
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        interval(&mut a2, &[]);
+        let out = interval(&mut a2, &[busy(K2)]);
+        let k2 = out.iter().find(|c| c.key == K2).expect("K2 is listed");
+        assert!(
+            k2.id.is_empty() && k2.name != "earlier",
+            "a scan older than the previous interval does not name it: {k2:?}"
+        );
     }
 
     /// Issue 17.2: a key the kernel hands to the next container (`docker rm -f web; docker

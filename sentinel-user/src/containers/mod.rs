@@ -285,8 +285,7 @@ impl Attribution {
         self.add_network_only(&mut out, ifaces, netns_tcp, summarizer);
         self.add_listed(&mut out, summarizer);
         name_contenders(&mut out, &crate::contention::attribute(deltas));
-        out.sort_by(|a, b| b.stats.cpu_ns.cmp(&a.stats.cpu_ns).then(a.key.cmp(&b.key)));
-        out
+        busiest_first(out)
     }
 
     /// Checks the cached identities against the newest roster scan (a no-op until the roster
@@ -568,6 +567,22 @@ fn record(
         key,
         ..Default::default()
     }
+}
+
+/// Busiest first (CPU time, then key). Sorted through a 24-byte index: a record is several
+/// hundred bytes, and sorting 1000 of them whole moved megabytes per interval.
+fn busiest_first(out: Vec<ContainerDelta>) -> Vec<ContainerDelta> {
+    let mut order: Vec<(std::cmp::Reverse<u64>, ContainerKey, usize)> = out
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (std::cmp::Reverse(c.stats.cpu_ns), c.key, i))
+        .collect();
+    order.sort_unstable();
+    let mut records: Vec<Option<ContainerDelta>> = out.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|(_, _, i)| records[i].take())
+        .collect()
 }
 
 /// Both identities name the same container (or both none).

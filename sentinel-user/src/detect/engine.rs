@@ -542,25 +542,23 @@ impl DetectionEngine {
             ..
         } = self;
         for_each_series(iv, |o| {
-            if !series.contains_key(o.name) {
-                if series.len() >= *max_series {
-                    *overflow += 1;
-                    return;
-                }
-                series.insert(
-                    o.name.to_string(),
-                    Tracked {
+            // One lookup for a known series (thousands per interval at 1000 containers).
+            let t = match series.get_mut(o.name) {
+                Some(t) => t,
+                None => {
+                    if series.len() >= *max_series {
+                        *overflow += 1;
+                        return;
+                    }
+                    series.entry(o.name.to_string()).or_insert(Tracked {
                         det: SeriesDetector::new(params),
                         signal: o.signal.to_string(),
                         container_id: None,
                         last_seen: 0,
                         value: 0.0,
                         baseline: 0.0,
-                    },
-                );
-            }
-            let Some(t) = series.get_mut(o.name) else {
-                return;
+                    })
+                }
             };
             t.last_seen = *tick;
             // A container recreated under the same name keeps its series; the id follows.

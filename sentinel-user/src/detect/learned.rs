@@ -413,6 +413,8 @@ pub struct LearnedDetector {
     trains: u64,
     scored: u32,
     slot: Arc<ModelSlot>,
+    /// The slot has had a model (it keeps one from then on).
+    modeled: bool,
     /// EW mean and mean absolute deviation of the isolation score (its "normal" for this
     /// series and model), and the tail calibrator of its excess.
     iso_mean: f64,
@@ -511,6 +513,7 @@ impl LearnedDetector {
             trains: 0,
             scored: 0,
             slot: Arc::new(ModelSlot::default()),
+            modeled: false,
             iso_mean: f64::NAN,
             iso_dev: 0.0,
             pot: Pot::default(),
@@ -534,8 +537,9 @@ impl LearnedDetector {
     }
 
     pub fn status(&self, p: &ForestParams) -> LearnedStatus {
-        // Called on every update: the failure (a lock) only matters while there is no model.
-        if self.slot.model.load().is_some() {
+        // Called on every update: the failure (a lock) only matters while there is no model,
+        // and a model, once there, is only ever replaced (no load of the slot then).
+        if self.modeled || self.slot.model.load().is_some() {
             return if self.scored > p.calib.learn {
                 LearnedStatus::Ready
             } else {
@@ -596,6 +600,7 @@ impl LearnedDetector {
         let Some(model) = guard.as_ref() else {
             return 0.0;
         };
+        self.modeled = true;
         let s = p.shingle;
         if self.filled < s {
             return 0.0;

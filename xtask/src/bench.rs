@@ -3,6 +3,8 @@
 //! Parts (all by default; `--only` picks some):
 //! - `kernel`: ns per event of each sentinel program (kernel `bpf_stats`) next to the floor
 //!   (one per-CPU array increment) on the same hook and attach kind.
+//! - `process-events`: exec and exit against the floor plus the task's container key, each
+//!   attached first, over alternating rounds (their per-run figures are noisy in one run).
 //! - `slowdown`: fixed workloads timed bare and with each contender attached, interleaved.
 //! - `userspace`: the daemon's CPU time and resident memory, idle and under each storm.
 //! - `soak`: resident memory at a 10 ms interval over a long run.
@@ -56,6 +58,7 @@ pub struct BenchArgs {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Part {
     Kernel,
+    ProcessEvents,
     Slowdown,
     Userspace,
     Soak,
@@ -130,6 +133,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         kernel::per_event(&mut ctx, "sched_info", false)?;
         kernel::per_event(&mut ctx, "sched_info", true)?;
         kernel::per_event(&mut ctx, "hash", false)?;
+    }
+    if want(Part::ProcessEvents) {
+        kernel::process_events(&mut ctx, if args.smoke { 1 } else { 7 })?;
     }
     if want(Part::Slowdown) {
         let rounds = if args.smoke { 1 } else { args.rounds.max(1) };

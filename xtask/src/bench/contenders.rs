@@ -191,7 +191,18 @@ pub fn start(ctx: &Ctx, kind: Kind) -> Result<Running> {
 
 /// Starts `sentinel run` with JSON output to a file; ready once its programs are attached.
 pub fn start_sentinel(ctx: &Ctx, interval: &str, extra: &[&str], tag: &str) -> Result<Running> {
-    let out = ctx.dir.join(format!("sentinel-{tag}.jsonl"));
+    start_sentinel_with_output(ctx, interval, "json", extra, tag)
+}
+
+/// [`start_sentinel`] with another stdout format (`text`, the shipped default, or `none`).
+pub fn start_sentinel_with_output(
+    ctx: &Ctx,
+    interval: &str,
+    output: &str,
+    extra: &[&str],
+    tag: &str,
+) -> Result<Running> {
+    let out = ctx.dir.join(format!("sentinel-{tag}.{output}"));
     let log = ctx.dir.join(format!("sentinel-{tag}.log"));
     let child = Command::new(&ctx.sentinel)
         .args([
@@ -199,7 +210,7 @@ pub fn start_sentinel(ctx: &Ctx, interval: &str, extra: &[&str], tag: &str) -> R
             "--interval",
             interval,
             "--output",
-            "json",
+            output,
             "--no-docker",
         ])
         .args(extra)

@@ -541,34 +541,51 @@ pub fn live_containers(ctx: &mut Ctx) -> Result<()> {
     let mut sleepers = Sleepers::start(ctx, count)?;
     // The sleepers' own set-up (1000 unshares) must not be in the daemon's window.
     std::thread::sleep(Duration::from_secs(3));
-    let running = contenders::start_sentinel(ctx, "1s", &[], "live-containers")?;
-    let pid = running.pid().unwrap_or(0);
-    std::thread::sleep(Duration::from_secs(5));
-    let la = loadavg();
-    let cpu0 = contenders::cpu_time(pid)?.0;
-    std::thread::sleep(Duration::from_secs(window));
-    let cpu = contenders::cpu_time(pid)?.0.saturating_sub(cpu0) as f64 / window as f64 / 1e3;
-    let text = running
-        .stdout
-        .as_ref()
-        .and_then(|p| fs::read_to_string(p).ok())
-        .unwrap_or_default();
-    let (drains, entries, _) = drain_figures(&running);
-    running.stop()?;
-    sleepers.stop();
-    let listed = text
-        .lines()
-        .rev()
-        .nth(1)
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .and_then(|v| v["containers"].as_array().map(Vec::len))
-        .unwrap_or(0);
     let mut s = String::new();
     writeln!(
         s,
-        "## {count} live containers\n\n{count} processes, each in its own mount namespace (`unshare(CLONE_NEWNS)`: a container key on a cgroup v1 host), each waking every 300 ms (+-10%); `sentinel run --interval 1s --output json --no-docker` started after them, measured over {window} s after a 5 s warm-up.\n\n| containers | container entries | containers in the last interval | drain median (us) | daemon CPU per 1 s interval (us) | load avg |\n|---:|---:|---:|---:|---:|---:|\n| {count} | {entries} | {listed} | {:.0} | **{cpu:.0}** | {la} |\n",
-        median(&drains)
+        "## {count} live containers\n\n{count} processes, each in its own mount namespace (`unshare(CLONE_NEWNS)`: a container key on a cgroup v1 host), each waking every 300 ms (+-10%); `sentinel run --interval 1s --output FORMAT --no-docker` started after them, measured over {window} s after a 5 s warm-up: once with JSON lines on stdout (every container's record every second, written to a file), once with the shipped default (`output = \"text\"`, one line per interval).\n\n| stdout | containers | container entries | containers in the last interval | drain median (us) | daemon CPU per 1 s interval (us) | load avg |\n|---|---:|---:|---:|---:|---:|---:|"
     )?;
+    for output in ["json", "text"] {
+        let running = contenders::start_sentinel_with_output(
+            ctx,
+            "1s",
+            output,
+            &[],
+            &format!("live-containers-{output}"),
+        )?;
+        let pid = running.pid().unwrap_or(0);
+        std::thread::sleep(Duration::from_secs(5));
+        let la = loadavg();
+        let cpu0 = contenders::cpu_time(pid)?.0;
+        std::thread::sleep(Duration::from_secs(window));
+        let cpu = contenders::cpu_time(pid)?.0.saturating_sub(cpu0) as f64 / window as f64 / 1e3;
+        let row = if output == "json" {
+            let text = running
+                .stdout
+                .as_ref()
+                .and_then(|p| fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            let (drains, entries, _) = drain_figures(&running);
+            let listed = text
+                .lines()
+                .rev()
+                .nth(1)
+                .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .and_then(|v| v["containers"].as_array().map(Vec::len))
+                .unwrap_or(0);
+            format!(
+                "| {output} | {count} | {entries} | {listed} | {:.0} | **{cpu:.0}** | {la} |",
+                median(&drains)
+            )
+        } else {
+            format!("| {output} | {count} | - | - | - | **{cpu:.0}** | {la} |")
+        };
+        running.stop()?;
+        writeln!(s, "{row}")?;
+    }
+    sleepers.stop();
+    writeln!(s)?;
     ctx.section(&s);
     Ok(())
 }
@@ -828,6 +845,120 @@ pub fn runq_agreement(ctx: &mut Ctx) -> Result<()> {
         }
     }
     s.push('\n');
+    ctx.section(&s);
+    Ok(())
+}
+
+/// exec and exit against the floor plus the task's container key, each attached first on the
+/// hook, over `rounds` alternating rounds. Programs on one hook run in attach order and the
+/// first one takes the cache misses on the exiting or exec'ing task's namespaces, which the
+/// ones after it find warm; and a fork+exec storm of a few thousand events gives a per-run
+/// average that moves by tens of ns between runs. So each round runs the storm twice, once
+/// with sentinel's programs attached first and once with the floors first (alternating which
+/// goes first), and the figure is the median over rounds of each program in its first-attached
+/// configuration, with the paired per-round ratios beside it.
+pub fn process_events(ctx: &mut Ctx, rounds: usize) -> Result<()> {
+    const HOOKS: [(&str, &str, &str); 2] = [
+        (
+            "sched_process_exec",
+            "snt_sched_process_exec",
+            "snt_floor_execkey",
+        ),
+        (
+            "sched_process_exit",
+            "snt_sched_process_exit",
+            "snt_floor_exitkey",
+        ),
+    ];
+    let pick = |name: &str, _: &str| {
+        HOOKS.iter().any(|h| h.2 == name) || name == "snt_floor_exec" || name == "snt_floor_exit"
+    };
+    // (sentinel first: sentinel's ns/run, floor+key first: floor+key's ns/run) per hook and round.
+    let mut firsts: Vec<[(f64, f64); 2]> = Vec::new();
+    let mut seconds: Vec<[(f64, f64); 2]> = Vec::new();
+    let mut events = [0u64; 2];
+    let la0 = loadavg();
+    for round in 0..rounds {
+        let mut measured = [[(0.0, 0.0); 2]; 2];
+        let orders = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for floors_first in orders {
+            let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .map_err(|e| anyhow!("cannot enable BPF run-time statistics: {e}"))?;
+            let early = if floors_first {
+                Some(contenders::load_floor(ctx, pick)?)
+            } else {
+                None
+            };
+            let sentinel = contenders::start_sentinel(ctx, "1s", &[], "process-events")?;
+            let floor = match early {
+                Some(f) => f,
+                None => contenders::load_floor(ctx, pick)?,
+            };
+            let names = sentinel_programs(sentinel.pid().unwrap_or(0));
+            let before = run_stats();
+            Workload::ForkExec.run(ctx)?;
+            Workload::ForkExec.run(ctx)?;
+            let runs = diff(&before, &run_stats());
+            drop(stats);
+            sentinel.stop()?;
+            for (i, (_, program, keyed)) in HOOKS.iter().enumerate() {
+                let ours = names
+                    .iter()
+                    .find(|(_, n)| *n == program)
+                    .and_then(|(id, _)| per_run(&runs, *id))
+                    .ok_or_else(|| anyhow!("{program} did not run"))?;
+                let reference = floor
+                    .programs
+                    .iter()
+                    .find(|p| p.0 == *keyed)
+                    .and_then(|p| per_run(&runs, p.3))
+                    .ok_or_else(|| anyhow!("{keyed} did not run"))?;
+                events[i] += ours.0;
+                measured[usize::from(floors_first)][i] = (ours.1, reference.1);
+            }
+            drop(floor);
+        }
+        // measured[0]: sentinel first; measured[1]: floors first.
+        firsts.push([
+            (measured[0][0].0, measured[1][0].1),
+            (measured[0][1].0, measured[1][1].1),
+        ]);
+        seconds.push([
+            (measured[1][0].0, measured[0][0].1),
+            (measured[1][1].0, measured[0][1].1),
+        ]);
+    }
+    let la1 = loadavg();
+    let mut s = String::new();
+    writeln!(
+        s,
+        "## exec and exit against the floor plus the task's container key, each attached first\n\n{rounds} rounds; in each, the fork/exec storm ({} fork+exec, twice) runs once with sentinel's programs attached first on the hooks and once with the floors first (the order of the two alternates by round). The first program on a hook takes the cache misses on the task's namespaces: the fair comparison is each program attached first. Median over rounds of that ns/run, the median and range of the per-round ratios; beside it, each program attached second. Load average: {la0} before, {la1} after.\n\n| hook | events | sentinel first ns/run | floor + key first ns/run | ratio of the medians | per-round ratios, median (min-max) | sentinel second | floor + key second |\n|---|---:|---:|---:|---:|---:|---:|---:|",
+        Workload::ForkExec.size(ctx.smoke)
+    )?;
+    for (i, (hook, _, _)) in HOOKS.iter().enumerate() {
+        let ours: Vec<f64> = firsts.iter().map(|r| r[i].0).collect();
+        let keyed: Vec<f64> = firsts.iter().map(|r| r[i].1).collect();
+        let ratios: Vec<f64> = firsts.iter().map(|r| r[i].0 / r[i].1).collect();
+        let (lo, hi) = min_max(&ratios);
+        let ours_second: Vec<f64> = seconds.iter().map(|r| r[i].0).collect();
+        let keyed_second: Vec<f64> = seconds.iter().map(|r| r[i].1).collect();
+        writeln!(
+            s,
+            "| {hook} | {} | {:.1} | {:.1} | **{:.2}** | {:.2} ({lo:.2}-{hi:.2}) | {:.1} | {:.1} |",
+            events[i],
+            median(&ours),
+            median(&keyed),
+            median(&ours) / median(&keyed),
+            median(&ratios),
+            median(&ours_second),
+            median(&keyed_second),
+        )?;
+    }
+    writeln!(s)?;
     ctx.section(&s);
     Ok(())
 }

@@ -858,20 +858,22 @@ pub fn runq_agreement(ctx: &mut Ctx) -> Result<()> {
 /// goes first), and the figure is the median over rounds of each program in its first-attached
 /// configuration, with the paired per-round ratios beside it.
 pub fn process_events(ctx: &mut Ctx, rounds: usize) -> Result<()> {
-    const HOOKS: [(&str, &str, &str); 2] = [
-        (
-            "sched_process_exec",
-            "snt_sched_process_exec",
-            "snt_floor_execkey",
-        ),
-        (
-            "sched_process_exit",
-            "snt_sched_process_exit",
-            "snt_floor_exitkey",
-        ),
-    ];
+    // The registry's exec and exit hooks: (tracepoint, sentinel's program, floor + key).
+    let hooks: Vec<(&str, &str, &str)> = ["sched_process_exec", "sched_process_exit"]
+        .iter()
+        .map(|tp| {
+            SENTINEL
+                .iter()
+                .find(|h| h.tracepoint == *tp)
+                .and_then(|h| Some((h.tracepoint, h.program, h.floor_lookup?)))
+                .ok_or_else(|| anyhow!("the hook registry has no {tp} with a floor + key"))
+        })
+        .collect::<Result<_>>()?;
     let pick = |name: &str, _: &str| {
-        HOOKS.iter().any(|h| h.2 == name) || name == "snt_floor_exec" || name == "snt_floor_exit"
+        SENTINEL
+            .iter()
+            .filter(|h| hooks.iter().any(|k| k.1 == h.program))
+            .any(|h| h.floor == Some(name) || h.floor_lookup == Some(name))
     };
     // (sentinel first: sentinel's ns/run, floor+key first: floor+key's ns/run) per hook and round.
     let mut firsts: Vec<[(f64, f64); 2]> = Vec::new();
@@ -905,7 +907,7 @@ pub fn process_events(ctx: &mut Ctx, rounds: usize) -> Result<()> {
             let runs = diff(&before, &run_stats());
             drop(stats);
             sentinel.stop()?;
-            for (i, (_, program, keyed)) in HOOKS.iter().enumerate() {
+            for (i, (_, program, keyed)) in hooks.iter().enumerate() {
                 let ours = names
                     .iter()
                     .find(|(_, n)| *n == program)
@@ -939,7 +941,7 @@ pub fn process_events(ctx: &mut Ctx, rounds: usize) -> Result<()> {
         "## exec and exit against the floor plus the task's container key, each attached first\n\n{rounds} rounds; in each, the fork/exec storm ({} fork+exec, twice) runs once with sentinel's programs attached first on the hooks and once with the floors first (the order of the two alternates by round). The first program on a hook takes the cache misses on the task's namespaces: the fair comparison is each program attached first. Median over rounds of that ns/run, the median and range of the per-round ratios; beside it, each program attached second. Load average: {la0} before, {la1} after.\n\n| hook | events | sentinel first ns/run | floor + key first ns/run | ratio of the medians | per-round ratios, median (min-max) | sentinel second | floor + key second |\n|---|---:|---:|---:|---:|---:|---:|---:|",
         Workload::ForkExec.size(ctx.smoke)
     )?;
-    for (i, (hook, _, _)) in HOOKS.iter().enumerate() {
+    for (i, (hook, _, _)) in hooks.iter().enumerate() {
         let ours: Vec<f64> = firsts.iter().map(|r| r[i].0).collect();
         let keyed: Vec<f64> = firsts.iter().map(|r| r[i].1).collect();
         let ratios: Vec<f64> = firsts.iter().map(|r| r[i].0 / r[i].1).collect();

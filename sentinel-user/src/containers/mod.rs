@@ -284,6 +284,7 @@ impl Attribution {
         let mut out = self.containers_for(deltas, ifaces, netns_tcp, interval_ns, summarizer);
         self.add_network_only(&mut out, ifaces, netns_tcp, summarizer);
         self.add_listed(&mut out, summarizer);
+        distinct_names(&mut out);
         name_contenders(&mut out, &crate::contention::attribute(deltas));
         busiest_first(out)
     }
@@ -569,6 +570,24 @@ fn record(
     }
 }
 
+/// Several keys can carry one name: mount namespaces that share a cgroup (named by its path
+/// on a cgroup v1 host), or two runtimes with a container called the same. Each such record
+/// gets its key appended (`name#key`), so that detection, contention and the exports never
+/// merge different containers into one series. Names that are unique stay as they are.
+fn distinct_names(out: &mut [ContainerDelta]) {
+    let mut seen: HashMap<&str, u32> = HashMap::with_capacity(out.len());
+    for c in out.iter() {
+        *seen.entry(c.name.as_str()).or_default() += 1;
+    }
+    let shared: Vec<bool> = out.iter().map(|c| seen[c.name.as_str()] > 1).collect();
+    drop(seen);
+    for (c, shared) in out.iter_mut().zip(shared) {
+        if shared {
+            c.name = format!("{}#{}", c.name, c.key);
+        }
+    }
+}
+
 /// Busiest first (CPU time, then key). Sorted through a 24-byte index: a record is several
 /// hundred bytes, and sorting 1000 of them whole moved megabytes per interval.
 fn busiest_first(out: Vec<ContainerDelta>) -> Vec<ContainerDelta> {
@@ -653,6 +672,46 @@ mod tests {
             1_000_000_000,
             &mut LatencySummarizer::default(),
         )
+    }
+
+    /// Mount namespaces that share a cgroup (cgroup v1: each is named by the cgroup's path) are
+    /// different containers: each gets its key in its name, so that nothing downstream (one
+    /// detection series per name, contention by name) merges them; a unique name is kept.
+    #[test]
+    fn containers_that_share_a_name_are_told_apart_by_their_keys() {
+        const K3: ContainerKey = u64::MAX - 9;
+        let roster = RosterHandle::fixed();
+        let mut a = Attribution::new(
+            KeyMode::Mntns,
+            Runtimes::docker_only(docker_with(&[])),
+            roster,
+        );
+        interval(&mut a, &[]);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        interval(&mut a, &[]);
+        let by_path = |cgroup: &str| Identity {
+            owner: None,
+            cgroup: cgroup.to_string(),
+            netns: None,
+        };
+        a.roster.publish(HashMap::from([
+            (K, by_path("/user.slice")),
+            (K2, by_path("/user.slice")),
+            (K3, by_path("/system.slice/cron.service")),
+        ]));
+        let out = interval(&mut a, &[busy(K), busy(K2), busy(K3)]);
+        let mut names: Vec<(ContainerKey, &str)> =
+            out.iter().map(|c| (c.key, c.name.as_str())).collect();
+        names.sort();
+        let (k, k2) = (format!("/user.slice#{K}"), format!("/user.slice#{K2}"));
+        assert_eq!(
+            names,
+            vec![
+                (K3, "/system.slice/cron.service"),
+                (K2, k2.as_str()),
+                (K, k.as_str()),
+            ]
+        );
     }
 
     /// A container whose processes are gone before the drain looks for them in /proc (OOM-

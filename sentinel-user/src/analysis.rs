@@ -165,12 +165,7 @@ impl Analysis {
                 }
             }
             // A series the engine stopped tracking (its container is gone) has nothing open.
-            if !self.open.is_empty() {
-                let tracked: std::collections::HashSet<&str> =
-                    engine.series_states().map(|(name, _, _)| name).collect();
-                self.open
-                    .retain(|series, _| tracked.contains(series.as_str()));
-            }
+            self.open.retain(|series, _| engine.tracks(series));
             iv.anomalies = events.iter().map(AnomalyEvent::to_record).collect();
             name_contenders(iv);
             iv.detection = engine.summary();
@@ -247,9 +242,9 @@ impl Analysis {
     pub fn series(&self) -> Vec<SeriesStatus> {
         self.detect
             .iter()
-            .flat_map(super::detect::engine::DetectionEngine::series_states)
+            .flat_map(super::detect::engine::DetectionEngine::series_unordered)
             .map(|(name, state, score)| SeriesStatus {
-                name: name.to_string(),
+                name: name.clone(),
                 state,
                 score,
             })

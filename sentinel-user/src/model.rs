@@ -25,7 +25,9 @@ pub const PUBLIC_COUNTERS: [usize; sentinel_common::registry::PUBLIC_COUNT] =
 #[derive(Clone, Debug, Serialize)]
 pub struct Published {
     pub interval: Interval,
-    /// Every series the detection engine tracks: name, life-cycle state, last score.
+    /// Every series the detection engine tracks: name, life-cycle state, last score; in no
+    /// particular order (sorting thousands of names every interval for a status nobody may
+    /// ask for cost more than detecting; the status socket sorts what it sends).
     pub series: Vec<SeriesStatus>,
     /// The interval's raw run-queue latency histogram (log2 buckets, see `hist_bucket_range`),
     /// for the Prometheus histogram; the JSON interval only carries its summary.
@@ -35,7 +37,7 @@ pub struct Published {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SeriesStatus {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     pub state: SeriesState,
     pub score: f64,
 }
@@ -359,7 +361,7 @@ pub struct DetectionSummary {
     pub warming_up: u64,
     pub ready: u64,
     pub fallback: u64,
-    /// Observations of series that found the series table full.
+    /// Observations of series that found the series table full, since the daemon started.
     pub series_overflow: u64,
     /// Series with an open (raised, not yet cleared) anomaly.
     pub open: Vec<String>,

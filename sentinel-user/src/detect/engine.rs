@@ -2,8 +2,8 @@
 //! k/m hysteresis) and the engine that runs one pipeline per metric series of an [`Interval`].
 //! `sentinel replay` drives [`SeriesDetector`] directly, so replay and the daemon share it.
 
-use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 use serde::Serialize;
 
@@ -316,7 +316,7 @@ pub fn metric_value(iv: &Interval, name: &str) -> Option<Option<f64>> {
                 let c = iv
                     .containers
                     .iter()
-                    .find(|c| container_label(c).as_deref() == Some(cname));
+                    .find(|c| container_label(c) == Some(cname));
                 return match c {
                     Some(c) => container_signal(c, signal).map(|v| v.filter(|v| v.is_finite())),
                     // The container is not in this interval: no value, not an error.
@@ -383,11 +383,15 @@ fn container_signal(c: &ContainerDelta, signal: &str) -> Option<Option<f64>> {
 
 /// The `<name>` in `container.<name>.<signal>`: the container name, else the short id, else
 /// nothing (such an entry is not tracked).
-fn container_label(c: &ContainerDelta) -> Option<String> {
+fn container_label(c: &ContainerDelta) -> Option<&str> {
     if !c.name.is_empty() {
-        Some(c.name.trim_start_matches('/').to_string())
+        Some(c.name.trim_start_matches('/'))
     } else if !c.id.is_empty() {
-        Some(c.id.chars().take(12).collect())
+        Some(
+            c.id.char_indices()
+                .nth(12)
+                .map_or(&c.id[..], |(end, _)| &c.id[..end]),
+        )
     } else {
         None
     }
@@ -432,7 +436,7 @@ fn for_each_series(iv: &Interval, mut f: impl FnMut(Obs<'_>)) {
             };
             name.clear();
             name.push_str("container.");
-            name.push_str(&label);
+            name.push_str(label);
             name.push('.');
             name.push_str(signal);
             f(Obs {
@@ -481,7 +485,11 @@ pub struct DetectionEngine {
     max_series: usize,
     ttl: u64,
     trainer: Trainer,
-    series: BTreeMap<String, Tracked>,
+    /// Hashed, not ordered: thousands of lookups per interval at 1000 containers, by names
+    /// that share long prefixes (`container.`), where a tree compares whole strings at each
+    /// level. What is shown in name order is sorted when asked for.
+    /// The names are shared with the status every interval publishes (a count, not a copy).
+    series: HashMap<Arc<str>, Tracked, foldhash::quality::RandomState>,
     /// Intervals observed.
     tick: u64,
     /// Observations of series that found the table full (counted, never silently lost).
@@ -519,7 +527,7 @@ impl DetectionEngine {
             max_series: cfg.max_series as usize,
             ttl: u64::from(cfg.series_ttl),
             trainer,
-            series: BTreeMap::new(),
+            series: HashMap::default(),
             tick: 0,
             overflow: 0,
             expired: 0,
@@ -550,7 +558,7 @@ impl DetectionEngine {
                         *overflow += 1;
                         return;
                     }
-                    series.entry(o.name.to_string()).or_insert(Tracked {
+                    series.entry(Arc::from(o.name)).or_insert(Tracked {
                         det: SeriesDetector::new(params),
                         signal: o.signal.to_string(),
                         container_id: None,
@@ -590,15 +598,16 @@ impl DetectionEngine {
     fn expire(&mut self, ts: &str, events: &mut Vec<AnomalyEvent>) {
         let (tick, ttl) = (self.tick, self.ttl);
         let mut expired = 0;
+        let mut cleared = Vec::new();
         self.series.retain(|name, t| {
             if tick - t.last_seen < ttl {
                 return true;
             }
             expired += 1;
             if t.det.active() {
-                events.push(AnomalyEvent {
+                cleared.push(AnomalyEvent {
                     kind: EventKind::Cleared,
-                    series: name.clone(),
+                    series: name.to_string(),
                     signal: t.signal.clone(),
                     container_id: t.container_id.clone(),
                     ts: ts.to_string(),
@@ -610,21 +619,41 @@ impl DetectionEngine {
             }
             false
         });
+        // In name order, whatever the table's.
+        cleared.sort_by(|a, b| a.series.cmp(&b.series));
+        events.append(&mut cleared);
         self.expired += expired;
     }
 
     /// (series name, state, last fused score), sorted by name.
     pub fn series_states(&self) -> impl Iterator<Item = (&str, SeriesState, f64)> + '_ {
+        self.by_name()
+            .map(|(name, t)| (&**name, t.det.state(), t.det.level()))
+    }
+
+    /// Whether `series` is tracked.
+    pub fn tracks(&self, series: &str) -> bool {
+        self.series.contains_key(series)
+    }
+
+    /// (series name, state, last fused score) in no particular order, names shared.
+    pub fn series_unordered(&self) -> impl Iterator<Item = (&Arc<str>, SeriesState, f64)> + '_ {
         self.series
             .iter()
-            .map(|(name, t)| (name.as_str(), t.det.state(), t.det.level()))
+            .map(|(name, t)| (name, t.det.state(), t.det.level()))
+    }
+
+    fn by_name(&self) -> impl Iterator<Item = (&Arc<str>, &Tracked)> + '_ {
+        let mut all: Vec<(&Arc<str>, &Tracked)> = self.series.iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all.into_iter()
     }
 
     /// Every tracked series with its warm-up progress (`seen` of `warmup` values, for a
     /// `warming (n/W)` status), sorted by name.
     pub fn series_detail(&self) -> impl Iterator<Item = SeriesInfo<'_>> + '_ {
         let warmup = self.params.warmup;
-        self.series.iter().map(move |(name, t)| SeriesInfo {
+        self.by_name().map(move |(name, t)| SeriesInfo {
             name,
             signal: &t.signal,
             container_id: t.container_id.as_deref(),
@@ -651,9 +680,10 @@ impl DetectionEngine {
                 SeriesState::Fallback => s.fallback += 1,
             }
             if t.det.active() {
-                s.open.push(name.clone());
+                s.open.push(name.to_string());
             }
         }
+        s.open.sort_unstable();
         s
     }
 

@@ -71,7 +71,8 @@ struct StatusOut<'a> {
     #[serde(flatten)]
     info: &'a ServerInfo,
     latest: Option<&'a Interval>,
-    series: &'a [SeriesStatus],
+    /// By name.
+    series: Vec<&'a SeriesStatus>,
     heal: Option<HealOut<'a>>,
 }
 
@@ -88,7 +89,11 @@ pub fn document(info: &ServerInfo, published: Option<&Published>) -> serde_json:
     let out = StatusOut {
         info,
         latest: published.map(|p| &p.interval),
-        series: published.map(|p| p.series.as_slice()).unwrap_or_default(),
+        series: published.map_or_else(Vec::new, |p| {
+            let mut by_name: Vec<&SeriesStatus> = p.series.iter().collect();
+            by_name.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+            by_name
+        }),
         heal: published.and_then(|p| {
             p.interval.healing.as_ref().map(|state| HealOut {
                 state,

@@ -294,6 +294,9 @@ fn build(
 #[derive(Debug, Default)]
 pub struct ModelSlot {
     model: ArcSwapOption<Forest>,
+    /// `model` holds one: read before loading it, which is dearer (an idle series, whose
+    /// constant window never trains, would load an empty slot at every block end).
+    has_model: AtomicBool,
     /// A training job for this slot is queued or running (no pile-up).
     busy: AtomicBool,
     /// Last training failure, if the latest attempt failed (shared: a series without a model
@@ -306,6 +309,7 @@ impl ModelSlot {
         match result {
             Ok(f) => {
                 self.model.store(Some(Arc::new(f)));
+                self.has_model.store(true, Ordering::Release);
                 *self
                     .failure
                     .lock()
@@ -459,7 +463,38 @@ impl PatternMemory {
         // result is bit for bit the one-candidate-at-a-time loop's), and the inner loop has
         // no wrap check and vectorises.
         let candidates = filled - 2 * sh + 1;
-        let best = SCRATCH.with(|scratch| {
+        // The latest 2 * sh blocks all equal (an idle series' zeros): the candidate right
+        // behind the latest pattern is the same, so the nearest distance is exactly 0, which
+        // is what the search would find (its sums are never below 0), without the search.
+        let newest_value = ring[newest];
+        let repeats = (0..2 * sh).all(|k| ring[(newest + cap - k) % cap] == newest_value);
+        let best = if repeats {
+            0.0
+        } else {
+            Self::nearest(ring, newest, filled, sh, candidates)
+        };
+        let mut cur = [0.0f64; MAX_SHINGLE];
+        for (k, c) in cur[..sh].iter_mut().enumerate() {
+            *c = ring[(newest + cap - k) % cap];
+        }
+        let dist = best.sqrt();
+        let level = cur[..sh].iter().map(|v| v.abs()).sum::<f64>() / sh as f64;
+        let floor = p.scale_floor * level + 1e-12;
+        if self.n == 0 {
+            self.scale = dist;
+        }
+        let z = dist / (self.scale + floor);
+        self.n = self.n.saturating_add(1);
+        let a = (1.0 / f64::from(self.n)).max(p.a_scale);
+        self.scale += a * (dist - self.scale);
+        self.score = surprise_score(self.pot.update(&p.pot, z.ln_1p()));
+        self.score
+    }
+
+    /// The smallest squared distance of the latest `sh` blocks to an earlier stretch of `sh`
+    /// blocks that does not overlap them (`candidates` of them).
+    fn nearest(ring: &[f64], newest: usize, filled: usize, sh: usize, candidates: usize) -> f64 {
+        SCRATCH.with(|scratch| {
             let (by_age, d2) = &mut *scratch.borrow_mut();
             by_age.clear();
             by_age.extend(
@@ -479,23 +514,7 @@ impl PatternMemory {
                 }
             }
             d2.iter().fold(f64::INFINITY, |best, &x| best.min(x))
-        });
-        let mut cur = [0.0f64; MAX_SHINGLE];
-        for (k, c) in cur[..sh].iter_mut().enumerate() {
-            *c = ring[(newest + cap - k) % cap];
-        }
-        let dist = best.sqrt();
-        let level = cur[..sh].iter().map(|v| v.abs()).sum::<f64>() / sh as f64;
-        let floor = p.scale_floor * level + 1e-12;
-        if self.n == 0 {
-            self.scale = dist;
-        }
-        let z = dist / (self.scale + floor);
-        self.n = self.n.saturating_add(1);
-        let a = (1.0 / f64::from(self.n)).max(p.a_scale);
-        self.scale += a * (dist - self.scale);
-        self.score = surprise_score(self.pot.update(&p.pot, z.ln_1p()));
-        self.score
+        })
     }
 }
 
@@ -539,7 +558,7 @@ impl LearnedDetector {
     pub fn status(&self, p: &ForestParams) -> LearnedStatus {
         // Called on every update: the failure (a lock) only matters while there is no model,
         // and a model, once there, is only ever replaced (no load of the slot then).
-        if self.modeled || self.slot.model.load().is_some() {
+        if self.modeled || self.slot.has_model.load(Ordering::Acquire) {
             return if self.scored > p.calib.learn {
                 LearnedStatus::Ready
             } else {
@@ -596,6 +615,9 @@ impl LearnedDetector {
             });
         }
 
+        if !self.modeled && !self.slot.has_model.load(Ordering::Acquire) {
+            return 0.0;
+        }
         let guard = self.slot.model.load();
         let Some(model) = guard.as_ref() else {
             return 0.0;
@@ -688,6 +710,31 @@ mod tests {
         }
         assert!(calm < 0.3, "ordinary shingles scored {calm}");
         assert!(novel > 0.4, "the new level scored {novel}");
+    }
+
+    /// The shortcut for a repeated value (the latest 2 x shingle blocks equal) returns what
+    /// the search returns there, bit for bit, whatever came before, zeros of either sign too.
+    #[test]
+    fn the_repeat_shortcut_is_what_the_search_finds() {
+        let p = Feed::new().p;
+        let sh = p.shingle;
+        for (case, repeated) in [0.0, -0.0, 7.5, 1e100].into_iter().enumerate() {
+            let mut ring: Vec<f64> = (0..256)
+                .map(|i| 10.0 * noise(i + 1000 * case as u64))
+                .collect();
+            let newest = 100;
+            for k in 0..2 * sh {
+                // Mixed signs of zero compare equal and must still give +0.
+                ring[newest - k] = if k % 2 == 1 && repeated == 0.0 {
+                    -repeated
+                } else {
+                    repeated
+                };
+            }
+            let found =
+                PatternMemory::nearest(&ring, newest, ring.len(), sh, ring.len() - 2 * sh + 1);
+            assert_eq!(found.to_bits(), 0.0f64.to_bits(), "value {repeated}");
+        }
     }
 
     #[test]

@@ -538,13 +538,16 @@ impl DaemonMaps {
 pub fn live_containers(ctx: &mut Ctx) -> Result<()> {
     let count: u32 = if ctx.smoke { 50 } else { 1000 };
     let window = if ctx.smoke { 5 } else { 20 };
+    // Measured once the detectors' statistical warm-up (150 intervals by default) is over:
+    // before it, a series skips its scoring, and the figure would be the warm-up's.
+    let settle = if ctx.smoke { 5 } else { 160 };
     let mut sleepers = Sleepers::start(ctx, count)?;
     // The sleepers' own set-up (1000 unshares) must not be in the daemon's window.
     std::thread::sleep(Duration::from_secs(3));
     let mut s = String::new();
     writeln!(
         s,
-        "## {count} live containers\n\n{count} processes, each in its own mount namespace (`unshare(CLONE_NEWNS)`: a container key on a cgroup v1 host), each waking every 300 ms (+-10%); `sentinel run --interval 1s --output FORMAT --no-docker` started after them, measured over {window} s after a 5 s warm-up: once with JSON lines on stdout (every container's record every second, written to a file), once with the shipped default (`output = \"text\"`, one line per interval).\n\n| stdout | containers | container entries | containers in the last interval | drain median (us) | daemon CPU per 1 s interval (us) | load avg |\n|---|---:|---:|---:|---:|---:|---:|"
+        "## {count} live containers\n\n{count} processes, each in its own mount namespace (`unshare(CLONE_NEWNS)`: a container key on a cgroup v1 host), each waking every 300 ms (+-10%); `sentinel run --interval 1s --output FORMAT --no-docker` started after them, measured over {window} s after {settle} s (past the detectors' warm-up of 150 intervals; the learned detector is still collecting its first window): once with JSON lines on stdout (every container's record every second, written to a file), once with the shipped default (`output = \"text\"`, one line per interval). Detection series: those the engine tracks (`detect.max_series`, default 4096) and the observations per interval that found the table full.\n\n| stdout | containers | container entries | containers in the last interval | distinct names | detection series (ready / fallback) | overflow per interval | drain median (us) | daemon CPU per 1 s interval (us) | load avg |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     for output in ["json", "text"] {
         let running = contenders::start_sentinel_with_output(
@@ -555,7 +558,7 @@ pub fn live_containers(ctx: &mut Ctx) -> Result<()> {
             &format!("live-containers-{output}"),
         )?;
         let pid = running.pid().unwrap_or(0);
-        std::thread::sleep(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_secs(settle));
         let la = loadavg();
         let cpu0 = contenders::cpu_time(pid)?.0;
         std::thread::sleep(Duration::from_secs(window));
@@ -567,19 +570,44 @@ pub fn live_containers(ctx: &mut Ctx) -> Result<()> {
                 .and_then(|p| fs::read_to_string(p).ok())
                 .unwrap_or_default();
             let (drains, entries, _) = drain_figures(&running);
-            let listed = text
+            let last: Vec<serde_json::Value> = text
                 .lines()
                 .rev()
-                .nth(1)
-                .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .and_then(|v| v["containers"].as_array().map(Vec::len))
-                .unwrap_or(0);
+                .skip(1)
+                .take(2)
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let containers = last
+                .first()
+                .and_then(|v| v["containers"].as_array())
+                .cloned()
+                .unwrap_or_default();
+            let names: std::collections::HashSet<&str> = containers
+                .iter()
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            let detection = |v: &serde_json::Value, k: &str| v["detection"][k].as_u64();
+            let (ready, fallback) = last.first().map_or((0, 0), |v| {
+                (
+                    detection(v, "ready").unwrap_or(0),
+                    detection(v, "fallback").unwrap_or(0),
+                )
+            });
+            // series_overflow counts since the start: the last two intervals' difference.
+            let overflow = match (last.first(), last.get(1)) {
+                (Some(a), Some(b)) => detection(a, "series_overflow")
+                    .zip(detection(b, "series_overflow"))
+                    .map_or("-".to_string(), |(a, b)| a.saturating_sub(b).to_string()),
+                _ => "-".to_string(),
+            };
             format!(
-                "| {output} | {count} | {entries} | {listed} | {:.0} | **{cpu:.0}** | {la} |",
+                "| {output} | {count} | {entries} | {} | {} | {ready} / {fallback} | {overflow} | {:.0} | **{cpu:.0}** | {la} |",
+                containers.len(),
+                names.len(),
                 median(&drains)
             )
         } else {
-            format!("| {output} | {count} | - | - | - | **{cpu:.0}** | {la} |")
+            format!("| {output} | {count} | - | - | - | - | - | - | **{cpu:.0}** | {la} |")
         };
         running.stop()?;
         writeln!(s, "{row}")?;

@@ -165,6 +165,9 @@ struct Tracked<V> {
     seen: bool,
 }
 
+/// Contention pairs kept per exported one (see `TopN::keep_at_most`).
+const CONTENTION_CANDIDATES: usize = 4;
+
 /// Per-interval decay: an idle entry's score halves in about 7 intervals.
 const DECAY: f64 = 0.9;
 /// Below this score an unpinned entry is forgotten (it then restarts from zero if it comes
@@ -233,6 +236,11 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
         ranked.into_iter().map(|(k, t)| (k, &t.value)).collect()
     }
 
+    /// Entries exported besides the pinned ones.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     pub fn tracked(&self) -> usize {
         self.entries.len()
     }
@@ -243,6 +251,32 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
 
     pub fn get(&self, key: &K) -> Option<&V> {
         self.entries.get(key).map(|t| &t.value)
+    }
+
+    /// Forgets the lowest-scored unpinned entries beyond `max`. For keys that multiply (pairs
+    /// of containers: at 1000 containers each interval names up to 3000 new ones, and decay
+    /// alone let tens of thousands accumulate, a fifth of the daemon's CPU); a forgotten entry
+    /// restarts from zero if it comes back, as after decay.
+    pub fn keep_at_most(&mut self, max: usize) {
+        if self.entries.len() <= max {
+            return;
+        }
+        let pinned = self.entries.values().filter(|t| t.pinned).count();
+        let room = max.saturating_sub(pinned);
+        let mut ranked: Vec<(f64, &K)> = self
+            .entries
+            .iter()
+            .filter(|(_, t)| !t.pinned)
+            .map(|(k, t)| (t.score, k))
+            .collect();
+        if ranked.len() <= room {
+            return;
+        }
+        ranked.select_nth_unstable_by(room, |a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let losers: Vec<K> = ranked[room..].iter().map(|(_, k)| (*k).clone()).collect();
+        for k in &losers {
+            self.entries.remove(k);
+        }
     }
 
     /// Forgets the entries `keep` rejects.
@@ -605,6 +639,10 @@ impl State {
                 }
             });
         }
+        // Bounded by construction: the exported busiest pairs and as many again three times
+        // over as candidates.
+        self.contention
+            .keep_at_most(CONTENTION_CANDIDATES * self.contention.limit());
         // A pair whose victim is forgotten goes with it.
         let containers = &self.containers;
         self.contention
@@ -2072,6 +2110,23 @@ mod tests {
         assert!(text.contains("# TYPE sentinel_runqueue_latency_seconds histogram\n"));
         assert!(!text.contains("# UNIT") && !text.contains("# EOF"));
         assert!(text.contains("sentinel_sched_switch_total 10\n"));
+    }
+
+    #[test]
+    fn top_n_keeps_at_most_its_cap_and_the_busiest() {
+        let mut t: TopN<u32, u64> = TopN::new(2);
+        t.observe(0, 0.5, true, |_| {});
+        for k in 1..=100 {
+            t.observe(k, f64::from(k), false, |v| *v += 1);
+        }
+        t.keep_at_most(8);
+        assert_eq!(t.tracked(), 8);
+        // The pinned entry stays whatever its score; the 7 busiest fill the rest.
+        let mut kept: Vec<u32> = t.iter().map(|(k, _)| *k).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, vec![0, 94, 95, 96, 97, 98, 99, 100]);
+        t.keep_at_most(100);
+        assert_eq!(t.tracked(), 8, "under the cap nothing goes");
     }
 
     #[test]

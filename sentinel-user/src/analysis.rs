@@ -54,7 +54,10 @@ fn container_of<'a>(
         .strip_prefix("container.")?
         .strip_suffix(signal)?
         .strip_suffix('.')?;
-    iv.containers.iter().find(|c| c.name == name)
+    // The series carries the label, not the name: a cgroup path loses its leading `/`.
+    iv.containers
+        .iter()
+        .find(|c| crate::detect::engine::container_label(c) == Some(name))
 }
 
 /// Fills `slowed_by` of the interval's `runq_latency` anomaly records.
@@ -294,7 +297,12 @@ mod tests {
         let web = "ab".repeat(32);
         let mut quiet = victim(&"cd".repeat(32), "quiet");
         quiet.contention.clear();
-        let containers = vec![victim(&web, "web"), victim("", "cg"), quiet];
+        let containers = vec![
+            victim(&web, "web"),
+            victim("", "cg"),
+            quiet,
+            victim("", "/user.slice#42"),
+        ];
         let anomalies = vec![
             record("runq_latency", "container.web.runq_latency", Some(&web)),
             record("cpu", "container.web.cpu", Some(&web)),
@@ -306,6 +314,8 @@ mod tests {
                 Some(&"cd".repeat(32)),
             ),
             record("runq_latency", "runq_latency", None),
+            // A cgroup path: the series label has no leading `/`.
+            record("runq_latency", "container.user.slice#42.runq_latency", None),
         ];
         let mut iv = Interval {
             containers,
@@ -326,6 +336,14 @@ mod tests {
         );
         assert!(iv.anomalies[3].slowed_by.is_none(), "waited behind nobody");
         assert!(iv.anomalies[4].slowed_by.is_none(), "host series");
+        assert_eq!(
+            iv.anomalies[5]
+                .slowed_by
+                .as_ref()
+                .map(|b| b.container.as_str()),
+            Some("noisy"),
+            "a cgroup path's series"
+        );
         // The field reaches the interval's JSON only where it is set.
         let json = serde_json::to_value(&iv.anomalies).unwrap();
         assert_eq!(json[0]["slowed_by"]["container"], "noisy");

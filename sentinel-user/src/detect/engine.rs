@@ -383,7 +383,7 @@ fn container_signal(c: &ContainerDelta, signal: &str) -> Option<Option<f64>> {
 
 /// The `<name>` in `container.<name>.<signal>`: the container name, else the short id, else
 /// nothing (such an entry is not tracked).
-fn container_label(c: &ContainerDelta) -> Option<&str> {
+pub fn container_label(c: &ContainerDelta) -> Option<&str> {
     if !c.name.is_empty() {
         Some(c.name.trim_start_matches('/'))
     } else if !c.id.is_empty() {

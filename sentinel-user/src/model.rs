@@ -148,6 +148,10 @@ pub struct ContainerDelta {
     /// On-CPU time as a percentage of one CPU over the interval.
     pub cpu_percent: f64,
     pub runqueue_latency_us: LatencySummary,
+    /// Whose traffic the network fields below are: the container's own network namespace's,
+    /// or nobody's (they are then 0 and not measured; see [`Network`]).
+    #[serde(default)]
+    pub network: Network,
     /// Traffic and TCP events of the container's network namespace.
     pub rx_packets: u64,
     pub rx_bytes: u64,
@@ -164,6 +168,29 @@ pub struct ContainerDelta {
     pub contention_self_seconds: f64,
 }
 
+/// Where a container's network fields come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// Its own network namespace: the fields are its traffic and TCP events. (Also what a
+    /// record written before this field existed is read as.)
+    #[default]
+    Own,
+    /// It shares the host's network namespace (`--network host`): its traffic cannot be told
+    /// from the host's, which the `host` record carries. Not measured: the fields stay 0, and
+    /// detection, heal triggers and `/metrics` leave them out.
+    Host,
+    /// No process with its key showed a network namespace. Not measured, as for `Host`.
+    Unknown,
+}
+
+impl Network {
+    /// The network fields are this container's own.
+    pub fn measured(self) -> bool {
+        self == Network::Own
+    }
+}
+
 /// One per-container counter series: the one list the exporter's per-container families
 /// derive from (`sentinel_container_<name>[_<unit>]_total`, in this order). A new signal of
 /// the kernel's `ContainerStats` gets its row here; nothing else names it field by field.
@@ -177,6 +204,9 @@ pub struct ContainerSeries {
     /// The signal name detection and heal triggers watch this delta by
     /// (`container.<name>.<watch>`, `signal = "<watch>"` in a rule); `None`: exported only.
     pub watch: Option<&'static str>,
+    /// Counted per network namespace: measured only for a container with its own
+    /// ([`Network::Own`]).
+    pub per_netns: bool,
 }
 
 impl ContainerSeries {
@@ -188,6 +218,12 @@ impl ContainerSeries {
             format!("{}_{}", self.name, self.unit)
         }
     }
+
+    /// The interval's delta, or `None` where the container's record does not measure it (a
+    /// network series of a container without its own network namespace).
+    pub fn value(&self, c: &ContainerDelta) -> Option<f64> {
+        (!self.per_netns || c.network.measured()).then(|| (self.read)(c))
+    }
 }
 
 /// Every per-container counter, in exposition order.
@@ -198,6 +234,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "On-CPU time of the container's tasks, seconds.",
         read: |c| c.stats.cpu_ns as f64 / 1e9,
         watch: None,
+        per_netns: false,
     },
     ContainerSeries {
         name: "context_switches",
@@ -205,6 +242,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Context switches of the container's tasks.",
         read: |c| c.stats.switches as f64,
         watch: None,
+        per_netns: false,
     },
     ContainerSeries {
         name: "forks",
@@ -212,6 +250,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Processes started in the container (threads are not counted).",
         read: |c| c.stats.forks as f64,
         watch: None,
+        per_netns: false,
     },
     ContainerSeries {
         name: "execs",
@@ -219,6 +258,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Programs executed in the container.",
         read: |c| c.stats.execs as f64,
         watch: None,
+        per_netns: false,
     },
     ContainerSeries {
         name: "exits",
@@ -226,6 +266,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Processes that exited in the container.",
         read: |c| c.stats.exits as f64,
         watch: None,
+        per_netns: false,
     },
     ContainerSeries {
         name: "abnormal_exits",
@@ -233,6 +274,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Processes that exited with a non-zero code or by a signal.",
         read: |c| c.stats.abnormal_exits as f64,
         watch: Some("abnormal_exits"),
+        per_netns: false,
     },
     ContainerSeries {
         name: "oom_kills",
@@ -240,6 +282,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Processes of the container killed by the OOM killer.",
         read: |c| c.stats.oom_kills as f64,
         watch: Some("oom_kills"),
+        per_netns: false,
     },
     ContainerSeries {
         name: "net_rx_packets",
@@ -247,6 +290,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Packets received in the container's network namespace.",
         read: |c| c.rx_packets as f64,
         watch: None,
+        per_netns: true,
     },
     ContainerSeries {
         name: "net_rx_bytes",
@@ -254,6 +298,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Bytes received in the container's network namespace.",
         read: |c| c.rx_bytes as f64,
         watch: None,
+        per_netns: true,
     },
     ContainerSeries {
         name: "net_tx_packets",
@@ -261,6 +306,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Packets transmitted in the container's network namespace.",
         read: |c| c.tx_packets as f64,
         watch: None,
+        per_netns: true,
     },
     ContainerSeries {
         name: "net_tx_bytes",
@@ -268,6 +314,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Bytes transmitted in the container's network namespace.",
         read: |c| c.tx_bytes as f64,
         watch: None,
+        per_netns: true,
     },
     ContainerSeries {
         name: "tcp_retransmits",
@@ -275,6 +322,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "TCP retransmissions in the container's network namespace.",
         read: |c| c.tcp_retransmits as f64,
         watch: Some("tcp_retrans"),
+        per_netns: true,
     },
     ContainerSeries {
         name: "tcp_resets",
@@ -282,6 +330,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "TCP resets in the container's network namespace.",
         read: |c| c.tcp_resets as f64,
         watch: Some("tcp_resets"),
+        per_netns: true,
     },
     ContainerSeries {
         name: "runqueue_wait",
@@ -290,6 +339,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
                kernel's exact sum.",
         read: |c| c.runqueue_latency_us.sum / 1e6,
         watch: None,
+        per_netns: false,
     },
     ContainerSeries {
         name: "runqueue_waits",
@@ -297,6 +347,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
         help: "Run-queue waits of the container's tasks (wakeup to on-CPU).",
         read: |c| c.runqueue_latency_us.count as f64,
         watch: None,
+        per_netns: false,
     },
 ];
 
@@ -740,7 +791,11 @@ mod tests {
             [102_584_666, 44, 1, 2, 3, 4, 5]
         );
         assert_eq!((c.rx_bytes, c.tcp_resets), (7, 11));
-        let before: serde_json::Value = serde_json::from_str(RECORD).unwrap();
+        let mut before: serde_json::Value = serde_json::from_str(RECORD).unwrap();
+        // What was added since: whose traffic the network fields are (a record without it was
+        // written when every container was taken to have its own namespace).
+        assert_eq!(c.network, Network::Own);
+        before["network"] = "own".into();
         assert_eq!(serde_json::to_value(&c).unwrap(), before);
         // The run-queue fields of the kernel's record are summarized, never written raw.
         let written = serde_json::to_string(&c).unwrap();

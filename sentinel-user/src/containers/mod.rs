@@ -28,7 +28,7 @@ use crate::{
         drain::{ContainerActivity, LatencySummarizer},
         loader::KeyMode,
     },
-    model::{ContainerDelta, DockerState, IfaceDelta, RuntimeState},
+    model::{ContainerDelta, DockerState, IfaceDelta, Network, RuntimeState},
 };
 use docker::SharedView;
 use layout::{Owner, Runtime};
@@ -187,6 +187,8 @@ pub struct Attribution {
     /// (a container that lived less than an interval, OOM-killed at start).
     previous_call: Option<Instant>,
     this_call: Option<Instant>,
+    /// The host's network namespace (sentinel's own): see `network_of`.
+    host_netns: Option<u32>,
 }
 
 /// Contenders listed per container (the largest).
@@ -258,6 +260,7 @@ impl Attribution {
             names: HashMap::new(),
             previous_call: None,
             this_call: None,
+            host_netns: crate::collect::netns::own_namespace(),
         }
     }
 
@@ -384,7 +387,7 @@ impl Attribution {
                     )
                 }));
         }
-        let (runtimes, names) = (&self.runtimes, &mut self.names);
+        let (runtimes, names, host_netns) = (&self.runtimes, &mut self.names, self.host_netns);
         deltas
             .iter()
             .map(|activity| {
@@ -398,7 +401,9 @@ impl Attribution {
                     0.0
                 };
                 c.runqueue_latency_us = summarizer.summarize_log2(&d.runq_hist, d.runq_wait_ns);
-                if let Some(netns) = identity.and_then(|i| i.netns) {
+                let netns = network_of(identity, host_netns);
+                c.network = netns.map_or(Network::Unknown, |n| n.1);
+                if let Some((netns, Network::Own)) = netns {
                     for i in ifaces.iter().filter(|i| i.netns == netns) {
                         c.rx_packets += i.rx_packets;
                         c.rx_bytes += i.rx_bytes;
@@ -424,8 +429,10 @@ impl Attribution {
         netns_tcp: &[(u32, [u64; 2])],
         summarizer: &mut LatencySummarizer,
     ) {
+        // A record in the host's namespace does not cover it: the host's own record does.
         let covered: HashSet<u32> = out
             .iter()
+            .filter(|c| c.network.measured())
             .filter_map(|c| self.identities.get(&c.key).and_then(|i| i.identity.netns))
             .collect();
         let mut missing: Vec<u32> = ifaces
@@ -480,6 +487,8 @@ impl Attribution {
             if c.id.is_empty() || ids.contains(&c.id) {
                 continue;
             }
+            c.network =
+                network_of(Some(identity), self.host_netns).map_or(Network::Unknown, |n| n.1);
             c.runqueue_latency_us = summarizer.summarize_log2(&zeros, 0);
             out.push(c);
         }
@@ -525,6 +534,25 @@ impl Attribution {
         self.idle_since.remove(key);
         self.names.remove(key);
     }
+}
+
+/// A key's network namespace and whose traffic it carries: a container in the host's namespace
+/// (`--network host`, or a process that only unshared its mount namespace) would otherwise be
+/// given the host's whole traffic and TCP events as its own, one copy per such container, and
+/// its detection series and heal triggers would fire on the host's retransmits. The host's own
+/// record (identity `host`) keeps them.
+fn network_of(identity: Option<&Identity>, host_netns: Option<u32>) -> Option<(u32, Network)> {
+    let identity = identity?;
+    let netns = identity.netns?;
+    let shares_host = Some(netns) == host_netns && identity.cgroup != procfs::HOST_CGROUP;
+    Some((
+        netns,
+        if shares_host {
+            Network::Host
+        } else {
+            Network::Own
+        },
+    ))
 }
 
 /// A record with the key's identity and no activity. With `names` (keys of the kernel map
@@ -710,6 +738,74 @@ mod tests {
                 (K3, "/system.slice/cron.service"),
                 (K2, k2.as_str()),
                 (K, k.as_str()),
+            ]
+        );
+    }
+
+    /// A container in the host's network namespace is not given the host's traffic and TCP
+    /// events (one copy per such container): its network is `host`, not measured; the host's
+    /// own record keeps them, a container with its own namespace gets its own, and one whose
+    /// namespace is unknown is `unknown`.
+    #[test]
+    fn only_a_containers_own_network_namespace_is_its_traffic() {
+        const K3: ContainerKey = u64::MAX - 9;
+        const K4: ContainerKey = u64::MAX - 10;
+        let roster = RosterHandle::fixed();
+        let mut a = Attribution::new(
+            KeyMode::Mntns,
+            Runtimes::docker_only(docker_with(&[])),
+            roster,
+        );
+        let host = a.host_netns.expect("this process has a network namespace");
+        let own = host.wrapping_add(1);
+        interval(&mut a, &[]);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        interval(&mut a, &[]);
+        let at = |cgroup: &str, netns: Option<u32>| Identity {
+            owner: None,
+            cgroup: cgroup.to_string(),
+            netns,
+        };
+        a.roster.publish(HashMap::from([
+            (K, at("/system.slice/sleeper.service", Some(host))),
+            (K2, at(procfs::HOST_CGROUP, Some(host))),
+            (K3, at("/system.slice/server.service", Some(own))),
+            (K4, at("/system.slice/gone.service", None)),
+        ]));
+        let iface = |netns: u32, rx_packets: u64| IfaceDelta {
+            netns,
+            ifindex: 1,
+            name: "lo".into(),
+            rx_packets,
+            ..Default::default()
+        };
+        let out = a.containers(
+            &[busy(K), busy(K2), busy(K3), busy(K4)],
+            &[iface(host, 5), iface(own, 7)],
+            &[(host, [3, 1]), (own, [2, 0])],
+            1_000_000_000,
+            &mut LatencySummarizer::default(),
+        );
+        let mut seen: Vec<(ContainerKey, Network, u64, u64, u64)> = out
+            .iter()
+            .map(|c| {
+                (
+                    c.key,
+                    c.network,
+                    c.rx_packets,
+                    c.tcp_retransmits,
+                    c.tcp_resets,
+                )
+            })
+            .collect();
+        seen.sort_by_key(|s| s.0);
+        assert_eq!(
+            seen,
+            vec![
+                (K4, Network::Unknown, 0, 0, 0),
+                (K3, Network::Own, 7, 2, 0),
+                (K2, Network::Own, 5, 3, 1),
+                (K, Network::Host, 0, 0, 0),
             ]
         );
     }

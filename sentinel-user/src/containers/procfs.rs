@@ -10,6 +10,9 @@ use sentinel_common::ContainerKey;
 use super::layout::{self, Owner};
 use crate::collect::loader::KeyMode;
 
+/// The `cgroup` of the host's own identity (a real cgroup path starts with `/`).
+pub const HOST_CGROUP: &str = "host";
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     /// The container the cgroup path names (runtime, id, pod), if any.
@@ -89,7 +92,7 @@ fn identity_from(
     owner: Option<Owner>,
 ) -> Identity {
     let cgroup = if host {
-        "host".to_string()
+        HOST_CGROUP.to_string()
     } else {
         cgroup_path(cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
     };

@@ -13,7 +13,9 @@ use super::lifecycle::{
     EventKind, EventParams, Evidence, Hysteresis, SeriesState, Shaper, ShaperParams,
 };
 use super::stats::{StatDetector, StatParams};
-use crate::model::{AnomalyRecord, CONTAINER_SERIES, ContainerDelta, DetectionSummary, Interval};
+use crate::model::{
+    AnomalyRecord, CONTAINER_SERIES, ContainerDelta, ContainerSeries, DetectionSummary, Interval,
+};
 
 /// Everything derived from a validated [`DetectConfig`], shared by all series of an engine.
 #[derive(Clone, Debug)]
@@ -337,15 +339,16 @@ enum Reading {
     /// Derived by detection (a share or a quantile, not a counter's delta); `None`: nothing
     /// measured (no run-queue samples in the interval).
     Derived(fn(&ContainerDelta) -> Option<f64>),
-    /// The delta of a `model::CONTAINER_SERIES` row marked `watch`.
-    Series(fn(&ContainerDelta) -> f64),
+    /// The delta of a `model::CONTAINER_SERIES` row marked `watch`; `None` where the record
+    /// does not measure it (a network series of a container without its own namespace).
+    Series(&'static ContainerSeries),
 }
 
 impl Reading {
     fn value(self, c: &ContainerDelta) -> Option<f64> {
         match self {
             Reading::Derived(read) => read(c),
-            Reading::Series(read) => Some(read(c)),
+            Reading::Series(series) => series.value(c),
         }
     }
 }
@@ -365,7 +368,7 @@ static WATCHED: LazyLock<Vec<(&'static str, Reading)>> = LazyLock::new(|| {
     ];
     let series = CONTAINER_SERIES
         .iter()
-        .filter_map(|s| Some((s.watch?, Reading::Series(s.read))));
+        .filter_map(|s| Some((s.watch?, Reading::Series(s))));
     derived.into_iter().chain(series).collect()
 });
 
@@ -1081,6 +1084,8 @@ mod tests {
             // A container without run-queue samples this interval: no runq_latency value.
             let mut idle = container("def456", "db", 1.0);
             idle.runqueue_latency_us.count = 0;
+            // In the host's network namespace: its TCP fields are not measured.
+            idle.network = crate::model::Network::Host;
             iv.containers.push(idle);
             events.extend(e.observe_interval(&iv));
         }
@@ -1094,7 +1099,14 @@ mod tests {
         ] {
             assert!(names.iter().any(|x| x == n), "{n} not in {names:?}");
         }
-        assert!(!names.iter().any(|x| x == "container.db.runq_latency"));
+        for n in [
+            "container.db.runq_latency",
+            "container.db.tcp_retrans",
+            "container.db.tcp_resets",
+        ] {
+            assert!(!names.iter().any(|x| x == n), "{n} in {names:?}");
+        }
+        assert!(names.iter().any(|x| x == "container.db.oom_kills"));
         let web: Vec<_> = events
             .iter()
             .filter(|ev| ev.series == "container.web.cpu")
@@ -1122,6 +1134,14 @@ mod tests {
         assert_eq!(metric_value(&iv, "container.web.cpu"), Some(Some(12.5)));
         assert_eq!(metric_value(&iv, "container.gone.cpu"), Some(None));
         assert_eq!(metric_value(&iv, "container.web.nope"), None);
+        let mut db = container("def456", "db", 1.0);
+        db.network = crate::model::Network::Host;
+        iv.containers.push(db);
+        assert_eq!(
+            metric_value(&iv, "container.web.tcp_retrans"),
+            Some(Some(3.0))
+        );
+        assert_eq!(metric_value(&iv, "container.db.tcp_retrans"), Some(None));
     }
 
     /// The watched per-container signals are the two detection derives plus exactly the

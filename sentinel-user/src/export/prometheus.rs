@@ -313,6 +313,8 @@ struct ContainerTotals {
     totals: [f64; CONTAINER_SERIES.len()],
     /// Run-queue latency p99 of the last interval it was seen in, seconds.
     runq_p99_seconds: f64,
+    /// Whether its network families are measured (the last record's).
+    network: crate::model::Network,
 }
 
 /// Cumulative wait of one container behind one contender.
@@ -634,8 +636,9 @@ impl State {
                     }
                 }
                 t.runq_p99_seconds = ct.runqueue_latency_us.p99 / 1e6;
+                t.network = ct.network;
                 for (total, series) in t.totals.iter_mut().zip(&CONTAINER_SERIES) {
-                    *total += (series.read)(ct);
+                    *total += series.value(ct).unwrap_or(0.0);
                 }
             });
         }
@@ -895,7 +898,12 @@ impl Collector for StateCollector {
                 ),
                 MetricType::Counter,
                 unique_rows(
-                    containers.iter().map(|(k, t)| (row(k, t), t.totals[idx])),
+                    containers
+                        .iter()
+                        // Not measured is no row, not a 0 (a container in the host's network
+                        // namespace).
+                        .filter(|(_, t)| !series.per_netns || t.network.measured())
+                        .map(|(k, t)| (row(k, t), t.totals[idx])),
                     |a, b| a + b,
                 ),
                 emit_counter_f64,
@@ -1680,6 +1688,45 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    /// A container in the host's network namespace has no network rows (not measured), not
+    /// rows of 0; its other families are there, and a container with its own namespace has
+    /// all of them.
+    #[test]
+    fn a_container_without_its_own_network_has_no_network_rows() {
+        let m = Metrics::new(MetricsConfig {
+            top_interfaces: 3,
+            top_containers: 5,
+        });
+        let mut p = published(0);
+        let mut own = container(&long_id(1), "own", 10);
+        own.rx_packets = 4;
+        let mut shared = container(&long_id(2), "shared", 20);
+        shared.network = crate::model::Network::Host;
+        p.interval.containers = vec![own, shared];
+        m.observe(&p);
+        let text = m.encode();
+        let rows = |family: &str, name: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{family}{{container=\"{name}\"")))
+                .count()
+        };
+        for family in [
+            "sentinel_container_net_rx_packets_total",
+            "sentinel_container_net_tx_bytes_total",
+            "sentinel_container_tcp_retransmits_total",
+            "sentinel_container_tcp_resets_total",
+        ] {
+            assert_eq!(rows(family, "own"), 1, "{family}: {text}");
+            assert_eq!(rows(family, "shared"), 0, "{family}: {text}");
+        }
+        assert_eq!(
+            rows("sentinel_container_cpu_seconds_total", "shared"),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("sentinel_container_net_rx_packets_total{container=\"own\""));
     }
 
     /// `docker rm -f web; docker run --name web ...`: the old and the new `web` are both

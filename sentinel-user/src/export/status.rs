@@ -347,14 +347,12 @@ pub fn render_text(s: &StatusSnapshot) -> String {
         };
         let _ = writeln!(
             out,
-            "container  {} ({}){runtime} cpu {:.1}% runq p99 {:.0}us rx {}p tx {}p retx {}",
+            "container  {} ({}){runtime} cpu {:.1}% runq p99 {:.0}us {}",
             sanitize(&ct.name, 64),
             sanitize(&ct.image, 64),
             ct.cpu_percent,
             ct.runqueue_latency_us.p99,
-            ct.rx_packets,
-            ct.tx_packets,
-            ct.tcp_retransmits
+            super::text::network(ct),
         );
     }
     let d = &iv.detection;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{Decision, Interval};
+use crate::model::{ContainerDelta, Decision, Interval, Network};
 use crate::sanitize::printable as safe;
 
 pub fn line(iv: &Interval) -> String {
@@ -55,10 +55,11 @@ pub fn line(iv: &Interval) -> String {
     }
     // Indented block under the host line: busiest containers, anomaly events, healing.
     for c in iv.containers.iter().take(TEXT_CONTAINERS) {
+        let network = network(c);
         let _ = write!(
             s,
             "\n  ctr {:<24} cpu {:>5.1}% sw {} runq p99 {:.0}us | fork {} exec {} exit {} abn {} oom {} \
-             | rx {}p tx {}p retx {} rst {}",
+             | {network}",
             safe(&c.name, 24),
             c.cpu_percent,
             human(c.stats.switches),
@@ -68,10 +69,6 @@ pub fn line(iv: &Interval) -> String {
             c.stats.exits,
             c.stats.abnormal_exits,
             c.stats.oom_kills,
-            human(c.rx_packets),
-            human(c.tx_packets),
-            c.tcp_retransmits,
-            c.tcp_resets,
         );
     }
     if iv.containers.len() > TEXT_CONTAINERS {
@@ -120,6 +117,21 @@ fn human(v: u64) -> String {
         10_000..=9_999_999 => format!("{:.1}k", v as f64 / 1e3),
         10_000_000..=9_999_999_999 => format!("{:.1}M", v as f64 / 1e6),
         _ => format!("{:.1}G", v as f64 / 1e9),
+    }
+}
+
+/// A container's traffic, or why it has none of its own (never a 0 that was not measured).
+pub fn network(c: &ContainerDelta) -> String {
+    match c.network {
+        Network::Own => format!(
+            "rx {}p tx {}p retx {} rst {}",
+            human(c.rx_packets),
+            human(c.tx_packets),
+            c.tcp_retransmits,
+            c.tcp_resets,
+        ),
+        Network::Host => "net: host's namespace".to_string(),
+        Network::Unknown => "net: unknown".to_string(),
     }
 }
 

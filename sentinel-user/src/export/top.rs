@@ -299,9 +299,10 @@ fn draw_containers(f: &mut Frame, area: Rect, iv: &Interval) {
             slowed_by_cell(c),
             human(c.stats.switches as f64),
             c.stats.forks.to_string(),
-            human(c.rx_packets as f64),
-            human(c.tx_packets as f64),
-            c.tcp_retransmits.to_string(),
+            // Not measured (the host's namespace, or none known): `-`, not 0.
+            measured(c, || human(c.rx_packets as f64)),
+            measured(c, || human(c.tx_packets as f64)),
+            measured(c, || c.tcp_retransmits.to_string()),
             c.stats.oom_kills.to_string(),
         ])
     });
@@ -442,6 +443,15 @@ pub fn run(socket: &Path, refresh: Duration) -> Result<()> {
                 _ => {}
             }
         }
+    }
+}
+
+/// A network cell of `c`, or `-` where its record does not measure the network.
+fn measured(c: &crate::model::ContainerDelta, cell: impl FnOnce() -> String) -> String {
+    if c.network.measured() {
+        cell()
+    } else {
+        "-".to_string()
     }
 }
 

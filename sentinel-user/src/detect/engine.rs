@@ -369,8 +369,17 @@ static WATCHED: LazyLock<Vec<(&'static str, Reading)>> = LazyLock::new(|| {
     let series = CONTAINER_SERIES
         .iter()
         .filter_map(|s| Some((s.watch?, Reading::Series(s))));
-    derived.into_iter().chain(series).collect()
+    let watched: Vec<_> = derived.into_iter().chain(series).collect();
+    // A container's series are found through a fixed array of this many (see `Slots`).
+    assert!(
+        watched.len() <= MAX_WATCHED,
+        "more watched signals than MAX_WATCHED"
+    );
+    watched
 });
+
+/// The most per-container signals `WATCHED` may hold.
+const MAX_WATCHED: usize = 8;
 
 /// The names of the per-container signals (series `container.<name>.<signal>`, heal
 /// triggers' `signal`), in the order they are fed.
@@ -400,56 +409,27 @@ pub fn container_label(c: &ContainerDelta) -> Option<&str> {
     }
 }
 
-/// One observation of a series in an interval.
-struct Obs<'a> {
-    name: &'a str,
-    signal: &'a str,
-    container_id: Option<&'a str>,
-    value: f64,
-}
-
-/// The series the engine watches in an interval, in a fixed order.
-fn for_each_series(iv: &Interval, mut f: impl FnMut(Obs<'_>)) {
-    let mut host = |name: &str, value: f64| {
-        f(Obs {
-            name,
-            signal: name,
-            container_id: None,
-            value,
-        });
-    };
+/// The host series the engine watches in an interval, in a fixed order (the containers'
+/// follow, see [`container_values`]).
+fn for_each_host_series(iv: &Interval, mut f: impl FnMut(&str, f64)) {
     for (name, v) in &iv.counters {
         if let Some(v) = v {
-            host(name, *v as f64);
+            f(name, *v as f64);
         }
     }
-    host("runqueue_latency_us.p99", iv.runqueue_latency_us.p99);
-    host("system.cpu_percent", iv.system.cpu_percent);
-    host("system.mem_used_percent", iv.system.mem_used_percent);
-    host("system.load1", iv.system.load1);
-    let mut name = String::new();
-    for c in &iv.containers {
-        let Some(label) = container_label(c) else {
-            continue;
-        };
-        let id = (!c.id.is_empty()).then_some(c.id.as_str());
-        for &(signal, reading) in WATCHED.iter() {
-            let Some(value) = reading.value(c) else {
-                continue;
-            };
-            name.clear();
-            name.push_str("container.");
-            name.push_str(label);
-            name.push('.');
-            name.push_str(signal);
-            f(Obs {
-                name: &name,
-                signal,
-                container_id: id,
-                value,
-            });
-        }
-    }
+    f("runqueue_latency_us.p99", iv.runqueue_latency_us.p99);
+    f("system.cpu_percent", iv.system.cpu_percent);
+    f("system.mem_used_percent", iv.system.mem_used_percent);
+    f("system.load1", iv.system.load1);
+}
+
+/// A container's watched signals that have a value in this interval, in `WATCHED` order:
+/// (position in `WATCHED`, value).
+fn container_values(c: &ContainerDelta) -> impl Iterator<Item = (usize, f64)> + '_ {
+    WATCHED
+        .iter()
+        .enumerate()
+        .filter_map(|(k, &(_, reading))| Some((k, reading.value(c)?)))
 }
 
 /// What the engine knows about one series (see [`DetectionEngine::series_detail`]).
@@ -471,6 +451,11 @@ pub struct SeriesInfo<'a> {
 /// One tracked series.
 #[derive(Debug)]
 struct Tracked {
+    /// Shared with the status every interval publishes (a count, not a copy).
+    name: Arc<str>,
+    /// A container's series: its label (the key of `DetectionEngine::containers`) and the
+    /// signal's position in `WATCHED`.
+    container: Option<(Arc<str>, usize)>,
     det: SeriesDetector,
     signal: String,
     container_id: Option<String>,
@@ -478,6 +463,32 @@ struct Tracked {
     last_seen: u64,
     value: f64,
     baseline: f64,
+}
+
+/// A container's series: the place in `DetectionEngine::tracked` of each watched signal's.
+#[derive(Debug)]
+struct Slots {
+    /// The container id they were last fed with.
+    id: Option<Box<str>>,
+    place: [usize; MAX_WATCHED],
+}
+
+impl Slots {
+    /// No series (the signal has had no value yet, or the table was full).
+    const NONE: usize = usize::MAX;
+
+    fn places(&self) -> impl Iterator<Item = usize> + '_ {
+        self.place.iter().copied().filter(|&p| p != Self::NONE)
+    }
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self {
+            id: None,
+            place: [Self::NONE; MAX_WATCHED],
+        }
+    }
 }
 
 /// One detector pipeline per series, created lazily, bounded by `max_series`, and dropped when
@@ -488,11 +499,16 @@ pub struct DetectionEngine {
     max_series: usize,
     ttl: u64,
     trainer: Trainer,
-    /// Hashed, not ordered: thousands of lookups per interval at 1000 containers, by names
-    /// that share long prefixes (`container.`), where a tree compares whole strings at each
-    /// level. What is shown in name order is sorted when asked for.
-    /// The names are shared with the status every interval publishes (a count, not a copy).
-    series: HashMap<Arc<str>, Tracked, foldhash::quality::RandomState>,
+    /// Every tracked series, dense: an expired one's place is taken by the last. Walked in
+    /// place every interval (summary, expiry); what is shown in name order is sorted when
+    /// asked for.
+    tracked: Vec<Tracked>,
+    /// Series name -> its place in `tracked`: hashed, for names with long common prefixes.
+    by_name: HashMap<Arc<str>, usize, foldhash::quality::RandomState>,
+    /// Container label -> its series' places: one lookup per container per interval, no name
+    /// built for a series that exists. At 1000 containers the per-series lookups by name
+    /// (each a cold key compared) were a fifth of the daemon's CPU.
+    containers: HashMap<Arc<str>, Slots, foldhash::quality::RandomState>,
     /// Intervals observed.
     tick: u64,
     /// Observations of series that found the table full (counted, never silently lost).
@@ -530,7 +546,9 @@ impl DetectionEngine {
             max_series: cfg.max_series as usize,
             ttl: u64::from(cfg.series_ttl),
             trainer,
-            series: HashMap::default(),
+            tracked: Vec::new(),
+            by_name: HashMap::default(),
+            containers: HashMap::default(),
             tick: 0,
             overflow: 0,
             expired: 0,
@@ -543,74 +561,136 @@ impl DetectionEngine {
     pub fn observe_interval(&mut self, iv: &Interval) -> Vec<AnomalyEvent> {
         self.tick += 1;
         let mut events = Vec::new();
-        let Self {
-            params,
-            max_series,
-            trainer,
-            series,
-            overflow,
-            tick,
-            ..
-        } = self;
-        for_each_series(iv, |o| {
-            // One lookup for a known series (thousands per interval at 1000 containers).
-            let t = match series.get_mut(o.name) {
-                Some(t) => t,
-                None => {
-                    if series.len() >= *max_series {
-                        *overflow += 1;
-                        return;
-                    }
-                    series.entry(Arc::from(o.name)).or_insert(Tracked {
-                        det: SeriesDetector::new(params),
-                        signal: o.signal.to_string(),
-                        container_id: None,
-                        last_seen: 0,
-                        value: 0.0,
-                        baseline: 0.0,
-                    })
-                }
+        for_each_host_series(iv, |name, value| {
+            let place = match self.by_name.get(name) {
+                Some(&place) => Some(place),
+                None => self.create(Arc::from(name), name, None, None),
             };
-            t.last_seen = *tick;
-            // A container recreated under the same name keeps its series; the id follows.
-            if t.container_id.as_deref() != o.container_id {
-                t.container_id = o.container_id.map(str::to_string);
-            }
-            let step = t.det.update(params, trainer, o.name, o.value);
-            t.value = o.value;
-            t.baseline = step.baseline;
-            if let Some(kind) = step.event {
-                events.push(AnomalyEvent {
-                    kind,
-                    series: o.name.to_string(),
-                    signal: t.signal.clone(),
-                    container_id: t.container_id.clone(),
-                    ts: iv.ts.clone(),
-                    value: o.value,
-                    baseline: step.baseline,
-                    score: step.level,
-                    severity: Severity::from_score(step.level),
-                });
+            if let Some(place) = place {
+                self.feed(place, value, &iv.ts, &mut events);
             }
         });
+        for c in &iv.containers {
+            self.observe_container(c, &iv.ts, &mut events);
+        }
         self.expire(&iv.ts, &mut events);
         events
+    }
+
+    fn observe_container(&mut self, c: &ContainerDelta, ts: &str, events: &mut Vec<AnomalyEvent>) {
+        let Some(label) = container_label(c) else {
+            return;
+        };
+        let id = (!c.id.is_empty()).then_some(c.id.as_str());
+        // One lookup for a known container whose series all exist; the entry is written again
+        // only when one is created or the id changed. A container none of whose series could
+        // be created (the table full) gets no entry.
+        let (mut key, mut place, known_id) = match self.containers.get_key_value(label) {
+            Some((key, slots)) => (
+                Some(key.clone()),
+                slots.place,
+                Some(slots.id.as_deref() == id),
+            ),
+            None => (None, [Slots::NONE; MAX_WATCHED], None),
+        };
+        // A container recreated under the same name keeps its series; the id follows.
+        if known_id == Some(false) {
+            for &p in place.iter().filter(|&&p| p != Slots::NONE) {
+                self.tracked[p].container_id = id.map(str::to_string);
+            }
+        }
+        let mut created = false;
+        for (k, value) in container_values(c) {
+            if place[k] == Slots::NONE {
+                let signal = WATCHED[k].0;
+                let label = key.get_or_insert_with(|| Arc::from(label)).clone();
+                let name = Arc::from(format!("container.{label}.{signal}"));
+                match self.create(name, signal, Some((label, k)), id) {
+                    Some(p) => {
+                        place[k] = p;
+                        created = true;
+                    }
+                    None => continue,
+                }
+            }
+            self.feed(place[k], value, ts, events);
+        }
+        if created || known_id == Some(false) {
+            let key = key.expect("set when a series was created or the entry found");
+            self.containers.insert(
+                key,
+                Slots {
+                    id: id.map(Box::from),
+                    place,
+                },
+            );
+        }
+    }
+
+    /// A new series' place, or `None` (counted) when `max_series` are tracked.
+    fn create(
+        &mut self,
+        name: Arc<str>,
+        signal: &str,
+        container: Option<(Arc<str>, usize)>,
+        container_id: Option<&str>,
+    ) -> Option<usize> {
+        if self.tracked.len() >= self.max_series {
+            self.overflow += 1;
+            return None;
+        }
+        let place = self.tracked.len();
+        self.by_name.insert(name.clone(), place);
+        self.tracked.push(Tracked {
+            name,
+            container,
+            det: SeriesDetector::new(&self.params),
+            signal: signal.to_string(),
+            container_id: container_id.map(str::to_string),
+            last_seen: 0,
+            value: 0.0,
+            baseline: 0.0,
+        });
+        Some(place)
+    }
+
+    fn feed(&mut self, place: usize, value: f64, ts: &str, events: &mut Vec<AnomalyEvent>) {
+        let t = &mut self.tracked[place];
+        t.last_seen = self.tick;
+        let step = t.det.update(&self.params, &self.trainer, &t.name, value);
+        t.value = value;
+        t.baseline = step.baseline;
+        if let Some(kind) = step.event {
+            events.push(AnomalyEvent {
+                kind,
+                series: t.name.to_string(),
+                signal: t.signal.clone(),
+                container_id: t.container_id.clone(),
+                ts: ts.to_string(),
+                value,
+                baseline: step.baseline,
+                score: step.level,
+                severity: Severity::from_score(step.level),
+            });
+        }
     }
 
     /// Drops series not observed for `series_ttl` intervals; an open event is cleared.
     fn expire(&mut self, ts: &str, events: &mut Vec<AnomalyEvent>) {
         let (tick, ttl) = (self.tick, self.ttl);
-        let mut expired = 0;
         let mut cleared = Vec::new();
-        self.series.retain(|name, t| {
+        let mut place = 0;
+        while place < self.tracked.len() {
+            let t = &self.tracked[place];
             if tick - t.last_seen < ttl {
-                return true;
+                place += 1;
+                continue;
             }
-            expired += 1;
+            self.expired += 1;
             if t.det.active() {
                 cleared.push(AnomalyEvent {
                     kind: EventKind::Cleared,
-                    series: name.to_string(),
+                    series: t.name.to_string(),
                     signal: t.signal.clone(),
                     container_id: t.container_id.clone(),
                     ts: ts.to_string(),
@@ -620,12 +700,29 @@ impl DetectionEngine {
                     severity: Severity::Warning,
                 });
             }
-            false
-        });
+            let gone = self.tracked.swap_remove(place);
+            self.by_name.remove(&gone.name);
+            if let Some((label, k)) = &gone.container
+                && let Some(slots) = self.containers.get_mut(label)
+            {
+                slots.place[*k] = Slots::NONE;
+                if slots.places().next().is_none() {
+                    self.containers.remove(label);
+                }
+            }
+            // The last series took the gone one's place (and is looked at next).
+            if let Some(moved) = self.tracked.get(place) {
+                self.by_name.insert(moved.name.clone(), place);
+                if let Some((label, k)) = &moved.container
+                    && let Some(slots) = self.containers.get_mut(label)
+                {
+                    slots.place[*k] = place;
+                }
+            }
+        }
         // In name order, whatever the table's.
         cleared.sort_by(|a, b| a.series.cmp(&b.series));
         events.append(&mut cleared);
-        self.expired += expired;
     }
 
     /// (series name, state, last fused score), sorted by name.
@@ -636,18 +733,19 @@ impl DetectionEngine {
 
     /// Whether `series` is tracked.
     pub fn tracks(&self, series: &str) -> bool {
-        self.series.contains_key(series)
+        self.by_name.contains_key(series)
     }
 
     /// (series name, state, last fused score) in no particular order, names shared.
     pub fn series_unordered(&self) -> impl Iterator<Item = (&Arc<str>, SeriesState, f64)> + '_ {
-        self.series
+        self.tracked
             .iter()
-            .map(|(name, t)| (name, t.det.state(), t.det.level()))
+            .map(|t| (&t.name, t.det.state(), t.det.level()))
     }
 
     fn by_name(&self) -> impl Iterator<Item = (&Arc<str>, &Tracked)> + '_ {
-        let mut all: Vec<(&Arc<str>, &Tracked)> = self.series.iter().collect();
+        let mut all: Vec<(&Arc<str>, &Tracked)> =
+            self.tracked.iter().map(|t| (&t.name, t)).collect();
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all.into_iter()
     }
@@ -672,18 +770,18 @@ impl DetectionEngine {
     pub fn summary(&self) -> DetectionSummary {
         let mut s = DetectionSummary {
             enabled: true,
-            series: self.series.len() as u64,
+            series: self.tracked.len() as u64,
             series_overflow: self.overflow,
             ..DetectionSummary::default()
         };
-        for (name, t) in &self.series {
+        for t in &self.tracked {
             match t.det.state() {
                 SeriesState::WarmingUp => s.warming_up += 1,
                 SeriesState::Ready => s.ready += 1,
                 SeriesState::Fallback => s.fallback += 1,
             }
             if t.det.active() {
-                s.open.push(name.to_string());
+                s.open.push(t.name.to_string());
             }
         }
         s.open.sort_unstable();
@@ -701,7 +799,7 @@ impl DetectionEngine {
     }
 
     pub fn tracked_series(&self) -> usize {
-        self.series.len()
+        self.tracked.len()
     }
 }
 
@@ -1174,15 +1272,139 @@ mod tests {
         );
         // An exported-only row is no detection signal.
         assert_eq!(metric_value(&iv, "container.web.forks"), None);
-        let mut fed = Vec::new();
-        for_each_series(&iv, |o| {
-            if o.container_id.is_some() {
-                fed.push((o.signal.to_string(), o.value));
-            }
-        });
+        let fed: Vec<(String, f64)> = container_values(&iv.containers[0])
+            .map(|(k, value)| (WATCHED[k].0.to_string(), value))
+            .collect();
         let signals: Vec<&str> = fed.iter().map(|(s, _)| s.as_str()).collect();
         assert_eq!(signals, *CONTAINER_SIGNALS);
         assert!(fed.contains(&("oom_kills".to_string(), 2.0)), "{fed:?}");
+    }
+
+    /// The engine finds a series by its place (containers by label, series by slot, the last
+    /// series moved into an expired one's place): under churn, a full table and id changes it
+    /// feeds every value to the detector a plain table by name would, and raises, clears,
+    /// expires and overflows exactly as that table does.
+    #[test]
+    fn series_found_by_place_behave_as_a_table_by_name() {
+        struct ByName {
+            series: std::collections::BTreeMap<String, (SeriesDetector, u64, Option<String>)>,
+            tick: u64,
+            overflow: u64,
+        }
+        let cfg = DetectConfig {
+            warmup: 20,
+            max_series: 60,
+            series_ttl: 4,
+            detector: DetectorKind::Statistical,
+            ..DetectConfig::default()
+        };
+        let p = Params::new(&cfg);
+        let mut e = inline_engine(cfg.clone());
+        let mut r = ByName {
+            series: Default::default(),
+            tick: 0,
+            overflow: 0,
+        };
+        let (mut raised, mut cleared) = (0, 0);
+        for i in 0..1500u64 {
+            let mut iv = interval(i, noisy(i));
+            // 14 container names, each present in stretches, some recreated with a new id,
+            // with spikes; 14 x 6 signals and the host's do not all fit in 60.
+            for n in 0..14u64 {
+                let h = (i / (7 + n)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60;
+                if h % 4 == 0 {
+                    continue;
+                }
+                let spike = if (i + 13 * n) % 97 == 0 { 50.0 } else { 0.0 };
+                let mut c = container(
+                    &format!("id{n}-{}", h % 2),
+                    &format!("c{n}"),
+                    noisy(i + n) + spike,
+                );
+                c.stats.oom_kills = u64::from((i + n) % 211 == 0);
+                c.tcp_retransmits = (noisy(i * 3 + n) as u64 % 7) * u64::from(spike > 0.0);
+                c.runqueue_latency_us.count = (i + n) % 3;
+                iv.containers.push(c);
+            }
+            let mut got: Vec<(String, EventKind, Option<String>)> = e
+                .observe_interval(&iv)
+                .into_iter()
+                .map(|ev| (ev.series, ev.kind, ev.container_id))
+                .collect();
+            // The same interval through the table by name.
+            r.tick += 1;
+            let mut want = Vec::new();
+            let mut feed = |name: String, id: Option<&str>, value: f64, r: &mut ByName| {
+                if !r.series.contains_key(&name) {
+                    if r.series.len() >= 60 {
+                        r.overflow += 1;
+                        return;
+                    }
+                    r.series
+                        .insert(name.clone(), (SeriesDetector::new(&p), 0, None));
+                }
+                let (det, last, cid) = r.series.get_mut(&name).expect("inserted");
+                *last = r.tick;
+                *cid = id.map(str::to_string);
+                if let Some(kind) = det.update(&p, &Trainer::Inline, &name, value).event {
+                    want.push((name, kind, cid.clone()));
+                }
+            };
+            for_each_host_series(&iv, |name, value| {
+                feed(name.to_string(), None, value, &mut r);
+            });
+            for c in &iv.containers {
+                for (k, value) in container_values(c) {
+                    let name = format!(
+                        "container.{}.{}",
+                        container_label(c).expect("named"),
+                        WATCHED[k].0
+                    );
+                    feed(name, Some(&c.id), value, &mut r);
+                }
+            }
+            let tick = r.tick;
+            r.series.retain(|name, (det, last, cid)| {
+                let keep = tick - *last < 4;
+                if !keep && det.active() {
+                    want.push((name.clone(), EventKind::Cleared, cid.clone()));
+                }
+                keep
+            });
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(got, want, "interval {i}");
+            raised += got.iter().filter(|g| g.1 == EventKind::Raised).count();
+            cleared += got.iter().filter(|g| g.1 == EventKind::Cleared).count();
+            let names: Vec<&str> = e.series_states().map(|(n, _, _)| n).collect();
+            assert!(
+                names
+                    .iter()
+                    .copied()
+                    .eq(r.series.keys().map(String::as_str)),
+                "interval {i}"
+            );
+            assert_eq!(e.overflow(), r.overflow, "interval {i}");
+            for info in e.series_detail() {
+                assert_eq!(
+                    info.seen,
+                    r.series[info.name].0.seen(),
+                    "{} at {i}",
+                    info.name
+                );
+            }
+        }
+        // The comparison saw what it is about.
+        assert!(
+            raised > 5 && cleared > 5,
+            "raised {raised} cleared {cleared}"
+        );
+        assert!(
+            e.overflow() > 100 && e.expired() > 100,
+            "{} {}",
+            e.overflow(),
+            e.expired()
+        );
     }
 
     #[test]

@@ -204,13 +204,26 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
         }
     }
 
-    pub fn observe(&mut self, key: K, activity: f64, pinned: bool, update: impl FnOnce(&mut V)) {
-        let t = self.entries.entry(key).or_insert_with(|| Tracked {
-            value: V::default(),
-            score: 0.0,
-            pinned,
-            seen: true,
-        });
+    /// Adds `activity` to `key`'s score and updates its value; the key is copied only when it
+    /// is new (thousands of containers and pairs a second, each a string).
+    pub fn observe<Q>(&mut self, key: &Q, activity: f64, pinned: bool, update: impl FnOnce(&mut V))
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ToOwned + ?Sized,
+        Q::Owned: Into<K>,
+    {
+        if !self.entries.contains_key(key) {
+            self.entries.insert(
+                key.to_owned().into(),
+                Tracked {
+                    value: V::default(),
+                    score: 0.0,
+                    pinned,
+                    seen: true,
+                },
+            );
+        }
+        let t = self.entries.get_mut(key).expect("inserted above");
         t.score += activity.max(0.0);
         t.pinned = pinned;
         t.seen = true;
@@ -245,7 +258,10 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
         self.entries.len()
     }
 
-    pub fn contains(&self, key: &K) -> bool {
+    pub fn contains<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         self.entries.contains_key(key)
     }
 
@@ -272,11 +288,46 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
         if ranked.len() <= room {
             return;
         }
-        ranked.select_nth_unstable_by(room, |a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-        let losers: Vec<K> = ranked[room..].iter().map(|(_, k)| (*k).clone()).collect();
-        for k in &losers {
-            self.entries.remove(k);
+        if room == 0 {
+            self.entries.retain(|_, t| t.pinned);
+            return;
         }
+        // The last one kept, in (score down, key up) order: everything after it goes.
+        ranked.select_nth_unstable_by(room - 1, |a, b| {
+            b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1))
+        });
+        let (cut_score, cut_key) = (ranked[room - 1].0, ranked[room - 1].1.clone());
+        self.entries.retain(|k, t| {
+            t.pinned
+                || t.score
+                    .total_cmp(&cut_score)
+                    .then_with(|| cut_key.cmp(k))
+                    .is_ge()
+        });
+    }
+
+    /// The score a key not tracked now must reach to outlast `keep_at_most(max)` at the end of
+    /// this interval: the lowest of the `max - pinned` highest unpinned scores, once that many
+    /// are tracked (`None` while there is room). Scores only grow between the decay and
+    /// `keep_at_most`, so a new key scoring less is outranked by that many at the cut and
+    /// would be forgotten there: it need not be made at all.
+    pub fn admission_bar(&self, max: usize) -> Option<f64> {
+        let pinned = self.entries.values().filter(|t| t.pinned).count();
+        let room = max.saturating_sub(pinned);
+        if room == 0 {
+            return Some(f64::INFINITY);
+        }
+        let mut scores: Vec<f64> = self
+            .entries
+            .values()
+            .filter(|t| !t.pinned)
+            .map(|t| t.score)
+            .collect();
+        if scores.len() < room {
+            return None;
+        }
+        scores.select_nth_unstable_by(room - 1, |a, b| b.total_cmp(a));
+        Some(scores[room - 1])
     }
 
     /// Forgets the entries `keep` rejects.
@@ -315,6 +366,41 @@ struct ContainerTotals {
     runq_p99_seconds: f64,
     /// Whether its network families are measured (the last record's).
     network: crate::model::Network,
+}
+
+/// A (victim, contender) pair as one string, `victim\0by`: looked up as a `&str` written
+/// into a reused buffer, so a tracked pair costs no allocation; ordered as the pair (`\0`
+/// sorts first, and no name holds one).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Pair(String);
+
+impl Pair {
+    fn write(buf: &mut String, victim: &str, by: &str) {
+        buf.clear();
+        buf.push_str(victim);
+        buf.push('\0');
+        buf.push_str(by);
+    }
+
+    fn victim(&self) -> &str {
+        self.0.split_once('\0').map_or(&self.0, |(v, _)| v)
+    }
+
+    fn by(&self) -> &str {
+        self.0.split_once('\0').map_or("", |(_, b)| b)
+    }
+}
+
+impl std::borrow::Borrow<str> for Pair {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Pair {
+    fn from(joined: String) -> Self {
+        Self(joined)
+    }
 }
 
 /// Cumulative wait of one container behind one contender.
@@ -376,7 +462,7 @@ struct State {
     /// Keyed by Docker id, or by name for a cgroup or the host.
     containers: TopN<String, ContainerTotals>,
     /// (victim's container key, contender's name): the busiest pairs.
-    contention: TopN<(String, String), PairTotals>,
+    contention: TopN<Pair, PairTotals>,
     /// Raised anomaly events by (scope, signal, severity, container).
     anomalies: BTreeMap<(String, String, String, Who), u64>,
     /// Open anomalies on container series: series name -> container key. Their containers are
@@ -489,7 +575,7 @@ impl State {
         for i in &iv.interfaces {
             let packets = (i.rx_packets + i.tx_packets) as f64;
             self.ifaces
-                .observe((i.netns, i.ifindex), packets, false, |t| {
+                .observe(&(i.netns, i.ifindex), packets, false, |t| {
                     if t.name.is_empty() {
                         t.name = i.name.to_string();
                     }
@@ -606,18 +692,24 @@ impl State {
             .unpin_unless(|key| pinned_keys.contains(key.as_str()));
         self.containers.decay();
         self.contention.decay();
+        let pairs_kept = CONTENTION_CANDIDATES * self.contention.limit();
+        let bar = self.contention.admission_bar(pairs_kept);
+        let mut pair = String::new();
         for ct in &p.interval.containers {
             let key = container_key(ct);
             let activity = ct.stats.cpu_ns as f64 / 1e6 + (ct.rx_packets + ct.tx_packets) as f64;
-            let pinned = pinned_keys.contains(key.as_str());
+            let pinned = pinned_keys.contains(key);
             for by in &ct.contention {
                 // Scored in milliseconds waited, like CPU time above.
-                self.contention.observe(
-                    (key.clone(), by.container.clone()),
-                    by.seconds * 1e3,
-                    false,
-                    |t| t.seconds += by.seconds,
-                );
+                let score = by.seconds * 1e3;
+                Pair::write(&mut pair, key, &by.container);
+                // A new pair below the bar would be forgotten at the cut below (a pair comes
+                // once per interval: victims' keys and contenders' names are unique in it).
+                if bar.is_some_and(|bar| score < bar) && !self.contention.contains(pair.as_str()) {
+                    continue;
+                }
+                self.contention
+                    .observe(pair.as_str(), score, false, |t| t.seconds += by.seconds);
             }
             self.containers.observe(key, activity, pinned, |t| {
                 t.id.clone_from(&ct.id);
@@ -642,14 +734,12 @@ impl State {
                 }
             });
         }
-        // Bounded by construction: the exported busiest pairs and as many again three times
-        // over as candidates.
-        self.contention
-            .keep_at_most(CONTENTION_CANDIDATES * self.contention.limit());
+        // Bounded by construction: four times the exported pairs, as candidates.
+        self.contention.keep_at_most(pairs_kept);
         // A pair whose victim is forgotten goes with it.
         let containers = &self.containers;
         self.contention
-            .retain(|(victim, _)| containers.contains(victim));
+            .retain(|pair| containers.contains(pair.victim()));
     }
 
     /// (upper bound in seconds, count in that bucket only) for the exposition.
@@ -932,11 +1022,11 @@ impl Collector for StateCollector {
             MetricType::Counter,
             unique_rows(
                 s.contention
-                    .selected_where(|(victim, _)| exported.contains(victim.as_str()))
+                    .selected_where(|pair| exported.contains(pair.victim()))
                     .into_iter()
-                    .map(|((victim, by), t)| {
-                        let mut l = who_labels(victim);
-                        l.push(("by", by.clone().into()));
+                    .map(|(pair, t)| {
+                        let mut l = who_labels(pair.victim());
+                        l.push(("by", pair.by().to_string().into()));
                         (l, t.seconds)
                     }),
                 |a, b| a + b,
@@ -1392,12 +1482,8 @@ fn short_id(id: &str) -> &str {
 }
 
 /// A container's key in the exporter: its Docker id, or its name for a cgroup or the host.
-fn container_key(ct: &crate::model::ContainerDelta) -> String {
-    if ct.id.is_empty() {
-        ct.name.clone()
-    } else {
-        ct.id.clone()
-    }
+fn container_key(ct: &crate::model::ContainerDelta) -> &str {
+    if ct.id.is_empty() { &ct.name } else { &ct.id }
 }
 
 /// The container key of an anomaly on a container series (`container.<name>.<signal>`).
@@ -2162,9 +2248,9 @@ mod tests {
     #[test]
     fn top_n_keeps_at_most_its_cap_and_the_busiest() {
         let mut t: TopN<u32, u64> = TopN::new(2);
-        t.observe(0, 0.5, true, |_| {});
+        t.observe(&0, 0.5, true, |_| {});
         for k in 1..=100 {
-            t.observe(k, f64::from(k), false, |v| *v += 1);
+            t.observe(&k, f64::from(k), false, |v| *v += 1);
         }
         t.keep_at_most(8);
         assert_eq!(t.tracked(), 8);
@@ -2176,15 +2262,59 @@ mod tests {
         assert_eq!(t.tracked(), 8, "under the cap nothing goes");
     }
 
+    /// Leaving out the new keys below `admission_bar` changes nothing: over many intervals of
+    /// new and tracked keys (ties included), the table keeps exactly the entries, scores and
+    /// values it keeps when every key is observed and the cut alone decides.
+    #[test]
+    fn keys_below_the_admission_bar_are_the_ones_the_cut_forgets() {
+        let max = 12;
+        let (mut all, mut barred) = (TopN::<u32, u32>::new(3), TopN::<u32, u32>::new(3));
+        all.observe(&1000, 0.1, true, |_| {});
+        barred.observe(&1000, 0.1, true, |_| {});
+        let mut skipped = 0;
+        for round in 0..400u64 {
+            all.decay();
+            barred.decay();
+            let bar = barred.admission_bar(max);
+            for j in 0..30u64 {
+                let h = (round * 31 + j).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                // Unique within an interval, as pairs are; some come back, some are new.
+                let key = (j + 30 * ((round / 7 + j * (h >> 62)) % 5)) as u32;
+                // Coarse scores, many 0 (which decay does not change): ties at the bar.
+                let score = ((h >> 20) % 8 * u64::from(h >> 40 & 7 == 0)) as f64;
+                all.observe(&key, score, false, |v| *v += 1);
+                if bar.is_some_and(|bar| score < bar) && !barred.contains(&key) {
+                    skipped += 1;
+                    continue;
+                }
+                barred.observe(&key, score, false, |v| *v += 1);
+            }
+            all.keep_at_most(max);
+            barred.keep_at_most(max);
+            let table = |t: &TopN<u32, u32>| {
+                let mut v: Vec<(u32, u64, u32, bool)> = t
+                    .entries
+                    .iter()
+                    .map(|(k, e)| (*k, e.score.to_bits(), e.value, e.pinned))
+                    .collect();
+                v.sort_unstable();
+                v
+            };
+            assert_eq!(table(&all), table(&barred), "round {round}");
+            assert!(all.tracked() <= max);
+        }
+        assert!(skipped > 1000, "the bar left out {skipped} keys");
+    }
+
     #[test]
     fn top_n_forgets_idle_entries() {
         let mut t: TopN<u32, u64> = TopN::new(2);
-        t.observe(1, 100.0, false, |v| *v += 1);
+        t.observe(&1, 100.0, false, |v| *v += 1);
         for _ in 0..200 {
             t.decay();
         }
         assert_eq!(t.tracked(), 0);
-        t.observe(2, 1.0, true, |_| {});
+        t.observe(&2, 1.0, true, |_| {});
         for _ in 0..200 {
             t.decay();
         }

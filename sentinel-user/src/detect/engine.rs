@@ -105,6 +105,15 @@ impl SeriesDetector {
         }
     }
 
+    /// A copy that goes on alone from here (see `LearnedDetector::fork`).
+    pub fn fork(&self) -> Self {
+        Self {
+            stat: self.stat.clone(),
+            learned: self.learned.as_ref().map(|l| Box::new(l.fork())),
+            ..*self
+        }
+    }
+
     /// How many times the fallback was logged: once per fallback episode.
     pub fn fallback_logs(&self) -> u32 {
         self.fallback_logs
@@ -448,6 +457,42 @@ pub struct SeriesInfo<'a> {
     pub active: bool,
 }
 
+/// A series' detector: its own, or the one it shares with the series created in the same
+/// interval that have seen nothing but +0.0 since (a container's `oom_kills`, `abnormal_exits`:
+/// at 1000 idle containers, half the series). Fed the same values, their detectors would be
+/// equal, so one is fed once per interval for all; a series copies it (`fork`) when it sees
+/// anything else, or misses an interval, and goes on alone.
+#[derive(Debug)]
+enum Detector {
+    /// Boxed: a member of a cohort is a few bytes.
+    Own(Box<SeriesDetector>),
+    /// The key of its cohort in `DetectionEngine::cohorts`: the interval it was created in.
+    Cohort(u64),
+}
+
+/// The shared detector of the series created in one interval that have seen only +0.0.
+#[derive(Debug)]
+struct Cohort {
+    det: SeriesDetector,
+    members: usize,
+    /// Members observed in this interval (each with +0.0).
+    fed: usize,
+    /// The last update's baseline.
+    baseline: f64,
+}
+
+/// The name a cohort's detector logs under (its learned part's fallback).
+const COHORT_NAME: &str = "(series with only zeros so far)";
+
+fn detector<'a>(cohorts: &'a HashMap<u64, Cohort, Hasher>, t: &'a Tracked) -> &'a SeriesDetector {
+    match &t.det {
+        Detector::Own(det) => det,
+        Detector::Cohort(id) => &cohorts[id].det,
+    }
+}
+
+type Hasher = foldhash::quality::RandomState;
+
 /// One tracked series.
 #[derive(Debug)]
 struct Tracked {
@@ -456,7 +501,7 @@ struct Tracked {
     /// A container's series: its label (the key of `DetectionEngine::containers`) and the
     /// signal's position in `WATCHED`.
     container: Option<(Arc<str>, usize)>,
-    det: SeriesDetector,
+    det: Detector,
     signal: String,
     container_id: Option<String>,
     /// Engine interval count when last observed.
@@ -508,7 +553,9 @@ pub struct DetectionEngine {
     /// Container label -> its series' places: one lookup per container per interval, no name
     /// built for a series that exists. At 1000 containers the per-series lookups by name
     /// (each a cold key compared) were a fifth of the daemon's CPU.
-    containers: HashMap<Arc<str>, Slots, foldhash::quality::RandomState>,
+    containers: HashMap<Arc<str>, Slots, Hasher>,
+    /// Shared detectors of series that have seen only +0.0, by the interval they were created.
+    cohorts: HashMap<u64, Cohort, Hasher>,
     /// Intervals observed.
     tick: u64,
     /// Observations of series that found the table full (counted, never silently lost).
@@ -549,6 +596,7 @@ impl DetectionEngine {
             tracked: Vec::new(),
             by_name: HashMap::default(),
             containers: HashMap::default(),
+            cohorts: HashMap::default(),
             tick: 0,
             overflow: 0,
             expired: 0,
@@ -564,7 +612,7 @@ impl DetectionEngine {
         for_each_host_series(iv, |name, value| {
             let place = match self.by_name.get(name) {
                 Some(&place) => Some(place),
-                None => self.create(Arc::from(name), name, None, None),
+                None => self.create(Arc::from(name), name, None, None, value),
             };
             if let Some(place) = place {
                 self.feed(place, value, &iv.ts, &mut events);
@@ -573,8 +621,58 @@ impl DetectionEngine {
         for c in &iv.containers {
             self.observe_container(c, &iv.ts, &mut events);
         }
+        self.feed_cohorts(&iv.ts, &mut events);
         self.expire(&iv.ts, &mut events);
         events
+    }
+
+    /// Feeds each cohort's detector its interval's +0.0, once for all its members, after a
+    /// member that was not observed left with the detector as it was (not fed, as its own
+    /// would not have been).
+    fn feed_cohorts(&mut self, ts: &str, events: &mut Vec<AnomalyEvent>) {
+        let tick = self.tick;
+        let Self {
+            params,
+            trainer,
+            tracked,
+            cohorts,
+            ..
+        } = self;
+        cohorts.retain(|id, c| {
+            if c.fed < c.members {
+                for t in tracked.iter_mut() {
+                    if matches!(t.det, Detector::Cohort(of) if of == *id) && t.last_seen != tick {
+                        t.det = Detector::Own(Box::new(c.det.fork()));
+                        c.members -= 1;
+                    }
+                }
+            }
+            c.fed = 0;
+            if c.members == 0 {
+                return false;
+            }
+            let step = c.det.update(params, trainer, COHORT_NAME, 0.0);
+            c.baseline = step.baseline;
+            if let Some(kind) = step.event {
+                for t in tracked
+                    .iter()
+                    .filter(|t| matches!(t.det, Detector::Cohort(of) if of == *id))
+                {
+                    events.push(AnomalyEvent {
+                        kind,
+                        series: t.name.to_string(),
+                        signal: t.signal.clone(),
+                        container_id: t.container_id.clone(),
+                        ts: ts.to_string(),
+                        value: 0.0,
+                        baseline: step.baseline,
+                        score: step.level,
+                        severity: Severity::from_score(step.level),
+                    });
+                }
+            }
+            true
+        });
     }
 
     fn observe_container(&mut self, c: &ContainerDelta, ts: &str, events: &mut Vec<AnomalyEvent>) {
@@ -605,7 +703,7 @@ impl DetectionEngine {
                 let signal = WATCHED[k].0;
                 let label = key.get_or_insert_with(|| Arc::from(label)).clone();
                 let name = Arc::from(format!("container.{label}.{signal}"));
-                match self.create(name, signal, Some((label, k)), id) {
+                match self.create(name, signal, Some((label, k)), id, value) {
                     Some(p) => {
                         place[k] = p;
                         created = true;
@@ -627,24 +725,39 @@ impl DetectionEngine {
         }
     }
 
-    /// A new series' place, or `None` (counted) when `max_series` are tracked.
+    /// A new series' place, or `None` (counted) when `max_series` are tracked. A first value
+    /// of +0.0 joins the cohort of this interval.
     fn create(
         &mut self,
         name: Arc<str>,
         signal: &str,
         container: Option<(Arc<str>, usize)>,
         container_id: Option<&str>,
+        first: f64,
     ) -> Option<usize> {
         if self.tracked.len() >= self.max_series {
             self.overflow += 1;
             return None;
         }
+        let det = if first.to_bits() == 0 {
+            let params = &self.params;
+            let cohort = self.cohorts.entry(self.tick).or_insert_with(|| Cohort {
+                det: SeriesDetector::new(params),
+                members: 0,
+                fed: 0,
+                baseline: 0.0,
+            });
+            cohort.members += 1;
+            Detector::Cohort(self.tick)
+        } else {
+            Detector::Own(Box::new(SeriesDetector::new(&self.params)))
+        };
         let place = self.tracked.len();
         self.by_name.insert(name.clone(), place);
         self.tracked.push(Tracked {
             name,
             container,
-            det: SeriesDetector::new(&self.params),
+            det,
             signal: signal.to_string(),
             container_id: container_id.map(str::to_string),
             last_seen: 0,
@@ -657,7 +770,26 @@ impl DetectionEngine {
     fn feed(&mut self, place: usize, value: f64, ts: &str, events: &mut Vec<AnomalyEvent>) {
         let t = &mut self.tracked[place];
         t.last_seen = self.tick;
-        let step = t.det.update(&self.params, &self.trainer, &t.name, value);
+        if let Detector::Cohort(id) = t.det {
+            let cohort = self.cohorts.get_mut(&id).expect("a member's cohort exists");
+            if value.to_bits() == 0 {
+                // Fed with the others at the end of the interval.
+                cohort.fed += 1;
+                t.value = value;
+                return;
+            }
+            // Cohorts are fed at the end of the interval: this is the detector as its own
+            // would be before this value.
+            t.det = Detector::Own(Box::new(cohort.det.fork()));
+            cohort.members -= 1;
+            if cohort.members == 0 {
+                self.cohorts.remove(&id);
+            }
+        }
+        let Detector::Own(det) = &mut t.det else {
+            unreachable!("a series that left its cohort has its own detector");
+        };
+        let step = det.update(&self.params, &self.trainer, &t.name, value);
         t.value = value;
         t.baseline = step.baseline;
         if let Some(kind) = step.event {
@@ -687,7 +819,7 @@ impl DetectionEngine {
                 continue;
             }
             self.expired += 1;
-            if t.det.active() {
+            if detector(&self.cohorts, t).active() {
                 cleared.push(AnomalyEvent {
                     kind: EventKind::Cleared,
                     series: t.name.to_string(),
@@ -702,6 +834,15 @@ impl DetectionEngine {
             }
             let gone = self.tracked.swap_remove(place);
             self.by_name.remove(&gone.name);
+            // (A member not observed left its cohort at the end of that interval already.)
+            if let Detector::Cohort(id) = gone.det
+                && let Some(c) = self.cohorts.get_mut(&id)
+            {
+                c.members -= 1;
+                if c.members == 0 {
+                    self.cohorts.remove(&id);
+                }
+            }
             if let Some((label, k)) = &gone.container
                 && let Some(slots) = self.containers.get_mut(label)
             {
@@ -727,8 +868,10 @@ impl DetectionEngine {
 
     /// (series name, state, last fused score), sorted by name.
     pub fn series_states(&self) -> impl Iterator<Item = (&str, SeriesState, f64)> + '_ {
-        self.by_name()
-            .map(|(name, t)| (&**name, t.det.state(), t.det.level()))
+        self.by_name().map(|(name, t)| {
+            let d = detector(&self.cohorts, t);
+            (&**name, d.state(), d.level())
+        })
     }
 
     /// Whether `series` is tracked.
@@ -738,9 +881,10 @@ impl DetectionEngine {
 
     /// (series name, state, last fused score) in no particular order, names shared.
     pub fn series_unordered(&self) -> impl Iterator<Item = (&Arc<str>, SeriesState, f64)> + '_ {
-        self.tracked
-            .iter()
-            .map(|t| (&t.name, t.det.state(), t.det.level()))
+        self.tracked.iter().map(|t| {
+            let d = detector(&self.cohorts, t);
+            (&t.name, d.state(), d.level())
+        })
     }
 
     fn by_name(&self) -> impl Iterator<Item = (&Arc<str>, &Tracked)> + '_ {
@@ -754,15 +898,18 @@ impl DetectionEngine {
     /// `warming (n/W)` status), sorted by name.
     pub fn series_detail(&self) -> impl Iterator<Item = SeriesInfo<'_>> + '_ {
         let warmup = self.params.warmup;
-        self.by_name().map(move |(name, t)| SeriesInfo {
-            name,
-            signal: &t.signal,
-            container_id: t.container_id.as_deref(),
-            state: t.det.state(),
-            score: t.det.level(),
-            seen: t.det.seen(),
-            warmup,
-            active: t.det.active(),
+        self.by_name().map(move |(name, t)| {
+            let d = detector(&self.cohorts, t);
+            SeriesInfo {
+                name,
+                signal: &t.signal,
+                container_id: t.container_id.as_deref(),
+                state: d.state(),
+                score: d.level(),
+                seen: d.seen(),
+                warmup,
+                active: d.active(),
+            }
         })
     }
 
@@ -775,12 +922,13 @@ impl DetectionEngine {
             ..DetectionSummary::default()
         };
         for t in &self.tracked {
-            match t.det.state() {
+            let d = detector(&self.cohorts, t);
+            match d.state() {
                 SeriesState::WarmingUp => s.warming_up += 1,
                 SeriesState::Ready => s.ready += 1,
                 SeriesState::Fallback => s.fallback += 1,
             }
-            if t.det.active() {
+            if d.active() {
                 s.open.push(t.name.to_string());
             }
         }
@@ -1286,6 +1434,12 @@ mod tests {
     /// expires and overflows exactly as that table does.
     #[test]
     fn series_found_by_place_behave_as_a_table_by_name() {
+        series_behave_as_a_table_by_name(DetectorKind::Statistical, 1500);
+        // The learned part too (forked with the rest), trained inline.
+        series_behave_as_a_table_by_name(DetectorKind::Combined, 600);
+    }
+
+    fn series_behave_as_a_table_by_name(detector: DetectorKind, intervals: u64) {
         struct ByName {
             series: std::collections::BTreeMap<String, (SeriesDetector, u64, Option<String>)>,
             tick: u64,
@@ -1295,7 +1449,7 @@ mod tests {
             warmup: 20,
             max_series: 60,
             series_ttl: 4,
-            detector: DetectorKind::Statistical,
+            detector,
             ..DetectConfig::default()
         };
         let p = Params::new(&cfg);
@@ -1305,8 +1459,8 @@ mod tests {
             tick: 0,
             overflow: 0,
         };
-        let (mut raised, mut cleared) = (0, 0);
-        for i in 0..1500u64 {
+        let (mut raised, mut cleared, mut shared) = (0, 0, 0);
+        for i in 0..intervals {
             let mut iv = interval(i, noisy(i));
             // 14 container names, each present in stretches, some recreated with a new id,
             // with spikes; 14 x 6 signals and the host's do not all fit in 60.
@@ -1386,13 +1540,19 @@ mod tests {
             );
             assert_eq!(e.overflow(), r.overflow, "interval {i}");
             for info in e.series_detail() {
+                let own = &r.series[info.name].0;
                 assert_eq!(
-                    info.seen,
-                    r.series[info.name].0.seen(),
+                    (info.seen, info.state, info.score.to_bits(), info.active),
+                    (own.seen(), own.state(), own.level().to_bits(), own.active()),
                     "{} at {i}",
                     info.name
                 );
             }
+            shared += e
+                .tracked
+                .iter()
+                .filter(|t| matches!(t.det, Detector::Cohort(_)))
+                .count();
         }
         // The comparison saw what it is about.
         assert!(
@@ -1405,6 +1565,8 @@ mod tests {
             e.overflow(),
             e.expired()
         );
+        // Series shared a detector (their zeros) before they left with a copy.
+        assert!(shared > 1000, "{shared}");
     }
 
     #[test]

@@ -555,6 +555,24 @@ impl LearnedDetector {
         self.fresh
     }
 
+    /// A copy that goes on alone. The slot is its own (empty) while this one's has no model
+    /// and no training under way, as for a series whose window never varied (only then does
+    /// the engine copy a detector); otherwise it is shared, model and all.
+    pub fn fork(&self) -> Self {
+        let pristine = !self.slot.has_model.load(Ordering::Acquire)
+            && !self.slot.busy.load(Ordering::Acquire)
+            && self.slot.failure().is_none();
+        Self {
+            ring: self.ring.clone(),
+            slot: if pristine {
+                Arc::default()
+            } else {
+                self.slot.clone()
+            },
+            ..*self
+        }
+    }
+
     pub fn status(&self, p: &ForestParams) -> LearnedStatus {
         // Called on every update: the failure (a lock) only matters while there is no model,
         // and a model, once there, is only ever replaced (no load of the slot then).

@@ -477,8 +477,6 @@ struct Cohort {
     members: usize,
     /// Members observed in this interval (each with +0.0).
     fed: usize,
-    /// The last update's baseline.
-    baseline: f64,
 }
 
 /// The name a cohort's detector logs under (its learned part's fallback).
@@ -510,6 +508,30 @@ struct Tracked {
     baseline: f64,
 }
 
+impl Tracked {
+    /// An event of this series in the interval `ts`.
+    fn event(
+        &self,
+        kind: EventKind,
+        ts: &str,
+        value: f64,
+        baseline: f64,
+        score: f64,
+    ) -> AnomalyEvent {
+        AnomalyEvent {
+            kind,
+            series: self.name.to_string(),
+            signal: self.signal.clone(),
+            container_id: self.container_id.clone(),
+            ts: ts.to_string(),
+            value,
+            baseline,
+            score,
+            severity: Severity::from_score(score),
+        }
+    }
+}
+
 /// A container's series: the place in `DetectionEngine::tracked` of each watched signal's.
 #[derive(Debug)]
 struct Slots {
@@ -524,15 +546,6 @@ impl Slots {
 
     fn places(&self) -> impl Iterator<Item = usize> + '_ {
         self.place.iter().copied().filter(|&p| p != Self::NONE)
-    }
-}
-
-impl Default for Slots {
-    fn default() -> Self {
-        Self {
-            id: None,
-            place: [Self::NONE; MAX_WATCHED],
-        }
     }
 }
 
@@ -652,24 +665,13 @@ impl DetectionEngine {
                 return false;
             }
             let step = c.det.update(params, trainer, COHORT_NAME, 0.0);
-            c.baseline = step.baseline;
             if let Some(kind) = step.event {
-                for t in tracked
-                    .iter()
-                    .filter(|t| matches!(t.det, Detector::Cohort(of) if of == *id))
-                {
-                    events.push(AnomalyEvent {
-                        kind,
-                        series: t.name.to_string(),
-                        signal: t.signal.clone(),
-                        container_id: t.container_id.clone(),
-                        ts: ts.to_string(),
-                        value: 0.0,
-                        baseline: step.baseline,
-                        score: step.level,
-                        severity: Severity::from_score(step.level),
-                    });
-                }
+                events.extend(
+                    tracked
+                        .iter()
+                        .filter(|t| matches!(t.det, Detector::Cohort(of) if of == *id))
+                        .map(|t| t.event(kind, ts, 0.0, step.baseline, step.level)),
+                );
             }
             true
         });
@@ -745,7 +747,6 @@ impl DetectionEngine {
                 det: SeriesDetector::new(params),
                 members: 0,
                 fed: 0,
-                baseline: 0.0,
             });
             cohort.members += 1;
             Detector::Cohort(self.tick)
@@ -793,17 +794,7 @@ impl DetectionEngine {
         t.value = value;
         t.baseline = step.baseline;
         if let Some(kind) = step.event {
-            events.push(AnomalyEvent {
-                kind,
-                series: t.name.to_string(),
-                signal: t.signal.clone(),
-                container_id: t.container_id.clone(),
-                ts: ts.to_string(),
-                value,
-                baseline: step.baseline,
-                score: step.level,
-                severity: Severity::from_score(step.level),
-            });
+            events.push(t.event(kind, ts, value, step.baseline, step.level));
         }
     }
 
@@ -820,17 +811,7 @@ impl DetectionEngine {
             }
             self.expired += 1;
             if detector(&self.cohorts, t).active() {
-                cleared.push(AnomalyEvent {
-                    kind: EventKind::Cleared,
-                    series: t.name.to_string(),
-                    signal: t.signal.clone(),
-                    container_id: t.container_id.clone(),
-                    ts: ts.to_string(),
-                    value: t.value,
-                    baseline: t.baseline,
-                    score: 0.0,
-                    severity: Severity::Warning,
-                });
+                cleared.push(t.event(EventKind::Cleared, ts, t.value, t.baseline, 0.0));
             }
             let gone = self.tracked.swap_remove(place);
             self.by_name.remove(&gone.name);

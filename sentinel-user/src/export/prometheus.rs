@@ -212,18 +212,19 @@ impl<K: Clone + Eq + Hash + Ord, V: Default> TopN<K, V> {
         Q: Hash + Eq + ToOwned + ?Sized,
         Q::Owned: Into<K>,
     {
-        if !self.entries.contains_key(key) {
-            self.entries.insert(
-                key.to_owned().into(),
-                Tracked {
+        // One lookup for a tracked key; a new one is looked up again to be inserted.
+        let t = match self.entries.get_mut(key) {
+            Some(t) => t,
+            None => self
+                .entries
+                .entry(key.to_owned().into())
+                .or_insert_with(|| Tracked {
                     value: V::default(),
                     score: 0.0,
                     pinned,
                     seen: true,
-                },
-            );
-        }
-        let t = self.entries.get_mut(key).expect("inserted above");
+                }),
+        };
         t.score += activity.max(0.0);
         t.pinned = pinned;
         t.seen = true;

@@ -69,6 +69,40 @@ struct Outcome {
     summary: bool,
     seconds: f64,
     note: String,
+    /// The first console line where the guest kernel reported a CPU stuck (soft lockup, RCU
+    /// stall): the guest is stopped there instead of waiting out the time-out.
+    stall: Option<String>,
+}
+
+/// Console lines of a guest kernel whose CPUs stopped making progress. Under TCG this has been
+/// the emulator (seen once on 6.1, after every check had passed: CPU 0's timers stopped firing
+/// while sentinel detached its programs, which patches kernel text on every CPU); a hang of
+/// sentinel's own would show as a check that never reports, with no such line.
+const STALL_SIGNS: [&str; 3] = [
+    "watchdog: BUG: soft lockup",
+    "self-detected stall on CPU",
+    "detected stalls on CPUs",
+];
+
+fn stall_sign(line: &str) -> bool {
+    STALL_SIGNS.iter().any(|sign| line.contains(sign))
+}
+
+/// Why a guest gets one more boot, if it does: it ran no check at all (its kernel died while
+/// booting), or its kernel stalled before the summary with no check failed. A check that ran
+/// and failed is never retried.
+fn retry_reason(o: &Outcome) -> Option<String> {
+    if o.summary || o.failed > 0 {
+        return None;
+    }
+    if let Some(line) = &o.stall {
+        return Some(format!(
+            "guest kernel stalled after {} passed checks: {}",
+            o.passed,
+            line.trim()
+        ));
+    }
+    (o.passed == 0).then(|| format!("no check ran ({})", o.note))
 }
 
 pub fn run(args: &VmtestArgs) -> Result<()> {
@@ -116,16 +150,12 @@ pub fn run(args: &VmtestArgs) -> Result<()> {
     for (name, image, extra) in &kernels {
         step(&format!("booting {name} under QEMU/TCG"));
         let mut o = boot(&work, name, image, &initrd, extra, args, 1)?;
-        if o.passed + o.failed == 0 && !o.summary {
-            // Not one check ran: the guest kernel died while booting, before sentinel
-            // started (seen once: an int3 oops while the kernel patched its own text under
-            // TCG). That is the emulator, not sentinel, so it gets one more boot; a check
-            // that ran and failed is never retried.
-            step(&format!(
-                "{name}: no check ran ({}); booting it once more",
-                o.note
-            ));
-            let first = o.note;
+        if let Some(why) = retry_reason(&o) {
+            // The emulator, not sentinel (seen once each: an int3 oops while the kernel
+            // patched its own text before sentinel started; a stalled CPU 0 while sentinel
+            // detached): one more boot, and the first one's fate stays in the result line.
+            step(&format!("{name}: {why}; booting it once more"));
+            let first = why;
             o = boot(&work, name, image, &initrd, extra, args, 2)?;
             o.note = [format!("second boot; the first: {first}"), o.note]
                 .into_iter()
@@ -595,11 +625,7 @@ impl Cpio {
 }
 
 /// Reads `VMTEST` lines from a child's stdout until it exits or the time-out; echoes them.
-fn collect(
-    mut child: std::process::Child,
-    timeout: Duration,
-    log: &Path,
-) -> Result<(Vec<String>, bool)> {
+fn collect(mut child: std::process::Child, timeout: Duration, log: &Path) -> Result<Collected> {
     let stdout = child.stdout.take().expect("piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -617,6 +643,7 @@ fn collect(
     let mut lines = Vec::new();
     let mut logfile = fs::File::create(log)?;
     let mut timed_out = false;
+    let mut stall = None;
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
@@ -624,7 +651,15 @@ fn collect(
                 if line.starts_with("VMTEST") {
                     println!("{line}");
                 }
+                if stall_sign(&line) {
+                    eprintln!("{line}");
+                    stall = Some(line.clone());
+                }
                 lines.push(line);
+                if stall.is_some() {
+                    let _ = child.kill();
+                    break;
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -636,10 +671,21 @@ fn collect(
         }
     }
     let _ = child.wait();
-    Ok((lines, timed_out))
+    Ok(Collected {
+        lines,
+        timed_out,
+        stall,
+    })
 }
 
-fn tally(kernel: String, lines: &[String], seconds: f64, mut note: String) -> Outcome {
+struct Collected {
+    lines: Vec<String>,
+    timed_out: bool,
+    stall: Option<String>,
+}
+
+/// Counts the checks of a run; `note` says how it ended if that was not by itself.
+fn tally(kernel: String, run: &Collected, seconds: f64, mut note: String) -> Outcome {
     let mut o = Outcome {
         kernel,
         passed: 0,
@@ -647,8 +693,9 @@ fn tally(kernel: String, lines: &[String], seconds: f64, mut note: String) -> Ou
         summary: false,
         seconds,
         note: String::new(),
+        stall: run.stall.clone(),
     };
-    for line in lines {
+    for line in &run.lines {
         let mut f = line.split_whitespace();
         if f.next() != Some("VMTEST") {
             continue;
@@ -711,18 +758,21 @@ fn boot(
     } else {
         logs.join(format!("{file}.boot{attempt}.log"))
     };
-    let (lines, timed_out) = collect(child, Duration::from_secs(timeout), &log)?;
-    let note = if timed_out {
+    let run = collect(child, Duration::from_secs(timeout), &log)?;
+    let note = if run.timed_out {
         format!("timed out after {timeout} s; console in {}", log.display())
+    } else if run.stall.is_some() {
+        format!("stopped at a stalled CPU; console in {}", log.display())
     } else {
         String::new()
     };
     let outcome = tally(
         name.to_string(),
-        &lines,
+        &run,
         started.elapsed().as_secs_f64(),
         note,
     );
+    let lines = &run.lines;
     if !(outcome.summary && outcome.failed == 0) {
         eprintln!(
             "--- console of {name} (last 40 lines besides the checks; full log {}) ---",
@@ -751,6 +801,7 @@ fn host(sentinel: &Path) -> Result<Outcome> {
             summary: true,
             seconds: 0.0,
             note: "skipped: not root".into(),
+            stall: None,
         });
     }
     step("checking the host kernel");
@@ -764,15 +815,15 @@ fn host(sentinel: &Path) -> Result<Outcome> {
         .context("cannot run sentinel selftest on the host")?;
     let logs = build_ebpf::workspace_root().join("target/vmtest/logs");
     fs::create_dir_all(&logs)?;
-    let (lines, timed_out) = collect(child, Duration::from_secs(120), &logs.join("host.log"))?;
-    let note = if timed_out {
+    let run = collect(child, Duration::from_secs(120), &logs.join("host.log"))?;
+    let note = if run.timed_out {
         "timed out".into()
     } else {
         String::new()
     };
     Ok(tally(
         "host".into(),
-        &lines,
+        &run,
         started.elapsed().as_secs_f64(),
         note,
     ))
@@ -848,6 +899,95 @@ mod tests {
                 vec!["bookworm".to_string()]
             )]
         );
+    }
+
+    fn run_of(lines: &[&str], stall: Option<&str>) -> Collected {
+        Collected {
+            lines: lines.iter().map(ToString::to_string).collect(),
+            timed_out: false,
+            stall: stall.map(ToString::to_string),
+        }
+    }
+
+    #[test]
+    fn only_the_emulators_failures_get_a_second_boot() {
+        let lockup = "[  209.6] watchdog: BUG: soft lockup - CPU#1 stuck for 187s! [sentinel:95]";
+        assert!(stall_sign(lockup));
+        assert!(stall_sign(
+            "[  219.7] rcu: INFO: rcu_preempt self-detected stall on CPU"
+        ));
+        assert!(!stall_sign("VMTEST 6.1 packets PASS 1000 UDP datagrams"));
+        let passed = "VMTEST 6.1 packets PASS 1000 UDP datagrams";
+        let failed = "VMTEST 6.1 skb_drops FAIL skb_drops=0";
+        let summary = "VMTEST 6.1 summary PASS passed=1 failed=0";
+
+        // Stalled after passing checks: retried, and the reason names the console line.
+        let o = tally(
+            "k".into(),
+            &run_of(&[passed, lockup], Some(lockup)),
+            1.0,
+            String::new(),
+        );
+        let why = retry_reason(&o).expect("a stall before the summary is retried");
+        assert!(
+            why.contains("1 passed checks") && why.contains("soft lockup"),
+            "{why}"
+        );
+        // Died before any check: retried.
+        let o = tally(
+            "k".into(),
+            &run_of(&["Kernel panic"], None),
+            1.0,
+            String::new(),
+        );
+        assert!(retry_reason(&o).is_some_and(|w| w.starts_with("no check ran")));
+        // A failed check is sentinel's, stall or not; so is a hang with no stall line.
+        let o = tally(
+            "k".into(),
+            &run_of(&[failed, lockup], Some(lockup)),
+            1.0,
+            String::new(),
+        );
+        assert_eq!(retry_reason(&o), None);
+        let o = tally(
+            "k".into(),
+            &run_of(&[passed], None),
+            1.0,
+            "timed out".into(),
+        );
+        assert_eq!(retry_reason(&o), None);
+        // Finished: nothing to retry, whatever came after the summary.
+        let o = tally(
+            "k".into(),
+            &run_of(&[passed, summary, lockup], Some(lockup)),
+            1.0,
+            String::new(),
+        );
+        assert_eq!(retry_reason(&o), None);
+        assert!(o.summary && o.failed == 0 && o.passed == 1);
+    }
+
+    #[test]
+    fn a_stalled_guest_is_stopped_at_once() {
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                "echo 'VMTEST k a PASS'; echo '[ 22.1] watchdog: BUG: soft lockup - CPU#1 stuck for 23s!'; exec sleep 60",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::env::temp_dir().join(format!("vmtest-stall-{}.log", std::process::id()));
+        let started = Instant::now();
+        let run = collect(child, Duration::from_secs(30), &log).unwrap();
+        let _ = fs::remove_file(&log);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited for the time-out"
+        );
+        assert!(!run.timed_out);
+        assert_eq!(run.lines.len(), 2);
+        assert!(run.stall.is_some_and(|l| l.contains("CPU#1 stuck")));
     }
 
     #[test]

@@ -770,18 +770,30 @@ impl DetectionEngine {
 
     fn feed(&mut self, place: usize, value: f64, ts: &str, events: &mut Vec<AnomalyEvent>) {
         let t = &mut self.tracked[place];
+        // Fed twice in one interval: two containers whose labels collide ("web", "/web").
+        let again = t.last_seen == self.tick;
         t.last_seen = self.tick;
         if let Detector::Cohort(id) = t.det {
             let cohort = self.cohorts.get_mut(&id).expect("a member's cohort exists");
-            if value.to_bits() == 0 {
+            if value.to_bits() == 0 && !again {
                 // Fed with the others at the end of the interval.
                 cohort.fed += 1;
                 t.value = value;
                 return;
             }
             // Cohorts are fed at the end of the interval: this is the detector as its own
-            // would be before this value.
-            t.det = Detector::Own(Box::new(cohort.det.fork()));
+            // would be before this interval's values.
+            let mut own = Box::new(cohort.det.fork());
+            if again {
+                // Its first value, +0.0, was left for the cohort's feed: it is its own now.
+                cohort.fed -= 1;
+                let step = own.update(&self.params, &self.trainer, &t.name, 0.0);
+                t.baseline = step.baseline;
+                if let Some(kind) = step.event {
+                    events.push(t.event(kind, ts, 0.0, step.baseline, step.level));
+                }
+            }
+            t.det = Detector::Own(own);
             cohort.members -= 1;
             if cohort.members == 0 {
                 self.cohorts.remove(&id);
@@ -1459,7 +1471,17 @@ mod tests {
                 c.stats.oom_kills = u64::from((i + n) % 211 == 0);
                 c.tcp_retransmits = (noisy(i * 3 + n) as u64 % 7) * u64::from(spike > 0.0);
                 c.runqueue_latency_us.count = (i + n) % 3;
+                // "/c3" is labelled "c3" too: in some intervals its series are fed twice,
+                // zero-only ones included (still sharing a detector).
+                let twin = (n == 3 && i % 5 < 2).then(|| {
+                    let mut t = c.clone();
+                    t.name = "/c3".into();
+                    t.id = "twin3".into();
+                    t.cpu_percent = if i % 10 == 0 { noisy(i + 77) } else { 0.0 };
+                    t
+                });
                 iv.containers.push(c);
+                iv.containers.extend(twin);
             }
             let mut got: Vec<(String, EventKind, Option<String>)> = e
                 .observe_interval(&iv)

@@ -31,11 +31,35 @@ pub fn live_namespaces() -> HashSet<u32> {
     live
 }
 
-/// This process's own network namespace (the host's, for the daemon).
+/// This process's own network namespace (the one whose interfaces it sees in /sys).
 pub fn own_namespace() -> Option<u32> {
     fs::metadata("/proc/self/ns/net")
         .ok()
         .map(|m| m.ino() as u32)
+}
+
+/// The host's network namespace: PID 1's. Sentinel shares the host's PID namespace (it runs
+/// as a service, or with `--pid=host` / `hostPID`) but not always its network: the shipped
+/// DaemonSet's pod has a namespace of its own, and taking that for the host's would give every
+/// `hostNetwork` pod the node's whole traffic as its own. This process's own namespace when
+/// PID 1's cannot be read (a sandbox that hides it, or no host PID namespace: then PID 1 is
+/// in sentinel's own container, and its namespace is the best guess there is).
+pub fn host_namespace() -> Option<u32> {
+    let pid1 = fs::metadata("/proc/1/ns/net").ok().map(|m| m.ino() as u32);
+    let own = own_namespace();
+    if pid1.is_some() && pid1 != own {
+        tracing::info!(
+            host = pid1,
+            own,
+            "sentinel has a network namespace of its own: the host's is PID 1's"
+        );
+    }
+    host_namespace_of(pid1, own)
+}
+
+/// PID 1's namespace, else this process's own.
+pub fn host_namespace_of(pid1: Option<u32>, own: Option<u32>) -> Option<u32> {
+    pid1.or(own)
 }
 
 /// Interface indexes present in this process's namespace.

@@ -187,7 +187,7 @@ pub struct Attribution {
     /// (a container that lived less than an interval, OOM-killed at start).
     previous_call: Option<Instant>,
     this_call: Option<Instant>,
-    /// The host's network namespace (sentinel's own): see `network_of`.
+    /// The host's network namespace (PID 1's): see `network_of`.
     host_netns: Option<u32>,
 }
 
@@ -260,7 +260,7 @@ impl Attribution {
             names: HashMap::new(),
             previous_call: None,
             this_call: None,
-            host_netns: crate::collect::netns::own_namespace(),
+            host_netns: crate::collect::netns::host_namespace(),
         }
     }
 
@@ -807,6 +807,39 @@ mod tests {
                 (K2, Network::Own, 5, 3, 1),
                 (K, Network::Host, 0, 0, 0),
             ]
+        );
+    }
+
+    /// Sentinel in a pod with a network namespace of its own (the DaemonSet): the host's is
+    /// PID 1's, so a `hostNetwork` pod is not given the node's traffic as its own.
+    #[test]
+    fn in_a_pod_of_its_own_the_hosts_namespace_is_pid_1s() {
+        use crate::collect::netns::host_namespace_of;
+        let (node, pod, other) = (10, 20, 30);
+        let host = host_namespace_of(Some(node), Some(pod));
+        assert_eq!(host, Some(node));
+        assert_eq!(
+            host_namespace_of(None, Some(pod)),
+            Some(pod),
+            "PID 1 hidden"
+        );
+        let at = |netns: u32| Identity {
+            owner: None,
+            cgroup: "/kubepods.slice/kubepods-pod1.slice".into(),
+            netns: Some(netns),
+        };
+        assert_eq!(
+            network_of(Some(&at(node)), host),
+            Some((node, Network::Host))
+        );
+        assert_eq!(
+            network_of(Some(&at(other)), host),
+            Some((other, Network::Own))
+        );
+        // Before: the pod's own namespace taken for the host's.
+        assert_eq!(
+            network_of(Some(&at(node)), Some(pod)),
+            Some((node, Network::Own))
         );
     }
 

@@ -302,6 +302,9 @@ pub struct ModelSlot {
     /// Last training failure, if the latest attempt failed (shared: a series without a model
     /// reports it on every update).
     failure: Mutex<Option<Arc<str>>>,
+    /// `failure` holds one: read first, so that a series collecting its first window (no model,
+    /// no failure) takes no lock per update (2% of the daemon's CPU at 1000 containers).
+    failed: AtomicBool,
 }
 
 impl ModelSlot {
@@ -314,6 +317,7 @@ impl ModelSlot {
                     .failure
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                self.failed.store(false, Ordering::Release);
             }
             Err(e) => {
                 // Keep serving the previous model if there is one; the failure stays visible.
@@ -321,12 +325,16 @@ impl ModelSlot {
                     .failure
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.into());
+                self.failed.store(true, Ordering::Release);
             }
         }
         self.busy.store(false, Ordering::Release);
     }
 
     pub fn failure(&self) -> Option<Arc<str>> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
         self.failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

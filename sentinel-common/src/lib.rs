@@ -369,6 +369,17 @@ pub struct CpuRecord {
 /// or the container table was full).
 pub const NO_SLOT: u32 = u32::MAX;
 
+/// One process in the roster's task iterator (`snt_iter_task`): a thread-group leader's TGID
+/// (in the initial PID namespace) and its container key (0: could not be resolved, e.g. a
+/// process past `exit_task_namespaces`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct TaskEntry {
+    pub key: ContainerKey,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
 /// An interface: one slot per (network namespace, interface), like a container's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]

@@ -11,6 +11,7 @@ mod maps;
 mod net;
 mod sched;
 mod slots;
+mod tasks;
 
 #[cfg(not(test))]
 #[panic_handler]

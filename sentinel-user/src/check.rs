@@ -15,6 +15,7 @@ use crate::{
     collect::{
         loader::{self, HOOKS},
         offsets::{Offsets, VMLINUX_BTF},
+        tasks::TaskIterator,
         tracefs,
     },
     containers::docker,
@@ -137,6 +138,7 @@ pub fn run(opts: &CheckOptions) -> Report {
     items.push(check_lockdown());
     items.push(check_offsets(&opts.btf_path));
     items.push(check_runq_source(&opts.btf_path));
+    items.push(check_roster(&opts.btf_path));
     Report {
         ok: items.iter().all(|i| i.status != Status::Fail),
         items,
@@ -564,6 +566,36 @@ fn check_runq_source(btf_path: &Path) -> Item {
             format!(
                 "hash: waits from a wakeup timestamp map (about 2 hash operations per wait); \
                  sched_info unavailable: {why}"
+            ),
+        ),
+    }
+}
+
+/// How the container roster will find every process (see `containers::roster`).
+fn check_roster(btf_path: &Path) -> Item {
+    const ITEM: &str = "container roster";
+    let in_btf = btf_rs::Btf::from_file(btf_path).ok().map(|b| {
+        b.resolve_ids_by_name("bpf_iter_task")
+            .is_ok_and(|ids| !ids.is_empty())
+    });
+    let why_not = match (in_btf, TaskIterator::unusable_here()) {
+        (Some(true), None) => None,
+        (Some(false), _) => Some("the kernel has no task iterator (Linux 5.8+)".to_string()),
+        (None, _) => Some("the kernel's BTF cannot be read".to_string()),
+        (_, Some(why)) => Some(why),
+    };
+    match why_not {
+        None => Item::new(
+            Status::Ok,
+            ITEM,
+            "task iterator: every process and its key in one pass",
+        ),
+        Some(why) => Item::new(
+            Status::Warn,
+            ITEM,
+            format!(
+                "/proc scan: a readlink or cgroup read per process, so scans are rarer on a \
+                 busy host; task iterator unavailable: {why}"
             ),
         ),
     }

@@ -318,7 +318,16 @@ async fn run_loop(opts: RunOptions) -> Result<()> {
     });
     // Every container with a process, scanned off the drain (after the capabilities were
     // dropped: the thread inherits what is left). Runtime events make it scan at once.
-    let roster = RosterHandle::spawn(opts.load.key_mode);
+    let roster = RosterHandle::spawn(
+        opts.load.key_mode,
+        collector.tasks.as_ref().ok().and_then(|t| {
+            t.try_clone()
+                .map_err(|e| {
+                    warn!("the container roster reads /proc: no task iterator handle: {e}");
+                })
+                .ok()
+        }),
+    );
     // One Docker connection for naming and healing (and one state for both).
     let settings = docker::Settings::from_config(&opts.config);
     let mut docker = if opts.docker {

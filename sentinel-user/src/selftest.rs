@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use sentinel::collect::{
     drain::{Drain, DrainDelta, RawSnapshot},
     loader::{Collector, HOOKS, LoadOptions},
-    netns, offsets, tracefs,
+    netns, offsets, tasks, tracefs,
 };
 use sentinel::privilege;
 use sentinel_common::counter;
@@ -228,6 +228,26 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
         format!("{spawned} of {PROCS} /bin/true ran: fork={fork} exec={exec} exit={exit}"),
     );
 
+    // Threads of this process that the iterator must leave out.
+    let idle =
+        [(); 2].map(|_| std::thread::spawn(|| std::thread::sleep(Duration::from_millis(500))));
+    let mode = collector.key_mode;
+    let key_of_pid = |pid| sentinel::containers::procfs::key_of_pid(mode, pid);
+    let agreed = match &collector.tasks {
+        Ok(t) => tasks::agrees_with_proc(t, key_of_pid),
+        Err(e) => Err(format!("not loaded: {e}")),
+    };
+    r.line(
+        "task_iterator",
+        agreed.is_ok(),
+        match agreed {
+            Ok(s) | Err(s) => s,
+        },
+    );
+    for t in idle {
+        let _ = t.join();
+    }
+
     const DATAGRAMS: u64 = 1_000;
     udp_over_lo(DATAGRAMS)?;
     let d = reader.step(&mut collector)?;
@@ -337,16 +357,25 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
             .as_ref()
             .map(|d| d.counters[counter::NET_TX_PACKETS])
             .unwrap_or(0);
+        // The roster reads the task iterator after the daemon's drop.
+        let iterated = collector.tasks.as_ref().map_or(Ok(0), |t| {
+            let (mut buf, mut seen) = (Vec::new(), Vec::new());
+            t.snapshot(&mut buf, &mut seen).map(|()| seen.len())
+        });
         r.line(
             "caps_dropped",
-            dropped.is_ok() && eff == Some(expected) && counted >= DATAGRAMS,
+            dropped.is_ok() && eff == Some(expected) && counted >= DATAGRAMS && iterated.is_ok(),
             format!(
-                "drop (map reads need CAP_BPF: {need_bpf}): {} CapEff={} then {DATAGRAMS} datagrams drained: net_tx_packets={counted}{}",
+                "drop (map reads need CAP_BPF: {need_bpf}): {} CapEff={} then {DATAGRAMS} datagrams drained: net_tx_packets={counted}{}; task iterator: {}",
                 dropped
                     .as_ref()
                     .map_or_else(|e| format!("{e:#}"), |_| "ok".into()),
                 eff.map_or("?".into(), |e| format!("{e:016x}")),
-                drained.err().map_or(String::new(), |e| format!(" ({e:#})"))
+                drained.err().map_or(String::new(), |e| format!(" ({e:#})")),
+                match iterated {
+                    Ok(n) => format!("{n} processes"),
+                    Err(e) => format!("failed: {e}"),
+                }
             ),
         );
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, Queue},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, Iter},
 };
 use sentinel_common::{
     CONTAINER_FIELDS, ContainerKey, CpuRecord, IDLE_KEY, IFACE_FIELDS, IfaceKey, NO_SLOT, NetnsTcp,
@@ -21,6 +21,7 @@ use super::{
     drain::RawSnapshot,
     offsets::Offsets,
     slots::{ContainerArrays, IfaceArrays},
+    tasks::TaskIterator,
 };
 
 /// The eBPF object, built by `cargo xtask build-ebpf` and embedded 8-byte aligned, so the
@@ -169,6 +170,9 @@ pub fn cgroup2_only() -> bool {
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
+/// The container roster's task iterator program.
+pub const TASK_ITERATOR: &str = "snt_iter_task";
+
 /// Prefix of every program sentinel loads (kernel program names are cut at 15 characters).
 pub const PROGRAM_PREFIX: &str = "snt_";
 
@@ -226,6 +230,9 @@ pub struct Collector {
     pub disabled: Vec<DisabledHook>,
     pub iface_capacity: u32,
     pub offsets: Offsets,
+    /// The container roster's task iterator, or why there is none (the roster then reads
+    /// /proc).
+    pub tasks: Result<TaskIterator, String>,
     /// Forwards the kernel side's aya-log records to `tracing`. It must outlive program loads:
     /// dropping it closes its map and later loads fail.
     logger: Option<KernelLogger>,
@@ -335,6 +342,11 @@ impl Collector {
             "eBPF programs attached (BTF tracepoints)"
         );
 
+        let tasks = load_task_iterator(&mut ebpf, &btf).map_err(|e| format!("{e:#}"));
+        if let Err(e) = &tasks {
+            info!("no task iterator, the container roster reads /proc: {e}");
+        }
+
         let records = PerCpuArray::try_from(take(&mut ebpf, "REC")?)?;
         let netns_tcp = map_data(take(&mut ebpf, "NETNS_TCP")?)?;
         let containers = TableMaps::take(&mut ebpf, "CONTAINER", |map| {
@@ -378,6 +390,7 @@ impl Collector {
             disabled,
             iface_capacity,
             offsets,
+            tasks,
             logger,
             _instance: instance,
         })
@@ -390,6 +403,8 @@ impl Collector {
 
     /// Detaches and unloads every program. The maps stay readable for the final drain.
     pub fn detach(&mut self) {
+        // The roster's own handle on the iterator keeps it until the roster stops.
+        self.tasks = Err("detached".into());
         if self.ebpf.take().is_some() {
             info!("eBPF programs detached");
         }
@@ -763,6 +778,19 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook, target: &str, btf: &Btf) -> Result<()> {
         .attach()
         .with_context(|| format!("attaching {}", hook.program))?;
     Ok(())
+}
+
+/// Loads `snt_iter_task` and links it (Linux 5.8+, with the kernel's `bpf_iter_task` in BTF).
+fn load_task_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<TaskIterator> {
+    let program: &mut Iter = ebpf
+        .program_mut(TASK_ITERATOR)
+        .ok_or_else(|| anyhow!("program {TASK_ITERATOR} missing from the eBPF object"))?
+        .try_into()?;
+    program
+        .load("task", btf)
+        .with_context(|| format!("loading {TASK_ITERATOR}"))?;
+    let prog = program.fd()?;
+    TaskIterator::link(prog.as_fd()).with_context(|| format!("linking {TASK_ITERATOR}"))
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.

@@ -8,4 +8,5 @@ pub mod loader;
 pub mod netns;
 pub mod offsets;
 pub mod slots;
+pub mod tasks;
 pub mod tracefs;

@@ -3,7 +3,13 @@
 //! see `layout.rs`) and its network namespace. Works without any runtime's API, so hosts
 //! without one still get per-cgroup accounting.
 
-use std::{collections::HashMap, fs, os::unix::fs::MetadataExt, path::Path};
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use sentinel_common::ContainerKey;
 
@@ -152,46 +158,102 @@ pub fn resolve_by_netns(mode: KeyMode, wanted: &[u32]) -> HashMap<u32, (Containe
     found
 }
 
-/// Scans /proc once: every key of a live process (`live`, the host's too, each with the
-/// process it was found by: the first in /proc's order), and those that belong to a container
-/// (a recognised cgroup layout), each with the identity of one of its processes. For the
-/// roster, off the drain.
-///
-/// With `previous` (the last scan), a key found by the same process as
-/// last time keeps last time's verdict without reading that process's cgroup again (most of a
-/// scan's cost at 1000 keys); a recycled key is found by another process and read afresh.
-pub fn containers(
-    mode: KeyMode,
-    previous: Option<&super::roster::Roster>,
-) -> (HashMap<ContainerKey, u32>, HashMap<ContainerKey, Identity>) {
-    scan(mode, previous, key_of_pid(mode, std::process::id()))
+/// When a process was first seen with its key, and when its verdict (container or not, from
+/// its cgroup) was last read. See [`keeps_verdict`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub pid: u32,
+    pub since: Instant,
+    pub read: Instant,
 }
 
-/// [`containers`], with the host's key given (unit tests treat the host's like any other).
+/// A verdict read this soon after its process was first seen with the key is read again: a
+/// runtime puts a container's first process into the container's cgroup just after giving
+/// it its namespaces (runc: clone, then the cgroup), so a scan in between finds the runtime's
+/// cgroup.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// A verdict this old is read again, whoever has the key: a process moved to another cgroup
+/// long after it started (which changes no key where the key is the mount namespace; where it
+/// is the cgroup id, the key changes and the move is seen at once) is seen within this. At
+/// 1000 containers, reading every cgroup again costs about 29 ms: 0.25 ms a second.
+pub const REREAD_AFTER: Duration = Duration::from_secs(120);
+
+/// Whether the last scan's verdict on a key that `pid` has again still holds.
+fn keeps_verdict(last: &Seen, pid: u32, now: Instant) -> bool {
+    last.pid == pid
+        && last.read.duration_since(last.since) >= SETTLE
+        && now.duration_since(last.read) < REREAD_AFTER
+}
+
+/// Every key of a live process (`live`, the host's too, each with the process it was found
+/// by: the first in PID order), and those that belong to a container (a recognised cgroup
+/// layout), each with the identity of one of its processes. For the roster, off the drain.
+/// `processes` are (PID, key) pairs in PID order, from the kernel's task iterator or from
+/// [`proc_processes`].
+///
+/// With `previous` (the last scan), a key found by the same process as last time keeps last
+/// time's verdict without reading that process's cgroup again (most of a scan's cost at 1000
+/// keys), unless the verdict is young or old ([`keeps_verdict`]); a recycled key is found by
+/// another process and read afresh.
+pub fn containers(
+    mode: KeyMode,
+    processes: impl Iterator<Item = (u32, ContainerKey)>,
+    previous: Option<&super::roster::Roster>,
+) -> (HashMap<ContainerKey, Seen>, HashMap<ContainerKey, Identity>) {
+    scan(
+        mode,
+        processes,
+        previous,
+        key_of_pid(mode, std::process::id()),
+        Instant::now(),
+    )
+}
+
+/// Every process under /proc with its key, in /proc's (PID) order: a readlink or a cgroup read
+/// per process.
+pub fn proc_processes(mode: KeyMode) -> impl Iterator<Item = (u32, ContainerKey)> {
+    pids().filter_map(move |pid| Some((pid, key_of_pid(mode, pid)?)))
+}
+
+/// [`containers`], with the host's key and the time given (unit tests treat the host's like
+/// any other).
 fn scan(
     mode: KeyMode,
+    processes: impl Iterator<Item = (u32, ContainerKey)>,
     previous: Option<&super::roster::Roster>,
     host_key: Option<ContainerKey>,
-) -> (HashMap<ContainerKey, u32>, HashMap<ContainerKey, Identity>) {
+    now: Instant,
+) -> (HashMap<ContainerKey, Seen>, HashMap<ContainerKey, Identity>) {
     let mut live = HashMap::new();
     let mut found = HashMap::new();
-    for pid in pids() {
-        let Some(key) = key_of_pid(mode, pid) else {
-            continue;
-        };
+    for (pid, key) in processes {
         if live.contains_key(&key) {
             continue;
         }
-        live.insert(key, pid);
-        if Some(key) == host_key {
-            continue;
-        }
-        if let Some(last) = previous
-            && last.live.get(&key) == Some(&pid)
+        let last = previous.and_then(|p| Some((p.live.get(&key)?, p)));
+        let since = match last {
+            Some((seen, _)) if seen.pid == pid => seen.since,
+            _ => now,
+        };
+        if let Some((seen, last)) = last
+            && keeps_verdict(seen, pid, now)
         {
+            live.insert(key, *seen);
             if let Some(identity) = last.containers.get(&key) {
                 found.insert(key, identity.clone());
             }
+            continue;
+        }
+        live.insert(
+            key,
+            Seen {
+                pid,
+                since,
+                read: now,
+            },
+        );
+        if Some(key) == host_key {
             continue;
         }
         // Most keys of a busy host are no container's: their cgroup says so, and the rest of
@@ -269,7 +331,7 @@ mod tests {
         let ids = resolve(mode, &[me]);
         assert!(ids[&me].netns.is_some());
         assert!(live_keys(mode).contains(&me));
-        let (live, _) = containers(mode, None);
+        let (live, _) = containers(mode, proc_processes(mode), None);
         assert!(
             live.contains_key(&me),
             "the roster's live keys include the host's"
@@ -277,31 +339,70 @@ mod tests {
     }
 
     /// A key found by the same process as in the last scan keeps that scan's verdict (its
-    /// cgroup is not read again); found by another process, it is read afresh.
+    /// cgroup is not read again) once the verdict has settled, until it is old; found by
+    /// another process, or young, or old, it is read afresh.
     #[test]
-    fn a_key_found_by_the_same_process_keeps_the_last_verdict() {
+    fn a_key_found_by_the_same_process_keeps_a_settled_verdict() {
         let mode = KeyMode::Mntns;
-        let me = key_of_pid(mode, std::process::id()).expect("own key");
+        let pid = std::process::id();
+        let me = key_of_pid(mode, pid).expect("own key");
+        let processes = || std::iter::once((pid, me));
         // This process's key as if it were a container's (no host key).
-        let (live, _) = scan(mode, None, None);
-        let by = live[&me];
         let marked = Identity {
             owner: layout::parse(&format!("/docker/{}", "f".repeat(64))),
             cgroup: "marked".into(),
             netns: None,
         };
         assert!(marked.owner.is_some());
-        let mut last = super::super::roster::Roster::empty();
-        last.live = HashMap::from([(me, by)]);
-        last.containers = HashMap::from([(me, marked.clone())]);
-        let (_, found) = scan(mode, Some(&last), None);
+        let t0 = Instant::now();
+        let now = t0 + SETTLE * 4;
+        let last_with = |seen: Seen| {
+            let mut last = super::super::roster::Roster::empty();
+            last.live = HashMap::from([(me, seen)]);
+            last.containers = HashMap::from([(me, marked.clone())]);
+            last
+        };
+        let settled = Seen {
+            pid,
+            since: t0,
+            read: t0 + SETTLE,
+        };
+        let last = last_with(settled);
+        let (live, found) = scan(mode, processes(), Some(&last), None, now);
         assert_eq!(found.get(&me), Some(&marked), "kept without a read");
-        last.live = HashMap::from([(me, u32::MAX)]);
-        let (_, found) = scan(mode, Some(&last), None);
+        assert_eq!(live[&me], settled, "the verdict's times are kept too");
+
+        let last = last_with(Seen {
+            pid: u32::MAX,
+            ..settled
+        });
+        let (live, found) = scan(mode, processes(), Some(&last), None, now);
         assert_ne!(
             found.get(&me),
             Some(&marked),
             "another process: read afresh"
         );
+        assert_eq!(live[&me].since, now, "a new process is seen from now");
+
+        let young = Seen {
+            pid,
+            since: t0,
+            read: t0 + SETTLE / 2,
+        };
+        let (live, found) = scan(mode, processes(), Some(&last_with(young)), None, now);
+        assert_ne!(found.get(&me), Some(&marked), "young verdict: read again");
+        assert_eq!(
+            live[&me],
+            Seen {
+                pid,
+                since: t0,
+                read: now
+            },
+            "read now, first seen as before"
+        );
+
+        let old = t0 + SETTLE + REREAD_AFTER;
+        let (_, found) = scan(mode, processes(), Some(&last_with(settled)), None, old);
+        assert_ne!(found.get(&me), Some(&marked), "old verdict: read again");
     }
 }

@@ -2,6 +2,11 @@
 //! scan on a thread of its own, so that the drain lists idle containers and checks the
 //! identities it caches without reading /proc itself.
 //!
+//! A scan reads every process and its key from the kernel's task iterator (one pass, see
+//! `collect::tasks`), or from /proc where the iterator is unavailable (Linux before 5.8,
+//! sentinel in a PID namespace of its own, a kernel that refuses it): there it costs a
+//! readlink or a cgroup read per process.
+//!
 //! The scan runs every [`REFRESH`] and at once when a runtime reports a container event
 //! (start, die, destroy: [`Poke`]). Each scan is published whole with a generation number and
 //! the time it started; the drain compares its cached identities with the newest scan (see
@@ -22,16 +27,16 @@ use std::{
 use arc_swap::ArcSwap;
 use sentinel_common::ContainerKey;
 
-use super::procfs::{self, Identity};
-use crate::collect::loader::KeyMode;
+use super::procfs::{self, Identity, Seen};
+use crate::collect::{loader::KeyMode, tasks::TaskIterator};
 
 /// Time between two scans without any runtime event, on a host whose scan is cheap.
 pub const REFRESH: Duration = Duration::from_secs(2);
 
-/// A scan costs about 8 us per process (seen: 8.6 ms for 1070 processes in 1000 mount
-/// namespaces; a scan that re-reads every cgroup, 29 ms), so the timed scans wait at least this
-/// many times as long as the last one took: the roster stays near 0.1% of one CPU on any host
-/// (up to [`LONGEST_REFRESH`]), and a runtime's event still scans at once.
+/// A /proc scan costs about 8 us per process (seen: 8.6 ms for 1070 processes in 1000 mount
+/// namespaces), so the timed scans wait at least this many times as long as the last one took:
+/// the roster stays near 0.1% of one CPU on any host (up to [`LONGEST_REFRESH`]), and a
+/// runtime's event still scans at once.
 const WAIT_PER_SCAN_TIME: u32 = 1000;
 
 /// Never longer than this between two timed scans, whatever one costs.
@@ -42,11 +47,6 @@ fn refresh_after(took: Duration) -> Duration {
     took.saturating_mul(WAIT_PER_SCAN_TIME)
         .clamp(REFRESH, LONGEST_REFRESH)
 }
-
-/// Every this many scans, every key's cgroup is read again, even where the process that has
-/// the key is the one of the last scan (which then keeps its verdict): a process moved to
-/// another cgroup after it made its mount namespace is seen within this many refreshes.
-const REREAD_EVERY: u64 = 5;
 
 /// One /proc scan: the keys of live containers and who they are.
 #[derive(Debug)]
@@ -59,10 +59,22 @@ pub struct Roster {
     /// `layout.rs`), each with the identity of one of its processes.
     pub containers: HashMap<ContainerKey, Identity>,
     /// Keys of every live process, containers or not (the drain retires a kernel entry whose
-    /// key is not here without scanning /proc itself), each with the process it was found by.
-    pub live: HashMap<ContainerKey, u32>,
+    /// key is not here without scanning /proc itself), each with the process it was found by
+    /// and the age of its verdict.
+    pub live: HashMap<ContainerKey, Seen>,
     /// How long the scan took.
     pub took: Duration,
+    /// Where the processes came from.
+    pub source: ScanSource,
+}
+
+/// Where a roster scan found the processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanSource {
+    /// The kernel's task iterator: one pass.
+    TaskIterator,
+    /// /proc: a readlink or a cgroup read per process.
+    Procfs,
 }
 
 impl Roster {
@@ -73,6 +85,7 @@ impl Roster {
             containers: HashMap::new(),
             live: HashMap::new(),
             took: Duration::ZERO,
+            source: ScanSource::Procfs,
         }
     }
 }
@@ -107,9 +120,9 @@ pub struct RosterHandle {
 }
 
 impl RosterHandle {
-    /// Starts the scanning thread. Threads inherit the capabilities of their creator: start it
-    /// after the daemon dropped its own.
-    pub fn spawn(mode: KeyMode) -> Self {
+    /// Starts the scanning thread, reading `tasks` if given, else /proc. Threads inherit the
+    /// capabilities of their creator: start it after the daemon dropped its own.
+    pub fn spawn(mode: KeyMode, tasks: Option<TaskIterator>) -> Self {
         // Once: `Auto` would ask the filesystem (a statfs) for every process of every scan.
         let mode = mode.resolve();
         let current = Arc::new(ArcSwap::from_pointee(Roster::empty()));
@@ -119,7 +132,7 @@ impl RosterHandle {
             let (current, stop) = (current.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("sentinel-roster".into())
-                .spawn(move || scan_loop(mode, &current, &rx, &stop))
+                .spawn(move || scan_loop(mode, tasks, &current, &rx, &stop))
                 .map_err(|e| tracing::warn!("cannot start the container roster thread: {e}"))
                 .ok()
         };
@@ -150,12 +163,19 @@ impl RosterHandle {
     #[cfg(test)]
     pub fn publish(&self, containers: HashMap<ContainerKey, Identity>) {
         let generation = self.current.load().generation + 1;
+        let now = Instant::now();
+        let seen = Seen {
+            pid: 0,
+            since: now,
+            read: now,
+        };
         self.current.store(Arc::new(Roster {
             generation,
-            started: Instant::now(),
-            live: containers.keys().map(|k| (*k, 0)).collect(),
+            started: now,
+            live: containers.keys().map(|k| (*k, seen)).collect(),
             containers,
             took: Duration::ZERO,
+            source: ScanSource::Procfs,
         }));
     }
 
@@ -185,19 +205,56 @@ impl Drop for RosterHandle {
     }
 }
 
-fn scan_loop(mode: KeyMode, current: &ArcSwap<Roster>, rx: &Receiver<()>, stop: &AtomicBool) {
+fn scan_loop(
+    mode: KeyMode,
+    mut tasks: Option<TaskIterator>,
+    current: &ArcSwap<Roster>,
+    rx: &Receiver<()>,
+    stop: &AtomicBool,
+) {
+    if tasks.is_some()
+        && let Some(why) = TaskIterator::unusable_here()
+    {
+        tracing::info!("the container roster reads /proc, not the task iterator: {why}");
+        tasks = None;
+    }
     let mut generation = 0;
+    let (mut buf, mut processes) = (Vec::new(), Vec::new());
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let last = current.load_full();
-        let previous = (generation % REREAD_EVERY != 0).then_some(&*last);
-        let (live, containers) = procfs::containers(mode, previous);
+        let from_kernel = match &tasks {
+            Some(it) => match it.snapshot(&mut buf, &mut processes) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        "the task iterator failed ({e}); the container roster reads /proc from \
+                         now on"
+                    );
+                    tasks = None;
+                    false
+                }
+            },
+            None => false,
+        };
+        let (source, (live, containers)) = if from_kernel {
+            (
+                ScanSource::TaskIterator,
+                procfs::containers(mode, processes.iter().copied(), Some(&last)),
+            )
+        } else {
+            (
+                ScanSource::Procfs,
+                procfs::containers(mode, procfs::proc_processes(mode), Some(&last)),
+            )
+        };
         drop(last);
         generation += 1;
         let took = started.elapsed();
         tracing::debug!(
             keys = live.len(),
             took_us = took.as_micros() as u64,
+            ?source,
             "container roster scan"
         );
         current.store(Arc::new(Roster {
@@ -206,6 +263,7 @@ fn scan_loop(mode: KeyMode, current: &ArcSwap<Roster>, rx: &Receiver<()>, stop: 
             containers,
             live,
             took,
+            source,
         }));
         match rx.recv_timeout(refresh_after(took)) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -231,7 +289,7 @@ mod tests {
 
     #[test]
     fn scans_at_once_when_poked_and_stops_when_dropped() {
-        let roster = RosterHandle::spawn(KeyMode::Mntns);
+        let roster = RosterHandle::spawn(KeyMode::Mntns, None);
         let deadline = Instant::now() + Duration::from_secs(10);
         while roster.load().generation == 0 {
             assert!(Instant::now() < deadline, "no first scan");

@@ -48,7 +48,7 @@ fn refresh_after(took: Duration) -> Duration {
         .clamp(REFRESH, LONGEST_REFRESH)
 }
 
-/// One /proc scan: the keys of live containers and who they are.
+/// One scan: the keys of live containers and who they are.
 #[derive(Debug)]
 pub struct Roster {
     /// 0 before the first scan.

@@ -537,8 +537,8 @@ impl DaemonMaps {
 /// second, named through /proc as the daemon names any container without Docker.
 pub fn live_containers(ctx: &mut Ctx) -> Result<()> {
     let count: u32 = if ctx.smoke { 50 } else { 1000 };
-    // Long enough for several roster scans (one every ~9 s at 1000 containers) and one that
-    // re-reads every cgroup (every fifth, ~3x dearer): 20 s windows differed by 2 ms.
+    // Long enough for many roster scans and for what 20 s windows caught unevenly when the
+    // roster read /proc (a scan every ~9 s, every fifth one ~3x dearer): they differed by 2 ms.
     let window = if ctx.smoke { 5 } else { 60 };
     // Measured once the detectors' statistical warm-up (150 intervals by default) is over:
     // before it, a series skips its scoring, and the figure would be the warm-up's.

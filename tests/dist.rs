@@ -15,7 +15,10 @@ use std::{
 use sentinel::model::Interval;
 use support::{
     docker,
-    nspawn::{Container, debian_root, free_port, repo_file, scrape, sentinel_programs, text},
+    nspawn::{
+        Container, debian_root, free_port, repo_file, scrape, sentinel_programs,
+        sentinel_programs_left, text,
+    },
     require, require_root,
 };
 
@@ -360,7 +363,7 @@ fn the_package_under_systemd_starts_upgrades_and_purges() {
             return;
         }
     }
-    assert!(sentinel_programs().is_empty(), "another sentinel runs");
+    assert!(sentinel_programs_left().is_empty(), "another sentinel runs");
     // The upgrade: the same package as the next version.
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
@@ -430,7 +433,11 @@ fn the_package_under_systemd_starts_upgrades_and_purges() {
     // Remove: stopped, programs gone, config and audit log directory kept.
     let out = c.exec(&["dpkg", "--remove", "sentinel"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(sentinel_programs(), Vec::<String>::new(), "after remove");
+    assert_eq!(
+        sentinel_programs_left(),
+        Vec::<String>::new(),
+        "after remove"
+    );
     assert_ne!(c.show("ActiveState"), "active");
     assert!(
         c.exec(&["test", "-f", "/etc/sentinel/sentinel.toml"])

@@ -13,7 +13,10 @@ use std::{
 };
 
 use support::{
-    nspawn::{Container, debian_root, free_port, repo_file, scrape, sentinel_programs, text},
+    nspawn::{
+        Container, debian_root, free_port, repo_file, scrape, sentinel_programs,
+        sentinel_programs_left, text,
+    },
     require, require_root,
     sentinel::BIN,
 };
@@ -129,10 +132,10 @@ fn the_unit_under_a_real_systemd() {
             return;
         }
     }
+    let left = sentinel_programs_left();
     assert!(
-        sentinel_programs().is_empty(),
-        "snt_ programs loaded before the test: another sentinel runs ({:?})",
-        sentinel_programs()
+        left.is_empty(),
+        "snt_ programs loaded before the test: another sentinel runs ({left:?})"
     );
     let started = Instant::now();
     let root = debian_root();
@@ -214,7 +217,7 @@ fn the_unit_under_a_real_systemd() {
     assert!(out.status.success(), "stop: {}", text(&out));
     assert_eq!(c.show("ActiveState"), "inactive");
     assert_eq!(c.show("Result"), "success");
-    assert_eq!(sentinel_programs(), Vec::<String>::new(), "after stop");
+    assert_eq!(sentinel_programs_left(), Vec::<String>::new(), "after stop");
     println!(
         "booted in {:.1} s; systemctl start returned after {:.2} s with {} programs attached",
         booted.as_secs_f64(),
@@ -263,7 +266,7 @@ fn the_unit_under_a_real_systemd() {
     let out = c.exec(&["systemctl", "stop", "sentinel"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
-        sentinel_programs(),
+        sentinel_programs_left(),
         Vec::<String>::new(),
         "after the watchdog"
     );

@@ -22,6 +22,20 @@ pub fn sentinel_programs() -> Vec<String> {
         .collect()
 }
 
+/// The sentinel programs still loaded after waiting up to 5 s for them to go. A tracepoint
+/// link puts its program after an RCU grace period, so a program can outlive its last fd
+/// (and the process that held it) by some milliseconds: a check made at once can race it.
+pub fn sentinel_programs_left() -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = sentinel_programs();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

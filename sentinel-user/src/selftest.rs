@@ -22,8 +22,9 @@ use sentinel::collect::{
     loader::{Collector, HOOKS, LoadOptions},
     netns, offsets, tasks, tracefs,
 };
+use sentinel::containers::procfs;
 use sentinel::privilege;
-use sentinel_common::counter;
+use sentinel_common::{ContainerKey, counter};
 
 #[derive(clap::Args)]
 pub struct SelftestArgs {
@@ -232,9 +233,9 @@ fn checks(args: &SelftestArgs, r: &mut Report) -> Result<()> {
     let idle =
         [(); 2].map(|_| std::thread::spawn(|| std::thread::sleep(Duration::from_millis(500))));
     let mode = collector.key_mode;
-    let key_of_pid = |pid| sentinel::containers::procfs::key_of_pid(mode, pid);
+    let key_of_pid = |pid| procfs::key_of_pid(mode, pid);
     let agreed = match &collector.tasks {
-        Ok(t) => tasks::agrees_with_proc(t, key_of_pid),
+        Ok(t) => agrees_with_proc(t, key_of_pid),
         Err(e) => Err(format!("not loaded: {e}")),
     };
     r.line(
@@ -630,4 +631,66 @@ fn tcp_connection() -> Result<()> {
     // server side's set_state to CLOSE is needed for the count).
     std::thread::sleep(Duration::from_millis(100));
     Ok(())
+}
+
+/// Compares one snapshot of the task iterator with /proc: every process /proc lists both
+/// before and after the snapshot is in it with /proc's key, and no thread other than a leader
+/// is. `key_of_pid` gives /proc's key of a PID. Returns a one-line
+/// summary, or what disagreed.
+fn agrees_with_proc(
+    tasks: &tasks::TaskIterator,
+    key_of_pid: impl Fn(u32) -> Option<ContainerKey>,
+) -> Result<String, String> {
+    use std::collections::{HashMap, HashSet};
+    let proc_pids = || -> HashSet<u32> { procfs::pids().collect() };
+    let before: HashMap<u32, Option<ContainerKey>> = proc_pids()
+        .into_iter()
+        .map(|p| (p, key_of_pid(p)))
+        .collect();
+    let (mut buf, mut seen) = (Vec::new(), Vec::new());
+    tasks
+        .snapshot(&mut buf, &mut seen)
+        .map_err(|e| format!("snapshot: {e}"))?;
+    let after = proc_pids();
+    let snapshot: HashMap<u32, ContainerKey> = seen.iter().copied().collect();
+    if snapshot.len() != seen.len() {
+        return Err(format!(
+            "{} entries for {} PIDs",
+            seen.len(),
+            snapshot.len()
+        ));
+    }
+    let mut compared = 0;
+    for (pid, key) in &before {
+        // Gone or changed during the snapshot, or no key to compare (a zombie, say).
+        let Some(key) = key else { continue };
+        if !after.contains(pid) || key_of_pid(*pid) != Some(*key) {
+            continue;
+        }
+        match snapshot.get(pid) {
+            Some(k) if k == key => compared += 1,
+            Some(k) => return Err(format!("PID {pid}: key {k}, /proc says {key}")),
+            None => return Err(format!("PID {pid} (key {key}) is missing")),
+        }
+    }
+    let me = std::process::id();
+    let threads: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|t| *t != me)
+        .collect();
+    if let Some(t) = threads.iter().find(|t| snapshot.contains_key(t)) {
+        return Err(format!("thread {t} of PID {me} is listed as a process"));
+    }
+    if !snapshot.contains_key(&me) {
+        return Err(format!("this process ({me}) is missing"));
+    }
+    Ok(format!(
+        "{} processes, {compared} compared with /proc, same keys; {} other threads of this \
+         process left out",
+        seen.len(),
+        threads.len()
+    ))
 }

@@ -1,10 +1,12 @@
-//! The two kernel interfaces aya 0.14 does not wrap: batched map reads (`BPF_MAP_LOOKUP_BATCH`,
-//! Linux 5.6+ for hash and per-CPU hash maps) and memory-mapped arrays (`BPF_F_MMAPABLE`, 5.5+).
-//! Both work on the map's file descriptor, which aya exposes.
+//! The kernel interfaces aya 0.14 does not wrap: batched map reads (`BPF_MAP_LOOKUP_BATCH`,
+//! Linux 5.6+ for hash and per-CPU hash maps), memory-mapped arrays (`BPF_F_MMAPABLE`, 5.5+)
+//! and a task iterator read again and again (`BPF_LINK_CREATE` for an iterator, then one
+//! `BPF_ITER_CREATE` per read: aya's `IterLink::into_file` consumes the link). All work on file
+//! descriptors aya exposes.
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     ptr::NonNull,
 };
 
@@ -13,6 +15,10 @@ use nix::libc;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
+/// `enum bpf_attach_type`'s `BPF_TRACE_ITER`.
+const BPF_TRACE_ITER: u32 = 28;
 
 /// `union bpf_attr`'s map element member, for a delete.
 #[repr(C)]
@@ -49,6 +55,59 @@ pub fn delete(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `union bpf_attr`'s `link_create` member, as far as an iterator link needs it.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    /// `iter_info` and its length: none for a task iterator over every task.
+    iter_info: u64,
+    iter_info_len: u32,
+    _pad: u32,
+}
+
+/// `union bpf_attr`'s `iter_create` member.
+#[repr(C)]
+#[derive(Default)]
+struct IterCreateAttr {
+    link_fd: u32,
+    flags: u32,
+}
+
+/// A `bpf()` command that returns a new file descriptor.
+fn new_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a `union bpf_attr` member laid out as the kernel expects, valid for the
+    // call; the kernel reads no more than `size_of::<T>()` bytes of it.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the command returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+}
+
+/// Links the loaded iterator program `prog` (an iterator over every task: no `iter_info`).
+pub fn link_iterator(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_TRACE_ITER,
+        ..Default::default()
+    };
+    new_fd(BPF_LINK_CREATE, &mut attr)
+}
+
+/// A new file that runs the iterator behind `link` once as it is read.
+pub fn iterator_file(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut attr = IterCreateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        flags: 0,
+    };
+    new_fd(BPF_ITER_CREATE, &mut attr)
 }
 
 /// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).

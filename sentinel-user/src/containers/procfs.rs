@@ -64,7 +64,7 @@ fn parse_ns_link(target: &str, ns: &str) -> Option<ContainerKey> {
 }
 
 /// The PIDs under /proc (empty if /proc cannot be read).
-fn pids() -> impl Iterator<Item = u32> {
+pub fn pids() -> impl Iterator<Item = u32> {
     fs::read_dir("/proc")
         .into_iter()
         .flatten()

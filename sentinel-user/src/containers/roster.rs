@@ -64,17 +64,6 @@ pub struct Roster {
     pub live: HashMap<ContainerKey, Seen>,
     /// How long the scan took.
     pub took: Duration,
-    /// Where the processes came from.
-    pub source: ScanSource,
-}
-
-/// Where a roster scan found the processes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ScanSource {
-    /// The kernel's task iterator: one pass.
-    TaskIterator,
-    /// /proc: a readlink or a cgroup read per process.
-    Procfs,
 }
 
 impl Roster {
@@ -85,7 +74,6 @@ impl Roster {
             containers: HashMap::new(),
             live: HashMap::new(),
             took: Duration::ZERO,
-            source: ScanSource::Procfs,
         }
     }
 }
@@ -175,7 +163,6 @@ impl RosterHandle {
             live: containers.keys().map(|k| (*k, seen)).collect(),
             containers,
             took: Duration::ZERO,
-            source: ScanSource::Procfs,
         }));
     }
 
@@ -239,12 +226,12 @@ fn scan_loop(
         };
         let (source, (live, containers)) = if from_kernel {
             (
-                ScanSource::TaskIterator,
+                "task iterator",
                 procfs::containers(mode, processes.iter().copied(), Some(&last)),
             )
         } else {
             (
-                ScanSource::Procfs,
+                "/proc",
                 procfs::containers(mode, procfs::proc_processes(mode), Some(&last)),
             )
         };
@@ -254,7 +241,7 @@ fn scan_loop(
         tracing::debug!(
             keys = live.len(),
             took_us = took.as_micros() as u64,
-            ?source,
+            source,
             "container roster scan"
         );
         current.store(Arc::new(Roster {
@@ -263,7 +250,6 @@ fn scan_loop(
             containers,
             live,
             took,
-            source,
         }));
         match rx.recv_timeout(refresh_after(took)) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}

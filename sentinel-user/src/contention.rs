@@ -20,6 +20,9 @@ use std::collections::HashMap;
 
 use sentinel_common::ContainerKey;
 
+/// Keyed by kernel integers: foldhash, not SipHash (every container, every interval).
+pub type Hasher = foldhash::fast::RandomState;
+
 use crate::collect::drain::ContainerActivity;
 
 /// Waiting time of one container, split by whom it waited behind.
@@ -55,8 +58,8 @@ struct CpuRunners {
 }
 
 /// Splits every container's per-CPU waits among the containers that ran on the same CPU.
-pub fn attribute(activity: &[ContainerActivity]) -> HashMap<ContainerKey, Waited> {
-    let mut ran: HashMap<u32, CpuRunners> = HashMap::new();
+pub fn attribute(activity: &[ContainerActivity]) -> HashMap<ContainerKey, Waited, Hasher> {
+    let mut ran: HashMap<u32, CpuRunners, Hasher> = HashMap::default();
     for c in activity {
         for &(cpu, cpu_ns, _) in &c.per_cpu {
             if cpu_ns > 0 {
@@ -76,7 +79,7 @@ pub fn attribute(activity: &[ContainerActivity]) -> HashMap<ContainerKey, Waited
         }
         r.longest.sort_unstable_by(order);
     }
-    let mut out = HashMap::new();
+    let mut out = HashMap::with_capacity_and_hasher(activity.len(), Hasher::default());
     for c in activity {
         let mut waited = Waited::default();
         let mut behind: Vec<(Contender, u128)> = Vec::new();

@@ -109,7 +109,7 @@ fn cpu_time_goes_to_the_spinning_container() {
     let names: Vec<&str> = window
         .iter()
         .filter_map(|iv| of(iv, &spinner.id))
-        .map(|c| c.name.as_str())
+        .map(|c| &*c.name)
         .collect();
     assert!(
         names.iter().all(|n| *n == "snt-cpu-spin"),
@@ -252,7 +252,7 @@ fn new_container_is_attributed_from_its_first_interval() {
         anonymous, 0,
         "intervals where the container's key was not attributed to it"
     );
-    assert_eq!(seen.last().unwrap().name, "snt-new");
+    assert_eq!(&*seen.last().unwrap().name, "snt-new");
     eprintln!(
         "attributed in {} intervals from its first; first name shown {:?}",
         seen.len(),
@@ -299,7 +299,7 @@ fn docker_stopped_mid_run_keeps_collecting_and_recovers_names() {
     let mut named = false;
     for _ in 0..25 {
         let iv = run.next_interval(FIRST);
-        if of(&iv, &c.id).is_some_and(|x| x.name == "snt-after") {
+        if of(&iv, &c.id).is_some_and(|x| *x.name == *"snt-after") {
             named = true;
             break;
         }
@@ -366,7 +366,7 @@ fn the_victim_names_the_aggressor_on_its_cpu_not_the_bystander() {
         let behind = |name: &str| {
             v.contention
                 .iter()
-                .find(|c| c.container == name)
+                .find(|c| *c.container == *name)
                 .map_or(0.0, |c| c.seconds)
         };
         let others: f64 = v.contention.iter().map(|c| c.seconds).sum();
@@ -380,7 +380,7 @@ fn the_victim_names_the_aggressor_on_its_cpu_not_the_bystander() {
             agg >= 0.8 * others && by < 0.1 * others,
             "aggressor {agg} s and bystander {by} s of {others} s"
         );
-        assert_eq!(v.contention[0].container, "snt-nn-aggressor");
+        assert_eq!(&*v.contention[0].container, "snt-nn-aggressor");
     }
 }
 
@@ -680,10 +680,7 @@ fn idle_and_busy_containers_are_listed_in_every_interval_status_and_top() {
                 iv.containers.iter().map(|c| &c.name).collect::<Vec<_>>()
             )
         });
-        assert_eq!(
-            (s.name.as_str(), i.name.as_str()),
-            ("snt-list-spin", "snt-list-idle")
-        );
+        assert_eq!((&*s.name, &*i.name), ("snt-list-spin", "snt-list-idle"));
         assert_eq!((i.image.as_str(), i.runtime.as_str()), (IMAGE, "docker"));
         assert!(i.stats.cpu_ns < 1_000_000, "the sleeper is idle: {i:?}");
         assert!(i.key != 0, "listed with its kernel key");
@@ -745,7 +742,7 @@ fn a_container_recreated_ten_times_under_its_name_is_named_with_its_own_cpu() {
         let mut found = None;
         for n in 1..=2 {
             let iv = run.next_interval(FIRST);
-            if let Some(x) = of(&iv, &c.id).filter(|x| x.name == NAME && x.stats.cpu_ns > 0) {
+            if let Some(x) = of(&iv, &c.id).filter(|x| &*x.name == NAME && x.stats.cpu_ns > 0) {
                 found = Some((n, x.key, x.stats.cpu_ns));
                 break;
             }
@@ -789,12 +786,12 @@ fn a_container_recreated_ten_times_under_its_name_is_named_with_its_own_cpu() {
             // under another container's id or name.
             if ids.contains(&c.id) {
                 assert!(
-                    c.name == NAME || c.name == c.id[..12],
+                    &*c.name == NAME || *c.name == c.id[..12],
                     "seq {}: {c:?}",
                     iv.seq
                 );
             }
-            if let Some(other) = old.iter().find(|id| c.name == id[..12]) {
+            if let Some(other) = old.iter().find(|id| *c.name == id[..12]) {
                 assert_eq!(
                     &&c.id, other,
                     "seq {}: a key named after another container",
@@ -807,12 +804,12 @@ fn a_container_recreated_ten_times_under_its_name_is_named_with_its_own_cpu() {
         assert!(
             !iv.containers
                 .iter()
-                .any(|c| old.contains(&&c.id) || old.iter().any(|id| c.name == id[..12])),
+                .any(|c| old.contains(&&c.id) || old.iter().any(|id| *c.name == id[..12])),
             "a gone container (or a ghost named by its short id) still listed in seq {}: {:?}",
             iv.seq,
             iv.containers
         );
-        assert!(of(iv, ids.last().unwrap()).is_some_and(|c| c.name == NAME));
+        assert!(of(iv, ids.last().unwrap()).is_some_and(|c| &*c.name == NAME));
     }
     let series: Vec<&str> = status["series"]
         .as_array()
@@ -857,7 +854,7 @@ fn a_podman_container_is_named_by_podman_with_its_cpu() {
             .runtimes
             .get("podman")
             .is_some_and(|s| s.as_str() == "up")
-            && of(&iv, &id).is_some_and(|c| c.name == "snt-podman-spin")
+            && of(&iv, &id).is_some_and(|c| &*c.name == "snt-podman-spin")
         {
             named = true;
             break;
@@ -877,7 +874,7 @@ fn a_podman_container_is_named_by_podman_with_its_cpu() {
     assert_eq!(mine.len(), window.len(), "in every interval");
     for c in &mine {
         assert_eq!(
-            (c.name.as_str(), c.runtime.as_str()),
+            (&*c.name, c.runtime.as_str()),
             ("snt-podman-spin", "podman")
         );
         assert!(c.image.contains("sentinel-test-busybox"), "{c:?}");
@@ -960,11 +957,7 @@ fn containerd_containers_are_shown_as_their_kubernetes_pods() {
     for iv in &window {
         let bars = of(iv, "bars-k8s").expect("bars-k8s listed");
         assert_eq!(
-            (
-                bars.pod.as_str(),
-                bars.namespace.as_str(),
-                bars.name.as_str()
-            ),
+            (bars.pod.as_str(), bars.namespace.as_str(), &*bars.name),
             ("bars", "team-a", "team-a/bars/bars-k8s")
         );
         assert!(bars.image.contains("sentinel-test-busybox"), "{bars:?}");
@@ -974,7 +967,7 @@ fn containerd_containers_are_shown_as_their_kubernetes_pods() {
             ("web", "team-a")
         );
         let plain = of(iv, "plain").expect("default namespace listed");
-        assert_eq!((plain.name.as_str(), plain.pod.as_str()), ("plain", ""));
+        assert_eq!((&*plain.name, plain.pod.as_str()), ("plain", ""));
         assert!(
             of(iv, "snt-moby").is_none()
                 && !iv

@@ -568,7 +568,7 @@ fn the_image_loads_and_runs_with_the_documented_mounts() {
     let named = ivs
         .iter()
         .flat_map(|iv| &iv.containers)
-        .find(|c| c.name == busy.name)
+        .find(|c| *c.name == *busy.name)
         .unwrap_or_else(|| {
             panic!(
                 "{} never named; containers seen: {:?}",

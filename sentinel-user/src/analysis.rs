@@ -28,7 +28,7 @@ pub fn slowed_by(c: &ContainerDelta) -> Option<SlowedBy> {
         c.contention.iter().map(|t| t.seconds).sum::<f64>() + c.contention_self_seconds;
     let whole = (c.runqueue_latency_us.sum / 1e6).max(attributed);
     Some(SlowedBy {
-        container: top.container.clone(),
+        container: top.container.to_string(),
         seconds: top.seconds,
         share: top.seconds / whole,
     })

@@ -126,8 +126,9 @@ pub struct ContainerDelta {
     /// CRI-O), or empty for a cgroup no runtime owns / the host.
     pub id: String,
     /// Container name (`<namespace>/<pod>/<container>` for a Kubernetes container), or the
-    /// cgroup path (`host` for the host's own namespace).
-    pub name: String,
+    /// cgroup path (`host` for the host's own namespace). Shared, not copied, from one
+    /// interval to the next (and with the contenders that name it).
+    pub name: Arc<str>,
     pub image: String,
     /// The runtime that owns the container: `docker`, `podman`, `containerd`, `crio`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -354,7 +355,7 @@ pub const CONTAINER_SERIES: [ContainerSeries; 15] = [
 /// One contender of a container: who held the CPU while it waited, and for how long.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ContendedBy {
-    pub container: String,
+    pub container: Arc<str>,
     pub seconds: f64,
 }
 

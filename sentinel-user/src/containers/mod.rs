@@ -18,6 +18,7 @@ pub mod roster;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
     time::Instant,
 };
 
@@ -182,6 +183,10 @@ pub struct Attribution {
     /// instead of a nameless record under its short id. Used only while the key's identity
     /// still names the same container; bounded like `identities` (forgotten with the key).
     names: HashMap<ContainerKey, Named>,
+    /// The name each key's record was last given, shared from one interval to the next rather
+    /// than built again (at 1000 containers the names' allocations and frees were a tenth of
+    /// the daemon's CPU). Bounded like `identities` (forgotten with the key).
+    shown: HashMap<ContainerKey, Shown, crate::contention::Hasher>,
     /// When the previous interval was attributed, and when this one began to be: a roster scan
     /// that began after the previous one may name a key whose processes are gone by the drain
     /// (a container that lived less than an interval, OOM-killed at start).
@@ -205,13 +210,13 @@ fn name_contenders(
     // number once per interval and contenders are merged by number: comparing the names
     // themselves, up to 16 x 16 cold strings per record, was 7% of the daemon's CPU at 1000
     // containers.
-    let mut names: Vec<String> = Vec::new();
+    let mut names: Vec<Arc<str>> = Vec::new();
     let mut number: HashMap<&str, u32, Hasher> =
         HashMap::with_capacity_and_hasher(out.len() + 1, Hasher::default());
     let mut by_record = Vec::with_capacity(out.len());
     for c in out.iter() {
         let next = number.len() as u32;
-        by_record.push(*number.entry(c.name.as_str()).or_insert(next));
+        by_record.push(*number.entry(&c.name).or_insert(next));
     }
     let next = number.len() as u32;
     let host = *number.entry("host").or_insert(next);
@@ -236,7 +241,7 @@ fn name_contenders(
                         .copied()
                         .unwrap_or(known + names.len() as u32);
                     if n >= known {
-                        names.push(name);
+                        names.push(name.into());
                     }
                     gone.push((*k, n));
                     n
@@ -270,12 +275,13 @@ fn name_contenders(
             by_name,
         });
     }
-    // The names, by number, to sort ties and fill in the records.
-    let mut text: Vec<&str> = vec![""; known as usize];
-    for (name, &n) in &number {
-        text[n as usize] = name;
+    // The names, by number, to sort ties and fill in the records (shared, not copied).
+    let host_name: Arc<str> = Arc::from("host");
+    let mut text: Vec<&Arc<str>> = vec![&host_name; known as usize];
+    for (c, &n) in out.iter().zip(&by_record) {
+        text[n as usize] = &c.name;
     }
-    text.extend(names.iter().map(String::as_str));
+    text.extend(names.iter());
     let listed: Vec<_> = merged
         .into_iter()
         .map(|mut m| {
@@ -288,7 +294,7 @@ fn name_contenders(
                 .iter()
                 .take(CONTENDERS_LISTED)
                 .map(|&(n, ns)| crate::model::ContendedBy {
-                    container: text[n as usize].to_string(),
+                    container: text[n as usize].clone(),
                     seconds: secs(ns),
                 })
                 .collect();
@@ -318,6 +324,7 @@ impl Attribution {
             gone_calls: 0,
             reattributed: 0,
             names: HashMap::new(),
+            shown: HashMap::default(),
             previous_call: None,
             this_call: None,
             host_netns: crate::collect::netns::host_namespace(),
@@ -347,7 +354,7 @@ impl Attribution {
         let mut out = self.containers_for(deltas, ifaces, netns_tcp, interval_ns, summarizer);
         self.add_network_only(&mut out, ifaces, netns_tcp, summarizer);
         self.add_listed(&mut out, summarizer);
-        distinct_names(&mut out);
+        distinct_names(&mut out, &mut self.shown);
         name_contenders(&mut out, &crate::contention::attribute(deltas));
         busiest_first(out)
     }
@@ -447,13 +454,14 @@ impl Attribution {
                     )
                 }));
         }
-        let (runtimes, names, host_netns) = (&self.runtimes, &mut self.names, self.host_netns);
+        let (runtimes, host_netns) = (&self.runtimes, self.host_netns);
+        let (names, shown) = (&mut self.names, &mut self.shown);
         deltas
             .iter()
             .map(|activity| {
                 let (key, d) = (&activity.key, &activity.stats);
                 let identity = self.identities.get(key).map(|c| &c.identity);
-                let mut c = record(runtimes, Some(names), *key, identity);
+                let mut c = record(runtimes, Some((&mut *names, &mut *shown)), *key, identity);
                 c.stats = *d;
                 c.cpu_percent = if interval_ns > 0 {
                     100.0 * d.cpu_ns as f64 / interval_ns as f64
@@ -593,6 +601,7 @@ impl Attribution {
         self.unresolved.remove(key);
         self.idle_since.remove(key);
         self.names.remove(key);
+        self.shown.remove(key);
     }
 }
 
@@ -604,7 +613,7 @@ impl Attribution {
 fn network_of(identity: Option<&Identity>, host_netns: Option<u32>) -> Option<(u32, Network)> {
     let identity = identity?;
     let netns = identity.netns?;
-    let shares_host = Some(netns) == host_netns && identity.cgroup != procfs::HOST_CGROUP;
+    let shares_host = Some(netns) == host_netns && *identity.cgroup != *procfs::HOST_CGROUP;
     Some((
         netns,
         if shares_host {
@@ -615,15 +624,79 @@ fn network_of(identity: Option<&Identity>, host_netns: Option<u32>) -> Option<(u
     ))
 }
 
-/// A record with the key's identity and no activity. With `names` (keys of the kernel map
-/// only, so that it stays bounded), what a runtime says is remembered, and a container no
-/// runtime knows any more is named by what it last said of the same container.
+/// The name a key's record was last given, and its `name#key` form once it needed one.
+#[derive(Debug)]
+struct Shown {
+    base: Arc<str>,
+    distinct: Option<Arc<str>>,
+}
+
+/// The cgroup path that names `key`'s record, remembered as its name (its `name#key` form is
+/// made again only when the path is another `Arc`, i.e. the identity was resolved again).
+fn shared_cgroup(
+    shown: &mut HashMap<ContainerKey, Shown, crate::contention::Hasher>,
+    key: ContainerKey,
+    cgroup: &Arc<str>,
+) -> Arc<str> {
+    let s = shown.entry(key).or_insert_with(|| Shown {
+        base: cgroup.clone(),
+        distinct: None,
+    });
+    if !Arc::ptr_eq(&s.base, cgroup) {
+        s.base = cgroup.clone();
+        s.distinct = None;
+    }
+    s.base.clone()
+}
+
+/// `name` as an `Arc`: the one `shown` holds for `key` when it is the same text, else a new
+/// one (remembered).
+fn shared_name(
+    shown: &mut HashMap<ContainerKey, Shown, crate::contention::Hasher>,
+    key: ContainerKey,
+    name: &str,
+) -> Arc<str> {
+    match shown.get_mut(&key) {
+        Some(s) if *s.base == *name => s.base.clone(),
+        Some(s) => {
+            s.base = Arc::from(name);
+            s.distinct = None;
+            s.base.clone()
+        }
+        None => {
+            let base: Arc<str> = Arc::from(name);
+            shown.insert(
+                key,
+                Shown {
+                    base: base.clone(),
+                    distinct: None,
+                },
+            );
+            base
+        }
+    }
+}
+
+/// What `record` remembers per key of the kernel map: what a runtime said, the name given.
+type Memory<'a> = (
+    &'a mut HashMap<ContainerKey, Named>,
+    &'a mut HashMap<ContainerKey, Shown, crate::contention::Hasher>,
+);
+
+/// A record with the key's identity and no activity. With `memory` (keys of the kernel map
+/// only, so that it stays bounded), what a runtime says is remembered, a container no
+/// runtime knows any more is named by what it last said of the same container, and the name
+/// is shared with the key's previous record when it did not change.
 fn record(
     runtimes: &Runtimes,
-    names: Option<&mut HashMap<ContainerKey, Named>>,
+    memory: Option<Memory<'_>>,
     key: ContainerKey,
     identity: Option<&Identity>,
 ) -> ContainerDelta {
+    let (names, shown) = match memory {
+        Some((names, shown)) => (Some(names), Some(shown)),
+        None => (None, None),
+    };
     let owner = identity.and_then(|i| i.owner.as_ref());
     let named = match (owner.and_then(|o| runtimes.lookup(o)), names) {
         (Some(now), Some(names)) => {
@@ -639,11 +712,24 @@ fn record(
             .cloned()
             .or_else(|| identity.and_then(|i| runtimes.named(i))),
     };
-    let name = match (&named, identity) {
-        (Some(n), _) => n.name.clone(),
-        (None, Some(i)) => i.cgroup.clone(),
-        (None, None) if key == 0 => "unresolved".to_string(),
-        (None, None) => format!("gone-{key}"),
+    let gone;
+    let name = match (&named, identity, shown) {
+        (None, Some(i), Some(shown)) => shared_cgroup(shown, key, &i.cgroup),
+        (None, Some(i), None) => i.cgroup.clone(),
+        (named, _, shown) => {
+            let name: &str = match (named, identity) {
+                (Some(n), _) => &n.name,
+                (None, None) if key == 0 => "unresolved",
+                _ => {
+                    gone = format!("gone-{key}");
+                    &gone
+                }
+            };
+            match shown {
+                Some(shown) => shared_name(shown, key, name),
+                None => Arc::from(name),
+            }
+        }
     };
     let n = named.unwrap_or_default();
     ContainerDelta {
@@ -662,16 +748,30 @@ fn record(
 /// on a cgroup v1 host), or two runtimes with a container called the same. Each such record
 /// gets its key appended (`name#key`), so that detection, contention and the exports never
 /// merge different containers into one series. Names that are unique stay as they are.
-fn distinct_names(out: &mut [ContainerDelta]) {
-    let mut seen: HashMap<&str, u32> = HashMap::with_capacity(out.len());
+fn distinct_names(
+    out: &mut [ContainerDelta],
+    shown: &mut HashMap<ContainerKey, Shown, crate::contention::Hasher>,
+) {
+    let mut seen: HashMap<&str, u32, crate::contention::Hasher> =
+        HashMap::with_capacity_and_hasher(out.len(), Default::default());
     for c in out.iter() {
-        *seen.entry(c.name.as_str()).or_default() += 1;
+        *seen.entry(&c.name).or_default() += 1;
     }
-    let shared: Vec<bool> = out.iter().map(|c| seen[c.name.as_str()] > 1).collect();
+    let shared: Vec<bool> = out.iter().map(|c| seen[&*c.name] > 1).collect();
     drop(seen);
     for (c, shared) in out.iter_mut().zip(shared) {
-        if shared {
-            c.name = format!("{}#{}", c.name, c.key);
+        if !shared {
+            continue;
+        }
+        // The `name#key` made for this very name before, if any (`base` is this name).
+        match shown.get_mut(&c.key) {
+            Some(s) if Arc::ptr_eq(&s.base, &c.name) => {
+                let distinct = s
+                    .distinct
+                    .get_or_insert_with(|| format!("{}#{}", c.name, c.key).into());
+                c.name = distinct.clone();
+            }
+            _ => c.name = format!("{}#{}", c.name, c.key).into(),
         }
     }
 }
@@ -721,7 +821,7 @@ mod tests {
                 id: id.to_string(),
                 ..Owner::default()
             }),
-            cgroup: format!("/docker/{id}"),
+            cgroup: format!("/docker/{id}").into(),
             netns: None,
         }
     }
@@ -779,7 +879,7 @@ mod tests {
         interval(&mut a, &[]);
         let by_path = |cgroup: &str| Identity {
             owner: None,
-            cgroup: cgroup.to_string(),
+            cgroup: cgroup.into(),
             netns: None,
         };
         a.roster.publish(HashMap::from([
@@ -788,8 +888,7 @@ mod tests {
             (K3, by_path("/system.slice/cron.service")),
         ]));
         let out = interval(&mut a, &[busy(K), busy(K2), busy(K3)]);
-        let mut names: Vec<(ContainerKey, &str)> =
-            out.iter().map(|c| (c.key, c.name.as_str())).collect();
+        let mut names: Vec<(ContainerKey, &str)> = out.iter().map(|c| (c.key, &*c.name)).collect();
         names.sort();
         let (k, k2) = (format!("/user.slice#{K}"), format!("/user.slice#{K2}"));
         assert_eq!(
@@ -798,6 +897,32 @@ mod tests {
                 (K3, "/system.slice/cron.service"),
                 (K2, k2.as_str()),
                 (K, k.as_str()),
+            ]
+        );
+        // The next interval's records share the names, plain and `name#key`, not copies.
+        let again = interval(&mut a, &[busy(K), busy(K2), busy(K3)]);
+        assert_eq!(again.len(), 3);
+        for c in &again {
+            let before = out.iter().find(|b| b.key == c.key).unwrap();
+            assert!(Arc::ptr_eq(&c.name, &before.name), "{} copied", c.name);
+        }
+        // K2 moves to another cgroup: both names change, K's loses its suffix.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        a.roster.publish(HashMap::from([
+            (K, by_path("/user.slice")),
+            (K2, by_path("/other.slice")),
+            (K3, by_path("/system.slice/cron.service")),
+        ]));
+        let moved = interval(&mut a, &[busy(K), busy(K2), busy(K3)]);
+        let mut names: Vec<(ContainerKey, &str)> =
+            moved.iter().map(|c| (c.key, &*c.name)).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                (K3, "/system.slice/cron.service"),
+                (K2, "/other.slice"),
+                (K, "/user.slice"),
             ]
         );
     }
@@ -823,7 +948,7 @@ mod tests {
         interval(&mut a, &[]);
         let at = |cgroup: &str, netns: Option<u32>| Identity {
             owner: None,
-            cgroup: cgroup.to_string(),
+            cgroup: cgroup.into(),
             netns,
         };
         a.roster.publish(HashMap::from([
@@ -921,10 +1046,7 @@ mod tests {
         a.roster
             .publish(HashMap::from([(K, identity(&hog, Runtime::Docker))]));
         let out = interval(&mut a, &[busy(K)]);
-        assert_eq!(
-            (out[0].id.as_str(), out[0].name.as_str()),
-            (hog.as_str(), "hog")
-        );
+        assert_eq!((out[0].id.as_str(), &*out[0].name), (hog.as_str(), "hog"));
         let mut a2 = {
             let roster = RosterHandle::fixed();
             roster.publish(HashMap::from([(K2, identity(&earlier, Runtime::Docker))]));
@@ -940,7 +1062,7 @@ mod tests {
         let out = interval(&mut a2, &[busy(K2)]);
         let k2 = out.iter().find(|c| c.key == K2).expect("K2 is listed");
         assert!(
-            k2.id.is_empty() && k2.name != "earlier",
+            k2.id.is_empty() && &*k2.name != "earlier",
             "a scan older than the previous interval does not name it: {k2:?}"
         );
     }
@@ -967,17 +1089,14 @@ mod tests {
             },
         );
         let out = interval(&mut a, &[busy(K)]);
-        assert_eq!(
-            (out[0].id.as_str(), out[0].name.as_str()),
-            (old.as_str(), "web")
-        );
+        assert_eq!((out[0].id.as_str(), &*out[0].name), (old.as_str(), "web"));
         // The old container dies: Docker drops it, the roster finds no process with K.
         view.write().unwrap().replace(HashMap::new());
         a.roster.publish(HashMap::new());
         let out = interval(&mut a, &[busy(K)]);
         assert_eq!(out[0].id, old, "the final counts are the old container's");
         assert_eq!(
-            out[0].name, "web",
+            &*out[0].name, "web",
             "named from the recently gone, not a bare id"
         );
         // The new `web` starts with the same key: the roster has it under the new id.
@@ -991,10 +1110,7 @@ mod tests {
         a.roster
             .publish(HashMap::from([(K, identity(&new, Runtime::Docker))]));
         let out = interval(&mut a, &[busy(K)]);
-        assert_eq!(
-            (out[0].id.as_str(), out[0].name.as_str()),
-            (new.as_str(), "web")
-        );
+        assert_eq!((out[0].id.as_str(), &*out[0].name), (new.as_str(), "web"));
         assert_eq!(out[0].stats.cpu_ns, 1_000_000);
         assert_eq!(a.reattributed, 1);
         assert!(
@@ -1056,10 +1172,7 @@ mod tests {
             },
         );
         let out = interval(&mut a, &[busy(K)]);
-        assert_eq!(
-            (out[0].name.as_str(), out[0].image.as_str()),
-            ("web", "img")
-        );
+        assert_eq!((&*out[0].name, out[0].image.as_str()), ("web", "img"));
         // Removed, and its recently-gone name expired: only the attribution remembers it.
         view.write().unwrap().replace(HashMap::new());
         view.write().unwrap().recently_gone.clear();
@@ -1067,11 +1180,7 @@ mod tests {
             let out = interval(&mut a, &[busy(K)]);
             assert_eq!(out.len(), 1, "{out:?}");
             assert_eq!(
-                (
-                    out[0].id.as_str(),
-                    out[0].name.as_str(),
-                    out[0].image.as_str()
-                ),
+                (out[0].id.as_str(), &*out[0].name, out[0].image.as_str()),
                 (old.as_str(), "web", "img"),
                 "{out:?}"
             );
@@ -1081,11 +1190,7 @@ mod tests {
         a.identities.get_mut(&K).unwrap().identity = identity(&other, Runtime::Docker);
         let out = interval(&mut a, &[busy(K)]);
         assert_eq!(
-            (
-                out[0].id.as_str(),
-                out[0].name.as_str(),
-                out[0].image.as_str()
-            ),
+            (out[0].id.as_str(), &*out[0].name, out[0].image.as_str()),
             (other.as_str(), &other[..12], "")
         );
         // The key retired: nothing of it is kept.
@@ -1120,10 +1225,7 @@ mod tests {
             },
         );
         let out = interval(&mut a, &[busy(K)]);
-        let names: Vec<(&str, u64)> = out
-            .iter()
-            .map(|c| (c.name.as_str(), c.stats.cpu_ns))
-            .collect();
+        let names: Vec<(&str, u64)> = out.iter().map(|c| (&*c.name, c.stats.cpu_ns)).collect();
         assert_eq!(names, vec![("spin", 1_000_000), ("sleep", 0)]);
         assert_eq!(out[1].key, K2);
         assert_eq!(out[1].runtime, "docker");
@@ -1204,7 +1306,7 @@ mod contender_tests {
     fn rec(key: ContainerKey, name: &str) -> ContainerDelta {
         ContainerDelta {
             key,
-            name: name.to_string(),
+            name: name.into(),
             ..Default::default()
         }
     }
@@ -1212,7 +1314,7 @@ mod contender_tests {
     fn listed(c: &ContainerDelta) -> Vec<(&str, f64)> {
         c.contention
             .iter()
-            .map(|b| (b.container.as_str(), b.seconds))
+            .map(|b| (&*b.container, b.seconds))
             .collect()
     }
 

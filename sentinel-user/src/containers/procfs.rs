@@ -23,8 +23,9 @@ pub const HOST_CGROUP: &str = "host";
 pub struct Identity {
     /// The container the cgroup path names (runtime, id, pod), if any.
     pub owner: Option<Owner>,
-    /// cgroup path (v2 path, or the v1 `name=systemd`/`cpu` path), or `host`.
-    pub cgroup: String,
+    /// cgroup path (v2 path, or the v1 `name=systemd`/`cpu` path), or `host`. Shared: it
+    /// names the records of a container no runtime knows, every interval.
+    pub cgroup: std::sync::Arc<str>,
     /// Network namespace inode of a process with this key.
     pub netns: Option<u32>,
 }
@@ -98,9 +99,11 @@ fn identity_from(
     owner: Option<Owner>,
 ) -> Identity {
     let cgroup = if host {
-        HOST_CGROUP.to_string()
+        HOST_CGROUP.into()
     } else {
-        cgroup_path(cgroups, mode.resolve() == KeyMode::Cgroup).unwrap_or_default()
+        cgroup_path(cgroups, mode.resolve() == KeyMode::Cgroup)
+            .unwrap_or_default()
+            .into()
     };
     Identity {
         owner,

@@ -718,14 +718,14 @@ impl State {
                 // lost its name or image (a gone container whose key lingers) must not move
                 // its counters to a new label set.
                 for (label, now) in [
-                    (&mut t.name, &ct.name),
+                    (&mut t.name, &*ct.name),
                     (&mut t.image, &ct.image),
                     (&mut t.runtime, &ct.runtime),
                     (&mut t.pod, &ct.pod),
                     (&mut t.namespace, &ct.namespace),
                 ] {
                     if label.is_empty() {
-                        label.clone_from(now);
+                        label.push_str(now);
                     }
                 }
                 t.runq_p99_seconds = ct.runqueue_latency_us.p99 / 1e6;
@@ -2201,7 +2201,7 @@ mod tests {
         p.interval.containers = (0..10u64)
             .map(|i| ContainerDelta {
                 id: format!("{i:064}"),
-                name: format!("c{i}\"\n"),
+                name: format!("c{i}\"\n").into(),
                 image: "nginx".into(),
                 stats: sentinel_common::ContainerStats {
                     cpu_ns: i * 1_000_000,

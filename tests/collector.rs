@@ -16,6 +16,7 @@ use support::{
     netns::{Netns, proc_net_dev, udp_burst},
     require_root,
     sentinel::{BIN, SentinelRun, sum_counter},
+    sentinel_programs_left,
 };
 
 const FIRST: Duration = Duration::from_secs(30);
@@ -313,16 +314,8 @@ fn missing_tracepoint_disables_one_signal_only() {
         errors[0]
     );
     assert!(out.stdout.is_empty(), "no interval is printed");
-    // The kernel frees programs shortly after their last fd closes.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !loaded_sentinel_programs().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        loaded_sentinel_programs().is_empty(),
-        "programs left behind: {:?}",
-        loaded_sentinel_programs()
-    );
+    let left = sentinel_programs_left();
+    assert!(left.is_empty(), "programs left behind: {left:?}");
 }
 
 #[test]
@@ -345,13 +338,9 @@ fn sigterm_detaches_every_program() {
         done.intervals.last().unwrap().final_totals.is_some(),
         "final interval flushed"
     );
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !loaded_sentinel_programs().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     assert_eq!(
-        loaded_sentinel_programs(),
-        vec![],
+        sentinel_programs_left(),
+        Vec::<String>::new(),
         "programs left in the kernel after exit"
     );
     eprintln!(

@@ -15,11 +15,8 @@ use std::{
 use sentinel::model::Interval;
 use support::{
     docker,
-    nspawn::{
-        Container, debian_root, free_port, repo_file, scrape, sentinel_programs,
-        sentinel_programs_left, text,
-    },
-    require, require_root,
+    nspawn::{Container, debian_root, free_port, repo_file, scrape, text},
+    require, require_root, sentinel_programs, sentinel_programs_left,
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");

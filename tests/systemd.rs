@@ -13,12 +13,10 @@ use std::{
 };
 
 use support::{
-    nspawn::{
-        Container, debian_root, free_port, repo_file, scrape, sentinel_programs,
-        sentinel_programs_left, text,
-    },
+    nspawn::{Container, debian_root, free_port, repo_file, scrape, text},
     require, require_root,
     sentinel::BIN,
+    sentinel_programs, sentinel_programs_left,
 };
 
 /// READY=1 comes after the programs are attached, WATCHDOG=1 every WATCHDOG_USEC/2 from the

@@ -9,6 +9,28 @@ pub mod nspawn;
 pub mod runtimes;
 pub mod sentinel;
 
+/// Names of the loaded BPF programs that are sentinel's.
+pub fn sentinel_programs() -> Vec<String> {
+    ::sentinel::collect::loader::loaded_sentinel_programs()
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect()
+}
+
+/// The sentinel programs still loaded after waiting up to 5 s for them to go. A tracepoint
+/// link puts its program after an RCU grace period, so a program can outlive its last fd
+/// (and the process that held it) by some milliseconds: a check made at once can race it.
+pub fn sentinel_programs_left() -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = sentinel_programs();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// True when the environment can run privileged tests. Under `CI=true` a missing requirement is
 /// a failure, never a skip; elsewhere the test is skipped with a loud message.
 pub fn require_root(test: &str) -> bool {

@@ -13,29 +13,6 @@ pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
 
-/// Names of the loaded BPF programs that are sentinel's.
-pub fn sentinel_programs() -> Vec<String> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|p| p.name_as_str().map(str::to_string))
-        .filter(|n| n.starts_with("snt_"))
-        .collect()
-}
-
-/// The sentinel programs still loaded after waiting up to 5 s for them to go. A tracepoint
-/// link puts its program after an RCU grace period, so a program can outlive its last fd
-/// (and the process that held it) by some milliseconds: a check made at once can race it.
-pub fn sentinel_programs_left() -> Vec<String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let left = sentinel_programs();
-        if left.is_empty() || std::time::Instant::now() > deadline {
-            return left;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -635,8 +635,8 @@ fn tcp_connection() -> Result<()> {
 
 /// Compares one snapshot of the task iterator with /proc: every process /proc lists both
 /// before and after the snapshot is in it with /proc's key, and no thread other than a leader
-/// is. `key_of_pid` gives /proc's key of a PID. Returns a one-line
-/// summary, or what disagreed.
+/// is. `key_of_pid` gives /proc's key of a PID. Returns a one-line summary, or what
+/// disagreed.
 fn agrees_with_proc(
     tasks: &tasks::TaskIterator,
     key_of_pid: impl Fn(u32) -> Option<ContainerKey>,

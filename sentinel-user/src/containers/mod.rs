@@ -631,47 +631,23 @@ struct Shown {
     distinct: Option<Arc<str>>,
 }
 
-/// The cgroup path that names `key`'s record, remembered as its name (its `name#key` form is
-/// made again only when the path is another `Arc`, i.e. the identity was resolved again).
-fn shared_cgroup(
+/// `key`'s name: the one `shown` holds when `same` says it still is (its `name#key` form kept
+/// with it), else `make`'s, remembered.
+fn remembered_name(
     shown: &mut HashMap<ContainerKey, Shown, crate::contention::Hasher>,
     key: ContainerKey,
-    cgroup: &Arc<str>,
+    same: impl FnOnce(&Arc<str>) -> bool,
+    make: impl FnOnce() -> Arc<str>,
 ) -> Arc<str> {
-    let s = shown.entry(key).or_insert_with(|| Shown {
-        base: cgroup.clone(),
-        distinct: None,
-    });
-    if !Arc::ptr_eq(&s.base, cgroup) {
-        s.base = cgroup.clone();
-        s.distinct = None;
-    }
-    s.base.clone()
-}
-
-/// `name` as an `Arc`: the one `shown` holds for `key` when it is the same text, else a new
-/// one (remembered).
-fn shared_name(
-    shown: &mut HashMap<ContainerKey, Shown, crate::contention::Hasher>,
-    key: ContainerKey,
-    name: &str,
-) -> Arc<str> {
-    match shown.get_mut(&key) {
-        Some(s) if *s.base == *name => s.base.clone(),
-        Some(s) => {
-            s.base = Arc::from(name);
-            s.distinct = None;
-            s.base.clone()
-        }
-        None => {
-            let base: Arc<str> = Arc::from(name);
-            shown.insert(
-                key,
-                Shown {
-                    base: base.clone(),
-                    distinct: None,
-                },
-            );
+    use std::collections::hash_map::Entry;
+    match shown.entry(key) {
+        Entry::Occupied(e) if same(&e.get().base) => e.get().base.clone(),
+        entry => {
+            let base = make();
+            entry.insert_entry(Shown {
+                base: base.clone(),
+                distinct: None,
+            });
             base
         }
     }
@@ -714,7 +690,13 @@ fn record(
     };
     let gone;
     let name = match (&named, identity, shown) {
-        (None, Some(i), Some(shown)) => shared_cgroup(shown, key, &i.cgroup),
+        // The identity's own path: the same `Arc` until the identity is resolved again.
+        (None, Some(i), Some(shown)) => remembered_name(
+            shown,
+            key,
+            |base| Arc::ptr_eq(base, &i.cgroup),
+            || i.cgroup.clone(),
+        ),
         (None, Some(i), None) => i.cgroup.clone(),
         (named, _, shown) => {
             let name: &str = match (named, identity) {
@@ -726,7 +708,9 @@ fn record(
                 }
             };
             match shown {
-                Some(shown) => shared_name(shown, key, name),
+                Some(shown) => {
+                    remembered_name(shown, key, |base| **base == *name, || Arc::from(name))
+                }
                 None => Arc::from(name),
             }
         }

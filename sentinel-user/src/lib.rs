@@ -4,7 +4,7 @@
 // sentinel-common's `aya::Pod` impls and one block in xtask's bench lack the comment.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub(crate) mod analysis;
+pub mod analysis;
 pub mod check;
 pub mod collect;
 pub mod config;

@@ -331,6 +331,11 @@ impl Attribution {
         }
     }
 
+    /// The roster it reads (the interval bench publishes its scans through it).
+    pub fn roster(&self) -> &RosterHandle {
+        &self.roster
+    }
+
     pub fn docker_state(&self) -> DockerState {
         self.runtimes
             .docker

@@ -133,8 +133,8 @@ impl RosterHandle {
         }
     }
 
-    /// A roster whose scans the unit test publishes (no thread), starting empty.
-    #[cfg(test)]
+    /// A roster whose scans the caller publishes (no thread), starting empty: unit tests and
+    /// the interval bench.
     pub fn fixed() -> Self {
         let (poke, _rx) = sync_channel(1);
         Self {
@@ -146,9 +146,8 @@ impl RosterHandle {
         }
     }
 
-    /// Replaces the published scan (unit tests play the scanner): `containers` are the live
-    /// keys.
-    #[cfg(test)]
+    /// Replaces the published scan (unit tests and the interval bench play the scanner):
+    /// `containers` are the live keys.
     pub fn publish(&self, containers: HashMap<ContainerKey, Identity>) {
         let generation = self.current.load().generation + 1;
         let now = Instant::now();

@@ -245,6 +245,14 @@ fn bench(c: &mut Criterion<ProcessCpu>) {
         "cpu and runq_latency are tracked for every container: {} series",
         first.series.len()
     );
+    // The steady state: the containers' `cpu` and `runq_latency` series scored by their
+    // forests (a series without one is in `fallback`: here the all-zero `oom_kills` and
+    // `abnormal_exits`, whose constant windows cannot train one).
+    let detection = &first.interval.detection;
+    assert!(
+        detection.ready * 100 >= 99 * 2 * CONTAINERS,
+        "the forests trained: {detection:?}"
+    );
     let mut g = c.benchmark_group("interval");
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)

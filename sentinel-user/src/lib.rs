@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod detect;
 pub mod export;
 pub mod heal;
+pub mod heap;
 pub mod model;
 pub mod privilege;
 pub mod replay;

@@ -344,7 +344,12 @@ impl Seasonal {
         let old = self.period;
         // Newest first, copied once so that the sums below are straight loops (this runs
         // every quarter ring, not per row).
-        let rows: Vec<f64> = (1..=self.len).map(|i| self.at(i)).collect();
+        // (Two reversed slices, not `at` per row: a division per row was most of the copy.)
+        let head = self.head as usize;
+        let mut rows: Vec<f64> = Vec::with_capacity(self.ring.len());
+        rows.extend(self.ring[..head].iter().rev().map(|&v| f64::from(v)));
+        rows.extend(self.ring[head..].iter().rev().map(|&v| f64::from(v)));
+        rows.truncate(self.len as usize);
         let m = rows.iter().sum::<f64>() / rows.len() as f64;
         let var = rows.iter().map(|x| (x - m).powi(2)).sum::<f64>() / rows.len() as f64;
         let acf = |lag: u32| row_acf(&rows, m, var, lag);

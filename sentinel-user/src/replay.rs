@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::detect::engine::metric_value;
-use crate::detect::{DetectConfig, DetectorKind, Params, SeriesDetector, Trainer};
+use crate::detect::{DetectConfig, DetectorKind, FallbackChange, Params, SeriesDetector, Trainer};
 use crate::model::Interval;
 
 #[derive(Clone, Debug, clap::Args)]
@@ -124,7 +124,26 @@ pub fn replay(
     w.write_record(["timestamp", "value", "anomaly_score"])?;
     let mut emit = |ts: &str, value: &str, x: Option<f64>| -> Result<()> {
         let score = match x {
-            Some(x) => det.update(&params, &trainer, name, x).score,
+            Some(x) => {
+                let step = det.update(&params, &trainer, name, x);
+                // One series: each change on a line of its own (the daemon sums them up).
+                match step.fallback {
+                    Some(FallbackChange::NoModel) => tracing::info!(
+                        series = name,
+                        "learned detector has no model yet; statistical detector only (fallback)"
+                    ),
+                    Some(FallbackChange::Unavailable) => tracing::warn!(
+                        series = name,
+                        reason = det.unavailable(&params).as_deref().unwrap_or("unknown"),
+                        "learned detector unavailable; statistical detector only (fallback)"
+                    ),
+                    Some(FallbackChange::Ended) => {
+                        tracing::info!(series = name, "learned detector ready; fallback ended");
+                    }
+                    None => {}
+                }
+                step.score
+            }
             None => 0.0,
         };
         w.write_record([ts, value, &format!("{score:.6}")])?;

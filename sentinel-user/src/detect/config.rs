@@ -329,7 +329,7 @@ impl DetectConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -364,7 +364,7 @@ mod tests {
     }
 
     /// Log lines written while `f` runs.
-    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    pub(crate) fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
         use std::sync::{Arc, Mutex};
         #[derive(Clone)]
         struct Capture(Arc<Mutex<Vec<u8>>>);

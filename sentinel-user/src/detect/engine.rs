@@ -64,6 +64,65 @@ pub struct Step {
     pub baseline: f64,
     pub state: SeriesState,
     pub event: Option<EventKind>,
+    /// The learned part went out of use or came back on this row (the engine sums these
+    /// into one log line per interval).
+    pub fallback: Option<FallbackChange>,
+}
+
+/// How a series' use of its learned detector changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FallbackChange {
+    /// Statistical detector only: the learned one has no model yet.
+    NoModel,
+    /// Statistical detector only: the learned one failed (see `SeriesDetector::unavailable`).
+    Unavailable,
+    /// The learned detector is ready: the fallback ended.
+    Ended,
+}
+
+/// The fallback changes of one interval: at 1000 containers a line per series was thousands
+/// of lines as they started and again when their models arrived, so the engine logs one line
+/// per interval with the counts (each series at DEBUG).
+#[derive(Debug, Default)]
+struct FallbackChanges {
+    no_model: u64,
+    unavailable: u64,
+    ended: u64,
+    /// The first unavailable series of the interval and why.
+    example: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl FallbackChanges {
+    fn count(&mut self, change: FallbackChange) {
+        match change {
+            FallbackChange::NoModel => self.no_model += 1,
+            FallbackChange::Unavailable => self.unavailable += 1,
+            FallbackChange::Ended => self.ended += 1,
+        }
+    }
+
+    /// Logs the interval's changes, if any, and starts the next interval's count.
+    fn flush(&mut self) {
+        let c = std::mem::take(self);
+        if let Some((series, reason)) = &c.example {
+            tracing::warn!(
+                unavailable = c.unavailable,
+                example = &**series,
+                reason = &**reason,
+                no_model_yet = c.no_model,
+                ready = c.ended,
+                "learned detector unavailable for some series: statistical detector only \
+                 (fallback; each series at debug level)"
+            );
+        } else if c.no_model + c.ended > 0 {
+            tracing::info!(
+                no_model_yet = c.no_model,
+                ready = c.ended,
+                "learned detector fallback: series without a model yet (statistical detector \
+                 only), series ready (fallback ended); each series at debug level"
+            );
+        }
+    }
 }
 
 /// Detector state of one series. Its size is fixed once created: the learned part holds a
@@ -147,6 +206,7 @@ impl SeriesDetector {
                 baseline: self.stat.baseline(),
                 state: self.state,
                 event: None,
+                fallback: None,
             };
         }
         let stat = self.stat.update(&p.stat, x);
@@ -163,6 +223,7 @@ impl SeriesDetector {
             (s, l.status(&p.forest), new)
         });
 
+        let mut fallback = None;
         // `own`: the part of the score observed on this row; the rest of `level` repeats an
         // observation already counted (see `Evidence::Hold`).
         let (state, level, own) = if self.stat.seen() <= p.warmup {
@@ -181,14 +242,15 @@ impl SeriesDetector {
                     (SeriesState::Ready, stat_part.max(ls), own)
                 }
                 (_, Some((_, status, _))) => {
-                    self.log_fallback(name, &status);
+                    fallback = self.log_fallback(name, &status);
                     (SeriesState::Fallback, stat.score, stat.own)
                 }
             }
         };
         if state == SeriesState::Ready && self.fallback_logged {
-            tracing::info!(series = name, "learned detector ready; fallback ended");
+            tracing::debug!(series = name, "learned detector ready; fallback ended");
             self.fallback_logged = false;
+            fallback = Some(FallbackChange::Ended);
         }
         self.state = state;
         let level = if level.is_finite() {
@@ -217,25 +279,41 @@ impl SeriesDetector {
             baseline: stat.baseline,
             state,
             event,
+            fallback,
         }
     }
 
-    fn log_fallback(&mut self, name: &str, status: &LearnedStatus) {
+    /// Logs a fallback episode's start (once per episode, not per row) and returns it.
+    fn log_fallback(&mut self, name: &str, status: &LearnedStatus) -> Option<FallbackChange> {
         if self.fallback_logged {
-            return;
+            return None;
         }
         self.fallback_logged = true;
         self.fallback_logs = self.fallback_logs.saturating_add(1);
         match status {
-            LearnedStatus::Unavailable(reason) => tracing::warn!(
-                series = name,
-                reason = &**reason,
-                "learned detector unavailable; statistical detector only (fallback)"
-            ),
-            _ => tracing::info!(
-                series = name,
-                "learned detector has no model yet; statistical detector only (fallback)"
-            ),
+            LearnedStatus::Unavailable(reason) => {
+                tracing::debug!(
+                    series = name,
+                    reason = &**reason,
+                    "learned detector unavailable; statistical detector only (fallback)"
+                );
+                Some(FallbackChange::Unavailable)
+            }
+            _ => {
+                tracing::debug!(
+                    series = name,
+                    "learned detector has no model yet; statistical detector only (fallback)"
+                );
+                Some(FallbackChange::NoModel)
+            }
+        }
+    }
+
+    /// Why the learned detector is out of use, when it failed.
+    pub fn unavailable(&self, p: &Params) -> Option<Arc<str>> {
+        match self.learned.as_ref()?.status(&p.forest) {
+            LearnedStatus::Unavailable(reason) => Some(reason),
+            _ => None,
         }
     }
 }
@@ -591,6 +669,8 @@ pub struct DetectionEngine {
     cohorts: HashMap<u64, Cohort, Hasher>,
     /// Intervals observed.
     tick: u64,
+    /// This interval's fallback changes, logged at its end.
+    fallback_changes: FallbackChanges,
     /// Observations of series that found the table full (counted, never silently lost).
     overflow: u64,
     /// Series dropped because they were not observed for `series_ttl` intervals.
@@ -632,6 +712,7 @@ impl DetectionEngine {
             label_hasher: Hasher::default(),
             cohorts: HashMap::default(),
             tick: 0,
+            fallback_changes: FallbackChanges::default(),
             overflow: 0,
             expired: 0,
         }
@@ -657,6 +738,7 @@ impl DetectionEngine {
         }
         self.feed_cohorts(&iv.ts, &mut events);
         self.expire(&iv.ts, &mut events);
+        self.fallback_changes.flush();
         events
     }
 
@@ -670,6 +752,7 @@ impl DetectionEngine {
             trainer,
             tracked,
             cohorts,
+            fallback_changes,
             ..
         } = self;
         cohorts.retain(|id, c| {
@@ -686,6 +769,10 @@ impl DetectionEngine {
                 return false;
             }
             let step = c.det.update(params, trainer, COHORT_NAME, 0.0);
+            if let Some(change) = step.fallback {
+                // One for the cohort: its members share the detector.
+                fallback_changes.count(change);
+            }
             if let Some(kind) = step.event {
                 events.extend(
                     tracked
@@ -834,6 +921,9 @@ impl DetectionEngine {
                 // Its first value, +0.0, was left for the cohort's feed: it is its own now.
                 cohort.fed -= 1;
                 let step = own.update(&self.params, &self.trainer, &t.name, 0.0);
+                if let Some(change) = step.fallback {
+                    self.fallback_changes.count(change);
+                }
                 t.baseline = step.baseline;
                 if let Some(kind) = step.event {
                     events.push(t.event(kind, ts, 0.0, step.baseline, step.level));
@@ -849,6 +939,14 @@ impl DetectionEngine {
             unreachable!("a series that left its cohort has its own detector");
         };
         let step = det.update(&self.params, &self.trainer, &t.name, value);
+        if let Some(change) = step.fallback {
+            self.fallback_changes.count(change);
+            if change == FallbackChange::Unavailable && self.fallback_changes.example.is_none() {
+                self.fallback_changes.example = det
+                    .unavailable(&self.params)
+                    .map(|reason| (t.name.clone(), reason));
+            }
+        }
         t.value = value;
         t.baseline = step.baseline;
         if let Some(kind) = step.event {
@@ -1353,6 +1451,69 @@ mod tests {
         c.runqueue_latency_us.p99 = 50.0;
         c.runqueue_latency_us.count = 10;
         c
+    }
+
+    /// Containers that start together enter the fallback together and leave it together:
+    /// one log line each time with the counts, not one per series (thousands at 1000
+    /// containers); the counts add up to the series that became ready.
+    #[test]
+    fn fallback_changes_are_logged_once_per_interval() {
+        const CONTAINERS: usize = 12;
+        let mut e = inline_engine(DetectConfig {
+            warmup: 20,
+            train_window: 64,
+            ..combined()
+        });
+        let mut rng = crate::detect::learned::Rng(7);
+        let (intervals, log) = crate::detect::config::tests::logged(|| {
+            let mut changed = 0;
+            for i in 0..600u64 {
+                let iv = Interval {
+                    ts: format!("t{i}"),
+                    seq: i,
+                    containers: (0..CONTAINERS)
+                        .map(|k| {
+                            let cpu = 10.0 + (rng.next_u64() % 1000) as f64 / 100.0;
+                            let mut c = container(&format!("{k:064x}"), &format!("c{k}"), cpu);
+                            c.runqueue_latency_us.p99 = 40.0 + (rng.next_u64() % 20) as f64;
+                            c
+                        })
+                        .collect(),
+                    ..Interval::default()
+                };
+                let before = e.summary();
+                e.observe_interval(&iv);
+                let after = e.summary();
+                changed +=
+                    u32::from((before.ready, before.fallback) != (after.ready, after.fallback));
+            }
+            changed
+        });
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("learned detector"))
+            .collect();
+        let sum = |field: &str| -> u64 {
+            lines
+                .iter()
+                .filter_map(|l| l.split(&format!("{field}=")).nth(1))
+                .map(|v| v.split(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum()
+        };
+        let ready = e.summary().ready;
+        assert!(ready >= 2 * CONTAINERS as u64, "{:?}", e.summary());
+        assert_eq!(sum("ready"), ready, "{log}");
+        assert!(sum("no_model_yet") >= ready, "{log}");
+        // At most one line per interval in which a series entered or left the fallback.
+        assert!(
+            !lines.is_empty() && lines.len() as u32 <= intervals,
+            "{log}"
+        );
+        assert!(lines.len() < 8, "{} lines: {log}", lines.len());
+        assert!(
+            !log.contains("series="),
+            "no line per series at INFO: {log}"
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub mod stats;
 
 pub use config::{DetectConfig, DetectorKind};
 pub use engine::{
-    AnomalyEvent, DetectionEngine, Params, SeriesDetector, SeriesInfo, Severity, Step,
+    AnomalyEvent, DetectionEngine, FallbackChange, Params, SeriesDetector, SeriesInfo, Severity,
+    Step,
 };
 pub use learned::Trainer;
 pub use lifecycle::{EventKind, SeriesState};

@@ -99,7 +99,6 @@ struct Daemon {
 
 impl Daemon {
     fn new() -> Self {
-        sentinel::heap::keep_interval_buffers().expect("the daemon's allocator settings");
         Self {
             attribution: Attribution::new(
                 KeyMode::Mntns,

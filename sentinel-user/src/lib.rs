@@ -14,7 +14,7 @@ pub mod daemon;
 pub mod detect;
 pub mod export;
 pub mod heal;
-pub mod heap;
+mod heap;
 pub mod model;
 pub mod privilege;
 pub mod replay;

@@ -532,9 +532,6 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_format);
-    if let Err(e) = sentinel::heap::keep_interval_buffers() {
-        tracing::warn!("allocator left at its defaults (more CPU per interval): {e}");
-    }
     let result = match cli.command {
         Command::Run(args) => match args.options() {
             Ok(opts) => daemon::run(opts),

@@ -128,18 +128,13 @@ pub fn replay(
                 let step = det.update(&params, &trainer, name, x);
                 // One series: each change on a line of its own (the daemon sums them up).
                 match step.fallback {
-                    Some(FallbackChange::NoModel) => tracing::info!(
-                        series = name,
-                        "learned detector has no model yet; statistical detector only (fallback)"
-                    ),
-                    Some(FallbackChange::Unavailable) => tracing::warn!(
+                    Some(change @ FallbackChange::Unavailable) => tracing::warn!(
                         series = name,
                         reason = det.unavailable(&params).as_deref().unwrap_or("unknown"),
-                        "learned detector unavailable; statistical detector only (fallback)"
+                        "{}",
+                        change.message()
                     ),
-                    Some(FallbackChange::Ended) => {
-                        tracing::info!(series = name, "learned detector ready; fallback ended");
-                    }
+                    Some(change) => tracing::info!(series = name, "{}", change.message()),
                     None => {}
                 }
                 step.score

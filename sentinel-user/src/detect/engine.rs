@@ -80,6 +80,21 @@ pub enum FallbackChange {
     Ended,
 }
 
+impl FallbackChange {
+    /// What the change means, for a log line about one series.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::NoModel => {
+                "learned detector has no model yet; statistical detector only (fallback)"
+            }
+            Self::Unavailable => {
+                "learned detector unavailable; statistical detector only (fallback)"
+            }
+            Self::Ended => "learned detector ready; fallback ended",
+        }
+    }
+}
+
 /// The fallback changes of one interval: at 1000 containers a line per series was thousands
 /// of lines as they started and again when their models arrived, so the engine logs one line
 /// per interval with the counts (each series at DEBUG).
@@ -93,10 +108,18 @@ struct FallbackChanges {
 }
 
 impl FallbackChanges {
-    fn count(&mut self, change: FallbackChange) {
+    /// Counts one series' (or cohort's) change; the interval's first unavailable detector
+    /// becomes the example its line names.
+    fn count(&mut self, change: FallbackChange, series: &str, det: &SeriesDetector, p: &Params) {
         match change {
             FallbackChange::NoModel => self.no_model += 1,
-            FallbackChange::Unavailable => self.unavailable += 1,
+            FallbackChange::Unavailable => {
+                self.unavailable += 1;
+                if self.example.is_none() {
+                    let reason = det.unavailable(p).unwrap_or_else(|| Arc::from("unknown"));
+                    self.example = Some((Arc::from(series), reason));
+                }
+            }
             FallbackChange::Ended => self.ended += 1,
         }
     }
@@ -104,11 +127,15 @@ impl FallbackChanges {
     /// Logs the interval's changes, if any, and starts the next interval's count.
     fn flush(&mut self) {
         let c = std::mem::take(self);
-        if let Some((series, reason)) = &c.example {
+        if c.unavailable > 0 {
+            let (series, reason) = c
+                .example
+                .as_ref()
+                .map_or(("unknown", "unknown"), |(s, r)| (&**s, &**r));
             tracing::warn!(
                 unavailable = c.unavailable,
-                example = &**series,
-                reason = &**reason,
+                example = series,
+                reason = reason,
                 no_model_yet = c.no_model,
                 ready = c.ended,
                 "learned detector unavailable for some series: statistical detector only \
@@ -248,9 +275,9 @@ impl SeriesDetector {
             }
         };
         if state == SeriesState::Ready && self.fallback_logged {
-            tracing::debug!(series = name, "learned detector ready; fallback ended");
             self.fallback_logged = false;
             fallback = Some(FallbackChange::Ended);
+            tracing::debug!(series = name, "{}", FallbackChange::Ended.message());
         }
         self.state = state;
         let level = if level.is_finite() {
@@ -290,23 +317,22 @@ impl SeriesDetector {
         }
         self.fallback_logged = true;
         self.fallback_logs = self.fallback_logs.saturating_add(1);
-        match status {
+        let change = match status {
             LearnedStatus::Unavailable(reason) => {
                 tracing::debug!(
                     series = name,
                     reason = &**reason,
-                    "learned detector unavailable; statistical detector only (fallback)"
+                    "{}",
+                    FallbackChange::Unavailable.message()
                 );
-                Some(FallbackChange::Unavailable)
+                FallbackChange::Unavailable
             }
             _ => {
-                tracing::debug!(
-                    series = name,
-                    "learned detector has no model yet; statistical detector only (fallback)"
-                );
-                Some(FallbackChange::NoModel)
+                tracing::debug!(series = name, "{}", FallbackChange::NoModel.message());
+                FallbackChange::NoModel
             }
-        }
+        };
+        Some(change)
     }
 
     /// Why the learned detector is out of use, when it failed.
@@ -771,7 +797,7 @@ impl DetectionEngine {
             let step = c.det.update(params, trainer, COHORT_NAME, 0.0);
             if let Some(change) = step.fallback {
                 // One for the cohort: its members share the detector.
-                fallback_changes.count(change);
+                fallback_changes.count(change, COHORT_NAME, &c.det, params);
             }
             if let Some(kind) = step.event {
                 events.extend(
@@ -922,7 +948,8 @@ impl DetectionEngine {
                 cohort.fed -= 1;
                 let step = own.update(&self.params, &self.trainer, &t.name, 0.0);
                 if let Some(change) = step.fallback {
-                    self.fallback_changes.count(change);
+                    self.fallback_changes
+                        .count(change, &t.name, &own, &self.params);
                 }
                 t.baseline = step.baseline;
                 if let Some(kind) = step.event {
@@ -940,12 +967,8 @@ impl DetectionEngine {
         };
         let step = det.update(&self.params, &self.trainer, &t.name, value);
         if let Some(change) = step.fallback {
-            self.fallback_changes.count(change);
-            if change == FallbackChange::Unavailable && self.fallback_changes.example.is_none() {
-                self.fallback_changes.example = det
-                    .unavailable(&self.params)
-                    .map(|reason| (t.name.clone(), reason));
-            }
+            self.fallback_changes
+                .count(change, &t.name, det, &self.params);
         }
         t.value = value;
         t.baseline = step.baseline;
@@ -1514,6 +1537,49 @@ mod tests {
             !log.contains("series="),
             "no line per series at INFO: {log}"
         );
+    }
+
+    /// A model that failed is a WARN line naming a series and the reason, also when the
+    /// detector that failed is the all-zero cohort's (it once went unlogged).
+    #[test]
+    fn a_failed_model_is_logged_whichever_detector_failed() {
+        // Warm-up past the first training: series enter the fallback with a failed model
+        // (constant values), not "no model yet". All-zero series share the cohort's detector.
+        let mut e = inline_engine(DetectConfig {
+            warmup: 400,
+            train_window: 64,
+            ..combined()
+        });
+        let (_, log) = crate::detect::config::tests::logged(|| {
+            for i in 0..600u64 {
+                let iv = Interval {
+                    ts: format!("t{i}"),
+                    seq: i,
+                    containers: (0..4)
+                        .map(|k| ContainerDelta {
+                            id: format!("{k:064x}"),
+                            name: format!("c{k}").into(),
+                            ..ContainerDelta::default()
+                        })
+                        .collect(),
+                    ..Interval::default()
+                };
+                e.observe_interval(&iv);
+            }
+        });
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("learned detector unavailable"))
+            .collect();
+        assert!(!warned.is_empty(), "{log}");
+        assert!(
+            warned
+                .iter()
+                .all(|l| l.contains(&format!("example=\"{COHORT_NAME}\""))
+                    || l.contains(&format!("example={COHORT_NAME}"))),
+            "{log}"
+        );
+        assert!(warned.iter().all(|l| !l.contains("unknown")), "{log}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::learned::{ForestParams, LearnedDetector, LearnedStatus, Trainer};
 use super::lifecycle::{
     EventKind, EventParams, Evidence, Hysteresis, SeriesState, Shaper, ShaperParams,
 };
+use super::prefetch::prefetch_lines;
 use super::stats::{StatDetector, StatParams};
 use crate::model::{
     AnomalyRecord, CONTAINER_SERIES, ContainerDelta, ContainerSeries, DetectionSummary, Interval,
@@ -225,6 +226,23 @@ impl SeriesDetector {
     }
 
     /// Feeds one value. Non-finite values are skipped (state untouched, score 0).
+    /// Starts loading this detector's own lines (the first stage of `prefetch_deep`).
+    #[inline]
+    fn prefetch_state(&self) {
+        prefetch_lines(self);
+    }
+
+    /// Starts loading what an update reads behind this detector's pointers: the seasonal
+    /// ring's slots and the learned detector. Its own lines should be loaded already (they
+    /// hold the pointers), by `prefetch_state` a little earlier.
+    #[inline]
+    fn prefetch_deep(&self) {
+        self.stat.prefetch();
+        if let Some(l) = &self.learned {
+            l.prefetch();
+        }
+    }
+
     pub fn update(&mut self, p: &Params, trainer: &Trainer, name: &str, x: f64) -> Step {
         if !x.is_finite() {
             return Step {
@@ -697,6 +715,9 @@ pub struct DetectionEngine {
     tick: u64,
     /// This interval's fallback changes, logged at its end.
     fallback_changes: FallbackChanges,
+    /// The places of each container of the interval being observed (see `observe_interval`);
+    /// kept for its allocation.
+    ahead: Vec<[usize; MAX_WATCHED]>,
     /// Observations of series that found the table full (counted, never silently lost).
     overflow: u64,
     /// Series dropped because they were not observed for `series_ttl` intervals.
@@ -739,6 +760,7 @@ impl DetectionEngine {
             cohorts: HashMap::default(),
             tick: 0,
             fallback_changes: FallbackChanges::default(),
+            ahead: Vec::new(),
             overflow: 0,
             expired: 0,
         }
@@ -759,9 +781,23 @@ impl DetectionEngine {
                 self.feed(place, value, &iv.ts, &mut events);
             }
         });
-        for c in &iv.containers {
+        // Each container's series are found a few containers ahead and their state asked for
+        // in two stages (the detectors, then what they point to), so that when a container is
+        // fed its state is in the cache (see `prefetch`). The look-up is repeated by
+        // `observe_container`, which also creates and renames: a hint found stale is harmless.
+        let mut ahead = std::mem::take(&mut self.ahead);
+        ahead.clear();
+        ahead.extend(iv.containers.iter().map(|c| self.places_of(c)));
+        for (k, c) in iv.containers.iter().enumerate() {
+            if let Some(places) = ahead.get(k + 2) {
+                self.prefetch_series(places, SeriesDetector::prefetch_state);
+            }
+            if let Some(places) = ahead.get(k + 1) {
+                self.prefetch_series(places, SeriesDetector::prefetch_deep);
+            }
             self.observe_container(c, &iv.ts, &mut events);
         }
+        self.ahead = ahead;
         self.feed_cohorts(&iv.ts, &mut events);
         self.expire(&iv.ts, &mut events);
         self.fallback_changes.flush();
@@ -809,6 +845,28 @@ impl DetectionEngine {
             }
             true
         });
+    }
+
+    /// Where a known container's series are (`Slots::NONE` for each, if it is not known).
+    fn places_of(&self, c: &ContainerDelta) -> [usize; MAX_WATCHED] {
+        container_label(c)
+            .and_then(|label| {
+                let hash = self.label_hasher.hash_one(label);
+                self.containers.find(hash, |e| e.is(&c.name, label))
+            })
+            .map_or([Slots::NONE; MAX_WATCHED], |e| e.slots.place)
+    }
+
+    fn prefetch_series(&self, places: &[usize; MAX_WATCHED], stage: fn(&SeriesDetector)) {
+        for &place in places {
+            if let Some(Tracked {
+                det: Detector::Own(det),
+                ..
+            }) = self.tracked.get(place)
+            {
+                stage(det);
+            }
+        }
     }
 
     fn observe_container(&mut self, c: &ContainerDelta, ts: &str, events: &mut Vec<AnomalyEvent>) {

@@ -17,6 +17,7 @@ use arc_swap::ArcSwapOption;
 
 use super::calib::{CalibParams, Pot, PotParams, surprise_score};
 use super::config::DetectConfig;
+use super::prefetch::{prefetch, prefetch_lines};
 
 /// Largest supported shingle (config `shingle` is validated against it).
 pub const MAX_SHINGLE: usize = 64;
@@ -619,6 +620,12 @@ impl LearnedDetector {
         }
     }
 
+    /// Starts loading this detector's lines (read by every update).
+    #[inline]
+    pub fn prefetch(&self) {
+        prefetch_lines(self);
+    }
+
     /// Feeds one value (already clamped and finite); returns the calibrated score in [0, 1]
     /// (0 while there is no model).
     pub fn update(&mut self, p: &ForestParams, trainer: &Trainer, x: f64) -> f64 {
@@ -631,6 +638,7 @@ impl LearnedDetector {
         if !self.fresh {
             return self.last;
         }
+        prefetch(&*self.slot);
         let x = self.block_sum / f64::from(self.block_len);
         self.block_sum = 0.0;
         self.block_len = 0;

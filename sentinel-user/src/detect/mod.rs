@@ -14,6 +14,7 @@ pub mod config;
 pub mod engine;
 pub mod learned;
 pub mod lifecycle;
+mod prefetch;
 pub mod stats;
 
 pub use config::{DetectConfig, DetectorKind};

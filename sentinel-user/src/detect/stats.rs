@@ -299,6 +299,19 @@ impl Seasonal {
         f64::from(self.ring[((self.head + cap - back) % cap) as usize])
     }
 
+    /// Starts loading the slots the next update reads (one and two periods back).
+    #[inline]
+    pub fn prefetch(&self) {
+        if self.period > 0 && self.len >= self.period {
+            let cap = self.ring.len() as u32;
+            super::prefetch::prefetch(&self.ring[((self.head + cap - self.period) % cap) as usize]);
+            if self.len >= 2 * self.period {
+                let back = (self.head + 2 * cap - 2 * self.period) % cap;
+                super::prefetch::prefetch(&self.ring[back as usize]);
+            }
+        }
+    }
+
     /// Feeds one value; `spread` is the series' typical deviation (floors the scale). The
     /// prediction is the mean of the values one and two periods ago.
     pub fn update(&mut self, p: &SeasonParams, x: f64, spread: f64) -> SeasonOut {
@@ -436,6 +449,12 @@ fn row_acf(rows: &[f64], m: f64, var: f64, lag: u32) -> f64 {
 }
 
 impl StatDetector {
+    /// Starts loading what the next update reads beyond this struct.
+    #[inline]
+    pub fn prefetch(&self) {
+        self.season.prefetch();
+    }
+
     pub fn seen(&self) -> u64 {
         self.n
     }

@@ -243,6 +243,14 @@ impl SeriesDetector {
         }
     }
 
+    /// The learned model's lines, if the next update scores (after `prefetch_deep`).
+    #[inline]
+    fn prefetch_model(&self) {
+        if let Some(l) = &self.learned {
+            l.prefetch_model();
+        }
+    }
+
     pub fn update(&mut self, p: &Params, trainer: &Trainer, name: &str, x: f64) -> Step {
         if !x.is_finite() {
             return Step {
@@ -689,6 +697,16 @@ impl Known {
     }
 }
 
+type PrefetchStage = fn(&SeriesDetector);
+
+/// How many containers ahead of the one being fed each stage of a series' state is asked
+/// for: each stage reads pointers the one before loaded.
+const PREFETCH_STAGES: [(usize, PrefetchStage); 3] = [
+    (3, SeriesDetector::prefetch_state),
+    (2, SeriesDetector::prefetch_deep),
+    (1, SeriesDetector::prefetch_model),
+];
+
 /// One detector pipeline per series, created lazily, bounded by `max_series`, and dropped when
 /// not observed for `series_ttl` intervals.
 #[derive(Debug)]
@@ -789,11 +807,10 @@ impl DetectionEngine {
         ahead.clear();
         ahead.extend(iv.containers.iter().map(|c| self.places_of(c)));
         for (k, c) in iv.containers.iter().enumerate() {
-            if let Some(places) = ahead.get(k + 2) {
-                self.prefetch_series(places, SeriesDetector::prefetch_state);
-            }
-            if let Some(places) = ahead.get(k + 1) {
-                self.prefetch_series(places, SeriesDetector::prefetch_deep);
+            for (distance, stage) in PREFETCH_STAGES {
+                if let Some(places) = ahead.get(k + distance) {
+                    self.prefetch_series(places, stage);
+                }
             }
             self.observe_container(c, &iv.ts, &mut events);
         }
@@ -857,7 +874,7 @@ impl DetectionEngine {
             .map_or([Slots::NONE; MAX_WATCHED], |e| e.slots.place)
     }
 
-    fn prefetch_series(&self, places: &[usize; MAX_WATCHED], stage: fn(&SeriesDetector)) {
+    fn prefetch_series(&self, places: &[usize; MAX_WATCHED], stage: PrefetchStage) {
         for &place in places {
             if let Some(Tracked {
                 det: Detector::Own(det),

@@ -9,7 +9,7 @@
 //! it in atomically. An isolation forest is invariant to per-feature affine scaling, so raw
 //! values are used as features directly.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
@@ -319,9 +319,10 @@ fn partition(idx: &mut [u32], below: impl Fn(u32) -> bool) -> usize {
 #[derive(Debug, Default)]
 pub struct ModelSlot {
     model: ArcSwapOption<Forest>,
-    /// `model` holds one: read before loading it, which is dearer (an idle series, whose
-    /// constant window never trains, would load an empty slot at every block end).
-    has_model: AtomicBool,
+    /// Models stored in `model` so far: read before loading it, which is dearer (an idle
+    /// series, whose constant window never trains, would load an empty slot at every block
+    /// end), and a detector keeps the model it loaded until this count moves on.
+    models: AtomicU64,
     /// A training job for this slot is queued or running (no pile-up).
     busy: AtomicBool,
     /// Last training failure, if the latest attempt failed (shared: a series without a model
@@ -337,7 +338,7 @@ impl ModelSlot {
         match result {
             Ok(f) => {
                 self.model.store(Some(Arc::new(f)));
-                self.has_model.store(true, Ordering::Release);
+                self.models.fetch_add(1, Ordering::Release);
                 *self
                     .failure
                     .lock()
@@ -450,8 +451,12 @@ pub struct LearnedDetector {
     trains: u64,
     scored: u32,
     slot: Arc<ModelSlot>,
-    /// The slot has had a model (it keeps one from then on).
-    modeled: bool,
+    /// The slot's model as last loaded, and the slot's `models` count then: held here, the
+    /// model's lines can be asked for before the update that scores (see `prefetch_model`).
+    model: Option<Arc<Forest>>,
+    model_count: u64,
+    /// The next update ends a block (and scores, when there is a model).
+    ends_block_next: bool,
     /// EW mean and mean absolute deviation of the isolation score (its "normal" for this
     /// series and model), and the tail calibrator of its excess.
     iso_mean: f64,
@@ -563,7 +568,9 @@ impl LearnedDetector {
             trains: 0,
             scored: 0,
             slot: Arc::new(ModelSlot::default()),
-            modeled: false,
+            model: None,
+            model_count: 0,
+            ends_block_next: p.downsample <= 1,
             iso_mean: f64::NAN,
             iso_dev: 0.0,
             pot: Pot::default(),
@@ -590,11 +597,12 @@ impl LearnedDetector {
     /// and no training under way, as for a series whose window never varied (only then does
     /// the engine copy a detector); otherwise it is shared, model and all.
     pub fn fork(&self) -> Self {
-        let pristine = !self.slot.has_model.load(Ordering::Acquire)
+        let pristine = self.slot.models.load(Ordering::Acquire) == 0
             && !self.slot.busy.load(Ordering::Acquire)
             && self.slot.failure().is_none();
         Self {
             ring: self.ring.clone(),
+            model: self.model.clone(),
             slot: if pristine {
                 Arc::default()
             } else {
@@ -607,7 +615,7 @@ impl LearnedDetector {
     pub fn status(&self, p: &ForestParams) -> LearnedStatus {
         // Called on every update: the failure (a lock) only matters while there is no model,
         // and a model, once there, is only ever replaced (no load of the slot then).
-        if self.modeled || self.slot.has_model.load(Ordering::Acquire) {
+        if self.model.is_some() || self.slot.models.load(Ordering::Acquire) > 0 {
             return if self.scored > p.calib.learn {
                 LearnedStatus::Ready
             } else {
@@ -626,6 +634,17 @@ impl LearnedDetector {
         prefetch_lines(self);
     }
 
+    /// Starts loading the model's own lines, if the next update scores (its lines must be
+    /// loaded already: `prefetch` a little earlier).
+    #[inline]
+    pub fn prefetch_model(&self) {
+        if self.ends_block_next
+            && let Some(model) = &self.model
+        {
+            prefetch_lines(&**model);
+        }
+    }
+
     /// Feeds one value (already clamped and finite); returns the calibrated score in [0, 1]
     /// (0 while there is no model).
     pub fn update(&mut self, p: &ForestParams, trainer: &Trainer, x: f64) -> f64 {
@@ -635,6 +654,8 @@ impl LearnedDetector {
         self.block_sum += x;
         self.block_len += 1;
         self.fresh = self.block_len >= p.downsample;
+        let len_after = if self.fresh { 0 } else { self.block_len };
+        self.ends_block_next = len_after + 1 >= p.downsample;
         if !self.fresh {
             return self.last;
         }
@@ -671,14 +692,14 @@ impl LearnedDetector {
             });
         }
 
-        if !self.modeled && !self.slot.has_model.load(Ordering::Acquire) {
-            return 0.0;
+        let models = self.slot.models.load(Ordering::Acquire);
+        if models != self.model_count {
+            self.model = self.slot.model.load_full();
+            self.model_count = models;
         }
-        let guard = self.slot.model.load();
-        let Some(model) = guard.as_ref() else {
+        let Some(model) = self.model.as_deref() else {
             return 0.0;
         };
-        self.modeled = true;
         let s = p.shingle;
         if self.filled < s {
             return 0.0;

@@ -225,7 +225,6 @@ impl SeriesDetector {
         self.hyst.active()
     }
 
-    /// Feeds one value. Non-finite values are skipped (state untouched, score 0).
     /// Starts loading this detector's own lines (the first stage of `prefetch_deep`).
     #[inline]
     fn prefetch_state(&self) {
@@ -251,6 +250,7 @@ impl SeriesDetector {
         }
     }
 
+    /// Feeds one value. Non-finite values are skipped (state untouched, score 0).
     pub fn update(&mut self, p: &Params, trainer: &Trainer, name: &str, x: f64) -> Step {
         if !x.is_finite() {
             return Step {
@@ -800,9 +800,10 @@ impl DetectionEngine {
             }
         });
         // Each container's series are found a few containers ahead and their state asked for
-        // in two stages (the detectors, then what they point to), so that when a container is
-        // fed its state is in the cache (see `prefetch`). The look-up is repeated by
-        // `observe_container`, which also creates and renames: a hint found stale is harmless.
+        // in stages (the detectors, what they point to, then the model: `PREFETCH_STAGES`), so
+        // that when a container is fed its state is in the cache (see `prefetch`). The look-up
+        // is repeated by `observe_container`, which also creates and renames: a hint found
+        // stale is harmless.
         let mut ahead = std::mem::take(&mut self.ahead);
         ahead.clear();
         ahead.extend(iv.containers.iter().map(|c| self.places_of(c)));

@@ -128,15 +128,12 @@ impl FallbackChanges {
     /// Logs the interval's changes, if any, and starts the next interval's count.
     fn flush(&mut self) {
         let c = std::mem::take(self);
-        if c.unavailable > 0 {
-            let (series, reason) = c
-                .example
-                .as_ref()
-                .map_or(("unknown", "unknown"), |(s, r)| (&**s, &**r));
+        // `count` sets the example with the first unavailable series.
+        if let Some((series, reason)) = &c.example {
             tracing::warn!(
                 unavailable = c.unavailable,
-                example = series,
-                reason = reason,
+                example = &**series,
+                reason = &**reason,
                 no_model_yet = c.no_model,
                 ready = c.ended,
                 "learned detector unavailable for some series: statistical detector only \
@@ -227,7 +224,7 @@ impl SeriesDetector {
 
     /// Starts loading this detector's own lines (the first stage of `prefetch_deep`).
     #[inline]
-    fn prefetch_state(&self) {
+    fn prefetch_state(&self, _: &Params) {
         prefetch_lines(self);
     }
 
@@ -235,7 +232,7 @@ impl SeriesDetector {
     /// ring's slots and the learned detector. Its own lines should be loaded already (they
     /// hold the pointers), by `prefetch_state` a little earlier.
     #[inline]
-    fn prefetch_deep(&self) {
+    fn prefetch_deep(&self, _: &Params) {
         self.stat.prefetch();
         if let Some(l) = &self.learned {
             l.prefetch();
@@ -244,9 +241,9 @@ impl SeriesDetector {
 
     /// The learned model's lines, if the next update scores (after `prefetch_deep`).
     #[inline]
-    fn prefetch_model(&self) {
+    fn prefetch_model(&self, p: &Params) {
         if let Some(l) = &self.learned {
-            l.prefetch_model();
+            l.prefetch_model(&p.forest);
         }
     }
 
@@ -675,8 +672,13 @@ impl Slots {
     const NONE: usize = usize::MAX;
 
     fn places(&self) -> impl Iterator<Item = usize> + '_ {
-        self.place.iter().copied().filter(|&p| p != Self::NONE)
+        placed(&self.place)
     }
+}
+
+/// The places in `place` that hold a series.
+fn placed(place: &[usize; MAX_WATCHED]) -> impl Iterator<Item = usize> + '_ {
+    place.iter().copied().filter(|&p| p != Slots::NONE)
 }
 
 /// A container's entry in `DetectionEngine::containers`.
@@ -697,7 +699,15 @@ impl Known {
     }
 }
 
-type PrefetchStage = fn(&SeriesDetector);
+type PrefetchStage = fn(&SeriesDetector, &Params);
+
+/// A container as found at the start of an interval: its entry's bucket in
+/// `DetectionEngine::containers` and its series' places (`Slots::NONE` each if it is not known).
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    bucket: Option<usize>,
+    place: [usize; MAX_WATCHED],
+}
 
 /// How many containers ahead of the one being fed each stage of a series' state is asked
 /// for: each stage reads pointers the one before loaded.
@@ -733,9 +743,9 @@ pub struct DetectionEngine {
     tick: u64,
     /// This interval's fallback changes, logged at its end.
     fallback_changes: FallbackChanges,
-    /// The places of each container of the interval being observed (see `observe_interval`);
-    /// kept for its allocation.
-    ahead: Vec<[usize; MAX_WATCHED]>,
+    /// Each container of the interval being observed, as found before any is fed (see
+    /// `observe_interval`); kept for its allocation.
+    ahead: Vec<Found>,
     /// Observations of series that found the table full (counted, never silently lost).
     overflow: u64,
     /// Series dropped because they were not observed for `series_ttl` intervals.
@@ -799,21 +809,21 @@ impl DetectionEngine {
                 self.feed(place, value, &iv.ts, &mut events);
             }
         });
-        // Each container's series are found a few containers ahead and their state asked for
-        // in stages (the detectors, what they point to, then the model: `PREFETCH_STAGES`), so
-        // that when a container is fed its state is in the cache (see `prefetch`). The look-up
-        // is repeated by `observe_container`, which also creates and renames: a hint found
-        // stale is harmless.
+        // Every container is found first, so that its series' state can be asked for a few
+        // containers ahead, in stages (the detectors, what they point to, then the model:
+        // `PREFETCH_STAGES`): when a container is fed its state is in the cache (see
+        // `prefetch`). `observe_container` starts from what was found (checked: a container
+        // created before it may have moved the entries).
         let mut ahead = std::mem::take(&mut self.ahead);
         ahead.clear();
-        ahead.extend(iv.containers.iter().map(|c| self.places_of(c)));
+        ahead.extend(iv.containers.iter().map(|c| self.find(c)));
         for (k, c) in iv.containers.iter().enumerate() {
             for (distance, stage) in PREFETCH_STAGES {
-                if let Some(places) = ahead.get(k + distance) {
-                    self.prefetch_series(places, stage);
+                if let Some(found) = ahead.get(k + distance) {
+                    self.prefetch_series(&found.place, stage);
                 }
             }
-            self.observe_container(c, &iv.ts, &mut events);
+            self.observe_container(c, ahead[k].bucket, &iv.ts, &mut events);
         }
         self.ahead = ahead;
         self.feed_cohorts(&iv.ts, &mut events);
@@ -865,38 +875,69 @@ impl DetectionEngine {
         });
     }
 
-    /// Where a known container's series are (`Slots::NONE` for each, if it is not known).
-    fn places_of(&self, c: &ContainerDelta) -> [usize; MAX_WATCHED] {
+    /// A container's entry, if it is known.
+    fn find(&self, c: &ContainerDelta) -> Found {
         container_label(c)
             .and_then(|label| {
                 let hash = self.label_hasher.hash_one(label);
-                self.containers.find(hash, |e| e.is(&c.name, label))
+                self.containers
+                    .find_bucket_index(hash, |e| e.is(&c.name, label))
             })
-            .map_or([Slots::NONE; MAX_WATCHED], |e| e.slots.place)
+            .and_then(|bucket| {
+                let e = self.containers.get_bucket(bucket)?;
+                Some(Found {
+                    bucket: Some(bucket),
+                    place: e.slots.place,
+                })
+            })
+            .unwrap_or(Found {
+                bucket: None,
+                place: [Slots::NONE; MAX_WATCHED],
+            })
     }
 
     fn prefetch_series(&self, places: &[usize; MAX_WATCHED], stage: PrefetchStage) {
-        for &place in places {
+        for place in placed(places) {
+            // A cohort's detector is shared (fed once, after the containers).
             if let Some(Tracked {
                 det: Detector::Own(det),
                 ..
             }) = self.tracked.get(place)
             {
-                stage(det);
+                stage(det, &self.params);
             }
         }
     }
 
-    fn observe_container(&mut self, c: &ContainerDelta, ts: &str, events: &mut Vec<AnomalyEvent>) {
+    /// Feeds a container's series, creating those it has not had yet; `found` is its entry's
+    /// bucket in `containers` as `find` saw it at the start of the interval.
+    fn observe_container(
+        &mut self,
+        c: &ContainerDelta,
+        found: Option<usize>,
+        ts: &str,
+        events: &mut Vec<AnomalyEvent>,
+    ) {
         let Some(label) = container_label(c) else {
             return;
         };
         let id = (!c.id.is_empty()).then_some(c.id.as_str());
-        // One lookup for a known container whose series all exist; the entry is written again
-        // only when one is created or the id changed. A container none of whose series could
-        // be created (the table full) gets no entry.
+        // One lookup for a known container whose series all exist, done by `find`; the entry
+        // is written again only when one is created or the id changed. A container none of
+        // whose series could be created (the table full) gets no entry.
         let hash = self.label_hasher.hash_one(label);
-        let (mut place, known_id) = match self.containers.find_mut(hash, |e| e.is(&c.name, label)) {
+        let bucket = found
+            .filter(|&b| {
+                self.containers
+                    .get_bucket(b)
+                    .is_some_and(|e| e.is(&c.name, label))
+            })
+            .or_else(|| {
+                self.containers
+                    .find_bucket_index(hash, |e| e.is(&c.name, label))
+            });
+        let known = bucket.and_then(|b| self.containers.get_bucket_mut(b));
+        let (mut place, known_id) = match known {
             Some(e) => {
                 if !e.found_by.as_ref().is_some_and(|n| Arc::ptr_eq(n, &c.name)) {
                     e.found_by = Some(c.name.clone());
@@ -907,7 +948,7 @@ impl DetectionEngine {
         };
         // A container recreated under the same name keeps its series; the id follows.
         if known_id == Some(false) {
-            for &p in place.iter().filter(|&&p| p != Slots::NONE) {
+            for p in placed(&place) {
                 self.tracked[p].container_id = id.map(str::to_string);
             }
         }

@@ -455,8 +455,6 @@ pub struct LearnedDetector {
     /// model's lines can be asked for before the update that scores (see `prefetch_model`).
     model: Option<Arc<Forest>>,
     model_count: u64,
-    /// The next update ends a block (and scores, when there is a model).
-    ends_block_next: bool,
     /// EW mean and mean absolute deviation of the isolation score (its "normal" for this
     /// series and model), and the tail calibrator of its excess.
     iso_mean: f64,
@@ -570,7 +568,6 @@ impl LearnedDetector {
             slot: Arc::new(ModelSlot::default()),
             model: None,
             model_count: 0,
-            ends_block_next: p.downsample <= 1,
             iso_mean: f64::NAN,
             iso_dev: 0.0,
             pot: Pot::default(),
@@ -637,8 +634,8 @@ impl LearnedDetector {
     /// Starts loading the model's own lines, if the next update scores (its lines must be
     /// loaded already: `prefetch` a little earlier).
     #[inline]
-    pub fn prefetch_model(&self) {
-        if self.ends_block_next
+    pub fn prefetch_model(&self, p: &ForestParams) {
+        if self.block_len + 1 >= p.downsample
             && let Some(model) = &self.model
         {
             prefetch_lines(&**model);
@@ -654,11 +651,12 @@ impl LearnedDetector {
         self.block_sum += x;
         self.block_len += 1;
         self.fresh = self.block_len >= p.downsample;
-        let len_after = if self.fresh { 0 } else { self.block_len };
-        self.ends_block_next = len_after + 1 >= p.downsample;
         if !self.fresh {
             return self.last;
         }
+        // The model count is read below, after the ring and the pattern memory: started now,
+        // the slot's line arrives meanwhile (bench A/B within noise either way; kept as it was
+        // when the live figure was measured).
         prefetch(&*self.slot);
         let x = self.block_sum / f64::from(self.block_len);
         self.block_sum = 0.0;

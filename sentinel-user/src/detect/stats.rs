@@ -293,22 +293,23 @@ impl Seasonal {
         self.period
     }
 
-    /// The value `back` rows before the newest one (1 = newest).
-    fn at(&self, back: u32) -> f64 {
+    /// The ring slots the next update predicts from: one period back, if the ring holds it,
+    /// and two periods back, if it holds that too.
+    fn references(&self) -> [Option<usize>; 2] {
         let cap = self.ring.len() as u32;
-        f64::from(self.ring[((self.head + cap - back) % cap) as usize])
+        // `period` is at most half the ring, so `2 * period <= cap`.
+        let slot = |periods: u32| {
+            (self.period > 0 && self.len >= periods * self.period)
+                .then(|| ((self.head + cap - periods * self.period) % cap) as usize)
+        };
+        [slot(1), slot(2)]
     }
 
     /// Starts loading the slots the next update reads (one and two periods back).
     #[inline]
     pub fn prefetch(&self) {
-        if self.period > 0 && self.len >= self.period {
-            let cap = self.ring.len() as u32;
-            super::prefetch::prefetch(&self.ring[((self.head + cap - self.period) % cap) as usize]);
-            if self.len >= 2 * self.period {
-                let back = (self.head + 2 * cap - 2 * self.period) % cap;
-                super::prefetch::prefetch(&self.ring[back as usize]);
-            }
+        for slot in self.references().into_iter().flatten() {
+            super::prefetch::prefetch(&self.ring[slot]);
         }
     }
 
@@ -320,12 +321,12 @@ impl Seasonal {
         }
         let mut out = SeasonOut::default();
         // The residual against one period ago is taken before the new value is stored.
-        if self.period > 0 && self.len >= self.period {
-            let mut pred = self.at(self.period);
-            if self.len >= 2 * self.period {
+        if let [Some(one), two] = self.references() {
+            let mut pred = f64::from(self.ring[one]);
+            if let Some(two) = two {
                 // Two periods back as well: less noise, and one odd period does not make
                 // the next one look anomalous at full strength.
-                pred = 0.5 * (pred + self.at(2 * self.period));
+                pred = 0.5 * (pred + f64::from(self.ring[two]));
             }
             out.pred = Some(pred);
             let r = (x - pred).abs();

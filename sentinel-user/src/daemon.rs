@@ -215,25 +215,26 @@ impl Pipeline {
     /// Only interfaces idle for a whole interval are candidates; their slots are read a last
     /// time before they are freed (collect/slots.rs), so retiring them loses nothing.
     fn retire_gone_interfaces(&mut self) {
-        let host = netns::own_namespace();
-        // The /proc scan (a stat per process) only when an idle entry of another namespace
-        // needs it: at 1000 containers it was a tenth of the daemon's CPU, every interval.
-        let needs_scan = self.drain.idle_ifaces(1).any(|k| Some(k.netns) != host)
-            || self.drain.netns_tcp.idle(1).any(|n| n != 0);
-        let live = if needs_scan {
-            netns::live_namespaces()
-        } else {
-            Default::default()
-        };
+        let own = netns::own_namespace();
+        // The /proc scan (a stat per process) only when an idle entry may be in a gone
+        // namespace (see `gone_namespaces`).
+        let gone_ns = netns::gone_namespaces(
+            self.drain
+                .idle_ifaces(1)
+                .map(|k| k.netns)
+                .chain(self.drain.netns_tcp.idle(1).filter(|&n| n != 0)),
+            &netns::lasting_namespaces(),
+            netns::live_namespaces,
+        );
         let host_ifs = netns::own_ifindexes();
         let gone: Vec<_> = self
             .drain
             .idle_ifaces(1)
             .filter(|k| {
-                if Some(k.netns) == host {
+                if Some(k.netns) == own {
                     !host_ifs.contains(&k.ifindex)
                 } else {
-                    !live.contains(&k.netns)
+                    gone_ns.contains(&k.netns)
                 }
             })
             .collect();
@@ -248,7 +249,7 @@ impl Pipeline {
             .drain
             .netns_tcp
             .idle(1)
-            .filter(|n| *n != 0 && !live.contains(n))
+            .filter(|n| *n != 0 && gone_ns.contains(n))
             .collect();
         for netns in gone_tcp {
             match self.collector.remove_netns_tcp(&netns) {

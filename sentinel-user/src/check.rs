@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::{
     collect::{
+        btf::Btf,
         loader::{self, HOOKS},
         offsets::{Offsets, VMLINUX_BTF},
         tasks::TaskIterator,
@@ -225,15 +226,15 @@ fn check_tracefs(caps: u64) -> Item {
 /// One item per hook. A BTF tracepoint needs the `btf_trace_<name>` typedef in the kernel's
 /// BTF; tracefs `events/<category>/<name>` is reported alongside when tracefs is mounted.
 fn check_tracepoints(btf_path: &Path) -> Vec<Item> {
-    let btf = btf_rs::Btf::from_file(btf_path).ok();
+    let btf = Btf::from_file(btf_path).ok();
     let tracefs = tracefs::find();
     let mut items = Vec::with_capacity(HOOKS.len() + 1);
     let mut present = 0;
     for hook in HOOKS {
         let name = format!("tracepoint {}:{}", hook.category, hook.tracepoint);
         let in_btf = btf.as_ref().map(|b| {
-            b.resolve_ids_by_name(&format!("btf_trace_{}", hook.tracepoint))
-                .is_ok_and(|ids| !ids.is_empty())
+            !b.ids_by_name(&format!("btf_trace_{}", hook.tracepoint))
+                .is_empty()
         });
         let in_tracefs = tracefs.as_ref().map(|root| {
             root.join("events")
@@ -574,10 +575,9 @@ fn check_runq_source(btf_path: &Path) -> Item {
 /// How the container roster will find every process (see `containers::roster`).
 fn check_roster(btf_path: &Path) -> Item {
     const ITEM: &str = "container roster";
-    let in_btf = btf_rs::Btf::from_file(btf_path).ok().map(|b| {
-        b.resolve_ids_by_name("bpf_iter_task")
-            .is_ok_and(|ids| !ids.is_empty())
-    });
+    let in_btf = Btf::from_file(btf_path)
+        .ok()
+        .map(|b| !b.ids_by_name("bpf_iter_task").is_empty());
     let why_not = match (in_btf, TaskIterator::unusable_here()) {
         (Some(true), None) => None,
         (Some(false), _) => Some("the kernel has no task iterator (Linux 5.8+)".to_string()),

@@ -13,7 +13,8 @@ use crate::build_ebpf::{status, step};
 /// kernel portability matrix, systemd-nspawn and mmdebstrap to run the unit under a real
 /// systemd (tests/systemd.rs), man-db to check the man pages, lintian and logrotate for the
 /// Debian package (tests/dist.rs), podman for the runtime tests (containerd comes with
-/// docker.io), and protoc, which the containerd client's build needs.
+/// docker.io), protoc, which the containerd client's build needs, and bpftool, whose dump of
+/// the kernel's BTF the BTF reader's test compares with.
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -32,6 +33,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "logrotate",
     "podman",
     "protobuf-compiler",
+    "bpftool",
 ];
 
 fn installed(package: &str) -> bool {

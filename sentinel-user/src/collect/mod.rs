@@ -1,6 +1,7 @@
 //! The collector: load and attach the eBPF programs, drain their maps into `Interval`s.
 
 pub mod bpf_sys;
+pub mod btf;
 pub mod drain;
 pub mod host;
 pub mod instance;

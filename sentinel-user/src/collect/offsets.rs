@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use btf_rs::{Btf, Type};
+
+use super::btf::{Btf, Kind, Type};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -129,7 +130,9 @@ pub fn member_offset(btf: &Btf, root: &str, path: &[&str]) -> Result<u32> {
                 path[..depth].join(".")
             )
         })?;
-        bits += off;
+        bits = bits
+            .checked_add(off)
+            .ok_or_else(|| anyhow!("BTF: offset of {root}.{} overflows", path.join(".")))?;
         ty = member_ty;
     }
     if !bits.is_multiple_of(8) {
@@ -142,52 +145,59 @@ pub fn member_offset(btf: &Btf, root: &str, path: &[&str]) -> Result<u32> {
 }
 
 fn find_struct(btf: &Btf, name: &str) -> Result<Type> {
-    btf.resolve_types_by_name(name)
-        .with_context(|| format!("BTF: no type named {name}"))?
-        .into_iter()
-        .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
-        .ok_or_else(|| anyhow!("BTF: {name} is not a struct with members"))
-}
-
-/// Strips typedefs and qualifiers so a member's type can be searched.
-fn resolve(btf: &Btf, mut ty: Type) -> Result<Type> {
-    loop {
-        ty = match &ty {
-            Type::Typedef(_)
-            | Type::Volatile(_)
-            | Type::Const(_)
-            | Type::Restrict(_)
-            | Type::TypeTag(_) => {
-                let inner = ty
-                    .as_btf_type()
-                    .ok_or_else(|| anyhow!("BTF: bad qualifier"))?;
-                btf.resolve_chained_type(inner)?
-            }
-            _ => return Ok(ty),
-        };
+    let candidates = btf.types_by_name(name)?;
+    if candidates.is_empty() {
+        bail!("BTF: no type named {name}");
     }
+    for ty in candidates {
+        if ty.kind == Kind::Struct && !btf.members(&ty)?.is_empty() {
+            return Ok(ty);
+        }
+    }
+    Err(anyhow!("BTF: {name} is not a struct with members"))
 }
 
 /// Finds `name` among the members of a struct or union, descending into anonymous members.
-/// Returns the member's bit offset from the start of `ty` and the member's type.
+/// Returns the member's bit offset from the start of `ty` and the member's type, with
+/// typedefs and qualifiers stripped so it can be searched in turn.
 fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>> {
-    let members = match ty {
-        Type::Struct(s) | Type::Union(s) => &s.members,
-        _ => return Ok(None),
-    };
-    for member in members {
-        let member_name = btf.resolve_name(member).unwrap_or_default();
-        let member_ty = resolve(btf, btf.resolve_chained_type(member)?)?;
-        if member_name == name {
-            if member.bitfield_size().is_some_and(|size| size != 0) {
+    find_member_within(btf, ty, name, 0)
+}
+
+/// Anonymous members nested deeper than this are taken for a cycle in malformed BTF.
+const MAX_ANON_DEPTH: usize = 64;
+
+fn find_member_within(
+    btf: &Btf,
+    ty: &Type,
+    name: &str,
+    depth: usize,
+) -> Result<Option<(u32, Type)>> {
+    if !matches!(ty.kind, Kind::Struct | Kind::Union) {
+        return Ok(None);
+    }
+    if depth > MAX_ANON_DEPTH {
+        bail!(
+            "BTF: anonymous members of type {} nested too deep (a cycle?)",
+            ty.id
+        );
+    }
+    for member in btf.members(ty)? {
+        let member_ty = btf.resolve(member.type_id)?;
+        if member.name == name {
+            if member.bitfield_size.is_some_and(|size| size != 0) {
                 bail!("BTF: member {name} is a bitfield");
             }
-            return Ok(Some((member.bit_offset(), member_ty)));
+            return Ok(Some((member.bit_offset, member_ty)));
         }
-        if member_name.is_empty()
-            && let Some((inner, found)) = find_member(btf, &member_ty, name)?
+        if member.name.is_empty()
+            && let Some((inner, found)) = find_member_within(btf, &member_ty, name, depth + 1)?
         {
-            return Ok(Some((member.bit_offset() + inner, found)));
+            let bits = member
+                .bit_offset
+                .checked_add(inner)
+                .ok_or_else(|| anyhow!("BTF: offset of member {name} overflows"))?;
+            return Ok(Some((bits, found)));
         }
     }
     Ok(None)

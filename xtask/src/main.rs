@@ -5,6 +5,7 @@ mod build_ebpf;
 mod chaos;
 mod dist;
 mod fuzz;
+mod licenses;
 mod nab;
 mod nab_cv;
 mod packages;

@@ -7,9 +7,11 @@
 //! notice files of its source directory, verbatim (a text already printed is named, not
 //! repeated). A crate whose source has no such file gets its manifest's authors as the
 //! copyright holders and the standard text of its licence as other crates ship it; when no text
-//! can be found, generation fails naming the crate: a crate is never skipped. Then musl libc,
-//! and, at the top, what the LGPL asks when an LGPL crate is statically linked (btf-rs was one
-//! until sentinel read BTF itself).
+//! can be found, generation fails naming the crate: a crate is never skipped. Then what the
+//! Rust toolchain links into every binary of the musl target, with the notices the toolchain
+//! ships for it: musl libc, the Rust standard library and LLVM's libunwind. At the top, what
+//! the LGPL asks when an LGPL crate is statically linked (btf-rs was one until sentinel read
+//! BTF itself).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -89,6 +91,7 @@ pub fn generate(root: &Path) -> Result<String> {
             version: VERSION.into(),
             commit,
             musl_copyright: musl_copyright_file()?,
+            toolchain: Toolchain::read()?,
         },
     )
 }
@@ -99,6 +102,158 @@ pub struct Build {
     pub commit: Option<String>,
     /// musl's COPYRIGHT file, when the toolchain ships it.
     pub musl_copyright: Option<String>,
+    pub toolchain: Toolchain,
+}
+
+/// The notices the Rust toolchain ships (in its `rustc` component, `share/doc/rust/`) for what
+/// it links into every binary: the standard library, and LLVM's libunwind, the unwinder of the
+/// musl target (its self-contained `libunwind.a`).
+pub struct Toolchain {
+    /// `rustc --version`.
+    pub rustc: String,
+    /// `COPYRIGHT-library.html` as text: the standard library's notices and those of the
+    /// crates it is built from.
+    pub std_notices: String,
+    /// The `src/llvm-project` entry of `COPYRIGHT.html`, as text: libunwind's licence and
+    /// copyright holders.
+    pub llvm_notice: String,
+    /// `licenses/*.txt`: SPDX id -> text, for the ids of `llvm_notice`.
+    pub texts: Vec<(String, String)>,
+}
+
+/// The licences of the `src/llvm-project` entry, whose texts are printed with it.
+const LLVM_LICENCES: [&str; 3] = ["Apache-2.0", "LLVM-exception", "NCSA"];
+
+impl Toolchain {
+    fn read() -> Result<Self> {
+        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+        let sysroot = rustc_output(&rustc, &["--print", "sysroot"])?;
+        let doc = PathBuf::from(sysroot).join("share/doc/rust");
+        let read = |rel: &str| {
+            fs::read_to_string(doc.join(rel)).with_context(|| {
+                format!(
+                    "the Rust toolchain ships no {} (its rustc component's notices): the \
+                     notices of what it links into the binary cannot be included",
+                    doc.join(rel).display()
+                )
+            })
+        };
+        let std_notices = html_text(&read("COPYRIGHT-library.html")?);
+        let llvm_notice = llvm_entry(&html_text(&read("COPYRIGHT.html")?))?;
+        let mut texts = Vec::new();
+        for id in LLVM_LICENCES {
+            texts.push((
+                id.to_string(),
+                normalize(&read(&format!("licenses/{id}.txt"))?),
+            ));
+        }
+        Ok(Self {
+            rustc: rustc_output(&rustc, &["--version"])?,
+            std_notices,
+            llvm_notice,
+            texts,
+        })
+    }
+}
+
+fn rustc_output(rustc: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(rustc)
+        .args(args)
+        .output()
+        .with_context(|| format!("{rustc} {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("{rustc} {} failed ({})", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The `src/llvm-project` entry of the toolchain's notices (as text): from its
+/// `File/Directory:` line to the next entry or section.
+fn llvm_entry(notices: &str) -> Result<String> {
+    const START: &str = "File/Directory: src/llvm-project\n";
+    let at = notices
+        .find(START)
+        .ok_or_else(|| anyhow!("the Rust toolchain's COPYRIGHT has no src/llvm-project entry"))?;
+    let tail = &notices[at + START.len()..];
+    let end = ["File/Directory:", "Out-of-tree dependencies"]
+        .iter()
+        .filter_map(|next| tail.find(next))
+        .min()
+        .unwrap_or(tail.len());
+    let entry = normalize(
+        &notices[at..at + START.len() + end]
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    if !entry.contains("LLVM-exception") {
+        bail!("the Rust toolchain's src/llvm-project entry names no LLVM-exception: {entry}");
+    }
+    Ok(entry)
+}
+
+/// The text of an HTML page: tags dropped, character references decoded, trailing blanks and
+/// runs of blank lines removed (the toolchain's notices are plain HTML: no script or style).
+fn html_text(html: &str) -> String {
+    let mut text = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(at) = rest.find(['<', '&']) {
+        text.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if rest.starts_with('<') {
+            // The head holds only the title, which the body repeats.
+            let close = if rest.starts_with("<head>") {
+                "</head>"
+            } else {
+                ">"
+            };
+            rest = rest
+                .find(close)
+                .map_or("", |end| &rest[end + close.len()..]);
+            continue;
+        }
+        let decoded = rest.find(';').filter(|&end| end <= 10).and_then(|end| {
+            let c = match &rest[1..end] {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                "nbsp" => Some(' '),
+                r => r
+                    .strip_prefix("#x")
+                    .map(|h| u32::from_str_radix(h, 16))
+                    .or_else(|| r.strip_prefix('#').map(str::parse))
+                    .and_then(Result::ok)
+                    .and_then(char::from_u32),
+            };
+            c.map(|c| (c, end))
+        });
+        match decoded {
+            Some((c, end)) => {
+                text.push(c);
+                rest = &rest[end + 1..];
+            }
+            None => {
+                text.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    text.push_str(rest);
+    let mut out = String::with_capacity(text.len());
+    let mut blank = true;
+    for line in text.lines().map(str::trim_end) {
+        if line.is_empty() && blank {
+            continue;
+        }
+        blank = line.is_empty();
+        out.push_str(line);
+        out.push('\n');
+    }
+    normalize(&out)
 }
 
 /// One package of the graph.
@@ -363,29 +518,27 @@ impl Expr {
     }
 
     fn or(t: &[&str], at: &mut usize) -> Result<Expr> {
-        let mut v = vec![Self::and(t, at)?];
-        while t.get(*at) == Some(&"OR") {
-            *at += 1;
-            v.push(Self::and(t, at)?);
-        }
-        Ok(if v.len() == 1 {
-            v.remove(0)
-        } else {
-            Expr::Or(v)
-        })
+        Self::chain(t, at, "OR", Self::and, Expr::Or)
     }
 
     fn and(t: &[&str], at: &mut usize) -> Result<Expr> {
-        let mut v = vec![Self::primary(t, at)?];
-        while t.get(*at) == Some(&"AND") {
+        Self::chain(t, at, "AND", Self::primary, Expr::And)
+    }
+
+    /// `operand (op operand)*`; one operand alone is itself.
+    fn chain(
+        t: &[&str],
+        at: &mut usize,
+        op: &str,
+        operand: fn(&[&str], &mut usize) -> Result<Expr>,
+        joined: fn(Vec<Expr>) -> Expr,
+    ) -> Result<Expr> {
+        let mut v = vec![operand(t, at)?];
+        while t.get(*at) == Some(&op) {
             *at += 1;
-            v.push(Self::primary(t, at)?);
+            v.push(operand(t, at)?);
         }
-        Ok(if v.len() == 1 {
-            v.remove(0)
-        } else {
-            Expr::And(v)
-        })
+        Ok(if v.len() == 1 { v.remove(0) } else { joined(v) })
     }
 
     fn primary(t: &[&str], at: &mut usize) -> Result<Expr> {
@@ -487,8 +640,9 @@ pub fn render(metadata: &Value, root: &str, build: &Build) -> Result<String> {
         &mut out,
         &format!(
             "The static binary `sentinel` ({MUSL}) contains the Rust crates listed below ({}), \
-             the jemalloc allocator (bundled by tikv-jemalloc-sys: its jemalloc/COPYING) and \
-             musl libc (last). For each crate: its name, version, the licence its manifest \
+             the jemalloc allocator (bundled by tikv-jemalloc-sys: its jemalloc/COPYING) and, \
+             last, what the Rust toolchain links into every binary of that target: musl libc, \
+             the Rust standard library and LLVM's libunwind. For each crate: its name, version, the licence its manifest \
              declares, its repository, and the licence, copyright and notice files of its \
              source, verbatim (a text printed earlier is named instead of repeated). The crates \
              are what cargo resolves for sentinel's normal dependencies on this target with the \
@@ -634,6 +788,47 @@ pub fn render(metadata: &Value, root: &str, build: &Build) -> Result<String> {
             let _ = writeln!(out, "{MUSL_COPYRIGHT}\n\n{mit}");
         }
     }
+
+    // The standard library (core, alloc, std) is compiled into every Rust binary, and the
+    // musl target links LLVM's libunwind: their notices as the toolchain ships them.
+    let tc = &build.toolchain;
+    let _ = writeln!(
+        out,
+        "{RULE}\nThe Rust standard library\nLicense: Apache-2.0 OR MIT (exceptions in its \
+         notices)\nRepository: https://github.com/rust-lang/rust\n"
+    );
+    paragraph(
+        &mut out,
+        &format!(
+            "core, alloc, std and the crates they are built from, compiled into the binary by \
+             {}. Their notices, as the toolchain ships them (share/doc/rust/\
+             COPYRIGHT-library.html, as text):",
+            tc.rustc
+        ),
+    );
+    printed.write(
+        &mut out,
+        "COPYRIGHT-library",
+        &tc.std_notices,
+        "the Rust standard library".into(),
+    );
+    let _ = writeln!(
+        out,
+        "{RULE}\nlibunwind (LLVM)\nLicense: Apache-2.0 WITH LLVM-exception AND NCSA\n\
+         Repository: https://github.com/llvm/llvm-project\n"
+    );
+    paragraph(
+        &mut out,
+        &format!(
+            "The unwinder of the Rust toolchain's {MUSL} target (self-contained libunwind.a), \
+             linked into the binary. Its entry in the toolchain's notices (share/doc/rust/\
+             COPYRIGHT.html), then the licence texts it names (share/doc/rust/licenses/):"
+        ),
+    );
+    let _ = writeln!(out, "{}", tc.llvm_notice);
+    for (id, text) in &tc.texts {
+        printed.write(&mut out, id, text, format!("libunwind (LLVM), {id}"));
+    }
     Ok(out)
 }
 
@@ -724,6 +919,24 @@ mod tests {
         }
         assert!(headings.contains("musl libc"));
         assert!(text.contains("Rich Felker"));
+        // What the toolchain links, with the notices it ships: the standard library's (with
+        // the crates it is built from) and libunwind's entry and licence texts.
+        for needle in [
+            "\nThe Rust standard library\n",
+            "--- COPYRIGHT-library ---\n",
+            "Copyright notices for The Rust Standard Library\n",
+            "📦 hashbrown-",
+            "\nlibunwind (LLVM)\n",
+            "File/Directory: src/llvm-project\nLicense: Apache-2.0 WITH LLVM-exception",
+            "LLVM Exceptions to the Apache 2.0 License",
+            "University of Illinois",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in the text");
+        }
+        assert!(
+            !text.contains("<p>") && !text.contains("&#34;"),
+            "HTML left in"
+        );
 
         // jemalloc's own notice, verbatim.
         let metadata: Value = serde_json::from_slice(
@@ -852,6 +1065,15 @@ mod tests {
             version: "9.9.9".into(),
             commit: None,
             musl_copyright: None,
+            toolchain: Toolchain {
+                rustc: "rustc 9.9.9".into(),
+                std_notices: "std notices\n".into(),
+                llvm_notice: "File/Directory: src/llvm-project\n".into(),
+                texts: LLVM_LICENCES
+                    .iter()
+                    .map(|id| (id.to_string(), format!("{id} text\n")))
+                    .collect(),
+            },
         }
     }
 
@@ -895,6 +1117,16 @@ mod tests {
         assert!(text.contains("--- vendor/NOTICE ---\nnotice\n"));
         assert!(text.contains("Copyright (c) bare maker\n\nPermission is hereby granted"));
         assert!(text.contains("Copyright © 2005-2020 Rich Felker, et al."));
+        assert!(
+            text.contains("--- COPYRIGHT-library ---\nstd notices\n"),
+            "{text}"
+        );
+        for id in LLVM_LICENCES {
+            assert!(
+                text.contains(&format!("--- {id} ---\n{id} text\n")),
+                "{text}"
+            );
+        }
         // The LGPL paragraph comes first, naming the crate's source and sentinel's.
         let top = text.split(RULE).next().unwrap();
         assert!(top.contains("btf-rs (LGPL)\n"), "{top}");
@@ -911,6 +1143,36 @@ mod tests {
             assert!(flat.contains(words), "{words}: {top}");
         }
         assert!(top.lines().all(|l| l.chars().count() <= 80), "{top}");
+    }
+
+    #[test]
+    fn html_notices_become_text() {
+        let html = "<head>\n<title>Notices</title>\n</head><h1>Notices</h1>\n\n\n<p>A &lt;b&gt; &amp; &#34;c&#34; &#x41; &bogus</p>  \n\
+                    <ul>\n<li>File/Directory: src/llvm-project</li>\n<li>License: Apache-2.0 WITH \
+                    LLVM-exception</li>\n\n<li>Copyright: 2010 Apple Inc</li></ul>\n\
+                    <li>File/Directory: src/other</li>";
+        let text = html_text(html);
+        assert_eq!(
+            text,
+            "Notices\n\nA <b> & \"c\" A &bogus\n\nFile/Directory: src/llvm-project\nLicense: \
+             Apache-2.0 WITH LLVM-exception\n\nCopyright: 2010 Apple Inc\nFile/Directory: \
+             src/other\n"
+        );
+        assert_eq!(
+            llvm_entry(&text).unwrap(),
+            "File/Directory: src/llvm-project\nLicense: Apache-2.0 WITH LLVM-exception\n\
+             Copyright: 2010 Apple Inc\n"
+        );
+        assert!(llvm_entry("File/Directory: src/other\n").is_err());
+        // The last entry ends at the next section.
+        assert_eq!(
+            llvm_entry(
+                "File/Directory: src/llvm-project\nLicense: A WITH LLVM-exception\n\
+                 Out-of-tree dependencies\nmore\n"
+            )
+            .unwrap(),
+            "File/Directory: src/llvm-project\nLicense: A WITH LLVM-exception\n"
+        );
     }
 
     #[test]

@@ -126,9 +126,7 @@ const LLVM_LICENCES: [&str; 3] = ["Apache-2.0", "LLVM-exception", "NCSA"];
 
 impl Toolchain {
     fn read() -> Result<Self> {
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-        let sysroot = rustc_output(&rustc, &["--print", "sysroot"])?;
-        let doc = PathBuf::from(sysroot).join("share/doc/rust");
+        let doc = sysroot()?.join("share/doc/rust");
         let read = |rel: &str| {
             fs::read_to_string(doc.join(rel)).with_context(|| {
                 format!(
@@ -148,7 +146,7 @@ impl Toolchain {
             ));
         }
         Ok(Self {
-            rustc: rustc_output(&rustc, &["--version"])?,
+            rustc: rustc_output(&["--version"])?,
             std_notices,
             llvm_notice,
             texts,
@@ -156,8 +154,15 @@ impl Toolchain {
     }
 }
 
-fn rustc_output(rustc: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(rustc)
+/// The toolchain's root (`rustc --print sysroot`).
+fn sysroot() -> Result<PathBuf> {
+    rustc_output(&["--print", "sysroot"]).map(PathBuf::from)
+}
+
+/// What `$RUSTC` (as cargo would run it, else `rustc`) prints for `args`.
+fn rustc_output(args: &[&str]) -> Result<String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(&rustc)
         .args(args)
         .output()
         .with_context(|| format!("{rustc} {}", args.join(" ")))?;
@@ -836,12 +841,7 @@ pub fn render(metadata: &Value, root: &str, build: &Build) -> Result<String> {
 /// musl target carries musl's libc.a (self-contained) but, as of Rust 1.95, not its COPYRIGHT:
 /// then [`render`] writes musl's MIT notice (MUSL_COPYRIGHT and the MIT text) itself.
 fn musl_copyright_file() -> Result<Option<String>> {
-    let out = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-        .args(["--print", "sysroot"])
-        .output()
-        .context("rustc --print sysroot")?;
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let target = sysroot.join("lib/rustlib").join(MUSL);
+    let target = sysroot()?.join("lib/rustlib").join(MUSL);
     fn find(dir: &Path) -> Option<PathBuf> {
         let mut entries: Vec<_> = fs::read_dir(dir).ok()?.flatten().collect();
         entries.sort_by_key(fs::DirEntry::file_name);

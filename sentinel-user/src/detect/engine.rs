@@ -877,23 +877,19 @@ impl DetectionEngine {
 
     /// A container's entry, if it is known.
     fn find(&self, c: &ContainerDelta) -> Found {
-        container_label(c)
-            .and_then(|label| {
-                let hash = self.label_hasher.hash_one(label);
-                self.containers
-                    .find_bucket_index(hash, |e| e.is(&c.name, label))
+        let mut place = [Slots::NONE; MAX_WATCHED];
+        // The places are copied by the match itself: the table is read once.
+        let bucket = container_label(c).and_then(|label| {
+            let hash = self.label_hasher.hash_one(label);
+            self.containers.find_bucket_index(hash, |e| {
+                let hit = e.is(&c.name, label);
+                if hit {
+                    place = e.slots.place;
+                }
+                hit
             })
-            .and_then(|bucket| {
-                let e = self.containers.get_bucket(bucket)?;
-                Some(Found {
-                    bucket: Some(bucket),
-                    place: e.slots.place,
-                })
-            })
-            .unwrap_or(Found {
-                bucket: None,
-                place: [Slots::NONE; MAX_WATCHED],
-            })
+        });
+        Found { bucket, place }
     }
 
     fn prefetch_series(&self, places: &[usize; MAX_WATCHED], stage: PrefetchStage) {

@@ -477,10 +477,9 @@ struct PatternMemory {
 }
 
 thread_local! {
-    /// Pattern memory's working space (the ring newest first, and one distance per
-    /// candidate): reused, so that an update allocates nothing once it has grown.
-    static SCRATCH: std::cell::RefCell<(Vec<f64>, Vec<f64>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Pattern memory's working space, one distance per candidate: reused, so that an update
+    /// allocates nothing once it has grown.
+    static DISTANCES: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl PatternMemory {
@@ -492,12 +491,11 @@ impl PatternMemory {
             return self.score;
         }
         // `age` 0 is the newest value; the latest pattern spans ages 0..sh, a candidate
-        // starting at age `e` spans e..e + sh and must not overlap it. The ring is copied
-        // newest first into a scratch buffer, so that every candidate is a contiguous
-        // stretch, and the distances are summed for all candidates at once, shingle position
-        // by position: each candidate's sum still adds the same terms in the same order (the
-        // result is bit for bit the one-candidate-at-a-time loop's), and the inner loop has
-        // no wrap check and vectorises.
+        // starting at age `e` spans e..e + sh and must not overlap it. The distances are summed
+        // for all candidates at once, shingle position by position, reading the ring backwards
+        // in place (ages run down the ring, in at most two stretches): each candidate's sum
+        // still adds the same terms in the same order (the result is bit for bit the
+        // one-candidate-at-a-time loop's), and the inner loop has no wrap check.
         let candidates = filled - 2 * sh + 1;
         // The latest 2 * sh blocks all equal (an idle series' zeros): the candidate right
         // behind the latest pattern is the same, so the nearest distance is exactly 0, which
@@ -507,7 +505,7 @@ impl PatternMemory {
         let best = if repeats {
             0.0
         } else {
-            Self::nearest(ring, newest, filled, sh, candidates)
+            Self::nearest(ring, newest, sh, candidates)
         };
         let mut cur = [0.0f64; MAX_SHINGLE];
         for (k, c) in cur[..sh].iter_mut().enumerate() {
@@ -529,20 +527,26 @@ impl PatternMemory {
 
     /// The smallest squared distance of the latest `sh` blocks to an earlier stretch of `sh`
     /// blocks that does not overlap them (`candidates` of them).
-    fn nearest(ring: &[f64], newest: usize, filled: usize, sh: usize, candidates: usize) -> f64 {
-        SCRATCH.with(|scratch| {
-            let (by_age, d2) = &mut *scratch.borrow_mut();
-            // Two reversed copies, then the unfilled end cut off: a chained, taken iterator
-            // copied one value at a time (4% of the daemon's CPU at 1000 containers).
-            by_age.clear();
-            by_age.extend(ring[..=newest].iter().rev());
-            by_age.extend(ring[newest + 1..].iter().rev());
-            by_age.truncate(filled);
+    fn nearest(ring: &[f64], newest: usize, sh: usize, candidates: usize) -> f64 {
+        let cap = ring.len();
+        DISTANCES.with(|d2| {
+            let d2 = &mut *d2.borrow_mut();
+            // No copy of the ring: a reversed copy to make every candidate one stretch cost
+            // more than the sums (the ring is cold at 1000 containers; this reads it once).
             d2.clear();
             d2.resize(candidates, 0.0);
             for k in 0..sh {
-                let c = by_age[k];
-                for (acc, v) in d2.iter_mut().zip(&by_age[sh + k..sh + k + candidates]) {
+                let c = ring[(newest + cap - k) % cap];
+                // Candidate `i` compares the value at age `sh + k + i`: from this place down
+                // to the ring's start, then on from its end.
+                let first = (newest + 2 * cap - sh - k) % cap;
+                // Two plain loops, not one over chained iterators, which would not vectorise.
+                let (near, far) = d2.split_at_mut((first + 1).min(candidates));
+                for (acc, v) in near.iter_mut().zip(ring[..=first].iter().rev()) {
+                    let d = c - v;
+                    *acc += d * d;
+                }
+                for (acc, v) in far.iter_mut().zip(ring.iter().rev()) {
                     let d = c - v;
                     *acc += d * d;
                 }
@@ -887,9 +891,37 @@ mod tests {
                     repeated
                 };
             }
-            let found =
-                PatternMemory::nearest(&ring, newest, ring.len(), sh, ring.len() - 2 * sh + 1);
+            let found = PatternMemory::nearest(&ring, newest, sh, ring.len() - 2 * sh + 1);
             assert_eq!(found.to_bits(), 0.0f64.to_bits(), "value {repeated}");
+        }
+    }
+
+    /// The search over the ring in place finds, bit for bit, the smallest of the distances
+    /// summed one candidate at a time, wherever the newest value sits and however full the
+    /// ring is.
+    #[test]
+    fn the_in_place_search_is_the_one_candidate_at_a_time_search() {
+        let sh = Feed::new().p.shingle;
+        let cap = 64;
+        let ring: Vec<f64> = (0..cap as u64).map(|i| 10.0 * noise(i + 77)).collect();
+        for filled in [2 * sh + 1, cap / 2, cap] {
+            for newest in 0..cap {
+                if filled < cap && newest + 1 != filled {
+                    continue; // a ring not yet full has its newest value at filled - 1
+                }
+                let at_age = |age: usize| ring[(newest + cap - age) % cap];
+                let candidates = filled - 2 * sh + 1;
+                let reference = (0..candidates)
+                    .map(|i| {
+                        (0..sh).fold(0.0, |sum, k| {
+                            let d = at_age(k) - at_age(sh + k + i);
+                            sum + d * d
+                        })
+                    })
+                    .fold(f64::INFINITY, f64::min);
+                let found = PatternMemory::nearest(&ring, newest, sh, candidates);
+                assert_eq!(found.to_bits(), reference.to_bits(), "{filled} {newest}");
+            }
         }
     }
 

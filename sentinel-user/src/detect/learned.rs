@@ -14,6 +14,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
+use smallvec::SmallVec;
 
 use super::calib::{CalibParams, Pot, PotParams, surprise_score};
 use super::config::DetectConfig;
@@ -160,7 +161,10 @@ struct Node {
 #[derive(Debug)]
 pub struct Forest {
     nodes: Vec<Node>,
-    roots: Vec<u32>,
+    /// Where each tree starts in `nodes`: inside the model for the default's 32 trees, so that
+    /// scoring a cold model waits on its nodes without first waiting on a list of its roots
+    /// (the model's own lines are asked for ahead, see `LearnedDetector::prefetch_model`).
+    roots: SmallVec<[u32; TREES]>,
     /// Depth limit of the trees: every path ends at a leaf within this many steps.
     levels: u32,
     norm: f64,
@@ -184,7 +188,7 @@ impl Forest {
         let limit = (sample as f64).log2().ceil() as u32;
         let mut rng = Rng(seed);
         let mut nodes = Vec::with_capacity(p.trees * (2 * sample));
-        let mut roots = Vec::with_capacity(p.trees);
+        let mut roots = SmallVec::with_capacity(p.trees);
         let mut idx: Vec<u32> = Vec::with_capacity(sample);
         for _ in 0..p.trees {
             idx.clear();

@@ -12,7 +12,8 @@
 //!
 //! `THIRD-PARTY-LICENSES` ([`crate::licenses`]) holds the licence notices of every crate,
 //! jemalloc, musl libc, the Rust standard library and LLVM's libunwind linked into the static
-//! binary: their licences ask for them to ship with it. It is generated first, so a crate without a licence text stops dist before the build.
+//! binary: their licences ask for them to ship with it. It is generated first, so a crate
+//! without a licence text stops dist before the build.
 //!
 //! The binary is always the static musl build: dist fails when that target cannot be had.
 //! Archive entries carry fixed owners and the commit's time, so a rebuild of one commit gives
@@ -485,7 +486,8 @@ Description: eBPF host sentinel: kernel metrics, anomaly detection, healing
 Upstream-Name: sentinel
 Comment: /usr/bin/sentinel is a static binary: it also contains third-party
  Rust crates, jemalloc, musl libc, the Rust standard library and LLVM's
- libunwind. Their licences and copyright notices are in /usr/share/doc/sentinel/{third_party}.gz.
+ libunwind. Their licences and copyright notices are in
+ /usr/share/doc/sentinel/{third_party}.gz.
 
 Files: *
 Copyright: 2026 The Sentinel developers

@@ -6,8 +6,9 @@
 //! Training is off the hot path: the per-series detector only `load`s the current model from an
 //! [`ArcSwapOption`]; a [`Trainer`] builds a new one either inline (replay: at fixed row counts,
 //! so the output does not depend on thread timing) or on a background thread (daemon) and swaps
-//! it in atomically. An isolation forest is invariant to per-feature affine scaling, so raw
-//! values are used as features directly.
+//! it in atomically. An isolation forest is invariant to an affine map of its features, so each
+//! training window is centred and scaled once (a power of two) and the splits are `f32`s, fine
+//! relative to the window's spread whatever the values' magnitude.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -139,22 +140,87 @@ fn c_factor(n: usize) -> f64 {
 }
 
 /// `Node::right` of a leaf.
-const LEAF: u32 = u32::MAX;
+const LEAF: u16 = u16::MAX;
 
 /// Trees walked in lockstep by `Forest::score` (the forest's 32 fit in one pass).
 const LOCKSTEP: usize = 32;
 
-/// A node in 16 bytes: the trees are laid out in preorder, so an internal node's left child
-/// is the next node and only the right one is stored. At 1000 containers the models are
-/// thousands of cold forests, and scoring one waits on its nodes' cache lines.
+/// Largest number of nodes a forest may hold: `Node::right` is a `u16` (the default's 32 trees
+/// of at most 127 nodes hold at most 4064).
+const MAX_NODES: usize = LEAF as usize;
+
+/// Largest point count a leaf records (`Node::size`), hence the largest tree sample.
+const MAX_LEAF_SIZE: usize = u8::MAX as usize;
+
+/// A node in 8 bytes: at 1000 containers the models are thousands of cold forests (two per
+/// container, 32 KiB each), and scoring one waits on its nodes' cache lines, so the fewer
+/// lines a path crosses and the less memory the models take, the better. The trees are laid
+/// out in preorder, so an internal node's left child is the next node and only the right one is
+/// stored. The split is an `f32` chosen as such at training (see `f32_split`), so it is the
+/// split the tree was built with, not a rounding of it; a leaf's `c(size)` comes from an exact
+/// table (`leaf_depth`).
 #[derive(Clone, Copy, Debug)]
 struct Node {
-    /// Internal: the split; leaf: `c(size)`, the expected depth still to go.
-    value: f64,
+    /// Internal: the split (points below it go left); leaf: unused.
+    split: f32,
     /// Internal: index of the right child; leaf: `LEAF`.
-    right: u32,
+    right: u16,
     /// Internal: the feature split on; leaf: 0, so that a lockstep step may read it.
-    feat: u16,
+    feat: u8,
+    /// Leaf: the training points that reached it; internal: 0.
+    size: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<Node>() == 8);
+
+/// `c(size)` of a leaf of `size` points, the expected depth still to go below it: the same
+/// `f64` as `c_factor`, looked up (a forest scores 32 leaves per point).
+fn leaf_depth(size: u8) -> f64 {
+    static TABLE: std::sync::LazyLock<[f64; MAX_LEAF_SIZE + 1]> =
+        std::sync::LazyLock::new(|| std::array::from_fn(c_factor));
+    TABLE[usize::from(size)]
+}
+
+/// The split of a feature whose training points span `[lo, hi]`, drawn as `drawn` in
+/// `[lo, hi)`: the `f32` nearest to it within `(lo, hi]`, so that at least one point goes
+/// each way; `None` when no `f32` lies there (in the split space of `split_space`, a spread
+/// under about 1e-7 of the window's is not split on, like no spread at all).
+fn f32_split(lo: f64, hi: f64, drawn: f64) -> Option<f32> {
+    let mut s = drawn as f32;
+    if f64::from(s) <= lo {
+        s = lo as f32;
+        if f64::from(s) <= lo {
+            s = s.next_up();
+        }
+    }
+    if f64::from(s) > hi {
+        s = hi as f32;
+        if f64::from(s) > hi {
+            s = s.next_down();
+        }
+    }
+    (f64::from(s) > lo && f64::from(s) <= hi).then_some(s)
+}
+
+/// The map of a training window onto the splits' scale: `(v - offset) * scale` lies in
+/// [-2, 2] for every value of the window. Centred on the window and scaled by its spread, an
+/// `f32` split is as fine relative to the spread as the values allow, whatever their magnitude
+/// (a gauge at 1e9 that moves by 10, or values beyond an `f32`'s range); the scale is a power
+/// of two, so that scaling rounds nothing. An isolation forest is invariant to such a map
+/// (the same one is applied to the points it scores).
+fn split_space(values: &[f64]) -> (f64, f64) {
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let offset = lo / 2.0 + hi / 2.0;
+    let half = (hi - offset).max(offset - lo);
+    // `half` is positive and finite (a constant window does not train; values are clamped to
+    // 1e100). The exponent is bounded so that the scale stays finite for subnormal spreads,
+    // which then map to small but normal numbers.
+    let scale = 2f64.powi(-(half.log2().floor() as i32).clamp(-1000, 1000));
+    (offset, scale)
 }
 
 /// An immutable trained model.
@@ -168,6 +234,9 @@ pub struct Forest {
     /// Depth limit of the trees: every path ends at a leaf within this many steps.
     levels: u32,
     norm: f64,
+    /// The map of values onto the splits' scale (see `split_space`).
+    offset: f64,
+    scale: f64,
     shingle: usize,
 }
 
@@ -185,9 +254,19 @@ impl Forest {
         }
         let points = values.len() - s + 1;
         let sample = p.sample.min(points);
+        if sample > MAX_LEAF_SIZE || p.trees * (2 * sample - 1) > MAX_NODES {
+            return Err(format!(
+                "{} trees of {sample} points do not fit a forest of 8-byte nodes (at most \
+                 {MAX_NODES} nodes and {MAX_LEAF_SIZE} points a tree)",
+                p.trees
+            ));
+        }
+        let (offset, scale) = split_space(values);
+        let values: Vec<f64> = values.iter().map(|v| (v - offset) * scale).collect();
+        let values = &values[..];
         let limit = (sample as f64).log2().ceil() as u32;
         let mut rng = Rng(seed);
-        let mut nodes = Vec::with_capacity(p.trees * (2 * sample));
+        let mut nodes = Vec::with_capacity(p.trees * (2 * sample - 1));
         let mut roots = SmallVec::with_capacity(p.trees);
         let mut idx: Vec<u32> = Vec::with_capacity(sample);
         for _ in 0..p.trees {
@@ -196,11 +275,19 @@ impl Forest {
             roots.push(nodes.len() as u32);
             build(&mut nodes, values, s, &mut idx[..], 0, limit, &mut rng);
         }
+        if nodes.iter().all(|n| n.right == LEAF) {
+            return Err(
+                "no split in the training window (it varies by less than an f32 can tell apart)"
+                    .into(),
+            );
+        }
         Ok(Forest {
             nodes,
             roots,
             levels: limit,
             norm: c_factor(sample),
+            offset,
+            scale,
             shingle: s,
         })
     }
@@ -208,6 +295,11 @@ impl Forest {
     /// Isolation score in (0, 1): ~0.5 and below is ordinary, towards 1 is isolated quickly.
     pub fn score(&self, point: &[f64]) -> f64 {
         debug_assert_eq!(point.len(), self.shingle);
+        let mut scaled = [0.0f64; MAX_SHINGLE];
+        for (x, &v) in scaled.iter_mut().zip(point) {
+            *x = (v - self.offset) * self.scale;
+        }
+        let point = &scaled[..point.len()];
         // The trees are walked in lockstep, a level at a time, and a leaf stays where it is:
         // each tree's next node is a load independent of the others', so a cold model's cache
         // misses overlap instead of following one another down 32 paths. The path lengths are
@@ -225,16 +317,16 @@ impl Forest {
                     // Not a branch: which way a point goes is as good as random, and a
                     // mispredicted branch would cancel the loads issued behind it.
                     let next = std::hint::select_unpredictable(
-                        point[usize::from(n.feat)] < n.value,
+                        point[usize::from(n.feat)] < f64::from(n.split),
                         *i + 1,
-                        n.right,
+                        u32::from(n.right),
                     );
                     *i = if leaf { *i } else { next };
                     *d += u32::from(!leaf);
                 }
             }
             for (&i, &d) in at.iter().zip(depth.iter()) {
-                total += f64::from(d) + self.nodes[i as usize].value;
+                total += f64::from(d) + leaf_depth(self.nodes[i as usize].size);
             }
         }
         let mean = total / self.roots.len() as f64;
@@ -257,9 +349,11 @@ fn build(
 ) -> u32 {
     let me = nodes.len() as u32;
     let leaf = |size: usize| Node {
-        value: c_factor(size),
+        split: 0.0,
         right: LEAF,
         feat: 0,
+        // The sample is at most `MAX_LEAF_SIZE` (checked by `Forest::train`).
+        size: size as u8,
     };
     if idx.len() <= 1 || depth >= limit {
         nodes.push(leaf(idx.len()));
@@ -277,29 +371,31 @@ fn build(
             hi = hi.max(v);
         }
         if hi > lo {
-            chosen = Some((f, lo + rng.unit() * (hi - lo), lo));
-            break;
+            let drawn = lo + rng.unit() * (hi - lo);
+            if let Some(split) = f32_split(lo, hi, drawn) {
+                chosen = Some((f, split));
+                break;
+            }
         }
     }
-    let Some((f, mut split, lo)) = chosen else {
+    let Some((f, split)) = chosen else {
         nodes.push(leaf(idx.len()));
         return me;
     };
-    if split <= lo {
-        // unit() can return exactly 0; keep at least one point on each side.
-        split = f64::from_bits(lo.to_bits() + 1);
-    }
-    let k = partition(idx, |j| values[j as usize + f] < split);
+    let k = partition(idx, |j| values[j as usize + f] < f64::from(split));
     nodes.push(Node {
-        value: split,
+        split,
         right: 0,
-        feat: f as u16,
+        // The shingle is at most `MAX_SHINGLE` (64).
+        feat: f as u8,
+        size: 0,
     });
     let (a, b) = idx.split_at_mut(k);
     // Preorder: the left subtree starts at the next node.
     build(nodes, values, s, a, depth + 1, limit, rng);
     let r = build(nodes, values, s, b, depth + 1, limit, rng);
-    nodes[me as usize].right = r;
+    // At most `MAX_NODES` nodes (checked by `Forest::train`).
+    nodes[me as usize].right = r as u16;
     me
 }
 
@@ -827,14 +923,14 @@ mod tests {
                 let (mut i, mut depth) = (root as usize, 0.0);
                 while f.nodes[i].right != LEAF {
                     let n = &f.nodes[i];
-                    i = if point[usize::from(n.feat)] < n.value {
+                    i = if (point[usize::from(n.feat)] - f.offset) * f.scale < f64::from(n.split) {
                         i + 1
                     } else {
                         n.right as usize
                     };
                     depth += 1.0;
                 }
-                total += depth + f.nodes[i].value;
+                total += depth + c_factor(usize::from(f.nodes[i].size));
             }
             (-(total / f.roots.len() as f64) / f.norm).exp2()
         }
@@ -874,6 +970,86 @@ mod tests {
                 );
             }
         }
+    }
+
+    proptest::proptest! {
+        /// A split lies strictly above the smallest value and at most at the largest, so that
+        /// each side gets a point; there is none only when no `f32` lies there.
+        #[test]
+        fn an_f32_split_divides_its_points(
+            lo in -1e6f64..1e6,
+            width in proptest::prop_oneof![1e-12f64..1e-3, 1e-3f64..1e6],
+            at in 0.0f64..1.0,
+        ) {
+            let hi = lo + width;
+            let drawn = lo + at * (hi - lo);
+            match f32_split(lo, hi, drawn) {
+                Some(s) => {
+                    proptest::prop_assert!(f64::from(s) > lo && f64::from(s) <= hi);
+                    // The nearest such f32 to the draw: none closer on either side.
+                    let d = (f64::from(s) - drawn).abs();
+                    for n in [s.next_up(), s.next_down()] {
+                        let inside = f64::from(n) > lo && f64::from(n) <= hi;
+                        proptest::prop_assert!(!inside || (f64::from(n) - drawn).abs() >= d);
+                    }
+                }
+                None => {
+                    let up = (lo as f32).next_up();
+                    let first = if f64::from(lo as f32) > lo { lo as f32 } else { up };
+                    proptest::prop_assert!(f64::from(first) > hi, "{first} lies in ({lo}, {hi}]");
+                }
+            }
+        }
+    }
+
+    /// Splits are `f32`s over the window centred and scaled: a window shifted far from zero or
+    /// scaled by a power of two beyond an `f32`'s range trains the same forest and scores
+    /// every point bit for bit the same (without the map, 1e200 would overflow every split and
+    /// a gauge at 1e9 moving by a few units would have no split at all).
+    #[test]
+    fn the_forest_is_the_same_at_any_magnitude() {
+        let p = ForestParams::new(&DetectConfig::default());
+        let base: Vec<f64> = (0..600u64)
+            .map(|i| {
+                (i as f64 * 0.05).sin() * 10.0 + noise(i) + if i % 97 == 0 { 30.0 } else { 0.0 }
+            })
+            .collect();
+        let points: Vec<Vec<f64>> = (0..200u64)
+            .map(|k| {
+                (0..p.shingle as u64)
+                    .map(|j| base[((k * 13 + j) % 600) as usize] + 40.0 * noise(k * 31 + j))
+                    .collect()
+            })
+            .collect();
+        let reference = Forest::train(&base, &p, 7).expect("a varied window trains");
+        // A window of subnormal values trains too (its scale stays finite).
+        let tiny: Vec<f64> = (0..600u64).map(|i| (i % 7) as f64 * 5e-324).collect();
+        let f = Forest::train(&tiny, &p, 7).expect("a subnormal window trains");
+        assert!(f.score(&tiny[..p.shingle]).is_finite());
+        for factor in [2f64.powi(700), 2f64.powi(-700), 2f64.powi(40)] {
+            let map = |v: &f64| v * factor;
+            let f = Forest::train(&base.iter().map(map).collect::<Vec<_>>(), &p, 7)
+                .expect("a scaled window trains");
+            for point in &points {
+                let scaled: Vec<f64> = point.iter().map(map).collect();
+                assert_eq!(
+                    f.score(&scaled).to_bits(),
+                    reference.score(point).to_bits(),
+                    "factor {factor:e}"
+                );
+            }
+        }
+        // Far from zero, a few units of spread: a forest that still isolates an odd point.
+        let shifted: Vec<f64> = base.iter().map(|v| 1e9 + v).collect();
+        let f = Forest::train(&shifted, &p, 7).expect("a gauge at 1e9 moving by units trains");
+        let ordinary: Vec<f64> = shifted[100..100 + p.shingle].to_vec();
+        let odd: Vec<f64> = ordinary.iter().map(|v| v + 80.0).collect();
+        assert!(
+            f.score(&odd) > f.score(&ordinary) + 0.1,
+            "odd {} ordinary {}",
+            f.score(&odd),
+            f.score(&ordinary)
+        );
     }
 
     /// The shortcut for a repeated value (the latest 2 x shingle blocks equal) returns what

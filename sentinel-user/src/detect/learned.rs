@@ -1007,8 +1007,8 @@ mod tests {
 
     /// Splits are `f32`s over the window centred and scaled: a window shifted far from zero or
     /// scaled by a power of two beyond an `f32`'s range trains the same forest and scores
-    /// every point bit for bit the same (without the map, 1e200 would overflow every split and
-    /// a gauge at 1e9 moving by a few units would have no split at all).
+    /// every point bit for bit the same (without the map, 2^700 would overflow every split and
+    /// a gauge at 1e9, where `f32`s are 64 apart, would be split only in steps of 64).
     #[test]
     fn the_forest_is_the_same_at_any_magnitude() {
         let p = ForestParams::new(&DetectConfig::default());

@@ -239,11 +239,20 @@ impl SeriesDetector {
         }
     }
 
-    /// The learned model's lines, if the next update scores (after `prefetch_deep`).
+    /// The learned detector's ring and model, if the next update scores (after `prefetch_deep`).
     #[inline]
     fn prefetch_model(&self, p: &Params) {
         if let Some(l) = &self.learned {
             l.prefetch_model(&p.forest);
+        }
+    }
+
+    /// The lines where the learned model's trees begin, if the next update scores (after
+    /// `prefetch_model`).
+    #[inline]
+    fn prefetch_tops(&self, p: &Params) {
+        if let Some(l) = &self.learned {
+            l.prefetch_tops(&p.forest);
         }
     }
 
@@ -711,10 +720,11 @@ struct Found {
 
 /// How many containers ahead of the one being fed each stage of a series' state is asked
 /// for: each stage reads pointers the one before loaded.
-const PREFETCH_STAGES: [(usize, PrefetchStage); 3] = [
-    (3, SeriesDetector::prefetch_state),
-    (2, SeriesDetector::prefetch_deep),
-    (1, SeriesDetector::prefetch_model),
+const PREFETCH_STAGES: [(usize, PrefetchStage); 4] = [
+    (4, SeriesDetector::prefetch_state),
+    (3, SeriesDetector::prefetch_deep),
+    (2, SeriesDetector::prefetch_model),
+    (1, SeriesDetector::prefetch_tops),
 ];
 
 /// One detector pipeline per series, created lazily, bounded by `max_series`, and dropped when
@@ -810,10 +820,10 @@ impl DetectionEngine {
             }
         });
         // Every container is found first, so that its series' state can be asked for a few
-        // containers ahead, in stages (the detectors, what they point to, then the model:
-        // `PREFETCH_STAGES`): when a container is fed its state is in the cache (see
-        // `prefetch`). `observe_container` starts from what was found (checked: a container
-        // created before it may have moved the entries).
+        // containers ahead, in stages (the detectors, what they point to, the learned ring and
+        // model, then where the model's trees begin: `PREFETCH_STAGES`): when a container is fed
+        // its state is in the cache (see `prefetch`). `observe_container` starts from what was
+        // found (checked: a container created before it may have moved the entries).
         let mut ahead = std::mem::take(&mut self.ahead);
         ahead.clear();
         ahead.extend(iv.containers.iter().map(|c| self.find(c)));
@@ -1480,9 +1490,10 @@ mod tests {
         }
         assert_eq!(ring(&d), before);
         let f = d.learned.as_ref().unwrap().model_nodes();
-        // Trees are bounded by the sample size: at most 2 * sample - 1 nodes each.
+        // Trees are bounded by the sample size: at most 2 * sample - 1 nodes each, in lines at
+        // least half full (see `lay_out`).
         assert!(
-            f > 0 && f <= p.forest.trees * (2 * p.forest.sample - 1),
+            f > 0 && f <= 2 * p.forest.trees * (2 * p.forest.sample - 1) + 8,
             "{f}"
         );
     }

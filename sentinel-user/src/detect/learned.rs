@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 
 use super::calib::{CalibParams, Pot, PotParams, surprise_score};
 use super::config::DetectConfig;
-use super::prefetch::{prefetch, prefetch_lines};
+use super::prefetch::{prefetch, prefetch_lines, prefetch_slice};
 
 /// Largest supported shingle (config `shingle` is validated against it).
 pub const MAX_SHINGLE: usize = 64;
@@ -139,37 +139,54 @@ fn c_factor(n: usize) -> f64 {
     }
 }
 
-/// `Node::right` of a leaf.
+/// `Node::child` of a leaf.
 const LEAF: u16 = u16::MAX;
 
 /// Trees walked in lockstep by `Forest::score` (the forest's 32 fit in one pass).
 const LOCKSTEP: usize = 32;
 
-/// Largest number of nodes a forest may hold: `Node::right` is a `u16` (the default's 32 trees
-/// of at most 127 nodes hold at most 4064).
+/// Largest number of node slots a forest may hold: `Node::child` is a `u16` below `LEAF` (the
+/// default's 32 trees take about 3000).
 const MAX_NODES: usize = LEAF as usize;
 
 /// Largest point count a leaf records (`Node::size`), hence the largest tree sample.
 const MAX_LEAF_SIZE: usize = u8::MAX as usize;
 
 /// A node in 8 bytes: at 1000 containers the models are thousands of cold forests (two per
-/// container, 32 KiB each), and scoring one waits on its nodes' cache lines, so the fewer
-/// lines a path crosses and the less memory the models take, the better. The trees are laid
-/// out in preorder, so an internal node's left child is the next node and only the right one is
-/// stored. The split is an `f32` chosen as such at training (see `f32_split`), so it is the
-/// split the tree was built with, not a rounding of it; a leaf's `c(size)` comes from an exact
-/// table (`leaf_depth`).
-#[derive(Clone, Copy, Debug)]
+/// container), and scoring one waits on its nodes' cache lines, so the fewer lines a path
+/// crosses and the less memory the models take, the better. The split is an `f32` chosen as
+/// such at training (see `f32_split`), so it is the split the tree was built with, not a
+/// rounding of it; a leaf's `c(size)` comes from an exact table (`leaf_depth`).
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 struct Node {
     /// Internal: the split (points below it go left); leaf: unused.
     split: f32,
-    /// Internal: index of the right child; leaf: `LEAF`.
-    right: u16,
+    /// Internal: the index of the left child, the right one being the next (in a forest's
+    /// `lines`, see `lay_out`); in `grow`'s preorder, the index of the right child, the left
+    /// one being the next node. Leaf: `LEAF`.
+    child: u16,
     /// Internal: the feature split on; leaf: 0, so that a lockstep step may read it.
     feat: u8,
     /// Leaf: the training points that reached it; internal: 0.
     size: u8,
 }
+
+/// A slot no path reaches (the rest of a line).
+const UNUSED: Node = Node {
+    split: 0.0,
+    child: LEAF,
+    feat: 0,
+    size: 0,
+};
+
+/// Nodes per 64-byte cache line.
+const LINE_NODES: usize = 8;
+
+/// One cache line of a forest's nodes: `lay_out` places each block of a tree within one.
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Line([Node; LINE_NODES]);
 
 const _: () = assert!(std::mem::size_of::<Node>() == 8);
 
@@ -226,11 +243,15 @@ fn split_space(values: &[f64]) -> (f64, f64) {
 /// An immutable trained model.
 #[derive(Debug)]
 pub struct Forest {
-    nodes: Vec<Node>,
-    /// Where each tree starts in `nodes`: inside the model for the default's 32 trees, so that
-    /// scoring a cold model waits on its nodes without first waiting on a list of its roots
-    /// (the model's own lines are asked for ahead, see `LearnedDetector::prefetch_model`).
+    /// The trees' nodes in blocks of one cache line each (see `lay_out`).
+    lines: Box<[Line]>,
+    /// Where each tree starts (a slot in `lines`): inside the model for the default's 32
+    /// trees, so that scoring a cold model waits on its nodes without first waiting on a list
+    /// of its roots (the model's own lines are asked for ahead, see
+    /// `LearnedDetector::prefetch_model`).
     roots: SmallVec<[u32; TREES]>,
+    /// The first lines of `lines`, which hold every tree's root block (`prefetch_tops`).
+    tops: usize,
     /// Depth limit of the trees: every path ends at a leaf within this many steps.
     levels: u32,
     norm: f64,
@@ -240,56 +261,42 @@ pub struct Forest {
     shingle: usize,
 }
 
+/// A forest's trees as `build` grows them: nodes in preorder and where each tree starts.
+struct Grown {
+    preorder: Vec<Node>,
+    roots: Vec<u32>,
+    limit: u32,
+    norm: f64,
+    offset: f64,
+    scale: f64,
+}
+
 impl Forest {
     /// Trains on `values` (oldest first); every window of `p.shingle` consecutive values is one
     /// point. Fails on data that cannot be split (e.g. a constant series).
     pub fn train(values: &[f64], p: &ForestParams, seed: u64) -> Result<Forest, String> {
-        let s = p.shingle;
-        if values.len() < s + 1 {
-            return Err(format!("only {} values to train on", values.len()));
-        }
-        let first = values[0];
-        if values.iter().all(|&v| v == first) {
-            return Err("training window is constant".into());
-        }
-        let points = values.len() - s + 1;
-        let sample = p.sample.min(points);
-        if sample > MAX_LEAF_SIZE || p.trees * (2 * sample - 1) > MAX_NODES {
-            return Err(format!(
-                "{} trees of {sample} points do not fit a forest of 8-byte nodes (at most \
-                 {MAX_NODES} nodes and {MAX_LEAF_SIZE} points a tree)",
-                p.trees
-            ));
-        }
-        let (offset, scale) = split_space(values);
-        let values: Vec<f64> = values.iter().map(|v| (v - offset) * scale).collect();
-        let values = &values[..];
-        let limit = (sample as f64).log2().ceil() as u32;
-        let mut rng = Rng(seed);
-        let mut nodes = Vec::with_capacity(p.trees * (2 * sample - 1));
-        let mut roots = SmallVec::with_capacity(p.trees);
-        let mut idx: Vec<u32> = Vec::with_capacity(sample);
-        for _ in 0..p.trees {
-            idx.clear();
-            idx.extend((0..sample).map(|_| rng.below(points) as u32));
-            roots.push(nodes.len() as u32);
-            build(&mut nodes, values, s, &mut idx[..], 0, limit, &mut rng);
-        }
-        if nodes.iter().all(|n| n.right == LEAF) {
-            return Err(
-                "no split in the training window (it varies by less than an f32 can tell apart)"
-                    .into(),
-            );
-        }
+        let g = grow(values, p, seed)?;
+        let LaidOut { lines, roots, tops } = lay_out(&g.preorder, &g.roots)?;
         Ok(Forest {
-            nodes,
+            lines,
             roots,
-            levels: limit,
-            norm: c_factor(sample),
-            offset,
-            scale,
-            shingle: s,
+            tops,
+            levels: g.limit,
+            norm: g.norm,
+            offset: g.offset,
+            scale: g.scale,
+            shingle: p.shingle,
         })
+    }
+
+    fn nodes(&self) -> &[Node] {
+        bytemuck::cast_slice(&self.lines)
+    }
+
+    /// Starts loading the lines of every tree's first levels, where a score's walks begin.
+    #[inline]
+    pub fn prefetch_tops(&self) {
+        prefetch_slice(&self.lines[..self.tops]);
     }
 
     /// Isolation score in (0, 1): ~0.5 and below is ordinary, towards 1 is isolated quickly.
@@ -300,6 +307,7 @@ impl Forest {
             *x = (v - self.offset) * self.scale;
         }
         let point = &scaled[..point.len()];
+        let nodes = self.nodes();
         // The trees are walked in lockstep, a level at a time, and a leaf stays where it is:
         // each tree's next node is a load independent of the others', so a cold model's cache
         // misses overlap instead of following one another down 32 paths. The path lengths are
@@ -312,21 +320,19 @@ impl Forest {
             at.copy_from_slice(roots);
             for _ in 0..self.levels {
                 for (i, d) in at.iter_mut().zip(depth.iter_mut()) {
-                    let n = &self.nodes[*i as usize];
-                    let leaf = n.right == LEAF;
-                    // Not a branch: which way a point goes is as good as random, and a
-                    // mispredicted branch would cancel the loads issued behind it.
-                    let next = std::hint::select_unpredictable(
-                        point[usize::from(n.feat)] < f64::from(n.split),
-                        *i + 1,
-                        u32::from(n.right),
-                    );
-                    *i = if leaf { *i } else { next };
+                    let n = &nodes[*i as usize];
+                    let leaf = n.child == LEAF;
+                    // Children are adjacent: the right one is the next slot. No branch: which
+                    // way a point goes is as good as random, and a mispredicted branch would
+                    // cancel the loads issued behind it.
+                    let below = point[usize::from(n.feat)] < f64::from(n.split);
+                    let next = u32::from(n.child) + u32::from(!below);
+                    *i = std::hint::select_unpredictable(leaf, *i, next);
                     *d += u32::from(!leaf);
                 }
             }
             for (&i, &d) in at.iter().zip(depth.iter()) {
-                total += f64::from(d) + leaf_depth(self.nodes[i as usize].size);
+                total += f64::from(d) + leaf_depth(nodes[i as usize].size);
             }
         }
         let mean = total / self.roots.len() as f64;
@@ -335,6 +341,173 @@ impl Forest {
         } else {
             0.5
         }
+    }
+}
+
+/// Grows the trees of a forest on `values` (see `Forest::train`).
+fn grow(values: &[f64], p: &ForestParams, seed: u64) -> Result<Grown, String> {
+    let s = p.shingle;
+    if values.len() < s + 1 {
+        return Err(format!("only {} values to train on", values.len()));
+    }
+    let first = values[0];
+    if values.iter().all(|&v| v == first) {
+        return Err("training window is constant".into());
+    }
+    let points = values.len() - s + 1;
+    let sample = p.sample.min(points);
+    if sample > MAX_LEAF_SIZE || p.trees * (2 * sample - 1) > MAX_NODES {
+        return Err(format!(
+            "{} trees of {sample} points do not fit a forest of 8-byte nodes (at most \
+             {MAX_NODES} nodes and {MAX_LEAF_SIZE} points a tree)",
+            p.trees
+        ));
+    }
+    let (offset, scale) = split_space(values);
+    let values: Vec<f64> = values.iter().map(|v| (v - offset) * scale).collect();
+    let values = &values[..];
+    let limit = (sample as f64).log2().ceil() as u32;
+    let mut rng = Rng(seed);
+    let mut preorder = Vec::with_capacity(p.trees * (2 * sample - 1));
+    let mut roots = Vec::with_capacity(p.trees);
+    let mut idx: Vec<u32> = Vec::with_capacity(sample);
+    for _ in 0..p.trees {
+        idx.clear();
+        idx.extend((0..sample).map(|_| rng.below(points) as u32));
+        roots.push(preorder.len() as u32);
+        build(&mut preorder, values, s, &mut idx[..], 0, limit, &mut rng);
+    }
+    if preorder.iter().all(|n| n.child == LEAF) {
+        return Err(
+            "no split in the training window (it varies by less than an f32 can tell apart)".into(),
+        );
+    }
+    Ok(Grown {
+        preorder,
+        roots,
+        limit,
+        norm: c_factor(sample),
+        offset,
+        scale,
+    })
+}
+
+/// Levels of a tree in its root's block: 1 + 2 + 4 nodes, one line.
+const ROOT_BLOCK_LEVELS: u32 = 3;
+/// Levels in each further block: a pair of siblings and their children, 2 + 4 nodes.
+const PAIR_BLOCK_LEVELS: u32 = 2;
+
+/// Lays the trees grown in `preorder` out in blocks of one cache line each, so that a walk
+/// from a root to a leaf at depth 6 (the default's limit) reads at most 3 lines: the root's
+/// block holds its first three levels, every further block a pair of siblings and their
+/// children. Scoring a cold model waits on each line in turn; in preorder a walk to a leaf of
+/// the default's trees reads 3.1 lines on average and up to 6, laid out 2.8 and 3 (test
+/// `a_path_reads_three_lines`), and the first of them, the root blocks, come first (`tops`
+/// lines), so that they can be asked for ahead (`Forest::prefetch_tops`). Within a block the
+/// levels follow one another and children are adjacent (a node holds only its left child's
+/// index). The blocks are packed first fit: no two lines hold 8 nodes or fewer together, so
+/// the slots are fewer than twice the nodes plus a line. The trees are the same: every walk
+/// takes the same turns to the same leaf.
+fn lay_out(preorder: &[Node], roots: &[u32]) -> Result<LaidOut, String> {
+    let mut layout = Layout {
+        preorder,
+        lines: Vec::with_capacity(preorder.len() / 4),
+        free: Vec::with_capacity(preorder.len() / 4),
+    };
+    let mut placed = SmallVec::with_capacity(roots.len());
+    let mut below = Vec::new();
+    for &root in roots {
+        placed.push(layout.block(&[root as usize], ROOT_BLOCK_LEVELS, &mut below) as u32);
+    }
+    let tops = layout.lines.len();
+    // Depth first: the blocks under a block, then its neighbours'.
+    below.reverse();
+    while let Some((slot, at)) = below.pop() {
+        let pair = [at + 1, usize::from(preorder[at].child)];
+        let mut deeper = Vec::new();
+        let first = layout.block(&pair, PAIR_BLOCK_LEVELS, &mut deeper);
+        layout.lines[slot / LINE_NODES].0[slot % LINE_NODES].child = first as u16;
+        below.extend(deeper.into_iter().rev());
+    }
+    if layout.lines.len() * LINE_NODES > MAX_NODES {
+        return Err(format!(
+            "{} trees do not fit a forest of 8-byte nodes (more than {MAX_NODES} slots)",
+            roots.len()
+        ));
+    }
+    Ok(LaidOut {
+        lines: layout.lines.into_boxed_slice(),
+        roots: placed,
+        tops,
+    })
+}
+
+/// What `lay_out` makes of a forest's trees (see `Forest`'s fields of the same names).
+struct LaidOut {
+    lines: Box<[Line]>,
+    roots: SmallVec<[u32; TREES]>,
+    tops: usize,
+}
+
+/// `lay_out`'s work: the lines so far and the free slots at the end of each.
+struct Layout<'a> {
+    preorder: &'a [Node],
+    lines: Vec<Line>,
+    free: Vec<u8>,
+}
+
+impl Layout<'_> {
+    /// The first of `n` (at most a line) free consecutive slots, in the first line that has
+    /// them.
+    fn take(&mut self, n: usize) -> usize {
+        let k = match self.free.iter().position(|&f| usize::from(f) >= n) {
+            Some(k) => k,
+            None => {
+                self.lines.push(Line([UNUSED; LINE_NODES]));
+                self.free.push(LINE_NODES as u8);
+                self.lines.len() - 1
+            }
+        };
+        let at = k * LINE_NODES + LINE_NODES - usize::from(self.free[k]);
+        self.free[k] -= n as u8;
+        at
+    }
+
+    /// Places `top` (preorder indices: a root, or a pair of siblings) and `levels - 1` levels
+    /// of their descendants in one block, level after level; returns the slot of `top[0]`.
+    /// The internal nodes of the block's last level are pushed onto `below` (their slot and
+    /// preorder index), to get a block of their own for their children.
+    fn block(&mut self, top: &[usize], levels: u32, below: &mut Vec<(usize, usize)>) -> usize {
+        // Preorder indices in the block's order, and where each one's children are in it.
+        let mut order: SmallVec<[usize; LINE_NODES]> = top.into();
+        let mut children: SmallVec<[Option<usize>; LINE_NODES]> =
+            top.iter().map(|_| None).collect();
+        let mut level = 0..order.len();
+        for _ in 1..levels {
+            let end = order.len();
+            for k in level.clone() {
+                let n = self.preorder[order[k]];
+                if n.child != LEAF {
+                    children[k] = Some(order.len());
+                    order.extend([order[k] + 1, usize::from(n.child)]);
+                    children.extend([None, None]);
+                }
+            }
+            level = end..order.len();
+        }
+        let first = self.take(order.len());
+        for (k, &at) in order.iter().enumerate() {
+            let mut n = self.preorder[at];
+            if n.child != LEAF {
+                match children[k] {
+                    Some(c) => n.child = (first + c) as u16,
+                    None => below.push((first + k, at)),
+                }
+            }
+            let slot = first + k;
+            self.lines[slot / LINE_NODES].0[slot % LINE_NODES] = n;
+        }
+        first
     }
 }
 
@@ -350,7 +523,7 @@ fn build(
     let me = nodes.len() as u32;
     let leaf = |size: usize| Node {
         split: 0.0,
-        right: LEAF,
+        child: LEAF,
         feat: 0,
         // The sample is at most `MAX_LEAF_SIZE` (checked by `Forest::train`).
         size: size as u8,
@@ -388,7 +561,7 @@ fn build(
     let k = partition(idx, |j| values[j as usize + f] < f64::from(split));
     nodes.push(Node {
         split,
-        right: 0,
+        child: 0,
         // The shingle is at most `MAX_SHINGLE` (64).
         feat: f as u8,
         size: 0,
@@ -398,7 +571,7 @@ fn build(
     build(nodes, values, s, a, depth + 1, limit, rng);
     let r = build(nodes, values, s, b, depth + 1, limit, rng);
     // At most `MAX_NODES` nodes (checked by `Forest::train`).
-    nodes[me as usize].right = r as u16;
+    nodes[me as usize].child = r as u16;
     me
 }
 
@@ -689,7 +862,11 @@ impl LearnedDetector {
 
     /// Nodes of the current model (0 without one).
     pub fn model_nodes(&self) -> usize {
-        self.slot.model.load().as_ref().map_or(0, |m| m.nodes.len())
+        self.slot
+            .model
+            .load()
+            .as_ref()
+            .map_or(0, |m| m.nodes().len())
     }
 
     /// Whether the last update ended a block: the score it returned is new, not held.
@@ -738,14 +915,27 @@ impl LearnedDetector {
         prefetch_lines(self);
     }
 
-    /// Starts loading the model's own lines, if the next update scores (its lines must be
-    /// loaded already: `prefetch` a little earlier).
+    /// Starts loading what the next update reads if it ends a block: the ring (the pattern
+    /// memory's search reads all of it) and the model's own lines. This detector's lines must
+    /// be loaded already: `prefetch` a little earlier.
     #[inline]
     pub fn prefetch_model(&self, p: &ForestParams) {
+        if self.block_len + 1 >= p.downsample {
+            prefetch_slice(&self.ring);
+            if let Some(model) = &self.model {
+                prefetch_lines(&**model);
+            }
+        }
+    }
+
+    /// Starts loading the lines where the model's trees begin, if the next update scores (the
+    /// model's own lines must be loaded already: `prefetch_model` a little earlier).
+    #[inline]
+    pub fn prefetch_tops(&self, p: &ForestParams) {
         if self.block_len + 1 >= p.downsample
             && let Some(model) = &self.model
         {
-            prefetch_lines(&**model);
+            model.prefetch_tops();
         }
     }
 
@@ -916,45 +1106,51 @@ mod tests {
         }
     }
 
-    /// The lockstep walk scores every point bit for bit as walking one tree after another
-    /// does, on forests of more trees than one lockstep pass holds and of uneven depth.
-    #[test]
-    fn the_lockstep_walk_is_the_tree_by_tree_walk() {
-        fn one_tree_at_a_time(f: &Forest, point: &[f64]) -> f64 {
-            let mut total = 0.0;
-            for &root in &f.roots {
-                let (mut i, mut depth) = (root as usize, 0.0);
-                while f.nodes[i].right != LEAF {
-                    let n = &f.nodes[i];
-                    i = if (point[usize::from(n.feat)] - f.offset) * f.scale < f64::from(n.split) {
-                        i + 1
-                    } else {
-                        n.right as usize
-                    };
-                    depth += 1.0;
-                }
-                total += depth + c_factor(usize::from(f.nodes[i].size));
-            }
-            (-(total / f.roots.len() as f64) / f.norm).exp2()
-        }
-        let values: Vec<f64> = (0..600u64)
+    fn varied_window() -> Vec<f64> {
+        (0..600u64)
             .map(|i| {
                 (i as f64 * 0.05).sin() * 10.0 + noise(i) + if i % 97 == 0 { 30.0 } else { 0.0 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// The lockstep walk over the blocked layout scores every point bit for bit as walking
+    /// the grown trees (preorder) one after another does, on forests of more trees than one
+    /// lockstep pass holds and of uneven depth.
+    #[test]
+    fn the_lockstep_walk_is_the_tree_by_tree_walk() {
+        fn one_tree_at_a_time(g: &Grown, point: &[f64]) -> f64 {
+            let mut total = 0.0;
+            for &root in &g.roots {
+                let (mut i, mut depth) = (root as usize, 0.0);
+                while g.preorder[i].child != LEAF {
+                    let n = &g.preorder[i];
+                    i = if (point[usize::from(n.feat)] - g.offset) * g.scale < f64::from(n.split) {
+                        i + 1
+                    } else {
+                        n.child as usize
+                    };
+                    depth += 1.0;
+                }
+                total += depth + c_factor(usize::from(g.preorder[i].size));
+            }
+            (-(total / g.roots.len() as f64) / g.norm).exp2()
+        }
+        let values = varied_window();
         for trees in [1, 32, 45, 70] {
             let p = ForestParams {
                 trees,
                 ..ForestParams::new(&DetectConfig::default())
             };
             let f = Forest::train(&values, &p, 7).expect("a varied window trains");
-            let depths: std::collections::HashSet<u32> = f
+            let g = grow(&values, &p, 7).expect("a varied window trains");
+            let depths: std::collections::HashSet<u32> = g
                 .roots
                 .iter()
                 .map(|&r| {
                     // Leaves reached by always going left: unequal depths show uneven trees.
                     let (mut i, mut d) = (r as usize, 0);
-                    while f.nodes[i].right != LEAF {
+                    while g.preorder[i].child != LEAF {
                         i += 1;
                         d += 1;
                     }
@@ -968,10 +1164,75 @@ mod tests {
                     .collect();
                 assert_eq!(
                     f.score(&point).to_bits(),
-                    one_tree_at_a_time(&f, &point).to_bits(),
+                    one_tree_at_a_time(&g, &point).to_bits(),
                     "{trees} trees, point {k}"
                 );
             }
+        }
+    }
+
+    /// Every path of the default's trees (depth limit 6) reads at most 3 lines, where the
+    /// preorder it was grown in crosses more; the root blocks are the first lines; the lines
+    /// are at least half full.
+    #[test]
+    fn a_path_reads_three_lines() {
+        /// The most lines any root-to-leaf path reads, over the trees of `roots`; `children`
+        /// gives an internal node's (left, right).
+        fn most_lines(
+            nodes: &[Node],
+            roots: &[u32],
+            children: &dyn Fn(usize) -> (usize, usize),
+        ) -> usize {
+            fn walk(
+                nodes: &[Node],
+                i: usize,
+                seen: &mut Vec<usize>,
+                children: &dyn Fn(usize) -> (usize, usize),
+            ) -> usize {
+                let line = i / LINE_NODES;
+                let new = !seen.contains(&line);
+                if new {
+                    seen.push(line);
+                }
+                let most = if nodes[i].child == LEAF {
+                    seen.len()
+                } else {
+                    let (left, right) = children(i);
+                    walk(nodes, left, seen, children).max(walk(nodes, right, seen, children))
+                };
+                if new {
+                    seen.pop();
+                }
+                most
+            }
+            roots
+                .iter()
+                .map(|&r| walk(nodes, r as usize, &mut Vec::new(), children))
+                .max()
+                .unwrap_or(0)
+        }
+        let values = varied_window();
+        let p = ForestParams::new(&DetectConfig::default());
+        for seed in 0..20 {
+            let f = Forest::train(&values, &p, seed).expect("a varied window trains");
+            assert_eq!(f.levels, 6);
+            let nodes = f.nodes();
+            let blocked = |i: usize| (usize::from(nodes[i].child), usize::from(nodes[i].child) + 1);
+            assert!(most_lines(nodes, &f.roots, &blocked) <= 3);
+            assert!(f.roots.iter().all(|&r| (r as usize) < f.tops * LINE_NODES));
+            let g = grow(&values, &p, seed).expect("a varied window trains");
+            // Preorder (the left child next), from a line boundary as an aligned allocation.
+            let grown = |i: usize| (i + 1, usize::from(g.preorder[i].child));
+            let preorder = most_lines(&g.preorder, &g.roots, &grown);
+            assert!(
+                preorder > 3,
+                "seed {seed}: preorder paths read {preorder} lines"
+            );
+            assert!(
+                nodes.len() <= 2 * g.preorder.len() + LINE_NODES,
+                "{} slots",
+                nodes.len()
+            );
         }
     }
 

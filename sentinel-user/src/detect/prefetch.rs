@@ -25,6 +25,18 @@ pub fn prefetch_lines<T>(value: &T) {
     }
 }
 
+/// Starts loading every cache line of `values`.
+#[inline(always)]
+pub fn prefetch_slice<T>(values: &[T]) {
+    let start = values.as_ptr().cast::<u8>();
+    // From the line of the first byte to the line of the last one.
+    let skew = start as usize % LINE;
+    let first = start.wrapping_sub(skew);
+    for offset in (0..skew + size_of_val(values)).step_by(LINE) {
+        line(first.wrapping_add(offset));
+    }
+}
+
 #[inline(always)]
 fn line(address: *const u8) {
     #[cfg(target_arch = "x86_64")]

@@ -405,14 +405,14 @@ const PAIR_BLOCK_LEVELS: u32 = 2;
 /// `a_path_reads_three_lines`), and the first of them, the root blocks, come first (`tops`
 /// lines), so that they can be asked for ahead (`Forest::prefetch_tops`). Within a block the
 /// levels follow one another and children are adjacent (a node holds only its left child's
-/// index). The blocks are packed first fit: no two lines hold 8 nodes or fewer together, so
-/// the slots are fewer than twice the nodes plus a line. The trees are the same: every walk
-/// takes the same turns to the same leaf.
+/// index). A line is added only for a block no line has room for: no two lines hold 8 nodes or
+/// fewer together, so the slots are fewer than twice the nodes plus a line. The trees are the
+/// same: every walk takes the same turns to the same leaf.
 fn lay_out(preorder: &[Node], roots: &[u32]) -> Result<LaidOut, String> {
     let mut layout = Layout {
         preorder,
         lines: Vec::with_capacity(preorder.len() / 4),
-        free: Vec::with_capacity(preorder.len() / 4),
+        with_free: Default::default(),
     };
     let mut placed = SmallVec::with_capacity(roots.len());
     let mut below = Vec::new();
@@ -449,28 +449,30 @@ struct LaidOut {
     tops: usize,
 }
 
-/// `lay_out`'s work: the lines so far and the free slots at the end of each.
+/// `lay_out`'s work: the lines so far, and which have how many free slots (at their end).
 struct Layout<'a> {
     preorder: &'a [Node],
     lines: Vec<Line>,
-    free: Vec<u8>,
+    /// `with_free[f]`: the lines with `f` free slots (1 to 7; none for 0 and 8).
+    with_free: [Vec<u32>; LINE_NODES],
 }
 
 impl Layout<'_> {
-    /// The first of `n` (at most a line) free consecutive slots, in the first line that has
-    /// them.
+    /// The first of `n` (1 to 8) free consecutive slots, in a line with the fewest free slots
+    /// that has them, or a new one (only when none has: any two lines hold more than
+    /// `LINE_NODES` nodes together).
     fn take(&mut self, n: usize) -> usize {
-        let k = match self.free.iter().position(|&f| usize::from(f) >= n) {
-            Some(k) => k,
+        let (k, free) = match (n..LINE_NODES).find_map(|f| Some((self.with_free[f].pop()?, f))) {
+            Some((k, f)) => (k as usize, f),
             None => {
                 self.lines.push(Line([UNUSED; LINE_NODES]));
-                self.free.push(LINE_NODES as u8);
-                self.lines.len() - 1
+                (self.lines.len() - 1, LINE_NODES)
             }
         };
-        let at = k * LINE_NODES + LINE_NODES - usize::from(self.free[k]);
-        self.free[k] -= n as u8;
-        at
+        if free > n {
+            self.with_free[free - n].push(k as u32);
+        }
+        k * LINE_NODES + LINE_NODES - free
     }
 
     /// Places `top` (preorder indices: a root, or a pair of siblings) and `levels - 1` levels
@@ -827,9 +829,28 @@ impl PatternMemory {
                     *acc += d * d;
                 }
             }
-            d2.iter().fold(f64::INFINITY, |best, &x| best.min(x))
+            smallest(d2)
         })
     }
+}
+
+/// The smallest of `sums`, which are sums of squares from +0.0 (never NaN or -0.0, so the
+/// order they are compared in cannot change the result): four running minimums, with plain
+/// comparisons, where `f64::min` in one chain waited on each comparison in turn and handled
+/// NaN (most of the pattern search's time after the sums).
+fn smallest(sums: &[f64]) -> f64 {
+    let mut best = [f64::INFINITY; 4];
+    let chunks = sums.chunks_exact(4);
+    for &x in chunks.remainder() {
+        best[0] = if x < best[0] { x } else { best[0] };
+    }
+    for chunk in chunks {
+        for (b, &x) in best.iter_mut().zip(chunk) {
+            *b = if x < *b { x } else { *b };
+        }
+    }
+    best.into_iter()
+        .fold(f64::INFINITY, |m, b| if b < m { b } else { m })
 }
 
 impl LearnedDetector {
@@ -1237,6 +1258,18 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Four running minimums find the one chain's minimum, bit for bit, at any length.
+        #[test]
+        fn smallest_is_the_minimum_of_the_sums(
+            sums in proptest::collection::vec(
+                proptest::prop_oneof![proptest::strategy::Just(0.0f64), 0.0f64..1e6, 1e6f64..1e300],
+                0..300,
+            ),
+        ) {
+            let chain = sums.iter().fold(f64::INFINITY, |best, &x| best.min(x));
+            proptest::prop_assert_eq!(smallest(&sums).to_bits(), chain.to_bits());
+        }
+
         /// A split lies strictly above the smallest value and at most at the largest, so that
         /// each side gets a point; there is none only when no `f32` lies there.
         #[test]

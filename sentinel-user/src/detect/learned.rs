@@ -396,18 +396,22 @@ fn grow(values: &[f64], p: &ForestParams, seed: u64) -> Result<Grown, String> {
 const ROOT_BLOCK_LEVELS: u32 = 3;
 /// Levels in each further block: a pair of siblings and their children, 2 + 4 nodes.
 const PAIR_BLOCK_LEVELS: u32 = 2;
+const _: () = assert!(
+    (1 << ROOT_BLOCK_LEVELS) - 1 <= LINE_NODES && 2 * ((1 << PAIR_BLOCK_LEVELS) - 1) <= LINE_NODES
+);
 
 /// Lays the trees grown in `preorder` out in blocks of one cache line each, so that a walk
 /// from a root to a leaf at depth 6 (the default's limit) reads at most 3 lines: the root's
 /// block holds its first three levels, every further block a pair of siblings and their
 /// children. Scoring a cold model waits on each line in turn; in preorder a walk to a leaf of
-/// the default's trees reads 3.1 lines on average and up to 6, laid out 2.8 and 3 (test
-/// `a_path_reads_three_lines`), and the first of them, the root blocks, come first (`tops`
-/// lines), so that they can be asked for ahead (`Forest::prefetch_tops`). Within a block the
-/// levels follow one another and children are adjacent (a node holds only its left child's
-/// index). A line is added only for a block no line has room for: no two lines hold 8 nodes or
-/// fewer together, so the slots are fewer than twice the nodes plus a line. The trees are the
-/// same: every walk takes the same turns to the same leaf.
+/// the default's trees (50 forests of a varied window) reads 3.1 lines on average and up to 6,
+/// laid out 2.8 and 3 (test `a_path_reads_three_lines`). The root blocks, where every walk
+/// starts, come first (`tops` lines), so that they can be asked for ahead
+/// (`Forest::prefetch_tops`). Within a block the levels follow one another and children are
+/// adjacent (a node holds only its left child's index). A line is added only for a block no
+/// line has room for: no two lines hold 8 nodes or fewer together, so the slots are fewer than
+/// twice the nodes plus a line. The trees are the same: every walk takes the same turns to the
+/// same leaf.
 fn lay_out(preorder: &[Node], roots: &[u32]) -> Result<LaidOut, String> {
     let mut layout = Layout {
         preorder,
@@ -420,14 +424,11 @@ fn lay_out(preorder: &[Node], roots: &[u32]) -> Result<LaidOut, String> {
         placed.push(layout.block(&[root as usize], ROOT_BLOCK_LEVELS, &mut below) as u32);
     }
     let tops = layout.lines.len();
-    // Depth first: the blocks under a block, then its neighbours'.
-    below.reverse();
+    // In any order: a block's place does not depend on its neighbours'.
     while let Some((slot, at)) = below.pop() {
         let pair = [at + 1, usize::from(preorder[at].child)];
-        let mut deeper = Vec::new();
-        let first = layout.block(&pair, PAIR_BLOCK_LEVELS, &mut deeper);
+        let first = layout.block(&pair, PAIR_BLOCK_LEVELS, &mut below);
         layout.lines[slot / LINE_NODES].0[slot % LINE_NODES].child = first as u16;
-        below.extend(deeper.into_iter().rev());
     }
     if layout.lines.len() * LINE_NODES > MAX_NODES {
         return Err(format!(
@@ -480,30 +481,36 @@ impl Layout<'_> {
     /// The internal nodes of the block's last level are pushed onto `below` (their slot and
     /// preorder index), to get a block of their own for their children.
     fn block(&mut self, top: &[usize], levels: u32, below: &mut Vec<(usize, usize)>) -> usize {
-        // Preorder indices in the block's order, and where each one's children are in it.
-        let mut order: SmallVec<[usize; LINE_NODES]> = top.into();
-        let mut children: SmallVec<[Option<usize>; LINE_NODES]> =
-            top.iter().map(|_| None).collect();
-        let mut level = 0..order.len();
+        // Preorder indices in the block's order, and where each one's left child is in it
+        // (`NONE`: a leaf, or on the block's last level). Fixed arrays: this runs for every
+        // pair of siblings of every forest trained.
+        const NONE: u8 = u8::MAX;
+        let mut order = [0usize; LINE_NODES];
+        let mut children = [NONE; LINE_NODES];
+        order[..top.len()].copy_from_slice(top);
+        let mut len = top.len();
+        let mut level = 0..len;
         for _ in 1..levels {
-            let end = order.len();
+            let end = len;
             for k in level.clone() {
                 let n = self.preorder[order[k]];
                 if n.child != LEAF {
-                    children[k] = Some(order.len());
-                    order.extend([order[k] + 1, usize::from(n.child)]);
-                    children.extend([None, None]);
+                    children[k] = len as u8;
+                    order[len] = order[k] + 1;
+                    order[len + 1] = usize::from(n.child);
+                    len += 2;
                 }
             }
-            level = end..order.len();
+            level = end..len;
         }
+        let order = &order[..len];
         let first = self.take(order.len());
         for (k, &at) in order.iter().enumerate() {
             let mut n = self.preorder[at];
             if n.child != LEAF {
                 match children[k] {
-                    Some(c) => n.child = (first + c) as u16,
-                    None => below.push((first + k, at)),
+                    NONE => below.push((first + k, at)),
+                    c => n.child = (first + usize::from(c)) as u16,
                 }
             }
             let slot = first + k;

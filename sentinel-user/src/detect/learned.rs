@@ -146,7 +146,7 @@ const LEAF: u16 = u16::MAX;
 const LOCKSTEP: usize = 32;
 
 /// Largest number of node slots a forest may hold: `Node::child` is a `u16` below `LEAF` (the
-/// default's 32 trees take about 3000).
+/// default's 32 trees take about 2000).
 const MAX_NODES: usize = LEAF as usize;
 
 /// Largest point count a leaf records (`Node::size`), hence the largest tree sample.
@@ -430,6 +430,7 @@ fn lay_out(preorder: &[Node], roots: &[u32]) -> Result<LaidOut, String> {
         let first = layout.block(&pair, PAIR_BLOCK_LEVELS, &mut below);
         layout.lines[slot / LINE_NODES].0[slot % LINE_NODES].child = first as u16;
     }
+    // Slots past `u16` were written truncated above: such a forest is not returned.
     if layout.lines.len() * LINE_NODES > MAX_NODES {
         return Err(format!(
             "{} trees do not fit a forest of 8-byte nodes (more than {MAX_NODES} slots)",
@@ -534,7 +535,7 @@ fn build(
         split: 0.0,
         child: LEAF,
         feat: 0,
-        // The sample is at most `MAX_LEAF_SIZE` (checked by `Forest::train`).
+        // The sample is at most `MAX_LEAF_SIZE` (checked by `grow`).
         size: size as u8,
     };
     if idx.len() <= 1 || depth >= limit {
@@ -579,7 +580,7 @@ fn build(
     // Preorder: the left subtree starts at the next node.
     build(nodes, values, s, a, depth + 1, limit, rng);
     let r = build(nodes, values, s, b, depth + 1, limit, rng);
-    // At most `MAX_NODES` nodes (checked by `Forest::train`).
+    // At most `MAX_NODES` nodes (checked by `grow`).
     nodes[me as usize].child = r as u16;
     me
 }
@@ -844,7 +845,7 @@ impl PatternMemory {
 /// The smallest of `sums`, which are sums of squares from +0.0 (never NaN or -0.0, so the
 /// order they are compared in cannot change the result): four running minimums, with plain
 /// comparisons, where `f64::min` in one chain waited on each comparison in turn and handled
-/// NaN (most of the pattern search's time after the sums).
+/// NaN (a fifth of the pattern search's samples in a profile).
 fn smallest(sums: &[f64]) -> f64 {
     let mut best = [f64::INFINITY; 4];
     let chunks = sums.chunks_exact(4);

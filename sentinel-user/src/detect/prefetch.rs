@@ -18,11 +18,7 @@ pub fn prefetch<T: ?Sized>(value: &T) {
 /// Starts loading every cache line of `*value`.
 #[inline(always)]
 pub fn prefetch_lines<T>(value: &T) {
-    let start = std::ptr::from_ref(value).cast::<u8>();
-    for offset in (0..size_of::<T>()).step_by(LINE) {
-        // An address inside `*value` (`wrapping_add` only computes it).
-        line(start.wrapping_add(offset));
-    }
+    prefetch_slice(std::slice::from_ref(value));
 }
 
 /// Starts loading every cache line of `values`.

@@ -392,6 +392,11 @@ pub struct ContainerDrain {
     keys: IdleKeys<ContainerKey>,
     /// Per slot: its record's index in the drain being built (reused from drain to drain).
     slot_entry: Vec<u32>,
+    /// The drain being built's keys, sums and per-CPU splits, by record: kept from drain to
+    /// drain, as lists grown anew every drain were 2% of the daemon's CPU at 1000 containers.
+    keys_built: Vec<ContainerKey>,
+    sums_built: Vec<[u64; CONTAINER_FIELDS]>,
+    splits_built: Vec<PerCpuSplit>,
 }
 
 impl ContainerDrain {
@@ -408,9 +413,14 @@ impl ContainerDrain {
         // Entries are gathered per slot (an index, no hashing of 320-byte records), then
         // merged per key: a key holds more than one slot only while one is being retired.
         // Keys, sums and per-CPU splits apart, so sorting moves each 320-byte sum once.
-        let mut keys: Vec<ContainerKey> = Vec::new();
-        let mut sums: Vec<[u64; CONTAINER_FIELDS]> = Vec::new();
-        let mut splits: Vec<PerCpuSplit> = Vec::new();
+        let (keys, sums, splits) = (
+            &mut self.keys_built,
+            &mut self.sums_built,
+            &mut self.splits_built,
+        );
+        keys.clear();
+        sums.clear();
+        splits.clear();
         self.slot_entry.clear();
         self.slot_entry.resize(capacity, u32::MAX);
         for r in reads {

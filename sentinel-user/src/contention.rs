@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 
 use sentinel_common::ContainerKey;
+use smallvec::SmallVec;
 
 /// Keyed by kernel integers: foldhash, not SipHash (every container, every interval).
 pub type Hasher = foldhash::fast::RandomState;
@@ -53,8 +54,24 @@ pub const RUNNERS_NAMED: usize = 8;
 /// One CPU's runners: the longest by name, the total of all.
 #[derive(Default)]
 struct CpuRunners {
-    longest: Vec<(ContainerKey, u64)>,
+    /// At most `RUNNERS_NAMED`, longest first; ties by key, so the names kept are
+    /// deterministic (a key runs once per CPU in an interval's activity).
+    longest: SmallVec<[(ContainerKey, u64); RUNNERS_NAMED]>,
     total: u128,
+}
+
+impl CpuRunners {
+    /// Keeps `runner` if it is among the longest so far: a list of every runner of the CPU
+    /// (1000 at 1000 containers, grown as it went) cost more than the shares themselves.
+    fn keep(&mut self, runner: (ContainerKey, u64)) {
+        let longer =
+            |a: &(ContainerKey, u64)| a.1 > runner.1 || (a.1 == runner.1 && a.0 < runner.0);
+        let at = self.longest.partition_point(longer);
+        if at < RUNNERS_NAMED {
+            self.longest.truncate(RUNNERS_NAMED - 1);
+            self.longest.insert(at, runner);
+        }
+    }
 }
 
 /// Splits every container's per-CPU waits among the containers that ran on the same CPU.
@@ -64,25 +81,17 @@ pub fn attribute(activity: &[ContainerActivity]) -> HashMap<ContainerKey, Waited
         for &(cpu, cpu_ns, _) in &c.per_cpu {
             if cpu_ns > 0 {
                 let r = ran.entry(cpu).or_default();
-                r.longest.push((c.key, cpu_ns));
+                r.keep((c.key, cpu_ns));
                 r.total += u128::from(cpu_ns);
             }
         }
     }
-    for r in ran.values_mut() {
-        // Longest first; ties by key, so the names kept are deterministic.
-        let order =
-            |a: &(ContainerKey, u64), b: &(ContainerKey, u64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
-        if r.longest.len() > RUNNERS_NAMED {
-            r.longest.select_nth_unstable_by(RUNNERS_NAMED, order);
-            r.longest.truncate(RUNNERS_NAMED);
-        }
-        r.longest.sort_unstable_by(order);
-    }
     let mut out = HashMap::with_capacity_and_hasher(activity.len(), Hasher::default());
+    // One list for every container's contenders (each container's are moved out).
+    let mut behind: Vec<(Contender, u128)> = Vec::new();
     for c in activity {
         let mut waited = Waited::default();
-        let mut behind: Vec<(Contender, u128)> = Vec::new();
+        behind.clear();
         let mut give = |who: Contender, ns: u128| match behind.iter_mut().find(|e| e.0 == who) {
             Some(e) => e.1 += ns,
             None => behind.push((who, ns)),
@@ -112,11 +121,13 @@ pub fn attribute(activity: &[ContainerActivity]) -> HashMap<ContainerKey, Waited
         if waited.own == 0 && waited.spread == 0 && behind.is_empty() {
             continue;
         }
-        waited.behind = behind
-            .into_iter()
-            .filter(|(_, ns)| *ns > 0)
-            .map(|(k, ns)| (k, ns as u64))
-            .collect();
+        waited.behind = Vec::with_capacity(behind.len());
+        waited.behind.extend(
+            behind
+                .drain(..)
+                .filter(|(_, ns)| *ns > 0)
+                .map(|(k, ns)| (k, ns as u64)),
+        );
         // Largest first; ties by contender, so the order is deterministic.
         waited
             .behind
@@ -129,6 +140,26 @@ pub fn attribute(activity: &[ContainerActivity]) -> HashMap<ContainerKey, Waited
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The runners kept as they come are the longest of all of them, in order: the
+        /// first `RUNNERS_NAMED` of the whole list sorted longest first, ties by key.
+        #[test]
+        fn the_runners_kept_are_the_longest_of_all(
+            times in proptest::collection::vec(0u64..20, 0..40),
+        ) {
+            let runners: Vec<(ContainerKey, u64)> =
+                times.iter().enumerate().map(|(k, &ns)| (1000 - k as u64, ns)).collect();
+            let mut r = CpuRunners::default();
+            for &runner in &runners {
+                r.keep(runner);
+            }
+            let mut want = runners.clone();
+            want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            want.truncate(RUNNERS_NAMED);
+            proptest::prop_assert_eq!(r.longest.to_vec(), want);
+        }
+    }
 
     fn act(key: ContainerKey, per_cpu: &[(u32, u64, u64)]) -> ContainerActivity {
         ContainerActivity {

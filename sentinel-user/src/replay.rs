@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::detect::engine::metric_value;
 use crate::detect::{DetectConfig, DetectorKind, FallbackChange, Params, SeriesDetector, Trainer};
 use crate::model::Interval;
+use crate::sanitize;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ReplayArgs {
@@ -61,11 +62,17 @@ pub fn apply_overrides(base: &DetectConfig, set: &[String]) -> Result<DetectConf
     for kv in set {
         let (k, val) = kv
             .split_once('=')
-            .ok_or_else(|| anyhow!("--set {kv}: expected KEY=VALUE"))?;
+            .ok_or_else(|| anyhow!("--set {}: expected KEY=VALUE", sanitize::for_log(kv)))?;
         let val = serde_json::from_str(val).unwrap_or_else(|_| serde_json::Value::from(val));
         map.insert(k.to_string(), val);
     }
-    let cfg: DetectConfig = serde_json::from_value(v).map_err(|e| anyhow!("invalid --set: {e}"))?;
+    // serde echoes an unknown key verbatim; the list of known keys after it is worth keeping.
+    let cfg: DetectConfig = serde_json::from_value(v).map_err(|e| {
+        anyhow!(
+            "invalid --set: {}",
+            sanitize::printable(&e.to_string(), 1_000)
+        )
+    })?;
     cfg.validate().map_err(|e| anyhow!(e))?;
     Ok(cfg)
 }
@@ -168,7 +175,7 @@ pub fn replay(
                 continue;
             }
             let iv: Interval = serde_json::from_str(&line)
-                .with_context(|| format!("{p}:{}: not an interval", i + 1))?;
+                .map_err(|e| anyhow!("{p}:{}: not an interval: {}", i + 1, json_error(&e)))?;
             let x = metric_value(&iv, metric)
                 .ok_or_else(|| anyhow!("{p}:{}: no metric named {metric:?}", i + 1))?;
             let shown = x.map(|x| x.to_string()).unwrap_or_default();
@@ -205,6 +212,20 @@ pub fn replay(
     }
     w.flush()?;
     Ok(())
+}
+
+/// serde_json's message names an unknown variant or field as it was sent, control characters
+/// and all, at any length: shown escaped and bounded, with the column it gave.
+fn json_error(e: &serde_json::Error) -> String {
+    const MAX: usize = 160;
+    let full = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let message = full.strip_suffix(&position).unwrap_or(&full);
+    format!(
+        "{} (column {})",
+        sanitize::printable(message, MAX),
+        e.column()
+    )
 }
 
 /// A field echoed in an error, bounded: an unclosed quote makes the rest of the file one field.
@@ -335,6 +356,35 @@ mod tests {
         assert!(format!("{e:#}").contains("run.jsonl:1"), "{e:#}");
     }
 
+    /// serde names an unknown variant as it was sent, control characters and all, and any
+    /// string of the wrong type at any length: the error is still one bounded, printable line.
+    #[test]
+    fn a_json_line_with_a_hostile_value_is_one_printable_bounded_error() {
+        let line = serde_json::to_string(&Interval::default()).unwrap();
+        // JSON escapes: the decoded string holds ESC and a newline.
+        let hostile = format!(r"\u001b[31m\n{}", "x".repeat(10_000));
+        for (field, value) in [
+            ("\"docker\":\"", format!("\"docker\":\"{hostile}")),
+            ("\"seq\":0", format!("\"seq\":\"{hostile}\"")),
+        ] {
+            let input = line.replacen(field, &value, 1);
+            assert_ne!(input, line, "{field} is in the line");
+            let mut out = Vec::new();
+            let e = replay(
+                &DetectConfig::default(),
+                input.as_bytes(),
+                Path::new("run.jsonl"),
+                Some("sched_switch"),
+                &mut out,
+            )
+            .unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.starts_with("run.jsonl:1: not an interval: "), "{e}");
+            assert!(!e.chars().any(char::is_control), "{e:?}");
+            assert!(e.len() < 400, "{} bytes: {e}", e.len());
+        }
+    }
+
     #[test]
     fn overrides_check_keys() {
         let base = DetectConfig::default();
@@ -344,5 +394,12 @@ mod tests {
         assert_eq!(c.detector, DetectorKind::Learned);
         assert!(apply_overrides(&base, &["nope=1".into()]).is_err());
         assert!(apply_overrides(&base, &["arm_level=3".into()]).is_err());
+        for hostile in ["war\x1b[2Jmup=1", "no\nequals"] {
+            let e = apply_overrides(&base, &[hostile.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(!e.chars().any(char::is_control), "{e:?}");
+            assert!(e.contains(r"\u{1b}[2J") || e.contains(r"no\nequals"), "{e}");
+        }
     }
 }

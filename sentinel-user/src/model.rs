@@ -415,6 +415,10 @@ pub struct DetectionSummary {
     pub fallback: u64,
     /// Observations of series that found the series table full, since the daemon started.
     pub series_overflow: u64,
+    /// Series judged by the robust statistics alone because `detect.learned_max_series`
+    /// detectors held a learned model when they were made (0 for the statistical detector).
+    #[serde(default)]
+    pub statistical_only: u64,
     /// Series with an open (raised, not yet cleared) anomaly.
     pub open: Vec<String>,
 }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::detect::engine::metric_value;
-use crate::detect::{DetectConfig, DetectorKind, FallbackChange, Params, SeriesDetector, Trainer};
+use crate::detect::{
+    DetectConfig, DetectorKind, FallbackChange, LearnedBudget, Params, SeriesDetector, Trainer,
+};
 use crate::model::Interval;
 use crate::sanitize;
 
@@ -126,7 +128,9 @@ pub fn replay(
     let params = Params::new(cfg);
     let trainer = Trainer::Inline;
     let name = metric.unwrap_or("value");
-    let mut det = SeriesDetector::new(&params);
+    // `detect.learned_max_series = 0` replays the series as the daemon judges one without a seat.
+    let budget = LearnedBudget::new(cfg.learned_max_series as usize);
+    let mut det = SeriesDetector::budgeted(&params, &budget);
     let mut w = csv::Writer::from_writer(out);
     w.write_record(["timestamp", "value", "anomaly_score"])?;
     let mut emit = |ts: &str, value: &str, x: Option<f64>| -> Result<()> {
@@ -290,6 +294,25 @@ mod tests {
             let s: f64 = lines[901].rsplit(',').next().unwrap().parse().unwrap();
             assert!(s > 0.3, "{kind:?}: spike score {s}");
         }
+    }
+
+    #[test]
+    fn replay_without_a_learned_seat_is_the_statistical_detector() {
+        let input = synth(2000);
+        let with = |learned_max_series, detector| DetectConfig {
+            learned_max_series,
+            detector,
+            ..DetectConfig::default()
+        };
+        let statistical = run_str(&with(256, DetectorKind::Statistical), &input).unwrap();
+        for kind in [DetectorKind::Combined, DetectorKind::Learned] {
+            let no_seat = run_str(&with(0, kind), &input).unwrap();
+            assert_eq!(no_seat, statistical, "{kind:?}");
+        }
+        // (On this series the combined detector's learned part changes no score: the
+        // learned detector alone tells a seat from none.)
+        let seated = run_str(&with(1, DetectorKind::Learned), &input).unwrap();
+        assert_ne!(seated, statistical);
     }
 
     #[test]

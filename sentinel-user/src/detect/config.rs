@@ -92,6 +92,11 @@ pub struct DetectConfig {
     pub clear_after: u32,
     /// Maximum number of series with detector state; further series are counted, not tracked.
     pub max_series: u32,
+    /// Maximum number of series detectors with a learned model (the forest, its ring and its
+    /// training: most of a series' memory and CPU time). Taken first come, the host's series
+    /// first; a series made when all are taken is judged by the robust statistics alone and
+    /// counted (`statistical_only`). 0: none has one.
+    pub learned_max_series: u32,
     /// A series not observed for this many intervals (a container that went away) is dropped
     /// with its state, so memory stays bounded under container churn; an event still open
     /// for it is cleared.
@@ -245,6 +250,7 @@ impl Default for DetectConfig {
             raise_after: 2,
             clear_after: 10,
             max_series: 4096,
+            learned_max_series: 256,
             series_ttl: 300,
             spread_floor: Removed::default(),
             range_z: Removed::default(),
@@ -309,6 +315,7 @@ impl DetectConfig {
         check_u("raise_after", self.raise_after, 1, 100_000)?;
         check_u("clear_after", self.clear_after, 1, 100_000)?;
         check_u("max_series", self.max_series, 1, 10_000_000)?;
+        check_u("learned_max_series", self.learned_max_series, 0, 10_000_000)?;
         check_u("series_ttl", self.series_ttl, 1, 10_000_000)?;
         if 2 * self.pattern_shingle + MIN_PATTERN_CANDIDATES > self.train_window {
             return Err(format!(

@@ -2,7 +2,10 @@
 //! k/m hysteresis) and the engine that runs one pipeline per metric series of an [`Interval`].
 //! `sentinel replay` drives [`SeriesDetector`] directly, so replay and the daemon share it.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{
+    Arc, LazyLock,
+    atomic::{AtomicUsize, Ordering},
+};
 use std::{collections::HashMap, hash::BuildHasher};
 
 use serde::Serialize;
@@ -166,16 +169,87 @@ pub struct SeriesDetector {
     fallback_logs: u32,
     /// The learned score at the last block end.
     learned_prev: f64,
+    /// The engine's seat its learned part holds (`detect.learned_max_series`); none for a
+    /// detector outside an engine (replay's). Only held: dropping it gives the seat back.
+    #[allow(dead_code)]
+    seat: Option<LearnedSeat>,
+}
+
+/// How many detectors of an engine may hold a learned part (`detect.learned_max_series`): the
+/// forest, its ring and its training are most of a series' memory and of the detection's CPU
+/// time, so they are bounded like the series table. A detector created or copied when every
+/// seat is taken is judged by the robust statistics alone, for its whole life (counted in
+/// `DetectionSummary::statistical_only`).
+#[derive(Debug)]
+pub struct LearnedBudget {
+    held: Arc<AtomicUsize>,
+    max: usize,
+    /// Detectors made without a learned part for want of a seat.
+    refused: AtomicUsize,
+}
+
+/// A seat of a [`LearnedBudget`], given back when the detector holding it is dropped: the
+/// count is exact by construction, whichever path drops a detector.
+#[derive(Debug)]
+struct LearnedSeat(Arc<AtomicUsize>);
+
+impl Drop for LearnedSeat {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl LearnedBudget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            held: Arc::default(),
+            max,
+            refused: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Detectors made without a learned part for want of a seat, so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Seats taken.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// A seat, if one is free. (One engine's detectors are made on one thread.)
+    fn take(&self) -> Option<LearnedSeat> {
+        if self.held() >= self.max {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        Some(LearnedSeat(self.held.clone()))
+    }
 }
 
 impl SeriesDetector {
+    /// A detector on its own (replay's): the learned part as the detector kind says.
     pub fn new(p: &Params) -> Self {
-        let learned = match p.kind {
-            DetectorKind::Statistical => None,
-            DetectorKind::Learned | DetectorKind::Combined => {
-                Some(Box::new(LearnedDetector::new(&p.forest)))
-            }
-        };
+        Self::with_learned(p, p.kind != DetectorKind::Statistical, None)
+    }
+
+    /// An engine's detector (or replay's, which judges its one series as the daemon would): the
+    /// learned part only if the kind has one and a seat of `budget` is free.
+    pub fn budgeted(p: &Params, budget: &LearnedBudget) -> Self {
+        let seat = (p.kind != DetectorKind::Statistical)
+            .then(|| budget.take())
+            .flatten();
+        Self::with_learned(p, seat.is_some(), seat)
+    }
+
+    fn with_learned(p: &Params, learned: bool, seat: Option<LearnedSeat>) -> Self {
+        let learned = learned.then(|| Box::new(LearnedDetector::new(&p.forest)));
         Self {
             stat: StatDetector::default(),
             learned,
@@ -186,16 +260,28 @@ impl SeriesDetector {
             fallback_logged: false,
             fallback_logs: 0,
             learned_prev: 0.0,
+            seat,
         }
     }
 
-    /// A copy that goes on alone from here (see `LearnedDetector::fork`).
-    pub fn fork(&self) -> Self {
+    /// A copy that goes on alone from here (see `LearnedDetector::fork`), learned part and
+    /// all if a seat of `budget` is free; without one, the statistics alone go on.
+    fn fork(&self, budget: &LearnedBudget) -> Self {
+        let seat = self.learned.as_ref().and_then(|_| budget.take());
         Self {
             stat: self.stat.clone(),
-            learned: self.learned.as_ref().map(|l| Box::new(l.fork())),
+            learned: match seat {
+                Some(_) => self.learned.as_ref().map(|l| Box::new(l.fork())),
+                None => None,
+            },
+            seat,
             ..*self
         }
+    }
+
+    /// Whether it has a learned part.
+    pub fn learned(&self) -> bool {
+        self.learned.is_some()
     }
 
     /// How many times the fallback was logged: once per fallback episode.
@@ -749,6 +835,11 @@ pub struct DetectionEngine {
     label_hasher: Hasher,
     /// Shared detectors of series that have seen only +0.0, by the interval they were created.
     cohorts: HashMap<u64, Cohort, Hasher>,
+    /// Seats for learned parts (`detect.learned_max_series`), taken first come: the host's
+    /// series are created first.
+    learned: LearnedBudget,
+    /// A series was turned away from the learned budget (logged once).
+    learned_full_logged: bool,
     /// Intervals observed.
     tick: u64,
     /// This interval's fallback changes, logged at its end.
@@ -796,6 +887,8 @@ impl DetectionEngine {
             containers: hashbrown::HashTable::new(),
             label_hasher: Hasher::default(),
             cohorts: HashMap::default(),
+            learned: LearnedBudget::new(cfg.learned_max_series as usize),
+            learned_full_logged: false,
             tick: 0,
             fallback_changes: FallbackChanges::default(),
             ahead: Vec::new(),
@@ -839,6 +932,14 @@ impl DetectionEngine {
         self.feed_cohorts(&iv.ts, &mut events);
         self.expire(&iv.ts, &mut events);
         self.fallback_changes.flush();
+        if !self.learned_full_logged && self.learned.refused() > 0 {
+            self.learned_full_logged = true;
+            tracing::warn!(
+                learned_max_series = self.learned.max(),
+                "every learned-model seat is taken: further series are judged by the robust \
+                 statistics alone (detect.learned_max_series; counted as statistical_only)"
+            );
+        }
         events
     }
 
@@ -853,13 +954,14 @@ impl DetectionEngine {
             tracked,
             cohorts,
             fallback_changes,
+            learned,
             ..
         } = self;
         cohorts.retain(|id, c| {
             if c.fed < c.members {
                 for t in tracked.iter_mut() {
                     if matches!(t.det, Detector::Cohort(of) if of == *id) && t.last_seen != tick {
-                        t.det = Detector::Own(Box::new(c.det.fork()));
+                        t.det = Detector::Own(Box::new(c.det.fork(learned)));
                         c.members -= 1;
                     }
                 }
@@ -1023,18 +1125,19 @@ impl DetectionEngine {
             self.overflow += 1;
             return None;
         }
+        let (params, budget) = (&self.params, &self.learned);
         let det = if first.to_bits() == 0 {
-            let params = &self.params;
             let cohort = self.cohorts.entry(self.tick).or_insert_with(|| Cohort {
-                det: SeriesDetector::new(params),
+                det: SeriesDetector::budgeted(params, budget),
                 members: 0,
                 fed: 0,
             });
             cohort.members += 1;
             Detector::Cohort(self.tick)
         } else {
-            Detector::Own(Box::new(SeriesDetector::new(&self.params)))
+            Detector::Own(Box::new(SeriesDetector::budgeted(params, budget)))
         };
+
         let place = self.tracked.len();
         self.by_name.insert(name.clone(), place);
         self.tracked.push(Tracked {
@@ -1065,7 +1168,7 @@ impl DetectionEngine {
             }
             // Cohorts are fed at the end of the interval: this is the detector as its own
             // would be before this interval's values.
-            let mut own = Box::new(cohort.det.fork());
+            let mut own = Box::new(cohort.det.fork(&self.learned));
             if again {
                 // Its first value, +0.0, was left for the cohort's feed: it is its own now.
                 cohort.fed -= 1;
@@ -1218,6 +1321,9 @@ impl DetectionEngine {
             }
             if d.active() {
                 s.open.push(t.name.to_string());
+            }
+            if self.params.kind != DetectorKind::Statistical && !d.learned() {
+                s.statistical_only += 1;
             }
         }
         s.open.sort_unstable();
@@ -2009,6 +2115,143 @@ mod tests {
         assert_eq!(s.series as usize, e.tracked_series());
         assert!(e.series_states().any(|(n, _, _)| n == "container.c999.cpu"));
         assert!(!e.series_states().any(|(n, _, _)| n == "container.c0.cpu"));
+    }
+
+    /// Detectors (a series' own, a cohort's shared one) that hold a learned part.
+    fn learned_detectors(e: &DetectionEngine) -> usize {
+        let own = e
+            .tracked
+            .iter()
+            .filter(|t| matches!(&t.det, Detector::Own(d) if d.learned()))
+            .count();
+        own + e.cohorts.values().filter(|c| c.det.learned()).count()
+    }
+
+    fn without_learned(e: &DetectionEngine) -> Vec<&str> {
+        e.tracked
+            .iter()
+            .filter(|t| !detector(&e.cohorts, t).learned())
+            .map(|t| &*t.name)
+            .collect()
+    }
+
+    #[test]
+    fn learned_models_are_bounded_and_their_seats_come_back() {
+        let max = 12;
+        let mut e = inline_engine(DetectConfig {
+            learned_max_series: max,
+            series_ttl: 4,
+            warmup: 20,
+            ..combined()
+        });
+        let (mut refused_late, mut peak) = (false, 0);
+        // Containers come and go, two or three alive at a time; some series start at zero
+        // (cohorts) and leave them with a copy, which needs a seat of its own.
+        for i in 0..600u64 {
+            let mut iv = interval(i, noisy(i));
+            for k in [i / 7, i / 11 + 500] {
+                let cpu = if (i + k) % 5 < 2 { 0.0 } else { noisy(i + k) };
+                iv.containers
+                    .push(container(&format!("id{k}"), &format!("c{k}"), cpu));
+            }
+            let before = e.learned.refused();
+            e.observe_interval(&iv);
+            if i > 300 && e.learned.refused() > before {
+                refused_late = true;
+            }
+            // Exact whichever way detectors were made, copied or dropped.
+            let held = e.learned.held();
+            assert_eq!(held, learned_detectors(&e), "interval {i}");
+            assert!(held <= max as usize, "interval {i}: {held}");
+            peak = peak.max(held);
+            let s = e.summary();
+            assert_eq!(s.statistical_only as usize, without_learned(&e).len());
+        }
+        // The budget filled, turned series away all along, and the seats of expired series
+        // went to newer ones: a container of the last intervals has a learned model.
+        assert_eq!(peak, max as usize);
+        assert!(refused_late);
+        assert!(e.expired() > 100, "{}", e.expired());
+        let newest = e
+            .tracked
+            .iter()
+            .filter(|t| detector(&e.cohorts, t).learned())
+            .filter_map(|t| t.container.as_ref())
+            .filter_map(|(label, _)| label.strip_prefix('c')?.parse::<u64>().ok())
+            .max();
+        assert!(newest.is_some_and(|k| k > 80), "{newest:?}");
+    }
+
+    #[test]
+    fn the_hosts_series_take_the_seats_first() {
+        let mut e = inline_engine(DetectConfig {
+            learned_max_series: 5,
+            ..combined()
+        });
+        let mut iv = interval(0, 5.0);
+        iv.containers.push(container("a", "a", 1.0));
+        e.observe_interval(&iv);
+        let capped = without_learned(&e);
+        assert!(!capped.is_empty());
+        assert!(
+            capped.iter().all(|n| n.starts_with("container.a.")),
+            "{capped:?}"
+        );
+        assert_eq!(e.summary().statistical_only as usize, capped.len());
+        // Statistical: no learned part is wanted, none is counted missing.
+        let mut e = inline_engine(DetectConfig {
+            learned_max_series: 0,
+            detector: DetectorKind::Statistical,
+            ..DetectConfig::default()
+        });
+        e.observe_interval(&iv);
+        assert_eq!(e.summary().statistical_only, 0);
+    }
+
+    #[test]
+    fn a_series_without_a_seat_is_judged_as_by_the_statistical_detector() {
+        let run = |cfg: DetectConfig| {
+            let mut e = inline_engine(cfg);
+            let mut out = Vec::new();
+            for i in 0..900u64 {
+                let shift = if (500..560).contains(&i) { 60.0 } else { 0.0 };
+                let mut iv = interval(i, noisy(i) + shift);
+                iv.containers
+                    .push(container("a", "a", noisy(i + 7) / 10.0 + shift));
+                for ev in e.observe_interval(&iv) {
+                    out.push((ev.kind, ev.series, ev.score.to_bits()));
+                }
+                let s = e.summary();
+                out.push((
+                    EventKind::Cleared,
+                    format!("{} {} {}", s.warming_up, s.ready, s.fallback),
+                    0,
+                ));
+            }
+            (out, e.summary().statistical_only)
+        };
+        let (capped, statistical_only) = run(DetectConfig {
+            learned_max_series: 0,
+            warmup: 100,
+            ..combined()
+        });
+        let (statistical, _) = run(DetectConfig {
+            detector: DetectorKind::Statistical,
+            warmup: 100,
+            ..DetectConfig::default()
+        });
+        assert!(statistical_only > 5, "{statistical_only}");
+        assert!(
+            capped.iter().any(|(k, _, _)| *k == EventKind::Raised),
+            "the shift raised nothing"
+        );
+        assert_eq!(capped, statistical);
+        // And a seat changes the judgement (the comparison can tell them apart).
+        let (seated, _) = run(DetectConfig {
+            warmup: 100,
+            ..combined()
+        });
+        assert_ne!(seated, statistical);
     }
 
     #[test]

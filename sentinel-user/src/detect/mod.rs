@@ -19,8 +19,8 @@ pub mod stats;
 
 pub use config::{DetectConfig, DetectorKind};
 pub use engine::{
-    AnomalyEvent, DetectionEngine, FallbackChange, Params, SeriesDetector, SeriesInfo, Severity,
-    Step,
+    AnomalyEvent, DetectionEngine, FallbackChange, LearnedBudget, Params, SeriesDetector,
+    SeriesInfo, Severity, Step,
 };
 pub use learned::Trainer;
 pub use lifecycle::{EventKind, SeriesState};

@@ -1197,6 +1197,13 @@ impl Collector for StateCollector {
             .map(|(state, n)| (vec![("state", state.into())], n as f64)),
             emit_gauge,
         )?;
+        gauge(
+            &mut enc,
+            "sentinel_detection_series_statistical_only",
+            "Series judged by the robust statistics alone: every learned-model seat (detect.learned_max_series) was taken when they were made.",
+            None,
+            d.statistical_only as f64,
+        )?;
         // Cumulative in the engine: a counter (a gauge with this help misled rate()).
         counter(
             &mut enc,

@@ -359,11 +359,16 @@ pub fn render_text(s: &StatusSnapshot) -> String {
     if d.enabled || !s.series.is_empty() {
         let _ = writeln!(
             out,
-            "detection  series {} warming_up {} ready {} fallback {} open [{}]",
+            "detection  series {} warming_up {} ready {} fallback {}{} open [{}]",
             d.series,
             d.warming_up,
             d.ready,
             d.fallback,
+            // Shown once there are some (every learned-model seat taken).
+            match d.statistical_only {
+                0 => String::new(),
+                n => format!(" statistical_only {n}"),
+            },
             sanitize(&d.open.join(", "), 1000)
         );
     } else {

@@ -333,10 +333,14 @@ fn draw_anomalies(f: &mut Frame, area: Rect, snap: &StatusSnapshot, iv: &Interva
     if !d.enabled && snap.series.is_empty() {
         lines.push(Line::from("detection not running"));
     } else {
-        lines.push(Line::from(format!(
+        let mut counts = format!(
             "series {} warming {} ready {} fallback {}",
             d.series, d.warming_up, d.ready, d.fallback
-        )));
+        );
+        if d.statistical_only > 0 {
+            counts.push_str(&format!(" statistical-only {}", d.statistical_only));
+        }
+        lines.push(Line::from(counts));
         if d.open.is_empty() {
             lines.push(Line::from("no open anomaly"));
         }

@@ -590,3 +590,91 @@ fn runq_wait_sum_matches_the_kernels_run_delay() {
         );
     }
 }
+
+/// A task spinning alone on a CPU since before sentinel started is credited its CPU in every
+/// interval, the first and the final one included. The spinner (its own mount namespace, its
+/// own key) is pinned to the last CPU before sentinel starts; sentinel is started on CPU 0, so
+/// nothing of its own switches the spinner's CPU. Its slice began before the programs were
+/// attached, so it has no recorded start until that CPU switches once: sentinel makes it switch
+/// at load. The final interval is drained after the detach: the spinner's slice, still running
+/// then, is credited up to the detach (before, it got none of it, or, if it had just left the
+/// CPU, the part credited before over again). About 5 s.
+#[test]
+fn a_spinner_started_before_sentinel_is_credited_in_every_interval() {
+    if !require_root("a_spinner_started_before_sentinel_is_credited_in_every_interval") {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert!(
+        cpus >= 2,
+        "needs two CPUs: one for the spinner, one for sentinel"
+    );
+    let mut spinner = Command::new("taskset")
+        .args([
+            "-c",
+            &(cpus - 1).to_string(),
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+        ])
+        .arg("while :; do :; done")
+        .spawn()
+        .expect("start the spinner");
+    let pid = spinner.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let key = loop {
+        // `unshare` execs the shell in its new namespace: wait until it has.
+        std::thread::sleep(Duration::from_millis(100));
+        let own = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .expect("the spinner's mount namespace");
+        let host = std::fs::metadata("/proc/self/ns/mnt")
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .expect("this test's mount namespace");
+        if own != host {
+            break own;
+        }
+        assert!(Instant::now() < deadline, "the spinner has no namespace");
+    };
+    // Affinity is inherited from the thread that spawns: sentinel starts on CPU 0 only.
+    let all = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
+    let mut first = nix::sched::CpuSet::new();
+    first.set(0).expect("CPU 0");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &first).expect("pin to CPU 0");
+    let mut run = SentinelRun::start(&["--interval", "500ms", "--no-docker", "--no-metrics"]);
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all).expect("unpin");
+    for _ in 0..6 {
+        run.next_interval(FIRST);
+    }
+    // Stopped mid-interval, so that the final one is partly after the last regular drain.
+    std::thread::sleep(Duration::from_millis(250));
+    let done = run.stop();
+    let _ = spinner.kill();
+    let _ = spinner.wait();
+    assert!(done.status.success(), "sentinel failed: {}", done.stderr);
+    let shares: Vec<(u64, f64, f64)> = done
+        .intervals
+        .iter()
+        .map(|iv| {
+            let pct = iv
+                .containers
+                .iter()
+                .find(|c| c.key == key)
+                .map_or(0.0, |c| c.cpu_percent);
+            (iv.seq, iv.interval_ms, pct)
+        })
+        .collect();
+    eprintln!("spinner key {key}: (seq, interval ms, cpu %) {shares:?}");
+    assert!(shares.len() >= 7, "six intervals and the final one");
+    let last = shares.len() - 1;
+    for (i, &(seq, ms, pct)) in shares.iter().enumerate() {
+        // The final interval also holds the detach and what follows it (tens of ms), when
+        // nothing is credited any more.
+        let low = if i == last { 50.0 } else { 85.0 };
+        assert!(
+            (low..=110.0).contains(&pct),
+            "interval {seq} ({ms:.0} ms): the spinner at {pct:.1}%, not ~100%: {shares:?}"
+        );
+    }
+}

@@ -887,7 +887,8 @@ fn a_podman_container_is_named_by_podman_with_its_cpu() {
     );
     assert!(
         (reported - cgroup_pct).abs() / cgroup_pct <= 0.15,
-        "{reported}% vs cgroup {cgroup_pct}%"
+        "{reported}% vs cgroup {cgroup_pct}%; per interval: {:?}",
+        mine.iter().map(|c| c.cpu_percent).collect::<Vec<_>>()
     );
 }
 

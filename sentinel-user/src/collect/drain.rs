@@ -754,7 +754,7 @@ struct Slice {
 impl RunningSlices {
     fn credit(&mut self, snap: &RawSnapshot, containers: &mut Vec<ContainerActivity>) {
         if snap.cpus.is_empty() || snap.now_ns == 0 {
-            // Detached: no slice runs on; the debt is still paid from the final deltas.
+            // No records or no clock: nothing to credit; the debt is still paid.
             self.pay_debt(containers);
             return;
         }
@@ -1412,6 +1412,27 @@ mod tests {
         assert_eq!(cpu_of(&d3, 9), 100);
         let total_7: u64 = [&d1, &d2, &d3].iter().map(|d| cpu_of(d, 7)).sum();
         assert_eq!(total_7, 500, "the slice, exactly once");
+    }
+
+    #[test]
+    fn the_final_drain_credits_up_to_the_detach_and_no_slice_twice() {
+        let mut drain = Drain::new();
+        // Container 7 runs on CPU 0 since t=100, container 8 on CPU 1 since t=200.
+        let d1 = drain.apply(&running(1_000, &[(100, Some(7)), (200, Some(8))], &[]));
+        assert_eq!((cpu_of(&d1, 7), cpu_of(&d1, 8)), (900, 800));
+        // Detached at t=1_500 (the loader's clock read just before): 7 had left CPU 0 at
+        // t=1_200 (the kernel added its whole slice, 1_100); 8 still ran and is never added.
+        let detached = running(1_500, &[(1_200, None), (200, Some(8))], &[(7, 1_100)]);
+        let d2 = drain.apply(&detached);
+        assert_eq!(
+            cpu_of(&d2, 7),
+            200,
+            "the end of the slice, not the whole of it again"
+        );
+        assert_eq!(cpu_of(&d2, 8), 500, "up to the detach");
+        // Another final drain (a retry) adds nothing more.
+        let d3 = drain.apply(&running(1_500, &[(1_200, None), (200, Some(8))], &[]));
+        assert_eq!((cpu_of(&d3, 7), cpu_of(&d3, 8)), (0, 0));
     }
 
     #[test]

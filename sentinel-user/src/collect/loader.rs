@@ -216,6 +216,9 @@ pub struct Collector {
     /// Programs and links; `None` once detached. Dropping it detaches and unloads everything
     /// (links are file-descriptor based, nothing is pinned, so even SIGKILL leaves nothing).
     ebpf: Option<Ebpf>,
+    /// CLOCK_MONOTONIC just before the programs were detached (0 while attached): the final
+    /// drain credits the slices still running up to then (see `snapshot`).
+    detached_at_ns: u64,
     records: PerCpuArray<MapData, CpuRecord>,
     ifaces: TableMaps<IfaceArrays>,
     netns_tcp: MapData,
@@ -372,8 +375,10 @@ impl Collector {
                 ],
             ))
         })?;
+        start_a_slice_on_every_cpu(ncpu);
         Ok(Self {
             ebpf: Some(ebpf),
+            detached_at_ns: 0,
             records,
             ifaces,
             netns_tcp,
@@ -405,6 +410,10 @@ impl Collector {
     pub fn detach(&mut self) {
         // The roster's own handle on the iterator keeps it until the roster stops.
         self.tasks = Err("detached".into());
+        if self.ebpf.is_some() {
+            // Read before: a slice that ends between this and the detach is still recorded.
+            self.detached_at_ns = monotonic_ns();
+        }
         if self.ebpf.take().is_some() {
             info!("eBPF programs detached");
         }
@@ -454,9 +463,13 @@ impl Collector {
     pub fn snapshot(&mut self, out: &mut RawSnapshot) -> Result<()> {
         // The records first, with the clock read before them, so a slice seen as running was
         // still running at `now_ns` and the container read that follows holds every slice that
-        // had ended (see `RunningSlices`). Once detached, nothing runs any more.
-        let attached = self.ebpf.is_some();
-        out.now_ns = if attached { monotonic_ns() } else { 0 };
+        // had ended (see `RunningSlices`). Once detached, the records hold what was running at
+        // the detach, so the clock is the one read just before it.
+        out.now_ns = if self.ebpf.is_some() {
+            monotonic_ns()
+        } else {
+            self.detached_at_ns
+        };
         out.cpus.clear();
         out.cpus.extend(
             self.records
@@ -795,6 +808,36 @@ fn load_task_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<TaskIterator> {
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 /// Zero (no running slice is credited) in the impossible case that it cannot be read.
+/// Runs a thread on every CPU in turn, once the programs are attached, so that each CPU
+/// switches tasks: a slice that began before the attach has no recorded start, and without a
+/// switch on its CPU (a task spinning alone there) its time would be credited to no interval
+/// until it ended, then dropped as a slice of unknown length. After the switch the spinner's
+/// next slice has a start and is credited at every drain (`RunningSlices`). A CPU that cannot
+/// be reached (offline, outside this process's cpuset) is left alone: its first switch
+/// starts its slices as before.
+fn start_a_slice_on_every_cpu(ncpu: usize) {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    use nix::unistd::Pid;
+    // All at once: a CPU held by a real-time task lets the visitor in only when the kernel's
+    // RT throttling does, and one such CPU should not delay the others.
+    let visits: Vec<_> = (0..ncpu.min(CpuSet::count()))
+        .filter_map(|cpu| {
+            std::thread::Builder::new()
+                .name("sentinel-cpu".into())
+                .spawn(move || {
+                    let mut set = CpuSet::new();
+                    // Migrating this thread to `cpu` switches that CPU to it, and back when it
+                    // exits.
+                    set.set(cpu).is_ok() && sched_setaffinity(Pid::from_raw(0), &set).is_ok()
+                })
+                .ok()
+        })
+        .collect();
+    for visit in visits {
+        let _ = visit.join();
+    }
+}
+
 fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)

@@ -270,10 +270,10 @@ impl SeriesDetector {
         let seat = self.learned.as_ref().and_then(|_| budget.take());
         Self {
             stat: self.stat.clone(),
-            learned: match seat {
-                Some(_) => self.learned.as_ref().map(|l| Box::new(l.fork())),
-                None => None,
-            },
+            learned: seat
+                .as_ref()
+                .and(self.learned.as_ref())
+                .map(|l| Box::new(l.fork())),
             seat,
             ..*self
         }
@@ -1137,7 +1137,6 @@ impl DetectionEngine {
         } else {
             Detector::Own(Box::new(SeriesDetector::budgeted(params, budget)))
         };
-
         let place = self.tracked.len();
         self.by_name.insert(name.clone(), place);
         self.tracked.push(Tracked {

@@ -806,10 +806,8 @@ fn load_task_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<TaskIterator> {
     TaskIterator::link(prog.as_fd()).with_context(|| format!("linking {TASK_ITERATOR}"))
 }
 
-/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
-/// Zero (no running slice is credited) in the impossible case that it cannot be read.
-/// Runs a thread on every CPU in turn, once the programs are attached, so that each CPU
-/// switches tasks: a slice that began before the attach has no recorded start, and without a
+/// Runs a thread on every CPU, once the programs are attached, so that each CPU switches
+/// tasks: a slice that began before the attach has no recorded start, and without a
 /// switch on its CPU (a task spinning alone there) its time would be credited to no interval
 /// until it ended, then dropped as a slice of unknown length. After the switch the spinner's
 /// next slice has a start and is credited at every drain (`RunningSlices`). A CPU that cannot
@@ -838,6 +836,8 @@ fn start_a_slice_on_every_cpu(ncpu: usize) {
     }
 }
 
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+/// Zero (no running slice is credited) in the impossible case that it cannot be read.
 fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)

@@ -476,6 +476,14 @@ fn run_delay(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("/proc/{pid}/schedstat unreadable"))
 }
 
+/// The inode of `/proc/<pid>/ns/mnt`: the container key of a process in its own mount
+/// namespace.
+fn mount_namespace(pid: &str) -> u64 {
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/ns/mnt: {e}"))
+}
+
 fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
@@ -543,9 +551,7 @@ fn runq_wait_sum_matches_the_kernels_run_delay() {
         }
         let mut tasks = children_of(parent);
         tasks.push(parent);
-        let key = std::fs::metadata(format!("/proc/{parent}/ns/mnt"))
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .expect("the storm's mount namespace");
+        let key = mount_namespace(&parent.to_string());
         // Stopped, nothing of the storm waits: two whole intervals pass, so every wait before
         // the window is in an interval up to `before_seq`.
         stop_all(&tasks);
@@ -623,15 +629,11 @@ fn a_spinner_started_before_sentinel_is_credited_in_every_interval() {
         .expect("start the spinner");
     let pid = spinner.id();
     let deadline = Instant::now() + Duration::from_secs(10);
+    let host = mount_namespace("self");
     let key = loop {
         // `unshare` execs the shell in its new namespace: wait until it has.
         std::thread::sleep(Duration::from_millis(100));
-        let own = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .expect("the spinner's mount namespace");
-        let host = std::fs::metadata("/proc/self/ns/mnt")
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .expect("this test's mount namespace");
+        let own = mount_namespace(&pid.to_string());
         if own != host {
             break own;
         }

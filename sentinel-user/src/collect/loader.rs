@@ -413,8 +413,7 @@ impl Collector {
         if self.ebpf.is_some() {
             // Read before: a slice that ends between this and the detach is still recorded.
             self.detached_at_ns = monotonic_ns();
-        }
-        if self.ebpf.take().is_some() {
+            self.ebpf = None;
             info!("eBPF programs detached");
         }
     }

@@ -475,7 +475,7 @@ fn a_protected_victims_aggressor_is_capped_and_released_on_shutdown() {
     // README's `sentinel top` capture, while the aggressor spins: the victim's SLOWED BY names
     // it (unless the host's own work outweighs it; the capture is for the docs). Intervals
     // wait in the pipe meanwhile.
-    let screen = support::runtimes::top_screen(BIN, &run.runtime_dir.join("sentinel.sock"), |s| {
+    let screen = support::runtimes::top_screen(BIN, &run.socket(), |s| {
         s.lines()
             .any(|l| l.contains(&victim.name) && l.contains(&aggressor.name))
     });
@@ -623,20 +623,6 @@ fn cgroup_of(pid: u32) -> String {
     line.splitn(3, ':').nth(2).unwrap().to_string()
 }
 
-fn status_json(run: &SentinelRun) -> serde_json::Value {
-    let out = std::process::Command::new(BIN)
-        .args(["status", "--json", "--status-socket"])
-        .arg(run.runtime_dir.join("sentinel.sock"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sentinel status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
-}
-
 /// Issue 17.1: a spinning and a sleeping container are both in every interval of the JSON
 /// (the sleeper with zeros), in `sentinel status --json` and in `sentinel top` (tmux).
 /// About 20 s.
@@ -654,14 +640,14 @@ fn idle_and_busy_containers_are_listed_in_every_interval_status_and_top() {
     let idle = Container::run("snt-list-idle", &[], IMAGE, &["sleep", "1000"]);
     let mut run = SentinelRun::start(&["--interval", "1s", "--no-metrics"]);
     let window: Vec<Interval> = (0..8).map(|_| run.next_interval(FIRST)).collect();
-    let status = status_json(&run);
+    let status = run.status_json();
     let listed: Vec<&str> = status["latest"]["containers"]
         .as_array()
         .expect("latest.containers in status --json")
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    let screen = support::runtimes::top_screen(BIN, &run.runtime_dir.join("sentinel.sock"), |s| {
+    let screen = support::runtimes::top_screen(BIN, &run.socket(), |s| {
         s.contains(&spin.name) && s.contains(&idle.name)
     });
     let _ = std::fs::write(
@@ -772,7 +758,7 @@ fn a_container_recreated_ten_times_under_its_name_is_named_with_its_own_cpu() {
         run.next_interval(FIRST);
     }
     let settled: Vec<Interval> = (0..3).map(|_| run.next_interval(FIRST)).collect();
-    let status = status_json(&run);
+    let status = run.status_json();
     let done = run.stop();
     assert!(done.status.success(), "{}", done.stderr);
     drop(live);

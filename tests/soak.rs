@@ -17,8 +17,8 @@ use std::{
 
 use support::{
     docker::{self, IMAGE},
-    require, require_root, rss_kib,
-    sentinel::SentinelRun,
+    require, require_root,
+    sentinel::{Memory, SMALL_PAGES, SentinelRun},
 };
 
 const FIRST: Duration = Duration::from_secs(60);
@@ -30,8 +30,9 @@ fn soak_minutes(ci_default: f64) -> f64 {
         .unwrap_or(ci_default)
 }
 
-/// M2: a context-switch and fork storm. Memory is bounded by construction: RSS at the end
-/// within +2 MiB of RSS after the first minute; the bounded kernel maps stay at or under
+/// M2: a context-switch and fork storm. Memory is bounded by construction: at the end the
+/// heap's live allocations and the resident size (in 4 KiB pages: `support::sentinel::
+/// SMALL_PAGES` says why) within +2 MiB of where they were after the first minute; the bounded kernel maps stay at or under
 /// capacity with overflow counted; the output queue's drops are reported (0 here: the test
 /// reads stdout).
 #[test]
@@ -47,9 +48,9 @@ fn m2_event_storm_keeps_memory_flat_and_queues_bounded() {
     }
     let minutes = soak_minutes(3.0);
     let total = Duration::from_secs_f64(minutes * 60.0);
-    let mut run = SentinelRun::start(&["--interval", "200ms", "--no-docker"]);
+    let mut run =
+        SentinelRun::start_with_env(&["--interval", "200ms", "--no-docker"], &[SMALL_PAGES]);
     run.next_interval(FIRST);
-    let pid = run.pid();
     let started = Instant::now();
     let mut storm = Command::new("stress-ng")
         .args(["--switch", "1", "--fork", "1", "--timeout"])
@@ -58,7 +59,7 @@ fn m2_event_storm_keeps_memory_flat_and_queues_bounded() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start stress-ng");
-    let mut rss_1min = None;
+    let mut mem_1min = None;
     let mut samples = Vec::new();
     while started.elapsed() < total {
         let iv = run.next_interval(FIRST);
@@ -68,13 +69,13 @@ fn m2_event_storm_keeps_memory_flat_and_queues_bounded() {
         if samples.last().is_none_or(|(t, _)| {
             started.elapsed().checked_sub(*t).unwrap() >= Duration::from_secs(10)
         }) {
-            samples.push((started.elapsed(), rss_kib(pid)));
+            samples.push((started.elapsed(), run.memory()));
         }
-        if rss_1min.is_none() && started.elapsed() >= Duration::from_secs(60) {
-            rss_1min = Some(rss_kib(pid));
+        if mem_1min.is_none() && started.elapsed() >= Duration::from_secs(60) {
+            mem_1min = Some(run.memory());
         }
     }
-    let rss_end = rss_kib(pid);
+    let mem_end = run.memory();
     let _ = storm.kill();
     let _ = storm.wait();
     let finished = run.stop();
@@ -89,11 +90,10 @@ fn m2_event_storm_keeps_memory_flat_and_queues_bounded() {
         .filter_map(|iv| iv.counters["process_fork"])
         .sum();
     let last = &ivs.last().unwrap().collector;
-    let rss_1min = rss_1min.expect("ran at least a minute");
-    let rss_max = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    let mem_1min = mem_1min.expect("ran at least a minute");
     println!(
-        "M2: {minutes} min storm, {} intervals, sched_switch {switches}, forks {forks}; RSS after \
-         1 min {rss_1min} kB, end {rss_end} kB, max {rss_max} kB; overflow: ifaces {} packets, \
+        "M2: {minutes} min storm, {} intervals, sched_switch {switches}, forks {forks}; memory \
+         after 1 min {mem_1min:?}, at the end {mem_end:?}; overflow: ifaces {} packets, \
          runq_start {}, containers {}; output dropped {}",
         ivs.len(),
         last.iface_overflow_packets,
@@ -101,15 +101,19 @@ fn m2_event_storm_keeps_memory_flat_and_queues_bounded() {
         last.container_overflow,
         last.output_dropped
     );
-    println!("M2 RSS samples (s, kB): {samples:?}");
+    println!("M2 memory samples (s, kB): {samples:?}");
     assert!(
         switches > 1_000_000,
         "the storm did not run: {switches} switches"
     );
     assert!(forks > 1_000, "the storm did not fork: {forks}");
     assert!(
-        rss_end <= rss_1min + 2048,
-        "RSS grew by more than 2 MiB after the first minute: {rss_1min} -> {rss_end} kB"
+        mem_end.heap_kib <= mem_1min.heap_kib + 2048,
+        "the heap grew by more than 2 MiB after the first minute: {mem_1min:?} -> {mem_end:?}"
+    );
+    assert!(
+        mem_end.rss_kib <= mem_1min.rss_kib + 2048,
+        "RSS grew by more than 2 MiB after the first minute: {mem_1min:?} -> {mem_end:?}"
     );
     // Every interval's sequence is there: nothing was dropped on the way to this reader.
     assert!(ivs.windows(2).all(|w| w[1].seq == w[0].seq + 1));
@@ -117,8 +121,9 @@ fn m2_event_storm_keeps_memory_flat_and_queues_bounded() {
 
 /// L6: container churn. Short-lived containers (a fifth of them opted in to healing) are
 /// created and removed with a bounded number alive. Per-container state stays bounded and is
-/// dropped for gone containers: RSS slope after warm-up < 1 MiB per 10 min (pro rata, at least
-/// 1 MiB), `/metrics` container series <= top-N + labelled, breakers <= live labelled + 4, and
+/// dropped for gone containers: after warm-up the heap's live allocations and the resident
+/// size (in 4 KiB pages: `support::sentinel::SMALL_PAGES`) grow < 1 MiB per 10 min (pro rata,
+/// at least 1 MiB), `/metrics` container series <= top-N + labelled, breakers <= live labelled + 4, and
 /// once the churn stops the detector's series fall back to where they started after the TTL.
 ///
 /// CI variant: 3 minutes. The detector's series TTL is set to 60 intervals (30 s) so that
@@ -140,17 +145,19 @@ fn l6_container_churn_keeps_state_bounded() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let mut run = SentinelRun::start(&[
-        "--interval",
-        "500ms",
-        "--config",
-        config.to_str().unwrap(),
-        "--metrics-top-containers",
-        &TOP_N.to_string(),
-    ]);
+    let mut run = SentinelRun::start_with_env(
+        &[
+            "--interval",
+            "500ms",
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-top-containers",
+            &TOP_N.to_string(),
+        ],
+        &[SMALL_PAGES],
+    );
     run.next_interval(FIRST);
-    let pid = run.pid();
-    let socket = run.runtime_dir.join("sentinel.sock");
+    let socket = run.socket();
     // Baseline: the detector's series before any churn container exists.
     for _ in 0..4 {
         run.next_interval(FIRST);
@@ -223,17 +230,17 @@ fn l6_container_churn_keeps_state_bounded() {
         .collect();
 
     let started = Instant::now();
-    let mut rss = Vec::new();
+    let mut memory = Vec::new();
     let mut worst_breakers = (0usize, 0usize);
     let mut worst_metric_containers = 0usize;
     let mut max_series = 0u64;
     while started.elapsed() < total {
         let iv = run.next_interval(FIRST);
         max_series = max_series.max(iv.detection.series);
-        if rss.last().is_none_or(|(t, _): &(Duration, u64)| {
+        if memory.last().is_none_or(|(t, _): &(Duration, Memory)| {
             started.elapsed().checked_sub(*t).unwrap() >= Duration::from_secs(10)
         }) {
-            rss.push((started.elapsed(), rss_kib(pid)));
+            memory.push((started.elapsed(), run.memory()));
             let labelled = String::from_utf8_lossy(
                 &docker::docker(&[
                     "ps",
@@ -300,24 +307,29 @@ fn l6_container_churn_keeps_state_bounded() {
     assert!(finished.status.success(), "{}", finished.stderr);
     let created = created.load(Ordering::Relaxed);
     let labelled_created = labelled_created.load(Ordering::Relaxed);
-    let warm = rss
+    let warm = memory
         .iter()
         .find(|(t, _)| *t >= Duration::from_secs(60))
-        .map_or(0, |s| s.1);
-    let end = rss.last().map_or(0, |s| s.1);
+        .expect("a sample after the first minute")
+        .1;
+    let end = memory.last().unwrap().1;
     let allowed = (1024.0 * (minutes / 10.0)).max(1024.0) as u64;
     println!(
         "L6: {minutes} min, {created} containers created ({labelled_created} labelled, <= {alive_cap} alive), max detector \
          series {max_series}; this test's series {at_stop} when the churn stopped, {left_after} after the TTL; \
          breakers max {}, labelled alive max {}; /metrics containers max {worst_metric_containers} \
-         (top-N {TOP_N}); RSS after warm-up {warm} kB -> {end} kB",
+         (top-N {TOP_N}); memory after warm-up {warm:?} -> {end:?}",
         worst_breakers.0, worst_breakers.1,
     );
-    println!("L6 RSS samples (s, kB): {rss:?}");
+    println!("L6 memory samples (s, kB): {memory:?}");
     assert!(created >= 50, "too little churn: {created} containers");
     assert!(
-        end <= warm + allowed,
-        "RSS slope after warm-up: {warm} -> {end} kB (allowed +{allowed} kB)"
+        end.heap_kib <= warm.heap_kib + allowed,
+        "heap slope after warm-up: {warm:?} -> {end:?} (allowed +{allowed} kB)"
+    );
+    assert!(
+        end.rss_kib <= warm.rss_kib + allowed,
+        "RSS slope after warm-up: {warm:?} -> {end:?} (allowed +{allowed} kB)"
     );
     assert!(at_stop > 0, "the churn containers never had series");
     assert_eq!(

@@ -1327,6 +1327,16 @@ impl Collector for StateCollector {
                 emit_gauge,
             )?;
         }
+        if let Some(bytes) = crate::heap::allocated_bytes() {
+            gauge(
+                &mut enc,
+                "sentinel_heap_allocated_bytes",
+                "Bytes in live heap allocations, by the allocator's count (the resident size also \
+                 holds freed memory kept for reuse, rounded to whole pages).",
+                None,
+                bytes as f64,
+            )?;
+        }
         encode_process(&mut enc)
     }
 }
@@ -2031,6 +2041,7 @@ mod tests {
             "process_open_fds ",
             "process_max_fds ",
             "process_start_time_seconds ",
+            "sentinel_heap_allocated_bytes ",
         ] {
             assert!(text.contains(name), "{name} missing:\n{text}");
         }

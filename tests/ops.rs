@@ -20,7 +20,7 @@ use std::{
 use support::{
     docker::{self, Container, IMAGE},
     require, require_root,
-    sentinel::{BIN, SMALL_PAGES, SentinelRun, http_get, metrics_addr_of, status_json},
+    sentinel::{BIN, SentinelRun, http_get, metrics_addr_of, status_json},
 };
 
 const FIRST: Duration = Duration::from_secs(60);
@@ -773,15 +773,15 @@ fn capabilities_are_dropped_after_attach_and_drains_continue() {
 
 /// E4: a slow or hostile scraper holds 200 idle connections (some send half a request and
 /// stop) for 60 s. The drain keeps its cadence (longest interval < 2x the interval), memory
-/// stays flat (the heap's live allocations and the resident size grow by at most 2 MiB, in
-/// 4 KiB pages: `support::sentinel::SMALL_PAGES` says why), and a fresh scrape is answered within Prometheus' default scrape time-out (10 s)
+/// stays flat (the heap's live allocations and the resident size grow by at most 2 MiB), and a
+/// fresh scrape is answered within Prometheus' default scrape time-out (10 s)
 /// while the idle connections are held.
 #[test]
 fn e4_idle_and_half_open_scrapers_do_not_stall_the_drain_or_lock_out_scrapes() {
     if !require_root("e4_idle_and_half_open_scrapers_do_not_stall_the_drain_or_lock_out_scrapes") {
         return;
     }
-    let mut run = SentinelRun::start_with_env(&["--interval", "500ms"], &[SMALL_PAGES]);
+    let mut run = SentinelRun::start(&["--interval", "500ms"]);
     run.next_interval(FIRST);
     run.next_interval(FIRST);
     let addr = metrics_addr_of(&run.socket());

@@ -18,7 +18,7 @@ use std::{
 use support::{
     docker::{self, IMAGE},
     require, require_root,
-    sentinel::{Memory, SMALL_PAGES, SentinelRun},
+    sentinel::{Memory, SentinelRun},
 };
 
 const FIRST: Duration = Duration::from_secs(60);
@@ -31,8 +31,8 @@ fn soak_minutes(ci_default: f64) -> f64 {
 }
 
 /// M2: a context-switch and fork storm. Memory is bounded by construction: at the end the
-/// heap's live allocations and the resident size (in 4 KiB pages: `support::sentinel::
-/// SMALL_PAGES` says why) within +2 MiB of where they were after the first minute; the bounded kernel maps stay at or under
+/// heap's live allocations and the resident size within +2 MiB of where they were after the
+/// first minute; the bounded kernel maps stay at or under
 /// capacity with overflow counted; the output queue's drops are reported (0 here: the test
 /// reads stdout).
 #[test]
@@ -48,8 +48,7 @@ fn m2_event_storm_keeps_memory_flat_and_queues_bounded() {
     }
     let minutes = soak_minutes(3.0);
     let total = Duration::from_secs_f64(minutes * 60.0);
-    let mut run =
-        SentinelRun::start_with_env(&["--interval", "200ms", "--no-docker"], &[SMALL_PAGES]);
+    let mut run = SentinelRun::start(&["--interval", "200ms", "--no-docker"]);
     run.next_interval(FIRST);
     let started = Instant::now();
     let mut storm = Command::new("stress-ng")
@@ -122,8 +121,7 @@ fn m2_event_storm_keeps_memory_flat_and_queues_bounded() {
 /// L6: container churn. Short-lived containers (a fifth of them opted in to healing) are
 /// created and removed with a bounded number alive. Per-container state stays bounded and is
 /// dropped for gone containers: after warm-up the heap's live allocations and the resident
-/// size (in 4 KiB pages: `support::sentinel::SMALL_PAGES`) grow < 1 MiB per 10 min (pro rata,
-/// at least 1 MiB), `/metrics` container series <= top-N + labelled, breakers <= live labelled + 4, and
+/// size grow < 1 MiB per 10 min (pro rata, at least 1 MiB), `/metrics` container series <= top-N + labelled, breakers <= live labelled + 4, and
 /// once the churn stops the detector's series fall back to where they started after the TTL.
 ///
 /// CI variant: 3 minutes. The detector's series TTL is set to 60 intervals (30 s) so that
@@ -145,17 +143,14 @@ fn l6_container_churn_keeps_state_bounded() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let mut run = SentinelRun::start_with_env(
-        &[
-            "--interval",
-            "500ms",
-            "--config",
-            config.to_str().unwrap(),
-            "--metrics-top-containers",
-            &TOP_N.to_string(),
-        ],
-        &[SMALL_PAGES],
-    );
+    let mut run = SentinelRun::start(&[
+        "--interval",
+        "500ms",
+        "--config",
+        config.to_str().unwrap(),
+        "--metrics-top-containers",
+        &TOP_N.to_string(),
+    ]);
     run.next_interval(FIRST);
     let socket = run.socket();
     // Baseline: the detector's series before any churn container exists.

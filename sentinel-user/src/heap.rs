@@ -13,25 +13,9 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read when it starts (the C API's `malloc_conf`, under the crate's
-/// symbol prefix); `_RJEM_MALLOC_CONF` in the environment still overrides them.
-///
-/// `thp:always`: the heap in transparent huge pages (where the kernel's THP mode is `madvise`,
-/// Debian's default; nothing changes where it is `never`). At 1000 containers detection walks
-/// tens of megabytes once a second, thousands of series each in its own places (a seasonal
-/// ring is a page of its own), so in 4 KiB pages nearly every series misses the TLB, and on a
-/// virtual machine each miss walks two page tables: the one store into each ring took 13% to
-/// 36% of the daemon's main thread from run to run (perf, BENCHMARKS.md), 8% in huge pages.
-/// 2 MiB pages cover the heap with a few dozen TLB entries; they cost ~15 MB of resident
-/// memory at 1000 containers.
-#[used]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &u8 = &b"thp:always\0"[0];
-
 /// Bytes in live heap allocations (jemalloc's `stats.allocated`), as of this call; `None` if
-/// the allocator does not answer. Unlike the resident size, it does not move with page
-/// granularity (2 MiB steps in huge pages) or with freed memory the allocator keeps for reuse,
-/// so it is what shows a leak.
+/// the allocator does not answer. Unlike the resident size, it does not move with freed memory
+/// the allocator keeps for reuse or with page granularity, so it is what shows a leak.
 pub(crate) fn allocated_bytes() -> Option<u64> {
     use std::ffi::c_void;
     use tikv_jemalloc_sys::mallctl;
@@ -70,32 +54,6 @@ pub(crate) fn allocated_bytes() -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    /// `AnonHugePages` of the mapping that holds `address` (in /proc/self/smaps), in KiB.
-    fn anon_huge_kib_at(address: usize) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
-        let mut inside = false;
-        for line in smaps.lines() {
-            let range = line
-                .split_whitespace()
-                .next()
-                .and_then(|r| r.split_once('-'));
-            if let Some((lo, hi)) = range
-                && let (Ok(lo), Ok(hi)) =
-                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-            {
-                inside = (lo..hi).contains(&address);
-            } else if inside && let Some(v) = line.strip_prefix("AnonHugePages:") {
-                return v
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .expect("a size");
-            }
-        }
-        panic!("no mapping holds {address:#x}")
-    }
-
     /// The allocated bytes follow an allocation and its release, to within what other test
     /// threads allocate meanwhile (far less than the 64 MiB here).
     #[test]
@@ -111,23 +69,5 @@ mod tests {
             (60 << 20..68 << 20).contains(&grew) && (60 << 20..68 << 20).contains(&fell),
             "allocated {before} -> {during} -> {after} bytes around a 64 MiB block"
         );
-    }
-
-    /// `MALLOC_CONF` is in effect: a large allocation is in huge pages wherever the kernel
-    /// grants them on request (`madvise` or `always`).
-    #[test]
-    fn the_heap_asks_for_huge_pages() {
-        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-            .unwrap_or_default();
-        let heap = std::hint::black_box(vec![1u8; 64 << 20]);
-        let huge = anon_huge_kib_at(heap.as_ptr() as usize + heap.len() / 2);
-        if mode.contains("[never]") || mode.is_empty() {
-            assert_eq!(huge, 0, "THP is off here ({mode:?})");
-        } else {
-            assert!(
-                huge >= 16 << 10,
-                "{huge} KiB in huge pages of 64 MiB (THP {mode:?})"
-            );
-        }
     }
 }

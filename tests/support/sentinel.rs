@@ -79,17 +79,9 @@ pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The environment under which a memory test runs the daemon: its heap in 4 KiB pages, the
-/// kernel's default, instead of the huge pages it asks for (`sentinel-user/src/heap.rs`; the
-/// variable is the one OPS.md documents). The resident size is a count of pages: in 2 MiB
-/// pages it moves in 2 MiB steps, and with the allocator's purges (which split a huge page)
-/// and khugepaged (which fills one in) it moved by 26 MB in one minute of idle scrapers (E4:
-/// 51700 -> 25852 kB, the heap's allocations +200 kB), so a 2 MiB bound on it shows nothing
-/// there. In 4 KiB pages it measures what the daemon holds. The heap's allocations, bounded
-/// too, are page-size free.
-pub const SMALL_PAGES: (&str, &str) = ("_RJEM_MALLOC_CONF", "thp:default");
-
-/// The daemon's memory, as the memory tests bound it.
+/// The daemon's memory, as the memory tests bound it: the resident size counts pages,
+/// including freed memory the allocator keeps for reuse; the heap's live allocations are what
+/// a leak in the heap grows, to the byte.
 #[derive(Clone, Copy, Debug)]
 pub struct Memory {
     /// `sentinel_heap_allocated_bytes`, in KiB: the heap's live allocations by the allocator's

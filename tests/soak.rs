@@ -18,7 +18,7 @@ use std::{
 use support::{
     docker::{self, IMAGE},
     require, require_root,
-    sentinel::{Memory, SentinelRun},
+    sentinel::{Memory, SentinelRun, http_get},
 };
 
 const FIRST: Duration = Duration::from_secs(60);
@@ -121,8 +121,9 @@ fn m2_event_storm_keeps_memory_flat_and_queues_bounded() {
 /// L6: container churn. Short-lived containers (a fifth of them opted in to healing) are
 /// created and removed with a bounded number alive. Per-container state stays bounded and is
 /// dropped for gone containers: after warm-up the heap's live allocations and the resident
-/// size grow < 1 MiB per 10 min (pro rata, at least 1 MiB), `/metrics` container series <= top-N + labelled, breakers <= live labelled + 4, and
-/// once the churn stops the detector's series fall back to where they started after the TTL.
+/// size grow < 1 MiB per 10 min (pro rata, at least 1 MiB), `/metrics` container series
+/// <= top-N + labelled, breakers <= live labelled + 4, and once the churn stops the detector's
+/// series fall back to where they started after the TTL.
 ///
 /// CI variant: 3 minutes. The detector's series TTL is set to 60 intervals (30 s) so that
 /// dropping them is seen within the run; the default is 300.
@@ -365,14 +366,9 @@ fn churn_series(socket: &std::path::Path, prefix: &str) -> usize {
 /// Distinct `container=` label values of the per-container families (the top-N set) in one
 /// scrape.
 fn metric_containers(addr: &str) -> usize {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+    let Ok((_, body)) = http_get(addr, "/metrics", Duration::from_secs(10)) else {
         return 0;
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
     let mut names: Vec<&str> = body
         .lines()
         .filter(|l| l.starts_with("sentinel_container_"))

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::nab_cv::{self, Fold};
+use crate::nab_cv::{self, CandidateFolds, Fold};
 
 #[derive(Debug, clap::Args)]
 pub struct NabArgs {
@@ -42,6 +42,11 @@ pub struct NabArgs {
     /// Seed of the by-file fold assignment (fixed, so that runs are comparable).
     #[arg(long, default_value_t = 0x5e47_1e1a)]
     pub cv_seed: u64,
+    /// Nested cross-validation of settings (needs --cv): each value is a candidate that changes
+    /// one key from the defaults; in every fold the candidate with the best training score is
+    /// chosen and scored on the held-out files. Writes tune.md (KEY=V1,V2,..., repeatable).
+    #[arg(long = "tune", value_name = "KEY=V1,V2,...")]
+    pub tune: Vec<String>,
 }
 
 const PROFILES: [(&str, &str); 3] = [
@@ -195,6 +200,57 @@ fn mean_of(folds: &[FoldResult], pick: impl Fn(&FoldResult) -> f64) -> f64 {
     folds.iter().map(pick).sum::<f64>() / folds.len() as f64
 }
 
+/// The candidates of `--tune`: `(label, the --set list)`, the defaults (plus `--set`) first.
+fn tune_candidates(set: &[String], tune: &[String]) -> Result<Vec<(String, Vec<String>)>> {
+    let mut out = vec![("defaults".to_string(), set.to_vec())];
+    for t in tune {
+        let (key, values) = t
+            .split_once('=')
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            .ok_or_else(|| anyhow!("--tune {t:?}: expected KEY=V1,V2,..."))?;
+        for v in values.split(',') {
+            if v.is_empty() {
+                bail!("--tune {t:?}: an empty value");
+            }
+            let mut sets = set.to_vec();
+            sets.push(format!("{key}={v}"));
+            out.push((format!("{key}={v}"), sets));
+        }
+    }
+    Ok(out)
+}
+
+/// Replays every file through `sentinel replay` with detector `det` and `sets` into `dir`.
+fn replay_all(
+    sentinel: &Path,
+    data: &Path,
+    files: &[PathBuf],
+    det: &str,
+    sets: &[String],
+    dir: &Path,
+) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir);
+    for f in files {
+        let dst = dir.join(f);
+        std::fs::create_dir_all(dst.parent().expect("file has a category"))?;
+        let mut cmd = Command::new(sentinel);
+        cmd.arg("replay")
+            .arg("--input")
+            .arg(data.join(f))
+            .arg("--output")
+            .arg(&dst)
+            .args(["--detector", det]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let st = cmd.status().context("running sentinel replay")?;
+        if !st.success() {
+            bail!("sentinel replay failed on {}", f.display());
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: NabArgs) -> Result<()> {
     let root = repo_root();
     let data = root.join(&args.data);
@@ -213,6 +269,10 @@ pub fn run(args: NabArgs) -> Result<()> {
         bail!("{}: no <category>/<file>.csv found", data.display());
     }
     let windows = window_counts(&scorer.labels)?;
+    if !args.tune.is_empty() && !args.cv {
+        bail!("--tune needs --cv (the candidates are judged on held-out folds)");
+    }
+    let candidates = tune_candidates(&args.set, &args.tune)?;
     // Fold assignment first: a bad --folds fails before anything is built.
     let folds = if args.cv {
         let mut f = nab_cv::by_file(&files, &windows, args.folds, args.cv_seed)?;
@@ -244,25 +304,7 @@ pub fn run(args: NabArgs) -> Result<()> {
     let mut cv_rows = Vec::new();
     for det in &args.detectors {
         let dir = out.join(det);
-        let _ = std::fs::remove_dir_all(&dir);
-        for f in &files {
-            let dst = dir.join(f);
-            std::fs::create_dir_all(dst.parent().expect("file has a category"))?;
-            let mut cmd = Command::new(&sentinel);
-            cmd.arg("replay")
-                .arg("--input")
-                .arg(data.join(f))
-                .arg("--output")
-                .arg(&dst)
-                .args(["--detector", det]);
-            for s in &args.set {
-                cmd.args(["--set", s]);
-            }
-            let st = cmd.status().context("running sentinel replay")?;
-            if !st.success() {
-                bail!("sentinel replay failed on {}", f.display());
-            }
-        }
+        replay_all(&sentinel, &data, &files, det, &args.set, &dir)?;
         let v = scorer.score(&dir, None, None)?;
         std::fs::write(dir.join("score.json"), serde_json::to_vec_pretty(&v)?)?;
         if let Some((folds, _)) = &folds {
@@ -298,7 +340,124 @@ pub fn run(args: NabArgs) -> Result<()> {
         std::fs::write(out.join("cv.md"), &cv)?;
         eprintln!("wrote {}", out.join("cv.md").display());
     }
+
+    if let Some((folds, by_file)) = folds.as_ref().filter(|_| candidates.len() > 1) {
+        let mut md = String::new();
+        for ((det, v), (_, default_folds)) in rows.iter().zip(&cv_rows) {
+            let mut results = vec![(normalized_all(v), to_candidate(default_folds))];
+            for (i, (label, sets)) in candidates.iter().enumerate().skip(1) {
+                eprintln!("tune: {det} {label} ({i}/{})", candidates.len() - 1);
+                let dir = out.join("tune").join(det).join(i.to_string());
+                replay_all(&sentinel, &data, &files, det, sets, &dir)?;
+                let all = scorer.score(&dir, None, None)?;
+                let cv = cross_validate(&scorer, &dir, folds, &windows)?;
+                results.push((normalized_all(&all), to_candidate(&cv)));
+            }
+            md.push_str(&tune_tables(det, &candidates, &results, folds, *by_file));
+        }
+        print!("\n{md}");
+        std::fs::write(out.join("tune.md"), &md)?;
+        eprintln!("wrote {}", out.join("tune.md").display());
+    }
     Ok(())
+}
+
+fn normalized_all(v: &serde_json::Value) -> [f64; 3] {
+    std::array::from_fn(|p| normalized(v, p))
+}
+
+fn to_candidate(folds: &[FoldResult]) -> CandidateFolds {
+    CandidateFolds {
+        train: folds.iter().map(|f| f.train).collect(),
+        held_out: folds.iter().map(|f| f.held_out).collect(),
+    }
+}
+
+/// The nested cross-validation of `--tune`: per scheme and profile, the defaults' held-out mean
+/// against the mean of the candidates chosen on each fold's training files; each fold's
+/// choice; and every candidate's in-sample and held-out means (the candidate log).
+fn tune_tables(
+    det: &str,
+    candidates: &[(String, Vec<String>)],
+    results: &[([f64; 3], CandidateFolds)],
+    folds: &[Fold],
+    by_file: usize,
+) -> String {
+    let cands: Vec<CandidateFolds> = results.iter().map(|(_, c)| c.clone()).collect();
+    let chosen = nab_cv::nested(&cands);
+    let schemes = [
+        ("by file", 0..by_file),
+        ("by category", by_file..folds.len()),
+    ];
+    let mut t = format!(
+        "Nested cross-validation of {det}: in every fold, each profile takes the candidate with \
+         the best training score (threshold optimised there too) and is scored on the held-out \
+         files. {} candidates: the defaults and one key changed at a time.\n\n\
+         | profile | scheme | defaults: held-out mean ± sd | chosen on training folds: held-out mean ± sd |\n\
+         |---|---|---|---|\n",
+        candidates.len()
+    );
+    let cell = |xs: &[f64]| {
+        let (m, sd, _, _) = nab_cv::spread(xs);
+        format!("{m:.1} ± {sd:.1}")
+    };
+    for (p, (_, label)) in PROFILES.iter().enumerate() {
+        for (scheme, range) in &schemes {
+            let defaults: Vec<f64> = range.clone().map(|f| cands[0].held_out[f][p]).collect();
+            let nested: Vec<f64> = range.clone().map(|f| chosen[f][p].1).collect();
+            t.push_str(&format!(
+                "| {label} | {scheme} | {} | {} |\n",
+                cell(&defaults),
+                cell(&nested)
+            ));
+        }
+    }
+    t.push_str(
+        "\n| fold | chosen std / low FP / low FN | held-out std / low FP / low FN | defaults held-out |\n\
+         |---|---|---|---|\n",
+    );
+    for (f, fold) in folds.iter().enumerate() {
+        let c = &chosen[f];
+        t.push_str(&format!(
+            "| {} | {} / {} / {} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} |\n",
+            fold.name,
+            candidates[c[0].0].0,
+            candidates[c[1].0].0,
+            candidates[c[2].0].0,
+            c[0].1,
+            c[1].1,
+            c[2].1,
+            cands[0].held_out[f][0],
+            cands[0].held_out[f][1],
+            cands[0].held_out[f][2],
+        ));
+    }
+    t.push_str(
+        "\n| candidate | in-sample | held out by file (mean) | held out by category (mean) |\n\
+         |---|---|---|---|\n",
+    );
+    for ((label, _), (all, c)) in candidates.iter().zip(results) {
+        let mean = |range: &std::ops::Range<usize>, p: usize| {
+            range.clone().map(|f| c.held_out[f][p]).sum::<f64>() / range.len() as f64
+        };
+        let three = |range: &std::ops::Range<usize>| {
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                mean(range, 0),
+                mean(range, 1),
+                mean(range, 2)
+            )
+        };
+        t.push_str(&format!(
+            "| {label} | {:.1} / {:.1} / {:.1} | {} | {} |\n",
+            all[0],
+            all[1],
+            all[2],
+            three(&schemes[0].1),
+            three(&schemes[1].1),
+        ));
+    }
+    t
 }
 
 /// The cross-validation summary (per detector and profile: in-sample, mean training score

@@ -156,6 +156,37 @@ pub fn spread(xs: &[f64]) -> (f64, f64, f64, f64) {
     (mean, var.sqrt(), min, max)
 }
 
+/// One candidate setting's cross-validation: per fold, the training (in-sample) and held-out
+/// scores of each profile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CandidateFolds {
+    pub train: Vec<[f64; 3]>,
+    pub held_out: Vec<[f64; 3]>,
+}
+
+/// Nested cross-validation: for each fold and profile, the candidate whose *training* score is
+/// highest (on a tie, the earlier one: the defaults come first) and that candidate's held-out
+/// score. The held-out files never take part in the choice, so the mean of these scores says
+/// how the choice of a setting, not just of the threshold, carries to files it did not see.
+/// Returns, per fold and profile, `(candidate index, held-out score)`.
+pub fn nested(cands: &[CandidateFolds]) -> Vec<[(usize, f64); 3]> {
+    let folds = cands.first().map_or(0, |c| c.train.len());
+    (0..folds)
+        .map(|f| {
+            std::array::from_fn(|p| {
+                let mut best = 0;
+                for (i, c) in cands.iter().enumerate() {
+                    // NaN (a fold the scorer could not score) never wins.
+                    if c.train[f][p] > cands[best].train[f][p] || cands[best].train[f][p].is_nan() {
+                        best = i;
+                    }
+                }
+                (best, cands[best].held_out[f][p])
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +297,50 @@ mod tests {
         let (m, sd, lo, hi) = spread(&[1.0, 2.0, 3.0]);
         assert_eq!((m, lo, hi), (2.0, 1.0, 3.0));
         assert!((sd - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nested_choice_looks_at_training_scores_only() {
+        // Candidate 0 (defaults), 1 and 2 over two folds.
+        let c = |train: [[f64; 3]; 2], held: [[f64; 3]; 2]| CandidateFolds {
+            train: train.to_vec(),
+            held_out: held.to_vec(),
+        };
+        let cands = [
+            c(
+                [[70.0, 60.0, 80.0], [71.0, 61.0, 81.0]],
+                [[50.0; 3], [51.0; 3]],
+            ),
+            // Best held out everywhere, never best in training: never chosen.
+            c(
+                [[69.0, 59.0, 79.0], [70.0, 60.0, 80.0]],
+                [[99.0; 3], [99.0; 3]],
+            ),
+            // Best in training on fold 0 standard and low FN only; ties on fold 1 low FP.
+            c(
+                [[72.0, 55.0, 85.0], [65.0, 61.0, 70.0]],
+                [[10.0; 3], [11.0; 3]],
+            ),
+        ];
+        let n = nested(&cands);
+        assert_eq!(n.len(), 2);
+        assert_eq!(n[0], [(2, 10.0), (0, 50.0), (2, 10.0)]);
+        // The tie on fold 1's low FP goes to the earlier candidate (the defaults).
+        assert_eq!(n[1], [(0, 51.0), (0, 51.0), (0, 51.0)]);
+    }
+
+    #[test]
+    fn nested_choice_skips_unscored_candidates() {
+        let cands = [
+            CandidateFolds {
+                train: vec![[f64::NAN; 3]],
+                held_out: vec![[1.0; 3]],
+            },
+            CandidateFolds {
+                train: vec![[5.0; 3]],
+                held_out: vec![[2.0; 3]],
+            },
+        ];
+        assert_eq!(nested(&cands)[0], [(1, 2.0); 3]);
     }
 }

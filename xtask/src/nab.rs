@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::nab_crop;
 use crate::nab_cv::{self, CandidateFolds, Fold};
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +48,10 @@ pub struct NabArgs {
     /// chosen and scored on the held-out files. Writes tune.md (KEY=V1,V2,..., repeatable).
     #[arg(long = "tune", value_name = "KEY=V1,V2,...")]
     pub tune: Vec<String>,
+    /// Judge short series instead: one crop of this many rows around each labelled anomaly
+    /// (see `nab_crop`), written with its windows to <out>/crop-ROWS/data and evaluated there.
+    #[arg(long, value_name = "ROWS")]
+    pub crop: Option<usize>,
 }
 
 const PROFILES: [(&str, &str); 3] = [
@@ -262,11 +267,26 @@ pub fn run(args: NabArgs) -> Result<()> {
         data: data.clone(),
         labels: data.join("combined_windows.json"),
     };
-    let out = root.join(&args.out);
+    let mut out = root.join(&args.out);
 
-    let files = csv_files(&data)?;
+    let mut files = csv_files(&data)?;
     if files.is_empty() {
         bail!("{}: no <category>/<file>.csv found", data.display());
+    }
+    let mut data = data;
+    let mut scorer = scorer;
+    if let Some(rows) = args.crop {
+        out = out.join(format!("crop-{rows}"));
+        let cropped = out.join("data");
+        let n = nab_crop::write(&data, &files, &cropped, rows)?;
+        eprintln!(
+            "cropped {n} series of {rows} rows into {}",
+            cropped.display()
+        );
+        files = csv_files(&cropped)?;
+        scorer.data = cropped.clone();
+        scorer.labels = cropped.join("combined_windows.json");
+        data = cropped;
     }
     let windows = window_counts(&scorer.labels)?;
     if !args.tune.is_empty() && !args.cv {

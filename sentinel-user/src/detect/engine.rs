@@ -386,9 +386,12 @@ impl SeriesDetector {
                     let own = if new { stat_own.max(ls) } else { stat_own };
                     (SeriesState::Ready, stat_part.max(ls), own)
                 }
-                (_, Some((_, status, _))) => {
+                (_, Some((ls, status, new))) => {
+                    // No model yet (or none possible): the statistics, and the pattern memory,
+                    // which needs none (`ls` is its score then).
                     fallback = self.log_fallback(name, &status);
-                    (SeriesState::Fallback, stat.score, stat.own)
+                    let own = if new { stat.own.max(ls) } else { stat.own };
+                    (SeriesState::Fallback, stat.score.max(ls), own)
                 }
             }
         };
@@ -1481,7 +1484,8 @@ mod tests {
     #[test]
     fn learned_fallback_is_visible() {
         // A constant series cannot train an isolation forest: the learned detector is
-        // unavailable and the series reports `fallback`, scored by the statistical detector.
+        // unavailable and the series reports `fallback`, scored by the statistical detector (and
+        // the pattern memory, which needs no model).
         let p = Params::new(&combined());
         let mut d = SeriesDetector::new(&p);
         let mut last = None;
@@ -1511,6 +1515,51 @@ mod tests {
             last = Some(d.update(&ps, &Trainer::Inline, "wave", noisy(i)));
         }
         assert_eq!(last.unwrap().state, SeriesState::Ready);
+    }
+
+    #[test]
+    fn a_young_series_is_judged_by_the_pattern_memory_before_its_forest() {
+        // The forest trains once its ring of block means has filled (1024 rows at the
+        // defaults); the pattern memory needs no model, so the combined detector judges a
+        // young series by it as well as by the statistics (their maximum, in state
+        // `fallback`). A spike (up 8, then back by 4) every 240 rows, then at row 840, inside
+        // the range, a shape it has never shown: the same values in the other order. The
+        // statistics see the jump and let go of it within a few rows (0.24 to 0.30 by rows 851
+        // to 862); the pattern memory holds the new shape above 0.38 there.
+        let shape = |i: u64, first: f64, second: f64| match i % 240 {
+            120..=123 => first,
+            124..=127 => second,
+            _ => 10.0 + 0.1 * crate::detect::stats::tests::noise(i),
+        };
+        let series = |i: u64| {
+            if (840..1000).contains(&i) {
+                shape(i, 14.0, 18.0)
+            } else {
+                shape(i, 18.0, 14.0)
+            }
+        };
+        let p = Params::new(&combined());
+        let ps = Params::new(&DetectConfig {
+            detector: DetectorKind::Statistical,
+            ..DetectConfig::default()
+        });
+        let (mut d, mut s) = (SeriesDetector::new(&p), SeriesDetector::new(&ps));
+        let mut gain: f64 = 0.0;
+        for i in 0..1000 {
+            let c = d.update(&p, &Trainer::Inline, "young", series(i));
+            let st = s.update(&ps, &Trainer::Inline, "young", series(i));
+            assert!(c.level >= st.level, "row {i}: {} < {}", c.level, st.level);
+            if i > 150 {
+                assert_eq!(c.state, SeriesState::Fallback, "row {i}");
+            }
+            if i >= 840 {
+                gain = gain.max(c.level - st.level);
+            }
+        }
+        assert!(
+            gain > 0.1,
+            "the new shape scored only {gain} above the statistics"
+        );
     }
 
     #[test]

@@ -1022,7 +1022,12 @@ impl LearnedDetector {
             self.model_count = models;
         }
         let Some(model) = self.model.as_deref() else {
-            return 0.0;
+            // The pattern memory needs no model: until the forest's ring has filled (1024
+            // rows at the defaults) it alone is this detector's score, so that a short or
+            // young series is not judged by the statistics alone (its calibration still
+            // keeps it at 0 for its first `warmup / downsample` blocks).
+            self.last = pattern;
+            return pattern;
         };
         let s = p.shingle;
         if self.filled < s {

@@ -54,6 +54,10 @@ pub struct NabArgs {
     pub crop: Option<usize>,
 }
 
+/// Points of training score a candidate needs over the defaults to replace them in the nested
+/// cross-validation's rule column.
+const ADOPTION_MARGIN: f64 = 1.0;
+
 const PROFILES: [(&str, &str); 3] = [
     ("standard", "standard"),
     ("reward_low_FP_rate", "low FP"),
@@ -404,7 +408,9 @@ fn tune_tables(
     by_file: usize,
 ) -> String {
     let cands: Vec<CandidateFolds> = results.iter().map(|(_, c)| c.clone()).collect();
-    let chosen = nab_cv::nested(&cands);
+    let chosen = nab_cv::nested(&cands, 0.0);
+    // The adoption rule: a change must beat the defaults by a point (DETECTION.md).
+    let ruled = nab_cv::nested(&cands, ADOPTION_MARGIN);
     let schemes = [
         ("by file", 0..by_file),
         ("by category", by_file..folds.len()),
@@ -412,9 +418,11 @@ fn tune_tables(
     let mut t = format!(
         "Nested cross-validation of {det}: in every fold, each profile takes the candidate with \
          the best training score (threshold optimised there too) and is scored on the held-out \
-         files. {} candidates: the defaults and one key changed at a time.\n\n\
-         | profile | scheme | defaults: held-out mean ± sd | chosen on training folds: held-out mean ± sd |\n\
-         |---|---|---|---|\n",
+         files; in the last column a candidate replaces the defaults only if it beats them by \
+         {ADOPTION_MARGIN} point on the training files. {} candidates: the defaults and one key \
+         changed at a time.\n\n\
+         | profile | scheme | defaults: held-out mean ± sd | best on training folds: held-out mean ± sd | best by {ADOPTION_MARGIN} point: held-out mean ± sd |\n\
+         |---|---|---|---|---|\n",
         candidates.len()
     );
     let cell = |xs: &[f64]| {
@@ -425,21 +433,24 @@ fn tune_tables(
         for (scheme, range) in &schemes {
             let defaults: Vec<f64> = range.clone().map(|f| cands[0].held_out[f][p]).collect();
             let nested: Vec<f64> = range.clone().map(|f| chosen[f][p].1).collect();
+            let by_rule: Vec<f64> = range.clone().map(|f| ruled[f][p].1).collect();
             t.push_str(&format!(
-                "| {label} | {scheme} | {} | {} |\n",
+                "| {label} | {scheme} | {} | {} | {} |\n",
                 cell(&defaults),
-                cell(&nested)
+                cell(&nested),
+                cell(&by_rule)
             ));
         }
     }
     t.push_str(
-        "\n| fold | chosen std / low FP / low FN | held-out std / low FP / low FN | defaults held-out |\n\
-         |---|---|---|---|\n",
+        "\n| fold | best std / low FP / low FN | held-out std / low FP / low FN | defaults held-out | by the margin: chosen std / low FP / low FN |\n\
+         |---|---|---|---|---|\n",
     );
     for (f, fold) in folds.iter().enumerate() {
         let c = &chosen[f];
+        let r = &ruled[f];
         t.push_str(&format!(
-            "| {} | {} / {} / {} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} |\n",
+            "| {} | {} / {} / {} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {} / {} / {} |\n",
             fold.name,
             candidates[c[0].0].0,
             candidates[c[1].0].0,
@@ -450,6 +461,9 @@ fn tune_tables(
             cands[0].held_out[f][0],
             cands[0].held_out[f][1],
             cands[0].held_out[f][2],
+            candidates[r[0].0].0,
+            candidates[r[1].0].0,
+            candidates[r[2].0].0,
         ));
     }
     t.push_str(

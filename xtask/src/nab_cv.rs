@@ -168,8 +168,10 @@ pub struct CandidateFolds {
 /// highest (on a tie, the earlier one: the defaults come first) and that candidate's held-out
 /// score. The held-out files never take part in the choice, so the mean of these scores says
 /// how the choice of a setting, not just of the threshold, carries to files it did not see.
+/// A candidate replaces the defaults (the first) only if it beats their training score by at
+/// least `margin` points, as the adoption rule asks of a change.
 /// Returns, per fold and profile, `(candidate index, held-out score)`.
-pub fn nested(cands: &[CandidateFolds]) -> Vec<[(usize, f64); 3]> {
+pub fn nested(cands: &[CandidateFolds], margin: f64) -> Vec<[(usize, f64); 3]> {
     let folds = cands.first().map_or(0, |c| c.train.len());
     (0..folds)
         .map(|f| {
@@ -180,6 +182,9 @@ pub fn nested(cands: &[CandidateFolds]) -> Vec<[(usize, f64); 3]> {
                     if c.train[f][p] > cands[best].train[f][p] || cands[best].train[f][p].is_nan() {
                         best = i;
                     }
+                }
+                if cands[best].train[f][p] < cands[0].train[f][p] + margin {
+                    best = 0;
                 }
                 (best, cands[best].held_out[f][p])
             })
@@ -322,11 +327,17 @@ mod tests {
                 [[10.0; 3], [11.0; 3]],
             ),
         ];
-        let n = nested(&cands);
+        let n = nested(&cands, 0.0);
         assert_eq!(n.len(), 2);
         assert_eq!(n[0], [(2, 10.0), (0, 50.0), (2, 10.0)]);
         // The tie on fold 1's low FP goes to the earlier candidate (the defaults).
         assert_eq!(n[1], [(0, 51.0), (0, 51.0), (0, 51.0)]);
+        // With a margin of 2 points the defaults stay where candidate 2 beat them by 2 (fold
+        // 0 standard), and give way where it beat them by 5 (fold 0 low FN).
+        let n = nested(&cands, 2.0);
+        assert_eq!(n[0], [(2, 10.0), (0, 50.0), (2, 10.0)]);
+        let n = nested(&cands, 2.5);
+        assert_eq!(n[0], [(0, 50.0), (0, 50.0), (2, 10.0)]);
     }
 
     #[test]
@@ -341,6 +352,6 @@ mod tests {
                 held_out: vec![[2.0; 3]],
             },
         ];
-        assert_eq!(nested(&cands)[0], [(1, 2.0); 3]);
+        assert_eq!(nested(&cands, 0.0)[0], [(1, 2.0); 3]);
     }
 }

@@ -262,8 +262,8 @@ fn replay_all(
 
 pub fn run(args: NabArgs) -> Result<()> {
     let root = repo_root();
-    let data = root.join(&args.data);
-    let scorer = Scorer {
+    let mut data = root.join(&args.data);
+    let mut scorer = Scorer {
         script: args
             .scorer
             .clone()
@@ -277,8 +277,6 @@ pub fn run(args: NabArgs) -> Result<()> {
     if files.is_empty() {
         bail!("{}: no <category>/<file>.csv found", data.display());
     }
-    let mut data = data;
-    let mut scorer = scorer;
     if let Some(rows) = args.crop {
         out = out.join(format!("crop-{rows}"));
         let cropped = out.join("data");
@@ -368,16 +366,25 @@ pub fn run(args: NabArgs) -> Result<()> {
     if let Some((folds, by_file)) = folds.as_ref().filter(|_| candidates.len() > 1) {
         let mut md = String::new();
         for ((det, v), (_, default_folds)) in rows.iter().zip(&cv_rows) {
-            let mut results = vec![(normalized_all(v), to_candidate(default_folds))];
+            let mut in_sample = vec![normalized_all(v)];
+            let mut cands = vec![to_candidate(default_folds)];
             for (i, (label, sets)) in candidates.iter().enumerate().skip(1) {
                 eprintln!("tune: {det} {label} ({i}/{})", candidates.len() - 1);
                 let dir = out.join("tune").join(det).join(i.to_string());
                 replay_all(&sentinel, &data, &files, det, sets, &dir)?;
                 let all = scorer.score(&dir, None, None)?;
                 let cv = cross_validate(&scorer, &dir, folds, &windows)?;
-                results.push((normalized_all(&all), to_candidate(&cv)));
+                in_sample.push(normalized_all(&all));
+                cands.push(to_candidate(&cv));
             }
-            md.push_str(&tune_tables(det, &candidates, &results, folds, *by_file));
+            md.push_str(&tune_tables(
+                det,
+                &candidates,
+                &in_sample,
+                &cands,
+                folds,
+                *by_file,
+            ));
         }
         print!("\n{md}");
         std::fs::write(out.join("tune.md"), &md)?;
@@ -403,14 +410,14 @@ fn to_candidate(folds: &[FoldResult]) -> CandidateFolds {
 fn tune_tables(
     det: &str,
     candidates: &[(String, Vec<String>)],
-    results: &[([f64; 3], CandidateFolds)],
+    in_sample: &[[f64; 3]],
+    cands: &[CandidateFolds],
     folds: &[Fold],
     by_file: usize,
 ) -> String {
-    let cands: Vec<CandidateFolds> = results.iter().map(|(_, c)| c.clone()).collect();
-    let chosen = nab_cv::nested(&cands, 0.0);
+    let chosen = nab_cv::nested(cands, 0.0);
     // The adoption rule: a change must beat the defaults by a point (DETECTION.md).
-    let ruled = nab_cv::nested(&cands, ADOPTION_MARGIN);
+    let ruled = nab_cv::nested(cands, ADOPTION_MARGIN);
     let schemes = [
         ("by file", 0..by_file),
         ("by category", by_file..folds.len()),
@@ -470,7 +477,7 @@ fn tune_tables(
         "\n| candidate | in-sample | held out by file (mean) | held out by category (mean) |\n\
          |---|---|---|---|\n",
     );
-    for ((label, _), (all, c)) in candidates.iter().zip(results) {
+    for (((label, _), all), c) in candidates.iter().zip(in_sample).zip(cands) {
         let mean = |range: &std::ops::Range<usize>, p: usize| {
             range.clone().map(|f| c.held_out[f][p]).sum::<f64>() / range.len() as f64
         };

@@ -378,20 +378,21 @@ impl SeriesDetector {
                 (DetectorKind::Statistical, _) | (_, None) => {
                     (SeriesState::Ready, stat.score, stat.own)
                 }
-                (kind, Some((ls, LearnedStatus::Ready, new))) => {
-                    let (stat_part, stat_own) = match kind {
-                        DetectorKind::Learned => (0.0, 0.0),
-                        _ => (stat.score, stat.own),
+                (kind, Some((ls, status, new))) => {
+                    // Without a model yet (or with none possible) the series is in fallback:
+                    // the statistics, and the pattern memory, which needs none (`ls` is its
+                    // score then), judge it, whatever the detector kind.
+                    let ready = matches!(status, LearnedStatus::Ready);
+                    let (state, stat_part, stat_own) = match kind {
+                        DetectorKind::Learned if ready => (SeriesState::Ready, 0.0, 0.0),
+                        _ if ready => (SeriesState::Ready, stat.score, stat.own),
+                        _ => {
+                            fallback = self.log_fallback(name, &status);
+                            (SeriesState::Fallback, stat.score, stat.own)
+                        }
                     };
                     let own = if new { stat_own.max(ls) } else { stat_own };
-                    (SeriesState::Ready, stat_part.max(ls), own)
-                }
-                (_, Some((ls, status, new))) => {
-                    // No model yet (or none possible): the statistics, and the pattern memory,
-                    // which needs none (`ls` is its score then).
-                    fallback = self.log_fallback(name, &status);
-                    let own = if new { stat.own.max(ls) } else { stat.own };
-                    (SeriesState::Fallback, stat.score.max(ls), own)
+                    (state, stat_part.max(ls), own)
                 }
             }
         };

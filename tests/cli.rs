@@ -353,3 +353,28 @@ fn status_uses_the_config_files_socket() {
         );
     }
 }
+
+#[test]
+fn an_error_naming_a_hostile_path_is_one_escaped_line() {
+    // A file name may hold a newline and an escape sequence; the error names the path.
+    let out = with_stdin(
+        &[
+            "replay",
+            "--input",
+            "/nonexistent/a\u{1b}[31mRED\nline2.csv",
+        ],
+        &[],
+        b"",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    assert!(err.contains("a\\u{1b}[31mRED\\nline2.csv"), "{err:?}");
+    // The same for a flag clap rejects.
+    let out = with_stdin(&["replay", "--bogus\u{1b}[2J"], &[], b"");
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}

@@ -18,5 +18,5 @@ mod heap;
 pub mod model;
 pub mod privilege;
 pub mod replay;
-pub(crate) mod sanitize;
+pub mod sanitize;
 pub mod service;

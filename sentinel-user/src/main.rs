@@ -527,7 +527,10 @@ fn main() -> ExitCode {
                 .lines()
                 .next()
                 .unwrap_or("error: invalid arguments");
-            eprintln!("{first} (see `sentinel --help`)");
+            eprintln!(
+                "{} (see `sentinel --help`)",
+                sentinel::sanitize::printable(first, 2000)
+            );
             return ExitCode::from(2);
         }
     };
@@ -536,7 +539,7 @@ fn main() -> ExitCode {
         Command::Run(args) => match args.options() {
             Ok(opts) => daemon::run(opts),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("{}", sentinel::sanitize::error_line(&e));
                 // A config problem will not go away by itself: a distinct status, so the unit
                 // does not restart it.
                 return if e.downcast_ref::<config::ConfigError>().is_some() {
@@ -551,7 +554,7 @@ fn main() -> ExitCode {
             let cfg = match args.config.load() {
                 Ok(cfg) => cfg,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("{}", sentinel::sanitize::error_line(&e));
                     return ExitCode::FAILURE;
                 }
             };
@@ -591,7 +594,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}", sentinel::sanitize::error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -52,6 +52,18 @@ pub fn one_line(message: &str, max_chars: usize) -> String {
     printable(&flat, max_chars)
 }
 
+/// Longest error report on the terminal, characters (an error chain names a few paths and
+/// reasons; more than this is a runaway message).
+const MAX_ERROR: usize = 2000;
+
+/// The `error: ...` line a command prints when it fails: the whole chain (`{:#}`) on one line,
+/// control characters escaped. A path or a value in the chain may hold a newline or an escape
+/// sequence (a file name is any bytes but `/` and NUL); printed raw it would split the one error
+/// line or drive the terminal.
+pub fn error_line(e: &anyhow::Error) -> String {
+    format!("error: {}", printable(&format!("{e:#}"), MAX_ERROR))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +98,19 @@ mod tests {
             "expected `=` | 1 | x"
         );
         assert_eq!(one_line(&"y".repeat(500), 300).chars().count(), 301);
+    }
+
+    #[test]
+    fn an_error_line_is_one_line_whatever_the_chain_holds() {
+        let e =
+            anyhow::anyhow!("/tmp/a\u{1b}[31mRED\nline2: cannot open").context("replay --input");
+        let line = error_line(&e);
+        assert_eq!(
+            line,
+            "error: replay --input: /tmp/a\\u{1b}[31mRED\\nline2: cannot open"
+        );
+        assert_eq!(line.lines().count(), 1);
+        let long = anyhow::anyhow!("x".repeat(10 * MAX_ERROR));
+        assert!(error_line(&long).chars().count() <= MAX_ERROR + "error: …".len());
     }
 }

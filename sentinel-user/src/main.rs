@@ -529,7 +529,7 @@ fn main() -> ExitCode {
                 .unwrap_or("error: invalid arguments");
             eprintln!(
                 "{} (see `sentinel --help`)",
-                sentinel::sanitize::printable(first, 2000)
+                sentinel::sanitize::printable(first, sentinel::sanitize::MAX_ERROR)
             );
             return ExitCode::from(2);
         }

@@ -54,7 +54,7 @@ pub fn one_line(message: &str, max_chars: usize) -> String {
 
 /// Longest error report on the terminal, characters (an error chain names a few paths and
 /// reasons; more than this is a runaway message).
-const MAX_ERROR: usize = 2000;
+pub const MAX_ERROR: usize = 2000;
 
 /// The `error: ...` line a command prints when it fails: the whole chain (`{:#}`) on one line,
 /// control characters escaped. A path or a value in the chain may hold a newline or an escape

@@ -52,6 +52,11 @@ pub struct NabArgs {
     /// (see `nab_crop`), written with its windows to <out>/crop-ROWS/data and evaluated there.
     #[arg(long, value_name = "ROWS")]
     pub crop: Option<usize>,
+    /// With --crop: keep each file whole beside its crops (under <out>/crop-ROWS-whole), so
+    /// that one threshold is judged across short and long series, as on the full NAB corpus
+    /// (a file and its crops are held out together).
+    #[arg(long, requires = "crop")]
+    pub with_whole: bool,
 }
 
 /// Points of training score a candidate needs over the defaults to replace them in the nested
@@ -278,9 +283,10 @@ pub fn run(args: NabArgs) -> Result<()> {
         bail!("{}: no <category>/<file>.csv found", data.display());
     }
     if let Some(rows) = args.crop {
-        out = out.join(format!("crop-{rows}"));
+        let whole = if args.with_whole { "-whole" } else { "" };
+        out = out.join(format!("crop-{rows}{whole}"));
         let cropped = out.join("data");
-        let n = nab_crop::write(&data, &files, &cropped, rows)?;
+        let n = nab_crop::write(&data, &files, &cropped, rows, args.with_whole)?;
         eprintln!(
             "cropped {n} series of {rows} rows into {}",
             cropped.display()

@@ -79,9 +79,34 @@ pub fn plan(source: &Path, rows: usize, labels: &[usize], len: usize) -> Vec<Cro
         .collect()
 }
 
+/// The file a crop was cut from (`cat/name__3.csv` -> `cat/name.csv`); any other file is its
+/// own source. The cross-validation keeps a file and its crops in one fold.
+pub fn source_of(file: &Path) -> PathBuf {
+    let Some(stem) = file.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+        return file.to_path_buf();
+    };
+    match stem.rsplit_once("__") {
+        Some((base, k))
+            if !base.is_empty() && !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            file.with_file_name(format!("{base}.csv"))
+        }
+        _ => file.to_path_buf(),
+    }
+}
+
 /// Writes the cropped corpus of the NAB folder `data` (its `combined_labels.json` gives the
 /// labels) to `dest`, with its own `combined_windows.json`. Returns the number of crops.
-pub fn write(data: &Path, files: &[PathBuf], dest: &Path, len: usize) -> Result<usize> {
+/// `whole`: each file is also copied whole, with its NAB windows, beside its crops (a crop that
+/// would be the whole file is then left out), so that one threshold is judged across young and
+/// long series, as on the full NAB corpus.
+pub fn write(
+    data: &Path,
+    files: &[PathBuf],
+    dest: &Path,
+    len: usize,
+    whole: bool,
+) -> Result<usize> {
     if len < 100 {
         bail!("--crop {len}: needs at least 100 rows");
     }
@@ -95,6 +120,16 @@ pub fn write(data: &Path, files: &[PathBuf], dest: &Path, len: usize) -> Result<
                 labels_path.display()
             )
         })?;
+    let whole_windows: serde_json::Map<String, serde_json::Value> = if whole {
+        let path = data.join("combined_windows.json");
+        let text = std::fs::read(&path)
+            .with_context(|| format!("{} (the windows --with-whole keeps)", path.display()))?;
+        serde_json::from_slice(&text).with_context(|| {
+            format!("{}: expected {{file: [[start, end], ...]}}", path.display())
+        })?
+    } else {
+        serde_json::Map::new()
+    };
     let _ = std::fs::remove_dir_all(dest);
     let mut windows = serde_json::Map::new();
     let mut count = 0;
@@ -121,7 +156,20 @@ pub fn write(data: &Path, files: &[PathBuf], dest: &Path, len: usize) -> Result<
             rows_of.push(i);
         }
         rows_of.sort_unstable();
+        if whole {
+            let path = dest.join(rel);
+            std::fs::create_dir_all(path.parent().expect("a file has a category"))?;
+            std::fs::write(&path, &text).with_context(|| format!("{}", path.display()))?;
+            let ws = whole_windows
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| anyhow!("{key}: not in combined_windows.json"))?;
+            windows.insert(key.clone(), ws);
+        }
         for crop in plan(rel, body.len(), &rows_of, len) {
+            if whole && crop.rows == body.len() {
+                continue;
+            }
             let path = dest.join(&crop.name);
             std::fs::create_dir_all(path.parent().expect("a crop has a category"))?;
             let mut out = String::with_capacity(text.len().min(64 * crop.rows));
@@ -188,6 +236,83 @@ mod tests {
         // Two labels 20 rows apart: their 50-row windows overlap and merge.
         let c = plan(Path::new("cat/f.csv"), 5000, &[3000, 3020], 1000);
         assert_eq!(c[0].windows, vec![(625, 695)]);
+    }
+
+    #[test]
+    fn a_crop_names_its_source_and_other_files_are_their_own() {
+        for (file, source) in [
+            ("cat/nyc_taxi__3.csv", "cat/nyc_taxi.csv"),
+            ("cat/a__b__0.csv", "cat/a__b.csv"),
+            ("cat/nyc_taxi.csv", "cat/nyc_taxi.csv"),
+            ("cat/odd__.csv", "cat/odd__.csv"),
+            ("cat/__7.csv", "cat/__7.csv"),
+            ("cat/x__1a.csv", "cat/x__1a.csv"),
+        ] {
+            assert_eq!(source_of(Path::new(file)), PathBuf::from(source), "{file}");
+        }
+        for c in plan(Path::new("cat/f.csv"), 9000, &[2000, 7000], 1600) {
+            assert_eq!(source_of(&c.name), PathBuf::from("cat/f.csv"));
+        }
+    }
+
+    #[test]
+    fn whole_files_are_kept_beside_their_crops_with_their_windows() {
+        let dir = std::env::temp_dir().join(format!("nab-crop-whole-{}", std::process::id()));
+        let (data, dest) = (dir.join("data"), dir.join("out"));
+        std::fs::create_dir_all(data.join("cat")).unwrap();
+        let mut long = String::from("timestamp,value\n");
+        for i in 0..3000 {
+            long.push_str(&format!("t{i:05},{i}\n"));
+        }
+        let mut short = String::from("timestamp,value\n");
+        for i in 0..500 {
+            short.push_str(&format!("s{i:05},{i}\n"));
+        }
+        std::fs::write(data.join("cat/long.csv"), &long).unwrap();
+        std::fs::write(data.join("cat/short.csv"), &short).unwrap();
+        std::fs::write(
+            data.join("combined_labels.json"),
+            r#"{"cat/long.csv": ["t02000"], "cat/short.csv": ["s00400"]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            data.join("combined_windows.json"),
+            r#"{"cat/long.csv": [["t01850", "t02150"]], "cat/short.csv": [["s00375", "s00425"]]}"#,
+        )
+        .unwrap();
+        let files = [
+            PathBuf::from("cat/long.csv"),
+            PathBuf::from("cat/short.csv"),
+        ];
+        // The short file is one crop of itself: kept once, whole, with its NAB window.
+        assert_eq!(write(&data, &files, &dest, 1000, true).unwrap(), 1);
+        assert_eq!(
+            std::fs::read_to_string(dest.join("cat/long.csv")).unwrap(),
+            long
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.join("cat/short.csv")).unwrap(),
+            short
+        );
+        assert!(dest.join("cat/long__0.csv").exists());
+        assert!(!dest.join("cat/short__0.csv").exists());
+        let w: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dest.join("combined_windows.json")).unwrap())
+                .unwrap();
+        assert_eq!(w["cat/long.csv"], serde_json::json!([["t01850", "t02150"]]));
+        assert_eq!(
+            w["cat/short.csv"],
+            serde_json::json!([["s00375", "s00425"]])
+        );
+        assert_eq!(
+            w["cat/long__0.csv"],
+            serde_json::json!([["t01950", "t02050"]])
+        );
+        assert_eq!(w.as_object().unwrap().len(), 3);
+        // Without it, only the crops.
+        assert_eq!(write(&data, &files, &dest, 1000, false).unwrap(), 2);
+        assert!(!dest.join("cat/long.csv").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
+use crate::nab_crop::source_of;
+
 /// One fold: the threshold is chosen on `train` and applied to `test`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fold {
@@ -41,7 +43,8 @@ impl Rng {
 /// `k` folds by file, stratified by category: the files of each category (in name order) are
 /// shuffled with `seed` and dealt round-robin, each category starting at the fold after the
 /// one where the previous category stopped, so fold sizes differ by at most one and every
-/// category's share differs by at most one between folds. `windows` gives each file's window
+/// category's share differs by at most one between folds (files cut from one source count as
+/// one, see `nab_crop::source_of`). `windows` gives each file's window
 /// count; every fold must hold out at least one window (else its score is undefined).
 pub fn by_file(
     files: &[PathBuf],
@@ -49,28 +52,37 @@ pub fn by_file(
     k: usize,
     seed: u64,
 ) -> Result<Vec<Fold>> {
-    if k < 2 || k > files.len() {
-        bail!(
-            "--folds {k}: needs 2..={} (the number of files)",
-            files.len()
-        );
+    let sources = files
+        .iter()
+        .map(|f| source_of(f))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if k < 2 || k > sources {
+        bail!("--folds {k}: needs 2..={sources} (the number of series)");
     }
-    let mut by_cat: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    // Dealt by source: a file and the crops cut from it (`--crop --with-whole`) are one
+    // series, held out together; on the NAB folder each file is its own source.
+    let mut by_cat: BTreeMap<String, BTreeMap<PathBuf, Vec<PathBuf>>> = BTreeMap::new();
     for f in files {
-        by_cat.entry(category(f)).or_default().push(f.clone());
+        by_cat
+            .entry(category(f))
+            .or_default()
+            .entry(source_of(f))
+            .or_default()
+            .push(f.clone());
     }
     let mut rng = Rng(sentinel::detect::learned::Rng(seed));
     let mut held: Vec<Vec<PathBuf>> = vec![Vec::new(); k];
     let mut next = 0;
-    for list in by_cat.values_mut() {
-        list.sort();
+    for sources in by_cat.values() {
+        let mut list: Vec<&Vec<PathBuf>> = sources.values().collect();
         // Fisher-Yates.
         for i in (1..list.len()).rev() {
             let j = rng.below(i + 1);
             list.swap(i, j);
         }
-        for f in list.iter() {
-            held[next].push(f.clone());
+        for group in list {
+            held[next].extend(group.iter().cloned());
             next = (next + 1) % k;
         }
     }
@@ -257,6 +269,40 @@ mod tests {
             sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
             "{sizes:?}"
         );
+    }
+
+    #[test]
+    fn a_file_and_its_crops_are_held_out_together() {
+        let (mut files, mut windows) = corpus();
+        for f in files.clone() {
+            for c in 0..3 {
+                let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
+                let crop = f.with_file_name(format!("{stem}__{c}.csv"));
+                windows.insert(crop.clone(), 1);
+                files.push(crop);
+            }
+        }
+        let folds = by_file(&files, &windows, 5, 42).unwrap();
+        for fold in &folds {
+            for f in &fold.test {
+                let source = source_of(f);
+                assert!(
+                    fold.test.contains(&source),
+                    "{} without its source",
+                    f.display()
+                );
+                assert!(!fold.train.iter().any(|t| source_of(t) == source));
+            }
+        }
+        // The whole files are dealt as they are without crops.
+        let (whole, whole_windows) = corpus();
+        let plain = by_file(&whole, &whole_windows, 5, 42).unwrap();
+        for (with, without) in folds.iter().zip(&plain) {
+            let kept: Vec<&PathBuf> = with.test.iter().filter(|f| whole.contains(f)).collect();
+            assert_eq!(kept, without.test.iter().collect::<Vec<_>>());
+        }
+        // k counts series, not files.
+        assert!(by_file(&files, &windows, 36, 0).is_err());
     }
 
     #[test]

@@ -18,6 +18,9 @@ const LABEL_AT: f64 = 0.65;
 const PROBATION: f64 = 0.15;
 /// NAB's window length: 10% of a file's rows, shared among its labels.
 const WINDOW_SHARE: f64 = 0.10;
+/// Between a source file's stem and a crop's number: `nyc_taxi__3.csv` (`plan` names crops so,
+/// `source_of` reads it back).
+const CROP_MARK: &str = "__";
 
 /// One crop: rows `start..start + rows` of `source`, with anomaly windows as row ranges
 /// (inclusive) within the crop.
@@ -70,7 +73,7 @@ pub fn plan(source: &Path, rows: usize, labels: &[usize], len: usize) -> Vec<Cro
             }
             Crop {
                 source: source.to_path_buf(),
-                name: source.with_file_name(format!("{stem}__{k}.csv")),
+                name: source.with_file_name(format!("{stem}{CROP_MARK}{k}.csv")),
                 start,
                 rows: n,
                 windows,
@@ -85,7 +88,7 @@ pub fn source_of(file: &Path) -> PathBuf {
     let Some(stem) = file.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
         return file.to_path_buf();
     };
-    match stem.rsplit_once("__") {
+    match stem.rsplit_once(CROP_MARK) {
         Some((base, k))
             if !base.is_empty() && !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) =>
         {

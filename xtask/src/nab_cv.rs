@@ -52,14 +52,6 @@ pub fn by_file(
     k: usize,
     seed: u64,
 ) -> Result<Vec<Fold>> {
-    let sources = files
-        .iter()
-        .map(|f| source_of(f))
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
-    if k < 2 || k > sources {
-        bail!("--folds {k}: needs 2..={sources} (the number of series)");
-    }
     // Dealt by source: a file and the crops cut from it (`--crop --with-whole`) are one
     // series, held out together; on the NAB folder each file is its own source.
     let mut by_cat: BTreeMap<String, BTreeMap<PathBuf, Vec<PathBuf>>> = BTreeMap::new();
@@ -70,6 +62,10 @@ pub fn by_file(
             .entry(source_of(f))
             .or_default()
             .push(f.clone());
+    }
+    let sources: usize = by_cat.values().map(BTreeMap::len).sum();
+    if k < 2 || k > sources {
+        bail!("--folds {k}: needs 2..={sources} (the number of series)");
     }
     let mut rng = Rng(sentinel::detect::learned::Rng(seed));
     let mut held: Vec<Vec<PathBuf>> = vec![Vec::new(); k];

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::nab_calm;
 use crate::nab_crop;
 use crate::nab_cv::{self, CandidateFolds, Fold};
 
@@ -57,6 +58,10 @@ pub struct NabArgs {
     /// (a file and its crops are held out together).
     #[arg(long, requires = "crop")]
     pub with_whole: bool,
+    /// Also count false alarms on anomaly-free synthetic series of kinds the NAB files lack
+    /// (see `nab_calm`), at each detector's thresholds chosen here; writes calm.md.
+    #[arg(long)]
+    pub calm: bool,
 }
 
 /// Points of training score a candidate needs over the defaults to replace them in the nested
@@ -369,6 +374,13 @@ pub fn run(args: NabArgs) -> Result<()> {
         eprintln!("wrote {}", out.join("cv.md").display());
     }
 
+    if args.calm {
+        let calm = calm_table(&sentinel, &rows, &args.set, &out.join("calm"))?;
+        print!("\n{calm}");
+        std::fs::write(out.join("calm.md"), &calm)?;
+        eprintln!("wrote {}", out.join("calm.md").display());
+    }
+
     if let Some((folds, by_file)) = folds.as_ref().filter(|_| candidates.len() > 1) {
         let mut md = String::new();
         for ((det, v), (_, default_folds)) in rows.iter().zip(&cv_rows) {
@@ -397,6 +409,77 @@ pub fn run(args: NabArgs) -> Result<()> {
         eprintln!("wrote {}", out.join("tune.md").display());
     }
     Ok(())
+}
+
+/// False alarms per 1000 rows on the calm series, per kind (mean of its series) and detector,
+/// at the standard and low-FP thresholds each detector chose on the NAB corpus in `rows`.
+fn calm_table(
+    sentinel: &Path,
+    rows: &[(String, serde_json::Value)],
+    sets: &[String],
+    dir: &Path,
+) -> Result<String> {
+    let data = dir.join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let files = nab_calm::write(&data)?;
+    let per_kind = nab_calm::PER_KIND;
+    // rates[detector][profile][file]
+    let mut rates = Vec::new();
+    for (det, v) in rows {
+        let out = dir.join(det);
+        replay_all(sentinel, &data, &files, det, sets, &out)?;
+        let mut by_profile = Vec::new();
+        for profile in [0, 1] {
+            let t = v["profiles"][PROFILES[profile].0]["threshold"]
+                .as_f64()
+                .unwrap_or(f64::INFINITY);
+            let mut r = Vec::new();
+            for f in &files {
+                let text = std::fs::read_to_string(out.join(f))
+                    .with_context(|| format!("{}", out.join(f).display()))?;
+                r.push(
+                    nab_calm::alarms_per_1000(&text, t).with_context(|| f.display().to_string())?,
+                );
+            }
+            by_profile.push(r);
+        }
+        rates.push(by_profile);
+    }
+    let mut t = format!(
+        "False alarms per 1000 rows on anomaly-free synthetic series ({} kinds x {per_kind} series \
+         of {} rows, the first {} unscored), at each detector's standard / low-FP thresholds \
+         chosen on the NAB files; per kind the mean of its series [the highest].\n\n| kind |",
+        nab_calm::KINDS.len(),
+        nab_calm::ROWS,
+        nab_calm::PROBATION,
+    );
+    for (det, _) in rows {
+        t.push_str(&format!(" {det} |"));
+    }
+    t.push_str(&format!("\n|---|{}\n", "---|".repeat(rows.len())));
+    let cell = |xs: &[f64]| {
+        let m = xs.iter().sum::<f64>() / xs.len() as f64;
+        let hi = xs.iter().copied().fold(0.0, f64::max);
+        format!("{m:.2} [{hi:.2}]")
+    };
+    let kinds = nab_calm::KINDS.iter().map(|(name, _)| *name).chain(["all"]);
+    for (k, name) in kinds.enumerate() {
+        let span = if name == "all" {
+            0..files.len()
+        } else {
+            k * per_kind..(k + 1) * per_kind
+        };
+        t.push_str(&format!("| {name} |"));
+        for by_profile in &rates {
+            t.push_str(&format!(
+                " {} / {} |",
+                cell(&by_profile[0][span.clone()]),
+                cell(&by_profile[1][span.clone()])
+            ));
+        }
+        t.push('\n');
+    }
+    Ok(t)
 }
 
 fn normalized_all(v: &serde_json::Value) -> [f64; 3] {

@@ -3,8 +3,11 @@
 //! a detector raises on series it was never tuned on, at the threshold the NAB files chose. The
 //! shared files hold CPU, network and temperature gauges; a host also has request counts at a
 //! few per interval, latencies with heavy tails and queue lengths that wander. Nothing here is
-//! an anomaly, so every alarm after the probation is a false one. Generated from a fixed seed
-//! with our own samplers, so the series (and the counts) are the same on every machine.
+//! an anomaly, so every alarm after the probation is a false one. Beside them, series of the
+//! same kinds with one textbook anomaly each (a shift, a burst of volatility, a stuck value, a
+//! drift), labelled as NAB labels: scored with the thresholds chosen on the NAB files, they say
+//! how that one threshold carries to kinds of series it never saw. Generated from a fixed seed
+//! with our own samplers, so the series (and the figures) are the same on every machine.
 
 use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
@@ -150,30 +153,121 @@ pub fn series(kind: usize, index: usize, rows: usize) -> Vec<f64> {
     (KINDS[kind].1)(&mut rng, rows)
 }
 
-/// Writes every series as `calm/<kind>_<index>.csv` (NAB's `timestamp,value`, a 5-minute
-/// interval) under `dir`; returns their paths relative to `dir`.
-pub fn write(dir: &Path) -> Result<Vec<PathBuf>> {
-    let cat = dir.join("calm");
-    std::fs::create_dir_all(&cat).with_context(|| format!("{}", cat.display()))?;
-    let mut files = Vec::new();
+/// Where an injected anomaly starts: long after the probation and every channel's learning.
+pub const LABEL_AT: usize = 5000;
+
+/// An anomaly written into a series from row `at` on, sized by the series' own robust spread
+/// (`sigma`, the interquartile range / 1.349 of the rows before it) around its median.
+pub type Injector = fn(values: &mut [f64], at: usize, median: f64, sigma: f64);
+
+/// Textbook anomalies that are anomalies in any kind of series: a lasting shift of the level, a
+/// burst of volatility, a stuck value (a dead exporter) and a slow drift to a new level.
+pub const ANOMALIES: [(&str, Injector); 4] = [
+    ("shift", |v, at, _, sigma| {
+        v[at..].iter_mut().for_each(|x| *x += 4.0 * sigma);
+    }),
+    ("burst", |v, at, median, _| {
+        let end = (at + 200).min(v.len());
+        v[at..end]
+            .iter_mut()
+            .for_each(|x| *x = median + 4.0 * (*x - median));
+    }),
+    ("stuck", |v, at, _, _| {
+        let held = v[at];
+        let end = (at + 400).min(v.len());
+        v[at..end].iter_mut().for_each(|x| *x = held);
+    }),
+    ("drift", |v, at, _, sigma| {
+        for (k, x) in v[at..].iter_mut().enumerate() {
+            *x += 6.0 * sigma * (k as f64 / 500.0).min(1.0);
+        }
+    }),
+];
+
+/// Median and interquartile range / 1.349 (the normal's sigma) of `values`; a spread of 0
+/// (a series mostly one value) becomes the mean absolute deviation, so that every injection
+/// moves the series.
+pub fn robust_spread(values: &[f64]) -> (f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize];
+    let median = q(0.5);
+    let sigma = (q(0.75) - q(0.25)) / 1.349;
+    if sigma > 0.0 {
+        return (median, sigma);
+    }
+    let mad = v.iter().map(|x| (x - median).abs()).sum::<f64>() / v.len() as f64;
+    (median, mad.max(1e-9))
+}
+
+/// A series of kind `kind` (a seed of its own, not one of the calm ones) with anomaly `anomaly`
+/// from row [`LABEL_AT`].
+pub fn injected(kind: usize, anomaly: usize, rows: usize) -> Vec<f64> {
+    let mut v = series(kind, PER_KIND + anomaly, rows);
+    let (median, sigma) = robust_spread(&v[..LABEL_AT]);
+    (ANOMALIES[anomaly].1)(&mut v, LABEL_AT, median, sigma);
+    v
+}
+
+/// NAB's timestamp of row `t` at the 5-minute interval from 2020-01-01.
+fn timestamp(t: usize) -> String {
+    let minutes = 5 * t;
+    format!(
+        "2020-01-{:02} {:02}:{:02}:00",
+        1 + minutes / 1440,
+        minutes / 60 % 24,
+        minutes % 60
+    )
+}
+
+fn write_csv(dir: &Path, rel: &Path, values: &[f64]) -> Result<()> {
+    let mut text = String::from("timestamp,value\n");
+    for (t, v) in values.iter().enumerate() {
+        text.push_str(&format!("{},{v:.6}\n", timestamp(t)));
+    }
+    std::fs::write(dir.join(rel), text).with_context(|| format!("{}", rel.display()))
+}
+
+/// Writes the calm series as `calm/<kind>_<index>.csv` and the injected ones as
+/// `injected/<kind>_<anomaly>.csv` (NAB's `timestamp,value`, a 5-minute interval) under `dir`,
+/// with NAB's `combined_windows.json`: one window per injected series, as NAB's labeller lays it
+/// out (10% of the rows, centred on the label), none in the calm ones. Returns the calm files
+/// and the injected files, relative to `dir`.
+pub fn write(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    for cat in ["calm", "injected"] {
+        std::fs::create_dir_all(dir.join(cat))
+            .with_context(|| format!("{}", dir.join(cat).display()))?;
+    }
+    let mut windows = serde_json::Map::new();
+    let mut calm = Vec::new();
+    let mut labelled = Vec::new();
     for (k, (name, _)) in KINDS.iter().enumerate() {
         for i in 0..PER_KIND {
-            let mut text = String::from("timestamp,value\n");
-            for (t, v) in series(k, i, ROWS).iter().enumerate() {
-                let minutes = 5 * t;
-                text.push_str(&format!(
-                    "2020-01-{:02} {:02}:{:02}:00,{v:.6}\n",
-                    1 + minutes / 1440,
-                    minutes / 60 % 24,
-                    minutes % 60
-                ));
-            }
             let rel = PathBuf::from("calm").join(format!("{name}_{i}.csv"));
-            std::fs::write(dir.join(&rel), text).with_context(|| format!("{}", rel.display()))?;
-            files.push(rel);
+            write_csv(dir, &rel, &series(k, i, ROWS))?;
+            windows.insert(rel.to_string_lossy().into_owned(), serde_json::json!([]));
+            calm.push(rel);
+        }
+        for (a, (anomaly, _)) in ANOMALIES.iter().enumerate() {
+            let rel = PathBuf::from("injected").join(format!("{name}_{anomaly}.csv"));
+            write_csv(dir, &rel, &injected(k, a, ROWS))?;
+            let half = ROWS / 10 / 2;
+            let window = [
+                format!("{}.000000", timestamp(LABEL_AT - half)),
+                format!("{}.000000", timestamp(LABEL_AT + half - 1)),
+            ];
+            windows.insert(
+                rel.to_string_lossy().into_owned(),
+                serde_json::json!([window]),
+            );
+            labelled.push(rel);
         }
     }
-    Ok(files)
+    std::fs::write(
+        dir.join("combined_windows.json"),
+        serde_json::to_vec_pretty(&windows)?,
+    )?;
+    Ok((calm, labelled))
 }
 
 /// Rows at or above `threshold` after the probation, per 1000 scored rows, from a replay's
@@ -208,11 +302,11 @@ mod tests {
 
     #[test]
     fn series_are_deterministic_distinct_and_finite() {
-        for k in 0..KINDS.len() {
+        for (k, (name, _)) in KINDS.iter().enumerate() {
             let a = series(k, 0, 2000);
-            assert_eq!(a, series(k, 0, 2000), "{}", KINDS[k].0);
-            assert_ne!(a, series(k, 1, 2000), "{}", KINDS[k].0);
-            assert!(a.iter().all(|v| v.is_finite()), "{}", KINDS[k].0);
+            assert_eq!(a, series(k, 0, 2000), "{name}");
+            assert_ne!(a, series(k, 1, 2000), "{name}");
+            assert!(a.iter().all(|v| v.is_finite()), "{name}");
         }
     }
 
@@ -265,11 +359,12 @@ mod tests {
     }
 
     #[test]
-    fn write_names_every_kind_and_keeps_the_nab_format() {
+    fn write_names_every_kind_and_labels_each_injection_as_nab_does() {
         let dir = std::env::temp_dir().join(format!("sentinel-calm-{}", std::process::id()));
-        let files = write(&dir).unwrap();
-        assert_eq!(files.len(), KINDS.len() * PER_KIND);
-        let text = std::fs::read_to_string(dir.join(&files[0])).unwrap();
+        let (calm, labelled) = write(&dir).unwrap();
+        assert_eq!(calm.len(), KINDS.len() * PER_KIND);
+        assert_eq!(labelled.len(), KINDS.len() * ANOMALIES.len());
+        let text = std::fs::read_to_string(dir.join(&calm[0])).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), ROWS + 1);
         assert_eq!(lines[0], "timestamp,value");
@@ -279,6 +374,46 @@ mod tests {
             "{}",
             lines[ROWS]
         );
+        let w: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("combined_windows.json")).unwrap())
+                .unwrap();
+        assert_eq!(w.as_object().unwrap().len(), calm.len() + labelled.len());
+        assert_eq!(w["calm/gauss_0.csv"], serde_json::json!([]));
+        // 800 rows (10% of the file) centred on row 5000: rows 4600 to 5399 (lines 4601, 5400).
+        let first = "2020-01-16 23:20:00";
+        let last = "2020-01-19 17:55:00";
+        assert_eq!(
+            w["injected/gauss_shift.csv"],
+            serde_json::json!([[format!("{first}.000000"), format!("{last}.000000")]])
+        );
+        let text = std::fs::read_to_string(dir.join(&labelled[0])).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[4601].starts_with(first), "{}", lines[4601]);
+        assert!(lines[5400].starts_with(last), "{}", lines[5400]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn each_injection_changes_its_series_from_the_label_on_and_not_before() {
+        for (k, (kind, _)) in KINDS.iter().enumerate() {
+            for (a, (anomaly, _)) in ANOMALIES.iter().enumerate() {
+                let clean = series(k, PER_KIND + a, ROWS);
+                let v = injected(k, a, ROWS);
+                assert_eq!(v[..LABEL_AT], clean[..LABEL_AT], "{kind} {anomaly}");
+                let (_, sigma) = robust_spread(&clean[..LABEL_AT]);
+                assert!(sigma > 0.0, "{kind}");
+                let after = LABEL_AT..LABEL_AT + 200;
+                if *anomaly == "stuck" {
+                    // It stops moving where the clean series goes on.
+                    assert!(after.clone().all(|t| v[t] == v[LABEL_AT]), "{kind}");
+                    assert!(after.clone().any(|t| clean[t] != v[t]), "{kind}");
+                } else {
+                    // Over the next 200 rows it moves from where it would have been by at least
+                    // a spread on average.
+                    let moved = after.map(|t| (v[t] - clean[t]).abs()).sum::<f64>() / 200.0;
+                    assert!(moved >= sigma, "{kind} {anomaly}: {moved} < {sigma}");
+                }
+            }
+        }
     }
 }

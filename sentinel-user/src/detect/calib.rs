@@ -28,7 +28,7 @@ pub fn ln_upper_tail(z: f64) -> f64 {
 }
 
 /// `-ln` of the tail probability that maps to score 0.5 (1e-5, where HTM's detector alarms).
-const HALF_SCORE_SURPRISE: f64 = 11.512_925_464_970_229;
+pub const HALF_SCORE_SURPRISE: f64 = 11.512_925_464_970_229;
 
 /// Maps a z value to a score in [0, 1]: `s / (s + s_half)` with surprise `s = -ln Q(z)`. It is
 /// monotone and never saturates, so very rare events stay ordered and the threshold sweep has

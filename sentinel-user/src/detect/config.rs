@@ -61,6 +61,9 @@ pub struct DetectConfig {
     /// Enables the seasonal channel of the statistical detector (residual against the value
     /// one detected period earlier).
     pub seasonal: bool,
+    /// Enables the stuck-value channel of the statistical detector (a run of identical values
+    /// longer than any the series has shown before).
+    pub stuck: bool,
     /// Values kept by the seasonal channel; periods up to half of it are found.
     pub season_buffer: u32,
     /// Autocorrelation a lag needs to be taken as the period.
@@ -237,6 +240,7 @@ impl Default for DetectConfig {
             rearm_margin: 0.05,
             novelty: true,
             seasonal: true,
+            stuck: true,
             season_buffer: 1024,
             season_min_acf: 0.7,
             downsample: 4,

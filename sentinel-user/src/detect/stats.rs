@@ -4,13 +4,14 @@
 //!   of the residual scale;
 //! * new extreme: a value beyond the (slowly decaying) range seen so far;
 //! * short-pattern novelty: contexts of quantised block extremes, counted in a fixed table;
-//! * seasonal residual: against the values one and two detected periods earlier.
+//! * seasonal residual: against the values one and two detected periods earlier;
+//! * stuck value: a run of identical values longer than any the series has shown before.
 //!
 //! Each is calibrated per series ([`Pot`], or its own base rate for novelty); the state is a
 //! few floats plus two buffers fixed at creation. (A level-shift channel, fast against slow
 //! baseline, was removed: it changed no NAB score, see DETECTION.md.)
 
-use super::calib::{CalibParams, Pot, PotParams, surprise_score, tail_score};
+use super::calib::{CalibParams, HALF_SCORE_SURPRISE, Pot, PotParams, surprise_score, tail_score};
 use super::config::DetectConfig;
 
 /// Values beyond this magnitude are clamped so that differences stay finite.
@@ -41,6 +42,8 @@ pub struct StatParams {
     pub level_bits: u32,
     /// Seasonal channel (None: disabled).
     pub season: Option<SeasonParams>,
+    /// Stuck-value channel.
+    pub stuck: bool,
 }
 
 /// Parameters of the seasonal channel.
@@ -112,6 +115,7 @@ impl StatParams {
                 },
             }),
             ctx_mask: (1u64 << (NOVELTY_LEVELS.trailing_zeros() * NOVELTY_CONTEXT)) - 1,
+            stuck: c.stuck,
         }
     }
 }
@@ -167,6 +171,73 @@ pub struct StatDetector {
     cal_spike: Pot,
     novelty: Novelty,
     season: Seasonal,
+    stuck: Stuck,
+}
+
+/// A value that stops changing: a dead exporter, a frozen sensor or a hung counter repeats its
+/// last value bit for bit, which no other channel sees (the value stays inside the range and
+/// near the baseline). A run of identical values is judged by how often this series repeated a
+/// value before the run began (a run of r repeats at repeat rate q has probability q^r, r ln(1/q)
+/// nats), and only once it is longer than any earlier run (HTM's range rule applied to run
+/// lengths), so that the zeros of an idle counter or a quantised gauge's plateaus, which the
+/// series shows all along, stay quiet. Calibrated like the spike channel.
+#[derive(Clone, Debug, Default)]
+struct Stuck {
+    prev: f64,
+    /// Rows equal to the row before, in a row.
+    run: u32,
+    /// Share of rows equal to the row before: a mean with the prior rate worth `warmup` rows,
+    /// then exponentially weighted over `long_window` rows.
+    repeat_rate: f64,
+    /// `repeat_rate` when the current run began: a run is judged by the series before it.
+    run_rate: f64,
+    /// Row at which the current run began.
+    run_from: u64,
+    /// Longest earlier run, decaying over `long_window` rows as the range does.
+    longest: f64,
+    cal: Pot,
+}
+
+impl Stuck {
+    /// Feeds value `x`, the series' row `n` (0-based); returns the calibrated score.
+    fn update(&mut self, p: &StatParams, n: u64, x: f64) -> f64 {
+        if n == 0 {
+            self.prev = x;
+            self.repeat_rate = p.pot.rate0;
+            self.run_rate = self.repeat_rate;
+        }
+        // Exact equality: a stuck source repeats its value exactly; a live one rarely does.
+        let repeat = n > 0 && x == self.prev;
+        if repeat {
+            self.run = self.run.saturating_add(1);
+        } else if n > 0 {
+            self.longest = self.longest.max(f64::from(self.run));
+            self.run = 0;
+            self.run_rate = self.repeat_rate;
+            self.run_from = n;
+        }
+        self.longest *= 1.0 - p.calib.a_long;
+        let a = (1.0 / (n as f64 + f64::from(p.calib.learn))).max(p.calib.a_long);
+        self.repeat_rate += a * (f64::from(u8::from(repeat)) - self.repeat_rate);
+        self.prev = x;
+        let run = f64::from(self.run);
+        // A series that has repeated since its first rows has no history to judge the run by.
+        // In whole rows: an idle stretch as long as the usual ones is no record, however far
+        // the longest has decayed since the last of them.
+        let judged = self.run_from >= u64::from(p.calib.learn) && run > self.longest.ceil();
+        let raw = if judged {
+            run * -self.run_rate.max(f64::MIN_POSITIVE).ln()
+        } else {
+            0.0
+        };
+        // Capped at score 0.5 (tail 1e-5): a run that goes on lengthens its surprise row by
+        // row, and without a ceiling would re-arm the onset shaper again and again.
+        surprise_score(
+            self.cal
+                .update(&p.pot, raw.ln_1p())
+                .min(HALF_SCORE_SURPRISE),
+        )
+    }
 }
 
 /// The range and residual scale at one point in time.
@@ -527,6 +598,11 @@ impl StatDetector {
             self.snap_then = Snapshot::at(x);
         }
         let baseline = self.slow;
+        let s_stuck = if p.stuck {
+            self.stuck.update(p, self.n, x)
+        } else {
+            0.0
+        };
         let season = match &p.season {
             Some(sp) => self.season.update(sp, x, self.spread),
             None => SeasonOut::default(),
@@ -590,7 +666,7 @@ impl StatDetector {
         } else {
             0.0
         };
-        let per_row = s_spike.max(s_range).max(s_season);
+        let per_row = s_spike.max(s_range).max(s_season).max(s_stuck);
         StatOut {
             score: per_row.max(s_novel),
             own: if novel_new {
@@ -656,6 +732,91 @@ pub(crate) mod tests {
         }
         assert!(normal_max < 0.3, "normal periods scored {normal_max}");
         assert!(changed_max > 0.5, "changed pattern scored {changed_max}");
+    }
+
+    /// Highest statistical score over `rows` of `series`, with the stuck channel and without.
+    fn stuck_and_not(series: impl Fn(u64) -> f64, rows: std::ops::Range<u64>) -> (f64, f64) {
+        let on = params();
+        let off = StatParams {
+            stuck: false,
+            ..params()
+        };
+        let (mut a, mut b) = (StatDetector::default(), StatDetector::default());
+        let (mut max_on, mut max_off) = (0.0f64, 0.0f64);
+        for i in 0..rows.end {
+            let x = series(i);
+            let (sa, sb) = (a.update(&on, x).score, b.update(&off, x).score);
+            if rows.contains(&i) {
+                max_on = max_on.max(sa);
+                max_off = max_off.max(sb);
+            }
+        }
+        (max_on, max_off)
+    }
+
+    #[test]
+    fn a_value_that_stops_changing_is_flagged_once_it_outlasts_every_earlier_run() {
+        // An integer gauge (48 to 52): a fifth of its rows repeat the row before, in runs of a
+        // few rows. From row 3000 it repeats one value: inside its range, near its level.
+        let gauge = |i: u64| (50.0 + 5.0 * noise(i)).round();
+        let stuck = |i: u64| gauge(i.min(3000));
+        let (calm_on, calm_off) = stuck_and_not(gauge, 300..3000);
+        let (on, off) = stuck_and_not(stuck, 3000..3100);
+        // A run longer than every earlier one also happens by chance now and then (the
+        // record of a random process), but scores far less than the stuck value.
+        assert!(
+            calm_on < 0.35 && calm_off < 0.3,
+            "calm {calm_on} {calm_off}"
+        );
+        assert!(on > 0.4, "stuck scored {on}");
+        assert!(off < 0.3, "without the channel it scored {off}");
+    }
+
+    #[test]
+    fn runs_the_series_has_shown_before_are_not_stuck() {
+        // Constant from its first row: no history to judge the run by (nothing but what the
+        // other channels score on its first rows).
+        let (flat, flat_without) = stuck_and_not(|_| 7.0, 0..3000);
+        assert_eq!(flat, flat_without);
+        // An idle counter: busy stretches of 40 to 80 rows between idle ones of 30 to 40 zeros
+        // (irregular: no period for the seasonal channel to miss). An idle stretch of the usual
+        // length adds nothing; one three times as long is stuck: above the daemon's event
+        // threshold, which without the channel it stays under.
+        let mut counter = Vec::new();
+        for k in 0u64.. {
+            let busy = 40 + ((noise(k) + 0.5) * 40.0) as u64;
+            let idle = 30 + ((noise(k + 1000) + 0.5) * 10.0) as u64;
+            counter.extend((0..busy).map(|j| 100.0 + 10.0 * noise(7919 * k + j)));
+            if counter.len() >= 3000 {
+                break;
+            }
+            counter.extend((0..idle).map(|_| 0.0));
+        }
+        // It ends busy, at row `end`.
+        let end = counter.len() as u64;
+        let then = |tail: &[f64]| {
+            let mut v = counter.clone();
+            v.extend_from_slice(tail);
+            move |i: u64| v[i as usize]
+        };
+        let usual: Vec<f64> = (0..35)
+            .map(|_| 0.0)
+            .chain((0..100).map(|j| 100.0 + 10.0 * noise(j)))
+            .collect();
+        let long: Vec<f64> = (0..120)
+            .map(|_| 0.0)
+            .chain((0..100).map(|j| 100.0 + 10.0 * noise(j)))
+            .collect();
+        let (usual, usual_without) = stuck_and_not(then(&usual), end..end + 35);
+        // Past the longest usual idle stretch (40 rows).
+        let (long, without) = stuck_and_not(then(&long), end + 40..end + 120);
+        assert_eq!(usual, usual_without, "a usual idle stretch");
+        let event = DetectConfig::default().event_threshold;
+        assert!(
+            long > event + 0.05,
+            "an idle stretch 3x the usual scored {long}"
+        );
+        assert!(without < event, "without the channel it scored {without}");
     }
 
     /// Scores of `rows` values of `series` with the default (lagged) range and noise, and with

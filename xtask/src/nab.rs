@@ -544,14 +544,14 @@ fn calm_table(
     ));
     for ((det, _), (carried, own, caught)) in rows.iter().zip(&scores) {
         let s = &carried["profiles"]["standard"];
+        let three = |v: &serde_json::Value| {
+            let [a, b, c] = normalized_all(v);
+            format!("{a:.1} / {b:.1} / {c:.1}")
+        };
         t.push_str(&format!(
-            "| {det} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {}/{} | {} |",
-            normalized(carried, 0),
-            normalized(carried, 1),
-            normalized(carried, 2),
-            normalized(own, 0),
-            normalized(own, 1),
-            normalized(own, 2),
+            "| {det} | {} | {} | {}/{} | {} |",
+            three(carried),
+            three(own),
             s["windows_detected"],
             s["windows"],
             s["fp_detections"],

@@ -476,12 +476,13 @@ fn calm_table(
         rates.push(by_profile);
         let carried = scorer.score_files(&out, None, Some(&nab_thresholds), true)?;
         let own = scorer.score(&out, None, None)?;
-        let caught: Vec<usize> = nab_calm::ANOMALIES
-            .iter()
-            .map(|(anomaly, _)| {
+        // `write` lists the injected series kind by kind, each kind's anomalies in order.
+        let caught: Vec<usize> = (0..nab_calm::ANOMALIES.len())
+            .map(|a| {
                 labelled
                     .iter()
-                    .filter(|f| f.to_string_lossy().ends_with(&format!("_{anomaly}.csv")))
+                    .skip(a)
+                    .step_by(nab_calm::ANOMALIES.len())
                     .filter(|f| {
                         carried["profiles"]["standard"]["files"][&*f.to_string_lossy()]["detected"]
                             .as_u64()

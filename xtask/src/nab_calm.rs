@@ -232,7 +232,8 @@ fn write_csv(dir: &Path, rel: &Path, values: &[f64]) -> Result<()> {
 /// `injected/<kind>_<anomaly>.csv` (NAB's `timestamp,value`, a 5-minute interval) under `dir`,
 /// with NAB's `combined_windows.json`: one window per injected series, as NAB's labeller lays it
 /// out (10% of the rows, centred on the label), none in the calm ones. Returns the calm files
-/// and the injected files, relative to `dir`.
+/// and the injected files (kind by kind, each kind's anomalies in [`ANOMALIES`]' order),
+/// relative to `dir`.
 pub fn write(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     for cat in ["calm", "injected"] {
         std::fs::create_dir_all(dir.join(cat))

@@ -16,6 +16,11 @@ pub struct FuzzArgs {
     /// Fuzzing time in seconds.
     #[arg(long, default_value_t = 300)]
     seconds: u64,
+    /// Sanitizer of the fuzz build: address (AddressSanitizer) or none (a quicker build and
+    /// more executions per second; panics, stack overflows, time-outs and memory limits are
+    /// caught either way).
+    #[arg(long, default_value = "address", value_parser = ["address", "none"])]
+    sanitizer: String,
 }
 
 /// cargo-fuzz, installed on first use (CI starts without it).
@@ -60,7 +65,15 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     let max_len = if t == "replay_json" { 16384 } else { 8192 };
     let status = Command::new("cargo")
         .current_dir(workspace_root())
-        .args(["+nightly", "fuzz", "run", "-O", t])
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "-O",
+            "--sanitizer",
+            &args.sanitizer,
+            t,
+        ])
         .arg(&corpus)
         .arg("--")
         .args([

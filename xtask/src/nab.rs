@@ -336,6 +336,8 @@ pub fn run(args: NabArgs) -> Result<()> {
         None
     };
 
+    // The containerd client compiles its protocol with protoc: a fresh machine lacks it.
+    crate::packages::ensure(&["protobuf-compiler"])?;
     let status = Command::new(env!("CARGO"))
         .current_dir(&root)
         .args([

@@ -85,7 +85,7 @@ impl Rng {
 /// The kinds: name and generator of `n` values.
 pub type Generator = fn(&mut Rng, usize) -> Vec<f64>;
 
-pub const KINDS: [(&str, Generator); 10] = [
+pub const KINDS: [(&str, Generator); 11] = [
     ("gauss", |r, n| {
         (0..n).map(|_| 50.0 + 2.0 * r.normal()).collect()
     }),
@@ -108,6 +108,7 @@ pub const KINDS: [(&str, Generator); 10] = [
         (0..n).map(|t| r.poisson(daily_rate(t))).collect()
     }),
     ("daily_bursty", daily_bursty),
+    ("daily_job", daily_job),
     ("mean_reverting_walk", |r, n| {
         // AR(1) at 0.998: wanders for hundreds of rows, returns over thousands.
         let mut x = 0.0;
@@ -144,6 +145,26 @@ fn daily_bursty(r: &mut Rng, n: usize) -> Vec<f64> {
     (0..n)
         .map(|t| r.poisson(daily_rate(t) + extra[t]))
         .collect()
+}
+
+/// Rows by which a daily job's start wanders either way (30 minutes at the 5-minute
+/// interval: a timer's randomised delay, a queue ahead of it).
+pub const JOB_JITTER: usize = 6;
+
+/// A daily gauge (a smooth cycle with noise) and a nightly job that lifts it by ten noise
+/// spreads for half an hour, starting at 02:00 plus or minus [`JOB_JITTER`] rows each night.
+/// The job is the series' normal; one period back it started up to twice the jitter apart.
+fn daily_job(r: &mut Rng, n: usize) -> Vec<f64> {
+    let mut v: Vec<f64> = (0..n)
+        .map(|t| 30.0 + 8.0 * (2.0 * PI * t as f64 / DAY).sin() + 2.0 * r.normal())
+        .collect();
+    let day = DAY as usize;
+    for night in 0..n.div_ceil(day) {
+        let shift = (r.uniform() * (2 * JOB_JITTER + 1) as f64) as usize;
+        let start = night * day + 24 + shift - JOB_JITTER;
+        v.iter_mut().skip(start).take(6).for_each(|x| *x += 20.0);
+    }
+    v
 }
 
 /// Series `index` of kind `kind` (its position in [`KINDS`]): its own seed, so that adding a

@@ -68,6 +68,10 @@ pub struct DetectConfig {
     pub season_buffer: u32,
     /// Autocorrelation a lag needs to be taken as the period.
     pub season_min_acf: f64,
+    /// Fraction of the detected period either side of one period back within which a value
+    /// makes the current one expected, not a spike (a daily job that starts a little earlier
+    /// or later each day); 0 compares with one and two periods back only.
+    pub season_jitter: f64,
     /// The learned detector works on means of this many rows.
     pub downsample: u32,
     /// Values (block means) per shingle fed to the learned detector.
@@ -220,6 +224,11 @@ impl DetectConfig {
     }
 }
 
+/// A twenty-fourth of the period either side, an hour of a daily period (DETECTION.md,
+/// "Seasonal jitter"); written as 0.0417 so that the documented value is the default, and the
+/// same window as 1/24 for every period up to 1000 rows.
+pub const DEFAULT_SEASON_JITTER: f64 = 0.0417;
+
 impl Default for DetectConfig {
     fn default() -> Self {
         Self {
@@ -243,6 +252,7 @@ impl Default for DetectConfig {
             stuck: true,
             season_buffer: 1024,
             season_min_acf: 0.7,
+            season_jitter: DEFAULT_SEASON_JITTER,
             downsample: 4,
             shingle: 8,
             train_window: 256,
@@ -309,6 +319,7 @@ impl DetectConfig {
         check_f("rearm_margin", self.rearm_margin, 0.0, 1.0)?;
         check_u("season_buffer", self.season_buffer, 64, 65_536)?;
         check_f("season_min_acf", self.season_min_acf, 0.0, 1.0)?;
+        check_f("season_jitter", self.season_jitter, 0.0, 0.25)?;
         check_u("downsample", self.downsample, 1, 10_000)?;
         check_u("shingle", self.shingle, 1, 64)?;
         check_u("train_window", self.train_window, 16, 65_536)?;
@@ -364,6 +375,16 @@ pub(crate) mod tests {
             ..DetectConfig::default()
         };
         assert!(c.validate().unwrap_err().contains("scale_floor"));
+        // More than a quarter of the period either side would reach past the ring's half.
+        let c = DetectConfig {
+            season_jitter: 0.3,
+            ..DetectConfig::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("detect.season_jitter") && e.contains("[0, 0.25]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Robust statistical detector: exponentially weighted baselines with mean-absolute-deviation
 //! scales (fast and slow), and four channels, O(1) per value (amortised):
-//! * spike: one-step residual against the fast baseline (or the seasonal prediction), in units
-//!   of the residual scale;
+//! * spike: one-step residual against the fast baseline (or the seasonal prediction, or the
+//!   nearest value within a fraction of the period of one period back), in units of the
+//!   residual scale;
 //! * new extreme: a value beyond the (slowly decaying) range seen so far;
 //! * short-pattern novelty: contexts of quantised block extremes, counted in a fixed table;
 //! * seasonal residual: against the values one and two detected periods earlier;
@@ -60,6 +61,8 @@ pub struct SeasonParams {
     /// EW weight per row of the short mean of the residual.
     pub a_short: f64,
     pub scale_floor: f64,
+    /// Fraction of the period searched either side of one period back for the spike residual.
+    pub jitter: f64,
     pub pot: PotParams,
 }
 
@@ -102,6 +105,7 @@ impl StatParams {
                 a_scale: 2.0 / (f64::from(c.slow_window) + 1.0),
                 a_short: (2.0 / (f64::from(c.short_window) + 1.0)).min(1.0),
                 scale_floor: c.scale_floor,
+                jitter: c.season_jitter,
                 pot: PotParams {
                     u: c.pot_threshold,
                     a: 1.0 / f64::from(c.long_window),
@@ -356,6 +360,9 @@ pub struct Seasonal {
 pub struct SeasonOut {
     pub score: f64,
     pub pred: Option<f64>,
+    /// The distance to the nearest value within the jitter window around one period back
+    /// (None: no period yet).
+    pub near: Option<f64>,
 }
 
 impl Seasonal {
@@ -400,6 +407,7 @@ impl Seasonal {
                 pred = 0.5 * (pred + f64::from(self.ring[two]));
             }
             out.pred = Some(pred);
+            out.near = self.nearest_around_one_period_back(p, x);
             let r = (x - pred).abs();
             let floor = p.scale_floor * spread + 1e-12;
             let z = r / (self.scale + floor);
@@ -418,6 +426,35 @@ impl Seasonal {
             self.detect_period(p);
         }
         out
+    }
+
+    /// The smallest distance from `x` to a value stored within `jitter` of the period either
+    /// side of one period back (rows already seen only). A daily job that starts a few minutes
+    /// earlier or later each day is then not a spike at the minute it starts.
+    fn nearest_around_one_period_back(&self, p: &SeasonParams, x: f64) -> Option<f64> {
+        let w = (f64::from(self.period) * p.jitter) as u32;
+        if self.period == 0 || self.len < self.period {
+            return None;
+        }
+        // Rows back: from `period + w` (older) to `period - w` (newer, at least one). The
+        // ring holds `len` rows back; `period <= cap / 2` and `w <= period / 4` keep the span
+        // inside the ring.
+        let (oldest, newest) = ((self.period + w).min(self.len), (self.period - w).max(1));
+        let cap = self.ring.len() as u32;
+        let start = ((self.head + cap - oldest) % cap) as usize;
+        let count = (oldest - newest + 1) as usize;
+        let (first, second) = if start + count <= cap as usize {
+            (&self.ring[start..start + count], &[][..])
+        } else {
+            let tail = &self.ring[start..];
+            (tail, &self.ring[..count - tail.len()])
+        };
+        let x = x as f32;
+        let nearest = first
+            .iter()
+            .chain(second)
+            .fold(f32::INFINITY, |m, &v| m.min((x - v).abs()));
+        Some(f64::from(nearest))
     }
 
     /// The period: on block means, the lag of the highest autocorrelation peak after the
@@ -615,12 +652,16 @@ impl StatDetector {
             // A jump that recurs every period is expected, not a spike.
             resid = resid.min((x - pred).abs());
         }
+        // ... and so is one that comes a little earlier or later than a period ago. That only
+        // excuses the value: the noise scale learns from `resid`, since the nearest of many
+        // values is closer than a typical one (learning from it inflated every z).
+        let excused = season.near.map_or(resid, |near| resid.min(near));
         let noise = if self.n >= 2 * u64::from(p.range_lag) {
             self.noise.min(self.snap_then.noise)
         } else {
             self.noise
         };
-        let spike_z = resid / (noise + floor);
+        let spike_z = excused / (noise + floor);
         let a_fast = p.a_fast;
         let fast = self.fast + a_fast * (x - self.fast);
         let Snapshot { lo, hi, .. } = self.snap_then;
@@ -987,5 +1028,83 @@ pub(crate) mod tests {
         }
         assert!(m_with < m_without, "{m_with} vs {m_without}");
         assert!(m_with < 0.3, "{m_with}");
+    }
+
+    /// The daily pattern of [`daily`] with more noise, and a one-row job lifting it by 12 at
+    /// phase 70 plus or minus up to 2 rows, a different shift every period: the value and
+    /// whether the job runs.
+    fn daily_with_jittered_job(i: u64) -> (f64, bool) {
+        let shift = (noise(1_000_000 + i / 96) * 5.0).round() as i64; // -2 ..= 2
+        let job = (i % 96) as i64 == 70 + shift;
+        let x = daily(i) + 3.0 * noise(7_000_000 + i) + if job { 12.0 } else { 0.0 };
+        (x, job)
+    }
+
+    #[test]
+    fn a_job_that_starts_a_little_earlier_or_later_each_period_is_not_a_spike() {
+        let with = params();
+        // A window of 4 rows either side of a period of 96.
+        assert_eq!((96.0 * with.season.unwrap().jitter) as u32, 4);
+        let without = StatParams::new(&DetectConfig {
+            season_jitter: 0.0,
+            ..DetectConfig::default()
+        });
+        let (mut a, mut b) = (StatDetector::default(), StatDetector::default());
+        let (mut m_with, mut m_without): (f64, f64) = (0.0, 0.0);
+        let mut jobs = 0;
+        for i in 0..6000 {
+            let (x, job) = daily_with_jittered_job(i);
+            let (sa, sb) = (a.update(&with, x).score, b.update(&without, x).score);
+            if i > 3000 && job {
+                jobs += 1;
+                m_with = m_with.max(sa);
+                m_without = m_without.max(sb);
+            }
+        }
+        assert_eq!(a.season.period(), 96);
+        assert_eq!(jobs, 31);
+        // Without the window a start off the last one's row is a spike at the arm level (0.3);
+        // with it, no job row reaches it (what remains is the novelty channel's, 0.2 to 0.26).
+        assert!(m_without >= 0.3, "without the window: {m_without}");
+        assert!(m_with < 0.27, "with the window: {m_with}");
+    }
+
+    #[test]
+    fn the_jitter_window_spans_a_fraction_of_the_period_around_one_period_back() {
+        let p = params();
+        let sp = SeasonParams {
+            jitter: 0.25,
+            ..p.season.unwrap()
+        };
+        let mut s = Seasonal::default();
+        for i in 0..3172 {
+            s.update(&sp, daily(i), 1.0);
+        }
+        assert_eq!(s.period(), 96);
+        // The next value goes to slot 100, so the window (72 to 120 rows back) wraps.
+        assert_eq!(s.head, 100);
+        // One period back is the value 96 rows ago; the window reaches 24 rows either side:
+        // 72 to 120 rows back. Zeros everywhere, marks at both ends and just outside them.
+        let cap = s.ring.len() as u32;
+        let slot = |k: u32| ((s.head + cap - k) % cap) as usize;
+        let (o71, o72, o120, o121) = (slot(71), slot(72), slot(120), slot(121));
+        s.ring.iter_mut().for_each(|v| *v = 0.0);
+        s.ring[o71] = 1000.0;
+        s.ring[o121] = 1000.0;
+        s.ring[o72] = 600.0;
+        s.ring[o120] = 500.0;
+        // 1000 is stored 71 and 121 rows back, outside: the nearest inside is 600.
+        assert_eq!(s.nearest_around_one_period_back(&sp, 1000.0), Some(400.0));
+        assert_eq!(s.nearest_around_one_period_back(&sp, 500.0), Some(0.0));
+        assert_eq!(s.nearest_around_one_period_back(&sp, 590.0), Some(10.0));
+        assert_eq!(s.nearest_around_one_period_back(&sp, -3.0), Some(3.0));
+        // A window under one row: one period back alone.
+        let narrow = SeasonParams { jitter: 0.01, ..sp };
+        s.ring[slot(96)] = 7.0;
+        assert_eq!(s.nearest_around_one_period_back(&narrow, 7.25), Some(0.25));
+        assert_eq!(
+            s.nearest_around_one_period_back(&narrow, 600.0),
+            Some(593.0)
+        );
     }
 }

@@ -70,7 +70,7 @@ pub struct DetectConfig {
     pub season_min_acf: f64,
     /// Fraction of the detected period either side of one period back within which a value
     /// makes the current one expected, not a spike (a daily job that starts a little earlier
-    /// or later each day); 0 compares with one and two periods back only.
+    /// or later each day); 0: the value exactly one period back.
     pub season_jitter: f64,
     /// The learned detector works on means of this many rows.
     pub downsample: u32,

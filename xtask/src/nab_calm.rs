@@ -149,7 +149,7 @@ fn daily_bursty(r: &mut Rng, n: usize) -> Vec<f64> {
 
 /// Rows by which a daily job's start wanders either way (30 minutes at the 5-minute
 /// interval: a timer's randomised delay, a queue ahead of it).
-pub const JOB_JITTER: usize = 6;
+const JOB_JITTER: usize = 6;
 
 /// A daily gauge (a smooth cycle with noise) and a nightly job that lifts it by ten noise
 /// spreads for half an hour, starting at 02:00 plus or minus [`JOB_JITTER`] rows each night.

@@ -7,6 +7,7 @@ mod dist;
 mod fuzz;
 mod licenses;
 mod nab;
+mod nab_against;
 mod nab_calm;
 mod nab_crop;
 mod nab_cv;

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::nab_against;
 use crate::nab_calm;
 use crate::nab_crop;
 use crate::nab_cv::{self, CandidateFolds, Fold};
@@ -67,6 +68,11 @@ pub struct NabArgs {
     /// (see `nab_calm`), at each detector's thresholds chosen here; writes calm.md.
     #[arg(long)]
     pub calm: bool,
+    /// An earlier run's --out (relative to the repository root, same corpus options): list
+    /// the series whose windows caught or false-positive rows differ, each run at its own
+    /// standard threshold, so that a gain can be told from one window. Writes against.md.
+    #[arg(long, value_name = "DIR")]
+    pub against: Option<PathBuf>,
 }
 
 /// Points of training score a candidate needs over the defaults to replace them in the nested
@@ -336,6 +342,26 @@ pub fn run(args: NabArgs) -> Result<()> {
         None
     };
 
+    // The earlier run must hold every detector's results: said now, before the replays.
+    let against: Option<(PathBuf, PathBuf)> = match &args.against {
+        Some(a) => {
+            let rel = out.strip_prefix(root.join(&args.out))?;
+            let there = root.join(a).join(rel);
+            for det in &args.detectors {
+                let score = there.join(det).join("score.json");
+                if !score.is_file() {
+                    bail!(
+                        "--against {}: no {} (run it with the same --crop/--with-whole and --detectors first)",
+                        a.display(),
+                        score.display()
+                    );
+                }
+            }
+            Some((there, a.join(rel)))
+        }
+        None => None,
+    };
+
     // The containerd client compiles its protocol with protoc: a fresh machine lacks it.
     crate::packages::ensure(&["protobuf-compiler"])?;
     let status = Command::new(env!("CARGO"))
@@ -388,6 +414,39 @@ pub fn run(args: NabArgs) -> Result<()> {
     print!("{table}");
     std::fs::write(out.join("table.md"), &table)?;
     eprintln!("wrote {}", out.join("table.md").display());
+
+    if let Some((there_root, shown)) = &against {
+        let mut md = String::new();
+        for (det, v) in &rows {
+            let there = there_root.join(det);
+            let read = std::fs::read(there.join("score.json"))
+                .with_context(|| there.join("score.json").display().to_string())?;
+            let there_score: serde_json::Value = serde_json::from_slice(&read)
+                .with_context(|| there.join("score.json").display().to_string())?;
+            let threshold = |v: &serde_json::Value| v["profiles"]["standard"]["threshold"].as_f64();
+            let (t_there, t_here) = (threshold(&there_score), threshold(v));
+            let per_file = |dir: &Path, t: Option<f64>| {
+                scorer.score_files(dir, None, Some(&[t, None, None]), true)
+            };
+            let a = nab_against::outcomes(&per_file(&there, t_there)?);
+            let b = nab_against::outcomes(&per_file(&out.join(det), t_here)?);
+            let outputs = nab_against::differing_outputs(&there, &out.join(det))?;
+            md.push_str(&nab_against::section(
+                det,
+                &shown.join(det),
+                (
+                    t_there.unwrap_or(f64::INFINITY),
+                    t_here.unwrap_or(f64::INFINITY),
+                ),
+                outputs,
+                &nab_against::changes(&a, &b),
+            ));
+            md.push('\n');
+        }
+        print!("\n{md}");
+        std::fs::write(out.join("against.md"), &md)?;
+        eprintln!("wrote {}", out.join("against.md").display());
+    }
 
     if let Some((_, by_file)) = &folds {
         let cv = cv_tables(

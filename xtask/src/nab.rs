@@ -93,7 +93,7 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn csv_files(data: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn csv_files(data: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for cat in std::fs::read_dir(data).with_context(|| format!("{}", data.display()))? {
         let cat = cat?.path();
@@ -419,10 +419,11 @@ pub fn run(args: NabArgs) -> Result<()> {
         let mut md = String::new();
         for (det, v) in &rows {
             let there = there_root.join(det);
-            let read = std::fs::read(there.join("score.json"))
-                .with_context(|| there.join("score.json").display().to_string())?;
-            let there_score: serde_json::Value = serde_json::from_slice(&read)
-                .with_context(|| there.join("score.json").display().to_string())?;
+            let path = there.join("score.json");
+            let there_score: serde_json::Value = std::fs::read(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(serde_json::from_slice(&b)?))
+                .with_context(|| path.display().to_string())?;
             let threshold = |v: &serde_json::Value| v["profiles"]["standard"]["threshold"].as_f64();
             let (t_there, t_here) = (threshold(&there_score), threshold(v));
             let per_file = |dir: &Path, t: Option<f64>| {

@@ -63,33 +63,18 @@ pub fn changes(there: &[(String, Outcome)], here: &[(String, Outcome)]) -> Vec<C
         .collect()
 }
 
-/// Result files (relative paths) whose scores differ byte for byte between two result folders,
-/// and how many files `here` holds.
+/// How many result files (`<category>/<file>.csv`) of `here` differ byte for byte from the
+/// same file in `there` (a file `there` lacks differs), and how many `here` holds.
 pub fn differing_outputs(there: &Path, here: &Path) -> Result<(usize, usize)> {
-    let mut files = Vec::new();
-    collect_csv(here, here, &mut files)?;
+    let files = crate::nab::csv_files(here)?;
     let mut differ = 0;
     for f in &files {
         let a = std::fs::read(here.join(f)).with_context(|| here.join(f).display().to_string())?;
-        // A file the earlier run lacks differs.
         if std::fs::read(there.join(f)).map_or(true, |b| b != a) {
             differ += 1;
         }
     }
     Ok((differ, files.len()))
-}
-
-fn collect_csv(root: &Path, dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
-    for e in std::fs::read_dir(dir).with_context(|| dir.display().to_string())? {
-        let p = e?.path();
-        if p.is_dir() {
-            collect_csv(root, &p, out)?;
-        } else if p.extension().is_some_and(|x| x == "csv") {
-            out.push(p.strip_prefix(root)?.to_path_buf());
-        }
-    }
-    out.sort();
-    Ok(())
 }
 
 /// The markdown section for one detector.

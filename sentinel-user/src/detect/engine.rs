@@ -1433,6 +1433,36 @@ mod tests {
     }
 
     #[test]
+    fn a_value_that_keeps_climbing_raises_one_event_that_lasts_while_it_climbs() {
+        // The climb of `stats::tests::a_value_that_keeps_climbing_holds_its_first_breakouts_score`
+        // in the daemon: replay reports it once, and the daemon raises one event that stays
+        // raised while the value stays out (a breakout scored on its row alone would never
+        // meet `raise_after`).
+        for kind in [DetectorKind::Statistical, DetectorKind::Combined] {
+            let p = Params::new(&DetectConfig {
+                detector: kind,
+                ..DetectConfig::default()
+            });
+            let mut d = SeriesDetector::new(&p);
+            let mut events = vec![];
+            for i in 0..2300u64 {
+                let x = if i < 2000 {
+                    50.0 + 10.0 * crate::detect::stats::tests::noise(i)
+                } else {
+                    55.0 + 0.3 * (i - 2000) as f64
+                };
+                if let Some(e) = d.update(&p, &Trainer::Inline, "gauge", x).event {
+                    events.push((i, e));
+                }
+            }
+            assert_eq!(events.len(), 1, "{kind:?}: {events:?}");
+            let (row, kind_of) = events[0];
+            assert_eq!(kind_of, EventKind::Raised, "{kind:?}");
+            assert!((2000..2010).contains(&row), "{kind:?}: raised at {row}");
+        }
+    }
+
+    #[test]
     fn one_novel_block_does_not_raise_an_event_by_itself() {
         // The learned detector alone: its score is new once per block of `downsample` rows,
         // held in between, and a novel block echoes in the shingles of the next few blocks.
@@ -1631,9 +1661,10 @@ mod tests {
             "{}",
             std::mem::size_of::<SeriesDetector>()
         );
-        // 352 with the stuck-value channel's 72 bytes (2026-12-07).
+        // 352 with the stuck-value channel's 72 bytes, 376 with the last breakout's 24
+        // (2026-12-07).
         assert!(
-            std::mem::size_of::<StatDetector>() <= 352,
+            std::mem::size_of::<StatDetector>() <= 376,
             "{}",
             std::mem::size_of::<StatDetector>()
         );

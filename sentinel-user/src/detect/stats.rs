@@ -31,6 +31,9 @@ pub struct StatParams {
     pub range_lag: u32,
     /// How far beyond that range (as a fraction of its width) a value must be to count.
     pub range_margin: f64,
+    /// Values past a breakout that scored keep its score until one passes it by
+    /// `range_margin` (no setting: off only in the tests that show what it does).
+    pub breakout_holds: bool,
     pub calib: CalibParams,
     pub pot: PotParams,
     /// Calibration of the novelty channel (counted in blocks, not rows).
@@ -76,6 +79,7 @@ impl StatParams {
             range_z: RANGE_Z,
             range_lag: c.range_lag,
             range_margin: c.range_margin,
+            breakout_holds: true,
             calib: CalibParams {
                 a_short: 2.0 / (f64::from(c.short_window) + 1.0),
                 a_long: 1.0 / f64::from(c.long_window),
@@ -176,6 +180,17 @@ pub struct StatDetector {
     novelty: Novelty,
     season: Seasonal,
     stuck: Stuck,
+    /// The last breakout that scored, while values stay past the lagged range on its side.
+    breakout: Option<Breakout>,
+}
+
+/// A value that scored as a new extreme: later values past the lagged range on the same side
+/// are the same incident and keep its score, until one passes it by `range_margin`.
+#[derive(Clone, Copy, Debug)]
+struct Breakout {
+    edge: f64,
+    score: f64,
+    up: bool,
 }
 
 /// A value that stops changing: a dead exporter, a frozen sensor or a hung counter repeats its
@@ -703,8 +718,27 @@ impl StatDetector {
         // A clear new extreme is strong evidence by itself (HTM's range rule), graded by how
         // far beyond the range it lies.
         let s_range = if beyond > p.range_margin && self.n > u64::from(p.calib.learn) {
-            tail_score(p.range_z + 10.0 * beyond.min(1.0))
+            let up = x > hi;
+            // Past a breakout that scored, a value is judged against that breakout: a value
+            // that keeps climbing holds the incident's score instead of scoring a little higher
+            // row after row against the lagged range, which re-armed the alarm again and again
+            // (one alarm per incident, and the incident goes on while the value stays out).
+            let last = self.breakout.filter(|b| p.breakout_holds && b.up == up);
+            let (past, from) = match last {
+                Some(b) if up => ((x - b.edge) / (b.edge - lo + floor), Some(b)),
+                Some(b) => ((b.edge - x) / (hi - b.edge + floor), Some(b)),
+                None => (beyond, None),
+            };
+            match from {
+                Some(b) if past <= p.range_margin => b.score,
+                _ => {
+                    let score = tail_score(p.range_z + 10.0 * past.min(1.0));
+                    self.breakout = Some(Breakout { edge: x, score, up });
+                    score
+                }
+            }
         } else {
+            self.breakout = None;
             0.0
         };
         let per_row = s_spike.max(s_range).max(s_season).max(s_stuck);
@@ -722,6 +756,7 @@ impl StatDetector {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::super::lifecycle::{Shaper, ShaperParams};
     use super::*;
 
     fn params() -> StatParams {
@@ -897,10 +932,74 @@ pub(crate) mod tests {
         let slide_lagged = max(2000..2060, |s| s.0);
         let slide_row = max(2000..2060, |s| s.1);
         assert!(calm < 0.3, "calm rows scored {calm}");
-        assert!(slide_lagged > 0.5, "slide scored {slide_lagged}");
+        // Clearly above the event threshold (the slide's first breakout scores ~0.49 and the
+        // slide holds that score, see the next test).
+        let event = DetectConfig::default().event_threshold;
+        assert!(slide_lagged > event + 0.15, "slide scored {slide_lagged}");
         assert!(
             slide_lagged > slide_row + 0.1,
             "lagged {slide_lagged} vs row by row {slide_row}"
+        );
+    }
+
+    #[test]
+    fn a_value_that_keeps_climbing_holds_its_first_breakouts_score() {
+        // Noise of width 10 around 50, then a climb of 0.3 per row. Judged against the range
+        // of 50 to 100 rows before, every row of the climb past its first breakout scores
+        // higher than the last and re-arms the alarm: a wandering gauge's cascade of alarms.
+        // Judged against the breakout, the climb is one incident: it holds the score.
+        let series = |i: u64| {
+            if i < 2000 {
+                50.0 + 10.0 * noise(i)
+            } else {
+                55.0 + 0.3 * (i - 2000) as f64
+            }
+        };
+        let climb = |breakout_holds: bool| -> Vec<f64> {
+            let p = StatParams {
+                breakout_holds,
+                ..params()
+            };
+            let mut d = StatDetector::default();
+            let scores: Vec<f64> = (0..2100).map(|i| d.update(&p, series(i)).score).collect();
+            scores[2000..].to_vec()
+        };
+        let (held, lagged) = (climb(true), climb(false));
+        let c = DetectConfig::default();
+        // Alarms as replay reports them: within its refractory span the onset shaper re-arms
+        // only for a score `rearm_margin` above the last alarm.
+        let alarms = |scores: &[f64]| {
+            let p = ShaperParams {
+                arm: c.arm_level,
+                refractory: c.refractory,
+                margin: c.rearm_margin,
+            };
+            let mut shaper = Shaper::default();
+            scores
+                .iter()
+                .filter(|&&s| shaper.shape(&p, s) >= c.event_threshold)
+                .count()
+        };
+        let first = held
+            .iter()
+            .position(|&s| s >= c.event_threshold)
+            .expect("the climb breaks out");
+        assert_eq!(
+            lagged.iter().position(|&s| s >= c.event_threshold),
+            Some(first),
+            "the same first breakout"
+        );
+        assert_eq!(alarms(&held), 1, "held: {held:?}");
+        assert!(
+            alarms(&lagged) >= 5,
+            "{} alarms: {lagged:?}",
+            alarms(&lagged)
+        );
+        // The incident goes on while the value stays out: every row from the breakout on is
+        // above the event threshold (the daemon's events need rows in a row).
+        assert!(
+            held[first..].iter().all(|&s| s >= c.event_threshold),
+            "held: {held:?}"
         );
     }
 

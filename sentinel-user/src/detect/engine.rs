@@ -1438,6 +1438,7 @@ mod tests {
         // in the daemon: replay reports it once, and the daemon raises one event that stays
         // raised while the value stays out (a breakout scored on its row alone would never
         // meet `raise_after`).
+        let climb = crate::detect::stats::tests::noise_then_slide(55.0, 0.3);
         for kind in [DetectorKind::Statistical, DetectorKind::Combined] {
             let p = Params::new(&DetectConfig {
                 detector: kind,
@@ -1446,12 +1447,7 @@ mod tests {
             let mut d = SeriesDetector::new(&p);
             let mut events = vec![];
             for i in 0..2300u64 {
-                let x = if i < 2000 {
-                    50.0 + 10.0 * crate::detect::stats::tests::noise(i)
-                } else {
-                    55.0 + 0.3 * (i - 2000) as f64
-                };
-                if let Some(e) = d.update(&p, &Trainer::Inline, "gauge", x).event {
+                if let Some(e) = d.update(&p, &Trainer::Inline, "gauge", climb(i)).event {
                     events.push((i, e));
                 }
             }

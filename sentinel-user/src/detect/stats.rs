@@ -895,6 +895,17 @@ pub(crate) mod tests {
         assert!(without < event, "without the channel it scored {without}");
     }
 
+    /// Noise of width 10 around 50 for 2000 rows, then a slide from `from` by `per_row`.
+    pub(crate) fn noise_then_slide(from: f64, per_row: f64) -> impl Fn(u64) -> f64 {
+        move |i| {
+            if i < 2000 {
+                50.0 + 10.0 * noise(i)
+            } else {
+                from + per_row * (i - 2000) as f64
+            }
+        }
+    }
+
     /// Scores of `rows` values of `series` with the default (lagged) range and noise, and with
     /// snapshots every row (`range_lag` 1: judged against the range as it just was).
     fn lagged_and_row_by_row(series: impl Fn(u64) -> f64, rows: u64) -> Vec<(f64, f64)> {
@@ -917,14 +928,7 @@ pub(crate) mod tests {
         // Noise of width 10 around 50, then a slide of 0.3 per row: each row is only 3% of
         // the range past the one before (under `range_margin`), but 60 rows later it is far
         // outside the range as it stood before the slide.
-        let series = |i: u64| {
-            if i < 2000 {
-                50.0 + 10.0 * noise(i)
-            } else {
-                45.0 - 0.3 * (i - 2000) as f64
-            }
-        };
-        let scores = lagged_and_row_by_row(series, 2060);
+        let scores = lagged_and_row_by_row(noise_then_slide(45.0, -0.3), 2060);
         let max = |r: std::ops::Range<usize>, pick: fn(&(f64, f64)) -> f64| {
             scores[r].iter().map(pick).fold(0.0, f64::max)
         };
@@ -948,13 +952,7 @@ pub(crate) mod tests {
         // of 50 to 100 rows before, every row of the climb past its first breakout scores
         // higher than the last and re-arms the alarm: a wandering gauge's cascade of alarms.
         // Judged against the breakout, the climb is one incident: it holds the score.
-        let series = |i: u64| {
-            if i < 2000 {
-                50.0 + 10.0 * noise(i)
-            } else {
-                55.0 + 0.3 * (i - 2000) as f64
-            }
-        };
+        let series = noise_then_slide(55.0, 0.3);
         let climb = |breakout_holds: bool| -> Vec<f64> {
             let p = StatParams {
                 breakout_holds,

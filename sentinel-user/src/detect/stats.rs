@@ -724,12 +724,12 @@ impl StatDetector {
             // row after row against the lagged range, which re-armed the alarm again and again
             // (one alarm per incident, and the incident goes on while the value stays out).
             let last = self.breakout.filter(|b| p.breakout_holds && b.up == up);
-            let (past, from) = match last {
-                Some(b) if up => ((x - b.edge) / (b.edge - lo + floor), Some(b)),
-                Some(b) => ((b.edge - x) / (hi - b.edge + floor), Some(b)),
-                None => (beyond, None),
+            let past = match last {
+                Some(b) if up => (x - b.edge) / (b.edge - lo + floor),
+                Some(b) => (b.edge - x) / (hi - b.edge + floor),
+                None => beyond,
             };
-            match from {
+            match last {
                 Some(b) if past <= p.range_margin => b.score,
                 _ => {
                     let score = tail_score(p.range_z + 10.0 * past.min(1.0));
@@ -756,7 +756,8 @@ impl StatDetector {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::lifecycle::{Shaper, ShaperParams};
+    use super::super::engine::Params;
+    use super::super::lifecycle::Shaper;
     use super::*;
 
     fn params() -> StatParams {
@@ -967,11 +968,7 @@ pub(crate) mod tests {
         // Alarms as replay reports them: within its refractory span the onset shaper re-arms
         // only for a score `rearm_margin` above the last alarm.
         let alarms = |scores: &[f64]| {
-            let p = ShaperParams {
-                arm: c.arm_level,
-                refractory: c.refractory,
-                margin: c.rearm_margin,
-            };
+            let p = Params::new(&c).shaper;
             let mut shaper = Shaper::default();
             scores
                 .iter()

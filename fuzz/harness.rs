@@ -81,7 +81,7 @@ fn configs() -> Vec<DetectConfig> {
 /// rows of exactly three fields whose score is a number in [0, 1]; returns the data rows.
 fn replay_once(data: &[u8], cfg: &DetectConfig, metric: Option<&str>) -> Option<Vec<String>> {
     let mut out = Vec::new();
-    match replay::replay(cfg, data, Path::new("fuzz.in"), metric, &mut out) {
+    match replay::replay(cfg, data, Path::new("fuzz.in"), metric, false, &mut out) {
         Ok(()) => {
             let text = String::from_utf8(out).expect("replay output is UTF-8");
             let mut r = csv::ReaderBuilder::new()

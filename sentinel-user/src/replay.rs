@@ -35,7 +35,17 @@ pub struct ReplayArgs {
     /// Override a `[detect]` setting, e.g. `--set refractory=300` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Also write the fused score before the onset shaper (`level`) and each channel's
+    /// calibrated score (`spike,range,seasonal,stuck,novelty,forest,pattern`): which channel
+    /// raised an alarm.
+    #[arg(long)]
+    pub channels: bool,
 }
+
+/// The columns `--channels` adds after `anomaly_score`.
+pub const CHANNEL_COLUMNS: [&str; 8] = [
+    "level", "spike", "range", "seasonal", "stuck", "novelty", "forest", "pattern",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DetectorArg {
@@ -111,18 +121,21 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         BufReader::new(input),
         name,
         args.metric.as_deref(),
+        args.channels,
         &mut out,
     )?;
     out.flush().context("writing output")?;
     Ok(())
 }
 
-/// Replays `input` (named `path` in errors) into `out` as `timestamp,value,anomaly_score`.
+/// Replays `input` (named `path` in errors) into `out` as `timestamp,value,anomaly_score`,
+/// followed by [`CHANNEL_COLUMNS`] with `channels`.
 pub fn replay(
     cfg: &DetectConfig,
     mut input: impl BufRead,
     path: &Path,
     metric: Option<&str>,
+    channels: bool,
     out: &mut impl Write,
 ) -> Result<()> {
     let params = Params::new(cfg);
@@ -132,9 +145,14 @@ pub fn replay(
     let budget = LearnedBudget::new(cfg.learned_max_series as usize);
     let mut det = SeriesDetector::budgeted(&params, &budget);
     let mut w = csv::Writer::from_writer(out);
-    w.write_record(["timestamp", "value", "anomaly_score"])?;
+    let mut header = vec!["timestamp", "value", "anomaly_score"];
+    if channels {
+        header.extend(CHANNEL_COLUMNS);
+    }
+    w.write_record(&header)?;
+    let mut record: Vec<String> = Vec::with_capacity(header.len());
     let mut emit = |ts: &str, value: &str, x: Option<f64>| -> Result<()> {
-        let score = match x {
+        let step = match x {
             Some(x) => {
                 let step = det.update(&params, &trainer, name, x);
                 // One series: each change on a line of its own (the daemon sums them up).
@@ -148,11 +166,34 @@ pub fn replay(
                     Some(change) => tracing::info!(series = name, "{}", change.message()),
                     None => {}
                 }
-                step.score
+                Some(step)
             }
-            None => 0.0,
+            None => None,
         };
-        w.write_record([ts, value, &format!("{score:.6}")])?;
+        let score = step.as_ref().map_or(0.0, |s| s.score);
+        if !channels {
+            w.write_record([ts, value, &format!("{score:.6}")])?;
+            return Ok(());
+        }
+        // A row without a value (a blank in JSON-lines input) scores 0 on every column.
+        let (level, c) = step.map_or((0.0, Default::default()), |s| (s.level, s.channels));
+        record.clear();
+        record.extend([ts.to_string(), value.to_string()]);
+        record.extend(
+            [
+                score,
+                level,
+                c.stat.spike,
+                c.stat.range,
+                c.stat.seasonal,
+                c.stat.stuck,
+                c.stat.novelty,
+                c.forest,
+                c.pattern,
+            ]
+            .map(|v| format!("{v:.6}")),
+        );
+        w.write_record(&record)?;
         Ok(())
     };
 
@@ -265,7 +306,14 @@ mod tests {
 
     fn run_str(cfg: &DetectConfig, input: &str) -> Result<String> {
         let mut out = Vec::new();
-        replay(cfg, input.as_bytes(), Path::new("in.csv"), None, &mut out)?;
+        replay(
+            cfg,
+            input.as_bytes(),
+            Path::new("in.csv"),
+            None,
+            false,
+            &mut out,
+        )?;
         Ok(String::from_utf8(out)?)
     }
 
@@ -293,6 +341,87 @@ mod tests {
             // The spike is flagged.
             let s: f64 = lines[901].rsplit(',').next().unwrap().parse().unwrap();
             assert!(s > 0.3, "{kind:?}: spike score {s}");
+        }
+    }
+
+    #[test]
+    fn channels_show_what_each_row_scored_and_the_level_is_their_largest() {
+        let input = synth(2000);
+        for kind in [
+            DetectorKind::Statistical,
+            DetectorKind::Learned,
+            DetectorKind::Combined,
+        ] {
+            let cfg = DetectConfig {
+                detector: kind,
+                ..DetectConfig::default()
+            };
+            let plain = run_str(&cfg, &input).unwrap();
+            let mut out = Vec::new();
+            replay(
+                &cfg,
+                input.as_bytes(),
+                Path::new("in.csv"),
+                None,
+                true,
+                &mut out,
+            )
+            .unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(
+                out.lines().next().unwrap(),
+                "timestamp,value,anomaly_score,level,spike,range,seasonal,stuck,novelty,forest,pattern"
+            );
+            assert_eq!(out.lines().count(), plain.lines().count());
+            let mut learned_max: f64 = 0.0;
+            for (i, (row, plain_row)) in out.lines().zip(plain.lines()).enumerate().skip(1) {
+                // The plain output, then the columns.
+                assert_eq!(row.strip_prefix(plain_row).unwrap().as_bytes()[0], b',');
+                let v: Vec<f64> = row.split(',').skip(2).map(|f| f.parse().unwrap()).collect();
+                let (score, level, ch) = (v[0], v[1], &v[2..]);
+                let all = ch.iter().copied().fold(0.0, f64::max);
+                let learned = ch[5].max(ch[6]);
+                learned_max = learned_max.max(learned);
+                // The onset shaper reports the level or nothing.
+                assert!(score == 0.0 || score == level, "{kind:?} row {i}: {row}");
+                if i <= cfg.warmup as usize {
+                    assert_eq!(level, 0.0, "{kind:?} row {i}: warming up");
+                    continue;
+                }
+                match kind {
+                    DetectorKind::Statistical => {
+                        assert_eq!(learned, 0.0, "row {i}: {row}");
+                        assert_eq!(level, all, "row {i}: {row}");
+                    }
+                    DetectorKind::Combined => assert_eq!(level, all, "row {i}: {row}"),
+                    // Without a model yet the statistics judge it too; with one, the learned
+                    // channels alone.
+                    DetectorKind::Learned => {
+                        assert!(level == all || level == learned, "row {i}: {row}");
+                    }
+                }
+            }
+            // The spike at row 900 leaves the range seen so far: the range channel holds the
+            // level, and the spike channel sees it too.
+            let spike: Vec<f64> = out
+                .lines()
+                .nth(901)
+                .unwrap()
+                .split(',')
+                .skip(2)
+                .map(|f| f.parse().unwrap())
+                .collect();
+            if kind != DetectorKind::Learned {
+                assert!(
+                    spike[3] == spike[1] && spike[2] > 0.3,
+                    "{kind:?}: {spike:?}"
+                );
+            }
+            assert_eq!(
+                learned_max > 0.0,
+                kind != DetectorKind::Statistical,
+                "{kind:?}"
+            );
         }
     }
 
@@ -355,6 +484,7 @@ mod tests {
                 input.as_bytes(),
                 Path::new("run.jsonl"),
                 Some(metric),
+                false,
                 &mut out,
             )
             .unwrap();
@@ -373,6 +503,7 @@ mod tests {
             input.as_bytes(),
             Path::new("run.jsonl"),
             Some("nope"),
+            false,
             &mut out,
         )
         .unwrap_err();
@@ -398,6 +529,7 @@ mod tests {
                 input.as_bytes(),
                 Path::new("run.jsonl"),
                 Some("sched_switch"),
+                false,
                 &mut out,
             )
             .unwrap_err();

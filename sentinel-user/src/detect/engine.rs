@@ -16,7 +16,7 @@ use super::lifecycle::{
     EventKind, EventParams, Evidence, Hysteresis, SeriesState, Shaper, ShaperParams,
 };
 use super::prefetch::prefetch_lines;
-use super::stats::{StatDetector, StatParams};
+use super::stats::{StatChannels, StatDetector, StatParams};
 use crate::model::{
     AnomalyRecord, CONTAINER_SERIES, ContainerDelta, ContainerSeries, DetectionSummary, Interval,
 };
@@ -71,6 +71,20 @@ pub struct Step {
     /// The learned part went out of use or came back on this row (the engine sums these
     /// into one log line per interval).
     pub fallback: Option<FallbackChange>,
+    /// Each channel's calibrated score before fusion (`sentinel replay --channels`).
+    pub channels: Channels,
+}
+
+/// Every channel's calibrated score on one row, before fusion: `level` is the largest of those
+/// the detector kind and state use (the statistical ones and the learned ones for `combined`,
+/// the learned ones alone for `learned` once its model is ready), and 0 while warming up.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Channels {
+    pub stat: StatChannels,
+    /// The isolation forest's score, held between block ends (0 without a learned seat).
+    pub forest: f64,
+    /// The pattern memory's score, held between block ends (0 without a learned seat).
+    pub pattern: f64,
 }
 
 /// How a series' use of its learned detector changed.
@@ -352,6 +366,7 @@ impl SeriesDetector {
                 state: self.state,
                 event: None,
                 fallback: None,
+                channels: Channels::default(),
             };
         }
         let stat = self.stat.update(&p.stat, x);
@@ -422,6 +437,7 @@ impl SeriesDetector {
             let event = self.hyst.update(&p.events, evidence, level);
             (score, event)
         };
+        let (forest, pattern) = self.learned.as_ref().map_or((0.0, 0.0), |l| l.channels());
         Step {
             score,
             level,
@@ -429,6 +445,11 @@ impl SeriesDetector {
             state,
             event,
             fallback,
+            channels: Channels {
+                stat: stat.channels,
+                forest,
+                pattern,
+            },
         }
     }
 
@@ -2396,6 +2417,7 @@ mod tests {
                 input.as_bytes(),
                 std::path::Path::new("x.csv"),
                 None,
+                false,
                 &mut out,
             )
             .unwrap();

@@ -728,6 +728,8 @@ pub struct LearnedDetector {
     block_len: u32,
     /// Last calibrated score, held between block ends.
     last: f64,
+    /// The forest's part of `last` (0 until a model scores); the pattern memory's is its own.
+    forest: f64,
     /// The last update ended a block (its score is new, not held).
     fresh: bool,
     ring: Box<[f64]>,
@@ -867,6 +869,7 @@ impl LearnedDetector {
             block_sum: 0.0,
             block_len: 0,
             last: 0.0,
+            forest: 0.0,
             fresh: false,
             ring: vec![0.0; p.train_window].into_boxed_slice(),
             pos: 0,
@@ -901,6 +904,12 @@ impl LearnedDetector {
     /// Whether the last update ended a block: the score it returned is new, not held.
     pub fn fresh(&self) -> bool {
         self.fresh
+    }
+
+    /// The forest's and the pattern memory's calibrated scores as of the last block end (the
+    /// update's score is the larger); the forest's is 0 until a model has scored.
+    pub fn channels(&self) -> (f64, f64) {
+        (self.forest, self.pattern.score)
     }
 
     /// A copy that goes on alone. The slot is its own (empty) while this one's has no model
@@ -1049,6 +1058,7 @@ impl LearnedDetector {
         self.iso_dev += a * ((iso - self.iso_mean).abs() - self.iso_dev);
         self.iso_mean += a * (iso - self.iso_mean);
         let forest = surprise_score(self.pot.update(&p.pot, z.max(0.0).ln_1p()));
+        self.forest = forest;
         self.last = forest.max(pattern);
         self.last
     }

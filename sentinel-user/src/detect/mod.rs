@@ -19,7 +19,7 @@ pub mod stats;
 
 pub use config::{DetectConfig, DetectorKind};
 pub use engine::{
-    AnomalyEvent, DetectionEngine, FallbackChange, LearnedBudget, Params, SeriesDetector,
+    AnomalyEvent, Channels, DetectionEngine, FallbackChange, LearnedBudget, Params, SeriesDetector,
     SeriesInfo, Severity, Step,
 };
 pub use learned::Trainer;

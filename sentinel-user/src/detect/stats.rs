@@ -148,13 +148,27 @@ const NOVELTY_DECAY_BLOCKS: u32 = 2048;
 /// Output of one statistical update.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StatOut {
-    /// Calibrated score in [0, 1].
+    /// Calibrated score in [0, 1]: the largest of `channels`.
     pub score: f64,
     /// The part of `score` observed on this row: without the novelty channel's score held
     /// between its block ends, or echoed (not higher) after one.
     pub own: f64,
     /// The value the detector expected (slow baseline before this row).
     pub baseline: f64,
+    /// Each channel's calibrated score on this row (`sentinel replay --channels`).
+    pub channels: StatChannels,
+}
+
+/// The statistical detector's channels, each calibrated to [0, 1]; 0 for a channel that is
+/// switched off.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StatChannels {
+    pub spike: f64,
+    pub range: f64,
+    pub seasonal: f64,
+    pub stuck: f64,
+    /// Held between the ends of its 4-row blocks.
+    pub novelty: f64,
 }
 
 /// Per-series state of the statistical detector.
@@ -750,6 +764,13 @@ impl StatDetector {
                 per_row
             },
             baseline,
+            channels: StatChannels {
+                spike: s_spike,
+                range: s_range,
+                seasonal: s_season,
+                stuck: s_stuck,
+                novelty: s_novel,
+            },
         }
     }
 }

@@ -305,30 +305,43 @@ mod tests {
     }
 
     fn run_str(cfg: &DetectConfig, input: &str) -> Result<String> {
+        run_with(cfg, input, false)
+    }
+
+    fn run_with(cfg: &DetectConfig, input: &str, channels: bool) -> Result<String> {
         let mut out = Vec::new();
         replay(
             cfg,
             input.as_bytes(),
             Path::new("in.csv"),
             None,
-            false,
+            channels,
             &mut out,
         )?;
         Ok(String::from_utf8(out)?)
     }
 
-    #[test]
-    fn replay_is_deterministic_and_one_row_per_input_row() {
-        let input = synth(2000);
-        for kind in [
+    /// The default config with each detector kind.
+    fn each_kind() -> impl Iterator<Item = (DetectorKind, DetectConfig)> {
+        [
             DetectorKind::Statistical,
             DetectorKind::Learned,
             DetectorKind::Combined,
-        ] {
+        ]
+        .into_iter()
+        .map(|kind| {
             let cfg = DetectConfig {
                 detector: kind,
                 ..DetectConfig::default()
             };
+            (kind, cfg)
+        })
+    }
+
+    #[test]
+    fn replay_is_deterministic_and_one_row_per_input_row() {
+        let input = synth(2000);
+        for (kind, cfg) in each_kind() {
             let a = run_str(&cfg, &input).unwrap();
             let b = run_str(&cfg, &input).unwrap();
             assert_eq!(a, b, "{kind:?}");
@@ -347,27 +360,9 @@ mod tests {
     #[test]
     fn channels_show_what_each_row_scored_and_the_level_is_their_largest() {
         let input = synth(2000);
-        for kind in [
-            DetectorKind::Statistical,
-            DetectorKind::Learned,
-            DetectorKind::Combined,
-        ] {
-            let cfg = DetectConfig {
-                detector: kind,
-                ..DetectConfig::default()
-            };
+        for (kind, cfg) in each_kind() {
             let plain = run_str(&cfg, &input).unwrap();
-            let mut out = Vec::new();
-            replay(
-                &cfg,
-                input.as_bytes(),
-                Path::new("in.csv"),
-                None,
-                true,
-                &mut out,
-            )
-            .unwrap();
-            let out = String::from_utf8(out).unwrap();
+            let out = run_with(&cfg, &input, true).unwrap();
             assert_eq!(
                 out.lines().next().unwrap(),
                 "timestamp,value,anomaly_score,level,spike,range,seasonal,stuck,novelty,forest,pattern"

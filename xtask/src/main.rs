@@ -9,6 +9,7 @@ mod licenses;
 mod nab;
 mod nab_against;
 mod nab_calm;
+mod nab_channels;
 mod nab_crop;
 mod nab_cv;
 mod packages;

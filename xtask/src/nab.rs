@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::nab_against;
 use crate::nab_calm;
+use crate::nab_channels;
 use crate::nab_crop;
 use crate::nab_cv::{self, CandidateFolds, Fold};
 
@@ -73,6 +74,11 @@ pub struct NabArgs {
     /// standard threshold, so that a gain can be told from one window. Writes against.md.
     #[arg(long, value_name = "DIR")]
     pub against: Option<PathBuf>,
+    /// Replay with `sentinel replay --channels` and count every alarm row at the standard
+    /// threshold by the channel that raised it, in windows and outside (see `nab_channels`).
+    /// Writes channels.md.
+    #[arg(long)]
+    pub channels: bool,
 }
 
 /// Points of training score a candidate needs over the defaults to replace them in the nested
@@ -271,6 +277,7 @@ fn replay_all(
     files: &[PathBuf],
     det: &str,
     sets: &[String],
+    channels: bool,
     dir: &Path,
 ) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
@@ -286,6 +293,9 @@ fn replay_all(
             .args(["--detector", det]);
         for s in sets {
             cmd.args(["--set", s]);
+        }
+        if channels {
+            cmd.arg("--channels");
         }
         let st = cmd.status().context("running sentinel replay")?;
         if !st.success() {
@@ -385,7 +395,15 @@ pub fn run(args: NabArgs) -> Result<()> {
     let mut cv_rows = Vec::new();
     for det in &args.detectors {
         let dir = out.join(det);
-        replay_all(&sentinel, &data, &files, det, &args.set, &dir)?;
+        replay_all(
+            &sentinel,
+            &data,
+            &files,
+            det,
+            &args.set,
+            args.channels,
+            &dir,
+        )?;
         let v = scorer.score(&dir, None, None)?;
         std::fs::write(dir.join("score.json"), serde_json::to_vec_pretty(&v)?)?;
         if let Some((folds, _)) = &folds {
@@ -414,6 +432,27 @@ pub fn run(args: NabArgs) -> Result<()> {
     print!("{table}");
     std::fs::write(out.join("table.md"), &table)?;
     eprintln!("wrote {}", out.join("table.md").display());
+
+    if args.channels {
+        let mut md = String::new();
+        for (det, v) in &rows {
+            let s = &v["profiles"]["standard"];
+            // No threshold: the best standard score raised no alarm at all.
+            let threshold = s["threshold"].as_f64().unwrap_or(f64::INFINITY);
+            let t = nab_channels::tally(&out.join(det), &files, &scorer.labels, threshold)?;
+            let counted = |k: &str| s[k].as_u64().unwrap_or(0);
+            md.push_str(&nab_channels::section(
+                det,
+                threshold,
+                &t,
+                (counted("windows_detected"), counted("fp_detections")),
+            )?);
+            md.push('\n');
+        }
+        print!("\n{md}");
+        std::fs::write(out.join("channels.md"), &md)?;
+        eprintln!("wrote {}", out.join("channels.md").display());
+    }
 
     if let Some((there_root, shown)) = &against {
         let mut md = String::new();
@@ -484,7 +523,7 @@ pub fn run(args: NabArgs) -> Result<()> {
             for (i, (label, sets)) in candidates.iter().enumerate().skip(1) {
                 eprintln!("tune: {det} {label} ({i}/{})", candidates.len() - 1);
                 let dir = out.join("tune").join(det).join(i.to_string());
-                replay_all(&sentinel, &data, &files, det, sets, &dir)?;
+                replay_all(&sentinel, &data, &files, det, sets, false, &dir)?;
                 let all = scorer.score(&dir, None, None)?;
                 let cv = cross_validate(&scorer, &dir, folds, &windows)?;
                 in_sample.push(normalized_all(&all));
@@ -532,7 +571,7 @@ fn calm_table(
     let mut scores = Vec::new();
     for (det, v) in rows {
         let out = dir.join(det);
-        replay_all(sentinel, &data, &files, det, sets, &out)?;
+        replay_all(sentinel, &data, &files, det, sets, false, &out)?;
         let nab_thresholds: [Option<f64>; 3] =
             std::array::from_fn(|p| v["profiles"][PROFILES[p].0]["threshold"].as_f64());
         let mut by_profile = Vec::new();

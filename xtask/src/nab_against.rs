@@ -63,18 +63,33 @@ pub fn changes(there: &[(String, Outcome)], here: &[(String, Outcome)]) -> Vec<C
         .collect()
 }
 
-/// How many result files (`<category>/<file>.csv`) of `here` differ byte for byte from the
-/// same file in `there` (a file `there` lacks differs), and how many `here` holds.
+/// How many result files (`<category>/<file>.csv`) of `here` differ from the same file in
+/// `there` (a file `there` lacks differs), and how many `here` holds. Only each line's first
+/// three columns (`timestamp,value,anomaly_score`) are compared, byte for byte: a run with
+/// `--channels` carries more columns and the same scores.
 pub fn differing_outputs(there: &Path, here: &Path) -> Result<(usize, usize)> {
     let files = crate::nab::csv_files(here)?;
     let mut differ = 0;
     for f in &files {
         let a = std::fs::read(here.join(f)).with_context(|| here.join(f).display().to_string())?;
-        if std::fs::read(there.join(f)).map_or(true, |b| b != a) {
+        if std::fs::read(there.join(f)).map_or(true, |b| scores(&b).ne(scores(&a))) {
             differ += 1;
         }
     }
     Ok((differ, files.len()))
+}
+
+/// Each line of a replay output cut after its third column.
+fn scores(output: &[u8]) -> impl Iterator<Item = &[u8]> {
+    output.split(|&b| b == b'\n').map(|line| {
+        let cut = line
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b',')
+            .nth(2)
+            .map_or(line.len(), |(i, _)| i);
+        &line[..cut]
+    })
 }
 
 /// The markdown section for one detector.
@@ -181,12 +196,20 @@ mod tests {
     }
 
     #[test]
-    fn outputs_that_differ_are_counted_byte_for_byte() {
+    fn outputs_whose_scores_differ_are_counted_and_extra_columns_ignored() {
         let dir = std::env::temp_dir().join(format!("nab-against-{}", std::process::id()));
         let (a, b) = (dir.join("a/cat"), dir.join("b/cat"));
         std::fs::create_dir_all(&a).unwrap();
         std::fs::create_dir_all(&b).unwrap();
-        for (name, x, y) in [("same.csv", "1", "1"), ("moved.csv", "1", "2")] {
+        for (name, x, y) in [
+            ("same.csv", "t,v,s\n1,2,0.1\n", "t,v,s\n1,2,0.1\n"),
+            ("moved.csv", "t,v,s\n1,2,0.1\n", "t,v,s\n1,2,0.2\n"),
+            (
+                "more-columns.csv",
+                "t,v,s\n1,2,0.1\n",
+                "t,v,s,level\n1,2,0.1,0.4\n",
+            ),
+        ] {
             std::fs::write(a.join(name), x).unwrap();
             std::fs::write(b.join(name), y).unwrap();
         }
@@ -194,6 +217,6 @@ mod tests {
         std::fs::write(b.join("score.json"), "{}").unwrap();
         let got = differing_outputs(&dir.join("a"), &dir.join("b")).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(got, (2, 3));
+        assert_eq!(got, (2, 4));
     }
 }

@@ -76,7 +76,7 @@ pub struct NabArgs {
     pub against: Option<PathBuf>,
     /// Replay with `sentinel replay --channels` and count every alarm row at the standard
     /// threshold by the channel that raised it, in windows and outside (see `nab_channels`).
-    /// Writes channels.md.
+    /// Writes channels.md; with --calm, calm.md gets the same count for the synthetic corpus.
     #[arg(long)]
     pub channels: bool,
 }
@@ -508,6 +508,7 @@ pub fn run(args: NabArgs) -> Result<()> {
             &scorer.script,
             &rows,
             &args.set,
+            args.channels,
             &out.join("calm"),
         )?;
         print!("\n{calm}");
@@ -553,6 +554,7 @@ fn calm_table(
     script: &Path,
     rows: &[(String, serde_json::Value)],
     sets: &[String],
+    channels: bool,
     dir: &Path,
 ) -> Result<String> {
     let data = dir.join("data");
@@ -569,9 +571,10 @@ fn calm_table(
     // thresholds and at its own, and per anomaly the kinds whose window was caught (standard).
     let mut rates = Vec::new();
     let mut scores = Vec::new();
+    let mut by_channel = String::new();
     for (det, v) in rows {
         let out = dir.join(det);
-        replay_all(sentinel, &data, &files, det, sets, false, &out)?;
+        replay_all(sentinel, &data, &files, det, sets, channels, &out)?;
         let nab_thresholds: [Option<f64>; 3] =
             std::array::from_fn(|p| v["profiles"][PROFILES[p].0]["threshold"].as_f64());
         let mut by_profile = Vec::new();
@@ -589,6 +592,21 @@ fn calm_table(
         }
         rates.push(by_profile);
         let carried = scorer.score_files(&out, None, Some(&nab_thresholds), true)?;
+        if channels {
+            let threshold = nab_thresholds[0].unwrap_or(f64::INFINITY);
+            let t = nab_channels::tally(&out, &files, &scorer.labels, threshold)?;
+            let s = &carried["profiles"]["standard"];
+            let counted = |k: &str| s[k].as_u64().unwrap_or(0);
+            by_channel.push_str(&format!(
+                "\nThe synthetic corpus at the NAB threshold, by channel: {}",
+                nab_channels::section(
+                    det,
+                    threshold,
+                    &t,
+                    (counted("windows_detected"), counted("fp_detections")),
+                )?
+            ));
+        }
         let own = scorer.score(&out, None, None)?;
         // `write` lists the injected series kind by kind, each kind's anomalies in order.
         let caught: Vec<usize> = (0..nab_calm::ANOMALIES.len())
@@ -676,6 +694,7 @@ fn calm_table(
         }
         t.push('\n');
     }
+    t.push_str(&by_channel);
     Ok(t)
 }
 

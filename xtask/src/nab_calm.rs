@@ -293,14 +293,14 @@ pub fn write(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
 }
 
 /// Rows at or above `threshold` after the probation, per 1000 scored rows, from a replay's
-/// output (`timestamp,value,anomaly_score`).
+/// output (`timestamp,value,anomaly_score`, then the channels with `--channels`).
 pub fn alarms_per_1000(replay_csv: &str, threshold: f64) -> Result<f64> {
     let mut scored = 0usize;
     let mut alarms = 0usize;
     for (i, line) in replay_csv.lines().skip(1).enumerate() {
         let score: f64 = line
-            .rsplit(',')
-            .next()
+            .split(',')
+            .nth(2)
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("row {}: no anomaly score in {line:?}", i + 1))?;
         if i >= PROBATION {
@@ -378,6 +378,9 @@ mod tests {
         assert_eq!(alarms_per_1000(&csv, 0.37).unwrap(), 2.0);
         assert!(alarms_per_1000("timestamp,value,anomaly_score\nt,1,x\n", 0.3).is_err());
         assert!(alarms_per_1000("timestamp,value,anomaly_score\nt,1,0.1\n", 0.3).is_err());
+        // With the channel columns after it, the score is still the third column.
+        let wide: String = csv.lines().map(|l| format!("{l},0.95,0.01\n")).collect();
+        assert_eq!(alarms_per_1000(&wide, 0.38).unwrap(), 1.5);
     }
 
     #[test]

@@ -436,16 +436,12 @@ pub fn run(args: NabArgs) -> Result<()> {
     if args.channels {
         let mut md = String::new();
         for (det, v) in &rows {
-            let s = &v["profiles"]["standard"];
-            // No threshold: the best standard score raised no alarm at all.
-            let threshold = s["threshold"].as_f64().unwrap_or(f64::INFINITY);
-            let t = nab_channels::tally(&out.join(det), &files, &scorer.labels, threshold)?;
-            let counted = |k: &str| s[k].as_u64().unwrap_or(0);
-            md.push_str(&nab_channels::section(
+            md.push_str(&channels_section(
                 det,
-                threshold,
-                &t,
-                (counted("windows_detected"), counted("fp_detections")),
+                &out.join(det),
+                &files,
+                &scorer.labels,
+                v,
             )?);
             md.push('\n');
         }
@@ -546,6 +542,28 @@ pub fn run(args: NabArgs) -> Result<()> {
     Ok(())
 }
 
+/// `nab_channels`' section for the replays of `det` under `dir`, at the standard threshold of
+/// the scorer's result `score` on them, checked against its counts.
+fn channels_section(
+    det: &str,
+    dir: &Path,
+    files: &[PathBuf],
+    labels: &Path,
+    score: &serde_json::Value,
+) -> Result<String> {
+    let s = &score["profiles"]["standard"];
+    // No threshold: the best standard score raised no alarm at all.
+    let threshold = s["threshold"].as_f64().unwrap_or(f64::INFINITY);
+    let t = nab_channels::tally(dir, files, labels, threshold)?;
+    let counted = |k: &str| s[k].as_u64().unwrap_or(0);
+    nab_channels::section(
+        det,
+        threshold,
+        &t,
+        (counted("windows_detected"), counted("fp_detections")),
+    )
+}
+
 /// The synthetic corpus of `nab_calm` through every detector of `rows`, at the thresholds each
 /// chose on the NAB files: false alarms per 1000 rows on the calm series per kind, then the NAB
 /// score of the calm and injected series together and the injected anomalies caught per kind.
@@ -593,18 +611,9 @@ fn calm_table(
         rates.push(by_profile);
         let carried = scorer.score_files(&out, None, Some(&nab_thresholds), true)?;
         if channels {
-            let threshold = nab_thresholds[0].unwrap_or(f64::INFINITY);
-            let t = nab_channels::tally(&out, &files, &scorer.labels, threshold)?;
-            let s = &carried["profiles"]["standard"];
-            let counted = |k: &str| s[k].as_u64().unwrap_or(0);
             by_channel.push_str(&format!(
                 "\nThe synthetic corpus at the NAB threshold, by channel: {}",
-                nab_channels::section(
-                    det,
-                    threshold,
-                    &t,
-                    (counted("windows_detected"), counted("fp_detections")),
-                )?
+                channels_section(det, &out, &files, &scorer.labels, &carried)?
             ));
         }
         let own = scorer.score(&out, None, None)?;

@@ -25,38 +25,27 @@ pub fn probation(n: usize) -> usize {
 
 /// A timestamp as the data files and the windows file write it, reduced to a form that sorts
 /// as time does: `T` as a space, no fraction of a second (NAB's windows carry `.000000`).
-fn stamp(t: &str) -> &str {
+fn stamp(t: &str) -> String {
     let t = t.trim();
-    t.split_once('.').map_or(t, |(whole, _)| whole)
-}
-
-fn same_stamp(a: &str, b: &str) -> bool {
-    let (a, b) = (stamp(a), stamp(b));
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .all(|(x, y)| x == y || (x == b'T' && y == b' ') || (x == b' ' && y == b'T'))
+    t.split_once('.')
+        .map_or(t, |(whole, _)| whole)
+        .replace('T', " ")
 }
 
 /// Each window `[start, end]` (timestamps) as the rows it covers, as the scorer maps them: the
 /// rows that carry its first and last timestamps, or else the rows between them.
 pub fn window_rows(times: &[&str], windows: &[(String, String)]) -> Vec<(usize, usize)> {
-    let key = |t: &str| stamp(t).replace('T', " ");
+    let times: Vec<String> = times.iter().map(|t| stamp(t)).collect();
     let mut out = Vec::new();
     for (start, end) in windows {
-        let left = times.iter().position(|t| same_stamp(t, start));
-        let right = left.and_then(|l| (l..times.len()).find(|&j| same_stamp(times[j], end)));
+        let (s, e) = (stamp(start), stamp(end));
+        let left = times.iter().position(|t| *t == s);
+        let right = left.and_then(|l| (l..times.len()).find(|&j| times[j] == e));
         let range = match (left, right) {
             (Some(l), Some(r)) => Some((l, r)),
             _ => {
-                let (s, e) = (key(start), key(end));
-                let inside: Vec<usize> = (0..times.len())
-                    .filter(|&i| {
-                        let t = key(times[i]);
-                        s <= t && t <= e
-                    })
-                    .collect();
-                inside.first().zip(inside.last()).map(|(&l, &r)| (l, r))
+                let mut inside = (0..times.len()).filter(|&i| s <= times[i] && times[i] <= e);
+                inside.next().map(|l| (l, inside.next_back().unwrap_or(l)))
             }
         };
         out.extend(range);

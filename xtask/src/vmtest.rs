@@ -70,18 +70,22 @@ struct Outcome {
     seconds: f64,
     note: String,
     /// The first console line where the guest kernel reported a CPU stuck (soft lockup, RCU
-    /// stall): the guest is stopped there instead of waiting out the time-out.
+    /// stall) or a trap in its own patched text (int3 oops): the guest is stopped there
+    /// instead of waiting out the time-out.
     stall: Option<String>,
 }
 
-/// Console lines of a guest kernel whose CPUs stopped making progress. Under TCG this has been
-/// the emulator (seen once on 6.1, after every check had passed: CPU 0's timers stopped firing
-/// while sentinel detached its programs, which patches kernel text on every CPU); a hang of
+/// Console lines of a guest kernel whose CPUs stopped making progress, or that trapped on a
+/// breakpoint in its own text. Under TCG both have been the emulator, while sentinel attached or
+/// detached its programs, which patches kernel text on every CPU: on 6.1 after every check had
+/// passed, CPU 0's timers stopped firing; on 6.12 under lockdown, after all 28 checks had
+/// passed, the RCU thread hit an `int3` oops (a BPF program cannot place one). A hang of
 /// sentinel's own would show as a check that never reports, with no such line.
-const STALL_SIGNS: [&str; 3] = [
+const STALL_SIGNS: [&str; 4] = [
     "watchdog: BUG: soft lockup",
     "self-detected stall on CPU",
     "detected stalls on CPUs",
+    "Oops: int3",
 ];
 
 fn stall_sign(line: &str) -> bool {
@@ -89,7 +93,7 @@ fn stall_sign(line: &str) -> bool {
 }
 
 /// Why a guest gets one more boot, if it does: it ran no check at all (its kernel died while
-/// booting), or its kernel stalled before the summary with no check failed. A check that ran
+/// booting), or its kernel stalled or trapped before the summary with no check failed. A check that ran
 /// and failed is never retried.
 fn retry_reason(o: &Outcome) -> Option<String> {
     if o.summary || o.failed > 0 {
@@ -97,7 +101,7 @@ fn retry_reason(o: &Outcome) -> Option<String> {
     }
     if let Some(line) = &o.stall {
         return Some(format!(
-            "guest kernel stalled after {} passed checks: {}",
+            "guest kernel stalled or trapped after {} passed checks: {}",
             o.passed,
             line.trim()
         ));
@@ -762,7 +766,10 @@ fn boot(
     let note = if run.timed_out {
         format!("timed out after {timeout} s; console in {}", log.display())
     } else if run.stall.is_some() {
-        format!("stopped at a stalled CPU; console in {}", log.display())
+        format!(
+            "stopped at a stalled CPU or a kernel trap; console in {}",
+            log.display()
+        )
     } else {
         String::new()
     };
@@ -917,6 +924,8 @@ mod tests {
             "[  219.7] rcu: INFO: rcu_preempt self-detected stall on CPU"
         ));
         assert!(!stall_sign("VMTEST 6.1 packets PASS 1000 UDP datagrams"));
+        let trap = "[    8.604651] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI";
+        assert!(stall_sign(trap));
         let passed = "VMTEST 6.1 packets PASS 1000 UDP datagrams";
         let failed = "VMTEST 6.1 skb_drops FAIL skb_drops=0";
         let summary = "VMTEST 6.1 summary PASS passed=1 failed=0";
@@ -933,6 +942,15 @@ mod tests {
             why.contains("1 passed checks") && why.contains("soft lockup"),
             "{why}"
         );
+        // Trapped in its own text after passing checks: retried too.
+        let o = tally(
+            "k".into(),
+            &run_of(&[passed, trap], Some(trap)),
+            1.0,
+            String::new(),
+        );
+        let why = retry_reason(&o).expect("an int3 oops before the summary is retried");
+        assert!(why.contains("Oops: int3"), "{why}");
         // Died before any check: retried.
         let o = tally(
             "k".into(),
